@@ -1,0 +1,46 @@
+"""Import every module of the source tree from an installed wheel (run from outside the repo).
+
+A subpackage missing from pyproject's package list is silently dropped from the wheel while an
+editable install still finds it; this catches that, and missing package data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from importlib import resources
+from pathlib import Path
+
+ROOTS = {"linrec": "linrec", "spec": "linrec.spec", "backends": "linrec.backends",
+         "conformance": "linrec.conformance", "tools": "linrec.tools"}
+DATA = [("linrec.spec", "recurrence.md"), ("linrec.conformance", "golden/scan.json"),
+        ("linrec.conformance", "golden/scan.npz"), ("linrec.conformance", "xfails/numpy.json"), ("linrec", "py.typed")]
+
+
+def main(repo: Path) -> int:
+    names = []
+    for folder, package in ROOTS.items():
+        for path in sorted((repo / folder).rglob("*.py")):
+            rel = path.relative_to(repo / folder).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            names.append(".".join([package, *parts]))
+    failures = []
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except Exception as err:
+            failures.append(f"{name}: {type(err).__name__}: {err}")
+            continue
+        if str(repo) in str(getattr(module, "__file__", "")):
+            failures.append(f"{name}: imported from the source tree, not the wheel")
+    for package, name in DATA:
+        if not (resources.files(package) / name).is_file():
+            failures.append(f"package data missing: {package}/{name}")
+    print(f"imported {len(names) - len(failures)} of {len(names)} modules from the wheel")
+    for line in failures:
+        print("  FAIL", line)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]).resolve()))

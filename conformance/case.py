@@ -1,0 +1,46 @@
+"""What a conformance case is, and what running one produces.
+
+A *backend* is any module exposing the spec's functions by name (``linear_scan``, ``log_scan``,
+``linear_scan_vjp``, layer classes, ...) plus three array adapters: ``asarray(np.ndarray)``,
+``to_numpy(x)`` and ``dtype_name(x)``. A case names the attributes it needs in ``requires``; a
+backend without them reports the case as ``unsupported``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+
+__all__ = ["Case", "CaseFailure", "Outcome"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The measured result of one case: ``passed`` iff ``error <= allowed`` (or an exact check held)."""
+
+    passed: bool
+    error: float = 0.0
+    allowed: float = 0.0
+    detail: str = ""
+
+
+class CaseFailure(AssertionError):
+    """Raised inside a case to fail it with an explanation (e.g. a missing error)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One named check of one property on one backend.
+
+    ``id`` is unique and stable (used by xfail manifests), e.g. ``scan/named/decay-half[associative]``;
+    ``property`` is the law being checked (``equals-reference``, ``split-invariance``, ...);
+    ``doc`` says in one sentence what is checked, so the case list reads as documentation.
+    """
+
+    id: str
+    property: str
+    doc: str
+    fn: Callable[[ModuleType], Outcome] = field(repr=False, compare=False)
+    requires: tuple[str, ...] = ("linear_scan",)
+    tags: tuple[str, ...] = ()

@@ -1,0 +1,77 @@
+"""Render conformance results: a human-readable table (cases × backends) and JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from linrec.conformance.runner import BAD_STATUSES, BackendReport
+
+__all__ = ["to_json", "to_text"]
+
+_MARK = {"pass": "ok", "fail": "FAIL", "xfail": "xfail", "xpass": "XPASS", "unsupported": "UNSUPPORTED",
+         "error": "ERROR"}
+
+
+def _cell(status: str, error: float, allowed: float) -> str:
+    mark = _MARK.get(status, status)
+    if allowed:
+        return f"{mark} {error:.1e}/{allowed:.1e}"
+    return mark
+
+
+def to_text(reports: Sequence[BackendReport], *, verbose: bool = False) -> str:
+    """A table with one row per case and one column per backend: status and max error / allowed.
+
+    Without ``verbose`` only rows that are not a plain pass everywhere are listed, plus a summary
+    per property, so the report stays readable with thousands of cases.
+    """
+    lines: list[str] = []
+    for rep in reports:
+        info = ", ".join(f"{k}={v}" for k, v in rep.info.items())
+        lines.append(f"backend {rep.backend} ({rep.module}){': ' + info if info else ''}")
+        if rep.import_error:
+            lines.append(f"  NOT AVAILABLE: {rep.import_error}")
+    lines.append("")
+    by_id: dict[str, dict[str, object]] = {}
+    props: dict[str, dict[str, list[int]]] = {}
+    for rep in reports:
+        for r in rep.results:
+            by_id.setdefault(r.id, {})[rep.backend] = r
+            tally = props.setdefault(r.property, {}).setdefault(rep.backend, [0, 0])
+            tally[0] += r.status in ("pass", "xfail")
+            tally[1] += 1
+    names = [r.backend for r in reports]
+    width = max([len(i) for i in by_id] + [30])
+    header = f"{'property':<{width}}  " + "  ".join(f"{n:>24}" for n in names)
+    lines += [header, "-" * len(header)]
+    for prop, tally in props.items():
+        cells = [f"{tally[n][0]}/{tally[n][1]} ok" if n in tally else "-" for n in names]
+        lines.append(f"{prop:<{width}}  " + "  ".join(f"{c:>24}" for c in cells))
+    lines.append("")
+    shown = [
+        (cid, row) for cid, row in by_id.items()
+        if verbose or any(getattr(r, "status", "pass") != "pass" for r in row.values())
+    ]
+    if shown:
+        header = f"{'case':<{width}}  " + "  ".join(f"{n:>24}" for n in names)
+        lines += [header, "-" * len(header)]
+        for cid, row in shown:
+            cells = [_cell(r.status, r.error, r.allowed) if (r := row.get(n)) else "-" for n in names]
+            lines.append(f"{cid:<{width}}  " + "  ".join(f"{c:>24}" for c in cells))
+            for n in names:
+                r = row.get(n)
+                if r is not None and r.status in BAD_STATUSES:
+                    lines.append(f"    {n}: {r.detail}")
+                elif r is not None and r.status == "xfail":
+                    lines.append(f"    {n}: xfail ({r.reason})")
+        lines.append("")
+    for rep in reports:
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(rep.counts().items()))
+        verdict = "PASSED" if rep.ok else "FAILED"
+        lines.append(f"{rep.backend}: {verdict} ({counts or 'no cases'})")
+    return "\n".join(lines)
+
+
+def to_json(reports: Sequence[BackendReport]) -> str:
+    return json.dumps({"ok": all(r.ok for r in reports), "backends": [r.to_json() for r in reports]}, indent=1)

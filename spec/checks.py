@@ -1,0 +1,138 @@
+"""Framework-neutral argument checks shared by every backend (``recurrence.md`` §1, §5, §11).
+
+Backends pass shapes as tuples and dtypes as canonical names (``"float32"``, ``"bfloat16"``, ...),
+so every backend raises the same message for the same mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "COMPLEX_DTYPES",
+    "LOW_PRECISION",
+    "REAL_DTYPES",
+    "SUPPORTED_DTYPES",
+    "check_chunk_size",
+    "check_log_scan_args",
+    "check_method",
+    "check_scan_args",
+    "compute_dtype",
+    "log_domain_message",
+]
+
+REAL_DTYPES = ("float64", "float32", "bfloat16", "float16")
+COMPLEX_DTYPES = ("complex128", "complex64")
+LOW_PRECISION = ("bfloat16", "float16")
+SUPPORTED_DTYPES = REAL_DTYPES + COMPLEX_DTYPES
+_REAL_OF = {"complex128": "float64", "complex64": "float32"}
+
+
+def compute_dtype(dtype: str) -> str:
+    """The dtype the state is accumulated in for inputs of ``dtype`` (§5)."""
+    return "float32" if dtype in LOW_PRECISION else dtype
+
+
+def check_method(method: str, available: Sequence[str], *, function: str = "linear_scan") -> None:
+    if method != "auto" and method not in available:
+        valid = ", ".join(repr(m) for m in ("auto", *available))
+        raise ValueError(f"{function}: unknown method={method!r}; valid methods: {valid}")
+
+
+def check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+
+
+def _check_shapes(
+    names: tuple[str, str],
+    a_shape: tuple[int, ...],
+    b_shape: tuple[int, ...],
+    init_shape: tuple[int, ...] | None,
+    resets_shape: tuple[int, ...] | None,
+    init_name: str,
+) -> None:
+    na, nb = names
+    if len(b_shape) < 2:
+        raise ValueError(f"{nb} must have shape (B, T, *S) with at least 2 axes, got shape {b_shape}")
+    if len(a_shape) != len(b_shape):
+        raise ValueError(
+            f"{na} must have the same number of axes as {nb} (B, T, *S) with state axes equal or 1; "
+            f"got {na}.shape={a_shape}, {nb}.shape={b_shape}"
+        )
+    if a_shape[:2] != b_shape[:2]:
+        raise ValueError(
+            f"{na} and {nb} must share batch and time axes (B, T); got {na}.shape={a_shape}, {nb}.shape={b_shape}"
+        )
+    for i, (sa, sb) in enumerate(zip(a_shape[2:], b_shape[2:]), start=2):
+        if sa not in (1, sb):
+            raise ValueError(
+                f"{na} must broadcast to {nb} over the state axes (each axis equal or 1); axis {i}: "
+                f"{na}.shape={a_shape}, {nb}.shape={b_shape}"
+            )
+    expected_init = (b_shape[0], *b_shape[2:])
+    if init_shape is not None and tuple(init_shape) != expected_init:
+        raise ValueError(f"{init_name} must have shape (B, *S) = {expected_init}, got {tuple(init_shape)}")
+    if resets_shape is not None and tuple(resets_shape) != b_shape[:2]:
+        raise ValueError(f"resets must have shape (B, T) = {b_shape[:2]}, got {tuple(resets_shape)}")
+
+
+def check_scan_args(
+    a_shape: tuple[int, ...],
+    a_dtype: str,
+    b_shape: tuple[int, ...],
+    b_dtype: str,
+    init_shape: tuple[int, ...] | None = None,
+    init_dtype: str | None = None,
+    resets_shape: tuple[int, ...] | None = None,
+    resets_dtype: str | None = None,
+) -> None:
+    """Validate ``linear_scan`` arguments; raise ``ValueError``/``TypeError`` naming the argument."""
+    if b_dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"b has dtype {b_dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
+    allowed_a = (b_dtype, _REAL_OF[b_dtype]) if b_dtype in _REAL_OF else (b_dtype,)
+    if a_dtype not in allowed_a:
+        raise TypeError(
+            f"a has dtype {a_dtype} but b has dtype {b_dtype}; a must be {' or '.join(allowed_a)}"
+        )
+    if init_dtype is not None:
+        allowed_init = (b_dtype, "float32") if b_dtype in LOW_PRECISION else (b_dtype,)
+        if init_dtype not in allowed_init:
+            raise TypeError(
+                f"initial_state has dtype {init_dtype}; for b of dtype {b_dtype} it must be "
+                f"{' or '.join(allowed_init)}"
+            )
+    if resets_dtype is not None and resets_dtype != "bool":
+        raise TypeError(f"resets must be a boolean array of shape (B, T), got dtype {resets_dtype}")
+    _check_shapes(("a", "b"), a_shape, b_shape, init_shape, resets_shape, "initial_state")
+
+
+def check_log_scan_args(
+    log_a_shape: tuple[int, ...],
+    log_a_dtype: str,
+    log_b_shape: tuple[int, ...],
+    log_b_dtype: str,
+    init_shape: tuple[int, ...] | None = None,
+    init_dtype: str | None = None,
+    resets_shape: tuple[int, ...] | None = None,
+    resets_dtype: str | None = None,
+) -> None:
+    """Validate ``log_scan`` arguments (§8): real floating, same dtype, shapes as ``linear_scan``."""
+    for name, dt in (("log_a", log_a_dtype), ("log_b", log_b_dtype), ("log_initial_state", init_dtype)):
+        if dt is not None and dt not in REAL_DTYPES:
+            raise TypeError(f"{name} must be real floating ({', '.join(REAL_DTYPES)}), got dtype {dt}")
+    if log_a_dtype != log_b_dtype:
+        raise TypeError(f"log_a has dtype {log_a_dtype} but log_b has dtype {log_b_dtype}; they must match")
+    if init_dtype is not None and init_dtype not in (log_b_dtype, "float32"):
+        raise TypeError(f"log_initial_state has dtype {init_dtype}; it must be {log_b_dtype}")
+    if resets_dtype is not None and resets_dtype != "bool":
+        raise TypeError(f"resets must be a boolean array of shape (B, T), got dtype {resets_dtype}")
+    _check_shapes(("log_a", "log_b"), log_a_shape, log_b_shape, init_shape, resets_shape, "log_initial_state")
+
+
+def log_domain_message(name: str, condition: str) -> str:
+    """The error text for a value outside the log-space domain (§8)."""
+    return (
+        f"{name} is outside the log-space domain: {condition}. "
+        "Use method='sequential', 'associative' or 'chunked', which accept any real or complex values."
+    )
