@@ -14,7 +14,8 @@ from pathlib import Path
 ROOTS = {"linrec": "linrec", "spec": "linrec.spec", "backends": "linrec.backends",
          "conformance": "linrec.conformance", "tools": "linrec.tools"}
 DATA = [("linrec.spec", "recurrence.md"), ("linrec.conformance", "golden/scan.json"),
-        ("linrec.conformance", "golden/scan.npz"), ("linrec.conformance", "xfails/numpy.json"), ("linrec", "py.typed")]
+        ("linrec.conformance", "golden/scan.npz"), ("linrec.conformance", "xfails/numpy.json"), ("linrec", "py.typed"),
+        ("linrec.backends.native", "linrec_scan.cc")]
 
 
 def main(repo: Path) -> int:

@@ -51,7 +51,7 @@ def to_text(reports: Sequence[BackendReport], *, verbose: bool = False) -> str:
     lines.append("")
     shown = [
         (cid, row) for cid, row in by_id.items()
-        if verbose or any(getattr(r, "status", "pass") != "pass" for r in row.values())
+        if verbose or any(getattr(r, "status", "pass") not in ("pass", "xfail") for r in row.values())
     ]
     if shown:
         header = f"{'case':<{width}}  " + "  ".join(f"{n:>24}" for n in names)
@@ -66,6 +66,13 @@ def to_text(reports: Sequence[BackendReport], *, verbose: bool = False) -> str:
                 elif r is not None and r.status == "xfail":
                     lines.append(f"    {n}: xfail ({r.reason})")
         lines.append("")
+    for rep in reports:
+        reasons: dict[str, int] = {}
+        for r in rep.results:
+            if r.status == "xfail":
+                reasons[r.reason] = reasons.get(r.reason, 0) + 1
+        for reason, n in reasons.items():
+            lines.append(f"{rep.backend}: {n} expected failures (xfail manifest): {reason}")
     for rep in reports:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(rep.counts().items()))
         verdict = "PASSED" if rep.ok else "FAILED"

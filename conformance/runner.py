@@ -27,6 +27,11 @@ CASE_MODULES: tuple[str, ...] = (
     "linrec.conformance.scan_errors",
     "linrec.conformance.golden_cases",
     "linrec.conformance.scan_properties",
+    "linrec.conformance.mingru_cases",
+    "linrec.conformance.minlstm_cases",
+    "linrec.conformance.gated_linear_rnn_cases",
+    "linrec.conformance.gateloop_mh_cases",
+    "linrec.conformance.conversion_cases",
 )
 
 PASS, FAIL, XFAIL, XPASS, UNSUPPORTED, ERROR = "pass", "fail", "xfail", "xpass", "unsupported", "error"

@@ -64,7 +64,20 @@ def _cmd_golden(args: argparse.Namespace) -> int:
     return golden.main(["--out", str(args.out)] if args.out else [])
 
 
+#: subcommands whose own parser takes the rest of the command line
+_DELEGATED = {
+    "convert": ("linrec.tools.convert", "convert_main", "convert a checkpoint between formats and frameworks"),
+    "inspect": ("linrec.tools.convert", "inspect_main", "print a checkpoint's model, config and tensor table"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _DELEGATED:
+        from importlib import import_module
+
+        module, func, _ = _DELEGATED[argv[0]]
+        return getattr(import_module(module), func)(argv[1:])
     parser = argparse.ArgumentParser(
         prog="linrec", description="Gated linear recurrences: spec, backends, conformance."
     )
@@ -88,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     gold = sub.add_parser("golden", help="regenerate the portable golden vectors")
     gold.add_argument("--out", type=Path, help="output directory (default: the package's conformance/golden)")
     gold.set_defaults(func=_cmd_golden)
+
+    for name, (_, _, help_text) in _DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
 
     args = parser.parse_args(argv)
     return args.func(args)

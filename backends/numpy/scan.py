@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from linrec.backends import native
 from linrec.backends.numpy.arrays import dtype_name, np_dtype
 from linrec.spec import checks
 from linrec.spec.reference import cu_seqlens_to_resets, cut_mask
 
 __all__ = ["LOG_METHODS", "METHODS", "cu_seqlens_to_resets", "linear_scan", "linear_scan_vjp", "log_scan"]
 
-METHODS = ("sequential", "associative", "chunked", "log")
+#: ``"native"`` (the C++ kernel of ``linrec.backends.native``) is listed only where it is built.
+METHODS = native.with_native(("sequential", "associative", "chunked", "log"))
 LOG_METHODS = ("sequential", "heinsen")
 #: Chunk length of ``method="chunked"``: long enough to amortise the per-chunk Python step.
 DEFAULT_CHUNK_SIZE = 64
@@ -113,9 +115,12 @@ def _check_log_domain(a, b, initial_state, resets):
 
 
 def _pick_method(method: str) -> str:
+    native.require_native(method)
     checks.check_method(method, METHODS)
-    # NumPy pays per Python-level step: the chunked form does T/64 steps of vectorised work.
-    return "chunked" if method == "auto" else method
+    if method != "auto":
+        return method
+    # NumPy pays per Python-level step: the kernel pays none, the chunked form T/64 of vectorised work.
+    return "native" if "native" in METHODS else "chunked"
 
 
 def linear_scan(
@@ -150,6 +155,8 @@ def linear_scan(
         log_h0 = np.full(h0.shape, -np.inf, h0.dtype) if initial_state is None else np.log(h0)
         with np.errstate(divide="ignore"):  # log 0 at reset positions is the intended -inf
             h = np.exp(_heinsen(np.log(a_p), np.log(b_p), log_h0))
+    elif method == "native":
+        h = native.linear_scan(np.ascontiguousarray(a_p), np.ascontiguousarray(b_p), h0)[0]
     elif method == "sequential":
         h = _sequential(a_p, b_p, h0)
     elif method == "associative":

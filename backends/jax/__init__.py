@@ -1,0 +1,93 @@
+"""The JAX backend: scans with a scan-shaped custom VJP, layer functions and Flax NNX modules.
+
+Importing it enables ``jax_enable_x64`` (float64/complex128 are part of the spec; see ``arrays.py``).
+"""
+
+from linrec.backends.jax.arrays import asarray, dtype_name, to_numpy
+from linrec.backends.jax.autodiff import vjp
+from linrec.backends.jax.gated_linear_rnn import (
+    GatedLinearRNN,
+    GateLoop,
+    gated_linear_rnn,
+    gated_linear_rnn_initial_state,
+    gated_linear_rnn_step,
+)
+from linrec.backends.jax.gateloop_mh import (
+    GateLoopMH,
+    gateloop_mh,
+    gateloop_mh_initial_state,
+    gateloop_mh_step,
+)
+from linrec.backends.jax.mingru import (
+    MinGRU,
+    mingru,
+    mingru_gates,
+    mingru_initial_state,
+    mingru_log_gates,
+    mingru_step,
+)
+from linrec.backends.jax.minlstm import (
+    MinLSTM,
+    minlstm,
+    minlstm_gates,
+    minlstm_initial_state,
+    minlstm_log_gates,
+    minlstm_step,
+)
+from linrec.backends.jax.scan import (
+    LOG_METHODS,
+    METHODS,
+    cu_seqlens_to_resets,
+    linear_scan,
+    linear_scan_vjp,
+    log_scan,
+)
+from linrec.backends.jax.verify import AgreementReport, verify_agreement
+
+NAME = "jax"
+
+
+def describe() -> dict:
+    """What ``linrec info`` and the conformance report show about this backend."""
+    from linrec.backends import native
+
+    return {"native_kernel": "built" if native.available() else f"not built ({native.build_error()})"}
+
+
+__all__ = [
+    "LOG_METHODS",
+    "METHODS",
+    "NAME",
+    "AgreementReport",
+    "GateLoop",
+    "GateLoopMH",
+    "GatedLinearRNN",
+    "MinGRU",
+    "MinLSTM",
+    "asarray",
+    "cu_seqlens_to_resets",
+    "describe",
+    "dtype_name",
+    "gated_linear_rnn",
+    "gated_linear_rnn_initial_state",
+    "gated_linear_rnn_step",
+    "gateloop_mh",
+    "gateloop_mh_initial_state",
+    "gateloop_mh_step",
+    "linear_scan",
+    "linear_scan_vjp",
+    "log_scan",
+    "mingru",
+    "mingru_gates",
+    "mingru_initial_state",
+    "mingru_log_gates",
+    "mingru_step",
+    "minlstm",
+    "minlstm_gates",
+    "minlstm_initial_state",
+    "minlstm_log_gates",
+    "minlstm_step",
+    "to_numpy",
+    "verify_agreement",
+    "vjp",
+]

@@ -1,0 +1,340 @@
+"""GatedLinearRNN / GateLoop (SISO) in JAX: pure functions and a Flax NNX module (``spec/gated_linear_rnn.md``).
+
+Shape legend: ``B`` batch, ``T`` time, ``D_in`` input features, ``H`` state width (``d_h``),
+``D`` output features (``d_model``), ``n`` column blocks of ``proj`` (3 tied, 4 untied).
+
+The parallel mode is one ``linear_scan`` over ``a = f``, ``b = i ⊙ input_act(u_in)`` (any method of
+``linrec.backends.jax.scan``); the sequential mode is ``lax.scan`` over the step cell, the only form of
+``use_true_recurrence``. The pure functions take the config as a static keyword, so they work under
+``jax.jit`` (``static_argnames=("config", "mode", "method", "chunk_size")``), ``jax.grad`` and ``jax.vmap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.scan import linear_scan
+from linrec.spec import gated_linear_rnn as spec
+from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
+
+__all__ = [
+    "GateLoop",
+    "GatedLinearRNN",
+    "gated_linear_rnn",
+    "gated_linear_rnn_initial_state",
+    "gated_linear_rnn_step",
+]
+
+Array = jax.Array
+Params = Mapping[str, Array]
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "identity": lambda x: x,
+    "relu": jax.nn.relu,
+    "gelu": partial(jax.nn.gelu, approximate=True),
+    "gelu_exact": partial(jax.nn.gelu, approximate=False),
+    "silu": jax.nn.silu,
+    "softplus": jax.nn.softplus,
+}
+assert set(_ACTIVATIONS) == set(spec.ACTIVATIONS)
+
+
+def _prepare_params(params: Params, dtype, config: GatedLinearRNNConfig) -> dict[str, Array]:
+    spec.check_params({k: tuple(jnp.shape(v)) for k, v in params.items()}, config)
+    return {k: jnp.asarray(v).astype(dtype) for k, v in params.items()}
+
+
+def _state(state, batch: int, x_dtype: str, config: GatedLinearRNNConfig, name: str) -> Array:
+    acc = jnp_dtype(spec.state_dtype(x_dtype))
+    if state is None:
+        return jnp.zeros((batch, config.d_h), acc)
+    state = jnp.asarray(state)
+    spec.check_initial_state(tuple(state.shape), dtype_name(state), batch, x_dtype, config, name=name)
+    return state.astype(acc)
+
+
+def _split(u: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array, Array, Array]:
+    """Activated blocks of ``u: (..., n H)`` → ``(candidate, i, f, o)``, each ``(..., H)``."""
+    d = config.d_h
+    candidate = _ACTIVATIONS[config.input_activation](u[..., :d])
+    gates = _ACTIVATIONS[config.gate_activation](u[..., d:])
+    i = gates[..., :d]
+    if config.use_tied_gates:
+        return candidate, i, 1 - i, gates[..., d : 2 * d]
+    return candidate, i, gates[..., d : 2 * d], gates[..., 2 * d : 3 * d]
+
+
+def _cell(p: Params, u_t: Array, h: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array]:
+    """``u_t: (B, n H)``, ``h: (B, H)`` → ``(y_t: (B, H), h_t)`` (before ``out_proj``)."""
+    if config.use_true_recurrence:
+        u_t = u_t + h @ p["recurrent_proj.kernel"].astype(h.dtype)
+    candidate, i, f, o = _split(u_t, config)
+    h = f * h + i * candidate
+    return _ACTIVATIONS[config.hidden_activation](h) * o, h
+
+
+# The pieces are jitted with the (hashable, frozen) config static: eager calls then hit the
+# compilation cache instead of re-tracing ``lax.scan`` on every call; inside a user's ``jit`` they inline.
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _scan_inputs(p: Params, x: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array, Array]:
+    """``x: (B, T, D_in)`` → ``(a = f, b = i ⊙ candidate, o)``, each ``(B, T, H)`` in the state dtype."""
+    u = (x @ p["proj.kernel"] + p["proj.bias"]).astype(jnp_dtype(spec.state_dtype(dtype_name(x))))
+    candidate, i, f, o = _split(u, config)
+    return f, i * candidate, o
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _readout(p: Params, h: Array, o: Array, x: Array, config: GatedLinearRNNConfig) -> Array:
+    """``y = (hidden_act(h) ⊙ o) W_o + b_o`` in the dtype of ``x``."""
+    y = _ACTIVATIONS[config.hidden_activation](h) * o
+    return y.astype(x.dtype) @ p["out_proj.kernel"] + p["out_proj.bias"]
+
+
+@partial(jax.jit, static_argnames=("config", "method", "chunk_size"))
+def _parallel(
+    p: Params, x: Array, h0: Array | None, config: GatedLinearRNNConfig, method: str, chunk_size: int | None
+) -> tuple[Array, Array]:
+    a, b, o = _scan_inputs(p, x, config)
+    h, final = linear_scan(a, b, initial_state=h0, reverse=config.reversed, method=method, chunk_size=chunk_size)
+    return _readout(p, h, o, x, config), final
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _sequential(p: Params, x: Array, h0: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array]:
+    """The step loop as ``lax.scan`` (backwards in time when ``config.reversed``)."""
+    u = (x @ p["proj.kernel"] + p["proj.bias"]).astype(h0.dtype)
+
+    def body(h, u_t):
+        y_t, h = _cell(p, u_t, h, config)
+        return h, y_t
+
+    final, y = lax.scan(body, h0, jnp.swapaxes(u, 0, 1), reverse=config.reversed)
+    out = jnp.swapaxes(y, 0, 1).astype(x.dtype) @ p["out_proj.kernel"] + p["out_proj.bias"]
+    return out, final
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _step(p: Params, x_t: Array, h: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array]:
+    u_t = (x_t @ p["proj.kernel"] + p["proj.bias"]).astype(h.dtype)
+    y_t, h = _cell(p, u_t, h, config)
+    return y_t.astype(x_t.dtype) @ p["out_proj.kernel"] + p["out_proj.bias"], h
+
+
+def gated_linear_rnn(
+    params: Params,
+    x: Array,
+    *,
+    config: GatedLinearRNNConfig,
+    initial_state: Array | None = None,
+    mode: str = "auto",
+    method: str = "auto",
+    chunk_size: int | None = None,
+) -> tuple[Array, Array]:
+    """The layer over a sequence: ``x: (B, T, D_in)`` → ``(y: (B, T, D), final_state: (B, H))``.
+
+    ``mode``: ``"parallel"`` (scan; ``method``/``chunk_size`` go to ``linear_scan``), ``"sequential"``
+    (``lax.scan`` over the cell; the only mode with ``use_true_recurrence``) or ``"auto"``.
+    Projections run in the dtype of ``x``; gates and state in ``state_dtype`` (float32 for bf16/f16),
+    and ``final_state`` is returned in that dtype.
+    """
+    x = jnp.asarray(x)
+    spec.check_input(tuple(x.shape), dtype_name(x), config)
+    mode = spec.resolve_mode(mode, method, config, chunk_size)
+    p = _prepare_params(params, x.dtype, config)
+    h0 = _state(initial_state, x.shape[0], dtype_name(x), config, "initial_state")
+    if mode == "sequential":
+        return _sequential(p, x, h0, config)
+    h0_given = None if initial_state is None else h0
+    if method != "log":
+        return _parallel(p, x, h0_given, config, method, chunk_size)
+    # method="log" checks the values of a, b and h0 (all > 0): outside jit that check raises at once
+    a, b, o = _scan_inputs(p, x, config)
+    h, final = linear_scan(a, b, initial_state=h0_given, reverse=config.reversed, method=method)
+    return _readout(p, h, o, x, config), final
+
+
+def gated_linear_rnn_step(
+    params: Params, x_t: Array, state: Array | None, *, config: GatedLinearRNNConfig
+) -> tuple[Array, Array]:
+    """One step: ``x_t: (B, D_in)``, ``state: (B, H)`` (``None``: zeros) → ``(y_t: (B, D), state)``."""
+    x_t = jnp.asarray(x_t)
+    spec.check_step_input(tuple(x_t.shape), dtype_name(x_t), config)
+    p = _prepare_params(params, x_t.dtype, config)
+    h = _state(state, x_t.shape[0], dtype_name(x_t), config, "state")
+    return _step(p, x_t, h, config)
+
+
+def gated_linear_rnn_initial_state(config: GatedLinearRNNConfig, batch_size: int, dtype: Any = "float32") -> Array:
+    """Zeros ``(B, H)`` in the state dtype for inputs of ``dtype`` (float32 for bf16/f16)."""
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    return jnp.zeros((batch_size, config.d_h), jnp_dtype(spec.state_dtype(name)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Flax NNX module.
+
+
+class GatedLinearRNN(nnx.Module):
+    """GatedLinearRNN layer (Katsch): ``h_t = f_t ⊙ h_{t-1} + i_t ⊙ input_act(u_in)``, ``y_t = hidden_act(h_t) ⊙ o_t``.
+
+    Config fields are keyword arguments (``spec.gated_linear_rnn.GatedLinearRNNConfig``); ``dtype`` is the
+    compute dtype (``None``: promote the input with ``param_dtype``), ``param_dtype`` the storage dtype;
+    ``remat=True`` recomputes the layer in the backward pass (``jax.checkpoint``).
+
+    Parameters follow the canonical table: ``proj`` (``D_in → n H``), ``out_proj`` (``H → D``) and, with
+    ``use_true_recurrence``, ``recurrent_proj`` (``H → n H``, no bias, zero init).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_h: int,
+        d_in: int | None = None,
+        *,
+        reversed: bool = False,
+        input_activation: str = "tanh",
+        hidden_activation: str = "tanh",
+        gate_activation: str = "sigmoid",
+        use_true_recurrence: bool = False,
+        use_tied_gates: bool = True,
+        rngs: nnx.Rngs,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        remat: bool = False,
+    ) -> None:
+        cfg = GatedLinearRNNConfig(
+            d_model=d_model, d_h=d_h, d_in=d_in, reversed=reversed, input_activation=input_activation,
+            hidden_activation=hidden_activation, gate_activation=gate_activation,
+            use_true_recurrence=use_true_recurrence, use_tied_gates=use_tied_gates,
+        )
+        self._config = cfg
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.remat = remat
+        width = cfg.n_blocks * cfg.d_h
+        self.proj = nnx.Linear(cfg.d_in, width, param_dtype=param_dtype, rngs=rngs)
+        self.out_proj = nnx.Linear(cfg.d_h, cfg.d_model, param_dtype=param_dtype, rngs=rngs)
+        self.recurrent_proj = (
+            nnx.Linear(
+                cfg.d_h, width, use_bias=False, kernel_init=nnx.initializers.zeros_init(),
+                param_dtype=param_dtype, rngs=rngs,
+            )
+            if cfg.use_true_recurrence
+            else None
+        )
+
+    @property
+    def config(self) -> GatedLinearRNNConfig:
+        return self._config
+
+    def _params(self) -> dict[str, Array]:
+        p = {
+            "proj.kernel": self.proj.kernel[...],
+            "proj.bias": self.proj.bias[...],
+            "out_proj.kernel": self.out_proj.kernel[...],
+            "out_proj.bias": self.out_proj.bias[...],
+        }
+        if self.recurrent_proj is not None:
+            p["recurrent_proj.kernel"] = self.recurrent_proj.kernel[...]
+        return p
+
+    def _compute_dtype(self, x: Array) -> Any:
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise TypeError(f"x must be a real floating array, got dtype {x.dtype}")
+        return self.dtype if self.dtype is not None else jnp.promote_types(x.dtype, self.param_dtype)
+
+    def __call__(
+        self,
+        x: Array,
+        initial_state: Array | None = None,
+        *,
+        mode: str = "auto",
+        method: str = "auto",
+        chunk_size: int | None = None,
+    ) -> tuple[Array, Array]:
+        """``x: (B, T, D_in)``, ``initial_state: (B, H)`` → ``(y: (B, T, D), final_state: (B, H))``."""
+        x = jnp.asarray(x)
+        dt = self._compute_dtype(x)
+        config = self._config
+
+        def run(params: Params, x: Array, h0: Array | None) -> tuple[Array, Array]:
+            return gated_linear_rnn(
+                params, x, config=config, initial_state=h0, mode=mode, method=method, chunk_size=chunk_size
+            )
+
+        if self.remat:
+            run = jax.checkpoint(run)
+        return run(self._params(), x.astype(dt), initial_state)
+
+    def step(self, x_t: Array, state: Array | None = None) -> tuple[Array, Array]:
+        """``x_t: (B, D_in)``, ``state: (B, H)`` → ``(y_t: (B, D), state)``."""
+        x_t = jnp.asarray(x_t)
+        dt = self._compute_dtype(x_t)
+        return gated_linear_rnn_step(self._params(), x_t.astype(dt), state, config=self._config)
+
+    def cell(self, carry: Array, x_t: Array) -> tuple[Array, Array]:
+        """Flax-NNX cell convention ``(carry, x_t) -> (carry, y_t)``."""
+        y_t, carry = self.step(x_t, carry)
+        return carry, y_t
+
+    def initial_state(self, batch_size: int) -> Array:
+        """Zeros ``(B, H)`` in the state dtype of this module's compute dtype."""
+        dt = self.dtype if self.dtype is not None else self.param_dtype
+        return gated_linear_rnn_initial_state(self._config, batch_size, np.dtype(dt))
+
+    @classmethod
+    def from_canonical(
+        cls,
+        config: GatedLinearRNNConfig,
+        params: Mapping[str, Any],
+        *,
+        rngs: nnx.Rngs | None = None,
+        dtype: Any = None,
+        param_dtype: Any = None,
+        remat: bool = False,
+    ):
+        """A module holding ``params`` (canonical names and layout); ``param_dtype`` defaults to theirs."""
+        spec.check_params({k: tuple(np.shape(v)) for k, v in params.items()}, config)
+        if param_dtype is None:
+            param_dtype = np.asarray(params["proj.kernel"]).dtype
+        module = cls(
+            **{f: getattr(config, f) for f in config.__dataclass_fields__},
+            rngs=rngs if rngs is not None else nnx.Rngs(0),
+            dtype=dtype, param_dtype=param_dtype, remat=remat,
+        )
+        targets = {
+            "proj.kernel": module.proj.kernel,
+            "proj.bias": module.proj.bias,
+            "out_proj.kernel": module.out_proj.kernel,
+            "out_proj.bias": module.out_proj.bias,
+        }
+        if module.recurrent_proj is not None:
+            targets["recurrent_proj.kernel"] = module.recurrent_proj.kernel
+        for name, var in targets.items():
+            var[...] = jnp.asarray(np.asarray(params[name]), dtype=param_dtype)
+        return module
+
+    def canonical_params(self) -> dict[str, np.ndarray]:
+        """Canonical name → NumPy array (kernels ``(in, out)``)."""
+        return {k: np.asarray(jax.device_get(v)) for k, v in self._params().items()}
+
+
+class GateLoop(GatedLinearRNN):
+    """GateLoop (Katsch): the same layer under the name of the original that has ``reversed``.
+
+    ``reversed=True`` runs the recurrence from the last step to the first (``linear_scan(reverse=True)``);
+    the returned state is then the state after the reversed pass (at ``t = 0``).
+    """

@@ -1,0 +1,327 @@
+"""Multi-head outer-product GateLoop in JAX: pure functions and a Flax NNX module (``spec/gateloop_mh.md``).
+
+Shape legend: ``B`` batch, ``T`` time, ``D`` d_model, ``H`` heads, ``K`` d_key, ``V`` d_value,
+``R`` gate rows per head (``K`` or 1), ``C`` chunk size.
+
+Per head ``S_t = diag(a_t) S_{t-1} + k_t v_tᵀ``, ``o_t = S_tᵀ q_t``. ``mode="parallel"`` is one
+``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``mode="chunked"`` runs that scan per chunk of ``C`` steps inside
+``lax.scan`` with the chunk body under ``jax.checkpoint``, so neither the forward nor the backward pass holds more
+than one chunk's states; ``mode="sequential"`` is ``lax.scan`` over the step. The pure functions work under
+``jit``/``grad``/``vmap`` (config, mode, method and chunk size are static).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.scan import linear_scan
+from linrec.spec import gateloop_mh as spec
+from linrec.spec.gateloop_mh import GateLoopMHConfig
+
+__all__ = ["GateLoopMH", "gateloop_mh", "gateloop_mh_initial_state", "gateloop_mh_step"]
+
+Array = jax.Array
+
+
+# ---------------------------------------------------------------- pieces shared by every path
+
+
+def _dense(params: Mapping[str, Array], name: str, x: Array) -> Array:
+    y = x @ params[f"{name}.kernel"]
+    bias = params.get(f"{name}.bias")
+    return y if bias is None else y + bias
+
+
+def _project(params: Mapping[str, Array], x: Array, config: GateLoopMHConfig, sdt) -> tuple[Array, ...]:
+    """``x: (..., D)`` -> ``q, k: (..., H, K)``, ``v: (..., H, V)`` in the state's real dtype, ``a: (..., H, R, 1)``."""
+    lead, h, r = x.shape[:-1], config.num_heads, config.gate_rows
+    real = jnp.real(jnp.zeros((), sdt)).dtype
+    q = _dense(params, "q_proj", x).reshape(*lead, h, config.d_key).astype(real)
+    k = _dense(params, "k_proj", x).reshape(*lead, h, config.d_key).astype(real)
+    v = _dense(params, "v_proj", x).reshape(*lead, h, config.d_value).astype(real)
+    if config.is_complex:
+        mag = jax.nn.sigmoid(_dense(params, "a_mag_proj", x).astype(real))
+        phase = _dense(params, "a_phase_proj", x).astype(real)
+        if config.phase_activation == "relu":
+            phase = jax.nn.relu(phase)
+        a = (mag * jnp.exp(1j * phase)).astype(sdt)
+    else:
+        a = jax.nn.sigmoid(_dense(params, "a_proj", x).astype(real))
+    return q, k, v, a.reshape(*lead, h, r, 1)
+
+
+def _read_out(params: Mapping[str, Array], o: Array, x_dtype, config: GateLoopMHConfig) -> Array:
+    """``o: (..., H, V)`` in the state dtype -> ``y: (..., D)`` (§2 output convention, then ``out_proj``)."""
+    width = config.num_heads * config.d_value
+    if config.is_complex and config.complex_output == "complex":
+        real = jnp.real(o).dtype
+        u = o.reshape(*o.shape[:-2], width)
+        return u @ params["out_proj.kernel"].astype(real) + params["out_proj.bias"].astype(real)
+    u = (jnp.real(o) if config.is_complex else o).astype(x_dtype)  # rounded once to x's dtype
+    return _dense(params, "out_proj", u.reshape(*u.shape[:-2], width))
+
+
+def _outer(k: Array, v: Array, sdt) -> Array:
+    return (k[..., :, None] * v[..., None, :]).astype(sdt)
+
+
+def _scan_part(q: Array, k: Array, v: Array, a: Array, state: Array, method: str) -> tuple[Array, Array]:
+    """Scan the time axis of the given slices from ``state``: ``-> (o: (B, t, H, V), final S)``."""
+    h, state = linear_scan(a, _outer(k, v, state.dtype), initial_state=state, method=method)
+    return jnp.einsum("bthkv,bthk->bthv", h, q), state
+
+
+def _chunked(q: Array, k: Array, v: Array, a: Array, state: Array, method: str, size: int) -> tuple[Array, Array]:
+    """The memory-lean path (§6): ``lax.scan`` over chunks, each chunk body recomputed in the backward pass."""
+    n_batch, n_time = q.shape[:2]
+    n_chunks = -(-n_time // size)
+    pad = n_chunks * size - n_time
+
+    def chunks(z: Array, fill: float) -> Array:
+        if pad:  # identity steps (a = 1, k = v = q = 0) leave S unchanged; their outputs are dropped
+            z = jnp.concatenate([z, jnp.full((n_batch, pad, *z.shape[2:]), fill, z.dtype)], axis=1)
+        return jnp.moveaxis(z.reshape(n_batch, n_chunks, size, *z.shape[2:]), 1, 0)
+
+    @partial(jax.checkpoint, prevent_cse=False)
+    def body(s: Array, part: tuple[Array, ...]) -> tuple[Array, Array]:
+        o, s = _scan_part(*part, s, method)
+        return s, o
+
+    state, o = lax.scan(body, state, (chunks(q, 0), chunks(k, 0), chunks(v, 0), chunks(a, 1)))
+    o = jnp.moveaxis(o, 0, 1).reshape(n_batch, n_chunks * size, *o.shape[3:])
+    return o[:, :n_time], state
+
+
+def _prepare(params, x, state, config: GateLoopMHConfig, *, ndim: int, state_name: str):
+    x = jnp.asarray(x)
+    spec.check_x(config, tuple(x.shape), dtype_name(x), ndim=ndim, name="x" if ndim == 3 else "x_t")
+    spec.check_params(config, {name: tuple(jnp.shape(p)) for name, p in params.items()})
+    sdt = jnp_dtype(spec.state_dtype(config, dtype_name(x)))
+    if state is None:
+        state = jnp.zeros(spec.state_shape(config, x.shape[0]), sdt)
+    else:
+        state = jnp.asarray(state)
+        spec.check_state(config, x.shape[0], tuple(state.shape), dtype_name(state), dtype_name(x), name=state_name)
+        state = state.astype(sdt)
+    params = {name: jnp.asarray(p).astype(x.dtype) for name, p in params.items()}
+    return params, x, state
+
+
+def _step(params, x_t: Array, state: Array, config: GateLoopMHConfig) -> tuple[Array, Array]:
+    q, k, v, a = _project(params, x_t, config, state.dtype)
+    state = a * state + _outer(k, v, state.dtype)  # rows of S decayed by a
+    return _read_out(params, jnp.einsum("bhkv,bhk->bhv", state, q), x_t.dtype, config), state
+
+
+_step_jit = jax.jit(_step, static_argnames=("config",))
+
+
+# ---------------------------------------------------------------- pure functions
+
+
+def gateloop_mh(
+    params: Mapping[str, Array],
+    x: Array,
+    *,
+    config: GateLoopMHConfig,
+    initial_state: Array | None = None,
+    mode: str = "parallel",
+    method: str = "auto",
+    chunk_size: int | None = None,
+    remat: bool = False,
+) -> tuple[Array, Array]:
+    """The layer over a sequence.
+
+    Args:
+      params: canonical name -> array (``linrec.spec.gateloop_mh.param_shapes``); cast to ``x``'s dtype.
+      x: ``(B, T, D)`` real floating.
+      initial_state: ``(B, H, K, V)`` or ``None`` (zeros).
+      mode: ``"parallel"``, ``"chunked"`` (memory-lean, §6) or ``"sequential"`` (``lax.scan`` of the step).
+      method: scan method for ``"parallel"``/``"chunked"`` (recurrence.md §7).
+      chunk_size: steps per chunk for ``mode="chunked"`` (default ``config.chunk_size``).
+      remat: recompute the scan and read-out in the backward pass (``jax.checkpoint``) instead of storing them.
+
+    Returns:
+      ``y: (B, T, D)`` and ``final_state: (B, H, K, V)``.
+    """
+    spec.check_mode(mode, method, chunk_size)
+    params, x, state = _prepare(params, x, initial_state, config, ndim=3, state_name="initial_state")
+    return _forward(params, x, state, config=config, mode=mode, method=method,
+                    size=chunk_size or config.chunk_size, remat=remat)
+
+
+@partial(jax.jit, static_argnames=("config", "mode", "method", "size", "remat"))
+def _forward(params, x: Array, state: Array, *, config: GateLoopMHConfig, mode: str, method: str, size: int,
+             remat: bool) -> tuple[Array, Array]:
+    # jit-cached on (shapes, dtypes, config, mode, method, size); inlined when called under an outer jit
+    def core(params, x, state):
+        if mode == "sequential":
+            def one(s, x_t):
+                y_t, s = _step(params, x_t, s, config)
+                return s, y_t
+
+            state, y = lax.scan(one, state, jnp.moveaxis(x, 1, 0))
+            return jnp.moveaxis(y, 0, 1), state
+        q, k, v, a = _project(params, x, config, state.dtype)
+        if mode == "chunked":
+            o, state = _chunked(q, k, v, a, state, method, size)
+        else:
+            o, state = _scan_part(q, k, v, a, state, method)
+        return _read_out(params, o, x.dtype, config), state
+
+    return (jax.checkpoint(core) if remat else core)(params, x, state)
+
+
+def gateloop_mh_step(
+    params: Mapping[str, Array], x_t: Array, state: Array | None, *, config: GateLoopMHConfig
+) -> tuple[Array, Array]:
+    """One step: ``x_t: (B, D)``, ``state: (B, H, K, V)`` (``None``: zeros) -> ``(y_t: (B, D), state)``."""
+    params, x_t, state = _prepare(params, x_t, state, config, ndim=2, state_name="state")
+    return _step_jit(params, x_t, state, config=config)
+
+
+def gateloop_mh_initial_state(config: GateLoopMHConfig, batch_size: int, dtype="float32") -> Array:
+    """Zeros ``(B, H, K, V)`` in the state dtype for inputs of ``dtype`` (``gateloop_mh.md`` §3)."""
+    name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
+    return jnp.zeros(spec.state_shape(config, batch_size), jnp_dtype(spec.state_dtype(config, name)))
+
+
+# ---------------------------------------------------------------- the NNX module
+
+
+def _constant_init(value: np.ndarray):
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        return jnp.asarray(value, dtype).reshape(shape)
+
+    return init
+
+
+class GateLoopMH(nnx.Module):
+    """Multi-head outer-product GateLoop layer (Flax NNX).
+
+    ``__call__(x: (B, T, D), initial_state: (B, H, K, V) | None) -> (y: (B, T, D), final_state)``.
+    Submodules ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj`` (real) or ``a_mag_proj``/``a_phase_proj`` (complex),
+    ``out_proj`` are ``nnx.Linear``: their state paths are the canonical names (``q_proj.kernel``, ...).
+    ``dtype`` is the compute dtype (``None``: the input's), ``param_dtype`` the storage dtype; ``remat=True``
+    recomputes the scan in the backward pass.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int = 1,
+        d_key: int | None = None,
+        d_value: int | None = None,
+        *,
+        gate: str = "real",
+        gate_granularity: str = "key",
+        phase_activation: str = "identity",
+        complex_output: str = "real",
+        qkv_bias: bool = False,
+        chunk_size: int = 64,
+        rngs: nnx.Rngs,
+        dtype=None,
+        param_dtype=jnp.float32,
+        remat: bool = False,
+    ):
+        cfg = GateLoopMHConfig(
+            d_model=d_model, num_heads=num_heads, d_key=d_key, d_value=d_value, gate=gate,
+            gate_granularity=gate_granularity, phase_activation=phase_activation, complex_output=complex_output,
+            qkv_bias=qkv_bias, chunk_size=chunk_size,
+        )
+        self._config = cfg
+        self.dtype = dtype
+        self.remat = remat
+        shapes = spec.param_shapes(cfg)
+        lecun, zeros = nnx.initializers.lecun_normal(), nnx.initializers.zeros_init()
+
+        def linear(name: str, bias_init=zeros) -> nnx.Linear:
+            d_in, d_out = shapes[f"{name}.kernel"]
+            return nnx.Linear(d_in, d_out, use_bias=f"{name}.bias" in shapes, kernel_init=lecun,
+                              bias_init=bias_init, param_dtype=param_dtype, rngs=rngs)
+
+        self.q_proj = linear("q_proj")
+        self.k_proj = linear("k_proj")
+        self.v_proj = linear("v_proj")
+        decay_bias = _constant_init(spec.gate_bias_init(cfg))
+        if cfg.is_complex:
+            self.a_mag_proj = linear("a_mag_proj", decay_bias)
+            self.a_phase_proj = linear("a_phase_proj")
+        else:
+            self.a_proj = linear("a_proj", decay_bias)
+        self.out_proj = linear("out_proj")
+
+    @property
+    def config(self) -> GateLoopMHConfig:
+        return self._config
+
+    def _linears(self) -> dict[str, nnx.Linear]:
+        names = ("q_proj", "k_proj", "v_proj", *self._config.gate_names, "out_proj")
+        return {name: getattr(self, name) for name in names}
+
+    def _params(self) -> dict[str, Array]:
+        params = {}
+        for name, lin in self._linears().items():
+            params[f"{name}.kernel"] = lin.kernel[...]
+            if lin.bias is not None:
+                params[f"{name}.bias"] = lin.bias[...]
+        return params
+
+    def _cast(self, x: Array) -> Array:
+        return x if self.dtype is None else jnp.asarray(x).astype(self.dtype)
+
+    def __call__(
+        self, x: Array, initial_state: Array | None = None, *, mode: str = "parallel", method: str = "auto",
+        chunk_size: int | None = None,
+    ) -> tuple[Array, Array]:
+        """``x: (B, T, D)`` -> ``(y: (B, T, D), final_state: (B, H, K, V))``."""
+        return gateloop_mh(self._params(), self._cast(x), config=self._config, initial_state=initial_state,
+                           mode=mode, method=method, chunk_size=chunk_size, remat=self.remat)
+
+    def step(self, x_t: Array, state: Array | None) -> tuple[Array, Array]:
+        """``x_t: (B, D)``, ``state: (B, H, K, V)`` -> ``(y_t: (B, D), state)``."""
+        return gateloop_mh_step(self._params(), self._cast(x_t), state, config=self._config)
+
+    def cell(self, carry: Array, x_t: Array) -> tuple[Array, Array]:
+        """flax.nnx cell convention: ``(carry, x_t) -> (carry, y_t)``."""
+        y_t, carry = self.step(x_t, carry)
+        return carry, y_t
+
+    def initial_state(self, batch_size: int, dtype=None) -> Array:
+        """Zeros ``(B, H, K, V)`` in the state dtype for this module's compute dtype (float32 by default)."""
+        dtype = dtype or self.dtype or self.q_proj.kernel[...].dtype
+        return gateloop_mh_initial_state(self._config, batch_size, np.dtype(dtype).name)
+
+    @classmethod
+    def from_canonical(
+        cls, config: GateLoopMHConfig, params: Mapping[str, np.ndarray], *, rngs: nnx.Rngs | None = None,
+        dtype=None, param_dtype=None, remat: bool = False,
+    ) -> GateLoopMH:
+        """Build a module holding ``params`` (canonical names and layout; stored in ``param_dtype`` or theirs)."""
+        spec.check_params(config, {name: np.shape(p) for name, p in params.items()})
+        if param_dtype is None:
+            param_dtype = np.asarray(next(iter(params.values()))).dtype
+        module = cls(
+            config.d_model, config.num_heads, config.d_key, config.d_value, gate=config.gate,
+            gate_granularity=config.gate_granularity, phase_activation=config.phase_activation,
+            complex_output=config.complex_output, qkv_bias=config.qkv_bias, chunk_size=config.chunk_size,
+            rngs=rngs or nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, remat=remat,
+        )
+        for name, lin in module._linears().items():
+            lin.kernel[...] = jnp.asarray(params[f"{name}.kernel"], param_dtype)
+            if lin.bias is not None:
+                lin.bias[...] = jnp.asarray(params[f"{name}.bias"], param_dtype)
+        return module
+
+    def canonical_params(self) -> dict[str, np.ndarray]:
+        """Canonical name -> NumPy array (kernels ``(in, out)``)."""
+        return {name: np.asarray(value) for name, value in self._params().items()}

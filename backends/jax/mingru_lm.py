@@ -1,0 +1,492 @@
+"""minGRU language model for the JAX backend (``spec/mingru_lm.md``): pure functions and a Flax NNX module.
+
+Shape legend: ``B`` batch, ``T`` time, ``V`` vocabulary, ``D`` model width, ``H`` minGRU state width,
+``L`` layers.
+
+The blocks' parameters are stacked on a leading ``L`` axis (the module creates them with
+``nnx.split_rngs`` + ``nnx.vmap``; the pure functions stack canonical ``layers.{l}.*`` arrays) and the
+forward pass is one ``lax.scan`` over that axis, so the compiled program, and its compile time, do not
+grow with depth. Every layer's minGRU runs through the layer's own functions
+(``linrec.backends.jax.mingru``); left padding turns pad positions into identity steps of the same scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from linrec.backends.jax import scan as _scan
+from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.mingru import MinGRU, mingru, mingru_gates, mingru_step
+from linrec.spec import mingru as mingru_spec
+from linrec.spec import mingru_lm as spec
+from linrec.spec.mingru_lm import MinGRULMConfig, MinGRULMState
+
+__all__ = [
+    "MinGRULM",
+    "MinGRULMState",
+    "mingru_lm",
+    "mingru_lm_generate",
+    "mingru_lm_initial_state",
+    "mingru_lm_step",
+    "stack_params",
+    "unstack_params",
+]
+
+Array = jax.Array
+Tree = dict[str, Any]  # {"embed.embedding", "head.kernel", ..., "layers": {suffix: (L, ...)}}
+
+
+# --- parameter layout: canonical (flat, per layer) <-> stacked ----------------------------------------
+
+
+def stack_params(params: Mapping[str, Any], config: MinGRULMConfig) -> Tree:
+    """Canonical ``layers.{l}.<suffix>`` arrays -> ``tree["layers"][<suffix>]`` stacked on axis 0."""
+    tree: Tree = {k: jnp.asarray(v) for k, v in params.items() if not k.startswith("layers.")}
+    tree["layers"] = {
+        suffix: jnp.stack([jnp.asarray(params[f"layers.{l}.{suffix}"]) for l in range(config.n_layers)])
+        for suffix in spec.layer_param_shapes(config)
+    }
+    return tree
+
+
+def unstack_params(tree: Tree, config: MinGRULMConfig) -> dict[str, Any]:
+    """The inverse of :func:`stack_params`."""
+    out = {k: v for k, v in tree.items() if k != "layers"}
+    for suffix, value in tree["layers"].items():
+        for l in range(config.n_layers):
+            out[f"layers.{l}.{suffix}"] = value[l]
+    return out
+
+
+# --- the computation (traced; no checks) --------------------------------------------------------------
+
+
+def _dense(p: Mapping[str, Array], name: str, x: Array) -> Array:
+    y = x @ p[f"{name}.kernel"].astype(x.dtype)
+    return y + p[f"{name}.bias"].astype(x.dtype) if f"{name}.bias" in p else y
+
+
+def _sub(p: Mapping[str, Array], prefix: str) -> dict[str, Array]:
+    return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
+
+
+def _rms_norm(x: Array, scale: Array, eps: float) -> Array:
+    return x * lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale.astype(x.dtype)
+
+
+def _block(p: Mapping[str, Array], x: Array, mixer: Callable, config: MinGRULMConfig):
+    """One block on ``x (B, T, D)`` or ``(B, D)``; ``mixer(inp) -> (y, h)`` runs the minGRU."""
+    if config.block == "glu":
+        y, h = mixer(x)
+        value, gate = jnp.split(_dense(p, "glu", y), 2, axis=-1)
+        return x + value * jax.nn.sigmoid(gate), h
+    y, h = mixer(_rms_norm(x, p["norm.scale"], config.norm_eps))
+    x = x + y
+    f = jax.nn.gelu(_dense(p, "ff.fc1", _rms_norm(x, p["ff_norm.scale"], config.norm_eps)), approximate=False)
+    return x + _dense(p, "ff.fc2", f), h
+
+
+def _head(tree: Tree, x: Array, config: MinGRULMConfig) -> Array:
+    if config.block == "prenorm":
+        x = _rms_norm(x, tree["final_norm.scale"], config.norm_eps)
+    return _dense(tree, "head", x)
+
+
+def _state_dtype(dtype) -> np.dtype:
+    return jnp_dtype(mingru_spec.state_dtype(np.dtype(dtype).name))
+
+
+def _masked_mingru(mp, x, h0, mask, config: MinGRULMConfig, method: str):
+    """The minGRU scan with pad positions as identity steps: ``a = 1, b = 0`` where ``mask`` is False."""
+    mcfg = config.mingru
+    acc = _state_dtype(x.dtype)
+    u = _dense(mp, "proj", x).astype(acc)
+    a, b = mingru_gates(u, mcfg)
+    keep = mask[..., None]
+    a, b = jnp.where(keep, a, jnp.ones((), acc)), jnp.where(keep, b, jnp.zeros((), acc))
+    if h0 is None:
+        h0 = jnp.full((x.shape[0], mcfg.d_inner), mcfg.default_state, acc)
+    h, final = _scan.linear_scan(a, b, initial_state=h0, method=method)
+    y = h.astype(x.dtype)
+    return (y @ mp["out_proj.kernel"].astype(x.dtype) if mcfg.out_proj else y), final
+
+
+def _step_core(tree: Tree, x_t: Array, h: Array, keep: Array | None, config: MinGRULMConfig):
+    """One step from embedded ``x_t (B, D)`` and ``h (L, B, H)``: a ``lax.scan`` over the layers."""
+    mcfg = config.mingru
+
+    def body(x_t, inp):
+        p, h_old = inp
+        mp = _sub(p, "mingru.")
+
+        def mixer(z):
+            y, h_new = mingru_step(mp, z, h_old, config=mcfg)
+            if keep is None:
+                return y, h_new
+            h_new = jnp.where(keep[:, None], h_new, h_old)  # a pad step: the state, and so the output, stay put
+            y = h_new.astype(z.dtype)
+            return (y @ mp["out_proj.kernel"].astype(y.dtype) if mcfg.out_proj else y), h_new
+
+        return _block(p, x_t, mixer, config)
+
+    x_t, h = lax.scan(body, x_t, (tree["layers"], h))
+    return _head(tree, x_t, config), h
+
+
+@partial(jax.jit, static_argnames=("config", "mode", "method", "remat"))
+def _run(tree: Tree, tokens: Array, h0: Array | None, mask: Array | None, *, config: MinGRULMConfig,
+         mode: str, method: str, remat: bool):
+    x = jnp.take(tree["embed.embedding"], tokens, axis=0)
+    if mode == "sequential":
+        h = _default(config, tokens.shape[0], x.dtype) if h0 is None else h0
+
+        def time_body(h, inp):
+            x_t, keep = inp
+            logits, h = _step_core(tree, x_t, h, keep, config)
+            return h, logits
+
+        xs = (jnp.moveaxis(x, 1, 0), None if mask is None else jnp.moveaxis(mask, 1, 0))
+        h, logits = lax.scan(time_body, h, xs)
+        return jnp.moveaxis(logits, 0, 1), h
+
+    def layer_body(x, inp):
+        p, h_l = inp
+        mp = _sub(p, "mingru.")
+
+        def mixer(z):
+            if mask is None:
+                return mingru(mp, z, config=config.mingru, initial_state=h_l, method=method)
+            return _masked_mingru(mp, z, h_l, mask, config, method)
+
+        return _block(p, x, mixer, config)
+
+    if remat:
+        layer_body = jax.checkpoint(layer_body)
+    x, h = lax.scan(layer_body, x, (tree["layers"], h0))
+    return _head(tree, x, config), h
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _step_run(tree: Tree, token: Array, h: Array, *, config: MinGRULMConfig):
+    x_t = jnp.take(tree["embed.embedding"], token, axis=0)
+    return _step_core(tree, x_t, h, None, config)
+
+
+def _default(config: MinGRULMConfig, batch: int, dtype) -> Array:
+    return jnp.full((config.n_layers, batch, config.d_inner), config.default_state, _state_dtype(dtype))
+
+
+# --- checked entry points over a stacked tree (shared by the pure functions and the module) -----------
+
+
+def _concrete(x) -> np.ndarray | None:
+    """The values of ``x``, or ``None`` when traced (value checks then cannot run)."""
+    return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
+
+
+def _check_state(state, config: MinGRULMConfig, batch: int, compute_dtype) -> Array:
+    h = jnp.asarray(state.h) if isinstance(state, MinGRULMState) else None
+    spec.check_state(state, config, batch, None if h is None else tuple(h.shape),
+                     None if h is None else dtype_name(h), mingru_spec.state_dtype(np.dtype(compute_dtype).name))
+    return h
+
+
+def _call(tree: Tree, tokens, config: MinGRULMConfig, initial_state, lengths, mode: str, method: str,
+          remat: bool = False):
+    tokens = jnp.asarray(tokens)
+    spec.check_tokens("tokens", tuple(tokens.shape), dtype_name(tokens), 2, config, _concrete(tokens))
+    spec.check_mode(mode, method, _scan.METHODS, lengths is not None)
+    batch, length = tokens.shape
+    dtype = tree["embed.embedding"].dtype
+    h0 = None if initial_state is None else _check_state(initial_state, config, batch, dtype)
+    mask = None
+    if lengths is not None:
+        lengths = jnp.asarray(lengths)
+        spec.check_lengths(tuple(lengths.shape), dtype_name(lengths), batch, length, _concrete(lengths))
+        mask = jnp.arange(length)[None, :] >= (length - lengths)[:, None]
+    logits, h = _run(tree, tokens, h0, mask, config=config, mode=mode, method=method, remat=remat)
+    return logits, MinGRULMState(h)
+
+
+def _step_call(tree: Tree, token, state, config: MinGRULMConfig):
+    token = jnp.asarray(token)
+    spec.check_tokens("token", tuple(token.shape), dtype_name(token), 1, config, _concrete(token))
+    h = _check_state(state, config, token.shape[0], tree["embed.embedding"].dtype)
+    logits, h = _step_run(tree, token, h, config=config)
+    return logits, MinGRULMState(h)
+
+
+def _generate(tree: Tree, prompt, config: MinGRULMConfig, max_new_tokens, temperature, top_k, seed, lengths,
+              return_logits: bool):
+    prompt_np = np.asarray(prompt)
+    lengths_np = None if lengths is None else np.asarray(lengths)
+    spec.check_generate_args(prompt_np.shape, max_new_tokens, temperature, top_k, config, lengths_np)
+    tokens, logits = spec.generate_loop(
+        lambda p, n: _call(tree, p, config, None, n, "parallel", "auto"),
+        lambda t, s: _step_call(tree, t, s, config),
+        lambda x: np.asarray(jax.device_get(x)), prompt_np, lengths_np, max_new_tokens, temperature, top_k, seed,
+    )
+    tokens = jnp.asarray(tokens)
+    return (tokens, jnp.asarray(logits)) if return_logits else tokens
+
+
+# --- pure functions over canonical parameters ----------------------------------------------------------
+
+
+def mingru_lm(
+    params: Mapping[str, Array],
+    tokens: Array,
+    *,
+    config: MinGRULMConfig,
+    initial_state: MinGRULMState | None = None,
+    lengths: Array | None = None,
+    mode: str = "parallel",
+    method: str = "auto",
+    remat: bool = False,
+) -> tuple[Array, MinGRULMState]:
+    """The model over a sequence (works under ``jit``/``grad``/``vmap``; value checks need concrete inputs).
+
+    Args:
+      params: canonical parameters (``linrec.spec.mingru_lm.param_shapes``); they set the compute dtype.
+      tokens: ``(B, T)`` integer ids in ``[0, V)``.
+      initial_state: ``MinGRULMState(h (L, B, H))`` in the state dtype; ``None``: ``default_state``.
+      lengths: ``(B,)`` real tokens per row, right-aligned (left padding); ``None``: no padding.
+      mode: ``"parallel"`` (each layer a scan) or ``"sequential"`` (the step loop, ``lax.scan`` over time).
+      method: scan method of ``mode="parallel"`` (as for the minGRU layer).
+      remat: recompute each block in the backward pass (``jax.checkpoint``) instead of storing it.
+
+    Returns:
+      ``logits (B, T, V)`` and the final ``MinGRULMState``.
+    """
+    spec.check_params(params, config)
+    return _call(stack_params(params, config), tokens, config, initial_state, lengths, mode, method, remat)
+
+
+def mingru_lm_step(
+    params: Mapping[str, Array], token: Array, state: MinGRULMState, *, config: MinGRULMConfig
+) -> tuple[Array, MinGRULMState]:
+    """One token (jit-compiled): ``token (B,)``, ``state`` -> ``(logits (B, V), state)``."""
+    spec.check_params(params, config)
+    return _step_call(stack_params(params, config), token, state, config)
+
+
+def mingru_lm_initial_state(config: MinGRULMConfig, batch_size: int, dtype: Any = "float32") -> MinGRULMState:
+    """The default state: ``h (L, B, H)`` filled with ``default_state`` in the state dtype for ``dtype``."""
+    return MinGRULMState(_default(config, batch_size, dtype))
+
+
+def mingru_lm_generate(
+    params: Mapping[str, Array],
+    prompt: Array,
+    *,
+    config: MinGRULMConfig,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | Sequence[int] = 0,
+    lengths: Array | None = None,
+    return_logits: bool = False,
+):
+    """Sample ``max_new_tokens`` after a (left-padded) ``prompt (B, T)`` (``spec.mingru_lm.generate_loop``).
+
+    Returns ``tokens (B, N)``, and with ``return_logits`` also ``logits (B, N, V)``.
+    """
+    spec.check_params(params, config)
+    return _generate(stack_params(params, config), prompt, config, max_new_tokens, temperature, top_k, seed,
+                     lengths, return_logits)
+
+
+# --- the NNX module -------------------------------------------------------------------------------------
+
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)): the spec initialiser (torch's nn.Linear default too)
+_KERNEL_INIT = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+_ZEROS = nnx.initializers.zeros_init()
+
+
+class _FeedForward(nnx.Module):
+    def __init__(self, d_model: int, d_ff: int, *, param_dtype: Any, rngs: nnx.Rngs):
+        common = dict(kernel_init=_KERNEL_INIT, bias_init=_ZEROS, param_dtype=param_dtype, rngs=rngs)
+        self.fc1 = nnx.Linear(d_model, d_ff, **common)
+        self.fc2 = nnx.Linear(d_ff, d_model, **common)
+
+
+class _Block(nnx.Module):
+    """One block's parameters (the model stacks ``L`` of them); the computation lives in ``_run``."""
+
+    def __init__(self, config: MinGRULMConfig, *, param_dtype: Any, rngs: nnx.Rngs):
+        m = config.mingru
+        self.mingru = MinGRU(m.d_model, d_inner=m.d_inner, out_proj=m.out_proj, bias=m.bias, candidate=m.candidate,
+                             default_state=m.default_state, param_dtype=param_dtype, rngs=rngs)
+        d = config.d_model
+        if config.block == "glu":
+            self.glu = nnx.Linear(config.d_inner, 2 * d, kernel_init=_KERNEL_INIT, bias_init=_ZEROS,
+                                  param_dtype=param_dtype, rngs=rngs)
+        else:
+            norm = dict(epsilon=config.norm_eps, param_dtype=param_dtype, rngs=rngs)
+            self.norm = nnx.RMSNorm(d, **norm)
+            self.ff_norm = nnx.RMSNorm(d, **norm)
+            self.ff = _FeedForward(d, config.d_ff, param_dtype=param_dtype, rngs=rngs)
+
+
+def _check_concrete(module: nnx.Module) -> None:
+    """After ``from_canonical``: every variable holds an array (none left abstract by ``nnx.eval_shape``)."""
+    abstract = [leaf for leaf in jax.tree.leaves(nnx.state(module)) if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if abstract:
+        raise RuntimeError(f"from_canonical left {len(abstract)} variables unset (a non-parameter variable?)")
+
+
+def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _unflatten(flat: Mapping[str, Any]) -> dict:
+    out: dict = {}
+    for name, value in flat.items():
+        node = out
+        *path, leaf = name.split(".")
+        for key in path:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
+class MinGRULM(nnx.Module):
+    """The minGRU language model (``spec/mingru_lm.md``) as a Flax NNX module.
+
+    Constructor: the ``MinGRULMConfig`` fields (``vocab_size, d_model, n_layers`` positional, the rest
+    keyword-only), ``rngs``, ``dtype`` (compute dtype; ``None``: the parameters'), ``param_dtype`` and
+    ``remat``. State paths: ``embed.embedding``, ``layers.<suffix>`` stacked ``(L, ...)`` (e.g.
+    ``layers.mingru.proj.kernel (L, D, 2H)``), ``final_norm.scale``, ``head.kernel``/``head.bias``;
+    :meth:`canonical_params` unstacks them to the canonical ``layers.{l}.<suffix>``.
+
+    Generation: :meth:`prefill` (parallel), :meth:`decode_step` (one token, jit-compiled) and
+    :meth:`generate`.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        n_layers: int,
+        *,
+        block: str = "glu",
+        expansion: float = 1.0,
+        candidate: str = "identity",
+        mingru_bias: bool = True,
+        default_state: float = 0.0,
+        ff_mult: float = 4.0,
+        norm_eps: float = 1e-6,
+        head_bias: bool = True,
+        rngs: nnx.Rngs,
+        dtype: Any = None,
+        param_dtype: Any = jnp.float32,
+        remat: bool = False,
+    ):
+        config = MinGRULMConfig(
+            vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, block=block, expansion=expansion,
+            candidate=candidate, mingru_bias=mingru_bias, default_state=default_state, ff_mult=ff_mult,
+            norm_eps=norm_eps, head_bias=head_bias,
+        )
+        self._cfg = config
+        self.dtype = dtype
+        self.remat = remat
+        self.embed = nnx.Embed(vocab_size, d_model, embedding_init=nnx.initializers.normal(1.0),
+                               param_dtype=param_dtype, rngs=rngs)
+
+        @nnx.split_rngs(splits=n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_blocks(rngs: nnx.Rngs) -> _Block:
+            return _Block(config, param_dtype=param_dtype, rngs=rngs)
+
+        self.layers = make_blocks(rngs)
+        self.final_norm = (nnx.RMSNorm(d_model, epsilon=norm_eps, param_dtype=param_dtype, rngs=rngs)
+                           if block == "prenorm" else None)
+        self.head = nnx.Linear(d_model, vocab_size, use_bias=head_bias, kernel_init=_KERNEL_INIT, bias_init=_ZEROS,
+                               param_dtype=param_dtype, rngs=rngs)
+
+    @property
+    def config(self) -> MinGRULMConfig:
+        return self._cfg
+
+    def _tree(self) -> Tree:
+        flat = _flatten(nnx.to_pure_dict(nnx.state(self, nnx.Param)))
+        if self.dtype is not None:
+            flat = {k: jnp.asarray(v).astype(self.dtype) for k, v in flat.items()}
+        tree: Tree = {k: v for k, v in flat.items() if not k.startswith("layers.")}
+        tree["layers"] = {k[len("layers."):]: v for k, v in flat.items() if k.startswith("layers.")}
+        return tree
+
+    def __call__(self, tokens: Array, initial_state: MinGRULMState | None = None, *, lengths: Array | None = None,
+                 mode: str = "parallel", method: str = "auto") -> tuple[Array, MinGRULMState]:
+        """``tokens (B, T)`` -> ``(logits (B, T, V), state)``; see :func:`mingru_lm`."""
+        return _call(self._tree(), tokens, self._cfg, initial_state, lengths, mode, method, self.remat)
+
+    def step(self, token: Array, state: MinGRULMState | None = None) -> tuple[Array, MinGRULMState]:
+        """``token (B,)``, ``state`` (``None``: the default) -> ``(logits (B, V), state)``."""
+        tree = self._tree()
+        if state is None:
+            state = MinGRULMState(_default(self._cfg, np.shape(token)[0], tree["embed.embedding"].dtype))
+        return _step_call(tree, token, state, self._cfg)
+
+    def initial_state(self, batch_size: int) -> MinGRULMState:
+        """The default state ``h (L, B, H)`` in the state dtype of this module's compute dtype."""
+        dtype = self.dtype if self.dtype is not None else self.embed.embedding[...].dtype
+        return MinGRULMState(_default(self._cfg, batch_size, dtype))
+
+    def prefill(self, tokens: Array, lengths: Array | None = None) -> tuple[Array, MinGRULMState]:
+        """The parallel pass over a (left-padded) prompt: ``(logits (B, T, V), state)``."""
+        return self(tokens, lengths=lengths)
+
+    def decode_step(self, token: Array, state: MinGRULMState) -> tuple[Array, MinGRULMState]:
+        """One token on the step path (jit-compiled): ``(logits (B, V), state)``."""
+        return _step_call(self._tree(), token, state, self._cfg)
+
+    def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | Sequence[int] = 0, *, lengths: Array | None = None, return_logits: bool = False):
+        """Sample ``max_new_tokens`` after ``prompt (B, T)``; see :func:`mingru_lm_generate`."""
+        return _generate(self._tree(), prompt, self._cfg, max_new_tokens, temperature, top_k, seed, lengths,
+                         return_logits)
+
+    @classmethod
+    def from_canonical(cls, config: MinGRULMConfig, params: Mapping[str, Any], *, rngs: nnx.Rngs | None = None,
+                       **kwargs) -> MinGRULM:
+        """Build a module whose parameters are ``params`` (canonical names, dense ``(in, out)`` layout)."""
+        if not isinstance(config, MinGRULMConfig):
+            raise TypeError(f"config must be a MinGRULMConfig, got {type(config).__name__}")
+        spec.check_params(params, config)
+        kwargs.setdefault("param_dtype", jnp.asarray(params["embed.embedding"]).dtype)
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        positional = [fields.pop(k) for k in ("vocab_size", "d_model", "n_layers")]
+        # build the module abstractly (no random init to run and compile), then give it the real parameters
+        module = nnx.eval_shape(lambda: cls(*positional, **fields, rngs=rngs or nnx.Rngs(0), **kwargs))
+        tree = stack_params({k: jnp.asarray(v, kwargs["param_dtype"]) for k, v in params.items()}, config)
+        flat = {k: v for k, v in tree.items() if k != "layers"}
+        flat.update({f"layers.{k}": v for k, v in tree["layers"].items()})
+        state = nnx.state(module, nnx.Param)
+        nnx.replace_by_pure_dict(state, _unflatten(flat))
+        nnx.update(module, state)
+        _check_concrete(module)
+        return module
+
+    def canonical_params(self) -> dict[str, np.ndarray]:
+        """The parameters as NumPy arrays under their canonical names (``layers.{l}.<suffix>``)."""
+        flat = _flatten(nnx.to_pure_dict(nnx.state(self, nnx.Param)))
+        tree: Tree = {k: v for k, v in flat.items() if not k.startswith("layers.")}
+        tree["layers"] = {k[len("layers."):]: v for k, v in flat.items() if k.startswith("layers.")}
+        return {k: np.asarray(v) for k, v in unstack_params(tree, self._cfg).items()}

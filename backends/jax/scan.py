@@ -1,0 +1,481 @@
+"""The JAX backend: ``linear_scan``, ``log_scan`` and their VJP (recurrence.md §2–§11).
+
+Shape legend: ``B`` batch, ``T`` time, ``*S`` state shape, ``*Sa`` the shape of ``a`` per step
+(each axis equal to the one of ``*S`` or 1; ``a`` is never materialised at the shape of ``b``).
+
+Every method reduces to one kernel ``h = kernel(a, b, h0)``: resets become ``a := 0`` at the cut positions (§4);
+``reverse`` runs the loop backwards and flips time around the parallel kernels. The kernel sits inside a
+``jax.custom_vjp`` whose backward pass is a linear scan in the opposite direction with the same method (§10; the
+``log`` method, which cannot scan signed cotangents, uses the loop), so differentiating stores only ``a``, ``h0``
+and ``h`` — O(B·T·|S|) memory, not the O(B·T·|S|·log T) intermediates of autodiff through ``lax.associative_scan``.
+
+Importing this module enables ``jax_enable_x64`` (see ``arrays.py``; the spec requires float64).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from linrec.backends import native
+from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.native import native_linear_scan
+from linrec.spec import checks
+from linrec.spec.reference import cu_seqlens_to_resets as _reference_cu_seqlens_to_resets
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "LOG_METHODS",
+    "METHODS",
+    "cu_seqlens_to_resets",
+    "linear_scan",
+    "linear_scan_vjp",
+    "log_scan",
+]
+
+#: ``"native"`` (the C++ kernel of ``linrec.backends.native``) is listed only where it is built.
+METHODS = native.with_native(("sequential", "associative", "chunked", "log"))
+LOG_METHODS = ("sequential", "heinsen")
+#: Steps per chunk of ``method="chunked"``. Measured on 2 shared CPU cores (float32, jit, forward, best of 7, ms):
+#: B=8, D=512, T=4096: chunk 8: 408-444, 16: 429-484, 32: 478-611, 64: 426-480, 128: 402-483;
+#: T=1024: 47-53, 58-63, 68-101, 73-95, 71-81; T=256: 4.0-6.5, 4.4-4.9, 5.1-7.3, 4.9-10.6, 5.1-5.2.
+#: Flat within the noise; 8-16 is best or near-best everywhere (a shallow in-chunk prefix, a short carry loop).
+DEFAULT_CHUNK_SIZE = 16
+# The NumPy backend's text, so both raise the same message.
+_HEINSEN_RESETS = (
+    "log_scan(method='heinsen') cannot carry resets (a cut is log a = -inf); use method='sequential' or 'auto'"
+)
+
+Array = jax.Array
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Forward kernels. All take a: (B, T, *Sa), b: (B, T, *S), h0: (B, *S) in the compute dtype, processing order, T >= 1,
+# and return h: (B, T, *S).
+
+
+def _combine(first: tuple[Array, Array], second: tuple[Array, Array]) -> tuple[Array, Array]:
+    """§6: first ``first``, then ``second``: ``(a_j a_i, a_j b_i + b_j)``."""
+    a_i, b_i = first
+    a_j, b_j = second
+    return a_j * a_i, a_j * b_i + b_j
+
+
+def _loop(step, xs: tuple[Array, ...], state: Array, reverse: bool) -> Array:
+    """``state = step(state, *[x[:, t] for x in xs])`` for each t; returns every state, (B, T, *S).
+
+    A ``fori_loop`` that reads and writes axis 1 in place: ``lax.scan`` would need time-major copies of the inputs
+    and the output, which measured 2-5x slower on CPU (B=8, T=1024, D=512 float32: 23 ms with lax.scan, 4.4 ms).
+    """
+    n_time = xs[0].shape[1]
+
+    def body(i: Array, carry: tuple[Array, Array]) -> tuple[Array, Array]:
+        state, out = carry
+        t = n_time - 1 - i if reverse else i
+        state = step(state, *(lax.dynamic_index_in_dim(x, t, 1, False) for x in xs))
+        return state, lax.dynamic_update_index_in_dim(out, state, t, 1)
+
+    out = jnp.zeros((state.shape[0], n_time, *state.shape[1:]), state.dtype)
+    return lax.fori_loop(0, n_time, body, (state, out))[1]
+
+
+def _sequential(a: Array, b: Array, h0: Array, reverse: bool = False) -> Array:
+    return _loop(lambda state, a_t, b_t: a_t * state + b_t, (a, b), h0, reverse)
+
+
+def _associative(a: Array, b: Array, h0: Array) -> Array:
+    # The initial state enters as b_0 := a_0 h0 + b_0 (§6), not as a term added to every h_t.
+    b = b.at[:, 0].set(a[:, 0] * h0 + b[:, 0])
+    return lax.associative_scan(_combine, (a, b), axis=1)[1]
+
+
+def _chunked(a: Array, b: Array, h0: Array, chunk_size: int) -> Array:
+    """Prefix within each chunk (all chunks at once), then a sequential carry across chunks."""
+    n_batch, n_time = b.shape[:2]
+    n_chunks = -(-n_time // chunk_size)
+    pad = n_chunks * chunk_size - n_time
+    if pad:  # identity steps (a=1, b=0) at the end leave every real h_t unchanged
+        a = jnp.concatenate([a, jnp.ones((n_batch, pad, *a.shape[2:]), a.dtype)], axis=1)
+        b = jnp.concatenate([b, jnp.zeros((n_batch, pad, *b.shape[2:]), b.dtype)], axis=1)
+    a = a.reshape(n_batch, n_chunks, chunk_size, *a.shape[2:])
+    b = b.reshape(n_batch, n_chunks, chunk_size, *b.shape[2:])
+    a_cum, b_cum = lax.associative_scan(_combine, (a, b), axis=2)
+
+    def carry(state: Array, last: tuple[Array, Array]) -> tuple[Array, Array]:
+        return last[0] * state + last[1], state  # emit the state entering the chunk
+
+    last = (jnp.moveaxis(a_cum[:, :, -1], 1, 0), jnp.moveaxis(b_cum[:, :, -1], 1, 0))
+    _, entering = lax.scan(carry, h0, last)
+    h = a_cum * jnp.moveaxis(entering, 0, 1)[:, :, None] + b_cum
+    return h.reshape(n_batch, n_chunks * chunk_size, *h.shape[3:])[:, :n_time]
+
+
+def _heinsen(log_a: Array, log_b: Array, log_h0: Array | None) -> Array:
+    """Log-space closed form: ``log h_t = a*_t + logaddexp(log h0, logcumsumexp(log b - a*)_t)``, ``a* = cumsum log a``.
+
+    All inputs finite (``log_h0=None`` is a zero state); resets are refused by the callers (a cut is ``-inf``).
+    """
+    a_star = jnp.cumsum(log_a, axis=1)
+    inner = lax.cumlogsumexp(log_b - a_star, axis=1)
+    if log_h0 is not None:
+        inner = jnp.logaddexp(log_h0[:, None], inner)
+    return a_star + inner
+
+
+def _log(a: Array, b: Array, h0: Array) -> Array:
+    # h0 = 0 (initial_state=None) is log h0 = -inf, which logaddexp absorbs; the VJP is custom, so no NaN gradient.
+    return jnp.exp(_heinsen(jnp.log(a), jnp.log(b), jnp.log(h0))).astype(b.dtype)
+
+
+def _forward(a: Array, b: Array, h0: Array, method: str, chunk_size: int, reverse: bool) -> Array:
+    """Dispatch to a kernel; ``reverse`` runs it from the last step (flipping, except for the loop)."""
+    if method == "sequential":
+        return _sequential(a, b, h0, reverse)
+    if reverse:
+        return _forward(a[:, ::-1], b[:, ::-1], h0, method, chunk_size, False)[:, ::-1]
+    if method == "associative":
+        return _associative(a, b, h0)
+    if method == "chunked":
+        return _chunked(a, b, h0, chunk_size)
+    return _log(a, b, h0)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The custom VJP (§10) around the kernel.
+
+
+def _sum_to_shape(x: Array, shape: tuple[int, ...]) -> Array:
+    axes = tuple(i for i, (sx, s) in enumerate(zip(x.shape, shape, strict=True)) if s == 1 and sx != 1)
+    return x.sum(axis=axes, keepdims=True) if axes else x
+
+
+def _shift(x: Array, fill: Array, later: bool) -> Array:
+    """``out[t] = x[t+1]`` (``later``) or ``x[t-1]``; ``fill`` (a scalar or one step (B, *S)) at the open end."""
+    fill = fill if fill.ndim == 0 else fill[:, None]
+    edge = jnp.broadcast_to(fill, (x.shape[0], 1, *x.shape[2:])).astype(x.dtype)
+    return jnp.concatenate([x[:, 1:], edge] if later else [edge, x[:, :-1]], axis=1)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _scan(a: Array, b: Array, h0: Array, method: str, chunk_size: int, reverse: bool) -> Array:
+    """``h`` (B, T, *S) in time order; T >= 1. Differentiable through :func:`_scan_bwd`."""
+    return _forward(a, b, h0, method, chunk_size, reverse)
+
+
+def _scan_fwd(a, b, h0, method, chunk_size, reverse):
+    h = _forward(a, b, h0, method, chunk_size, reverse)
+    return h, (a, h0, h)
+
+
+def _real_if(x: Array, like: Array) -> Array:
+    return x if jnp.iscomplexobj(like) else x.real  # a real decay of a complex state has a real cotangent
+
+
+def _sequential_vjp(a: Array, h0: Array, h: Array, ct_h: Array, reverse: bool) -> tuple[Array, Array, Array]:
+    """The VJP as one fused loop against the forward direction: reads a, ct_h, h; writes g (= b_bar) and a_bar.
+
+    The carry is ``a_t g_t``, the cotangent flowing into the previous step, so no shifted copy of ``a`` or ``h``
+    is made (this CPU is memory-bound: each extra pass over (B, T, *S) costs about as much as the loop itself).
+    """
+    n_time = h.shape[1]
+    first = n_time - 1 if reverse else 0
+
+    def index(x: Array, t: Array) -> Array:
+        return lax.dynamic_index_in_dim(x, t, 1, False)
+
+    def body(i: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+        flow, g, a_bar = carry
+        t = i if reverse else n_time - 1 - i
+        a_t = index(a, t)
+        g_t = index(ct_h, t) + flow
+        h_prev = jnp.where(t == first, h0, index(h, t + 1 if reverse else t - 1))  # clamped index at the edge
+        a_bar_t = _real_if(_sum_to_shape(g_t * h_prev, a_t.shape), a)
+        return (a_t * g_t, lax.dynamic_update_index_in_dim(g, g_t, t, 1),
+                lax.dynamic_update_index_in_dim(a_bar, a_bar_t.astype(a_bar.dtype), t, 1))
+
+    init = (jnp.zeros_like(h0), jnp.zeros_like(ct_h), jnp.zeros(a.shape, a.dtype))
+    h0_bar, g, a_bar = lax.fori_loop(0, n_time, body, init)
+    return a_bar, g, h0_bar
+
+
+def _scan_bwd(method, chunk_size, reverse, residuals, ct_h):
+    a, h0, h = residuals
+    # Forward direction: g_t = ct_t + a_{t+1} g_{t+1}, a scan in the opposite direction whose decay is `a` shifted
+    # by one step (mirrored for reverse=True). The cotangent of final_state arrives already added to ct_h at the
+    # last processed step (final_state is a slice of h outside this function). Cuts are a == 0 here, so g does
+    # not cross them, and the a := 0 outside zeroes a_bar at the cut positions.
+    # `log` cannot run this scan (cotangents take any sign): it uses the loop, the fastest general method on CPU.
+    if method in ("sequential", "log"):
+        a_bar, g, h0_bar = _sequential_vjp(a, h0, h, ct_h, reverse)
+    else:
+        a_next = _shift(a, jnp.ones((), a.dtype), later=not reverse)
+        g = _forward(a_next, ct_h, jnp.zeros_like(h0), method, chunk_size, not reverse)
+        a_bar = _real_if(_sum_to_shape(g * _shift(h, h0, later=reverse), a.shape), a)
+        first = -1 if reverse else 0
+        h0_bar = a[:, first] * g[:, first]
+    return a_bar.astype(a.dtype), g.astype(ct_h.dtype), h0_bar.astype(h0.dtype)
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Argument handling shared by the public functions.
+
+
+def _expand(mask: Array, ndim: int) -> Array:
+    return mask.reshape(mask.shape + (1,) * (ndim - 2))
+
+
+def _cut_mask(resets: Array | None, reverse: bool) -> Array | None:
+    """(B, T) bool in time order: where the link into a step is cut (``linrec.spec.reference.cut_mask``)."""
+    if resets is None:
+        return None
+    shifted = resets[:, 1:]
+    no_cut = jnp.zeros_like(resets[:, :1])
+    return jnp.concatenate([shifted, no_cut] if reverse else [no_cut, shifted], axis=1)
+
+
+def _as_array(x) -> Array | None:
+    return None if x is None else jnp.asarray(x)
+
+
+def _is_traced(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _raise_outside(name: str, condition: str, ok) -> None:
+    if not np.all(np.asarray(ok)):
+        raise ValueError(checks.log_domain_message(name, condition))
+
+
+def _check_values(named: dict[str, Array | None], predicate, condition: str) -> None:
+    """Raise ``ValueError`` unless ``predicate`` holds everywhere.
+
+    Concrete arrays are checked now. Traced ones (``jit``, ``vmap``, ``grad``) get a ``jax.debug.callback`` that
+    raises when the computation executes (JAX wraps it in a runtime error carrying the same message), so a value
+    outside the domain never comes back as a silent NaN.
+    """
+    for name, x in named.items():
+        if x is None:
+            continue
+        if _is_traced(x):
+            jax.debug.callback(partial(_raise_outside, name, condition), jnp.all(predicate(x)))
+        else:  # on the host: no compile for a one-off check
+            _raise_outside(name, condition, predicate(np.asarray(x)))
+
+
+def _check_linear_args(a: Array, b: Array, h0: Array | None, resets: Array | None) -> None:
+    checks.check_scan_args(
+        tuple(a.shape), dtype_name(a), tuple(b.shape), dtype_name(b),
+        None if h0 is None else tuple(h0.shape),
+        None if h0 is None else dtype_name(h0),
+        None if resets is None else tuple(resets.shape),
+        None if resets is None else dtype_name(resets),
+    )
+
+
+def _pick_method(method: str) -> str:
+    """Resolve ``"auto"`` (never ``"log"``, whose domain depends on values).
+
+    On CPU the loop wins at every shape measured: 2 CPU cores (shared), float32, jit, best of 5, ms, forward / grad
+    of ``h.sum()`` with respect to ``a`` and ``b``::
+
+        B, T, D          sequential        associative        chunked (chunk 32)
+        8, 4096, 512     54.5 / 228        343 / 1073         490 / 986
+        8, 1024, 512     8.0 / 46.9        119 / 245          69.8 / 197
+        8, 256, 512      0.70 / 4.07       8.52 / 22.6        8.26 / 23.3
+        8, 64, 512       0.13 / 0.48       0.51 / 0.97        0.47 / 1.74
+        8, 16, 512       0.07 / 0.11       0.11 / 0.24        0.39 / 1.34
+        1, 65536, 8      0.52 / 1.75       5.88 / 16.5        2.88 / 14.6
+        64, 1024, 16     2.05 / 6.74       4.28 / 11.1        5.55 / 15.7
+
+    XLA's CPU loop touches each element once; the parallel forms make O(log T) (or O(log chunk)) passes over
+    memory on a machine with only two cores to spread them over. Accelerators (not measured here) reward
+    parallel depth instead, so there ``auto`` takes ``chunked``.
+    """
+    checks.check_method(method, METHODS)
+    if method != "auto":
+        return method
+    if jax.default_backend() != "cpu":
+        return "chunked"
+    # the native kernel streams at memory bandwidth (benchmarks/), the XLA loop allocates and copies more
+    return "native" if "native" in METHODS else "sequential"
+
+
+def _validate(a, b, initial_state, resets, method: str, chunk_size: int | None):
+    native.require_native(method)
+    checks.check_method(method, METHODS)
+    checks.check_chunk_size(chunk_size)
+    a, b, h0, resets = _as_array(a), _as_array(b), _as_array(initial_state), _as_array(resets)
+    _check_linear_args(a, b, h0, resets)
+    method = _pick_method(method)
+    if method == "log":
+        if resets is not None:
+            raise ValueError(checks.log_domain_message("resets", "method='log' cannot carry a reset (log 0 = -inf)"))
+        for name, x in (("a", a), ("b", b), ("initial_state", h0)):
+            if x is not None and jnp.iscomplexobj(x):  # a property of the dtype: refuse even when traced
+                raise ValueError(checks.log_domain_message(name, "method='log' needs real values, got complex"))
+        _check_values({"a": a, "b": b, "initial_state": h0}, lambda x: x > 0, "method='log' needs every value > 0")
+    # chunk_size is a static jit argument: normalise it where unused, so it never causes a recompile
+    chunk_size = (chunk_size or DEFAULT_CHUNK_SIZE) if method == "chunked" else DEFAULT_CHUNK_SIZE
+    return a, b, h0, resets, method, chunk_size
+
+
+@partial(jax.jit, static_argnames=("reverse", "method", "chunk_size"))
+def _linear_scan(a, b, h0, resets, *, reverse: bool, method: str, chunk_size: int) -> tuple[Array, Array]:
+    acc = jnp_dtype(checks.compute_dtype(dtype_name(b)))
+    a_acc = a.astype(jnp_dtype(checks.compute_dtype(dtype_name(a))))
+    b_acc = b.astype(acc)
+    h0_acc = jnp.zeros((b.shape[0], *b.shape[2:]), acc) if h0 is None else h0.astype(acc)
+    cut = _cut_mask(resets, reverse)
+    if cut is not None:
+        a_acc = jnp.where(_expand(cut, a.ndim), jnp.zeros((), a_acc.dtype), a_acc)
+    if b.shape[1] == 0:
+        return jnp.zeros(b.shape, b.dtype), h0_acc.astype(b.dtype)
+    if method == "native":  # its own custom_vjp runs the backward kernel; cuts are already a := 0
+        h, final = native_linear_scan(a_acc, b_acc, h0_acc, None, reverse)
+        return h.astype(b.dtype), final.astype(b.dtype)
+    h = _scan(a_acc, b_acc, h0_acc, method, chunk_size, reverse)
+    final = h[:, 0] if reverse else h[:, -1]
+    return h.astype(b.dtype), final.astype(b.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Public API.
+
+
+def cu_seqlens_to_resets(cu_seqlens, length: int) -> Array:
+    """``cu_seqlens`` offsets ``[0, n_1, n_1+n_2, ..., T]`` -> ``resets`` of shape ``(1, T)`` bool (§4)."""
+    return jnp.asarray(_reference_cu_seqlens_to_resets(np.asarray(cu_seqlens), length))
+
+
+def linear_scan(
+    a: Array,
+    b: Array,
+    *,
+    initial_state: Array | None = None,
+    reverse: bool = False,
+    resets: Array | None = None,
+    method: str = "auto",
+    chunk_size: int | None = None,
+) -> tuple[Array, Array]:
+    """``h_t = a_t * h_{t-1} + b_t`` (recurrence.md §2–§7).
+
+    Args:
+      a: ``(B, T, *Sa)``, broadcastable to ``b`` over the state axes; dtype of ``b`` or, for complex ``b``,
+        the real dtype of the same precision.
+      b: ``(B, T, *S)``.
+      initial_state: ``(B, *S)`` or ``None`` (zeros).
+      reverse: scan from the last step to the first.
+      resets: ``(B, T)`` bool segment starts.
+      method: ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"`` or ``"log"``.
+      chunk_size: steps per chunk for ``"chunked"`` (default :data:`DEFAULT_CHUNK_SIZE`).
+
+    Returns:
+      ``(h, final_state)``: ``(B, T, *S)`` and ``(B, *S)`` in the dtype of ``b``.
+    """
+    a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size)
+    return _linear_scan(a, b, h0, resets, reverse=reverse, method=method, chunk_size=chunk_size)
+
+
+def linear_scan_vjp(
+    a: Array,
+    b: Array,
+    cotangent_h: Array,
+    cotangent_final_state: Array | None = None,
+    *,
+    initial_state: Array | None = None,
+    reverse: bool = False,
+    resets: Array | None = None,
+    method: str = "auto",
+    chunk_size: int | None = None,
+) -> tuple[Array, Array, Array]:
+    """``jax.vjp`` of :func:`linear_scan` (JAX complex convention, §10).
+
+    Returns ``(a_bar, b_bar, initial_state_bar)`` shaped like ``a``, ``b`` and ``(B, *S)``; with
+    ``initial_state=None`` the last is the gradient with respect to the zero initial state.
+    """
+    a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size)
+    if h0 is None:  # differentiate at explicit zeros (after the domain check, which only concerns given values)
+        h0 = jnp.zeros((b.shape[0], *b.shape[2:]), b.dtype)
+
+    ct_h = jnp.asarray(cotangent_h).astype(b.dtype)
+    ct_final = None if cotangent_final_state is None else jnp.asarray(cotangent_final_state).astype(b.dtype)
+    return _vjp(a, b, h0, resets, ct_h, ct_final, reverse=reverse, method=method, chunk_size=chunk_size)
+
+
+@partial(jax.jit, static_argnames=("reverse", "method", "chunk_size"))
+def _vjp(a, b, h0, resets, ct_h, ct_final, *, reverse: bool, method: str, chunk_size: int):
+    def fn(a: Array, b: Array, h0: Array) -> tuple[Array, Array]:
+        return _linear_scan(a, b, h0, resets, reverse=reverse, method=method, chunk_size=chunk_size)
+
+    (_, final), pullback = jax.vjp(fn, a, b, h0)
+    return pullback((ct_h, jnp.zeros_like(final) if ct_final is None else ct_final))
+
+
+@partial(jax.jit, static_argnames=("reverse", "method"))
+def _log_scan(log_a, log_b, log_h0, resets, *, reverse: bool, method: str) -> tuple[Array, Array]:
+    acc = jnp_dtype(checks.compute_dtype(dtype_name(log_b)))
+    la, lb = log_a.astype(acc), log_b.astype(acc)
+    lh0 = None if log_h0 is None else log_h0.astype(acc)
+    state = jnp.full((lb.shape[0], *lb.shape[2:]), -jnp.inf, acc) if lh0 is None else lh0
+    if lb.shape[1] == 0:
+        return jnp.zeros(lb.shape, log_b.dtype), state.astype(log_b.dtype)
+    cut = _cut_mask(resets, reverse)
+    if method == "heinsen":  # resets were refused by the caller
+        out = _heinsen(la[:, ::-1], lb[:, ::-1], lh0)[:, ::-1] if reverse else _heinsen(la, lb, lh0)
+    elif cut is None:
+        out = _loop(lambda s, la_t, lb_t: jnp.logaddexp(la_t + s, lb_t), (la, lb), state, reverse)
+    else:  # a cut link restarts from b (a = 0); `where` keeps -inf out of the arithmetic
+        def step(s: Array, la_t: Array, lb_t: Array, cut_t: Array) -> Array:
+            return jnp.where(cut_t, lb_t, jnp.logaddexp(la_t + s, lb_t))
+
+        out = _loop(step, (la, lb, _expand(cut, lb.ndim)), state, reverse)
+    final = out[:, 0] if reverse else out[:, -1]
+    return out.astype(log_b.dtype), final.astype(log_b.dtype)
+
+
+def log_scan(
+    log_a: Array,
+    log_b: Array,
+    *,
+    log_initial_state: Array | None = None,
+    reverse: bool = False,
+    resets: Array | None = None,
+    method: str = "auto",
+) -> tuple[Array, Array]:
+    """``log h_t = logaddexp(log a_t + log h_{t-1}, log b_t)`` (recurrence.md §8).
+
+    Args:
+      log_a: ``(B, T, *Sa)`` finite real; log_b: ``(B, T, *S)`` finite real.
+      log_initial_state: ``(B, *S)`` finite, or ``None`` for a zero state (``-inf``).
+      reverse, resets: as for :func:`linear_scan`.
+      method: ``"auto"`` (``"heinsen"``, or ``"sequential"`` when ``resets`` are given), ``"sequential"`` (a loop)
+        or ``"heinsen"`` (the parallel closed form; refuses ``resets``).
+
+    Returns:
+      ``(log_h, log_final_state)`` in the dtype of ``log_b``.
+    """
+    checks.check_method(method, LOG_METHODS, function="log_scan")
+    log_a, log_b, log_h0, resets = (_as_array(x) for x in (log_a, log_b, log_initial_state, resets))
+    checks.check_log_scan_args(
+        tuple(log_a.shape), dtype_name(log_a), tuple(log_b.shape), dtype_name(log_b),
+        None if log_h0 is None else tuple(log_h0.shape),
+        None if log_h0 is None else dtype_name(log_h0),
+        None if resets is None else tuple(resets.shape),
+        None if resets is None else dtype_name(resets),
+    )
+    _check_values(
+        {"log_a": log_a, "log_b": log_b, "log_initial_state": log_h0},
+        lambda x: abs(x) < np.inf, "every value must be finite (no NaN or ±inf)",  # NaN and ±inf fail
+    )
+    if method == "auto":
+        method = "sequential" if resets is not None else "heinsen"
+    if method == "heinsen" and resets is not None:
+        raise ValueError(_HEINSEN_RESETS)
+    return _log_scan(log_a, log_b, log_h0, resets, reverse=reverse, method=method)

@@ -1,0 +1,191 @@
+"""The native CPU scan kernel (``linrec_scan.cc``), shared by the NumPy, JAX and PyTorch backends.
+
+Importing this package imports no framework and compiles nothing: the library is built (into a per-user cache,
+see :mod:`linrec.backends.native.build`) on the first call that needs it.
+
+Layout the kernel works on (all C-contiguous, compute dtype, time order):
+
+- ``a: (N, T, Da)``, ``b: (N, T, D)``, ``h0: (N, D)``, ``cut: (N, T)`` bool or ``None``;
+- ``N`` is every leading axis flattened, ``D = Da * R`` the flattened state, and ``a`` is repeated ``R`` times along
+  the contiguous state axis. :func:`decay_layout` maps a ``(B, T, *Sa)`` decay of a ``(B, T, *S)`` state onto it:
+  a full decay, a per-row decay ``(H, K, 1)`` of a matrix state and a scalar decay need no copy; any other broadcast
+  (a ``1`` before a full axis, e.g. ``(1, K, V)``) is materialised up to the last full axis, which costs one extra
+  read and write of that copy and, in the VJP, a sum over the materialised axes.
+- ``cut[n, t]``: step ``t`` ignores the carried state (``linrec.spec.reference.cut_mask`` semantics);
+- ``reverse``: the steps run from ``T-1`` down to ``0``.
+
+The NumPy-level helpers here (:func:`linear_scan`, :func:`linear_scan_vjp`) are what the NumPy backend calls; the
+JAX and PyTorch wrappers live in ``linrec.backends.jax.native`` and ``linrec.backends.torch.native``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def _builder():
+    # Imported on use, not at package import: `python -m linrec.backends.native.build` then runs the module once.
+    from linrec.backends.native import build
+
+    return build
+
+
+def __getattr__(name: str):
+    if name == "NativeBuildError":
+        return _builder().NativeBuildError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+__all__ = [
+    "DTYPE_CODES",
+    "NativeBuildError",
+    "available",
+    "build_error",
+    "decay_layout",
+    "describe",
+    "linear_scan",
+    "linear_scan_vjp",
+    "scan_3d",
+    "scan_vjp_3d",
+]
+
+#: dtype name -> the kernel's dtype code (``enum Dtype`` in ``linrec_scan.cc``).
+DTYPE_CODES = {"float32": 0, "float64": 1, "complex64": 2, "complex128": 3}
+#: Supported ``(a, state)`` dtype pairs: same dtype, or a real decay of a complex state of the same precision.
+DTYPE_PAIRS = frozenset(
+    [(d, d) for d in DTYPE_CODES] + [("float32", "complex64"), ("float64", "complex128")]
+)
+_STATUS = {1: "unsupported dtype pair (a, b)", 2: "inconsistent sizes"}
+
+
+def available() -> bool:
+    """Whether the kernel is built (building it now if needed) and loads."""
+    return _builder().available()
+
+
+def build_error() -> str | None:
+    """Why the kernel is unavailable (what is missing), or ``None``."""
+    return _builder().build_error()
+
+
+def describe() -> dict[str, Any]:
+    """``{"built": bool, "path": str | None, "error": str | None, "xla_ffi": bool, "threads": int | None}``."""
+    builder = _builder()
+    try:
+        lib = builder.load()
+    except builder.NativeBuildError as err:
+        return {"built": False, "path": None, "error": str(err), "xla_ffi": False, "threads": None}
+    return {
+        "built": True,
+        "path": str(lib._name),
+        "error": None,
+        "xla_ffi": bool(lib.linrec_has_ffi()),
+        "threads": int(lib.linrec_num_threads()),
+    }
+
+
+def decay_layout(a_state: tuple[int, ...], state: tuple[int, ...]) -> tuple[tuple[int, ...], int, int]:
+    """Map a decay of per-step shape ``a_state`` (``*Sa``) onto a state of shape ``state`` (``*S``).
+
+    Returns ``(target, Da, R)``: broadcast ``a`` to ``(B, T, *target)`` (a no-op unless some axis before the last
+    full one is 1) and reshape it to ``(B, T, Da)``; the state is ``(B, T, Da * R)``.
+    """
+    k = len(state)
+    while k > 0 and a_state[k - 1] == 1:  # the trailing run of broadcast axes becomes the repeat R
+        k -= 1
+    target = tuple(state[:k]) + (1,) * (len(state) - k)
+    return target, math.prod(state[:k]), math.prod(state[k:])
+
+
+def _check(status: int) -> None:
+    if status:
+        raise ValueError(f"linrec native kernel: {_STATUS.get(status, f'error {status}')}")
+
+
+def _ptr(x: np.ndarray | None) -> int | None:
+    return None if x is None else x.ctypes.data
+
+
+def _codes(a: np.ndarray, s: np.ndarray) -> tuple[int, int]:
+    pair = (a.dtype.name, s.dtype.name)
+    if pair not in DTYPE_PAIRS:
+        raise TypeError(f"linrec native kernel: unsupported dtypes (a={pair[0]}, state={pair[1]}); "
+                        f"supported pairs: {sorted(DTYPE_PAIRS)}")
+    return DTYPE_CODES[pair[0]], DTYPE_CODES[pair[1]]
+
+
+def scan_3d(a: np.ndarray, b: np.ndarray, h0: np.ndarray, cut: np.ndarray | None = None,
+            reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel on ``a (N, T, Da)``, ``b (N, T, D)``, ``h0 (N, D)``, ``cut (N, T)``: returns ``(h, final)``."""
+    lib = _builder().load()
+    a, b, h0 = (np.ascontiguousarray(x) for x in (a, b, h0))
+    cut = None if cut is None else np.ascontiguousarray(cut, dtype=np.bool_)
+    n, t, d = b.shape
+    h, final = np.empty_like(b), np.empty_like(h0)
+    _check(lib.linrec_scan_fwd(*_codes(a, b), n, t, d, a.shape[2], _ptr(a), _ptr(b), _ptr(h0), _ptr(cut),
+                               int(reverse), _ptr(h), _ptr(final)))
+    return h, final
+
+
+def scan_vjp_3d(a: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarray, ct_final: np.ndarray,
+                cut: np.ndarray | None = None, reverse: bool = False,
+                conjugate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The VJP of :func:`scan_3d` given its output ``h``: ``(a_bar (N, T, Da), b_bar (N, T, D), h0_bar (N, D))``.
+
+    ``conjugate=False`` is the JAX convention of recurrence.md §10; ``True`` is PyTorch's (conjugated Jacobian).
+    """
+    lib = _builder().load()
+    a, h, h0, ct_h, ct_final = (np.ascontiguousarray(x) for x in (a, h, h0, ct_h, ct_final))
+    cut = None if cut is None else np.ascontiguousarray(cut, dtype=np.bool_)
+    n, t, d = h.shape
+    a_bar, b_bar, h0_bar = np.empty_like(a), np.empty_like(h), np.empty_like(h0)
+    _check(lib.linrec_scan_bwd(*_codes(a, h), n, t, d, a.shape[2], _ptr(a), _ptr(h), _ptr(h0), _ptr(ct_h),
+                               _ptr(ct_final), _ptr(cut), int(reverse), int(conjugate), _ptr(a_bar), _ptr(b_bar),
+                               _ptr(h0_bar)))
+    return a_bar, b_bar, h0_bar
+
+
+def linear_scan(a: np.ndarray, b: np.ndarray, h0: np.ndarray, cut: np.ndarray | None = None,
+                reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``(h, final)`` for ``a (B, T, *Sa)``, ``b (B, T, *S)``, ``h0 (B, *S)`` in the compute dtype, time order.
+
+    Arguments are assumed validated (``linrec.spec.checks``); ``cut`` is ``cut_mask(resets, reverse)``.
+    """
+    n, t, state = b.shape[0], b.shape[1], b.shape[2:]
+    target, da, _ = decay_layout(a.shape[2:], state)
+    a3 = np.broadcast_to(a, (n, t, *target)).reshape(n, t, da)
+    d = math.prod(state)
+    h, final = scan_3d(a3, b.reshape(n, t, d), h0.reshape(n, d), cut, reverse)
+    return h.reshape(b.shape), final.reshape(h0.shape)
+
+
+def linear_scan_vjp(a: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarray, ct_final: np.ndarray,
+                    cut: np.ndarray | None = None, reverse: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """JAX-convention VJP of :func:`linear_scan` given its output ``h``: ``(a_bar, b_bar, h0_bar)``."""
+    n, t, state = h.shape[0], h.shape[1], h.shape[2:]
+    target, da, _ = decay_layout(a.shape[2:], state)
+    a3 = np.broadcast_to(a, (n, t, *target)).reshape(n, t, da)
+    d = math.prod(state)
+    a_bar, b_bar, h0_bar = scan_vjp_3d(a3, h.reshape(n, t, d), h0.reshape(n, d), ct_h.reshape(n, t, d),
+                                       ct_final.reshape(n, d), cut, reverse)
+    a_bar = a_bar.reshape(n, t, *target)
+    axes = tuple(i + 2 for i, (x, y) in enumerate(zip(a.shape[2:], target)) if x != y)
+    if axes:
+        a_bar = a_bar.sum(axis=axes, keepdims=True)
+    return a_bar, b_bar.reshape(h.shape), h0_bar.reshape(h0.shape)
+
+
+def with_native(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """``methods`` plus ``"native"`` when the kernel is built (building it on first use, cached per machine)."""
+    return (*methods, "native") if available() else methods
+
+
+def require_native(method: str) -> None:
+    """Raise ``ValueError`` for ``method="native"`` when the kernel is not built, naming what to use instead."""
+    if method == "native" and not available():
+        raise ValueError(
+            f"method='native' is not available: the CPU kernel could not be built ({build_error()}); "
+            "use method='sequential' (or 'auto'), which computes the same function"
+        )

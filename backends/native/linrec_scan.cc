@@ -1,0 +1,434 @@
+// linrec native CPU kernel: the linear recurrence h_t = a_t * h_{t-1} + b_t (spec/recurrence.md) and its VJP.
+//
+// Layout (row-major, contiguous): a (N, T, Da), b/h (N, T, D), h0/final (N, D), cut (N, T) bytes or absent.
+//   N  = every leading (batch, vmap) axis flattened,
+//   D  = the state flattened, D = Da * R: `a` is repeated R times along the contiguous state axis. This covers a full
+//        decay (R = 1), a per-row decay of a matrix state (a: (H, K, 1), R = V) and a scalar decay (Da = 1); any other
+//        broadcast is materialised by the caller.
+//   cut[n, t] != 0: step t ignores the carried state (h_t = b_t), i.e. `linrec.spec.reference.cut_mask` in time order.
+//   reverse: steps run t = T-1 .. 0, so "the previous step" of t is t+1.
+// Supported (a, state) dtypes: (f32, f32), (f64, f64), (c64, c64), (c128, c128), and a real decay of a complex state
+// (f32, c64), (f64, c128). IEEE semantics: build without -ffast-math; the state is never rounded to another type.
+//
+// Two bindings of the same templates: a plain C ABI (ctypes: torch, numpy) and, when compiled with
+// -DLINREC_WITH_XLA_FFI, XLA FFI handlers (jax.ffi.ffi_call).
+
+#include <algorithm>
+#include <atomic>
+#include <complex>
+#include <cstdint>
+#include <cstdlib>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#ifdef __linux__
+#include <sched.h>
+#endif
+
+namespace {
+
+using c64 = std::complex<float>;
+using c128 = std::complex<double>;
+
+// ------------------------------------------------------------------------------------------------------------------
+// Arithmetic. Complex products are written out as the textbook formula, which is what NumPy and XLA compute:
+// std::complex's operator* adds C99 Annex G NaN/inf recovery (a call to __mulsc3) that blocks vectorisation.
+
+template <class T>
+inline T mul(T x, T y) { return x * y; }
+template <class T>
+inline std::complex<T> mul(std::complex<T> x, std::complex<T> y) {
+  return {x.real() * y.real() - x.imag() * y.imag(), x.real() * y.imag() + x.imag() * y.real()};
+}
+template <class T>
+inline std::complex<T> mul(T x, std::complex<T> y) { return {x * y.real(), x * y.imag()}; }
+
+// PyTorch's autograd convention conjugates the Jacobian (recurrence.md §10); JAX's does not.
+template <bool kConj, class T>
+inline T cj(T x) { return x; }
+template <bool kConj, class T>
+inline std::complex<T> cj(std::complex<T> x) { return kConj ? std::conj(x) : x; }
+
+// The cotangent of a real decay of a complex state is the real part (the imaginary direction does not exist).
+template <class A, class S>
+inline A project(S x) {
+  if constexpr (std::is_same<A, S>::value) {
+    return x;
+  } else {
+    return x.real();
+  }
+}
+
+struct Shape {
+  int64_t n, t, d, da, r;  // r = d / da
+};
+
+// ------------------------------------------------------------------------------------------------------------------
+// Threads. The scan is sequential in T but independent across (n, state element), so work items are (n, block of
+// Da units); a block never splits one unit of R state elements, so the backward can sum a_bar over R locally and every
+// output element is computed by exactly one thread in a fixed order (results do not depend on the thread count).
+
+// Below this many state updates a single thread wins: starting threads costs ~20-50 us.
+constexpr int64_t kMinParallelWork = int64_t{1} << 16;
+// Narrower blocks than this many state elements make the inner (vectorised) loop too short.
+constexpr int64_t kMinBlockElems = 64;
+
+int num_threads() {
+  static const int cached = [] {
+    if (const char* env = std::getenv("LINREC_NUM_THREADS")) {
+      int v = std::atoi(env);
+      if (v >= 1) return v;
+    }
+#ifdef __linux__
+    // The cores this process may run on (containers and taskset), not the machine's.
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+    return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  }();
+  return cached;
+}
+
+template <class F>
+void parallel_blocks(const Shape& s, F&& body) {
+  if (s.n == 0 || s.da == 0) return;
+  const int threads = s.n * s.t * s.d < kMinParallelWork ? 1 : num_threads();
+  // Split each row into enough blocks to feed every thread a few items, but keep blocks wide.
+  int64_t blocks_per_row = std::max<int64_t>(1, (4 * threads + s.n - 1) / s.n);
+  blocks_per_row = std::min({blocks_per_row, s.da, std::max<int64_t>(1, s.d / kMinBlockElems)});
+  const int64_t units = (s.da + blocks_per_row - 1) / blocks_per_row;
+  blocks_per_row = (s.da + units - 1) / units;
+  const int64_t items = s.n * blocks_per_row;
+  auto run = [&](int64_t k) {
+    const int64_t n = k / blocks_per_row, i0 = (k % blocks_per_row) * units;
+    body(n, i0, std::min(i0 + units, s.da));
+  };
+  if (threads == 1 || items == 1) {
+    for (int64_t k = 0; k < items; ++k) run(k);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  auto worker = [&] {
+    for (int64_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < items;) run(k);
+  };
+  std::vector<std::thread> pool;
+  const int64_t extra = std::min<int64_t>(threads, items) - 1;
+  try {
+    for (int64_t i = 0; i < extra; ++i) pool.emplace_back(worker);
+  } catch (...) {
+    // No more threads available: the caller's thread drains the remaining items.
+  }
+  worker();
+  for (auto& th : pool) th.join();
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Forward: h_t = a_t * h_prev + b_t over state units [i0, i1). Restrict-qualified so the compiler vectorises
+// without runtime alias checks (h rows never overlap a, b or the previous h row).
+
+template <class A, class S>
+inline void fwd_step(int64_t i0, int64_t i1, int64_t r, const A* __restrict a, const S* __restrict prev,
+                     const S* __restrict b, S* __restrict out) {
+  if (r == 1) {
+    for (int64_t d = i0; d < i1; ++d) out[d] = mul(a[d], prev[d]) + b[d];
+  } else {
+    for (int64_t i = i0; i < i1; ++i) {
+      const A ai = a[i];
+      for (int64_t d = i * r; d < (i + 1) * r; ++d) out[d] = mul(ai, prev[d]) + b[d];
+    }
+  }
+}
+
+template <class A, class S>
+void scan_fwd(const Shape& s, const A* a, const S* b, const S* h0, const uint8_t* cut, bool reverse, S* h,
+              S* fin) {
+  parallel_blocks(s, [&](int64_t n, int64_t i0, int64_t i1) {
+    const int64_t d0 = i0 * s.r, d1 = i1 * s.r;
+    const S* prev = h0 + n * s.d;
+    for (int64_t k = 0; k < s.t; ++k) {
+      const int64_t row = n * s.t + (reverse ? s.t - 1 - k : k);
+      S* out = h + row * s.d;
+      if (cut && cut[row]) {
+        // A segment start: the carried state is dropped, as in the reference (h_t = a_t * 0 + b_t).
+        std::copy(b + row * s.d + d0, b + row * s.d + d1, out + d0);
+      } else {
+        fwd_step(i0, i1, s.r, a + row * s.da, prev, b + row * s.d, out);
+      }
+      prev = out;
+    }
+    std::copy(prev + d0, prev + d1, fin + n * s.d + d0);
+  });
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Backward (recurrence.md §10), walking the steps in the opposite order of the forward pass:
+//   g_last = ct_h_last + ct_final,  g_k = ct_h_k + a_{k+1} g_{k+1}  (0 when step k+1 is cut),
+//   a_bar_k = sum_R g_k h_{k-1}  (0 at cut steps),  b_bar_k = g_k,  h0_bar = a_0 g_0 (0 when step 0 is cut).
+// g is written straight into b_bar and read back one step later, so no scratch memory is needed.
+
+template <bool kConj, class A, class S>
+void scan_bwd(const Shape& s, const A* a, const S* h, const S* h0, const S* ct_h, const S* ct_final,
+              const uint8_t* cut, bool reverse, A* a_bar, S* b_bar, S* h0_bar) {
+  parallel_blocks(s, [&](int64_t n, int64_t i0, int64_t i1) {
+    const int64_t d0 = i0 * s.r, d1 = i1 * s.r;
+    auto row_of = [&](int64_t k) { return n * s.t + (reverse ? s.t - 1 - k : k); };
+    const S* g_next = nullptr;  // g of the step processed after this one (forward order)
+    const A* a_next = nullptr;
+    bool cut_next = false;
+    for (int64_t k = s.t - 1; k >= 0; --k) {
+      const int64_t row = row_of(k);
+      const S* __restrict ct = ct_h + row * s.d;
+      S* __restrict g = b_bar + row * s.d;
+      if (g_next == nullptr) {
+        const S* __restrict cf = ct_final + n * s.d;
+        for (int64_t d = d0; d < d1; ++d) g[d] = ct[d] + cf[d];
+      } else if (cut_next) {
+        std::copy(ct + d0, ct + d1, g + d0);
+      } else if (s.r == 1) {
+        for (int64_t d = d0; d < d1; ++d) g[d] = ct[d] + mul(cj<kConj>(a_next[d]), g_next[d]);
+      } else {
+        for (int64_t i = i0; i < i1; ++i) {
+          const A ai = cj<kConj>(a_next[i]);
+          for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) g[d] = ct[d] + mul(ai, g_next[d]);
+        }
+      }
+      const bool is_cut = cut && cut[row];
+      A* __restrict ab = a_bar + row * s.da;
+      if (is_cut) {
+        std::fill(ab + i0, ab + i1, A(0));
+      } else {
+        const S* __restrict prev = k == 0 ? h0 + n * s.d : h + row_of(k - 1) * s.d;
+        if (s.r == 1) {
+          for (int64_t d = d0; d < d1; ++d) ab[d] = project<A>(mul(g[d], cj<kConj>(prev[d])));
+        } else {
+          for (int64_t i = i0; i < i1; ++i) {
+            S acc(0);
+            for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) acc += mul(g[d], cj<kConj>(prev[d]));
+            ab[i] = project<A>(acc);
+          }
+        }
+      }
+      g_next = g;
+      a_next = a + row * s.da;
+      cut_next = is_cut;
+    }
+    S* __restrict out = h0_bar + n * s.d;
+    if (g_next == nullptr) {  // T == 0: final_state is initial_state
+      std::copy(ct_final + n * s.d + d0, ct_final + n * s.d + d1, out + d0);
+    } else if (cut_next) {
+      std::fill(out + d0, out + d1, S(0));
+    } else {
+      for (int64_t i = i0; i < i1; ++i) {
+        const A ai = cj<kConj>(a_next[i]);
+        for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) out[d] = mul(ai, g_next[d]);
+      }
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// dtype dispatch shared by both bindings.
+
+enum Dtype : int { kF32 = 0, kF64 = 1, kC64 = 2, kC128 = 3 };
+
+enum Status : int { kOk = 0, kBadDtype = 1, kBadShape = 2 };
+
+int check_shape(int64_t n, int64_t t, int64_t d, int64_t da) {
+  if (n < 0 || t < 0 || d < 0 || da < 0) return kBadShape;
+  if (da == 0) return d == 0 ? kOk : kBadShape;
+  return d % da == 0 ? kOk : kBadShape;
+}
+
+// Calls f(A*, S*) with null pointers of the right types for (a_dtype, s_dtype), or returns kBadDtype.
+template <class F>
+int dispatch(int a_dtype, int s_dtype, F&& f) {
+  if (a_dtype == kF32 && s_dtype == kF32) return f(static_cast<float*>(nullptr), static_cast<float*>(nullptr));
+  if (a_dtype == kF64 && s_dtype == kF64) return f(static_cast<double*>(nullptr), static_cast<double*>(nullptr));
+  if (a_dtype == kC64 && s_dtype == kC64) return f(static_cast<c64*>(nullptr), static_cast<c64*>(nullptr));
+  if (a_dtype == kC128 && s_dtype == kC128) return f(static_cast<c128*>(nullptr), static_cast<c128*>(nullptr));
+  if (a_dtype == kF32 && s_dtype == kC64) return f(static_cast<float*>(nullptr), static_cast<c64*>(nullptr));
+  if (a_dtype == kF64 && s_dtype == kC128) return f(static_cast<double*>(nullptr), static_cast<c128*>(nullptr));
+  return kBadDtype;
+}
+
+int run_fwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t da, const void* a, const void* b,
+            const void* h0, const uint8_t* cut, bool reverse, void* h, void* fin) {
+  if (int st = check_shape(n, t, d, da)) return st;
+  const Shape s{n, t, d, da, da ? d / da : 1};
+  return dispatch(a_dtype, s_dtype, [&](auto* at, auto* st) {
+    using A = std::remove_pointer_t<decltype(at)>;
+    using S = std::remove_pointer_t<decltype(st)>;
+    scan_fwd<A, S>(s, static_cast<const A*>(a), static_cast<const S*>(b), static_cast<const S*>(h0), cut, reverse,
+                   static_cast<S*>(h), static_cast<S*>(fin));
+    return int{kOk};
+  });
+}
+
+int run_bwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t da, const void* a, const void* h,
+            const void* h0, const void* ct_h, const void* ct_final, const uint8_t* cut, bool reverse, bool conjugate,
+            void* a_bar, void* b_bar, void* h0_bar) {
+  if (int st = check_shape(n, t, d, da)) return st;
+  const Shape s{n, t, d, da, da ? d / da : 1};
+  return dispatch(a_dtype, s_dtype, [&](auto* at, auto* st) {
+    using A = std::remove_pointer_t<decltype(at)>;
+    using S = std::remove_pointer_t<decltype(st)>;
+    auto call = [&](auto kernel) {
+      kernel(s, static_cast<const A*>(a), static_cast<const S*>(h), static_cast<const S*>(h0),
+             static_cast<const S*>(ct_h), static_cast<const S*>(ct_final), cut, reverse, static_cast<A*>(a_bar),
+             static_cast<S*>(b_bar), static_cast<S*>(h0_bar));
+    };
+    if (conjugate) {
+      call(scan_bwd<true, A, S>);
+    } else {
+      call(scan_bwd<false, A, S>);
+    }
+    return int{kOk};
+  });
+}
+
+}  // namespace
+
+// --------------------------------------------------------------------------------------------------------------------
+// C ABI (ctypes). Every pointer must be non-null except `cut` (null: no resets); arrays contiguous as described at the
+// top. Returns 0 on success, 1 for an unsupported dtype pair, 2 for inconsistent sizes.
+
+extern "C" {
+
+// Bumped whenever a signature below changes; the Python loader checks it.
+int linrec_abi_version() { return 1; }
+
+int linrec_has_ffi() {
+#ifdef LINREC_WITH_XLA_FFI
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+int linrec_num_threads() { return num_threads(); }
+
+int linrec_scan_fwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t da, const void* a,
+                    const void* b, const void* h0, const uint8_t* cut, int reverse, void* h, void* final_state) {
+  return run_fwd(a_dtype, s_dtype, n, t, d, da, a, b, h0, cut, reverse != 0, h, final_state);
+}
+
+// conjugate = 0: JAX convention (no conjugation); 1: PyTorch's (conj of the Jacobian), recurrence.md §10.
+int linrec_scan_bwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t da, const void* a,
+                    const void* h, const void* h0, const void* ct_h, const void* ct_final, const uint8_t* cut,
+                    int reverse, int conjugate, void* a_bar, void* b_bar, void* h0_bar) {
+  return run_bwd(a_dtype, s_dtype, n, t, d, da, a, h, h0, ct_h, ct_final, cut, reverse != 0, conjugate != 0, a_bar,
+                 b_bar, h0_bar);
+}
+
+}  // extern "C"
+
+// --------------------------------------------------------------------------------------------------------------------
+// XLA FFI (JAX). Arrays arrive with any number of leading axes (the caller's N plus vmap's, from
+// vmap_method="broadcast_all"); the last one or two axes are (T, D), the rest flatten into N.
+// `cut` is (..., T) bool, or (..., 0) for "no resets" (FFI has no optional buffers).
+
+#ifdef LINREC_WITH_XLA_FFI
+#include <string>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+int code_of(ffi::DataType t) {
+  switch (t) {
+    case ffi::DataType::F32: return kF32;
+    case ffi::DataType::F64: return kF64;
+    case ffi::DataType::C64: return kC64;
+    case ffi::DataType::C128: return kC128;
+    default: return -1;
+  }
+}
+
+int64_t prod(ffi::AnyBuffer::Dimensions dims, size_t begin, size_t end) {
+  int64_t p = 1;
+  for (size_t i = begin; i < end; ++i) p *= dims[i];
+  return p;
+}
+
+struct Geometry {
+  int64_t n, t, d, da;
+  bool has_cut;
+};
+
+// Derives (N, T, D, Da) from b (..., T, D) and a (..., T, Da), checking that the other buffers agree.
+ffi::ErrorOr<Geometry> geometry(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b, const ffi::AnyBuffer& h0,
+                                const ffi::AnyBuffer& cut) {
+  auto bd = b.dimensions(), ad = a.dimensions();
+  if (bd.size() < 2 || ad.size() != bd.size())
+    return ffi::Unexpected(ffi::Error::InvalidArgument("linrec: a and b must have the same rank >= 2"));
+  const size_t r = bd.size();
+  Geometry g{prod(bd, 0, r - 2), bd[r - 2], bd[r - 1], ad[r - 1], false};
+  if (prod(ad, 0, r - 2) != g.n || ad[r - 2] != g.t || check_shape(g.n, g.t, g.d, g.da) != kOk)
+    return ffi::Unexpected(ffi::Error::InvalidArgument("linrec: a must be (N, T, Da) with Da dividing D"));
+  if (static_cast<int64_t>(h0.element_count()) != g.n * g.d)
+    return ffi::Unexpected(ffi::Error::InvalidArgument("linrec: initial state must be (N, D)"));
+  const int64_t cut_count = static_cast<int64_t>(cut.element_count());
+  if (cut_count != 0 && cut_count != g.n * g.t)
+    return ffi::Unexpected(ffi::Error::InvalidArgument("linrec: cut must be (N, T) or (N, 0)"));
+  g.has_cut = cut_count != 0;
+  return g;
+}
+
+ffi::Error status_error(int st) {
+  if (st == kOk) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(st == kBadDtype ? "linrec: unsupported dtype pair (a, b)"
+                                                     : "linrec: inconsistent sizes");
+}
+
+ffi::Error FwdImpl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer h0, ffi::AnyBuffer cut, bool reverse,
+                   ffi::Result<ffi::AnyBuffer> h, ffi::Result<ffi::AnyBuffer> fin) {
+  auto g = geometry(a, b, h0, cut);
+  if (g.has_error()) return g.error();
+  const uint8_t* c = g->has_cut ? static_cast<const uint8_t*>(cut.untyped_data()) : nullptr;
+  return status_error(run_fwd(code_of(a.element_type()), code_of(b.element_type()), g->n, g->t, g->d, g->da,
+                              a.untyped_data(), b.untyped_data(), h0.untyped_data(), c, reverse, h->untyped_data(),
+                              fin->untyped_data()));
+}
+
+ffi::Error BwdImpl(ffi::AnyBuffer a, ffi::AnyBuffer h, ffi::AnyBuffer h0, ffi::AnyBuffer ct_h,
+                   ffi::AnyBuffer ct_final, ffi::AnyBuffer cut, bool reverse, ffi::Result<ffi::AnyBuffer> a_bar,
+                   ffi::Result<ffi::AnyBuffer> b_bar, ffi::Result<ffi::AnyBuffer> h0_bar) {
+  auto g = geometry(a, h, h0, cut);
+  if (g.has_error()) return g.error();
+  const uint8_t* c = g->has_cut ? static_cast<const uint8_t*>(cut.untyped_data()) : nullptr;
+  return status_error(run_bwd(code_of(a.element_type()), code_of(h.element_type()), g->n, g->t, g->d, g->da,
+                              a.untyped_data(), h.untyped_data(), h0.untyped_data(), ct_h.untyped_data(),
+                              ct_final.untyped_data(), c, reverse, /*conjugate=*/false, a_bar->untyped_data(),
+                              b_bar->untyped_data(), h0_bar->untyped_data()));
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_scan_fwd_ffi, FwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // a
+                                  .Arg<ffi::AnyBuffer>()  // b
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // cut
+                                  .Attr<bool>("reverse")
+                                  .Ret<ffi::AnyBuffer>()  // h
+                                  .Ret<ffi::AnyBuffer>()  // final
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_scan_bwd_ffi, BwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // a
+                                  .Arg<ffi::AnyBuffer>()  // h
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // ct_h
+                                  .Arg<ffi::AnyBuffer>()  // ct_final
+                                  .Arg<ffi::AnyBuffer>()  // cut
+                                  .Attr<bool>("reverse")
+                                  .Ret<ffi::AnyBuffer>()  // a_bar
+                                  .Ret<ffi::AnyBuffer>()  // b_bar
+                                  .Ret<ffi::AnyBuffer>()  // h0_bar
+);
+#endif  // LINREC_WITH_XLA_FFI

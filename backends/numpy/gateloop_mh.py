@@ -1,0 +1,124 @@
+"""Multi-head outer-product GateLoop in NumPy: the pure functions of ``spec/gateloop_mh.md``.
+
+Shape legend: ``B`` batch, ``T`` time, ``D`` d_model, ``H`` heads, ``K`` d_key, ``V`` d_value,
+``R`` gate rows per head (``K`` or 1), ``C`` chunk size.
+
+This backend exists for conformance: ``mode="parallel"`` runs ``linrec.backends.numpy.scan`` on
+``a: (B, T, H, R, 1)``, ``b = k ⊗ v: (B, T, H, K, V)``; ``"chunked"`` does the same chunk by chunk,
+carrying only ``S``; ``"sequential"`` is the step loop. No module classes, no autodiff.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from linrec.backends.numpy.arrays import dtype_name, np_dtype
+from linrec.backends.numpy.scan import linear_scan
+from linrec.spec import gateloop_mh as spec
+from linrec.spec.gateloop_mh import GateLoopMHConfig
+
+__all__ = ["gateloop_mh", "gateloop_mh_initial_state", "gateloop_mh_step"]
+
+
+def _prepare(params: Mapping[str, np.ndarray], x: np.ndarray, state, config: GateLoopMHConfig, *, ndim: int,
+             state_name: str):
+    """Check everything; return compute-dtype params, ``x`` and the state in the state dtype."""
+    x = np.asarray(x)
+    spec.check_x(config, x.shape, dtype_name(x), ndim=ndim, name="x" if ndim == 3 else "x_t")
+    spec.check_params(config, {k: np.shape(v) for k, v in params.items()})
+    sdt = np_dtype(spec.state_dtype(config, dtype_name(x)))
+    if state is None:
+        state = np.zeros(spec.state_shape(config, x.shape[0]), sdt)
+    else:
+        state = np.asarray(state)
+        spec.check_state(config, x.shape[0], state.shape, dtype_name(state), dtype_name(x), name=state_name)
+        state = state.astype(sdt)
+    params = {k: np.asarray(v).astype(x.dtype) for k, v in params.items()}
+    return params, x, state
+
+
+def _read_out(params, o: np.ndarray, x_dtype: np.dtype, config: GateLoopMHConfig) -> np.ndarray:
+    """``o: (..., H, V)`` in the state dtype -> ``y: (..., D)``."""
+    width = config.num_heads * config.d_value
+    if config.is_complex and config.complex_output == "complex":
+        real = o.real.dtype
+        u = o.reshape(*o.shape[:-2], width)
+        return u @ params["out_proj.kernel"].astype(real) + params["out_proj.bias"].astype(real)
+    u = (o.real if config.is_complex else o).astype(x_dtype)  # rounded once to x's dtype before out_proj
+    y = u.reshape(*u.shape[:-2], width) @ params["out_proj.kernel"] + params["out_proj.bias"]
+    return y.astype(x_dtype)
+
+
+def _project(params, x: np.ndarray, config: GateLoopMHConfig, sdt: np.dtype):
+    """Projections in x's dtype; ``a`` and ``q`` in the state's compute dtype."""
+    q, k, v, a = spec.project(params, x, config)
+    real = np.real(np.zeros((), sdt)).dtype
+    return q.astype(real), k.astype(real), v.astype(real), a.astype(sdt if config.is_complex else real)
+
+
+def _scan_chunk(q, k, v, a, state, method: str):
+    """One scan over the time axis of the given slices: ``-> (o: (B, C, H, V), final S)``."""
+    kv = (k[..., :, None] * v[..., None, :]).astype(state.dtype)
+    h, state = linear_scan(a, kv, initial_state=state, method=method)
+    return np.einsum("bthkv,bthk->bthv", h, q), state
+
+
+def gateloop_mh(
+    params: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    *,
+    config: GateLoopMHConfig,
+    initial_state: np.ndarray | None = None,
+    mode: str = "parallel",
+    method: str = "auto",
+    chunk_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The layer over a sequence.
+
+    Args:
+      params: canonical name -> array (``spec.param_shapes``).
+      x: ``(B, T, D)`` real floating.
+      initial_state: ``(B, H, K, V)`` or ``None`` (zeros).
+      mode: ``"parallel"`` (one scan), ``"chunked"`` (scan per chunk of ``chunk_size``), ``"sequential"`` (steps).
+      method: scan method for ``"parallel"``/``"chunked"``.
+      chunk_size: steps per chunk for ``mode="chunked"`` (default ``config.chunk_size``).
+
+    Returns:
+      ``y: (B, T, D)`` and ``final_state: (B, H, K, V)``.
+    """
+    spec.check_mode(mode, method, chunk_size)
+    params, x, state = _prepare(params, x, initial_state, config, ndim=3, state_name="initial_state")
+    if mode == "sequential":
+        ys = []
+        for t in range(x.shape[1]):
+            y_t, state = gateloop_mh_step(params, x[:, t], state, config=config)
+            ys.append(y_t)
+        empty = np.zeros((x.shape[0], 0, config.num_heads, config.d_value), state.dtype)
+        return (np.stack(ys, axis=1) if ys else _read_out(params, empty, x.dtype, config)), state
+    q, k, v, a = _project(params, x, config, state.dtype)
+    size = x.shape[1] if mode == "parallel" else (chunk_size or config.chunk_size)
+    outs = []
+    for start in range(0, x.shape[1], max(size, 1)):
+        part = slice(start, start + size)
+        o, state = _scan_chunk(q[:, part], k[:, part], v[:, part], a[:, part], state, method)
+        outs.append(o)
+    o = np.concatenate(outs, axis=1) if outs else np.zeros((*x.shape[:2], config.num_heads, config.d_value),
+                                                           state.dtype)
+    return _read_out(params, o, x.dtype, config), state
+
+
+def gateloop_mh_step(
+    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: np.ndarray | None, *, config: GateLoopMHConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step: ``x_t: (B, D)``, ``state: (B, H, K, V)`` -> ``(y_t: (B, D), state)``."""
+    params, x_t, state = _prepare(params, x_t, state, config, ndim=2, state_name="state")
+    q, k, v, a = _project(params, x_t, config, state.dtype)
+    state = a * state + (k[..., :, None] * v[..., None, :]).astype(state.dtype)
+    return _read_out(params, np.einsum("bhkv,bhk->bhv", state, q), x_t.dtype, config), state
+
+
+def gateloop_mh_initial_state(config: GateLoopMHConfig, batch_size: int, dtype: str = "float32") -> np.ndarray:
+    """Zeros ``(B, H, K, V)`` in the state dtype for inputs of ``dtype`` (``gateloop_mh.md`` §3)."""
+    return np.zeros(spec.state_shape(config, batch_size), np_dtype(spec.state_dtype(config, dtype)))

@@ -1,0 +1,295 @@
+"""GatedLinearRNN / GateLoop (SISO) in PyTorch: pure functions and an ``nn.Module`` (``spec/gated_linear_rnn.md``).
+
+Shape legend: ``B`` batch, ``T`` time, ``D_in`` input features, ``H`` state width (``d_h``),
+``D`` output features (``d_model``), ``n`` column blocks of ``proj`` (3 tied, 4 untied).
+
+The pure functions take canonical parameters (dense ``(in, out)``: ``y = x @ kernel + bias``); the module
+keeps idiomatic ``nn.Linear`` layers (``proj.weight`` is ``proj.kernel`` transposed) and calls the pure
+functions with transposed views, so both share one implementation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy, torch_dtype
+from linrec.backends.torch.scan import linear_scan
+from linrec.spec import gated_linear_rnn as spec
+from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
+
+__all__ = [
+    "GateLoop",
+    "GatedLinearRNN",
+    "gated_linear_rnn",
+    "gated_linear_rnn_initial_state",
+    "gated_linear_rnn_step",
+]
+
+Params = Mapping[str, Tensor]
+
+
+def _softplus(x: Tensor) -> Tensor:
+    # exact log(1 + e^x): F.softplus returns x above its threshold (off by ~1e-9, visible in float64)
+    return x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "identity": lambda x: x,
+    "relu": torch.relu,
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_exact": F.gelu,
+    "silu": F.silu,
+    "softplus": _softplus,
+}
+assert set(_ACTIVATIONS) == set(spec.ACTIVATIONS)
+
+
+def _check_tensor(x: Any, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def _prepare_params(params: Params, dtype: torch.dtype, config: GatedLinearRNNConfig) -> dict[str, Tensor]:
+    spec.check_params({k: tuple(v.shape) for k, v in params.items()}, config)
+    return {k: v.to(dtype) for k, v in params.items()}
+
+
+def _state(state, x: Tensor, config: GatedLinearRNNConfig, name: str) -> Tensor:
+    acc = torch_dtype(spec.state_dtype(dtype_name(x)))
+    if state is None:
+        return x.new_zeros((x.shape[0], config.d_h), dtype=acc)
+    state = _check_tensor(state, name)
+    spec.check_initial_state(tuple(state.shape), dtype_name(state), x.shape[0], dtype_name(x), config, name=name)
+    return state.to(acc)
+
+
+def _split(u: Tensor, config: GatedLinearRNNConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Activated blocks of ``u: (..., n H)`` → ``(candidate, i, f, o)``, each ``(..., H)``."""
+    d = config.d_h
+    candidate = _ACTIVATIONS[config.input_activation](u[..., :d])
+    gates = _ACTIVATIONS[config.gate_activation](u[..., d:])
+    i = gates[..., :d]
+    if config.use_tied_gates:
+        return candidate, i, 1 - i, gates[..., d : 2 * d]
+    return candidate, i, gates[..., d : 2 * d], gates[..., 2 * d : 3 * d]
+
+
+def _cell(p: Params, u_t: Tensor, h: Tensor, config: GatedLinearRNNConfig) -> tuple[Tensor, Tensor]:
+    """``u_t: (B, n H)``, ``h: (B, H)`` → ``(y_t: (B, H), h_t)`` (before ``out_proj``)."""
+    if config.use_true_recurrence:
+        u_t = u_t + h @ p["recurrent_proj.kernel"].to(h.dtype)
+    candidate, i, f, o = _split(u_t, config)
+    h = f * h + i * candidate
+    return _ACTIVATIONS[config.hidden_activation](h) * o, h
+
+
+def gated_linear_rnn(
+    params: Params,
+    x: Tensor,
+    *,
+    config: GatedLinearRNNConfig,
+    initial_state: Tensor | None = None,
+    mode: str = "auto",
+    method: str = "auto",
+    chunk_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The layer over a sequence: ``x: (B, T, D_in)`` → ``(y: (B, T, D), final_state: (B, H))``.
+
+    ``mode``: ``"parallel"`` (scan; ``method``/``chunk_size`` go to ``linear_scan``), ``"sequential"``
+    (the step loop; the only mode with ``use_true_recurrence``) or ``"auto"``. Projections run in the
+    dtype of ``x``; gates and state in ``state_dtype`` (float32 for bf16/f16), and ``final_state`` is
+    returned in that dtype.
+    """
+    x = _check_tensor(x, "x")
+    spec.check_input(tuple(x.shape), dtype_name(x), config)
+    mode = spec.resolve_mode(mode, method, config, chunk_size)
+    p = _prepare_params(params, x.dtype, config)
+    h0 = _state(initial_state, x, config, "initial_state")
+    u = (x @ p["proj.kernel"] + p["proj.bias"]).to(h0.dtype)
+    if mode == "parallel":
+        candidate, i, f, o = _split(u, config)
+        h, final = linear_scan(
+            f, i * candidate, initial_state=None if initial_state is None else h0, reverse=config.reversed,
+            method=method, chunk_size=chunk_size,
+        )
+        y = _ACTIVATIONS[config.hidden_activation](h) * o
+    else:
+        n_time = x.shape[1]
+        ys: list[Tensor] = [u.new_empty(0)] * n_time
+        final = h0
+        for t in range(n_time - 1, -1, -1) if config.reversed else range(n_time):
+            ys[t], final = _cell(p, u[:, t], final, config)
+        y = torch.stack(ys, dim=1) if n_time else u.new_zeros((x.shape[0], 0, config.d_h))
+    out = y.to(x.dtype) @ p["out_proj.kernel"] + p["out_proj.bias"]
+    return out, final.to(h0.dtype)
+
+
+def gated_linear_rnn_step(
+    params: Params, x_t: Tensor, state: Tensor | None, *, config: GatedLinearRNNConfig
+) -> tuple[Tensor, Tensor]:
+    """One step: ``x_t: (B, D_in)``, ``state: (B, H)`` (``None``: zeros) → ``(y_t: (B, D), state)``."""
+    x_t = _check_tensor(x_t, "x_t")
+    spec.check_step_input(tuple(x_t.shape), dtype_name(x_t), config)
+    p = _prepare_params(params, x_t.dtype, config)
+    h = _state(state, x_t, config, "state")
+    u_t = (x_t @ p["proj.kernel"] + p["proj.bias"]).to(h.dtype)
+    y_t, h = _cell(p, u_t, h, config)
+    return y_t.to(x_t.dtype) @ p["out_proj.kernel"] + p["out_proj.bias"], h
+
+
+def gated_linear_rnn_initial_state(
+    config: GatedLinearRNNConfig, batch_size: int, dtype: torch.dtype | str = torch.float32, device: Any = None
+) -> Tensor:
+    """Zeros ``(B, H)`` in the state dtype for inputs of ``dtype`` (float32 for bf16/f16)."""
+    name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+    return torch.zeros((batch_size, config.d_h), dtype=torch_dtype(spec.state_dtype(name)), device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# nn.Module
+
+
+def _lecun_normal_(weight: Tensor) -> None:
+    """Truncated normal with variance ``1 / fan_in`` (flax ``lecun_normal``); ``weight`` is ``(out, in)``."""
+    std = math.sqrt(1.0 / weight.shape[1]) / 0.87962566103423978
+    nn.init.trunc_normal_(weight, 0.0, std, -2 * std, 2 * std)
+
+
+class GatedLinearRNN(nn.Module):
+    """GatedLinearRNN layer (Katsch): ``h_t = f_t ⊙ h_{t-1} + i_t ⊙ input_act(u_in)``, ``y_t = hidden_act(h_t) ⊙ o_t``.
+
+    Constructor: the ``GatedLinearRNNConfig`` fields as keyword arguments, ``remat`` (``torch.utils.checkpoint``
+    when gradients are on), ``device``, ``dtype``. Parameters: ``proj`` (``nn.Linear`` D_in → n H, output rows
+    ``[input | i | (f) | o]``), ``out_proj`` (H → D) and, with ``use_true_recurrence``, ``recurrent_proj``
+    (H → n H, no bias, zero init); ``state_dict`` keys are ``proj.weight``, ``proj.bias``, ``out_proj.weight``,
+    ``out_proj.bias``, ``recurrent_proj.weight``.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_h: int,
+        d_in: int | None = None,
+        *,
+        reversed: bool = False,
+        input_activation: str = "tanh",
+        hidden_activation: str = "tanh",
+        gate_activation: str = "sigmoid",
+        use_true_recurrence: bool = False,
+        use_tied_gates: bool = True,
+        remat: bool = False,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        cfg = GatedLinearRNNConfig(
+            d_model=d_model, d_h=d_h, d_in=d_in, reversed=reversed, input_activation=input_activation,
+            hidden_activation=hidden_activation, gate_activation=gate_activation,
+            use_true_recurrence=use_true_recurrence, use_tied_gates=use_tied_gates,
+        )
+        self._cfg = cfg
+        self.remat = remat
+        width = cfg.n_blocks * cfg.d_h
+        self.proj = nn.Linear(cfg.d_in, width, device=device, dtype=dtype)
+        self.out_proj = nn.Linear(cfg.d_h, cfg.d_model, device=device, dtype=dtype)
+        self.recurrent_proj = (
+            nn.Linear(cfg.d_h, width, bias=False, device=device, dtype=dtype) if cfg.use_true_recurrence else None
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Spec initialisers: kernels lecun_normal, biases zero, ``recurrent_proj`` zero."""
+        for linear in (self.proj, self.out_proj):
+            _lecun_normal_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        if self.recurrent_proj is not None:
+            nn.init.zeros_(self.recurrent_proj.weight)
+
+    @property
+    def config(self) -> GatedLinearRNNConfig:
+        return self._cfg
+
+    def _params(self) -> dict[str, Tensor]:
+        params = {
+            "proj.kernel": self.proj.weight.T,
+            "proj.bias": self.proj.bias,
+            "out_proj.kernel": self.out_proj.weight.T,
+            "out_proj.bias": self.out_proj.bias,
+        }
+        if self.recurrent_proj is not None:
+            params["recurrent_proj.kernel"] = self.recurrent_proj.weight.T
+        return params
+
+    def forward(
+        self,
+        x: Tensor,
+        initial_state: Tensor | None = None,
+        *,
+        mode: str = "auto",
+        method: str = "auto",
+        chunk_size: int | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """``x: (B, T, D_in)``, ``initial_state: (B, H)`` → ``(y: (B, T, D), final_state: (B, H))``."""
+
+        def call(x: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+            return gated_linear_rnn(self._params(), x, config=self._cfg, initial_state=h0, mode=mode,
+                                    method=method, chunk_size=chunk_size)
+
+        if self.remat and torch.is_grad_enabled():
+            return checkpoint(call, x, initial_state, use_reentrant=False)
+        return call(x, initial_state)
+
+    def step(self, x_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``x_t: (B, D_in)``, ``state: (B, H)`` (``None``: zeros) → ``(y_t: (B, D), state)``."""
+        return gated_linear_rnn_step(self._params(), x_t, state, config=self._cfg)
+
+    def initial_state(self, batch_size: int) -> Tensor:
+        """Zeros ``(B, H)`` in the state dtype for this module's parameter dtype."""
+        weight = self.proj.weight
+        return gated_linear_rnn_initial_state(self._cfg, batch_size, weight.dtype, weight.device)
+
+    @classmethod
+    def from_canonical(
+        cls, config: GatedLinearRNNConfig, params: Mapping[str, Any], *, device: Any = None,
+        dtype: torch.dtype | None = None, remat: bool = False,
+    ):
+        """A module holding ``params`` (canonical names, dense ``(in, out)`` layout; NumPy arrays or tensors)."""
+        if not isinstance(config, GatedLinearRNNConfig):
+            raise TypeError(f"config must be a GatedLinearRNNConfig, got {type(config).__name__}")
+        tensors = {k: v if isinstance(v, Tensor) else asarray(np.asarray(v)) for k, v in params.items()}
+        spec.check_params({k: tuple(v.shape) for k, v in tensors.items()}, config)
+        dtype = dtype or tensors["proj.kernel"].dtype
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        module = cls(**fields, remat=remat, device=device, dtype=dtype)
+        with torch.no_grad():
+            module.proj.weight.copy_(tensors["proj.kernel"].T)
+            module.proj.bias.copy_(tensors["proj.bias"])
+            module.out_proj.weight.copy_(tensors["out_proj.kernel"].T)
+            module.out_proj.bias.copy_(tensors["out_proj.bias"])
+            if module.recurrent_proj is not None:
+                module.recurrent_proj.weight.copy_(tensors["recurrent_proj.kernel"].T)
+        return module
+
+    def canonical_params(self) -> dict[str, np.ndarray]:
+        """Canonical name → NumPy array (``proj.kernel = proj.weight.T``)."""
+        return {k: np.ascontiguousarray(to_numpy(v)) for k, v in self._params().items()}
+
+
+class GateLoop(GatedLinearRNN):
+    """GateLoop (Katsch): the same layer under the name of the original that has ``reversed``.
+
+    ``reversed=True`` runs the recurrence from the last step to the first (``linear_scan(reverse=True)``);
+    the returned state is then the state after the reversed pass (at ``t = 0``).
+    """

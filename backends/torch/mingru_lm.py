@@ -1,0 +1,442 @@
+"""minGRU language model for the PyTorch backend (``spec/mingru_lm.md``): pure functions and an ``nn.Module``.
+
+Shape legend: ``B`` batch, ``T`` time, ``V`` vocabulary, ``D`` model width, ``H`` minGRU state width,
+``L`` layers.
+
+The pure functions take canonical parameters (dense ``(in, out)``); the module keeps idiomatic layers
+(``nn.Embedding``, ``nn.Linear``, ``nn.RMSNorm``, the minGRU layer's ``MinGRU``) in an ``nn.ModuleList``
+and hands transposed views of them to the same functions. Every layer's minGRU runs through the layer's
+own functions (``linrec.backends.torch.mingru``); left padding turns pad positions into identity steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from linrec.backends.torch import scan as _scan
+from linrec.backends.torch.arrays import dtype_name, to_numpy, torch_dtype
+from linrec.backends.torch.mingru import MinGRU, mingru, mingru_gates, mingru_step
+from linrec.spec import mingru as mingru_spec
+from linrec.spec import mingru_lm as spec
+from linrec.spec.mingru_lm import MinGRULMConfig, MinGRULMState
+
+__all__ = ["MinGRULM", "MinGRULMState", "mingru_lm", "mingru_lm_generate", "mingru_lm_initial_state",
+           "mingru_lm_step"]
+
+
+def _as_tensor(x) -> Tensor:
+    return x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def _dense(p: Mapping[str, Tensor], name: str, x: Tensor) -> Tensor:
+    y = x @ p[f"{name}.kernel"].to(x.dtype)
+    return y + p[f"{name}.bias"].to(x.dtype) if f"{name}.bias" in p else y
+
+
+def _sub(p: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k[len(prefix):]: v for k, v in p.items() if k.startswith(prefix)}
+
+
+def _rms_norm(x: Tensor, scale: Tensor, eps: float) -> Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * scale.to(x.dtype)
+
+
+def _block(p: Mapping[str, Tensor], x: Tensor, mixer: Callable, config: MinGRULMConfig):
+    """One block on ``x (B, T, D)`` or ``(B, D)``; ``mixer(inp) -> (y, h)`` runs the minGRU."""
+    if config.block == "glu":
+        y, h = mixer(x)
+        value, gate = _dense(p, "glu", y).chunk(2, dim=-1)
+        return x + value * torch.sigmoid(gate), h
+    y, h = mixer(_rms_norm(x, p["norm.scale"], config.norm_eps))
+    x = x + y
+    f = F.gelu(_dense(p, "ff.fc1", _rms_norm(x, p["ff_norm.scale"], config.norm_eps)))
+    return x + _dense(p, "ff.fc2", f), h
+
+
+def _head(params: Mapping[str, Tensor], x: Tensor, config: MinGRULMConfig) -> Tensor:
+    if config.block == "prenorm":
+        x = _rms_norm(x, params["final_norm.scale"], config.norm_eps)
+    return _dense(params, "head", x)
+
+
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch_dtype(mingru_spec.state_dtype(str(dtype).removeprefix("torch.")))
+
+
+def _default(config: MinGRULMConfig, batch: int, dtype: torch.dtype, device=None) -> Tensor:
+    return torch.full((config.n_layers, batch, config.d_inner), config.default_state, dtype=_state_dtype(dtype),
+                      device=device)
+
+
+def _masked_mingru(mp, x: Tensor, h0, mask: Tensor, config: MinGRULMConfig, method: str):
+    """The minGRU scan with pad positions as identity steps: ``a = 1, b = 0`` where ``mask`` is False."""
+    mcfg = config.mingru
+    u = _dense(mp, "proj", x).to(_state_dtype(x.dtype))
+    a, b = mingru_gates(u, mcfg)
+    keep = mask[..., None]
+    a, b = torch.where(keep, a, torch.ones_like(a)), torch.where(keep, b, torch.zeros_like(b))
+    if h0 is None:
+        h0 = torch.full((x.shape[0], mcfg.d_inner), mcfg.default_state, dtype=u.dtype, device=u.device)
+    h, final = _scan.linear_scan(a, b, initial_state=h0, method=method)
+    y = h.to(x.dtype)
+    return (y @ mp["out_proj.kernel"].to(x.dtype) if mcfg.out_proj else y), final
+
+
+def _layer_forward(p, x, h_l, mask, config: MinGRULMConfig, method: str):
+    mp = _sub(p, "mingru.")
+
+    def mixer(z):
+        if mask is None:
+            return mingru(mp, z, config=config.mingru, initial_state=h_l, method=method)
+        return _masked_mingru(mp, z, h_l, mask, config, method)
+
+    return _block(p, x, mixer, config)
+
+
+def _step_core(params, x_t: Tensor, h: Tensor, keep: Tensor | None, config: MinGRULMConfig):
+    """One step from embedded ``x_t (B, D)`` and ``h (L, B, H)``."""
+    mcfg = config.mingru
+    hs = []
+    for layer in range(config.n_layers):
+        p = _sub(params, f"layers.{layer}.")
+        mp = _sub(p, "mingru.")
+        h_old = h[layer]
+
+        def mixer(z, mp=mp, h_old=h_old):
+            y, h_new = mingru_step(mp, z, h_old, config=mcfg)
+            if keep is None:
+                return y, h_new
+            h_new = torch.where(keep[:, None], h_new, h_old)  # a pad step: the state, and so the output, stay put
+            y = h_new.to(z.dtype)
+            return (y @ mp["out_proj.kernel"].to(y.dtype) if mcfg.out_proj else y), h_new
+
+        x_t, h_l = _block(p, x_t, mixer, config)
+        hs.append(h_l)
+    return _head(params, x_t, config), torch.stack(hs)
+
+
+def _run(params, tokens: Tensor, h0: Tensor | None, mask: Tensor | None, config: MinGRULMConfig, mode: str,
+         method: str, remat: bool = False):
+    emb = params["embed.embedding"]
+    x = F.embedding(tokens, emb)
+    if mode == "sequential":
+        h = _default(config, tokens.shape[0], x.dtype, x.device) if h0 is None else h0
+        logits = []
+        for t in range(tokens.shape[1]):
+            out, h = _step_core(params, x[:, t], h, None if mask is None else mask[:, t], config)
+            logits.append(out)
+        return (torch.stack(logits, dim=1) if logits else _head(params, x, config)), h
+    finals = []
+    for layer in range(config.n_layers):
+        p = _sub(params, f"layers.{layer}.")
+        h_l = None if h0 is None else h0[layer]
+        if remat and torch.is_grad_enabled():
+            x, h = checkpoint(_layer_forward, p, x, h_l, mask, config, method, use_reentrant=False)
+        else:
+            x, h = _layer_forward(p, x, h_l, mask, config, method)
+        finals.append(h)
+    return _head(params, x, config), torch.stack(finals)
+
+
+# --- checked entry points (shared by the pure functions and the module) ---------------------------------
+
+
+def _values(x: Tensor) -> np.ndarray | None:
+    """The values of ``x`` for range checks, or ``None`` under ``torch.compile`` (no data-dependent breaks)."""
+    return None if torch.compiler.is_compiling() else to_numpy(x)
+
+
+def _check_state(state, config: MinGRULMConfig, batch: int, compute_dtype: torch.dtype) -> Tensor:
+    h = _as_tensor(state.h) if isinstance(state, MinGRULMState) else None
+    spec.check_state(state, config, batch, None if h is None else tuple(h.shape),
+                     None if h is None else dtype_name(h), str(_state_dtype(compute_dtype)).removeprefix("torch."))
+    return h
+
+
+def _call(params, tokens, config: MinGRULMConfig, initial_state, lengths, mode: str, method: str,
+          remat: bool = False):
+    tokens = _as_tensor(tokens)
+    spec.check_tokens("tokens", tuple(tokens.shape), dtype_name(tokens), 2, config, _values(tokens))
+    spec.check_mode(mode, method, _scan.METHODS, lengths is not None)
+    batch, length = tokens.shape
+    emb = params["embed.embedding"]
+    h0 = None if initial_state is None else _check_state(initial_state, config, batch, emb.dtype)
+    mask = None
+    if lengths is not None:
+        lengths = _as_tensor(lengths)
+        spec.check_lengths(tuple(lengths.shape), dtype_name(lengths), batch, length, _values(lengths))
+        mask = torch.arange(length, device=tokens.device)[None, :] >= (length - lengths.to(tokens.device))[:, None]
+    logits, h = _run(params, tokens, h0, mask, config, mode, method, remat)
+    return logits, MinGRULMState(h)
+
+
+def _step_call(params, token, state, config: MinGRULMConfig):
+    token = _as_tensor(token)
+    spec.check_tokens("token", tuple(token.shape), dtype_name(token), 1, config, _values(token))
+    emb = params["embed.embedding"]
+    h = _check_state(state, config, token.shape[0], emb.dtype)
+    logits, h = _step_core(params, F.embedding(token, emb), h, None, config)
+    return logits, MinGRULMState(h)
+
+
+def _generate(params, prompt, config: MinGRULMConfig, max_new_tokens, temperature, top_k, seed, lengths,
+              return_logits: bool):
+    prompt_np = to_numpy(_as_tensor(prompt))
+    lengths_np = None if lengths is None else to_numpy(_as_tensor(lengths))
+    spec.check_generate_args(prompt_np.shape, max_new_tokens, temperature, top_k, config, lengths_np)
+    device = params["embed.embedding"].device
+
+    def on(x):
+        return None if x is None else torch.as_tensor(x, device=device)
+
+    with torch.no_grad():
+        tokens, logits = spec.generate_loop(
+            lambda p, n: _call(params, on(p), config, None, on(n), "parallel", "auto"),
+            lambda t, s: _step_call(params, on(t), s, config),
+            to_numpy, prompt_np, lengths_np, max_new_tokens, temperature, top_k, seed,
+        )
+    tokens = torch.from_numpy(tokens)
+    return (tokens, torch.from_numpy(logits)) if return_logits else tokens
+
+
+def _tensors(params: Mapping[str, Any], config: MinGRULMConfig) -> dict[str, Tensor]:
+    spec.check_params(params, config)
+    return {k: _as_tensor(v) for k, v in params.items()}
+
+
+# --- pure functions over canonical parameters ------------------------------------------------------------
+
+
+def mingru_lm(
+    params: Mapping[str, Tensor],
+    tokens: Tensor,
+    *,
+    config: MinGRULMConfig,
+    initial_state: MinGRULMState | None = None,
+    lengths: Tensor | None = None,
+    mode: str = "parallel",
+    method: str = "auto",
+    remat: bool = False,
+) -> tuple[Tensor, MinGRULMState]:
+    """The model over a sequence.
+
+    Args:
+      params: canonical parameters (``linrec.spec.mingru_lm.param_shapes``), dense ``(in, out)``; they set
+        the compute dtype.
+      tokens: ``(B, T)`` integer ids in ``[0, V)``.
+      initial_state: ``MinGRULMState(h (L, B, H))`` in the state dtype; ``None``: ``default_state``.
+      lengths: ``(B,)`` real tokens per row, right-aligned (left padding); ``None``: no padding.
+      mode: ``"parallel"`` (each layer a scan) or ``"sequential"`` (the step loop).
+      method: scan method of ``mode="parallel"`` (as for the minGRU layer).
+      remat: recompute each block in the backward pass (``torch.utils.checkpoint``).
+
+    Returns:
+      ``logits (B, T, V)`` and the final ``MinGRULMState``.
+    """
+    return _call(_tensors(params, config), tokens, config, initial_state, lengths, mode, method, remat)
+
+
+def mingru_lm_step(
+    params: Mapping[str, Tensor], token: Tensor, state: MinGRULMState, *, config: MinGRULMConfig
+) -> tuple[Tensor, MinGRULMState]:
+    """One token: ``token (B,)``, ``state`` -> ``(logits (B, V), state)``."""
+    return _step_call(_tensors(params, config), token, state, config)
+
+
+def mingru_lm_initial_state(config: MinGRULMConfig, batch_size: int, dtype: Any = torch.float32,
+                            device: Any = None) -> MinGRULMState:
+    """The default state: ``h (L, B, H)`` filled with ``default_state`` in the state dtype for ``dtype``."""
+    dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
+    return MinGRULMState(_default(config, batch_size, dtype, device))
+
+
+def mingru_lm_generate(
+    params: Mapping[str, Tensor],
+    prompt: Tensor,
+    *,
+    config: MinGRULMConfig,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | Sequence[int] = 0,
+    lengths: Tensor | None = None,
+    return_logits: bool = False,
+):
+    """Sample ``max_new_tokens`` after a (left-padded) ``prompt (B, T)`` (``spec.mingru_lm.generate_loop``).
+
+    Returns ``tokens (B, N)`` (int64), and with ``return_logits`` also ``logits (B, N, V)``.
+    """
+    return _generate(_tensors(params, config), prompt, config, max_new_tokens, temperature, top_k, seed, lengths,
+                     return_logits)
+
+
+# --- the nn.Module ---------------------------------------------------------------------------------------
+
+
+class _FeedForward(nn.Module):
+    def __init__(self, d_model: int, d_ff: int, **factory):
+        super().__init__()
+        self.fc1 = nn.Linear(d_model, d_ff, **factory)
+        self.fc2 = nn.Linear(d_ff, d_model, **factory)
+
+
+class _Block(nn.Module):
+    def __init__(self, config: MinGRULMConfig, **factory):
+        super().__init__()
+        m = config.mingru
+        self.mingru = MinGRU(m.d_model, d_inner=m.d_inner, out_proj=m.out_proj, bias=m.bias, candidate=m.candidate,
+                             default_state=m.default_state, **factory)
+        d = config.d_model
+        if config.block == "glu":
+            self.glu = nn.Linear(config.d_inner, 2 * d, **factory)
+        else:
+            self.norm = nn.RMSNorm(d, eps=config.norm_eps, **factory)
+            self.ff_norm = nn.RMSNorm(d, eps=config.norm_eps, **factory)
+            self.ff = _FeedForward(d, config.d_ff, **factory)
+
+
+#: canonical suffix -> (attribute path in the torch module, transpose?) for one block
+def _torch_names(config: MinGRULMConfig) -> dict[str, tuple[str, bool]]:
+    names = {}
+    for name in spec.param_shapes(config):
+        module_path, leaf = name.rsplit(".", 1)
+        if leaf == "kernel":
+            names[name] = (f"{module_path}.weight", True)
+        elif leaf in ("scale", "embedding"):
+            names[name] = (f"{module_path}.weight", False)
+        else:
+            names[name] = (name, False)
+    return names
+
+
+class MinGRULM(nn.Module):
+    """The minGRU language model (``spec/mingru_lm.md``) as an ``nn.Module``.
+
+    Constructor: the ``MinGRULMConfig`` fields (``vocab_size, d_model, n_layers`` positional, the rest
+    keyword-only), ``remat``, ``device``, ``dtype``. ``state_dict`` keys: ``embed.weight``,
+    ``layers.{l}.mingru.proj.weight`` (``proj.kernel`` transposed), ``layers.{l}.glu.weight``,
+    ``layers.{l}.norm.weight`` (canonical ``norm.scale``), ``layers.{l}.ff.fc1.weight``, ...,
+    ``final_norm.weight``, ``head.weight``/``head.bias`` (table in ``mingru_lm.md`` §4).
+
+    Generation: :meth:`prefill` (parallel), :meth:`decode_step` (one token) and :meth:`generate`.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int,
+        n_layers: int,
+        *,
+        block: str = "glu",
+        expansion: float = 1.0,
+        candidate: str = "identity",
+        mingru_bias: bool = True,
+        default_state: float = 0.0,
+        ff_mult: float = 4.0,
+        norm_eps: float = 1e-6,
+        head_bias: bool = True,
+        remat: bool = False,
+        device: Any = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        config = MinGRULMConfig(
+            vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, block=block, expansion=expansion,
+            candidate=candidate, mingru_bias=mingru_bias, default_state=default_state, ff_mult=ff_mult,
+            norm_eps=norm_eps, head_bias=head_bias,
+        )
+        self._cfg = config
+        self.remat = remat
+        factory = dict(device=device, dtype=dtype)
+        self.embed = nn.Embedding(vocab_size, d_model, **factory)
+        self.layers = nn.ModuleList([_Block(config, **factory) for _ in range(n_layers)])
+        self.final_norm = nn.RMSNorm(d_model, eps=norm_eps, **factory) if block == "prenorm" else None
+        self.head = nn.Linear(d_model, vocab_size, bias=head_bias, **factory)
+        self._names = _torch_names(config)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Spec initialisers: embedding ``N(0, 1)``, kernels ``U(±1/sqrt(fan_in))``, biases 0, norm scales 1."""
+        with torch.no_grad():
+            for name, (path, transposed) in self._names.items():
+                param = self.get_parameter(path)
+                if name == "embed.embedding":
+                    nn.init.normal_(param)
+                elif transposed:
+                    bound = 1.0 / math.sqrt(param.shape[1])
+                    nn.init.uniform_(param, -bound, bound)
+                elif name.endswith(".scale"):
+                    nn.init.ones_(param)
+                else:
+                    nn.init.zeros_(param)
+
+    @property
+    def config(self) -> MinGRULMConfig:
+        return self._cfg
+
+    def _params(self) -> dict[str, Tensor]:
+        out = {}
+        for name, (path, transposed) in self._names.items():
+            param = self.get_parameter(path)
+            out[name] = param.T if transposed else param
+        return out
+
+    def forward(self, tokens: Tensor, initial_state: MinGRULMState | None = None, *, lengths: Tensor | None = None,
+                mode: str = "parallel", method: str = "auto") -> tuple[Tensor, MinGRULMState]:
+        """``tokens (B, T)`` -> ``(logits (B, T, V), state)``; see :func:`mingru_lm`."""
+        return _call(self._params(), tokens, self._cfg, initial_state, lengths, mode, method, self.remat)
+
+    def step(self, token: Tensor, state: MinGRULMState | None = None) -> tuple[Tensor, MinGRULMState]:
+        """``token (B,)``, ``state`` (``None``: the default) -> ``(logits (B, V), state)``."""
+        if state is None:
+            state = self.initial_state(_as_tensor(token).shape[0])
+        return _step_call(self._params(), token, state, self._cfg)
+
+    def initial_state(self, batch_size: int) -> MinGRULMState:
+        """The default state ``h (L, B, H)`` in the state dtype for this module's parameter dtype."""
+        weight = self.embed.weight
+        return MinGRULMState(_default(self._cfg, batch_size, weight.dtype, weight.device))
+
+    def prefill(self, tokens: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, MinGRULMState]:
+        """The parallel pass over a (left-padded) prompt: ``(logits (B, T, V), state)``."""
+        return self(tokens, lengths=lengths)
+
+    def decode_step(self, token: Tensor, state: MinGRULMState) -> tuple[Tensor, MinGRULMState]:
+        """One token on the step path: ``(logits (B, V), state)``."""
+        return _step_call(self._params(), token, state, self._cfg)
+
+    def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | Sequence[int] = 0, *, lengths: Tensor | None = None, return_logits: bool = False):
+        """Sample ``max_new_tokens`` after ``prompt (B, T)``; see :func:`mingru_lm_generate`."""
+        return _generate(self._params(), prompt, self._cfg, max_new_tokens, temperature, top_k, seed, lengths,
+                         return_logits)
+
+    @classmethod
+    def from_canonical(cls, config: MinGRULMConfig, params: Mapping[str, Any], *, device: Any = None,
+                       dtype: torch.dtype | None = None, **kwargs) -> MinGRULM:
+        """Build a module whose parameters are ``params`` (canonical names, dense ``(in, out)`` layout)."""
+        if not isinstance(config, MinGRULMConfig):
+            raise TypeError(f"config must be a MinGRULMConfig, got {type(config).__name__}")
+        tensors = _tensors(params, config)
+        dtype = dtype or tensors["embed.embedding"].dtype
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        positional = [fields.pop(k) for k in ("vocab_size", "d_model", "n_layers")]
+        module = cls(*positional, **fields, device=device, dtype=dtype, **kwargs)
+        with torch.no_grad():
+            for name, (path, transposed) in module._names.items():
+                value = tensors[name]
+                module.get_parameter(path).copy_(value.T if transposed else value)
+        return module
+
+    def canonical_params(self) -> dict[str, np.ndarray]:
+        """The parameters as NumPy arrays under their canonical names (kernels = ``weight.T``)."""
+        return {name: np.ascontiguousarray(to_numpy(value)) for name, value in self._params().items()}

@@ -1,0 +1,90 @@
+"""minLSTM for the PyTorch backend (``spec/minlstm.md``): pure functions and an ``nn.Module``.
+
+Shape legend: ``B`` batch, ``T`` time, ``D`` input features, ``H`` state features, ``D_out`` output features.
+The sequence machinery and the module body are shared with :mod:`linrec.backends.torch.mingru`; only the
+gates differ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from linrec.backends.torch.mingru import MinRNNBase, candidate, initial_state, log_g, run_sequence, run_step, softplus
+from linrec.spec import minlstm as spec
+from linrec.spec.minlstm import MinLSTMConfig
+
+__all__ = ["MinLSTM", "minlstm", "minlstm_gates", "minlstm_initial_state", "minlstm_log_gates", "minlstm_step"]
+
+
+def _log_ratio(u_f: Tensor, u_i: Tensor) -> Tensor:
+    """``d = log(i / f) = softplus(-u_f) - softplus(-u_i)`` (so ``f' = σ(-d)``, ``i' = σ(d)``)."""
+    return softplus(-u_f) - softplus(-u_i)
+
+
+def minlstm_gates(u: Tensor, config: MinLSTMConfig) -> tuple[Tensor, Tensor]:
+    """``u (..., 3H)`` -> ``(a, b) = (f', i' h̃)`` with ``f' = f/(f+i) = σ(-d)``, ``i' = σ(d)``."""
+    u_f, u_i, u_h = u.chunk(3, dim=-1)
+    d = _log_ratio(u_f, u_i)
+    return torch.sigmoid(-d), torch.sigmoid(d) * candidate(u_h, config.candidate)
+
+
+def minlstm_log_gates(u: Tensor, config: MinLSTMConfig) -> tuple[Tensor, Tensor]:
+    """``(log f', log i' + log g(u_h)) = (-softplus(d), -softplus(-d) + log_g(u_h))``."""
+    u_f, u_i, u_h = u.chunk(3, dim=-1)
+    d = _log_ratio(u_f, u_i)
+    return -softplus(d), -softplus(-d) + log_g(u_h)
+
+
+def minlstm(
+    params: Mapping[str, Tensor],
+    x: Tensor,
+    *,
+    config: MinLSTMConfig,
+    initial_state: Tensor | None = None,
+    mode: str = "parallel",
+    method: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """minLSTM over a sequence; arguments and results as ``linrec.backends.torch.mingru.mingru``.
+
+    Args:
+      params: canonical parameters (``linrec.spec.minlstm.param_shapes``), dense ``(in, out)`` layout.
+      x: ``(B, T, D)`` real floating.
+      initial_state: ``(B, H)`` in the state dtype; ``None``: every entry ``config.default_state``.
+      mode: ``"parallel"`` or ``"sequential"``.
+      method: ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"`` or ``"log"``.
+
+    Returns:
+      ``y (B, T, D_out)`` and ``final_state (B, H)``.
+    """
+    return run_sequence("minlstm", spec.param_shapes(config), minlstm_gates, minlstm_log_gates, params, x, config,
+                        initial_state, mode, method)
+
+
+def minlstm_step(
+    params: Mapping[str, Tensor], x_t: Tensor, state: Tensor | None, *, config: MinLSTMConfig
+) -> tuple[Tensor, Tensor]:
+    """One step: ``x_t (B, D)``, ``state (B, H)`` (``None``: the default state) -> ``(y_t (B, D_out), state)``."""
+    return run_step("minlstm", spec.param_shapes(config), minlstm_gates, params, x_t, state, config)
+
+
+def minlstm_initial_state(config: MinLSTMConfig, batch_size: int, dtype: Any = torch.float32) -> Tensor:
+    """The default state ``(B, H)`` for inputs of ``dtype``."""
+    return initial_state(config, batch_size, dtype)
+
+
+class MinLSTM(MinRNNBase):
+    """minLSTM (``spec/minlstm.md``): ``h_t = f'_t h_{t-1} + i'_t h̃_t`` with ``f' + i' = 1``.
+
+    Constructor: the ``MinLSTMConfig`` fields as keyword arguments, ``remat``, ``device``, ``dtype``.
+    Parameters: ``proj`` (``nn.Linear`` D -> 3H, output rows ``[f | i | h̃]``) and ``out_proj`` (H -> D, no bias).
+    """
+
+    _layer = "minlstm"
+    _config_cls = MinLSTMConfig
+    _n_blocks = 3
+    _gates = staticmethod(minlstm_gates)
+    _log_gates = staticmethod(minlstm_log_gates)

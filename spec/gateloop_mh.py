@@ -1,0 +1,434 @@
+"""Multi-head outer-product GateLoop: config, canonical parameters, checks and the NumPy reference.
+
+Normative text: ``gateloop_mh.md``. Shape legend: ``B`` batch, ``T`` time, ``D`` d_model, ``H`` heads,
+``K`` d_key (state rows), ``V`` d_value (state columns), ``R`` gate rows per head (``K`` or 1).
+
+Per head: ``S_t = diag(a_t) S_{t-1} + k_t v_tᵀ`` and ``o_t = S_tᵀ q_t``; carried state ``S: (B, H, K, V)``.
+The loops here *define* the layer; backends are fast implementations checked against them.
+Everything in this module is framework-free: backends call the ``check_*`` functions with shapes and
+canonical dtype names so every backend raises the same message for the same mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from linrec.spec import reference
+
+__all__ = [
+    "COMPLEX_OUTPUTS",
+    "GATES",
+    "GATE_BIAS_RANGE",
+    "GATE_GRANULARITIES",
+    "MODES",
+    "PHASE_ACTIVATIONS",
+    "SCAN_METHODS",
+    "GateLoopMHConfig",
+    "check_mode",
+    "check_params",
+    "check_state",
+    "check_x",
+    "forward",
+    "gate_bias_init",
+    "init_params",
+    "initial_state",
+    "param_shapes",
+    "project",
+    "state_dtype",
+    "state_shape",
+    "step",
+    "vjp",
+]
+
+GATES = ("real", "complex")
+GATE_GRANULARITIES = ("key", "head")
+PHASE_ACTIVATIONS = ("identity", "relu")
+COMPLEX_OUTPUTS = ("real", "complex")
+MODES = ("parallel", "sequential", "chunked")
+#: scan methods a layer may request (recurrence.md §7); ``"log"`` is outside this layer's domain.
+SCAN_METHODS = ("auto", "sequential", "associative", "chunked", "native")
+#: decays at initialisation are spread over this interval (``gateloop_mh.md`` §5).
+GATE_BIAS_RANGE = (0.9, 0.999)
+
+_REAL_FLOATS = ("float64", "float32", "bfloat16", "float16")
+_LOW_PRECISION = ("bfloat16", "float16")
+
+
+def _choice(field: str, value: str, options: tuple[str, ...]) -> None:
+    if value not in options:
+        raise ValueError(f"GateLoopMHConfig.{field} must be one of {options}, got {value!r}")
+
+
+def _positive_int(field: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"GateLoopMHConfig.{field} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class GateLoopMHConfig:
+    """Hyper-parameters of the multi-head outer-product GateLoop layer (``gateloop_mh.md`` §5).
+
+    ``d_key``/``d_value`` default to ``d_model // num_heads`` (then ``d_model`` must be divisible).
+    """
+
+    d_model: int
+    num_heads: int = 1
+    d_key: int | None = None
+    d_value: int | None = None
+    gate: str = "real"
+    gate_granularity: str = "key"
+    phase_activation: str = "identity"
+    complex_output: str = "real"
+    qkv_bias: bool = False
+    chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        _positive_int("d_model", self.d_model)
+        _positive_int("num_heads", self.num_heads)
+        for field in ("d_key", "d_value"):
+            value = getattr(self, field)
+            if value is None:
+                if self.d_model % self.num_heads:
+                    raise ValueError(
+                        f"GateLoopMHConfig.{field}: d_model={self.d_model} is not divisible by "
+                        f"num_heads={self.num_heads}; pass {field} explicitly"
+                    )
+                object.__setattr__(self, field, self.d_model // self.num_heads)
+            else:
+                _positive_int(field, value)
+        _choice("gate", self.gate, GATES)
+        _choice("gate_granularity", self.gate_granularity, GATE_GRANULARITIES)
+        _choice("phase_activation", self.phase_activation, PHASE_ACTIVATIONS)
+        _choice("complex_output", self.complex_output, COMPLEX_OUTPUTS)
+        if not isinstance(self.qkv_bias, (bool, np.bool_)):
+            raise ValueError(f"GateLoopMHConfig.qkv_bias must be a bool, got {self.qkv_bias!r}")
+        _positive_int("chunk_size", self.chunk_size)
+
+    @property
+    def gate_rows(self) -> int:
+        """``R``: gate values per head (``K`` for ``"key"``, 1 for ``"head"``)."""
+        return self.d_key if self.gate_granularity == "key" else 1
+
+    @property
+    def is_complex(self) -> bool:
+        return self.gate == "complex"
+
+    @property
+    def gate_names(self) -> tuple[str, ...]:
+        """Canonical prefixes of the gate projections."""
+        return ("a_mag_proj", "a_phase_proj") if self.is_complex else ("a_proj",)
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def param_shapes(config: GateLoopMHConfig) -> dict[str, tuple[int, ...]]:
+    """Canonical flat names -> shapes (``gateloop_mh.md`` §5); kernels are ``(in, out)``."""
+    d, h, k, v, r = config.d_model, config.num_heads, config.d_key, config.d_value, config.gate_rows
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, width in (("q_proj", h * k), ("k_proj", h * k), ("v_proj", h * v)):
+        shapes[f"{name}.kernel"] = (d, width)
+        if config.qkv_bias:
+            shapes[f"{name}.bias"] = (width,)
+    for name in config.gate_names:
+        shapes[f"{name}.kernel"] = (d, h * r)
+        shapes[f"{name}.bias"] = (h * r,)
+    shapes["out_proj.kernel"] = (h * v, d)
+    shapes["out_proj.bias"] = (d,)
+    return shapes
+
+
+def gate_bias_init(config: GateLoopMHConfig) -> np.ndarray:
+    """``logit`` of decays spread over ``GATE_BIAS_RANGE``: per head over its ``K`` rows, or over heads."""
+    lo, hi = GATE_BIAS_RANGE
+    if config.gate_granularity == "key":
+        decays = np.tile(np.linspace(lo, hi, config.d_key), config.num_heads)
+    else:
+        decays = np.linspace(lo, hi, config.num_heads)
+    return np.log(decays) - np.log1p(-decays)
+
+
+def _lecun_normal(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    # truncated to [-2, 2] standard deviations, rescaled so the variance after truncation is 1/fan_in (Flax)
+    z = rng.standard_normal(shape)
+    bad = np.abs(z) > 2
+    while bad.any():
+        z[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(z) > 2
+    return z * (np.sqrt(1.0 / shape[0]) / 0.87962566103423978)
+
+
+def init_params(config: GateLoopMHConfig, seed: int = 0, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Draw parameters with the initialisers of ``gateloop_mh.md`` §5 (reproducible for a ``seed``)."""
+    from linrec.backends.numpy.arrays import np_dtype
+
+    rng = np.random.default_rng(seed)
+    params: dict[str, np.ndarray] = {}
+    for name, shape in param_shapes(config).items():
+        if name.endswith(".kernel"):
+            value = _lecun_normal(rng, shape)
+        elif name in ("a_proj.bias", "a_mag_proj.bias"):
+            value = gate_bias_init(config)
+        else:
+            value = np.zeros(shape)
+        params[name] = value.astype(np_dtype(dtype))
+    return params
+
+
+def check_params(config: GateLoopMHConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise ``ValueError`` naming a missing, unexpected or misshapen parameter."""
+    expected = param_shapes(config)
+    missing = sorted(set(expected) - set(shapes))
+    extra = sorted(set(shapes) - set(expected))
+    if missing:
+        raise ValueError(f"gateloop_mh: missing parameter(s) {missing} for this config (gate={config.gate!r}, "
+                         f"qkv_bias={config.qkv_bias})")
+    if extra:
+        raise ValueError(f"gateloop_mh: unexpected parameter(s) {extra} for this config (gate={config.gate!r}, "
+                         f"qkv_bias={config.qkv_bias}); expected {sorted(expected)}")
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise ValueError(f"gateloop_mh: parameter {name!r} must have shape {shape}, got {tuple(shapes[name])}")
+
+
+# ---------------------------------------------------------------- state, dtypes, argument checks
+
+
+def state_shape(config: GateLoopMHConfig, batch_size: int) -> tuple[int, int, int, int]:
+    """``(B, H, K, V)``."""
+    return (batch_size, config.num_heads, config.d_key, config.d_value)
+
+
+def state_dtype(config: GateLoopMHConfig, dtype: str) -> str:
+    """The carried state's dtype for inputs of ``dtype`` (``gateloop_mh.md`` §3)."""
+    if dtype not in _REAL_FLOATS:
+        raise TypeError(f"gateloop_mh: x must be real floating {_REAL_FLOATS}, got dtype {dtype}")
+    real = "float32" if dtype in _LOW_PRECISION else dtype
+    if config.is_complex:
+        return "complex128" if real == "float64" else "complex64"
+    return real
+
+
+def check_x(config: GateLoopMHConfig, shape: tuple[int, ...], dtype: str, *, name: str = "x", ndim: int = 3) -> None:
+    """``x: (B, T, D)`` (``ndim=3``) or ``x_t: (B, D)`` (``ndim=2``), real floating."""
+    legend = "(B, T, d_model)" if ndim == 3 else "(B, d_model)"
+    if len(shape) != ndim or shape[-1] != config.d_model:
+        raise ValueError(f"gateloop_mh: {name} must have shape {legend} with d_model={config.d_model}, "
+                         f"got shape {tuple(shape)}")
+    if dtype not in _REAL_FLOATS:
+        raise TypeError(f"gateloop_mh: {name} must be real floating {_REAL_FLOATS}, got dtype {dtype}")
+
+
+def check_state(
+    config: GateLoopMHConfig, batch_size: int, shape: tuple[int, ...], dtype: str, x_dtype: str,
+    *, name: str = "initial_state",
+) -> None:
+    """``state: (B, H, K, V)`` in ``state_dtype(config, x_dtype)`` (low-precision real: also ``x_dtype``)."""
+    expected = state_shape(config, batch_size)
+    if tuple(shape) != expected:
+        raise ValueError(f"gateloop_mh: {name} must have shape (B, H, K, V) = {expected}, got {tuple(shape)}")
+    want = state_dtype(config, x_dtype)
+    allowed = {want} | ({x_dtype} if x_dtype in _LOW_PRECISION and not config.is_complex else set())
+    if dtype not in allowed:
+        kind = "complex (gate='complex')" if config.is_complex else "real (gate='real')"
+        raise TypeError(f"gateloop_mh: {name} must be {kind} with dtype {want} for x of dtype {x_dtype}, "
+                        f"got dtype {dtype}")
+
+
+def check_mode(mode: str, method: str, chunk_size) -> None:
+    """Validate ``mode``/``method``/``chunk_size`` (``gateloop_mh.md`` §4)."""
+    if mode not in MODES:
+        raise ValueError(f"gateloop_mh: unknown mode={mode!r}; valid modes: {MODES}")
+    if method == "log":
+        raise ValueError("gateloop_mh: method='log' needs a real gate and positive k⊗v, which this layer does not "
+                         "guarantee; use method='associative' (or 'sequential', 'chunked')")
+    if method not in SCAN_METHODS:
+        raise ValueError(f"gateloop_mh: unknown method={method!r}; valid methods: {SCAN_METHODS}")
+    if mode == "sequential" and method not in ("auto", "sequential"):
+        raise ValueError(f"gateloop_mh: method={method!r} applies to mode='parallel' or 'chunked'; "
+                         "mode='sequential' takes method='auto' or 'sequential'")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+                                   or chunk_size < 1):
+        raise ValueError(f"gateloop_mh: chunk_size must be a positive int or None, got {chunk_size!r}")
+
+
+def initial_state(config: GateLoopMHConfig, batch_size: int, dtype: str = "float32") -> np.ndarray:
+    """Zeros ``(B, H, K, V)`` in the state dtype for inputs of ``dtype``."""
+    return np.zeros(state_shape(config, batch_size), state_dtype(config, dtype))
+
+
+# ---------------------------------------------------------------- the reference
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -z))  # exact for every z, no overflow
+
+
+def _dense(params: Mapping[str, np.ndarray], name: str, x: np.ndarray) -> np.ndarray:
+    y = x @ params[f"{name}.kernel"]
+    bias = params.get(f"{name}.bias")
+    return y if bias is None else y + bias
+
+
+def _compute_dtype(x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.dtype:
+    dtype = np.result_type(*(np.asarray(p).dtype for p in params.values()), np.asarray(x).dtype)
+    return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
+
+
+def project(params: Mapping[str, np.ndarray], x: np.ndarray, config: GateLoopMHConfig):
+    """``x: (..., D)`` -> ``q: (..., H, K)``, ``k: (..., H, K)``, ``v: (..., H, V)``, ``a: (..., H, R, 1)``."""
+    h, r = config.num_heads, config.gate_rows
+    lead = x.shape[:-1]
+    q = _dense(params, "q_proj", x).reshape(*lead, h, config.d_key)
+    k = _dense(params, "k_proj", x).reshape(*lead, h, config.d_key)
+    v = _dense(params, "v_proj", x).reshape(*lead, h, config.d_value)
+    if config.is_complex:
+        phase = _dense(params, "a_phase_proj", x)
+        if config.phase_activation == "relu":
+            phase = np.maximum(phase, 0)
+        a = _sigmoid(_dense(params, "a_mag_proj", x)) * np.exp(1j * phase)
+    else:
+        a = _sigmoid(_dense(params, "a_proj", x))
+    return q, k, v, a.reshape(*lead, h, r, 1)
+
+
+def _read_out(params: Mapping[str, np.ndarray], o: np.ndarray, config: GateLoopMHConfig) -> np.ndarray:
+    """``o: (..., H, V)`` -> ``y: (..., D)``: the complex-output convention, then ``out_proj``."""
+    if config.is_complex and config.complex_output == "real":
+        o = o.real
+    return _dense(params, "out_proj", o.reshape(*o.shape[:-2], -1))
+
+
+def _prepare(params, x, config, state, *, ndim: int, state_name: str):
+    x = np.asarray(x)
+    check_x(config, x.shape, x.dtype.name, ndim=ndim,
+            name="x" if ndim == 3 else "x_t")
+    check_params(config, {n: np.shape(p) for n, p in params.items()})
+    ct = _compute_dtype(x, params)
+    params = {n: np.asarray(p).astype(ct) for n, p in params.items()}
+    sdt = np.result_type(ct, np.complex64) if config.is_complex else ct
+    if state is None:
+        state = np.zeros(state_shape(config, x.shape[0]), sdt)
+    else:
+        state = np.asarray(state)
+        check_state(config, x.shape[0], state.shape, state.dtype.name, x.dtype.name, name=state_name)
+        state = state.astype(sdt)
+    return params, x.astype(ct), state
+
+
+def _out_dtype(config: GateLoopMHConfig, x_dtype: np.dtype, state: np.ndarray) -> np.dtype:
+    return state.dtype if config.is_complex and config.complex_output == "complex" else x_dtype
+
+
+def forward(
+    params: Mapping[str, np.ndarray], x: np.ndarray, config: GateLoopMHConfig, initial_state: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The defining loop (``gateloop_mh.md`` §2).
+
+    Args:
+      params: canonical name -> array (``param_shapes``).
+      x: ``(B, T, D)`` real floating; pass float64 (and float64 params) for the reference answer.
+      initial_state: ``(B, H, K, V)``; ``None`` means zeros.
+
+    Returns:
+      ``y: (B, T, D)`` and ``final_state: (B, H, K, V)`` (the state before read-out).
+    """
+    x_dtype = np.asarray(x).dtype
+    params, x, state = _prepare(params, x, config, initial_state, ndim=3, state_name="initial_state")
+    n_batch, n_time, _ = x.shape
+    ys = []
+    for t in range(n_time):
+        q, k, v, a = project(params, x[:, t], config)
+        state = a * state + k[..., :, None] * v[..., None, :]  # rows of S decayed by a
+        ys.append(_read_out(params, np.einsum("bhkv,bhk->bhv", state, q), config))
+    y = np.stack(ys, axis=1) if ys else np.zeros((n_batch, 0, config.d_model), x.dtype)
+    return y.astype(_out_dtype(config, x_dtype, state)), state
+
+
+def step(
+    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: np.ndarray | None, config: GateLoopMHConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """One iteration of the loop: ``x_t: (B, D)``, ``state: (B, H, K, V)`` -> ``(y_t: (B, D), state)``."""
+    x_dtype = np.asarray(x_t).dtype
+    params, x_t, state = _prepare(params, x_t, config, state, ndim=2, state_name="state")
+    q, k, v, a = project(params, x_t, config)
+    state = a * state + k[..., :, None] * v[..., None, :]
+    y = _read_out(params, np.einsum("bhkv,bhk->bhv", state, q), config)
+    return y.astype(_out_dtype(config, x_dtype, state)), state
+
+
+# ---------------------------------------------------------------- the analytic VJP
+
+
+def _dense_vjp(grads: dict, name: str, x: np.ndarray, pre_bar: np.ndarray, params) -> np.ndarray:
+    """Accumulate kernel/bias cotangents of ``x @ kernel + bias``; return the contribution to ``x_bar``."""
+    xs, gs = x.reshape(-1, x.shape[-1]), pre_bar.reshape(-1, pre_bar.shape[-1])
+    grads[f"{name}.kernel"] = np.real(xs.T @ gs)
+    if f"{name}.bias" in params:
+        grads[f"{name}.bias"] = np.real(gs.sum(axis=0))
+    return np.real(pre_bar @ params[f"{name}.kernel"].T)
+
+
+def vjp(
+    params: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    config: GateLoopMHConfig,
+    cotangent_y: np.ndarray,
+    cotangent_state: np.ndarray | None = None,
+    *,
+    initial_state: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Cotangents of ``(params, x, initial_state)`` for ``forward`` in float64/complex128 (JAX convention).
+
+    With the pairing ``φ = Re Σ ȳ·y + Re Σ S̄·S_T`` (no conjugation), a real primal gets ``∂φ/∂θ`` and a
+    complex one ``∂φ/∂Re z − i ∂φ/∂Im z``. The scan part is ``reference.linear_scan_vjp`` (recurrence.md §10).
+
+    Returns ``(param_cotangents, x_cotangent, initial_state_cotangent)``.
+    """
+    p = {n: np.asarray(v, np.float64) for n, v in params.items()}
+    check_params(config, {n: v.shape for n, v in p.items()})
+    x = np.asarray(x, np.float64)
+    n_batch, n_time, _ = x.shape
+    h_, r_, v_ = config.num_heads, config.gate_rows, config.d_value
+    sdt = np.complex128 if config.is_complex else np.float64
+    s0 = np.zeros(state_shape(config, n_batch), sdt) if initial_state is None else np.asarray(initial_state, sdt)
+    # forward, keeping what the backward needs
+    q, k, v, a = project(p, x, config)
+    kv = (k[..., :, None] * v[..., None, :]).astype(sdt)
+    states, _ = reference.linear_scan(a, kv, initial_state=s0)
+    o = np.einsum("bthkv,bthk->bthv", states, q)
+    u = o.real if config.is_complex and config.complex_output == "real" else o
+    # backward
+    grads: dict[str, np.ndarray] = {}
+    y_bar = np.asarray(cotangent_y)
+    u_bar = y_bar @ p["out_proj.kernel"].T
+    grads["out_proj.kernel"] = np.real(u.reshape(-1, h_ * v_).T @ y_bar.reshape(-1, config.d_model))
+    grads["out_proj.bias"] = np.real(y_bar.reshape(-1, config.d_model).sum(axis=0))
+    o_bar = u_bar.reshape(n_batch, n_time, h_, v_)
+    if not (config.is_complex and config.complex_output == "complex"):
+        o_bar = np.real(o_bar)  # a real output (or Re(o)) pulls back a real cotangent
+    h_bar = o_bar[..., None, :] * q[..., :, None]
+    q_bar = np.real(np.einsum("bthv,bthkv->bthk", o_bar, states))
+    ct_state = None if cotangent_state is None else np.asarray(cotangent_state, sdt)
+    a_bar, kv_bar, s0_bar = reference.linear_scan_vjp(a, kv, h_bar, ct_state, initial_state=s0)
+    k_bar = np.real(np.einsum("bthkv,bthv->bthk", kv_bar, v))
+    v_bar = np.real(np.einsum("bthkv,bthk->bthv", kv_bar, k))
+    x_bar = _dense_vjp(grads, "q_proj", x, q_bar.reshape(n_batch, n_time, -1), p)
+    x_bar = x_bar + _dense_vjp(grads, "k_proj", x, k_bar.reshape(n_batch, n_time, -1), p)
+    x_bar = x_bar + _dense_vjp(grads, "v_proj", x, v_bar.reshape(n_batch, n_time, -1), p)
+    a_bar = a_bar.reshape(n_batch, n_time, h_ * r_)
+    a = a.reshape(n_batch, n_time, h_ * r_)
+    if config.is_complex:
+        mag = _sigmoid(_dense(p, "a_mag_proj", x))
+        mag_bar = np.real(a_bar * a) * (1 - mag)  # d|a|/dm = σ'(m) = σ(1-σ); a·(1-σ) = σ' e^{iφ}
+        phase_bar = np.real(a_bar * 1j * a)
+        if config.phase_activation == "relu":
+            phase_bar = phase_bar * (_dense(p, "a_phase_proj", x) > 0)
+        x_bar = x_bar + _dense_vjp(grads, "a_mag_proj", x, mag_bar, p)
+        x_bar = x_bar + _dense_vjp(grads, "a_phase_proj", x, phase_bar, p)
+    else:
+        x_bar = x_bar + _dense_vjp(grads, "a_proj", x, np.real(a_bar) * a * (1 - a), p)
+    return grads, x_bar, s0_bar

@@ -1,0 +1,259 @@
+"""A stack of minGRU layers with an ``nn.GRU``-like interface (``mingru_stack.md``): config, parameters, reference.
+
+Shape legend: ``B`` batch, ``T`` time, ``I`` input features (``input_size``), ``H_l`` layer ``l``'s state and
+output features (``hidden_sizes[l]``), ``in_l`` layer ``l``'s input features (``I`` for ``l = 0``, else
+``H_{l-1}``), ``L`` layers.
+
+Layer ``l`` maps ``x_l (B, T, in_l)`` to ``x_{l+1} (B, T, H_l)``::
+
+    z = LayerNorm_l(x_l)        if norm      else x_l
+    y, h_l = minGRU_l(z, h0_l)                            # linrec.spec.mingru, d_model=in_l, d_inner=H_l
+    y = y + (x_l W_align_l if in_l != H_l else x_l)       if residual
+    x_{l+1} = dropout(y)        for l < L - 1, training only
+
+The state of the stack is a tuple with one ``(B, H_l)`` array per layer: layer ``l``'s minGRU state ``h_l``
+(before the residual and dropout). Everything here is framework-free; the reference is a loop over
+layers that reuses the minGRU reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from linrec.spec import mingru as mingru_spec
+from linrec.spec.mingru import MinGRUConfig
+
+__all__ = [
+    "MinGRUStackConfig",
+    "check_state",
+    "forward",
+    "init_params",
+    "layer_norm",
+    "param_shapes",
+    "resolve_hidden_sizes",
+    "step",
+]
+
+
+def resolve_hidden_sizes(hidden_sizes: int | Sequence[int], num_layers: int | None) -> tuple[int, ...]:
+    """``nn.GRU``-style sizes: an int with ``num_layers`` (default 1) repeats it; a list gives one size per layer
+    (``num_layers``, if given, must equal its length)."""
+    if isinstance(hidden_sizes, (int, np.integer)) and not isinstance(hidden_sizes, bool):
+        n = 1 if num_layers is None else num_layers
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        return (int(hidden_sizes),) * int(n)
+    if isinstance(hidden_sizes, (str, bytes)) or not isinstance(hidden_sizes, Sequence):
+        raise ValueError(f"hidden_sizes must be an int or a list of ints, got {hidden_sizes!r}")
+    sizes = tuple(hidden_sizes)
+    if num_layers is not None and num_layers != len(sizes):
+        raise ValueError(f"num_layers={num_layers!r} contradicts hidden_sizes={list(sizes)} ({len(sizes)} layers); "
+                         "give one of them")
+    return sizes
+
+
+@dataclass(frozen=True)
+class MinGRUStackConfig:
+    """Options of a minGRU stack (``mingru_stack.md`` §3).
+
+    Attributes:
+      input_size: ``I``, features of the input.
+      hidden_sizes: ``(H_0, ..., H_{L-1})``, one per layer (use :meth:`create` for the ``int`` + ``num_layers``
+        form).
+      bias: bias on each minGRU input projection.
+      dropout: probability of zeroing an output feature of every layer but the last, in training
+        (survivors are scaled by ``1 / (1 - dropout)``); ``0 <= dropout < 1``.
+      residual: add the layer input (projected by ``res_align`` when ``in_l != H_l``) to its output.
+      norm: LayerNorm (with scale and bias) on each layer's input.
+      candidate: minGRU candidate activation, ``"g"`` (cheind, default) or ``"identity"``.
+      default_state: every entry of each layer's state when none is given (cheind: ``g(0) = 0.5``).
+      norm_eps: the LayerNorm epsilon.
+    """
+
+    input_size: int
+    hidden_sizes: tuple[int, ...]
+    bias: bool = True
+    dropout: float = 0.0
+    residual: bool = False
+    norm: bool = False
+    candidate: str = "g"
+    default_state: float = 0.5
+    norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input_size, (int, np.integer)) or isinstance(self.input_size, bool) or \
+                self.input_size < 1:
+            raise ValueError(f"input_size must be a positive int, got {self.input_size!r}")
+        sizes = resolve_hidden_sizes(self.hidden_sizes, None)
+        if not sizes or any(not isinstance(h, (int, np.integer)) or isinstance(h, bool) or h < 1 for h in sizes):
+            raise ValueError(f"hidden_sizes must be positive ints, at least one, got {self.hidden_sizes!r}")
+        object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in sizes))
+        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("bias", "residual", "norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.norm_eps, (int, float)) or isinstance(self.norm_eps, bool) or not (
+                self.norm_eps > 0 and math.isfinite(self.norm_eps)):
+            raise ValueError(f"norm_eps must be a positive finite number, got {self.norm_eps!r}")
+        self.layer_config(0)  # validates candidate and default_state through MinGRUConfig
+
+    @classmethod
+    def create(cls, input_size: int, hidden_sizes: int | Sequence[int], num_layers: int | None = None,
+               **kwargs: Any) -> MinGRUStackConfig:
+        """The ``nn.GRU``-like form: ``hidden_sizes`` an int (repeated ``num_layers`` times) or a list."""
+        return cls(input_size=input_size, hidden_sizes=resolve_hidden_sizes(hidden_sizes, num_layers), **kwargs)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.hidden_sizes)
+
+    @property
+    def output_size(self) -> int:
+        return self.hidden_sizes[-1]
+
+    def layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.hidden_sizes[layer - 1]
+
+    def has_align(self, layer: int) -> bool:
+        """Whether layer ``layer`` projects its input for the residual (``in_l != H_l``)."""
+        return self.residual and self.layer_input_size(layer) != self.hidden_sizes[layer]
+
+    def layer_config(self, layer: int) -> MinGRUConfig:
+        return MinGRUConfig(d_model=self.layer_input_size(layer), d_inner=self.hidden_sizes[layer], bias=self.bias,
+                            candidate=self.candidate, default_state=self.default_state)
+
+
+# --- parameters -------------------------------------------------------------------------------------
+
+
+def layer_param_shapes(config: MinGRUStackConfig, layer: int) -> dict[str, tuple[int, ...]]:
+    """Layer ``layer``'s parameters, named relative to ``layers.{l}.``."""
+    n_in, h = config.layer_input_size(layer), config.hidden_sizes[layer]
+    shapes: dict[str, tuple[int, ...]] = {}
+    if config.norm:
+        shapes.update({"norm.scale": (n_in,), "norm.bias": (n_in,)})
+    shapes.update({f"mingru.{k}": v for k, v in mingru_spec.param_shapes(config.layer_config(layer)).items()})
+    if config.has_align(layer):
+        shapes["res_align.kernel"] = (n_in, h)
+    return shapes
+
+
+def param_shapes(config: MinGRUStackConfig) -> dict[str, tuple[int, ...]]:
+    """The canonical parameter table (``mingru_stack.md`` §4)."""
+    return {f"layers.{l}.{k}": v for l in range(config.num_layers) for k, v in layer_param_shapes(config, l).items()}
+
+
+def init_params(config: MinGRUStackConfig, seed: int = 0, dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Kernels ``U(±1/sqrt(fan_in))``, biases 0, LayerNorm scale 1 and bias 0 (the minGRU spec initialisers)."""
+    from linrec.backends.numpy.arrays import np_dtype
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in param_shapes(config).items():
+        if name.endswith(".kernel"):
+            bound = 1.0 / math.sqrt(shape[0])
+            value = rng.uniform(-bound, bound, shape)
+        elif name.endswith("norm.scale"):
+            value = np.ones(shape)
+        else:
+            value = np.zeros(shape)
+        out[name] = value.astype(np_dtype(dtype))
+    return out
+
+
+def sub_params(params: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries of ``params`` under ``prefix`` with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+# --- checks -----------------------------------------------------------------------------------------
+
+
+def check_params(params: Mapping[str, Any], config: MinGRUStackConfig) -> None:
+    mingru_spec.check_params("mingru_stack", params, param_shapes(config))
+
+
+def check_state(state: Any, config: MinGRUStackConfig, batch: int,
+                shapes: Sequence[tuple[int, ...]] | None, dtypes: Sequence[str] | None, want_dtype: str) -> None:
+    """A tuple/list of ``L`` arrays, entry ``l`` of shape ``(B, H_l)`` in the state dtype."""
+    if not isinstance(state, (tuple, list)):
+        raise TypeError(f"mingru_stack: the state must be a tuple of {config.num_layers} arrays (one (B, H_l) per "
+                        f"layer), got {type(state).__name__}")
+    if len(state) != config.num_layers:
+        raise ValueError(f"mingru_stack: the state must hold one array per layer ({config.num_layers}), "
+                         f"got {len(state)}")
+    for layer, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+        want = (batch, config.hidden_sizes[layer])
+        if tuple(shape) != want:
+            raise ValueError(f"mingru_stack: state[{layer}] must have shape (B, H_{layer}) = {want}, "
+                             f"got {tuple(shape)}")
+        if dtype != want_dtype:
+            raise TypeError(f"mingru_stack: state[{layer}] has dtype {dtype}; for this input it must be {want_dtype}")
+
+
+def check_input(name: str, shape: tuple[int, ...], ndim: int, config: MinGRUStackConfig) -> None:
+    if len(shape) != ndim or shape[-1] != config.input_size:
+        want = "(B, T, input_size" if ndim == 3 else "(B, input_size"
+        raise ValueError(f"mingru_stack: {name} must have shape {want}={config.input_size}), got {tuple(shape)}")
+
+
+# --- the reference ----------------------------------------------------------------------------------
+
+
+def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis (``var`` centred, biased)."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def _layer(p: Mapping[str, np.ndarray], x: np.ndarray, h0, config: MinGRUStackConfig, layer: int, run):
+    z = layer_norm(x, p["norm.scale"], p["norm.bias"], config.norm_eps) if config.norm else x
+    y, h = run(sub_params(p, "mingru."), z, h0, config.layer_config(layer))
+    if config.residual:
+        y = y + (x @ p["res_align.kernel"] if config.has_align(layer) else x)
+    return y, h
+
+
+def forward(
+    params: Mapping[str, np.ndarray],
+    x: np.ndarray,
+    config: MinGRUStackConfig,
+    initial_state: Sequence[np.ndarray] | None = None,
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The stack over a sequence in evaluation mode (no dropout).
+
+    Args:
+      params: canonical parameters (:func:`param_shapes`).
+      x: ``(B, T, I)``.
+      initial_state: ``L`` arrays ``(B, H_l)``; ``None``: every layer from its ``default_state``.
+
+    Returns:
+      ``y (B, T, H_{L-1})`` and the final state, a tuple of ``L`` arrays ``(B, H_l)``.
+    """
+    x = np.asarray(x)
+    check_input("x", x.shape, 3, config)
+    check_params(params, config)
+    states = [None] * config.num_layers if initial_state is None else list(initial_state)
+    finals = []
+    for layer in range(config.num_layers):
+        x, h = _layer(sub_params(params, f"layers.{layer}."), x, states[layer], config, layer,
+                      lambda mp, z, h0, lcfg: mingru_spec.forward(mp, z, lcfg, h0))
+        finals.append(h)
+    return x, tuple(finals)
+
+
+def step(
+    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: Sequence[np.ndarray] | None, config: MinGRUStackConfig
+) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """One step: ``x_t (B, I)`` and the state -> ``(y_t (B, H_{L-1}), state)``."""
+    x_t = np.asarray(x_t)
+    check_input("x_t", x_t.shape, 2, config)
+    y, state = forward(params, x_t[:, None], config, state)
+    return y[:, 0], state

@@ -1,0 +1,486 @@
+"""Tests of the multi-head outer-product GateLoop layer (``spec/gateloop_mh.md``).
+
+The reference (NumPy loop + analytic VJP), the conformance cases on every installed backend, the Flax NNX
+and torch modules (canonical round trip, jit/grad/vmap, torch.compile, remat, the memory-lean chunked path,
+step API, bf16), and an optional comparison with lucidrains' ``gateloop-transformer`` when installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import replace
+from types import ModuleType, SimpleNamespace
+
+import numpy as np
+import pytest
+
+import linrec
+from linrec.conformance import gateloop_mh_cases
+from linrec.spec import gateloop_mh as spec
+from linrec.spec.gateloop_mh import GateLoopMHConfig
+
+CONFIGS = {
+    "real": GateLoopMHConfig(d_model=4, num_heads=2, d_key=3, d_value=2, qkv_bias=True),
+    "real-head": GateLoopMHConfig(d_model=4, num_heads=2, d_key=2, d_value=3, gate_granularity="head"),
+    "complex": GateLoopMHConfig(d_model=4, num_heads=2, d_key=2, d_value=2, gate="complex"),
+    "complex-out": GateLoopMHConfig(d_model=4, num_heads=2, d_key=2, d_value=2, gate="complex",
+                                    complex_output="complex", phase_activation="relu", gate_granularity="head"),
+}
+
+
+def _problem(config: GateLoopMHConfig, seed: int = 0, batch: int = 2, length: int = 6):
+    rng = np.random.default_rng(seed)
+    params = {k: v.astype(np.float64) for k, v in spec.init_params(config, seed, "float64").items()}
+    params = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in params.items()}  # nonzero biases
+    x = rng.standard_normal((batch, length, config.d_model))
+    shape = spec.state_shape(config, batch)
+    s0 = 0.5 * rng.standard_normal(shape) + (0.5j * rng.standard_normal(shape) if config.is_complex else 0)
+    return params, x, s0
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference
+
+
+def _phi(params, x, s0, config, ct_y, ct_s) -> float:
+    y, s = spec.forward(params, x, config, s0)
+    return float(np.real(np.sum(ct_y * y)) + np.real(np.sum(ct_s * s)))
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_reference_vjp_matches_finite_differences(name):
+    config = CONFIGS[name]
+    params, x, s0 = _problem(config, length=4)
+    rng = np.random.default_rng(1)
+    y, s = spec.forward(params, x, config, s0)
+    ct_y = rng.standard_normal(y.shape) + (1j * rng.standard_normal(y.shape) if np.iscomplexobj(y) else 0)
+    ct_s = rng.standard_normal(s.shape) + (1j * rng.standard_normal(s.shape) if np.iscomplexobj(s) else 0)
+    p_bar, x_bar, s_bar = spec.vjp(params, x, config, ct_y, ct_s, initial_state=s0)
+    eps = 1e-6
+
+    def fd(get, put, units=(1.0,)):
+        out = np.zeros(get().shape, np.complex128 if len(units) > 1 else np.float64)
+        for idx in np.ndindex(get().shape):
+            for unit in units:  # JAX convention for complex primals: dφ/dRe − i dφ/dIm
+                base = get().copy()
+                plus, minus = base.copy(), base.copy()
+                plus[idx] += eps * unit
+                minus[idx] -= eps * unit
+                diff = (_phi(**put(plus)) - _phi(**put(minus))) / (2 * eps)
+                out[idx] += diff * np.conj(unit)
+        return out
+
+    common = dict(params=params, x=x, s0=s0, config=config, ct_y=ct_y, ct_s=ct_s)
+    for name_p in params:
+        want = fd(lambda n=name_p: params[n], lambda v, n=name_p: {**common, "params": {**params, n: v}})
+        np.testing.assert_allclose(p_bar[name_p], want, atol=1e-7, err_msg=name_p)
+    np.testing.assert_allclose(x_bar, fd(lambda: x, lambda v: {**common, "x": v}), atol=1e-7)
+    units = (1.0, 1j) if config.is_complex else (1.0,)
+    np.testing.assert_allclose(s_bar, fd(lambda: s0, lambda v: {**common, "s0": v}, units), atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["real", "complex"])
+def test_reference_equals_surrogate_attention(name):
+    """The paper's quadratic form without division: o_n = Σ_{m≤n} Σ_k q_n[k] (Π_{m<j≤n} a_j[k]) k_m[k] v_m."""
+    config = CONFIGS[name]
+    params, x, _ = _problem(config)
+    y, _ = spec.forward(params, x, config)
+    q, k, v, a = spec.project(params, x, config)
+    a = np.broadcast_to(a[..., 0], q.shape)  # (B, T, H, K): one decay per key row
+    length = x.shape[1]
+    o = np.zeros((*x.shape[:2], config.num_heads, config.d_value), np.complex128)
+    for n in range(length):
+        for m in range(n + 1):
+            decay = np.prod(a[:, m + 1 : n + 1], axis=1) if n > m else np.ones_like(a[:, 0])
+            o[:, n] += np.einsum("bhk,bhk,bhv->bhv", q[:, n], decay * k[:, m], v[:, m])
+    u = o.real if not (config.is_complex and config.complex_output == "complex") else o
+    want = u.reshape(*u.shape[:2], -1) @ params["out_proj.kernel"] + params["out_proj.bias"]
+    np.testing.assert_allclose(y, want, atol=1e-12)
+
+
+def test_config_defaults_and_validation():
+    c = GateLoopMHConfig(d_model=8, num_heads=2)
+    assert (c.d_key, c.d_value, c.gate_rows) == (4, 4, 4)
+    assert GateLoopMHConfig(d_model=8, num_heads=2, gate_granularity="head").gate_rows == 1
+    with pytest.raises(ValueError, match="d_key"):
+        GateLoopMHConfig(d_model=5, num_heads=2)
+    for field, value in (("gate", "imag"), ("complex_output", "both"), ("phase_activation", "tanh"),
+                         ("chunk_size", 0), ("d_model", True), ("qkv_bias", 1)):
+        with pytest.raises(ValueError, match=field):
+            GateLoopMHConfig(**{"d_model": 4, field: value})
+
+
+def test_param_shapes_and_init():
+    config = GateLoopMHConfig(d_model=64, num_heads=4, d_key=8, d_value=16, qkv_bias=True)
+    shapes = spec.param_shapes(config)
+    assert shapes["q_proj.kernel"] == (64, 32) and shapes["v_proj.kernel"] == (64, 64)
+    assert shapes["a_proj.kernel"] == (64, 32) and shapes["out_proj.kernel"] == (64, 64)
+    params = spec.init_params(config, seed=3)
+    assert {k: v.shape for k, v in params.items()} == shapes
+    assert all(v.dtype == np.float32 for v in params.values())
+    kernel = params["q_proj.kernel"]
+    assert np.all(np.abs(kernel) <= 2 / np.sqrt(64) / 0.8796 + 1e-6)  # truncated at 2σ
+    assert abs(kernel.var() - 1 / 64) < 0.25 / 64  # lecun: variance 1/fan_in
+    decays = 1 / (1 + np.exp(-params["a_proj.bias"].reshape(4, 8)))
+    np.testing.assert_allclose(decays, np.tile(np.linspace(0.9, 0.999, 8), (4, 1)), rtol=1e-6)
+    assert np.all(params["q_proj.bias"] == 0) and np.all(params["out_proj.bias"] == 0)
+    complex_shapes = spec.param_shapes(replace(config, gate="complex", gate_granularity="head"))
+    assert complex_shapes["a_mag_proj.kernel"] == (64, 4) and complex_shapes["a_phase_proj.bias"] == (4,)
+    assert "a_proj.kernel" not in complex_shapes
+
+
+# ---------------------------------------------------------------------------------------------
+# conformance on every installed backend
+
+
+def _backend(name: str) -> SimpleNamespace:
+    """The backend module plus this layer's functions and ``vjp`` (until the lead wires them into ``__init__``)."""
+    if name != "numpy":
+        pytest.importorskip(name)
+    base = linrec.get_backend(name)
+    layer = importlib.import_module(f"linrec.backends.{name}.gateloop_mh")
+    ns = SimpleNamespace(**{k: getattr(base, k) for k in dir(base) if not k.startswith("__")})
+    for fn in ("gateloop_mh", "gateloop_mh_step", "gateloop_mh_initial_state"):
+        if not callable(getattr(ns, fn, None)) or isinstance(getattr(ns, fn), ModuleType):  # unwired: the submodule
+            setattr(ns, fn, getattr(layer, fn))
+    if name != "numpy" and not hasattr(ns, "vjp"):
+        ns.vjp = importlib.import_module(f"linrec.backends.{name}.autodiff").vjp
+    return ns
+
+
+_CHEAP = ("bad-input", "initial-state", "empty-sequence")
+_JAX_GRADIENTS = (
+    "gateloop_mh/gradient/real[mode-chunked-3-auto,float64]",
+    "gateloop_mh/gradient/complex[mode-chunked-3-auto,float64]",
+    "gateloop_mh/gradient/complex-out-relu-head[parallel-auto,float64]",
+)
+
+
+def _in_jax_subset(case) -> bool:
+    """JAX compiles once per (config, shape, dtype, path), so this file runs a representative subset there:
+    every cheap case, and the others in float64 on the default path of each mode. The full JAX run is
+    ``linrec conformance`` (``tests/test_conformance.py``)."""
+    if case.property in _CHEAP or case.property == "siso-reduction":
+        return True
+    if case.property == "gradient":
+        return case.id in _JAX_GRADIENTS
+    default_path = any(p in case.id for p in ("[step,", "parallel-auto", "mode-chunked-3-auto", "mode-sequential",
+                                               "[mode-chunked,"))
+    return "float64" in case.id and default_path and "k=0" not in case.id and "k=7" not in case.id
+
+
+@pytest.mark.parametrize("name", linrec.BUNDLED_BACKENDS)
+def test_conformance_cases(name):
+    backend = _backend(name)
+    cases = gateloop_mh_cases.cases(backend)
+    assert len({c.id for c in cases}) == len(cases)
+    failures, ran = [], 0
+    for case in cases:
+        if any(not hasattr(backend, r) for r in case.requires):
+            assert name == "numpy" and "vjp" in case.requires, case.id  # only autodiff is missing, only in numpy
+            continue
+        if name == "jax" and not _in_jax_subset(case):
+            continue
+        outcome = case.fn(backend)
+        ran += 1
+        if not outcome.passed:
+            failures.append(f"{case.id}: {outcome.detail}")
+    assert ran > 60
+    assert not failures, "\n".join(failures)
+
+
+# ---------------------------------------------------------------------------------------------
+# JAX / Flax NNX
+
+
+@pytest.fixture(scope="module")
+def jx():
+    pytest.importorskip("jax")
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    mod = importlib.import_module("linrec.backends.jax.gateloop_mh")
+
+    return SimpleNamespace(jax=jax, jnp=jnp, nnx=nnx, mod=mod)
+
+
+@pytest.mark.parametrize("name", ["real", "complex-out"])
+def test_nnx_module_matches_reference(jx, name):
+    config = CONFIGS[name]
+    params, x, s0 = _problem(config)
+    y_ref, s_ref = spec.forward(params, x, config, s0)
+    module = jx.mod.GateLoopMH.from_canonical(config, params)
+    assert module.config == config
+    for mode in ("parallel", "chunked", "sequential"):
+        y, s = module(jx.jnp.asarray(x), jx.jnp.asarray(s0), mode=mode, chunk_size=4)
+        np.testing.assert_allclose(np.asarray(y), y_ref, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(s), s_ref, atol=1e-12)
+    out = module.canonical_params()
+    assert set(out) == set(params) and all(np.array_equal(out[k], params[k]) for k in params)
+    # state paths are the canonical names
+    paths = {".".join(map(str, p)) for p, _ in jx.nnx.to_flat_state(jx.nnx.state(module, jx.nnx.Param))}
+    assert paths == set(params)
+    # step API and the cell convention
+    state, ys = jx.jnp.asarray(s0), []
+    for t in range(x.shape[1]):
+        state, y_t = module.cell(state, jx.jnp.asarray(x[:, t]))
+        ys.append(np.asarray(y_t))
+    np.testing.assert_allclose(np.stack(ys, 1), y_ref, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(state), s_ref, atol=1e-12)
+
+
+def test_nnx_module_init(jx):
+    module = jx.mod.GateLoopMH(8, 2, gate="complex", rngs=jx.nnx.Rngs(0))
+    params = module.canonical_params()
+    assert {k: v.shape for k, v in params.items()} == spec.param_shapes(module.config)
+    assert all(v.dtype == np.float32 for v in params.values())
+    np.testing.assert_allclose(params["a_mag_proj.bias"], spec.gate_bias_init(module.config), rtol=1e-6)
+    s = module.initial_state(3)
+    assert s.shape == (3, 2, 4, 4) and s.dtype == np.complex64
+    y, s = module(jx.jnp.ones((3, 5, 8), jx.jnp.float32))
+    assert y.shape == (3, 5, 8) and y.dtype == np.float32 and s.dtype == np.complex64
+    assert np.all(np.isfinite(np.asarray(y)))
+
+
+def test_jax_jit_grad_vmap_remat(jx):
+    jax, jnp = jx.jax, jx.jnp
+    config = CONFIGS["complex"]
+    params, x, s0 = _problem(config)
+    p = {k: jnp.asarray(v) for k, v in params.items()}
+
+    def loss(p, x, s0, mode="parallel", remat=False):
+        y, s = jx.mod.gateloop_mh(p, x, config=config, initial_state=s0, mode=mode, chunk_size=4, remat=remat)
+        return jnp.sum(y**2) + jnp.sum(jnp.abs(s) ** 2)
+
+    args = (p, jnp.asarray(x), jnp.asarray(s0))
+    want = jax.grad(loss, argnums=(0, 1))(*args)
+    for mode, remat in (("chunked", False), ("parallel", True)):  # sequential-mode grads: conformance cases
+        got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=(3, 4))(*args, mode, remat)
+        for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-10)
+    # vmap over an extra leading axis of x and the state
+    xs = jnp.stack([args[1], 2 * args[1]])
+    ss = jnp.stack([args[2], -args[2]])
+    ys, _ = jax.vmap(lambda x, s: jx.mod.gateloop_mh(p, x, config=config, initial_state=s))(xs, ss)
+    for i in range(2):
+        y_i, _ = spec.forward(params, np.asarray(xs[i]), config, np.asarray(ss[i]))
+        np.testing.assert_allclose(np.asarray(ys[i]), y_i, atol=1e-12)
+    # the NNX module under nnx.jit and nnx.grad, with remat
+    module = jx.mod.GateLoopMH.from_canonical(config, params, remat=True)
+    y_mod, _ = jx.nnx.jit(lambda m, x: m(x, mode="chunked", chunk_size=2))(module, args[1])
+    np.testing.assert_allclose(np.asarray(y_mod), spec.forward(params, x, config)[0], atol=1e-12)
+    grads = jx.nnx.grad(lambda m: jnp.sum(m(args[1])[0] ** 2))(module)
+    assert np.all(np.isfinite(np.asarray(grads["a_phase_proj"]["kernel"][...])))
+
+
+def test_jax_chunked_mode_saves_only_chunks(jx):
+    """mode='chunked': no residual kept for the backward pass holds all T·H·K·V states."""
+    ad_checkpoint = pytest.importorskip("jax._src.ad_checkpoint")  # saved_residuals backs print_saved_residuals
+    saved_residuals = ad_checkpoint.saved_residuals
+
+    jnp = jx.jnp
+    config = GateLoopMHConfig(d_model=4, num_heads=2, d_key=4, d_value=4)
+    p = {k: jnp.asarray(v) for k, v in spec.init_params(config).items()}
+    x = jnp.ones((1, 64, 4), jnp.float32)
+    all_states = 64 * 2 * 4 * 4
+
+    def biggest(mode):
+        def loss(p, x):
+            return jnp.sum(jx.mod.gateloop_mh(p, x, config=config, mode=mode, chunk_size=8)[0] ** 2)
+
+        return max(int(np.prod(aval.shape)) for aval, _ in saved_residuals(loss, p, x))
+
+    assert biggest("parallel") >= all_states
+    assert biggest("chunked") <= all_states // 4
+
+
+def test_jax_bfloat16(jx):
+    jnp = jx.jnp
+    config = CONFIGS["real"]
+    params, x, _ = _problem(config)
+    module = jx.mod.GateLoopMH.from_canonical(config, params, param_dtype=jnp.bfloat16)
+    y, s = module(jnp.asarray(x, jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16 and s.dtype == jnp.float32
+    bf = {k: np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64) for k, v in params.items()}
+    y_ref, _ = spec.forward(bf, np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64), config)
+    assert np.max(np.abs(np.asarray(y, np.float64) - y_ref)) < 0.05 * np.max(np.abs(y_ref)) + 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch
+
+
+@pytest.fixture(scope="module")
+def tt():
+    torch = pytest.importorskip("torch")
+    mod = importlib.import_module("linrec.backends.torch.gateloop_mh")
+
+    return SimpleNamespace(torch=torch, mod=mod)
+
+
+@pytest.mark.parametrize("name", ["real-head", "complex"])
+def test_torch_module_matches_reference(tt, name):
+    torch = tt.torch
+    config = CONFIGS[name]
+    params, x, s0 = _problem(config)
+    y_ref, s_ref = spec.forward(params, x, config, s0)
+    module = tt.mod.GateLoopMH.from_canonical(config, params)
+    assert module.config == config
+    keys = set(module.state_dict())
+    assert keys == {k.replace(".kernel", ".weight") for k in params}
+    np.testing.assert_array_equal(module.q_proj.weight.detach().numpy(), params["q_proj.kernel"].T)
+    for mode in ("parallel", "chunked", "sequential"):
+        y, s = module(torch.as_tensor(x), torch.as_tensor(s0), mode=mode, chunk_size=4)
+        np.testing.assert_allclose(y.detach().numpy(), y_ref, atol=1e-12)
+        np.testing.assert_allclose(s.detach().numpy(), s_ref, atol=1e-12)
+    out = module.canonical_params()
+    assert all(np.array_equal(out[k], params[k]) for k in params)
+    state, ys = torch.as_tensor(s0), []
+    for t in range(x.shape[1]):
+        y_t, state = module.step(torch.as_tensor(x[:, t]), state)
+        ys.append(y_t.detach().numpy())
+    np.testing.assert_allclose(np.stack(ys, 1), y_ref, atol=1e-12)
+
+
+def test_torch_module_init(tt):
+    module = tt.mod.GateLoopMH(8, 2, gate_granularity="head")
+    params = module.canonical_params()
+    assert {k: v.shape for k, v in params.items()} == spec.param_shapes(module.config)
+    np.testing.assert_allclose(params["a_proj.bias"], spec.gate_bias_init(module.config), rtol=1e-6)
+    assert np.all(params["out_proj.bias"] == 0)
+    s = module.initial_state(3)
+    assert s.shape == (3, 2, 4, 4) and s.dtype == tt.torch.float32
+    assert tt.mod.GateLoopMH(8, 2, gate="complex").initial_state(1).dtype == tt.torch.complex64
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_torch_gradients_chunked_and_remat(tt, remat):
+    torch = tt.torch
+    config = CONFIGS["complex-out"]
+    params, x, s0 = _problem(config)
+    grads = {}
+    for mode in ("parallel", "chunked", "sequential"):
+        module = tt.mod.GateLoopMH.from_canonical(config, params, remat=remat)
+        xt = torch.as_tensor(x).requires_grad_()
+        st = torch.as_tensor(s0).requires_grad_()
+        y, s = module(xt, st, mode=mode, chunk_size=4)
+        (y.abs().pow(2).sum() + s.abs().pow(2).sum()).backward()
+        grads[mode] = [xt.grad, st.grad] + [p.grad for p in module.parameters()]
+    for mode in ("chunked", "sequential"):
+        for g, w in zip(grads[mode], grads["parallel"]):
+            np.testing.assert_allclose(g.numpy(), w.numpy(), atol=1e-10)
+
+
+def test_torch_chunked_mode_saves_only_chunks(tt):
+    """mode='chunked': no tensor saved for backward holds all T·H·K·V states (checkpoint per chunk)."""
+    torch = tt.torch
+    module = tt.mod.GateLoopMH(4, 2, 4, 4)
+    x = torch.randn(1, 64, 4)
+    all_states = 64 * 2 * 4 * 4
+
+    def biggest(mode):
+        sizes = []
+
+        def pack(t):
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y, _ = module(x, mode=mode, chunk_size=8)
+        y.pow(2).sum().backward()
+        return max(sizes)
+
+    assert biggest("parallel") >= all_states
+    assert biggest("chunked") <= all_states // 4
+
+
+def test_torch_compile(tt):
+    torch = tt.torch
+    config = CONFIGS["real"]
+    params, x, s0 = _problem(config, length=5)
+    module = tt.mod.GateLoopMH.from_canonical(config, {k: v.astype(np.float32) for k, v in params.items()})
+    # fullgraph: dynamo captures the whole layer (checks included) without a graph break; aot_eager keeps it fast
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    xt, st = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(s0, dtype=torch.float32)
+    y, s = compiled(xt, st)
+    y.sum().backward()
+    assert module.q_proj.weight.grad is not None
+    y_ref, s_ref = spec.forward(params, x.astype(np.float32).astype(np.float64), config,
+                                s0.astype(np.float32).astype(np.float64))
+    np.testing.assert_allclose(y.detach().numpy(), y_ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(s.detach().numpy(), s_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_torch_bfloat16(tt):
+    torch = tt.torch
+    config = CONFIGS["complex"]
+    params, x, _ = _problem(config)
+    module = tt.mod.GateLoopMH.from_canonical(config, params, dtype=torch.bfloat16)
+    y, s = module(torch.as_tensor(x).to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.complex64
+    bf = {k: torch.as_tensor(v).to(torch.bfloat16).double().numpy() for k, v in params.items()}
+    y_ref, _ = spec.forward(bf, torch.as_tensor(x).to(torch.bfloat16).double().numpy(), config)
+    assert np.max(np.abs(y.detach().double().numpy() - y_ref)) < 0.05 * np.max(np.abs(y_ref)) + 0.05
+
+
+def test_bad_input_messages(tt):
+    torch = tt.torch
+    module = tt.mod.GateLoopMH(4, 2)
+    with pytest.raises(ValueError, match="d_model=4"):
+        module(torch.zeros(1, 3, 5))
+    with pytest.raises(TypeError, match="initial_state"):
+        module(torch.zeros(1, 3, 4), torch.zeros(1, 2, 2, 2, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="associative"):
+        module(torch.zeros(1, 3, 4), method="log")
+    with pytest.raises(ValueError, match="state"):
+        module.step(torch.zeros(1, 4), torch.zeros(2, 2, 2, 2))
+
+
+# ---------------------------------------------------------------------------------------------
+# optional: lucidrains gateloop-transformer (skipped when not installed)
+
+
+def test_lucidrains_simple_gateloop_layer(tt):
+    """Weights of ``SimpleGateLoopLayer(dim)`` copied by hand into a SISO linrec config (``gateloop_mh.md`` §9)."""
+    simplified = pytest.importorskip("gateloop_transformer.simplified_gate_loop")
+    torch = tt.torch
+    dim, batch, length = 6, 2, 9
+    torch.manual_seed(0)
+    theirs = simplified.SimpleGateLoopLayer(dim).eval()
+    weight = theirs.to_qkva[0].weight.detach().numpy().astype(np.float64)  # (3·dim, dim): rows [q | kv | a]
+    config = GateLoopMHConfig(d_model=dim, num_heads=dim, d_key=1, d_value=1, qkv_bias=True)
+    zeros = np.zeros(dim)
+    params = {
+        "q_proj.kernel": weight[:dim].T, "q_proj.bias": zeros,
+        "k_proj.kernel": weight[dim : 2 * dim].T, "k_proj.bias": zeros,
+        "v_proj.kernel": np.zeros((dim, dim)), "v_proj.bias": np.ones(dim),  # v ≡ 1 so that k v = kv
+        "a_proj.kernel": weight[2 * dim :].T, "a_proj.bias": zeros,
+        "out_proj.kernel": np.eye(dim), "out_proj.bias": zeros,
+    }
+    x = torch.randn(batch, length, dim)
+    with torch.no_grad():
+        y_theirs, (_, state_theirs) = theirs(x, return_cache=True)
+        normed = theirs.norm(x)  # their pre-norm is outside this layer
+    ours = tt.mod.GateLoopMH.from_canonical(config, params, dtype=torch.float32)
+    y, state = ours(normed)
+    np.testing.assert_allclose(y.detach().numpy(), y_theirs.numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(state.detach().numpy().reshape(batch, dim),
+                               state_theirs.numpy().reshape(batch, dim), atol=1e-5, rtol=1e-5)
+
+
+def test_lucidrains_gate_looped_attention_operator(tt):
+    """Their multi-head operator (complex a per head, y = q·Re(S)) is this layer's recurrence with
+    ``gate_granularity="head"`` and ``complex_output="real"`` (their gate parametrisation differs, §9)."""
+    glt = pytest.importorskip("gateloop_transformer.gateloop_transformer")
+    torch = tt.torch
+    rng = np.random.default_rng(0)
+    bh, length, d = 3, 7, 4
+    q, k, v = (torch.as_tensor(rng.standard_normal((bh, length, d))) for _ in range(3))
+    a = torch.polar(torch.as_tensor(rng.uniform(0.5, 1, (bh, length, 1, 1))),
+                    torch.as_tensor(rng.uniform(-np.pi, np.pi, (bh, length, 1, 1))))
+    theirs = glt.gate_loop_operator(q, k, v, a)
+    # ours: heads as batch rows (B = bh, H = 1), a: (B, T, H, 1, 1), read-out Re(Sᵀ q)
+    ours, _ = tt.mod._scan_part(q[:, :, None], k[:, :, None], v[:, :, None], a[:, :, None],
+                                torch.zeros(bh, 1, d, d, dtype=torch.complex128), "auto")
+    np.testing.assert_allclose(ours.real[:, :, 0].numpy(), theirs.numpy(), atol=1e-10)

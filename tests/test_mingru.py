@@ -1,0 +1,489 @@
+"""minGRU: spec config and reference, the NNX and torch modules, and the conformance cases on every backend."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import types
+from functools import cache
+
+import numpy as np
+import pytest
+
+from linrec.conformance import mingru_cases as layer_cases
+from linrec.spec import mingru as spec
+from linrec.spec.mingru import MinGRUConfig
+
+LAYER = "mingru"
+CONFIGS = {name: MinGRUConfig(**kw) for name, kw in layer_cases.CONFIGS.items()}
+F32 = dict(rtol=2e-5, atol=2e-5)
+#: JAX compiles a program per case, so here it runs a representative subset: one config, the paths this layer
+#: adds (auto, log, the step loop; the other scan methods are the scan cases' business) and every bad input.
+#: LINREC_FULL_CONFORMANCE=1 runs every case; ``linrec conformance`` always does.
+JAX_CONFIG = "g-half"
+JAX_SKIPPED_PATHS = ("[associative,", "[chunked,", "[sequential,")
+
+
+def _problem(config, seed: int = 0, length: int = 7):
+    """float64 params, x and initial state, exactly representable in float32."""
+    p = layer_cases.make_problem(layer_cases.MINGRU, config, seed, "float32", length=length)
+    return p.params_ref, p.x_ref, p.h0_ref
+
+
+def _f32(tree: dict) -> dict:
+    return {k: v.astype(np.float32) for k, v in tree.items()}
+
+
+# --- spec: config, parameters, activations, reference ---------------------------------------------
+
+
+def test_config_resolves_d_inner():
+    assert MinGRUConfig(d_model=4).d_inner == 4
+    assert MinGRUConfig(d_model=4, expansion=1.5).d_inner == 6
+    assert MinGRUConfig(d_model=4, d_inner=8, expansion=2.0).d_inner == 8
+    cfg = MinGRUConfig(d_model=4, expansion=2.0, out_proj=True)
+    assert (cfg.d_inner, cfg.d_out) == (8, 4)
+    assert MinGRUConfig(d_model=3, d_inner=5).d_out == 5
+    assert hash(cfg) == hash(MinGRUConfig(d_model=4, expansion=2.0, out_proj=True))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(d_model=0), "d_model"),
+        (dict(d_model=2.5), "d_model"),
+        (dict(d_inner=True), "d_inner"),
+        (dict(expansion=-1.0), "expansion"),
+        (dict(d_inner=5, expansion=2.0), "d_inner"),
+        (dict(out_proj=1), "out_proj"),
+        (dict(bias="yes"), "bias"),
+        (dict(candidate="tanh"), "candidate"),
+        (dict(default_state=float("nan")), "default_state"),
+    ],
+)
+def test_config_rejects_bad_fields(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        MinGRUConfig(**{"d_model": 4, **kwargs})
+
+
+def test_param_shapes_and_init():
+    cfg = MinGRUConfig(d_model=64, expansion=2.0, out_proj=True)
+    shapes = spec.param_shapes(cfg)
+    assert shapes == {"proj.kernel": (64, 256), "proj.bias": (256,), "out_proj.kernel": (128, 64)}
+    assert spec.param_shapes(MinGRUConfig(d_model=3, bias=False)) == {"proj.kernel": (3, 6)}
+    params = spec.init_params(cfg, seed=1, dtype="float64")
+    assert {k: v.shape for k, v in params.items()} == shapes
+    assert not params["proj.bias"].any()
+    for name in ("proj.kernel", "out_proj.kernel"):
+        w, bound = params[name], 1 / np.sqrt(shapes[name][0])
+        assert np.abs(w).max() <= bound and w.std() == pytest.approx(bound / np.sqrt(3), rel=0.05)
+    assert spec.init_params(cfg, dtype="bfloat16")["proj.kernel"].dtype.name == "bfloat16"
+
+
+def test_g_and_log_g():
+    x = np.array([-800.0, -30.0, -1.0, -1e-9, 0.0, 1e-9, 2.0, 1e6])
+    g = spec.g(x)
+    assert g[4] == 0.5 and np.all(g[1:] > 0) and np.all(np.diff(g) >= 0)  # positive, monotone, g(0) = 0.5
+    np.testing.assert_allclose(g[[2, 6]], [1 / (1 + np.e), 2.5])
+    log_g = spec.log_g(x)
+    assert np.all(np.isfinite(log_g))
+    np.testing.assert_allclose(log_g[1:], np.log(g[1:]), rtol=1e-12)
+    assert log_g[0] == pytest.approx(-800.0)  # where g itself underflows to 0
+
+
+def test_log_gates_are_logs_of_gates():
+    np_mingru = importlib.import_module("linrec.backends.numpy.mingru")
+
+    cfg = MinGRUConfig(d_model=2, d_inner=3, candidate="g")
+    u = np.random.default_rng(0).normal(0, 4, (5, 6))
+    a, b = np_mingru.mingru_gates(u, cfg)
+    log_a, log_b = np_mingru.mingru_log_gates(u, cfg)
+    np.testing.assert_allclose(log_a, np.log(a), rtol=1e-12)
+    np.testing.assert_allclose(log_b, np.log(b), rtol=1e-12)
+    z = spec.sigmoid(u[:, :3])
+    np.testing.assert_allclose(a, 1 - z, rtol=1e-13)  # a = σ(-u_z) is 1 - z
+
+
+def test_reference_hand_example():
+    # z = σ(0) = 1/2, h̃ = 2: h_t = h_{t-1}/2 + 1 from h_{-1} = 0 -> 1, 1.5, 1.75
+    cfg = MinGRUConfig(d_model=1, d_inner=1)
+    params = {"proj.kernel": np.array([[0.0, 0.0]]), "proj.bias": np.array([0.0, 2.0])}
+    y, h = spec.forward(params, np.zeros((1, 3, 1)), cfg)
+    np.testing.assert_allclose(y[0, :, 0], [1, 1.5, 1.75])
+    assert h.shape == (1, 1) and h[0, 0] == 1.75
+    # cheind's default state g(0) = 0.5 and the g candidate g(2) = 2.5: 1.5, 2, 2.25
+    cfg = MinGRUConfig(d_model=1, d_inner=1, candidate="g", default_state=0.5)
+    y, _ = spec.forward(params, np.zeros((1, 3, 1)), cfg)
+    np.testing.assert_allclose(y[0, :, 0], [1.5, 2.0, 2.25])
+
+
+@pytest.mark.parametrize("which", list(CONFIGS))
+def test_reference_step_and_split(which):
+    cfg = CONFIGS[which]
+    params, x, h0 = _problem(cfg)
+    y, final = spec.forward(params, x, cfg, h0)
+    state, ys = h0, []
+    for t in range(x.shape[1]):
+        y_t, state = spec.step(params, x[:, t], state, cfg)
+        ys.append(y_t)
+    np.testing.assert_allclose(np.stack(ys, 1), y, rtol=1e-14)
+    np.testing.assert_allclose(state, final, rtol=1e-14)
+    y1, mid = spec.forward(params, x[:, :3], cfg, h0)
+    y2, final2 = spec.forward(params, x[:, 3:], cfg, mid)
+    np.testing.assert_allclose(np.concatenate([y1, y2], 1), y, rtol=1e-14)
+    np.testing.assert_allclose(final2, final, rtol=1e-14)
+    y_none, _ = spec.forward(params, x, cfg)
+    y_full, _ = spec.forward(params, x, cfg, np.full_like(h0, cfg.default_state))
+    np.testing.assert_array_equal(y_none, y_full)
+
+
+@pytest.mark.parametrize("which", list(CONFIGS))
+def test_reference_vjp_matches_finite_differences(which):
+    cfg = CONFIGS[which]
+    params, x, h0 = _problem(cfg, length=4)
+    rng = np.random.default_rng(3)
+    ct_y, ct_f = rng.standard_normal((2, 4, cfg.d_out)), rng.standard_normal((2, cfg.d_inner))
+
+    def loss(params, x, h0):
+        y, f = spec.forward(params, x, cfg, h0)
+        return float((y * ct_y).sum() + (f * ct_f).sum())
+
+    def fd(value, replace, eps=1e-6):
+        out = np.zeros_like(value)
+        for idx in np.ndindex(value.shape):
+            hi, lo = value.copy(), value.copy()
+            hi[idx] += eps
+            lo[idx] -= eps
+            out[idx] = (replace(hi) - replace(lo)) / (2 * eps)
+        return out
+
+    p_bar, x_bar, h0_bar = spec.vjp(params, x, cfg, ct_y, ct_f, h0)
+    np.testing.assert_allclose(x_bar, fd(x, lambda v: loss(params, v, h0)), atol=1e-7)
+    np.testing.assert_allclose(h0_bar, fd(h0, lambda v: loss(params, x, v)), atol=1e-7)
+    assert set(p_bar) == set(params)
+    for name in params:
+        np.testing.assert_allclose(p_bar[name], fd(params[name], lambda v, n=name: loss({**params, n: v}, x, h0)),
+                                   atol=1e-7, err_msg=name)
+
+
+def test_layouts_round_trip_and_reorder():
+    cfg = MinGRUConfig(d_model=2, d_inner=3, out_proj=True)
+    params = spec.init_params(cfg, seed=2, dtype="float64")
+    params["proj.bias"] = np.arange(6.0)
+    for layout in spec.PROJ_LAYOUTS:
+        back = spec.from_layout(spec.to_layout(params, layout), layout)
+        assert set(back) == set(params) and all(np.array_equal(back[k], params[k]) for k in params)
+    lucid = spec.to_layout(params, "hidden_gate")
+    np.testing.assert_array_equal(lucid["proj.bias"], [3, 4, 5, 0, 1, 2])
+    sep = spec.to_layout(params, "separate")
+    assert sorted(sep) == ["linear_h.bias", "linear_h.kernel", "linear_z.bias", "linear_z.kernel", "out_proj.kernel"]
+    np.testing.assert_array_equal(sep["linear_z.bias"], [0, 1, 2])
+    with pytest.raises(ValueError, match="unknown layout"):
+        spec.to_layout(params, "fortran")
+
+
+def test_reference_bad_input():
+    cfg = CONFIGS["identity"]
+    params, x, h0 = _problem(cfg)
+    with pytest.raises(ValueError, match="d_model"):
+        spec.forward(params, x[..., :2], cfg)
+    with pytest.raises(ValueError, match=r"proj\.bias"):
+        spec.forward({"proj.kernel": params["proj.kernel"]}, x, cfg)
+    with pytest.raises(ValueError, match="unexpected"):
+        spec.forward({**params, "out_proj.kernel": np.zeros((4, 3))}, x, cfg)
+    with pytest.raises(TypeError, match="initial_state"):
+        spec.forward(params, x, cfg, h0.astype(np.float32))
+
+
+# --- conformance cases on every available backend ---------------------------------------------------
+
+
+@cache
+def _layer_backend(name: str) -> types.SimpleNamespace:
+    """The backend package plus this layer's functions (until the package exports them itself)."""
+    pkg = importlib.import_module(f"linrec.backends.{name}")
+    layer = importlib.import_module(f"linrec.backends.{name}.{LAYER}")
+    ns = types.SimpleNamespace(**{k: getattr(pkg, k) for k in dir(pkg) if not k.startswith("__")})
+    for attr in layer.__all__:
+        setattr(ns, attr, getattr(layer, attr))
+    if name != "numpy" and not hasattr(ns, "vjp"):
+        ns.vjp = importlib.import_module(f"linrec.backends.{name}.autodiff").vjp
+    return ns
+
+
+@cache
+def _cases(name: str) -> dict:
+    return {case.id: case for case in layer_cases.cases(_layer_backend(name))}
+
+
+def _selected(name: str, case_id: str) -> bool:
+    if name != "jax" or os.environ.get("LINREC_FULL_CONFORMANCE") or "/bad-input/" in case_id:
+        return True
+    if "/gradient/" in case_id and case_id.endswith("float32]"):  # float64 gradients are the tight check
+        return False
+    return f"/{JAX_CONFIG}[" in case_id and not any(s in case_id for s in JAX_SKIPPED_PATHS)
+
+
+def _case_params():
+    params = []
+    for name in ("numpy", "jax", "torch"):
+        if name != "numpy" and importlib.util.find_spec(name) is None:
+            params.append(pytest.param(name, "", marks=pytest.mark.skip(reason=f"{name} not installed"), id=name))
+            continue
+        params += [pytest.param(name, case_id, id=f"{name}:{case_id}") for case_id in _cases(name)
+                   if _selected(name, case_id)]
+    return params
+
+
+@pytest.mark.parametrize(("backend_name", "case_id"), _case_params())
+def test_conformance_case(backend_name, case_id):
+    backend, case = _layer_backend(backend_name), _cases(backend_name)[case_id]
+    missing = [r for r in case.requires if not hasattr(backend, r)]
+    if missing:
+        pytest.skip(f"{backend_name} has no {missing} (unsupported by design)")
+    outcome = case.fn(backend)
+    assert outcome.passed, f"{case.id}: {outcome.detail} (error {outcome.error:.3g} > {outcome.allowed:.3g})"
+
+
+def test_case_ids_unique_and_named():
+    ids = list(_cases("numpy"))
+    assert len(ids) == len(set(ids)) > 80
+    assert all(i.startswith(f"{LAYER}/") for i in ids)
+    props = {i.split("/")[1] for i in ids}
+    assert props >= {"equals-reference", "gradient", "parallel-equals-step", "prefill-then-step", "split-invariance",
+                     "default-state", "empty-sequence", "bad-input"}
+
+
+# --- JAX / Flax NNX ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jx():
+    pytest.importorskip("jax")
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    mod = importlib.import_module("linrec.backends.jax.mingru")
+
+    return types.SimpleNamespace(jax=jax, jnp=jnp, nnx=nnx, mod=mod)
+
+
+@pytest.mark.parametrize("which", list(CONFIGS))
+def test_nnx_module_matches_reference(jx, which):
+    cfg = CONFIGS[which]
+    params, x, h0 = _problem(cfg)
+    model = jx.mod.MinGRU.from_canonical(cfg, _f32(params))
+    assert model.config == cfg
+    x32, h32 = jx.jnp.asarray(x, jx.jnp.float32), jx.jnp.asarray(h0, jx.jnp.float32)
+    y_ref, f_ref = spec.forward(params, x, cfg, h0)
+    paths = (("parallel", "auto"), ("sequential", "auto"), ("parallel", "log")) if which == "g-half" else (
+        ("parallel", "auto"),)
+    for mode, method in paths:
+        y, f = model(x32, h32, mode=mode, method=method)
+        np.testing.assert_allclose(np.asarray(y), y_ref, **F32)
+        np.testing.assert_allclose(np.asarray(f), f_ref, **F32)
+    state, ys = model.initial_state(2), []
+    np.testing.assert_array_equal(np.asarray(state), np.full((2, cfg.d_inner), cfg.default_state))
+    for t in range(x.shape[1]):
+        state, y_t = model.cell(state, x32[:, t])
+        ys.append(y_t)
+    y_none, _ = spec.forward(params, x, cfg)
+    np.testing.assert_allclose(np.stack(ys, 1), y_none, **F32)
+    got = model.canonical_params()
+    assert set(got) == set(params) and all(np.array_equal(got[k], params[k].astype(np.float32)) for k in got)
+
+
+def test_nnx_default_init(jx):
+    model = jx.mod.MinGRU(16, expansion=2.0, out_proj=True, rngs=jx.nnx.Rngs(0))
+    params = model.canonical_params()
+    assert {k: v.shape for k, v in params.items()} == spec.param_shapes(model.config)
+    assert not params["proj.bias"].any()
+    assert np.abs(params["proj.kernel"]).max() <= 1 / 4 and np.abs(params["out_proj.kernel"]).max() <= 1 / np.sqrt(32)
+    y, h = model(jx.jnp.ones((2, 3, 16)))
+    assert y.shape == (2, 3, 16) and h.shape == (2, 32)
+
+
+def test_jax_jit_grad_vmap(jx):
+    jax, jnp = jx.jax, jx.jnp
+    cfg = CONFIGS["g-half"]
+    params, x, h0 = _problem(cfg)
+    p = {k: jnp.asarray(v) for k, v in params.items()}
+    y_ref, f_ref = spec.forward(params, x, cfg, h0)
+    fn = jax.jit(lambda p, x, h: jx.mod.mingru(p, x, config=cfg, initial_state=h, method="log"))
+    y, f = fn(p, jnp.asarray(x), jnp.asarray(h0))
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(f), f_ref, rtol=1e-12)
+
+    def loss(p, x, h):  # (the log path's gradient is a conformance case)
+        y, f = jx.mod.mingru(p, x, config=cfg, initial_state=h)
+        return y.sum() + f.sum()
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(p, jnp.asarray(x), jnp.asarray(h0))
+    p_bar, x_bar, h_bar = spec.vjp(params, x, cfg, np.ones_like(y_ref), np.ones_like(f_ref), h0)
+    np.testing.assert_allclose(np.asarray(grads[1]), x_bar, rtol=1e-10)
+    np.testing.assert_allclose(np.asarray(grads[2]), h_bar, rtol=1e-10)
+    for name in params:
+        np.testing.assert_allclose(np.asarray(grads[0][name]), p_bar[name], rtol=1e-10, err_msg=name)
+    # vmap over an ensemble of inputs (extra leading axis)
+    xs = jnp.stack([jnp.asarray(x), -jnp.asarray(x)])
+    ys, _ = jax.vmap(lambda x: jx.mod.mingru(p, x, config=cfg))(xs)
+    np.testing.assert_allclose(np.asarray(ys[1]), spec.forward(params, -x, cfg)[0], rtol=1e-12)
+    # step under jit
+    y_t, _ = jax.jit(lambda p, x, s: jx.mod.mingru_step(p, x, s, config=cfg))(p, jnp.asarray(x[:, 0]), None)
+    np.testing.assert_allclose(np.asarray(y_t), spec.forward(params, x[:, :1], cfg)[0][:, 0], rtol=1e-12)
+
+
+def test_nnx_jit_and_remat(jx):
+    jax, jnp, nnx = jx.jax, jx.jnp, jx.nnx
+    cfg = CONFIGS["g-expand-out"]
+    params, x, _ = _problem(cfg)
+    x32 = jnp.asarray(x, jnp.float32)
+    grads = []
+    for remat in (False, True):
+        model = jx.mod.MinGRU.from_canonical(cfg, _f32(params), remat=remat)
+
+        @nnx.jit
+        def loss(model, x):
+            y, h = model(x)
+            return jnp.square(y).sum() + h.sum()
+
+        grads.append(nnx.grad(loss)(model, x32))
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+
+
+def test_nnx_bfloat16(jx):
+    jnp = jx.jnp
+    cfg = CONFIGS["identity"]
+    params, x, _ = _problem(cfg)
+    model = jx.mod.MinGRU.from_canonical(cfg, _f32(params), dtype=jnp.bfloat16)
+    y, h = model(jnp.asarray(x, jnp.float32))
+    assert y.dtype == jnp.bfloat16 and h.dtype == jnp.float32  # the carried state keeps float32
+    assert model.initial_state(2).dtype == jnp.float32
+    y_ref, _ = spec.forward(params, x, cfg)
+    np.testing.assert_allclose(np.asarray(y, np.float32), y_ref, rtol=0, atol=0.1)
+
+
+def test_jax_bad_input(jx):
+    jax, jnp = jx.jax, jx.jnp
+    cfg = CONFIGS["g-half"]
+    params, x, h0 = _problem(cfg)
+    model = jx.mod.MinGRU.from_canonical(cfg, params)
+    with pytest.raises(ValueError, match="d_model"):
+        model(jnp.ones((2, 3, 4)))
+    with pytest.raises(ValueError, match="method='log'"):
+        model(jnp.asarray(x), -jnp.asarray(h0), method="log")
+    with pytest.raises(ValueError, match="candidate='g'"):
+        jx.mod.MinGRU(3, rngs=jx.nnx.Rngs(0))(jnp.ones((1, 2, 3)), method="log")
+    with pytest.raises(TypeError, match="MinGRUConfig"):
+        jx.mod.MinGRU.from_canonical(dict(d_model=3), params)
+    # under jit a negative state is refused when the computation runs (never a silent NaN)
+    fn = jax.jit(lambda h: model(jnp.asarray(x), h, method="log")[0])
+    with pytest.raises(Exception, match="log_initial_state"):
+        jax.block_until_ready(fn(-jnp.asarray(h0)))
+
+
+# --- PyTorch ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tt():
+    torch = pytest.importorskip("torch")
+    mod = importlib.import_module("linrec.backends.torch.mingru")
+
+    return types.SimpleNamespace(torch=torch, mod=mod)
+
+
+@pytest.mark.parametrize("which", list(CONFIGS))
+def test_torch_module_matches_reference(tt, which):
+    torch = tt.torch
+    cfg = CONFIGS[which]
+    params, x, h0 = _problem(cfg)
+    model = tt.mod.MinGRU.from_canonical(cfg, _f32(params))
+    assert model.config == cfg
+    assert set(model.state_dict()) == {k.replace("kernel", "weight") for k in params}
+    x32, h32 = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(h0.astype(np.float32))
+    y_ref, f_ref = spec.forward(params, x, cfg, h0)
+    for mode, method in (("parallel", "auto"), ("sequential", "auto")) + ((("parallel", "log"),) if cfg.candidate == "g"
+                                                                         else ()):
+        y, f = model(x32, h32, mode=mode, method=method)
+        np.testing.assert_allclose(y.detach().numpy(), y_ref, **F32)
+        np.testing.assert_allclose(f.detach().numpy(), f_ref, **F32)
+    state, ys = model.initial_state(2), []
+    for t in range(x.shape[1]):
+        y_t, state = model.step(x32[:, t], state)
+        ys.append(y_t)
+    np.testing.assert_allclose(torch.stack(ys, 1).detach().numpy(), spec.forward(params, x, cfg)[0], **F32)
+    got = model.canonical_params()
+    assert set(got) == set(params) and all(np.array_equal(got[k], params[k].astype(np.float32)) for k in got)
+
+
+def test_torch_default_init(tt):
+    model = tt.mod.MinGRU(16, expansion=2.0, out_proj=True)
+    params = model.canonical_params()
+    assert {k: v.shape for k, v in params.items()} == spec.param_shapes(model.config)
+    assert not params["proj.bias"].any() and np.abs(params["proj.kernel"]).max() <= 1 / 4
+    y, h = model(tt.torch.ones(2, 3, 16))
+    assert y.shape == (2, 3, 16) and h.shape == (2, 32)
+
+
+def test_torch_remat_and_compile(tt):
+    torch = tt.torch
+    cfg = CONFIGS["g-half"]
+    params, x, h0 = _problem(cfg)
+    x32, h32 = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(h0.astype(np.float32))
+    grads = []
+    for remat in (False, True):
+        model = tt.mod.MinGRU.from_canonical(cfg, _f32(params), remat=remat)
+        y, h = model(x32, h32, method="log")
+        (y.square().sum() + h.sum()).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+    # one graph, no breaks (aot_eager: Dynamo + AOTAutograd without inductor's slow codegen)
+    y_ref, h_ref = spec.forward(params, x, cfg, h0)
+    model = tt.mod.MinGRU.from_canonical(cfg, _f32(params))
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    y_c, h_c = compiled(x32, h32, method="log")  # the log path also traces the in-graph domain assert
+    np.testing.assert_allclose(y_c.detach().numpy(), y_ref, **F32)
+    np.testing.assert_allclose(h_c.detach().numpy(), h_ref, **F32)
+
+
+def test_torch_bfloat16(tt):
+    torch = tt.torch
+    cfg = CONFIGS["identity"]
+    params, x, _ = _problem(cfg)
+    model = tt.mod.MinGRU.from_canonical(cfg, params, dtype=torch.bfloat16)
+    y, h = model(torch.from_numpy(x).to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
+    assert model.initial_state(2).dtype == torch.float32
+    np.testing.assert_allclose(y.float().detach().numpy(), spec.forward(params, x, cfg)[0], rtol=0, atol=0.1)
+
+
+def test_torch_bad_input(tt):
+    torch = tt.torch
+    cfg = CONFIGS["g-half"]
+    params, x, h0 = _problem(cfg)
+    model = tt.mod.MinGRU.from_canonical(cfg, params)
+    with pytest.raises(ValueError, match="d_model"):
+        model(torch.ones(2, 3, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="method='log'"):
+        model(torch.from_numpy(x), -torch.from_numpy(h0), method="log")
+    with pytest.raises(TypeError, match="initial_state"):
+        model(torch.from_numpy(x), torch.from_numpy(h0).float())
+    with pytest.raises(ValueError, match="mode"):
+        model(torch.from_numpy(x), mode="fast")
+
+
+def test_verify_agreement(jx, tt):
+    agreement = pytest.importorskip("linrec.conformance.agreement")
+    del agreement
+    from linrec.backends.jax.verify import verify_agreement as jax_verify
+    from linrec.backends.torch.verify import verify_agreement as torch_verify
+
+    cfg = CONFIGS["g-half"]
+    params, x, _ = _problem(cfg)
+    assert torch_verify(tt.mod.MinGRU.from_canonical(cfg, _f32(params)), tt.torch.from_numpy(x.astype(np.float32))).ok
+    assert jax_verify(jx.mod.MinGRU.from_canonical(cfg, _f32(params)), jx.jnp.asarray(x, jx.jnp.float32)).ok

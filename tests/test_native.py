@@ -1,0 +1,334 @@
+"""The native CPU kernel (``linrec.backends.native``) and its JAX / PyTorch wrappers against the NumPy reference.
+
+Skipped as a whole when the kernel cannot be built here (no C++ compiler): the other methods do not need it.
+Results are compared with ``linrec.spec.reference`` run in float64/complex128 on the same, already rounded inputs,
+with the tolerances of recurrence.md §9 (``linrec.spec.tolerances``; gradients use ``grad=True``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from functools import partial
+
+import numpy as np
+import pytest
+
+from linrec.backends import native
+from linrec.spec import reference
+from linrec.spec.tolerances import max_violation, tolerance_for
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernel unavailable: {native.build_error()}")
+
+# (state dtype, decay dtype): every pair the kernel supports.
+DTYPE_PAIRS = [
+    ("float32", "float32"),
+    ("float64", "float64"),
+    ("complex64", "complex64"),
+    ("complex128", "complex128"),
+    ("complex64", "float32"),
+    ("complex128", "float64"),
+]
+STATE = (2, 3, 4)
+# a full decay, per-row (trailing broadcast: no copy), scalar, and one that must be materialised (leading 1).
+DECAY_SHAPES = [(2, 3, 4), (2, 3, 1), (1, 1, 1), (1, 3, 4)]
+
+
+def _wide(dtype: str) -> np.dtype:
+    return np.dtype(np.complex128 if dtype.startswith("complex") else np.float64)
+
+
+def _random(rng: np.random.Generator, shape, dtype: str, low: float = -1.0) -> np.ndarray:
+    x = rng.uniform(low, 1.0, shape)
+    if dtype.startswith("complex"):
+        x = x + 1j * rng.uniform(low, 1.0, shape)
+    return x.astype(dtype)
+
+
+def _inputs(seed: int, dtype: str, a_dtype: str, n_time: int, a_state=STATE, with_resets=True, batch=3):
+    rng = np.random.default_rng(seed)
+    a = _random(rng, (batch, n_time, *a_state), a_dtype, low=-0.2) * 0.95  # |a| < 1: a stable state
+    b = _random(rng, (batch, n_time, *STATE), dtype)
+    h0 = _random(rng, (batch, *STATE), dtype)
+    resets = rng.random((batch, n_time)) < 0.25 if with_resets else None
+    ct_h = _random(rng, (batch, n_time, *STATE), dtype)
+    ct_f = _random(rng, (batch, *STATE), dtype)
+    return a, b, h0, resets, ct_h, ct_f
+
+
+def _assert_close(x, ref, dtype: str, *, grad: bool = False, what: str = "") -> None:
+    x = np.asarray(x)
+    assert x.shape == ref.shape, f"{what}: shape {x.shape} != {ref.shape}"
+    err, allowed = max_violation(x, ref, tolerance_for(dtype, grad=grad))
+    assert err <= allowed, f"{what}: max error {err:.3g} > allowed {allowed:.3g} ({dtype})"
+
+
+def _reference(a, b, h0, resets, reverse, ct_h=None, ct_f=None):
+    dt, adt = _wide(b.dtype.name), _wide(a.dtype.name)
+    args = dict(initial_state=h0.astype(dt), reverse=reverse, resets=resets)
+    h, f = reference.linear_scan(a.astype(adt), b.astype(dt), **args)
+    if ct_h is None:
+        return h, f
+    return (h, f), reference.linear_scan_vjp(a.astype(adt), b.astype(dt), ct_h.astype(dt), ct_f.astype(dt), **args)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The kernel through its NumPy helpers (the C ABI the torch wrapper uses too).
+
+
+@pytest.mark.parametrize(("dtype", "a_dtype"), DTYPE_PAIRS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("a_state", DECAY_SHAPES)
+def test_numpy_kernel_and_vjp_match_reference(dtype, a_dtype, reverse, a_state):
+    for n_time, with_resets in ((0, False), (1, True), (7, False), (7, True)):
+        a, b, h0, resets, ct_h, ct_f = _inputs(n_time, dtype, a_dtype, n_time, a_state, with_resets)
+        cut = reference.cut_mask(resets, reverse)
+        h, f = native.linear_scan(a, b, h0, cut, reverse)
+        assert h.dtype == b.dtype and f.dtype == b.dtype
+        (h_ref, f_ref), (a_bar_ref, b_bar_ref, h0_bar_ref) = _reference(a, b, h0, resets, reverse, ct_h, ct_f)
+        case = f"T={n_time} resets={with_resets}"
+        _assert_close(h, h_ref, dtype, what=f"h {case}")
+        _assert_close(f, f_ref, dtype, what=f"final {case}")
+        a_bar, b_bar, h0_bar = native.linear_scan_vjp(a, h, h0, ct_h, ct_f, cut, reverse)
+        assert a_bar.dtype == a.dtype and a_bar.shape == a.shape
+        _assert_close(a_bar, a_bar_ref, a_dtype if a_dtype == dtype else dtype, grad=True, what=f"a_bar {case}")
+        _assert_close(b_bar, b_bar_ref, dtype, grad=True, what=f"b_bar {case}")
+        _assert_close(h0_bar, h0_bar_ref, dtype, grad=True, what=f"h0_bar {case}")
+
+
+@pytest.mark.parametrize("a_state", [(2, 3, 4), (2, 3, 1), (1, 1, 1)])
+def test_multithreaded_blocks_match_reference(a_state):
+    # Large enough (N*T*D >= 2**16) to take the threaded path with several blocks per row.
+    rng = np.random.default_rng(5)
+    n, t, state = 2, 96, (8, 16, 32)
+    a_shape = tuple(s if k == s else 1 for k, s in zip(a_state, state))
+    a = rng.uniform(0.5, 1.0, (n, t, *a_shape)).astype(np.float32)
+    b = rng.standard_normal((n, t, *state)).astype(np.float32)
+    h0 = rng.standard_normal((n, *state)).astype(np.float32)
+    resets = rng.random((n, t)) < 0.05
+    cut = reference.cut_mask(resets, False)
+    h, f = native.linear_scan(a, b, h0, cut)
+    # The NumPy backend's sequential method in float64 is the reference loop, vectorised over the batch.
+    from linrec.backends.numpy import linear_scan as numpy_scan
+
+    h_ref, f_ref = numpy_scan(a.astype(np.float64), b.astype(np.float64), initial_state=h0.astype(np.float64),
+                              resets=resets, method="sequential")
+    _assert_close(h, h_ref, "float32", what="h")
+    _assert_close(f, f_ref, "float32", what="final")
+    ct = rng.standard_normal(h.shape).astype(np.float32)
+    a_bar, b_bar, h0_bar = native.linear_scan_vjp(a, h, h0, ct, np.zeros_like(f), cut)
+    # §10: g is the reverse scan of ct whose decay is a shifted by one step (0 across a cut)
+    mask = cut[:, :, None, None, None]
+    a_cut = np.where(mask, 0, a).astype(np.float64)
+    a_next = np.concatenate([a_cut[:, 1:], np.ones_like(a_cut[:, :1])], 1)
+    g, _ = numpy_scan(a_next, ct.astype(np.float64), reverse=True, method="sequential")
+    h_prev = np.concatenate([h0[:, None], h_ref[:, :-1]], 1)
+    axes = tuple(i for i in range(2, a.ndim) if a.shape[i] == 1)
+    a_bar_ref = np.where(mask, 0, g * h_prev).sum(axis=axes, keepdims=True)
+    _assert_close(b_bar, g, "float32", grad=True, what="b_bar")
+    _assert_close(a_bar, a_bar_ref, "float32", grad=True, what="a_bar")
+    _assert_close(h0_bar, a_cut[:, 0] * g[:, 0], "float32", grad=True, what="h0_bar")
+
+
+def test_unsupported_dtypes_and_sizes_raise():
+    a = np.ones((1, 2, 3), np.float16)
+    with pytest.raises(TypeError, match="unsupported dtypes"):
+        native.scan_3d(a, a, np.ones((1, 3), np.float16))
+    with pytest.raises(TypeError, match="unsupported dtypes"):  # complex decay of a real state
+        native.scan_3d(np.ones((1, 2, 3), np.complex64), np.ones((1, 2, 3), np.float32), np.ones((1, 3), np.float32))
+    with pytest.raises(ValueError, match="sizes"):  # Da must divide D
+        native.scan_3d(np.ones((1, 2, 2), np.float32), np.ones((1, 2, 3), np.float32), np.ones((1, 3), np.float32))
+
+
+def test_decay_layout():
+    assert native.decay_layout((2, 3, 4), (2, 3, 4)) == ((2, 3, 4), 24, 1)
+    assert native.decay_layout((2, 3, 1), (2, 3, 4)) == ((2, 3, 1), 6, 4)
+    assert native.decay_layout((1, 1, 1), (2, 3, 4)) == ((1, 1, 1), 1, 24)
+    assert native.decay_layout((1, 3, 1), (2, 3, 4)) == ((2, 3, 1), 6, 4)  # materialised over the leading axis
+    assert native.decay_layout((), ()) == ((), 1, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Build and packaging.
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
+
+
+def test_importing_native_loads_no_framework():
+    result = _run("""
+        import sys
+        import linrec.backends.native as native
+        assert native.describe()["built"], native.describe()
+        loaded = sorted(m for m in ("jax", "jaxlib", "torch", "flax") if m in sys.modules)
+        assert not loaded, loaded
+    """)
+    assert result.returncode == 0, result.stderr
+
+
+def test_missing_compiler_is_a_clear_error(tmp_path):
+    result = _run("""
+        import linrec.backends.native as native
+        assert not native.available()
+        print(native.build_error())
+        print(native.describe())
+    """, CXX="", PATH="", LINREC_CACHE=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "no C++ compiler found" in result.stdout and "'built': False" in result.stdout
+
+
+def test_describe_and_build_entry_point():
+    info = native.describe()
+    assert info["built"] and info["error"] is None and os.path.isfile(info["path"]) and info["threads"] >= 1
+    result = subprocess.run([sys.executable, "-m", "linrec.backends.native.build"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == info["path"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# JAX: FFI under jit, vmap and grad.
+
+
+@pytest.fixture(scope="module")
+def jnative():
+    pytest.importorskip("jax")
+    import linrec.backends.jax.arrays  # noqa: F401  (enables float64)
+    from linrec.backends.jax import native as jnative
+
+    return jnative
+
+
+@pytest.mark.parametrize(("dtype", "a_dtype"), DTYPE_PAIRS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_jax_jit_and_grad_match_reference(jnative, dtype, a_dtype, reverse):
+    import jax
+
+    for n_time, a_state in ((7, STATE), (1, (2, 3, 1)), (0, (1, 3, 4))):
+        a, b, h0, resets, ct_h, ct_f = _inputs(10 + n_time, dtype, a_dtype, n_time, a_state)
+        cut = reference.cut_mask(resets, reverse)
+        fn = jax.jit(lambda a, b, h0, cut: jnative.native_linear_scan(a, b, h0, cut, reverse))
+        (h, f), pullback = jax.vjp(partial(fn, cut=cut), a, b, h0)
+        a_bar, b_bar, h0_bar = pullback((ct_h, ct_f))
+        (h_ref, f_ref), (a_bar_ref, b_bar_ref, h0_bar_ref) = _reference(a, b, h0, resets, reverse, ct_h, ct_f)
+        assert h.dtype == b.dtype and a_bar.dtype == a.dtype
+        _assert_close(h, h_ref, dtype, what="h")
+        _assert_close(f, f_ref, dtype, what="final")
+        _assert_close(a_bar, a_bar_ref, dtype, grad=True, what="a_bar")
+        _assert_close(b_bar, b_bar_ref, dtype, grad=True, what="b_bar")
+        _assert_close(h0_bar, h0_bar_ref, dtype, grad=True, what="h0_bar")
+
+
+def test_jax_vmap_and_grad_of_kernel_signature(jnative):
+    import jax
+    import jax.numpy as jnp
+
+    a, b, h0, _, ct_h, _ = _inputs(3, "float64", "float64", 6, (2, 3, 1), with_resets=False)
+    stack = lambda x: np.stack([x, 2 * x, -x])  # noqa: E731
+    # vmap over b only (a, h0 broadcast by the FFI call) and over everything, composed with grad
+    h = jax.jit(jax.vmap(lambda b: jnative.native_scan(a, b, h0, True)))(stack(b))
+    for k, scale in enumerate((1, 2, -1)):
+        _assert_close(h[k], _reference(a, scale * b, h0, None, True)[0], "float64", what=f"vmap {k}")
+
+    def loss(a, b, h0):
+        return jnp.sum(jnative.native_scan(a, b, h0, False) * ct_h)
+
+    grads = jax.vmap(jax.grad(loss, argnums=(0, 1, 2)))(stack(a), stack(b), stack(h0))
+    for k, scale in enumerate((1, 2, -1)):
+        _, ref_bars = _reference(scale * a, scale * b, scale * h0, None, False, ct_h, np.zeros_like(h0))
+        for got, want, name in zip(grads, ref_bars, ("a", "b", "h0")):
+            _assert_close(got[k], want, "float64", grad=True, what=f"grad {name} {k}")
+
+
+def test_wrappers_refuse_unsupported_dtypes(jnative, tnative):
+    import jax.numpy as jnp
+    import torch
+
+    x = np.ones((1, 2, 3), np.float16)
+    with pytest.raises(TypeError, match="dtype pairs"):
+        jnative.native_linear_scan(jnp.asarray(x), jnp.asarray(x), jnp.ones((1, 3), jnp.float16))
+    with pytest.raises(TypeError, match="dtype pairs"):
+        tnative.native_linear_scan(torch.from_numpy(x), torch.from_numpy(x), None)
+
+
+def test_jax_include_dir_matches_build(jnative):
+    import jax
+
+    from linrec.backends.native import build
+
+    assert os.path.samefile(build._jaxlib_include()[0], jax.ffi.include_dir())
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PyTorch: custom ops, opcheck, torch.compile.
+
+
+@pytest.fixture(scope="module")
+def tnative():
+    pytest.importorskip("torch")
+    from linrec.backends.torch import native as tnative
+
+    return tnative
+
+
+@pytest.mark.parametrize(("dtype", "a_dtype"), DTYPE_PAIRS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_torch_autograd_matches_reference(tnative, dtype, a_dtype, reverse):
+    import torch
+
+    from linrec.backends.torch.autodiff import vjp  # torch's conj convention -> the JAX numbers of the reference
+
+    for n_time, a_state in ((7, STATE), (1, (2, 3, 1)), (0, (1, 3, 4))):
+        a, b, h0, resets, ct_h, ct_f = _inputs(20 + n_time, dtype, a_dtype, n_time, a_state)
+        cut = torch.from_numpy(reference.cut_mask(resets, reverse))
+        fn = lambda a, b, h0: tnative.native_linear_scan(a, b, h0, cut, reverse)  # noqa: E731, B023
+        h, f = fn(*(torch.from_numpy(x) for x in (a, b, h0)))
+        bars = vjp(fn, [torch.from_numpy(x) for x in (a, b, h0)], (torch.from_numpy(ct_h), torch.from_numpy(ct_f)))
+        (h_ref, f_ref), ref_bars = _reference(a, b, h0, resets, reverse, ct_h, ct_f)
+        _assert_close(h.numpy(), h_ref, dtype, what="h")
+        _assert_close(f.numpy(), f_ref, dtype, what="final")
+        assert bars[0].dtype == getattr(torch, a_dtype)
+        for got, want, name in zip(bars, ref_bars, ("a", "b", "h0")):
+            _assert_close(got.numpy(), want, dtype, grad=True, what=f"{name}_bar")
+
+
+def test_torch_opcheck(tnative):
+    import torch
+
+    rng = np.random.default_rng(7)
+    cases = []
+    for dtype, a_dtype, reverse, with_cut in (("float64", "float64", False, False),
+                                              ("complex64", "float32", True, True)):
+        a, b, h0, _, ct_h, ct_f = _inputs(7, dtype, a_dtype, 5, (2, 3, 1))
+        a3, b3 = torch.from_numpy(a.reshape(3, 5, 6)), torch.from_numpy(b.reshape(3, 5, 24))
+        h03 = torch.from_numpy(h0.reshape(3, 24))
+        cut = torch.from_numpy(rng.random((3, 5)) < 0.3) if with_cut else None
+        grad_in = [x.clone().requires_grad_(True) for x in (a3, b3, h03)]
+        cases.append((tnative.scan_fwd, (*grad_in, cut, reverse)))
+        h, _ = tnative.scan_fwd(a3, b3, h03, cut, reverse)
+        g_h, g_f = torch.from_numpy(ct_h.reshape(3, 5, 24)), torch.from_numpy(ct_f.reshape(3, 24))
+        cases.append((tnative.scan_bwd, (a3, h, h03, g_h, g_f, cut, reverse)))
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph(tnative):
+    import torch
+
+    a, b, h0, resets, ct_h, _ = _inputs(8, "float32", "float32", 9, (2, 3, 1))
+    cut, ct = torch.from_numpy(reference.cut_mask(resets, True)), torch.from_numpy(ct_h)
+    a_t, b_t, h0_t = (torch.from_numpy(x).requires_grad_(True) for x in (a, b, h0))
+
+    @torch.compile(fullgraph=True)
+    def loss(a, b, h0):
+        h, f = tnative.native_linear_scan(a, b, h0, cut, True)
+        return (h * ct).sum() + f.sum()
+
+    loss(a_t, b_t, h0_t).backward()
+    _, ref_bars = _reference(a, b, h0, resets, True, ct_h, np.ones_like(h0))
+    for got, want, name in zip((a_t.grad, b_t.grad, h0_t.grad), ref_bars, ("a", "b", "h0")):
+        _assert_close(got.numpy(), want, "float32", grad=True, what=f"compiled {name}_bar")

@@ -1,0 +1,283 @@
+"""Benchmark helpers: a same-run memory-bandwidth probe, timers for JAX and torch, peak memory, tables.
+
+Speed is reported as ratios measured in one run (never as wall-clock thresholds in tests): a scan
+over ``B·T·D`` elements moves at least 12 bytes per float32 element (read ``a`` and ``b``, write
+``h``), so its *roofline* is ``12·B·T·D / bandwidth`` with the bandwidth measured by
+:func:`bandwidth_probe` in the same process.
+
+Used by the scripts in ``benchmarks/`` (``linrec bench``); nothing here imports a framework at module import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "Timing",
+    "bandwidth_probe",
+    "best_bandwidth",
+    "c_loop_scan",
+    "current_rss_bytes",
+    "fit_exponent",
+    "jax_sync",
+    "machine_info",
+    "markdown_table",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "roofline_seconds",
+    "run_json_subprocess",
+    "time_call",
+    "torch_bandwidth_probe",
+]
+
+
+@dataclass(frozen=True)
+class Timing:
+    median: float
+    best: float
+    runs: int
+
+
+def time_call(fn: Callable[[], object], *, sync: Callable[[object], object] = lambda x: x, repeat: int = 5,
+              warmup: int = 1, budget: float = 20.0, slow: float | None = None) -> Timing:
+    """Median and best wall time of ``sync(fn())`` over ``repeat`` runs after ``warmup`` (compilation).
+
+    Stops early once the timed runs have taken ``budget`` seconds (at least one run is always timed).
+    ``slow``: when the first warm-up call alone takes longer than this many seconds, that call is the
+    measurement (one run): for work far off the roofline, a second run would only cost time.
+    Compile JAX functions ahead of time (``jax.jit(f).lower(...).compile()``) so no call includes compilation.
+    """
+    for i in range(warmup):
+        start = time.perf_counter()
+        sync(fn())
+        elapsed = time.perf_counter() - start
+        if i == 0 and slow is not None and elapsed > slow:
+            return Timing(elapsed, elapsed, 1)
+    times: list[float] = []
+    start_all = time.perf_counter()
+    for _ in range(repeat):
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+        if time.perf_counter() - start_all > budget:
+            break
+    return Timing(statistics.median(times), min(times), len(times))
+
+
+def jax_sync(x: object) -> object:
+    """``jax.block_until_ready`` (imported on use): the sync for :func:`time_call` of JAX work."""
+    import jax
+
+    return jax.block_until_ready(x)
+
+
+def bandwidth_probe(n_elements: int = 8 * 4096 * 512, repeat: int = 7) -> float:
+    """Bytes per second of a streaming ``out = x * y`` in float32 (12 bytes per element), NumPy, preallocated."""
+    x = np.random.default_rng(0).random(n_elements, dtype=np.float32)
+    y = np.random.default_rng(1).random(n_elements, dtype=np.float32)
+    out = np.empty_like(x)
+    timing = time_call(lambda: np.multiply(x, y, out=out), repeat=repeat)
+    return 12 * n_elements / timing.best
+
+
+def torch_bandwidth_probe(n_elements: int = 8 * 4096 * 512, repeat: int = 7) -> float | None:
+    """As :func:`bandwidth_probe` with ``torch.mul(out=)`` on all intra-op threads; ``None`` without torch."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    x = torch.from_numpy(np.random.default_rng(0).random(n_elements, dtype=np.float32))
+    y = torch.from_numpy(np.random.default_rng(1).random(n_elements, dtype=np.float32))
+    out = torch.empty_like(x)
+    timing = time_call(lambda: torch.mul(x, y, out=out), repeat=repeat)
+    return 12 * n_elements / timing.best
+
+
+def best_bandwidth(n_elements: int = 8 * 4096 * 512, repeat: int = 7) -> dict[str, float]:
+    """Both probes and their maximum (``"best"``, bytes/s): the roofline uses the fastest stream measured,
+    so a multi-threaded kernel cannot look better than the machine just because one thread cannot saturate it."""
+    found = {"numpy_1thread": bandwidth_probe(n_elements, repeat)}
+    torch_bw = torch_bandwidth_probe(n_elements, repeat)
+    if torch_bw is not None:
+        found["torch_threads"] = torch_bw
+    found["best"] = max(found.values())
+    return found
+
+
+def roofline_seconds(n_elements: int, bandwidth: float, bytes_per_element: int = 12) -> float:
+    return bytes_per_element * n_elements / bandwidth
+
+
+def fit_exponent(xs: list[float], ys: list[float]) -> float:
+    """Slope of log(y) against log(x): 1.0 means linear growth."""
+    return float(np.polyfit(np.log(np.asarray(xs, float)), np.log(np.asarray(ys, float)), 1)[0])
+
+
+# --- the plain C loop ---------------------------------------------------------------------------------------
+
+
+def c_loop_scan(a: np.ndarray, b: np.ndarray, h0: np.ndarray, h: np.ndarray, final: np.ndarray) -> None:
+    """The native kernel (``linrec.backends.native``) straight through its C ABI, writing into preallocated
+    ``h (N, T, D)`` and ``final (N, D)``: the plain C loop baseline, with no allocation and no Python per step.
+
+    ``a (N, T, Da)``, ``b (N, T, D)``, ``h0 (N, D)``: C-contiguous, same float dtype. Raises
+    ``linrec.backends.native.NativeBuildError`` when the kernel cannot be built.
+    """
+    from linrec.backends import native
+
+    lib = native._builder().load()
+    arrays = (a, b, h0, h, final)
+    if not all(x.flags.c_contiguous for x in arrays):
+        raise ValueError("c_loop_scan needs C-contiguous arrays")
+    codes = native.DTYPE_CODES[a.dtype.name], native.DTYPE_CODES[b.dtype.name]
+    n, t, d = b.shape
+    status = lib.linrec_scan_fwd(*codes, n, t, d, a.shape[2], a.ctypes.data, b.ctypes.data, h0.ctypes.data, None,
+                                 0, h.ctypes.data, final.ctypes.data)
+    if status:
+        raise ValueError(f"linrec native kernel failed with status {status}")
+
+
+# --- memory -------------------------------------------------------------------------------------------------
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (``getrusage().ru_maxrss``; KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def current_rss_bytes() -> int:
+    """Resident set size now (``/proc/self/statm``; falls back to the peak where there is no ``/proc``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_rss_bytes()
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux ``/proc/self/clear_refs``, value 5).
+
+    Returns whether it worked; afterwards :func:`peak_rss_bytes` measures from now on.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+#: Environment for memory-measuring subprocesses: glibc hands every allocation above 64 KiB back to the OS on
+#: ``free`` (a fixed threshold disables its adaptive one), so RSS tracks live memory instead of the allocator's cache.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def run_json_subprocess(args: Sequence[str], *, timeout: float = 600.0, env: Mapping[str, str] | None = None
+                        ) -> dict[str, Any]:
+    """Run ``sys.executable *args`` and parse the last stdout line as JSON (``{"error": ...}`` on failure)."""
+    full_env = {**os.environ, **(env or {})}
+    try:
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                              env=full_env, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"error": f"exit {done.returncode}: {tail}"}
+    try:
+        return json.loads(lines[-1])
+    except json.JSONDecodeError:
+        return {"error": f"unparsable output: {lines[-1][:200]}"}
+
+
+# --- reporting ----------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, OS, Python and package versions (imports no framework)."""
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = os.cpu_count()
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        mem = None
+    packages = ("linrec", "numpy", "jax", "jaxlib", "flax", "torch", "matplotlib", "flax-gated-linear-rnn",
+                "minGRU-pytorch", "gateloop-transformer")
+    try:
+        from linrec.backends import native
+
+        native_info = native.describe()
+    except Exception as err:  # the report must not fail because the kernel does not build
+        native_info = {"built": False, "error": str(err)}
+    return {
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": affinity,
+        "memory_bytes": mem,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": {p: _version(p) for p in packages},
+        "native_kernel": native_info,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "–"
+        magnitude = abs(value)
+        if magnitude >= 100:
+            return f"{value:.0f}"
+        if magnitude >= 10:
+            return f"{value:.1f}"
+        if magnitude >= 1:
+            return f"{value:.2f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub Markdown table of ``rows`` (dicts keyed by ``columns``; missing or ``None`` cells print ``–``)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
