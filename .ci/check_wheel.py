@@ -32,8 +32,9 @@ def main(repo: Path) -> int:
         except Exception as err:
             failures.append(f"{name}: {type(err).__name__}: {err}")
             continue
-        if str(repo) in str(getattr(module, "__file__", "")):
-            failures.append(f"{name}: imported from the source tree, not the wheel")
+        origin = Path(getattr(module, "__file__", "") or "")
+        if "site-packages" not in origin.parts:
+            failures.append(f"{name}: imported from {origin}, not from the installed wheel")
     for package, name in DATA:
         if not (resources.files(package) / name).is_file():
             failures.append(f"package data missing: {package}/{name}")

@@ -31,6 +31,9 @@ CASE_MODULES: tuple[str, ...] = (
     "linrec.conformance.minlstm_cases",
     "linrec.conformance.gated_linear_rnn_cases",
     "linrec.conformance.gateloop_mh_cases",
+    "linrec.conformance.gated_linear_rnn_lm_cases",
+    "linrec.conformance.mingru_lm_cases",
+    "linrec.conformance.mingru_stack_cases",
     "linrec.conformance.conversion_cases",
 )
 

@@ -15,7 +15,16 @@ SPEC_VERSION = "0.1"
 #: The backends shipped with linrec, in the order reports list them.
 BUNDLED_BACKENDS = ("numpy", "jax", "torch")
 
-__all__ = ["BUNDLED_BACKENDS", "SPEC_VERSION", "__version__", "get_backend"]
+__all__ = ["BUNDLED_BACKENDS", "SPEC_VERSION", "__version__", "convert", "get_backend", "inspect", "load", "save"]
+
+#: checkpoint functions, imported from ``linrec.tools.convert`` on first use (it loads no framework either)
+_CHECKPOINT_API = ("convert", "inspect", "load", "save")
+
+
+def __getattr__(name: str):
+    if name in _CHECKPOINT_API:
+        return getattr(import_module("linrec.tools.convert"), name)
+    raise AttributeError(f"module 'linrec' has no attribute {name!r}")
 
 
 def get_backend(name: str) -> ModuleType:

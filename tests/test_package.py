@@ -16,6 +16,7 @@ from linrec.spec import tolerances
 def test_import_linrec_loads_no_framework():
     code = (
         "import sys, linrec, linrec.spec.reference, linrec.conformance, linrec.backends, linrec.tools.cli;"
+        "linrec.convert, linrec.load, linrec.save, linrec.inspect;"
         "print(sorted(m for m in ('jax', 'jaxlib', 'torch', 'flax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout

@@ -68,7 +68,18 @@ def _cmd_golden(args: argparse.Namespace) -> int:
 _DELEGATED = {
     "convert": ("linrec.tools.convert", "convert_main", "convert a checkpoint between formats and frameworks"),
     "inspect": ("linrec.tools.convert", "inspect_main", "print a checkpoint's model, config and tensor table"),
+    "train": ("linrec.tools.cli", "_train_main", "train a model on a task: linrec train selective-copy --backend jax"),
 }
+_TASKS = {"selective-copy": "linrec.tools.selective_copy"}
+
+
+def _train_main(argv: list[str]) -> int:
+    from importlib import import_module
+
+    if not argv or argv[0] not in _TASKS:
+        print(f"usage: linrec train {{{','.join(_TASKS)}}} [options]  (tasks: {', '.join(_TASKS)})", file=sys.stderr)
+        return 2
+    return import_module(_TASKS[argv[0]]).main(argv[1:])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""The JAX backend: scans with a scan-shaped custom VJP, layer functions and Flax NNX modules.
+"""The JAX backend: scans with a scan-shaped custom VJP, layer and model functions, Flax NNX modules.
 
 Importing it enables ``jax_enable_x64`` (float64/complex128 are part of the spec; see ``arrays.py``).
 """
@@ -11,6 +11,13 @@ from linrec.backends.jax.gated_linear_rnn import (
     gated_linear_rnn,
     gated_linear_rnn_initial_state,
     gated_linear_rnn_step,
+)
+from linrec.backends.jax.gated_linear_rnn_lm import (
+    GatedLinearRNNLM,
+    GateLoopLM,
+    gated_linear_rnn_lm,
+    gated_linear_rnn_lm_initial_state,
+    gated_linear_rnn_lm_step,
 )
 from linrec.backends.jax.gateloop_mh import (
     GateLoopMH,
@@ -25,6 +32,20 @@ from linrec.backends.jax.mingru import (
     mingru_initial_state,
     mingru_log_gates,
     mingru_step,
+)
+from linrec.backends.jax.mingru_lm import (
+    MinGRULM,
+    MinGRULMState,
+    mingru_lm,
+    mingru_lm_generate,
+    mingru_lm_initial_state,
+    mingru_lm_step,
+)
+from linrec.backends.jax.mingru_stack import (
+    MinGRUStack,
+    mingru_stack,
+    mingru_stack_initial_state,
+    mingru_stack_step,
 )
 from linrec.backends.jax.minlstm import (
     MinLSTM,
@@ -60,9 +81,14 @@ __all__ = [
     "NAME",
     "AgreementReport",
     "GateLoop",
+    "GateLoopLM",
     "GateLoopMH",
     "GatedLinearRNN",
+    "GatedLinearRNNLM",
     "MinGRU",
+    "MinGRULM",
+    "MinGRULMState",
+    "MinGRUStack",
     "MinLSTM",
     "asarray",
     "cu_seqlens_to_resets",
@@ -70,6 +96,9 @@ __all__ = [
     "dtype_name",
     "gated_linear_rnn",
     "gated_linear_rnn_initial_state",
+    "gated_linear_rnn_lm",
+    "gated_linear_rnn_lm_initial_state",
+    "gated_linear_rnn_lm_step",
     "gated_linear_rnn_step",
     "gateloop_mh",
     "gateloop_mh_initial_state",
@@ -80,7 +109,14 @@ __all__ = [
     "mingru",
     "mingru_gates",
     "mingru_initial_state",
+    "mingru_lm",
+    "mingru_lm_generate",
+    "mingru_lm_initial_state",
+    "mingru_lm_step",
     "mingru_log_gates",
+    "mingru_stack",
+    "mingru_stack_initial_state",
+    "mingru_stack_step",
     "mingru_step",
     "minlstm",
     "minlstm_gates",

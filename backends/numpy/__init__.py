@@ -6,6 +6,11 @@ from linrec.backends.numpy.gated_linear_rnn import (
     gated_linear_rnn_initial_state,
     gated_linear_rnn_step,
 )
+from linrec.backends.numpy.gated_linear_rnn_lm import (
+    gated_linear_rnn_lm,
+    gated_linear_rnn_lm_initial_state,
+    gated_linear_rnn_lm_step,
+)
 from linrec.backends.numpy.gateloop_mh import (
     gateloop_mh,
     gateloop_mh_initial_state,
@@ -17,6 +22,18 @@ from linrec.backends.numpy.mingru import (
     mingru_initial_state,
     mingru_log_gates,
     mingru_step,
+)
+from linrec.backends.numpy.mingru_lm import (
+    MinGRULMState,
+    mingru_lm,
+    mingru_lm_generate,
+    mingru_lm_initial_state,
+    mingru_lm_step,
+)
+from linrec.backends.numpy.mingru_stack import (
+    mingru_stack,
+    mingru_stack_initial_state,
+    mingru_stack_step,
 )
 from linrec.backends.numpy.minlstm import (
     minlstm,
@@ -48,12 +65,16 @@ __all__ = [
     "LOG_METHODS",
     "METHODS",
     "NAME",
+    "MinGRULMState",
     "asarray",
     "cu_seqlens_to_resets",
     "describe",
     "dtype_name",
     "gated_linear_rnn",
     "gated_linear_rnn_initial_state",
+    "gated_linear_rnn_lm",
+    "gated_linear_rnn_lm_initial_state",
+    "gated_linear_rnn_lm_step",
     "gated_linear_rnn_step",
     "gateloop_mh",
     "gateloop_mh_initial_state",
@@ -64,7 +85,14 @@ __all__ = [
     "mingru",
     "mingru_gates",
     "mingru_initial_state",
+    "mingru_lm",
+    "mingru_lm_generate",
+    "mingru_lm_initial_state",
+    "mingru_lm_step",
     "mingru_log_gates",
+    "mingru_stack",
+    "mingru_stack_initial_state",
+    "mingru_stack_step",
     "mingru_step",
     "minlstm",
     "minlstm_gates",

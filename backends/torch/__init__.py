@@ -1,5 +1,5 @@
 """The PyTorch backend: every method differentiable (the backward is a reverse scan), ``torch.compile``-able,
-layer functions and ``nn.Module`` s."""
+layer and model functions and ``nn.Module`` s."""
 
 from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy
 from linrec.backends.torch.autodiff import vjp
@@ -9,6 +9,13 @@ from linrec.backends.torch.gated_linear_rnn import (
     gated_linear_rnn,
     gated_linear_rnn_initial_state,
     gated_linear_rnn_step,
+)
+from linrec.backends.torch.gated_linear_rnn_lm import (
+    GatedLinearRNNLM,
+    GateLoopLM,
+    gated_linear_rnn_lm,
+    gated_linear_rnn_lm_initial_state,
+    gated_linear_rnn_lm_step,
 )
 from linrec.backends.torch.gateloop_mh import (
     GateLoopMH,
@@ -23,6 +30,20 @@ from linrec.backends.torch.mingru import (
     mingru_initial_state,
     mingru_log_gates,
     mingru_step,
+)
+from linrec.backends.torch.mingru_lm import (
+    MinGRULM,
+    MinGRULMState,
+    mingru_lm,
+    mingru_lm_generate,
+    mingru_lm_initial_state,
+    mingru_lm_step,
+)
+from linrec.backends.torch.mingru_stack import (
+    MinGRUStack,
+    mingru_stack,
+    mingru_stack_initial_state,
+    mingru_stack_step,
 )
 from linrec.backends.torch.minlstm import (
     MinLSTM,
@@ -58,9 +79,14 @@ __all__ = [
     "NAME",
     "AgreementReport",
     "GateLoop",
+    "GateLoopLM",
     "GateLoopMH",
     "GatedLinearRNN",
+    "GatedLinearRNNLM",
     "MinGRU",
+    "MinGRULM",
+    "MinGRULMState",
+    "MinGRUStack",
     "MinLSTM",
     "asarray",
     "cu_seqlens_to_resets",
@@ -68,6 +94,9 @@ __all__ = [
     "dtype_name",
     "gated_linear_rnn",
     "gated_linear_rnn_initial_state",
+    "gated_linear_rnn_lm",
+    "gated_linear_rnn_lm_initial_state",
+    "gated_linear_rnn_lm_step",
     "gated_linear_rnn_step",
     "gateloop_mh",
     "gateloop_mh_initial_state",
@@ -78,7 +107,14 @@ __all__ = [
     "mingru",
     "mingru_gates",
     "mingru_initial_state",
+    "mingru_lm",
+    "mingru_lm_generate",
+    "mingru_lm_initial_state",
+    "mingru_lm_step",
     "mingru_log_gates",
+    "mingru_stack",
+    "mingru_stack_initial_state",
+    "mingru_stack_step",
     "mingru_step",
     "minlstm",
     "minlstm_gates",

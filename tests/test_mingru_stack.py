@@ -1,0 +1,314 @@
+"""minGRU stack (nn.GRU-like): config, reference, the NNX and torch modules (dropout, batch_first, state), cases."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import types
+from functools import cache
+
+import numpy as np
+import pytest
+
+from linrec.conformance import mingru_stack_cases as stack_cases
+from linrec.spec import mingru_stack as spec
+from linrec.spec.mingru_stack import MinGRUStackConfig
+
+CONFIGS = {name: MinGRUStackConfig(**kw) for name, kw in stack_cases.CONFIGS.items()}
+JAX_CONFIG = "cheind"
+
+
+def _problem(cfg, seed=0):
+    p = stack_cases.make_problem(cfg, seed, "float32")
+    return p.params, p.x, p.h0
+
+
+# --- spec -----------------------------------------------------------------------------------------------------
+
+
+def test_hidden_sizes_like_nn_gru():
+    assert MinGRUStackConfig.create(3, 8).hidden_sizes == (8,)
+    assert MinGRUStackConfig.create(3, 8, num_layers=3).hidden_sizes == (8, 8, 8)
+    cfg = MinGRUStackConfig.create(3, [8, 6], num_layers=2)
+    assert (cfg.num_layers, cfg.output_size, cfg.layer_input_size(1)) == (2, 6, 8)
+    with pytest.raises(ValueError, match="num_layers"):
+        MinGRUStackConfig.create(3, [8, 6], num_layers=3)
+    with pytest.raises(ValueError, match="num_layers"):
+        MinGRUStackConfig.create(3, 8, num_layers=0)
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    (dict(input_size=0), "input_size"), (dict(hidden_sizes=()), "hidden_sizes"),
+    (dict(hidden_sizes=(4, 0)), "hidden_sizes"), (dict(dropout=1.0), "dropout"), (dict(dropout=-0.1), "dropout"),
+    (dict(residual="yes"), "residual"), (dict(norm_eps=0.0), "norm_eps"), (dict(candidate="relu"), "candidate"),
+])
+def test_config_rejects_bad_fields(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        MinGRUStackConfig(**{"input_size": 3, "hidden_sizes": (4,), **kwargs})
+
+
+def test_param_table():
+    cfg = CONFIGS["cheind"]  # 3 -> 5 -> 5 -> 4, residual, norm
+    assert spec.param_shapes(cfg) == {
+        "layers.0.norm.scale": (3,), "layers.0.norm.bias": (3,),
+        "layers.0.mingru.proj.kernel": (3, 10), "layers.0.mingru.proj.bias": (10,),
+        "layers.0.res_align.kernel": (3, 5),
+        "layers.1.norm.scale": (5,), "layers.1.norm.bias": (5,),
+        "layers.1.mingru.proj.kernel": (5, 10), "layers.1.mingru.proj.bias": (10,),  # 5 -> 5: identity residual
+        "layers.2.norm.scale": (5,), "layers.2.norm.bias": (5,),
+        "layers.2.mingru.proj.kernel": (5, 8), "layers.2.mingru.proj.bias": (8,),
+        "layers.2.res_align.kernel": (5, 4),
+    }
+    params = spec.init_params(cfg, seed=1, dtype="float64")
+    assert np.all(params["layers.1.norm.scale"] == 1) and not params["layers.2.mingru.proj.bias"].any()
+    assert np.abs(params["layers.0.res_align.kernel"]).max() <= 1 / np.sqrt(3)
+
+
+def test_reference_matches_hand_composition():
+    """Two layers, residual + norm, by hand from the minGRU reference."""
+    from linrec.spec import mingru as mingru_spec
+
+    cfg = CONFIGS["cheind"]
+    params, x, h0 = _problem(cfg)
+    params = {k: v.astype(np.float64) for k, v in params.items()}
+    x, h0 = x.astype(np.float64), tuple(h.astype(np.float64) for h in h0)
+    y, state = spec.forward(params, x, cfg, h0)
+    inp = x
+    for l in range(cfg.num_layers):
+        p = spec.sub_params(params, f"layers.{l}.")
+        z = spec.layer_norm(inp, p["norm.scale"], p["norm.bias"], cfg.norm_eps)
+        out, h = mingru_spec.forward(spec.sub_params(p, "mingru."), z, cfg.layer_config(l), h0[l])
+        np.testing.assert_allclose(state[l], h, rtol=1e-12)
+        inp = out + (inp @ p["res_align.kernel"] if "res_align.kernel" in p else inp)
+    np.testing.assert_allclose(y, inp, rtol=1e-12)
+    y_step, state_step = spec.step(params, x[:, 0], h0, cfg)
+    np.testing.assert_allclose(y_step, spec.forward(params, x[:, :1], cfg, h0)[0][:, 0], rtol=1e-12)
+    assert len(state_step) == cfg.num_layers
+
+
+# --- conformance ---------------------------------------------------------------------------------------------
+
+
+@cache
+def _backend(name: str) -> types.SimpleNamespace:
+    pkg = importlib.import_module(f"linrec.backends.{name}")
+    mod = importlib.import_module(f"linrec.backends.{name}.mingru_stack")
+    ns = types.SimpleNamespace(**{k: getattr(pkg, k) for k in dir(pkg) if not k.startswith("__")})
+    ns.__dict__.update({k: getattr(mod, k) for k in mod.__all__})
+    if name != "numpy" and not hasattr(ns, "vjp"):
+        ns.vjp = importlib.import_module(f"linrec.backends.{name}.autodiff").vjp
+    return ns
+
+
+def _selected(backend: str, case_id: str) -> bool:
+    if backend != "jax" or os.environ.get("LINREC_FULL_CONFORMANCE"):
+        return True
+    if "/bad-input/" in case_id:
+        return case_id.endswith(("state-not-a-tuple", "state-wrong-width", "x-wrong-features"))
+    if "/gradient/" in case_id:
+        return case_id.endswith(f"/{JAX_CONFIG}[auto,float64]")
+    skipped = ("[associative,", "[chunked,", "[sequential,", "[native,", "float64]", "[log,")
+    return f"/{JAX_CONFIG}[" in case_id and not any(m in case_id for m in skipped)
+
+
+def _case_params():
+    out = []
+    for name in ("numpy", "jax", "torch"):
+        if importlib.util.find_spec("numpy" if name == "numpy" else name) is None:
+            continue
+        for case in stack_cases.cases(_backend(name)):
+            if _selected(name, case.id):
+                out.append(pytest.param(name, case.id, id=f"{name}:{case.id}"))
+    return out
+
+
+@pytest.mark.parametrize(("backend_name", "case_id"), _case_params())
+def test_conformance_case(backend_name, case_id):
+    backend = _backend(backend_name)
+    case = {c.id: c for c in stack_cases.cases(backend)}[case_id]
+    missing = [r for r in case.requires if not hasattr(backend, r)]
+    if missing:
+        pytest.skip(f"{backend_name} has no {missing} (unsupported by design)")
+    outcome = case.fn(backend)
+    assert outcome.passed, outcome.detail
+
+
+def test_case_ids_unique():
+    ids = [c.id for c in stack_cases.cases(_backend("numpy"))]
+    assert len(ids) == len(set(ids)) and all(i.startswith("mingru_stack/") for i in ids)
+
+
+# --- JAX / Flax NNX --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jx():
+    pytest.importorskip("jax")
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    mod = importlib.import_module("linrec.backends.jax.mingru_stack")
+    return types.SimpleNamespace(jax=jax, jnp=jnp, nnx=nnx, mod=mod)
+
+
+def test_nnx_module_matches_reference_and_batch_first(jx):
+    cfg = CONFIGS[JAX_CONFIG]
+    params, x, h0 = _problem(cfg)
+    model = jx.mod.MinGRUStack.from_canonical(cfg, params)
+    assert model.config == cfg
+    canon = model.canonical_params()
+    assert set(canon) == set(params) and all(np.array_equal(canon[k], params[k]) for k in params)
+    y, h = model(x, h0)  # training mode, but dropout is 0
+    y_ref, h_ref = spec.forward({k: v.astype(np.float64) for k, v in params.items()}, x.astype(np.float64), cfg,
+                                tuple(s.astype(np.float64) for s in h0))
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=2e-4, atol=2e-4)
+    assert isinstance(h, tuple) and [s.shape for s in h] == [(2, 5), (2, 5), (2, 4)]
+    for got, want in zip(h, h_ref):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
+    seq_first = jx.mod.MinGRUStack.from_canonical(cfg, params, batch_first=False)
+    y_t, _ = seq_first(np.swapaxes(x, 0, 1), h0)
+    np.testing.assert_allclose(np.swapaxes(np.asarray(y_t), 0, 1), np.asarray(y), rtol=1e-6, atol=1e-6)
+    # the nn.GRU-like constructor
+    fresh = jx.mod.MinGRUStack(3, 6, num_layers=2, residual=True, norm=True, rngs=jx.nnx.Rngs(0))
+    assert fresh.config.hidden_sizes == (6, 6)
+    assert set(fresh.canonical_params()) == set(spec.param_shapes(fresh.config))
+    assert [s.shape for s in fresh.initial_state(4)] == [(4, 6), (4, 6)]
+
+
+def test_nnx_dropout_train_and_eval(jx):
+    jax, jnp, nnx = jx.jax, jx.jnp, jx.nnx
+    cfg = MinGRUStackConfig(input_size=3, hidden_sizes=(16, 16), dropout=0.5)
+    params = spec.init_params(cfg, seed=2)
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype(np.float32)
+    model = jx.mod.MinGRUStack.from_canonical(cfg, params, rngs=nnx.Rngs(dropout=3))
+    y1, _ = model(x)
+    y2, _ = model(x)
+    assert not np.allclose(y1, y2)  # training mode: a fresh mask per call
+    model.eval()
+    y_eval, _ = model(x)
+    y_ref, _ = spec.forward(params, x, cfg)
+    np.testing.assert_allclose(np.asarray(y_eval), y_ref, rtol=2e-4, atol=2e-4)
+    model.train()
+    assert not np.allclose(model(x)[0], y_eval)
+    # inverted dropout: survivors scaled by 1/(1-p), about p of them zeroed
+    z = jnp.ones((200, 50), jnp.float32)
+    dropped = np.asarray(jx.mod._dropout(z, 0.25, jax.random.key(0)))
+    assert set(np.unique(dropped)) == {0.0, np.float32(1 / 0.75)}
+    assert np.mean(dropped == 0) == pytest.approx(0.25, abs=0.02)
+    # a single layer has no layer after it: dropout never applies
+    one = MinGRUStackConfig(input_size=3, hidden_sizes=(4,), dropout=0.5)
+    p1 = spec.init_params(one)
+    np.testing.assert_allclose(jx.mod.mingru_stack(p1, x, config=one, dropout_rng=jax.random.key(1))[0],
+                               jx.mod.mingru_stack(p1, x, config=one)[0])
+
+
+def test_jax_jit_grad_and_remat(jx):
+    jax, jnp = jx.jax, jx.jnp
+    cfg = CONFIGS[JAX_CONFIG]
+    params, x, h0 = _problem(cfg)
+    params = {k: jnp.asarray(v) for k, v in params.items()}
+
+    def loss(p, remat=False):
+        y, h = jx.mod.mingru_stack(p, x, config=cfg, initial_state=h0, remat=remat)
+        return jnp.sum(y ** 2) + sum(jnp.sum(s) for s in h)
+
+    grads = jax.jit(jax.grad(loss))(params)
+    grads_remat = jax.jit(jax.grad(lambda p: loss(p, True)))(params)
+    for name in params:
+        np.testing.assert_allclose(grads_remat[name], grads[name], rtol=1e-5, atol=1e-6)
+
+
+# --- PyTorch ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tt():
+    torch = pytest.importorskip("torch")
+    mod = importlib.import_module("linrec.backends.torch.mingru_stack")
+    return types.SimpleNamespace(torch=torch, mod=mod)
+
+
+def test_torch_module_matches_reference_and_interface(tt):
+    torch = tt.torch
+    cfg = CONFIGS["cheind"]
+    params, x, h0 = _problem(cfg)
+    model = tt.mod.MinGRUStack.from_canonical(cfg, params)
+    canon = model.canonical_params()
+    assert all(np.array_equal(canon[k], params[k]) for k in params)
+    assert set(model.state_dict()) == {
+        "layers.0.norm.weight", "layers.0.norm.bias", "layers.0.mingru.proj.weight", "layers.0.mingru.proj.bias",
+        "layers.0.res_align.weight", "layers.1.norm.weight", "layers.1.norm.bias", "layers.1.mingru.proj.weight",
+        "layers.1.mingru.proj.bias", "layers.2.norm.weight", "layers.2.norm.bias", "layers.2.mingru.proj.weight",
+        "layers.2.mingru.proj.bias", "layers.2.res_align.weight"}
+    x_t = torch.as_tensor(x)
+    h0_t = tuple(torch.as_tensor(s) for s in h0)
+    with torch.no_grad():
+        y, h = model(x_t, h0_t)
+        y_ref, _ = spec.forward({k: v.astype(np.float64) for k, v in params.items()}, x.astype(np.float64), cfg,
+                                tuple(s.astype(np.float64) for s in h0))
+        np.testing.assert_allclose(y.numpy(), y_ref, rtol=2e-4, atol=2e-4)
+        # carry the state: two calls == one
+        y1, h1 = model(x_t[:, :3], h0_t)
+        y2, h2 = model(x_t[:, 3:], h1)
+        torch.testing.assert_close(torch.cat([y1, y2], 1), y)
+        for a, b in zip(h2, h):
+            torch.testing.assert_close(a, b)
+        seq_first = tt.mod.MinGRUStack.from_canonical(cfg, params, batch_first=False)
+        torch.testing.assert_close(seq_first(x_t.transpose(0, 1), h0_t)[0].transpose(0, 1), y)
+    gru_like = tt.mod.MinGRUStack(3, 8, num_layers=2, dropout=0.1, residual=True)
+    assert gru_like.config.hidden_sizes == (8, 8) and gru_like.training
+    assert not gru_like.layers[0].mingru.proj.bias.any()  # spec init: zero biases
+
+
+def test_torch_dropout_remat_and_compile(tt):
+    torch = tt.torch
+    cfg = MinGRUStackConfig(input_size=3, hidden_sizes=(16, 16), dropout=0.5, norm=True)
+    params = spec.init_params(cfg, seed=2)
+    x = torch.randn(2, 5, 3)
+    model = tt.mod.MinGRUStack.from_canonical(cfg, params)
+    torch.manual_seed(0)
+    assert not torch.allclose(model(x)[0], model(x)[0])
+    model.eval()
+    with torch.no_grad():
+        y_eval = model(x)[0]
+    np.testing.assert_allclose(y_eval.numpy(), spec.forward(params, x.numpy(), cfg)[0], rtol=2e-4, atol=2e-4)
+    model.remat = True
+    model(x)[0].square().sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.remat = False
+    model(x)[0].square().sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n])
+    compiled = torch.compile(model, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x)[0], y_eval)
+
+
+def test_torch_bad_input(tt):
+    torch = tt.torch
+    model = tt.mod.MinGRUStack(3, [4, 5])
+    with pytest.raises(ValueError, match="input_size"):
+        model(torch.zeros(2, 4, 2))
+    with pytest.raises(ValueError, match="one array per layer"):
+        model(torch.zeros(2, 4, 3), (torch.zeros(2, 4),))
+    with pytest.raises(ValueError, match=r"state\[1\]"):
+        model(torch.zeros(2, 4, 3), (torch.zeros(2, 4), torch.zeros(2, 4)))
+    with pytest.raises(ValueError, match="num_layers"):
+        tt.mod.MinGRUStack(3, [4, 5], num_layers=3)
+
+
+def test_verify_agreement(jx, tt):
+    from linrec.backends.jax.verify import verify_agreement as jax_verify
+    from linrec.backends.torch.verify import verify_agreement as torch_verify
+
+    cfg = CONFIGS[JAX_CONFIG]
+    params, x, h0 = _problem(cfg)
+    jm = jx.mod.MinGRUStack.from_canonical(cfg, params)
+    tm = tt.mod.MinGRUStack.from_canonical(cfg, params).eval()
+    assert jax_verify(jm, jx.jnp.asarray(x), initial_state=h0).ok
+    with tt.torch.no_grad():
+        report = torch_verify(tm, tt.torch.as_tensor(x))
+    assert report.ok, str(report)
