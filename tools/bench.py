@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -27,11 +29,13 @@ import numpy as np
 __all__ = [
     "Timing",
     "bandwidth_probe",
+    "benchmarks_dir",
     "best_bandwidth",
     "c_loop_scan",
     "current_rss_bytes",
     "fit_exponent",
     "jax_sync",
+    "load_benchmark",
     "machine_info",
     "markdown_table",
     "peak_rss_bytes",
@@ -51,20 +55,14 @@ class Timing:
 
 
 def time_call(fn: Callable[[], object], *, sync: Callable[[object], object] = lambda x: x, repeat: int = 5,
-              warmup: int = 1, budget: float = 20.0, slow: float | None = None) -> Timing:
+              warmup: int = 1, budget: float = 20.0) -> Timing:
     """Median and best wall time of ``sync(fn())`` over ``repeat`` runs after ``warmup`` (compilation).
 
     Stops early once the timed runs have taken ``budget`` seconds (at least one run is always timed).
-    ``slow``: when the first warm-up call alone takes longer than this many seconds, that call is the
-    measurement (one run): for work far off the roofline, a second run would only cost time.
-    Compile JAX functions ahead of time (``jax.jit(f).lower(...).compile()``) so no call includes compilation.
+    Compile JAX functions ahead of time (``jax.jit(f).lower(...).compile()``) to keep compilation out of every call.
     """
-    for i in range(warmup):
-        start = time.perf_counter()
+    for _ in range(warmup):
         sync(fn())
-        elapsed = time.perf_counter() - start
-        if i == 0 and slow is not None and elapsed > slow:
-            return Timing(elapsed, elapsed, 1)
     times: list[float] = []
     start_all = time.perf_counter()
     for _ in range(repeat):
@@ -152,8 +150,28 @@ def c_loop_scan(a: np.ndarray, b: np.ndarray, h0: np.ndarray, h: np.ndarray, fin
 # --- memory -------------------------------------------------------------------------------------------------
 
 
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (``getrusage().ru_maxrss``; KiB on Linux, bytes on macOS)."""
+    """Peak resident set size of this process: ``VmHWM`` of ``/proc/self/status`` where there is one, else
+    ``getrusage().ru_maxrss`` (KiB on Linux, bytes on macOS).
+
+    ``VmHWM`` first because on Linux ``ru_maxrss`` of an ``exec``-ed child starts at its parent's peak (the forked
+    address space's high-water mark is carried over at ``exec``), and :func:`reset_peak_rss` does not lower it: a
+    subprocess started by a process that once held 4 GB would report a 4 GB peak.
+    """
+    hwm = _proc_status_kib("VmHWM")
+    if hwm is not None:
+        return hwm * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
@@ -281,3 +299,37 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) ->
     for row in rows:
         lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --- the benchmark scripts ----------------------------------------------------------------------------------
+
+
+def benchmarks_dir() -> Path | None:
+    """``benchmarks/`` of the source checkout this package runs from (it is not part of the wheel), or ``None``."""
+    here = Path(__file__).resolve().parent.parent / "benchmarks"
+    return here if (here / "scan.py").is_file() else None
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """Import ``benchmarks/<name>.py`` (``scan``, ``layers``, ``memory``, ``run_all``) by path.
+
+    Raises ``FileNotFoundError`` outside a source checkout (the scripts are not installed with the package).
+    """
+    import importlib.util
+
+    root = benchmarks_dir()
+    if root is None or not (root / f"{name}.py").is_file():
+        raise FileNotFoundError(f"benchmarks/{name}.py not found: the benchmark scripts live in linrec's source "
+                                "tree (git checkout), not in the installed package")
+    key = f"linrec_benchmarks_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, root / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    return module

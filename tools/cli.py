@@ -68,6 +68,7 @@ def _cmd_golden(args: argparse.Namespace) -> int:
 _DELEGATED = {
     "convert": ("linrec.tools.convert", "convert_main", "convert a checkpoint between formats and frameworks"),
     "inspect": ("linrec.tools.convert", "inspect_main", "print a checkpoint's model, config and tensor table"),
+    "bench": ("linrec.tools.bench_cli", "main", "benchmarks (scan, layers, memory) as ratios measured in one run"),
     "train": ("linrec.tools.cli", "_train_main", "train a model on a task: linrec train selective-copy --backend jax"),
 }
 _TASKS = {"selective-copy": "linrec.tools.selective_copy"}

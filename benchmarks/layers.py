@@ -1,0 +1,463 @@
+"""Layer benchmark: training-step throughput, peak memory and decode latency, linrec against the originals.
+
+Shape legend: ``B`` batch, ``T`` time, ``D`` ``d_model``.
+
+Layers, each on one configuration shared by linrec and the original (the mapping of ``spec/gateloop_mh.md`` §9 and
+``linrec.tools.originals``; ``tests/test_bench.py`` checks it against the importers):
+
+- GatedLinearRNN ``(d_model=D, d_h=D)``: linrec (JAX, PyTorch) vs ``flax-gated-linear-rnn`` ``GatedLinearRNN`` (JAX).
+- minGRU ``(D)`` (``candidate="g"``, no bias, no output projection): linrec vs ``mingru-pytorch`` ``minGRU`` (PyTorch).
+- GateLoop, one SISO head per channel: linrec ``gateloop_mh`` (``num_heads=D, d_key=d_value=1``) vs
+  ``gateloop-transformer`` ``SimpleGateLoopLayer(D, prenorm=False)`` (PyTorch). linrec computes the same function
+  through its general multi-head layer, so it also runs a ``v_proj`` and an ``out_proj`` (two extra ``D×D`` products)
+  that the original does not have.
+
+Training step: forward and backward of ``y.sum()`` with respect to every parameter and ``x`` (JAX: ``jax.grad``
+jitted, compiled ahead of time; PyTorch: eager ``torch.autograd.grad``), linrec on its default path
+(``method="auto"``), the originals on their parallel path. Peak memory: the rise of the process's peak RSS during
+one step above the RSS before it (``/proc/self/clear_refs`` resets the peak after warm-up and compilation).
+Decode: one token per call at ``B=1`` (linrec: the module's ``step`` jitted in JAX, eager in PyTorch; originals:
+their ``T=1`` paths with a carried state, the flax one jitted), synchronised after every token.
+
+Every (layer, implementation) runs in its own subprocess, so frameworks do not share threads or memory.
+
+Run: ``python benchmarks/layers.py [--quick] [--out DIR]`` or ``linrec bench layers``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linrec.tools import bench
+
+COLUMNS = ["layer", "implementation", "T", "step ms", "tokens/s", "peak MB", "speedup vs original", "note"]
+DECODE_COLUMNS = ["layer", "implementation", "decode µs/token", "speedup vs original", "note"]
+FULL = {"B": 4, "D": 256, "T": (1024, 4096), "decode_tokens": 200}
+QUICK = {"B": 2, "D": 32, "T": (64,), "decode_tokens": 20}
+#: Targets (benchmarks/README.md).
+TRAIN_TARGET, TRAIN_TARGET_T, DECODE_TARGET = 10.0, 4096, 5.0
+RESULTS = Path(__file__).resolve().parent / "results"
+
+LAYERS = {
+    "gated_linear_rnn": ("GatedLinearRNN", "flax-gated-linear-rnn GatedLinearRNN (jax)", "flax_gated_linear_rnn"),
+    "mingru": ("minGRU", "mingru-pytorch minGRU (torch)", "minGRU_pytorch"),
+    "gateloop_mh": ("GateLoop (SISO heads)", "gateloop-transformer SimpleGateLoopLayer (torch)",
+                    "gateloop_transformer"),
+}
+IMPLS = ("linrec jax", "linrec torch", "original")
+
+
+def linrec_config(layer: str, d: int):
+    """The linrec config equal to the original's default configuration at ``d_model = d``."""
+    if layer == "gated_linear_rnn":
+        from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
+
+        return GatedLinearRNNConfig(d_model=d, d_h=d)
+    if layer == "mingru":
+        from linrec.spec.mingru import MinGRUConfig
+
+        return MinGRUConfig(d_model=d, candidate="g", bias=False, default_state=0.0, out_proj=False)
+    if layer == "gateloop_mh":
+        from linrec.spec.gateloop_mh import GateLoopMHConfig
+
+        return GateLoopMHConfig(d_model=d, num_heads=d, d_key=1, d_value=1, qkv_bias=True, gate="real",
+                                gate_granularity="key")
+    raise ValueError(f"unknown layer {layer!r}")
+
+
+def _linrec_params(layer: str, cfg) -> dict[str, np.ndarray]:
+    from importlib import import_module
+
+    return import_module(f"linrec.spec.{layer}").init_params(cfg, seed=0)
+
+
+# --- implementations: each returns (train(x) -> (fn, sync), decode() -> (step_fn, sync)) --------------------
+
+
+def _module_class(layer: str, backend: str):
+    from importlib import import_module
+
+    name = {"gated_linear_rnn": "GatedLinearRNN", "mingru": "MinGRU", "gateloop_mh": "GateLoopMH"}[layer]
+    return getattr(import_module(f"linrec.backends.{backend}.{layer}"), name)
+
+
+def _linrec_jax(layer: str, D: int):
+    import jax
+    from flax import nnx
+
+    cfg = linrec_config(layer, D)
+    module = _module_class(layer, "jax").from_canonical(cfg, _linrec_params(layer, cfg))
+    graphdef, state = nnx.split(module)
+
+    def loss(state, x):
+        return nnx.merge(graphdef, state)(x)[0].sum()
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+    def train(x_np):
+        x = jax.device_put(x_np)
+        compiled = grad.lower(state, x).compile()
+        return (lambda: compiled(state, x)), bench.jax_sync
+
+    # the parameters as a flat list of arrays: a jitted call then flattens no nnx.State per token
+    leaves, treedef = jax.tree.flatten(state)
+    step = jax.jit(lambda leaves, x_t, h: nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)).step(x_t, h))
+
+    def decode(xs):
+        h0 = module.initial_state(1)
+        xs = [jax.device_put(x) for x in xs]
+        compiled = step.lower(leaves, xs[0], h0).compile()
+
+        def run():
+            h = h0
+            for x_t in xs:
+                y, h = compiled(leaves, x_t, h)
+                jax.block_until_ready(y)
+            return h
+
+        return run, bench.jax_sync
+
+    return train, decode
+
+
+def _linrec_torch(layer: str, D: int):
+    import torch
+
+    cfg = linrec_config(layer, D)
+    module = _module_class(layer, "torch").from_canonical(cfg, _linrec_params(layer, cfg))
+    params = list(module.parameters())
+
+    def train(x_np):
+        x = torch.from_numpy(x_np).requires_grad_(True)
+
+        def run():
+            y, _ = module(x)
+            return torch.autograd.grad(y.sum(), [*params, x])
+
+        return run, lambda r: r
+
+    def decode(xs):
+        xs = [torch.from_numpy(x) for x in xs]
+        h0 = module.initial_state(1)
+
+        def run():
+            h = h0
+            with torch.no_grad():
+                for x_t in xs:
+                    _, h = module.step(x_t, h)
+            return h
+
+        return run, lambda r: r
+
+    return train, decode
+
+
+def _original_glrnn(D: int):
+    import jax
+    from flax_gated_linear_rnn import GatedLinearRNN
+
+    layer = GatedLinearRNN(d_model=D, d_h=D)
+    variables = layer.init(jax.random.PRNGKey(0), np.zeros((1, 4, D), np.float32))
+    grad = jax.jit(jax.grad(lambda v, x: layer.apply(v, x)[1].sum(), argnums=(0, 1)))
+
+    def train(x_np):
+        x = jax.device_put(x_np)
+        compiled = grad.lower(variables, x).compile()
+        return (lambda: compiled(variables, x)), bench.jax_sync
+
+    step = jax.jit(lambda v, x_t, carry: layer.apply(v, x_t, carry=carry))
+
+    def decode(xs):
+        xs = [jax.device_put(x[:, None]) for x in xs]  # (1, 1, D): its T=1 path with a carry
+        h0 = jax.numpy.zeros((1, D), np.float32)
+        compiled = step.lower(variables, xs[0], h0).compile()
+
+        def run():
+            h = h0
+            for x_t in xs:
+                h, y = compiled(variables, x_t, h)
+                jax.block_until_ready(y)
+            return h
+
+        return run, bench.jax_sync
+
+    return train, decode
+
+
+def _original_torch(make: Callable[[], Any], decode_call: Callable, state0: Callable):
+    import torch
+
+    torch.manual_seed(0)
+    layer = make()
+    params = list(layer.parameters())
+
+    def train(x_np):
+        x = torch.from_numpy(x_np).requires_grad_(True)
+
+        def run():
+            return torch.autograd.grad(layer(x).sum(), [*params, x])
+
+        return run, lambda r: r
+
+    def decode(xs):
+        xs = [torch.from_numpy(x[:, None]) for x in xs]
+
+        def run():
+            state = state0()
+            with torch.no_grad():
+                for x_t in xs:
+                    state = decode_call(layer, x_t, state)
+            return state
+
+        return run, lambda r: r
+
+    return train, decode
+
+
+def _original(layer: str, D: int):
+    if layer == "gated_linear_rnn":
+        return _original_glrnn(D)
+    if layer == "mingru":
+        import torch
+        from minGRU_pytorch import minGRU
+
+        return _original_torch(lambda: minGRU(D),
+                               lambda m, x, h: m(x, prev_hidden=h, return_next_prev_hidden=True)[1],
+                               lambda: torch.zeros(1, 1, D))
+    if layer == "gateloop_mh":
+        from gateloop_transformer.simplified_gate_loop import SimpleGateLoopLayer
+
+        return _original_torch(lambda: SimpleGateLoopLayer(D, prenorm=False),
+                               lambda m, x, cache: m(x, cache=cache, return_cache=True)[1],
+                               lambda: None)
+    raise ValueError(f"unknown layer {layer!r}")
+
+
+def _build(layer: str, impl: str, D: int):
+    if impl == "linrec jax":
+        return _linrec_jax(layer, D)
+    if impl == "linrec torch":
+        return _linrec_torch(layer, D)
+    return _original(layer, D)
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One (layer, implementation): training step at every T, then decode. Run in a fresh process."""
+    layer, impl, B, D = spec["layer"], spec["impl"], spec["B"], spec["D"]
+    repeat, budget = spec.get("repeat", 5), spec.get("budget", 3.0)
+    train, decode = _build(layer, impl, D)
+    rng = np.random.default_rng(0)
+    out: dict[str, Any] = {"train": []}
+    for T in spec["T"]:
+        x = rng.standard_normal((B, T, D), dtype=np.float32)
+        fn, sync = train(x)
+        timing = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1)
+        if spec.get("gc", True):  # (slow in a process holding both frameworks: the in-process smoke run skips it)
+            gc.collect()
+        base = bench.current_rss_bytes()
+        clean = bench.reset_peak_rss()
+        if not clean:
+            base = bench.peak_rss_bytes()  # without a reset the peak includes warm-up; report the rise over it
+        sync(fn())
+        peak = max(0, bench.peak_rss_bytes() - base)
+        out["train"].append({"T": T, "step_s": timing.best, "peak_bytes": peak, "peak_reset": clean})
+        del fn, x
+    xs = [rng.standard_normal((1, D), dtype=np.float32) for _ in range(spec["decode_tokens"])]
+    fn, sync = decode(xs)
+    timing = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1)
+    out["decode_s_per_token"] = timing.best / len(xs)
+    return out
+
+
+def _in_process(fn: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return fn(spec)
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _framework(layer: str, impl: str) -> str:
+    if impl.startswith("linrec"):
+        return impl.split()[1]
+    return "jax" if layer == "gated_linear_rnn" else "torch"
+
+
+def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tuple[str, ...] | None = None,
+        repeat: int = 5, budget: float = 3.0, progress: Callable[[str], None] | None = None,
+        timeout: float = 600.0, isolate: bool = True) -> dict[str, Any]:
+    """Run every (layer, implementation) in a subprocess; returns ``{"rows", "decode", "meta", "targets"}``.
+
+    ``isolate=False`` runs them in this process instead (a fast smoke run: the numbers then share one process).
+    """
+    sizes = dict(sizes or (QUICK if quick else FULL))
+    say = progress or (lambda s: None)
+    rows: list[dict[str, Any]] = []
+    decode: list[dict[str, Any]] = []
+    for layer in layers or tuple(LAYERS):
+        title, original_name, original_module = LAYERS[layer]
+        results: dict[str, dict[str, Any]] = {}
+        for impl in IMPLS:
+            label = original_name if impl == "original" else impl
+            framework = _framework(layer, impl)
+            missing = [m for m in ((original_module,) if impl == "original" else ()) + (framework,)
+                       if not _installed(m)]
+            if missing:
+                results[impl] = {"error": f"not installed ({', '.join(missing)})"}
+            else:
+                spec = {"layer": layer, "impl": impl, "B": sizes["B"], "D": sizes["D"], "T": list(sizes["T"]),
+                        "decode_tokens": sizes["decode_tokens"], "repeat": repeat, "budget": budget, "gc": isolate}
+                results[impl] = (bench.run_json_subprocess([__file__, "--worker", json.dumps(spec)],
+                                                           timeout=timeout, env=bench.MEMORY_ENV)
+                                 if isolate else _in_process(worker, spec))
+            say(f"{layer} {label}: {results[impl]}")
+        original = results["original"]
+        for T in sizes["T"]:
+            base = next((p for p in original.get("train", []) if p["T"] == T), None)
+            for impl in IMPLS:
+                res = results[impl]
+                label = original_name if impl == "original" else impl
+                row: dict[str, Any] = {"layer": title, "implementation": label, "T": T, "key": layer, "impl": impl}
+                point = next((p for p in res.get("train", []) if p["T"] == T), None)
+                if point is None:
+                    row["note"] = res.get("error", "no result")
+                else:
+                    row.update({"step ms": 1e3 * point["step_s"], "tokens/s": sizes["B"] * T / point["step_s"],
+                                "peak MB": point["peak_bytes"] / 2**20})
+                    if base is not None:
+                        row["speedup vs original"] = base["step_s"] / point["step_s"]
+                    elif impl != "original":
+                        row["note"] = f"original: {original.get('error', 'no result')}"
+                    if not point.get("peak_reset", True):
+                        row["note"] = (row.get("note", "") + " peak includes warm-up").strip()
+                rows.append(row)
+        base_decode = original.get("decode_s_per_token")
+        for impl in IMPLS:
+            res = results[impl]
+            label = original_name if impl == "original" else impl
+            row = {"layer": title, "implementation": label, "key": layer, "impl": impl}
+            if "decode_s_per_token" in res:
+                row["decode µs/token"] = 1e6 * res["decode_s_per_token"]
+                if base_decode:
+                    row["speedup vs original"] = base_decode / res["decode_s_per_token"]
+            else:
+                row["note"] = res.get("error", "no result")
+            decode.append(row)
+    meta = {**sizes, "T": list(sizes["T"]), "dtype": "float32", "quick": quick,
+            "timing": f"best of up to {repeat} runs after 1 warm-up (stopping after {budget} s)"}
+    return {"rows": rows, "decode": decode, "meta": meta, "targets": targets(rows, decode)}
+
+
+def targets(rows: list[dict[str, Any]], decode: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in rows:
+        if r["impl"] != "original" and r["T"] == TRAIN_TARGET_T:
+            ratio = r.get("speedup vs original")
+            out.append({"target": f"{r['layer']} {r['impl']} training step >= {TRAIN_TARGET:g}x original (T={r['T']})",
+                        "measured": "–" if ratio is None else f"{ratio:.2f}x", "ratio": ratio,
+                        "reached": None if ratio is None else ratio >= TRAIN_TARGET})
+    for r in decode:
+        if r["impl"] != "original":
+            ratio = r.get("speedup vs original")
+            out.append({"target": f"{r['layer']} {r['impl']} decode >= {DECODE_TARGET:g}x faster per token",
+                        "measured": "–" if ratio is None else f"{ratio:.2f}x", "ratio": ratio,
+                        "reached": None if ratio is None else ratio >= DECODE_TARGET})
+    return out
+
+
+def report(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    return "\n".join([
+        "# Layer benchmark\n",
+        f"float32, B={meta['B']}, d_model={meta['D']}, T in {meta['T']}; training step = forward + backward of "
+        "`y.sum()` w.r.t. parameters and input (JAX jitted, PyTorch eager); peak MB = rise of the peak RSS during "
+        "one step; speedup = original's step time / this step time. Each implementation ran in its own process. "
+        f"Timing: {meta['timing']}.\n",
+        bench.markdown_table(COLUMNS, result["rows"]),
+        f"\n## Decode (B=1, {meta['decode_tokens']} tokens, synchronised per token)\n",
+        bench.markdown_table(DECODE_COLUMNS, result["decode"]),
+        "\n## Targets\n",
+        bench.markdown_table(["target", "measured", "reached"], result["targets"]),
+    ])
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    layers = list(dict.fromkeys(r["layer"] for r in result["rows"]))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    width = 0.8 / len(IMPLS)
+    T = max(result["meta"]["T"])
+    for k, impl in enumerate(IMPLS):
+        tps = [next((r.get("tokens/s") or 0 for r in result["rows"]
+                     if r["layer"] == layer and r["impl"] == impl and r["T"] == T), 0) for layer in layers]
+        dec = [next((r.get("decode µs/token") or 0 for r in result["decode"]
+                     if r["layer"] == layer and r["impl"] == impl), 0) for layer in layers]
+        xs = np.arange(len(layers)) + (k - 1) * width
+        axes[0].bar(xs, tps, width, label=impl)
+        axes[1].bar(xs, dec, width, label=impl)
+    for ax, title in ((axes[0], f"training tokens/s (T={T}, higher is better)"),
+                      (axes[1], "decode µs/token (B=1, lower is better)")):
+        ax.set_xticks(np.arange(len(layers)))
+        ax.set_xticklabels(layers, fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(result: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "layers.md"
+    md.write_text(report(result))
+    written = [md]
+    if plot(result, out / "layers.png"):
+        written.append(out / "layers.png")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="linrec bench layers", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--out", type=Path, help="directory for layers.md/layers.png (default: benchmarks/results "
+                                                 "for a full run, nothing written for --quick)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    result = run(args.quick, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(report(result))
+    out = args.out or (None if args.quick else RESULTS)
+    if out is not None:
+        for p in write(result, out):
+            print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""Scan benchmark: ``linear_scan`` per backend and method against the roofline and a plain C loop.
+
+Shape legend: ``B`` batch, ``T`` time, ``D`` state width; float32, ``a`` and ``b`` of shape ``(B, T, D)``.
+
+For every backend (NumPy forward only; JAX jitted; PyTorch eager) and method, the forward pass and the forward
+plus backward pass (the VJP of ``h`` for a fixed cotangent: ``jax.vjp`` / ``torch.autograd.grad``) are timed and
+divided by the *roofline* measured in the same run: ``12·B·T·D`` bytes (read ``a`` and ``b``, write ``h``) over
+the best streaming bandwidth of ``linrec.tools.bench.best_bandwidth``. Both passes are divided by the same
+forward roofline. The *C loop* row is the native kernel called through its C ABI with a preallocated output
+(``linrec.tools.bench.c_loop_scan``): what a plain loop costs without any framework around it.
+
+Run: ``python benchmarks/scan.py [--quick] [--out DIR]`` or ``linrec bench scan``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linrec.tools import bench
+
+COLUMNS = ["backend", "method", "T", "fwd ms", "fwd/roofline", "fwd+bwd ms", "(fwd+bwd)/roofline", "fwd/C loop", "note"]
+FULL = {"B": 8, "D": 512, "T": (1024, 4096, 16384)}
+QUICK = {"B": 2, "D": 64, "T": (128, 512)}
+#: Targets (benchmarks/README.md), for T >= TARGET_MIN_T, in jax and torch, best method.
+FWD_TARGET, FWD_BWD_TARGET, TARGET_MIN_T = 1.5, 3.0, 1024
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _inputs(B: int, T: int, D: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``a`` in (0.9, 1), ``b`` in (0.01, 1): positive, so every method (``log`` included) accepts them."""
+    rng = np.random.default_rng(T)
+    a = rng.uniform(0.9, 1.0, (B, T, D)).astype(np.float32)
+    b = rng.uniform(0.01, 1.0, (B, T, D)).astype(np.float32)
+    ct = rng.standard_normal((B, T, D), dtype=np.float32)
+    return a, b, ct
+
+
+def _numpy_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callable]]:
+    from linrec.backends import numpy as backend
+
+    return {m: (lambda m=m: backend.linear_scan(a, b, method=m)[0], None, lambda x: x) for m in backend.METHODS}
+
+
+def _jax_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callable]]:
+    import jax
+
+    from linrec.backends import jax as backend
+
+    aj, bj, ctj = jax.device_put(a), jax.device_put(b), jax.device_put(ct)
+    cases = {}
+    for m in backend.METHODS:
+        def h_of(a, b, m=m):
+            return backend.linear_scan(a, b, method=m)[0]
+
+        fwd = _Compiled(jax.jit(h_of), aj, bj)
+        fwd_bwd = _Compiled(jax.jit(lambda a, b, ct, h_of=h_of: jax.vjp(h_of, a, b)[1](ct)), aj, bj, ctj)
+        cases[m] = (fwd, fwd_bwd, bench.jax_sync)
+    return cases
+
+
+class _Compiled:
+    """A jitted function on fixed arguments, compiled by :meth:`prepare` (untimed) rather than by the first call."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args, self.compiled = fn, args, None
+
+    def prepare(self) -> None:
+        if self.compiled is None:
+            self.compiled = self.fn.lower(*self.args).compile()
+
+    def __call__(self):
+        self.prepare()
+        return self.compiled(*self.args)
+
+
+def _torch_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callable]]:
+    import torch
+
+    from linrec.backends import torch as backend
+
+    at, bt, ctt = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(ct)
+    ag, bg = at.clone().requires_grad_(True), bt.clone().requires_grad_(True)
+    methods = list(backend.METHODS)
+    direct_native = "native" not in methods and native_available()
+    if direct_native:
+        methods.append("native")
+
+    def scan(x, y, m):
+        if m == "native" and direct_native:  # backend wiring unfinished: call the custom op directly
+            from linrec.backends.torch.native import native_linear_scan
+
+            return native_linear_scan(x, y, None, None, False)[0]
+        return backend.linear_scan(x, y, method=m)[0]
+
+    def fwd(m):
+        with torch.no_grad():
+            return scan(at, bt, m)
+
+    def fwd_bwd(m):
+        return torch.autograd.grad(scan(ag, bg, m), (ag, bg), ctt)
+
+    return {m: (lambda m=m: fwd(m), lambda m=m: fwd_bwd(m), lambda x: x) for m in methods}
+
+
+def native_available() -> bool:
+    try:
+        from linrec.backends import native
+
+        return native.available()
+    except Exception:
+        return False
+
+
+BACKENDS: dict[str, Callable] = {"numpy": _numpy_cases, "jax": _jax_cases, "torch": _torch_cases}
+
+
+def _warm_up(name: str) -> None:
+    """Call every method once, forward and backward, on a tiny input."""
+    for fwd, fwd_bwd, sync in BACKENDS[name](*_inputs(1, 8, 8)).values():
+        for fn in (fwd, fwd_bwd):
+            if fn is not None:
+                try:
+                    sync(fn())
+                except Exception:  # reported by the timed call
+                    pass
+
+
+def _available(name: str) -> bool:
+    import importlib.util
+
+    return name == "numpy" or importlib.util.find_spec(name) is not None
+
+
+def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: tuple[str, ...] | None = None,
+        repeat: int = 5, budget: float = 1.0, skip_after: float = 3.0, probe_elements: int | None = None,
+        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time every (backend, method, T); returns ``{"rows", "meta", "targets"}`` (rows keyed by :data:`COLUMNS`).
+
+    Every call is timed after one warm-up call; calls slower than ``budget`` seconds get one timed run. A method
+    whose call took more than ``skip_after`` seconds at one ``T`` is not run at the larger ones (its row says so):
+    it is far off the roofline already.
+    """
+    sizes = dict(sizes or (QUICK if quick else FULL))
+    B, D, Ts = sizes["B"], sizes["D"], tuple(sizes["T"])
+    say = progress or (lambda s: None)
+    backends = tuple(b for b in (backends or tuple(BACKENDS)) if _available(b))
+    probe = (probe_elements, 3) if probe_elements else (4 * 1024 * 1024, 3) if quick else (8 * 4096 * 512, 7)
+    bandwidth = bench.best_bandwidth(*probe)
+    probes = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in bandwidth.items() if k != "best")
+    say(f"bandwidth: {bandwidth['best'] / 1e9:.1f} GB/s ({probes})")
+    for name in backends:
+        if name != "jax":  # one-time costs (a custom op's first dispatch: ~1 s in torch) off the clock; JAX
+            _warm_up(name)  # compiles per shape ahead of time anyway
+    rows: list[dict[str, Any]] = []
+    too_slow: dict[tuple[str, str], str] = {}  # (backend, method) -> why larger T are not run
+    for T in sorted(Ts):
+        a, b, ct = _inputs(B, T, D)
+        roof = bench.roofline_seconds(B * T * D, bandwidth["best"])
+        c_loop = None
+        if native_available():
+            h, final, h0 = np.empty_like(b), np.empty((B, D), np.float32), np.zeros((B, D), np.float32)
+            t = bench.time_call(lambda a=a, b=b, h=h, final=final, h0=h0: bench.c_loop_scan(a, b, h0, h, final),
+                                repeat=repeat, budget=budget)
+            c_loop = t.best
+            rows.append({"backend": "C loop", "method": "native kernel, preallocated", "T": T,
+                         "fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof, "fwd/C loop": 1.0})
+            say(f"T={T} C loop: {1e3 * t.best:.2f} ms ({t.best / roof:.2f}x roofline)")
+            del h, final
+        for name in backends:
+            cases = BACKENDS[name](a, b, ct)
+            for method, (fwd, fwd_bwd, sync) in cases.items():
+                row: dict[str, Any] = {"backend": name, "method": method, "T": T}
+                key = (name, method)
+                if key in too_slow:
+                    row["note"] = too_slow[key]
+                    rows.append(row)
+                    say(f"T={T} {name} {method}: skipped ({too_slow[key]})")
+                    continue
+                try:
+                    getattr(fwd, "prepare", lambda: None)()
+                    t = bench.time_call(fwd, sync=sync, repeat=repeat, budget=budget)
+                    row.update({"fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof,
+                                "fwd/C loop": None if c_loop is None else t.best / c_loop})
+                    slowest = t.best
+                    if fwd_bwd is not None:
+                        getattr(fwd_bwd, "prepare", lambda: None)()
+                        t = bench.time_call(fwd_bwd, sync=sync, repeat=repeat, budget=budget)
+                        row.update({"fwd+bwd ms": 1e3 * t.best, "(fwd+bwd)/roofline": t.best / roof})
+                        slowest = max(slowest, t.best)
+                    if slowest > skip_after:
+                        too_slow[key] = f"not run: {slowest:.1f} s per call at T={T}"
+                except Exception as err:  # one failing method must not hide the others
+                    row["error"] = f"{type(err).__name__}: {err}"[:200]
+                    row["note"] = "failed (see below)"
+                rows.append(row)
+                say(f"T={T} {name} {method}: fwd {row.get('fwd ms', float('nan')):.2f} ms, "
+                    f"fwd+bwd {row.get('fwd+bwd ms', float('nan')):.2f} ms {row.get('error', '')}")
+                del fwd, fwd_bwd
+            del cases
+            gc.collect()
+    meta = {"B": B, "D": D, "T": list(Ts), "dtype": "float32",
+            "bandwidth_GBps": {k: v / 1e9 for k, v in bandwidth.items()},
+            "timing": f"best of up to {repeat} runs after 1 warm-up call (stopping once the runs took {budget} s, "
+                      "so a slow call is timed once); JAX compiled ahead of time, untimed", "quick": quick}
+    return {"rows": rows, "meta": meta, "targets": targets(rows)}
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per framework (jax, torch): the best method's worst ratio over ``T >= 1024`` against the targets."""
+    out = []
+    for name in ("jax", "torch"):
+        mine = [r for r in rows if r["backend"] == name and r["T"] >= TARGET_MIN_T and "error" not in r]
+        if not mine:
+            continue
+        for key, goal, label in (("fwd/roofline", FWD_TARGET, "fwd"),
+                                 ("(fwd+bwd)/roofline", FWD_BWD_TARGET, "fwd+bwd")):
+            by_method: dict[str, float] = {}
+            for r in mine:
+                if r.get(key) is not None:
+                    by_method[r["method"]] = max(by_method.get(r["method"], 0.0), r[key])
+            if not by_method:
+                continue
+            method = min(by_method, key=by_method.get)
+            worst = by_method[method]
+            out.append({"target": f"scan {label} {name} <= {goal}x roofline (T >= {TARGET_MIN_T})",
+                        "measured": f"{worst:.2f}x (method {method}, worst T)", "ratio": worst,
+                        "reached": worst <= goal})
+    return out
+
+
+def report(result: dict[str, Any]) -> str:
+    meta = result["meta"]
+    bw = ", ".join(f"{k} {v:.1f} GB/s" for k, v in meta["bandwidth_GBps"].items())
+    lines = [
+        "# Scan benchmark\n",
+        f"`linear_scan` float32, B={meta['B']}, D={meta['D']}, T in {meta['T']}. Bandwidth probe ({bw}); "
+        "roofline = 12 bytes/element at the best bandwidth. NumPy: forward only; JAX: jitted; PyTorch: eager. "
+        "fwd+bwd is the VJP of `h` for a fixed cotangent, divided by the same (forward) roofline. "
+        f"Timing: {meta['timing']}.\n",
+        bench.markdown_table(COLUMNS, result["rows"]),
+    ]
+    errors = [r for r in result["rows"] if "error" in r]
+    if errors:
+        lines.append("\nFailures:\n\n" + "".join(f"- {r['backend']} {r['method']} T={r['T']}: {r['error']}\n"
+                                                 for r in errors))
+    lines.append("\n## Targets\n\n" + bench.markdown_table(["target", "measured", "reached"], result["targets"]))
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    colors = dict(zip(("sequential", "associative", "chunked", "log", "native"), plt.get_cmap("tab10").colors))
+    styles = {"numpy": (":", "s"), "jax": ("-", "o"), "torch": ("--", "^")}
+    for ax, key, goal, title in ((axes[0], "fwd/roofline", FWD_TARGET, "forward"),
+                                 (axes[1], "(fwd+bwd)/roofline", FWD_BWD_TARGET, "forward + backward")):
+        series: dict[tuple[str, str], list[tuple[int, float]]] = {}
+        for r in result["rows"]:
+            if r.get(key) is not None:
+                series.setdefault((r["backend"], r["method"]), []).append((r["T"], r[key]))
+        for (backend, method), pts in sorted(series.items()):
+            xs, ys = zip(*sorted(pts))
+            if backend == "C loop":
+                ax.plot(xs, ys, color="black", linestyle="-", linewidth=2.5, label="C loop (preallocated)")
+                continue
+            line, marker = styles.get(backend, ("-", "o"))
+            ax.plot(xs, ys, color=colors.get(method, "grey"), linestyle=line, marker=marker, markersize=4,
+                    label=f"{backend} {method}")
+        ax.axhline(goal, color="red", linewidth=1, linestyle="-.", label=f"target, {title}: {goal}x")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("T")
+        ax.set_title(f"{title} / roofline (B={result['meta']['B']}, D={result['meta']['D']})")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("time / roofline (log)")
+    handles = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    axes[1].legend(handles.values(), handles.keys(), fontsize=7, ncol=1, loc="upper left",
+                   bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write(result: dict[str, Any], out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "scan.md"
+    md.write_text(report(result))
+    written = [md]
+    if plot(result, out / "scan.png"):
+        written.append(out / "scan.png")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="linrec bench scan", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, seconds)")
+    parser.add_argument("--out", type=Path, help="directory for scan.md/scan.png (default: benchmarks/results for a "
+                                                 "full run, nothing written for --quick)")
+    args = parser.parse_args(argv)
+    result = run(args.quick, progress=lambda s: print(s, file=sys.stderr, flush=True))
+    print(report(result))
+    out = args.out or (None if args.quick else RESULTS)
+    if out is not None:
+        for p in write(result, out):
+            print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

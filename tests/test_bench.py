@@ -1,0 +1,166 @@
+"""Smoke runs of the benchmark suite (``benchmarks/``, ``linrec bench``) on tiny sizes.
+
+These check the tables' shape (rows and columns), the report files and the CLI wiring, never a speed: speed is
+a ratio measured within one run by the full suite (``benchmarks/README.md``), not a wall-clock threshold here.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from linrec.tools import bench, bench_cli
+
+pytestmark = pytest.mark.skipif(bench.benchmarks_dir() is None, reason="benchmarks/ is not in this installation")
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _table(markdown: str, header: list[str]) -> list[list[str]]:
+    """The body rows of the Markdown table whose header is ``header``."""
+    lines = markdown.splitlines()
+    start = lines.index("| " + " | ".join(header) + " |")
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+@pytest.fixture(scope="module")
+def scan_result():
+    scan = bench.load_benchmark("scan")
+    return scan.run(True, sizes={"B": 1, "D": 8, "T": (8,)}, repeat=1, budget=0.0, probe_elements=2**18)
+
+
+@pytest.fixture(scope="module")
+def layers_result():
+    layers = bench.load_benchmark("layers")
+    return layers.run(True, sizes={"B": 1, "D": 8, "T": (16,), "decode_tokens": 2}, repeat=1, budget=0.0,
+                      isolate=False)
+
+
+@pytest.fixture(scope="module")
+def memory_result():
+    """One point, in a fresh interpreter (``memory.py --worker``) as in the full run."""
+    memory = bench.load_benchmark("memory")
+    impls = ("linrec torch",) if _has("torch") else ("linrec jax",)
+    return memory.run(True, sizes={"B": 1, "D": 8, "T": (512,)}, impls=impls)
+
+
+def test_scan_table(scan_result):
+    scan = bench.load_benchmark("scan")
+    expected = []
+    for T in (8,):
+        if bench.load_benchmark("scan").native_available():
+            expected.append(("C loop", "native kernel, preallocated", str(T)))
+        for name in ("numpy", "jax", "torch"):
+            if name == "numpy" or _has(name):
+                methods = list(__import__(f"linrec.backends.{name}", fromlist=["METHODS"]).METHODS)
+                if name == "torch" and "native" not in methods and scan.native_available():
+                    methods.append("native")
+                expected += [(name, m, str(T)) for m in methods]
+    rows = _table(scan.report(scan_result), scan.COLUMNS)
+    assert [tuple(r[:3]) for r in rows] == expected
+    by_key = {(r["backend"], r["method"], r["T"]): r for r in scan_result["rows"]}
+    for (backend, method, T), r in by_key.items():
+        assert "error" not in r, (backend, method, T, r.get("error"))
+        assert r["fwd ms"] > 0 and r["fwd/roofline"] > 0
+        has_bwd = backend in ("jax", "torch")
+        assert (r.get("(fwd+bwd)/roofline") is not None) == has_bwd, (backend, method)
+    assert scan_result["meta"]["bandwidth_GBps"]["best"] > 0
+
+
+def test_layers_tables(layers_result):
+    layers = bench.load_benchmark("layers")
+    md = layers.report(layers_result)
+    rows = _table(md, layers.COLUMNS)
+    assert len(rows) == len(layers.LAYERS) * len(layers.IMPLS)
+    decode = _table(md, layers.DECODE_COLUMNS)
+    assert len(decode) == len(layers.LAYERS) * len(layers.IMPLS)
+    for r in layers_result["rows"]:
+        framework = "jax" if r["impl"] == "linrec jax" else "torch"
+        if r["impl"] == "original":
+            installed = _has(layers.LAYERS[r["key"]][2])
+        else:
+            installed = _has(framework)
+        if installed:
+            assert r.get("tokens/s", 0) > 0 and r.get("peak MB") is not None, r
+        else:
+            assert "not installed" in r["note"], r
+        if r["impl"] == "original" and installed:
+            assert r["speedup vs original"] == pytest.approx(1.0)
+    assert all(t["target"] for t in layers_result["targets"])
+
+
+@pytest.mark.parametrize("layer", ["gated_linear_rnn", "mingru", "gateloop_mh"])
+def test_layer_configs_are_the_originals(layer, tmp_path):
+    """The benchmark's linrec config is what the importer makes of the original's default layer."""
+    layers = bench.load_benchmark("layers")
+    from linrec.tools import convert
+
+    d = 6
+    if layer == "gated_linear_rnn":
+        fglrnn = pytest.importorskip("flax_gated_linear_rnn")
+        import jax
+        from flax import serialization
+
+        variables = fglrnn.GatedLinearRNN(d_model=d, d_h=d).init(jax.random.PRNGKey(0), np.zeros((1, 3, d)))
+        (tmp_path / "w.msgpack").write_bytes(serialization.to_bytes(variables))
+        ckpt = convert.read(tmp_path / "w.msgpack", format="gated-linear-rnn")
+    else:
+        torch = pytest.importorskip("torch")
+        if layer == "mingru":
+            layer_cls = pytest.importorskip("minGRU_pytorch").minGRU
+            module, fmt = layer_cls(d), "lucidrains-mingru"
+        else:
+            simplified = pytest.importorskip("gateloop_transformer.simplified_gate_loop")
+            module, fmt = simplified.SimpleGateLoopLayer(d, prenorm=False), "gateloop-transformer"
+        torch.save(module.state_dict(), tmp_path / "w.pt")
+        ckpt = convert.read(tmp_path / "w.pt", format=fmt)
+    assert ckpt.model_type == layer
+    assert ckpt.config == layers.linrec_config(layer, d)
+
+
+def test_memory_table(memory_result):
+    memory = bench.load_benchmark("memory")
+    md = memory.report(memory_result)
+    rows = _table(md, memory.COLUMNS)
+    assert [r[1] for r in rows] == ["512"]
+    (row,) = memory_result["rows"]
+    assert row.get("peak MB", 0) > 0, row
+    assert len(_table(md, memory.FIT_COLUMNS)) == 1
+    (fit,) = memory_result["fits"]
+    assert fit["points"] == 1 and "exponent" not in fit  # a slope needs two points
+
+
+def test_run_all_writes_results(scan_result, layers_result, memory_result, tmp_path):
+    run_all = bench.load_benchmark("run_all")
+    results = {"scan": scan_result, "layers": layers_result, "memory": memory_result,
+               "seconds": {"scan": 1.0, "layers": 1.0, "memory": 1.0}}
+    written = {p.name for p in run_all.write(results, tmp_path, update_readme=False)}
+    assert {"scan.md", "layers.md", "memory.md", "machine.json", "suite.json"} <= written
+    if _has("matplotlib"):
+        assert {"scan.png", "layers.png", "memory.png"} <= written
+    machine = json.loads((tmp_path / "machine.json").read_text())
+    assert machine["cpu_model"] and machine["logical_cores"] >= 1 and machine["versions"]["numpy"]
+    assert "| target | measured | status |" in run_all.status_table(results)
+
+
+def test_cli(capsys):
+    assert bench_cli.main(["--help"]) == 0
+    assert "linrec bench" in capsys.readouterr().out
+    assert bench_cli.main(["nonsense"]) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+
+
+def test_helpers():
+    assert bench.fit_exponent([1, 2, 4], [3, 6, 12]) == pytest.approx(1.0)
+    assert bench.markdown_table(["a", "b"], [{"a": 1.23456, "b": None}]).splitlines()[2] == "| 1.23 | – |"
+    assert bench.current_rss_bytes() > 0 and bench.peak_rss_bytes() > 0

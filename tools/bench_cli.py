@@ -1,0 +1,59 @@
+"""``linrec bench [scan|layers|memory|all] [--quick] [--out DIR]``: run the benchmark scripts of ``benchmarks/``.
+
+The scripts live in the source tree (they are not installed with the package); this command finds them next to
+the package (``linrec.tools.bench.benchmarks_dir``) and calls their ``main``. Without a subcommand it runs ``all``.
+A full run writes ``benchmarks/results/`` (tables, plots, ``machine.json``); ``--quick`` is a smoke run on tiny
+sizes that prints the tables and writes nothing unless ``--out`` is given.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+__all__ = ["SUBCOMMANDS", "main"]
+
+#: subcommand -> (script in benchmarks/, help)
+SUBCOMMANDS = {
+    "scan": ("scan", "linear_scan per backend and method vs the roofline and a plain C loop"),
+    "layers": ("layers", "training-step throughput, peak memory and decode latency vs the originals"),
+    "memory": ("memory", "peak memory of a minGRU training step against T, growth exponent"),
+    "all": ("run_all", "all three, writing benchmarks/results/ and machine.json"),
+}
+
+_USAGE = "usage: linrec bench [{" + ",".join(SUBCOMMANDS) + "}] [--quick] [--out DIR]"
+
+
+def _help() -> str:
+    lines = [_USAGE, "", "Run the benchmark scripts of benchmarks/ (see benchmarks/README.md).", "", "subcommands:"]
+    lines += [f"  {name:<8} {text}" for name, (_, text) in SUBCOMMANDS.items()]
+    lines += ["", "options (each subcommand's --help lists its own):",
+              "  --quick    tiny sizes, seconds to a minute; writes nothing unless --out is given",
+              "  --out DIR  where to write the Markdown tables, plots and machine.json"]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("-h", "--help"):
+        print(_help())
+        return 0
+    name = "all"
+    if argv and not argv[0].startswith("-"):
+        name = argv.pop(0)
+        if name not in SUBCOMMANDS:
+            print(f"{_USAGE}\nlinrec bench: unknown benchmark {name!r} (choose from {', '.join(SUBCOMMANDS)})",
+                  file=sys.stderr)
+            return 2
+    from linrec.tools import bench
+
+    try:
+        module = bench.load_benchmark(SUBCOMMANDS[name][0])
+    except FileNotFoundError as err:
+        print(f"linrec bench: {err}", file=sys.stderr)
+        return 2
+    return int(module.main(argv) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
