@@ -19,7 +19,8 @@ one step above the RSS before it (``/proc/self/clear_refs`` resets the peak afte
 Decode: one token per call at ``B=1`` (linrec: the module's ``step`` jitted in JAX, eager in PyTorch; originals:
 their ``T=1`` paths with a carried state, the flax one jitted), synchronised after every token.
 
-Every (layer, implementation) runs in its own subprocess, so frameworks do not share threads or memory.
+Every (layer, implementation) runs in its own subprocesses, so frameworks do not share threads or memory: one
+times it with the default allocator, another measures peak memory with ``linrec.tools.bench.MEMORY_ENV``.
 
 Run: ``python benchmarks/layers.py [--quick] [--out DIR]`` or ``linrec bench layers``.
 """
@@ -251,31 +252,54 @@ def _build(layer: str, impl: str, D: int):
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """One (layer, implementation): training step at every T, then decode. Run in a fresh process."""
+    """One (layer, implementation) in a fresh process: ``spec["measure"]`` is ``"time"`` (training step at every
+    T, then decode) or ``"memory"`` (peak RSS rise of one training step at every T); both when absent."""
     layer, impl, B, D = spec["layer"], spec["impl"], spec["B"], spec["D"]
     repeat, budget = spec.get("repeat", 5), spec.get("budget", 3.0)
+    measure = spec.get("measure", "both")
     train, decode = _build(layer, impl, D)
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {"train": []}
     for T in spec["T"]:
         x = rng.standard_normal((B, T, D), dtype=np.float32)
         fn, sync = train(x)
-        timing = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1)
-        if spec.get("gc", True):  # (slow in a process holding both frameworks: the in-process smoke run skips it)
-            gc.collect()
-        base = bench.current_rss_bytes()
-        clean = bench.reset_peak_rss()
-        if not clean:
-            base = bench.peak_rss_bytes()  # without a reset the peak includes warm-up; report the rise over it
-        sync(fn())
-        peak = max(0, bench.peak_rss_bytes() - base)
-        out["train"].append({"T": T, "step_s": timing.best, "peak_bytes": peak, "peak_reset": clean})
+        point: dict[str, Any] = {"T": T}
+        if measure in ("time", "both"):
+            point["step_s"] = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1).best
+        else:
+            sync(fn())  # warm-up: compilation and one-time allocations stay out of the peak
+        if measure in ("memory", "both"):
+            if spec.get("gc", True):  # (slow in a process holding both frameworks: the in-process run skips it)
+                gc.collect()
+            base = bench.current_rss_bytes()
+            clean = bench.reset_peak_rss()
+            if not clean:
+                base = bench.peak_rss_bytes()  # without a reset the peak includes warm-up; report the rise over it
+            sync(fn())
+            point.update({"peak_bytes": max(0, bench.peak_rss_bytes() - base), "peak_reset": clean})
+        out["train"].append(point)
         del fn, x
-    xs = [rng.standard_normal((1, D), dtype=np.float32) for _ in range(spec["decode_tokens"])]
-    fn, sync = decode(xs)
-    timing = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1)
-    out["decode_s_per_token"] = timing.best / len(xs)
+    if measure in ("time", "both"):
+        xs = [rng.standard_normal((1, D), dtype=np.float32) for _ in range(spec["decode_tokens"])]
+        fn, sync = decode(xs)
+        timing = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1)
+        out["decode_s_per_token"] = timing.best / len(xs)
     return out
+
+
+def _isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Times in a process with the default allocator, peak memory in another with :data:`bench.MEMORY_ENV` (which
+    unmaps freed memory at once, so RSS tracks live memory, but page-faults every allocation: no place to time)."""
+    timed = bench.run_json_subprocess([__file__, "--worker", json.dumps({**spec, "measure": "time"})],
+                                      timeout=timeout)
+    if "error" in timed:
+        return timed
+    memory = bench.run_json_subprocess([__file__, "--worker", json.dumps({**spec, "measure": "memory"})],
+                                       timeout=timeout, env=bench.MEMORY_ENV)
+    for point in timed["train"]:
+        mem = next((m for m in memory.get("train", []) if m["T"] == point["T"]), {})
+        point.update({k: mem[k] for k in ("peak_bytes", "peak_reset") if k in mem})
+    return timed
 
 
 def _in_process(fn: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
@@ -322,9 +346,7 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tup
             else:
                 spec = {"layer": layer, "impl": impl, "B": sizes["B"], "D": sizes["D"], "T": list(sizes["T"]),
                         "decode_tokens": sizes["decode_tokens"], "repeat": repeat, "budget": budget, "gc": isolate}
-                results[impl] = (bench.run_json_subprocess([__file__, "--worker", json.dumps(spec)],
-                                                           timeout=timeout, env=bench.MEMORY_ENV)
-                                 if isolate else _in_process(worker, spec))
+                results[impl] = _isolated(spec, timeout) if isolate else _in_process(worker, spec)
             say(f"{layer} {label}: {results[impl]}")
         original = results["original"]
         for T in sizes["T"]:
@@ -338,7 +360,7 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tup
                     row["note"] = res.get("error", "no result")
                 else:
                     row.update({"step ms": 1e3 * point["step_s"], "tokens/s": sizes["B"] * T / point["step_s"],
-                                "peak MB": point["peak_bytes"] / 2**20})
+                                "peak MB": point["peak_bytes"] / 2**20 if "peak_bytes" in point else None})
                     if base is not None:
                         row["speedup vs original"] = base["step_s"] / point["step_s"]
                     elif impl != "original":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -87,26 +88,15 @@ def _torch_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callabl
 
     at, bt, ctt = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(ct)
     ag, bg = at.clone().requires_grad_(True), bt.clone().requires_grad_(True)
-    methods = list(backend.METHODS)
-    direct_native = "native" not in methods and native_available()
-    if direct_native:
-        methods.append("native")
-
-    def scan(x, y, m):
-        if m == "native" and direct_native:  # backend wiring unfinished: call the custom op directly
-            from linrec.backends.torch.native import native_linear_scan
-
-            return native_linear_scan(x, y, None, None, False)[0]
-        return backend.linear_scan(x, y, method=m)[0]
 
     def fwd(m):
         with torch.no_grad():
-            return scan(at, bt, m)
+            return backend.linear_scan(at, bt, method=m)[0]
 
     def fwd_bwd(m):
-        return torch.autograd.grad(scan(ag, bg, m), (ag, bg), ctt)
+        return torch.autograd.grad(backend.linear_scan(ag, bg, method=m)[0], (ag, bg), ctt)
 
-    return {m: (lambda m=m: fwd(m), lambda m=m: fwd_bwd(m), lambda x: x) for m in methods}
+    return {m: (lambda m=m: fwd(m), lambda m=m: fwd_bwd(m), lambda x: x) for m in backend.METHODS}
 
 
 def native_available() -> bool:
@@ -138,14 +128,89 @@ def _available(name: str) -> bool:
     return name == "numpy" or importlib.util.find_spec(name) is not None
 
 
+#: Method label of the rows timed after ``linrec.backends.native.malloc.retain_freed_memory()``.
+RETAINED = "native, malloc retained"
+
+
+def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time one backend's methods over ``spec["T"]`` (in a fresh process for the full run); returns ``{"rows"}``.
+
+    ``spec``: backend, B, D, T, bandwidth (bytes/s, for the ratios), repeat, budget, skip_after, malloc
+    (``"default"``, or ``"retain"``: call ``retain_freed_memory()`` first and time ``method="native"`` only),
+    c_loop (also time the C loop row).
+    """
+    say = progress or (lambda s: None)
+    name, B, D = spec["backend"], spec["B"], spec["D"]
+    repeat, budget, skip_after = spec["repeat"], spec["budget"], spec["skip_after"]
+    retained = spec.get("malloc") == "retain"
+    if retained:
+        from linrec.backends.native.malloc import retain_freed_memory
+
+        retain_freed_memory()
+    if name != "jax":  # one-time costs (a custom op's first dispatch: ~1 s in torch) off the clock; JAX
+        _warm_up(name)  # compiles per shape ahead of time anyway
+    rows: list[dict[str, Any]] = []
+    too_slow: dict[str, str] = {}  # method -> why larger T are not run
+    for T in sorted(spec["T"]):
+        a, b, ct = _inputs(B, T, D)
+        roof = bench.roofline_seconds(B * T * D, spec["bandwidth"])
+        c_loop = spec.get("c_loop_s", {}).get(str(T))
+        if spec.get("c_loop") and native_available():
+            h, final, h0 = np.empty_like(b), np.empty((B, D), np.float32), np.zeros((B, D), np.float32)
+            t = bench.time_call(lambda a=a, b=b, h=h, final=final, h0=h0: bench.c_loop_scan(a, b, h0, h, final),
+                                repeat=repeat, budget=budget)
+            c_loop = t.best
+            rows.append({"backend": "C loop", "method": "native kernel, preallocated", "T": T,
+                         "fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof, "fwd/C loop": 1.0})
+            say(f"T={T} C loop: {1e3 * t.best:.2f} ms ({t.best / roof:.2f}x roofline)")
+            del h, final
+        cases = BACKENDS[name](a, b, ct)
+        if retained:
+            cases = {RETAINED: cases["native"]} if "native" in cases else {}
+        for method, (fwd, fwd_bwd, sync) in cases.items():
+            row: dict[str, Any] = {"backend": name, "method": method, "T": T}
+            if method in too_slow:
+                row["note"] = too_slow[method]
+                rows.append(row)
+                say(f"T={T} {name} {method}: skipped ({too_slow[method]})")
+                continue
+            try:
+                getattr(fwd, "prepare", lambda: None)()
+                t = bench.time_call(fwd, sync=sync, repeat=repeat, budget=budget)
+                row.update({"fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof,
+                            "fwd/C loop": None if c_loop is None else t.best / c_loop})
+                slowest = t.best
+                if fwd_bwd is not None:
+                    getattr(fwd_bwd, "prepare", lambda: None)()
+                    t = bench.time_call(fwd_bwd, sync=sync, repeat=repeat, budget=budget)
+                    row.update({"fwd+bwd ms": 1e3 * t.best, "(fwd+bwd)/roofline": t.best / roof})
+                    slowest = max(slowest, t.best)
+                if slowest > skip_after:
+                    too_slow[method] = f"not run: {slowest:.1f} s per call at T={T}"
+            except Exception as err:  # one failing method must not hide the others
+                row["error"] = f"{type(err).__name__}: {err}"[:200]
+                row["note"] = "failed (see below)"
+            rows.append(row)
+            say(f"T={T} {name} {method}: fwd {row.get('fwd ms', float('nan')):.2f} ms, "
+                f"fwd+bwd {row.get('fwd+bwd ms', float('nan')):.2f} ms {row.get('error', '')}")
+            del fwd, fwd_bwd
+        del cases
+        gc.collect()
+    return {"rows": rows}
+
+
 def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: tuple[str, ...] | None = None,
         repeat: int = 5, budget: float = 1.0, skip_after: float = 3.0, probe_elements: int | None = None,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+        progress: Callable[[str], None] | None = None, isolate: bool = True,
+        timeout: float = 1800.0) -> dict[str, Any]:
     """Time every (backend, method, T); returns ``{"rows", "meta", "targets"}`` (rows keyed by :data:`COLUMNS`).
 
     Every call is timed after one warm-up call; calls slower than ``budget`` seconds get one timed run. A method
     whose call took more than ``skip_after`` seconds at one ``T`` is not run at the larger ones (its row says so):
-    it is far off the roofline already.
+    it is far off the roofline already. Each backend runs in its own process (``isolate``): PyTorch's OpenMP workers
+    spin for a while after every parallel op and would take cores from the JAX timings in a shared process. JAX and
+    PyTorch then run once more with ``retain_freed_memory()`` (``method="native"`` only, rows "native, malloc
+    retained"): the difference is the cost of page-faulting freshly mapped outputs on every call.
     """
     sizes = dict(sizes or (QUICK if quick else FULL))
     B, D, Ts = sizes["B"], sizes["D"], tuple(sizes["T"])
@@ -155,83 +220,59 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: t
     bandwidth = bench.best_bandwidth(*probe)
     probes = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in bandwidth.items() if k != "best")
     say(f"bandwidth: {bandwidth['best'] / 1e9:.1f} GB/s ({probes})")
-    for name in backends:
-        if name != "jax":  # one-time costs (a custom op's first dispatch: ~1 s in torch) off the clock; JAX
-            _warm_up(name)  # compiles per shape ahead of time anyway
+    base = {"B": B, "D": D, "T": list(Ts), "bandwidth": bandwidth["best"], "repeat": repeat, "budget": budget,
+            "skip_after": skip_after}
+    runs = [{**base, "backend": name, "malloc": "default", "c_loop": name == backends[0]} for name in backends]
+    if native_available() and isolate:  # never change the allocator of the calling process
+        runs += [{**base, "backend": name, "malloc": "retain"} for name in backends if name in ("jax", "torch")]
     rows: list[dict[str, Any]] = []
-    too_slow: dict[tuple[str, str], str] = {}  # (backend, method) -> why larger T are not run
-    for T in sorted(Ts):
-        a, b, ct = _inputs(B, T, D)
-        roof = bench.roofline_seconds(B * T * D, bandwidth["best"])
-        c_loop = None
-        if native_available():
-            h, final, h0 = np.empty_like(b), np.empty((B, D), np.float32), np.zeros((B, D), np.float32)
-            t = bench.time_call(lambda a=a, b=b, h=h, final=final, h0=h0: bench.c_loop_scan(a, b, h0, h, final),
-                                repeat=repeat, budget=budget)
-            c_loop = t.best
-            rows.append({"backend": "C loop", "method": "native kernel, preallocated", "T": T,
-                         "fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof, "fwd/C loop": 1.0})
-            say(f"T={T} C loop: {1e3 * t.best:.2f} ms ({t.best / roof:.2f}x roofline)")
-            del h, final
-        for name in backends:
-            cases = BACKENDS[name](a, b, ct)
-            for method, (fwd, fwd_bwd, sync) in cases.items():
-                row: dict[str, Any] = {"backend": name, "method": method, "T": T}
-                key = (name, method)
-                if key in too_slow:
-                    row["note"] = too_slow[key]
-                    rows.append(row)
-                    say(f"T={T} {name} {method}: skipped ({too_slow[key]})")
-                    continue
-                try:
-                    getattr(fwd, "prepare", lambda: None)()
-                    t = bench.time_call(fwd, sync=sync, repeat=repeat, budget=budget)
-                    row.update({"fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof,
-                                "fwd/C loop": None if c_loop is None else t.best / c_loop})
-                    slowest = t.best
-                    if fwd_bwd is not None:
-                        getattr(fwd_bwd, "prepare", lambda: None)()
-                        t = bench.time_call(fwd_bwd, sync=sync, repeat=repeat, budget=budget)
-                        row.update({"fwd+bwd ms": 1e3 * t.best, "(fwd+bwd)/roofline": t.best / roof})
-                        slowest = max(slowest, t.best)
-                    if slowest > skip_after:
-                        too_slow[key] = f"not run: {slowest:.1f} s per call at T={T}"
-                except Exception as err:  # one failing method must not hide the others
-                    row["error"] = f"{type(err).__name__}: {err}"[:200]
-                    row["note"] = "failed (see below)"
-                rows.append(row)
-                say(f"T={T} {name} {method}: fwd {row.get('fwd ms', float('nan')):.2f} ms, "
-                    f"fwd+bwd {row.get('fwd+bwd ms', float('nan')):.2f} ms {row.get('error', '')}")
-                del fwd, fwd_bwd
-            del cases
-            gc.collect()
+    c_loop_s: dict[str, float] = {}
+    for spec in runs:
+        spec["c_loop_s"] = c_loop_s
+        if isolate:
+            say(f"{spec['backend']} (malloc {spec['malloc']}): running in a fresh process")
+            result = bench.run_json_subprocess([__file__, "--worker", json.dumps(spec)], timeout=timeout)
+        else:
+            result = worker(spec, say)
+        if "error" in result:
+            result = {"rows": [{"backend": spec["backend"], "method": "all", "T": min(Ts),
+                                "error": result["error"], "note": "failed (see below)"}]}
+        for row in result["rows"]:
+            if row["backend"] == "C loop":
+                c_loop_s[str(row["T"])] = row["fwd ms"] / 1e3
+        rows += result["rows"]
+    rows.sort(key=lambda r: (r["T"], r["backend"] != "C loop"))  # stable: backends in run order within a T
     meta = {"B": B, "D": D, "T": list(Ts), "dtype": "float32",
             "bandwidth_GBps": {k: v / 1e9 for k, v in bandwidth.items()},
             "timing": f"best of up to {repeat} runs after 1 warm-up call (stopping once the runs took {budget} s, "
-                      "so a slow call is timed once); JAX compiled ahead of time, untimed", "quick": quick}
+                      "so a slow call is timed once); JAX compiled ahead of time, untimed; each backend in its own "
+                      "process", "quick": quick}
     return {"rows": rows, "meta": meta, "targets": targets(rows)}
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per framework (jax, torch): the best method's worst ratio over ``T >= 1024`` against the targets."""
+    """Per framework (jax, torch) and allocator: the best method's worst ratio over ``T >= 1024`` vs the targets."""
     out = []
     for name in ("jax", "torch"):
-        mine = [r for r in rows if r["backend"] == name and r["T"] >= TARGET_MIN_T and "error" not in r]
-        if not mine:
-            continue
-        for key, goal, label in (("fwd/roofline", FWD_TARGET, "fwd"),
-                                 ("(fwd+bwd)/roofline", FWD_BWD_TARGET, "fwd+bwd")):
-            by_method: dict[str, float] = {}
-            for r in mine:
-                if r.get(key) is not None:
-                    by_method[r["method"]] = max(by_method.get(r["method"], 0.0), r[key])
-            if not by_method:
+        for retained in (False, True):
+            mine = [r for r in rows if r["backend"] == name and r["T"] >= TARGET_MIN_T and "error" not in r
+                    and (r["method"] == RETAINED) == retained]
+            if not mine:
                 continue
-            method = min(by_method, key=by_method.get)
-            worst = by_method[method]
-            out.append({"target": f"scan {label} {name} <= {goal}x roofline (T >= {TARGET_MIN_T})",
-                        "measured": f"{worst:.2f}x (method {method}, worst T)", "ratio": worst,
-                        "reached": worst <= goal})
+            setting = "retain_freed_memory()" if retained else "default allocator"
+            for key, goal, label in (("fwd/roofline", FWD_TARGET, "fwd"),
+                                     ("(fwd+bwd)/roofline", FWD_BWD_TARGET, "fwd+bwd")):
+                by_method: dict[str, float] = {}
+                for r in mine:
+                    if r.get(key) is not None:
+                        by_method[r["method"]] = max(by_method.get(r["method"], 0.0), r[key])
+                if not by_method:
+                    continue
+                method = min(by_method, key=by_method.get)
+                worst = by_method[method]
+                out.append({"target": f"scan {label} {name} <= {goal}x roofline (T >= {TARGET_MIN_T}), {setting}",
+                            "measured": f"{worst:.2f}x (method {method}, worst T)", "ratio": worst,
+                            "reached": worst <= goal})
     return out
 
 
@@ -263,7 +304,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
-    colors = dict(zip(("sequential", "associative", "chunked", "log", "native"), plt.get_cmap("tab10").colors))
+    colors = dict(zip(("sequential", "associative", "chunked", "log", "native", RETAINED),
+                      plt.get_cmap("tab10").colors))
     styles = {"numpy": (":", "s"), "jax": ("-", "o"), "torch": ("--", "^")}
     for ax, key, goal, title in ((axes[0], "fwd/roofline", FWD_TARGET, "forward"),
                                  (axes[1], "(fwd+bwd)/roofline", FWD_BWD_TARGET, "forward + backward")):
@@ -313,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, seconds)")
     parser.add_argument("--out", type=Path, help="directory for scan.md/scan.png (default: benchmarks/results for a "
                                                  "full run, nothing written for --quick)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker), lambda s: print(s, file=sys.stderr, flush=True))))
+        return 0
     result = run(args.quick, progress=lambda s: print(s, file=sys.stderr, flush=True))
     print(report(result))
     out = args.out or (None if args.quick else RESULTS)

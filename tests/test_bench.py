@@ -36,7 +36,8 @@ def _table(markdown: str, header: list[str]) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def scan_result():
     scan = bench.load_benchmark("scan")
-    return scan.run(True, sizes={"B": 1, "D": 8, "T": (8,)}, repeat=1, budget=0.0, probe_elements=2**18)
+    return scan.run(True, sizes={"B": 1, "D": 8, "T": (8,)}, repeat=1, budget=0.0, probe_elements=2**18,
+                    isolate=False)
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +64,6 @@ def test_scan_table(scan_result):
         for name in ("numpy", "jax", "torch"):
             if name == "numpy" or _has(name):
                 methods = list(__import__(f"linrec.backends.{name}", fromlist=["METHODS"]).METHODS)
-                if name == "torch" and "native" not in methods and scan.native_available():
-                    methods.append("native")
                 expected += [(name, m, str(T)) for m in methods]
     rows = _table(scan.report(scan_result), scan.COLUMNS)
     assert [tuple(r[:3]) for r in rows] == expected
@@ -164,3 +163,28 @@ def test_helpers():
     assert bench.fit_exponent([1, 2, 4], [3, 6, 12]) == pytest.approx(1.0)
     assert bench.markdown_table(["a", "b"], [{"a": 1.23456, "b": None}]).splitlines()[2] == "| 1.23 | – |"
     assert bench.current_rss_bytes() > 0 and bench.peak_rss_bytes() > 0
+
+
+def test_scan_worker_in_a_fresh_process_with_retained_malloc():
+    """The full run's path: one backend per process, then ``method="native"`` after ``retain_freed_memory()``."""
+    scan = bench.load_benchmark("scan")
+    backend = "torch" if _has("torch") else "jax" if _has("jax") else None
+    if backend is None or not scan.native_available():
+        pytest.skip("needs jax or torch and the native kernel")
+    spec = {"backend": backend, "B": 1, "D": 8, "T": [8], "bandwidth": 1e10, "repeat": 1, "budget": 0.0,
+            "skip_after": 3.0, "malloc": "retain"}
+    result = bench.run_json_subprocess([scan.__file__, "--worker", json.dumps(spec)], timeout=300)
+    assert "error" not in result, result
+    [row] = result["rows"]
+    assert (row["backend"], row["method"], row["T"]) == (backend, scan.RETAINED, 8)
+    assert row["fwd ms"] > 0 and row["(fwd+bwd)/roofline"] > 0
+
+
+def test_retain_freed_memory_applies_on_glibc():
+    import platform
+    import subprocess
+    import sys
+
+    code = "from linrec.backends.native.malloc import retain_freed_memory; print(retain_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(platform.libc_ver()[0] == "glibc")

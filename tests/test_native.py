@@ -98,38 +98,51 @@ def test_numpy_kernel_and_vjp_match_reference(dtype, a_dtype, reverse, a_state):
         _assert_close(h0_bar, h0_bar_ref, dtype, grad=True, what=f"h0_bar {case}")
 
 
-@pytest.mark.parametrize("a_state", [(2, 3, 4), (2, 3, 1), (1, 1, 1)])
-def test_multithreaded_blocks_match_reference(a_state):
-    # Large enough (N*T*D >= 2**16) to take the threaded path with several blocks per row.
+def _check_large_scan(a_state, n: int, t: int, state: tuple[int, ...], reverse: bool = False) -> None:
+    """Forward and VJP of a float32 scan against the NumPy backend's float64 loop (vectorised over the batch)."""
+    from linrec.backends.numpy import linear_scan as numpy_scan
+
     rng = np.random.default_rng(5)
-    n, t, state = 2, 96, (8, 16, 32)
     a_shape = tuple(s if k == s else 1 for k, s in zip(a_state, state))
     a = rng.uniform(0.5, 1.0, (n, t, *a_shape)).astype(np.float32)
     b = rng.standard_normal((n, t, *state)).astype(np.float32)
     h0 = rng.standard_normal((n, *state)).astype(np.float32)
     resets = rng.random((n, t)) < 0.05
-    cut = reference.cut_mask(resets, False)
-    h, f = native.linear_scan(a, b, h0, cut)
-    # The NumPy backend's sequential method in float64 is the reference loop, vectorised over the batch.
-    from linrec.backends.numpy import linear_scan as numpy_scan
-
+    cut = reference.cut_mask(resets, reverse)
+    h, f = native.linear_scan(a, b, h0, cut, reverse)
     h_ref, f_ref = numpy_scan(a.astype(np.float64), b.astype(np.float64), initial_state=h0.astype(np.float64),
-                              resets=resets, method="sequential")
+                              resets=resets, reverse=reverse, method="sequential")
     _assert_close(h, h_ref, "float32", what="h")
     _assert_close(f, f_ref, "float32", what="final")
     ct = rng.standard_normal(h.shape).astype(np.float32)
-    a_bar, b_bar, h0_bar = native.linear_scan_vjp(a, h, h0, ct, np.zeros_like(f), cut)
-    # §10: g is the reverse scan of ct whose decay is a shifted by one step (0 across a cut)
-    mask = cut[:, :, None, None, None]
-    a_cut = np.where(mask, 0, a).astype(np.float64)
+    a_bar, b_bar, h0_bar = native.linear_scan_vjp(a, h, h0, ct, np.zeros_like(f), cut, reverse)
+    # §10 in the scan's own step order: g is the reverse scan of ct whose decay is a shifted by one step (0 across
+    # a cut). Flipping time turns reverse=True into the forward case.
+    flip = (lambda x: x[:, ::-1]) if reverse else (lambda x: x)
+    mask = flip(cut)[(...,) + (None,) * len(state)]
+    a_cut = np.where(mask, 0, flip(a)).astype(np.float64)
     a_next = np.concatenate([a_cut[:, 1:], np.ones_like(a_cut[:, :1])], 1)
-    g, _ = numpy_scan(a_next, ct.astype(np.float64), reverse=True, method="sequential")
-    h_prev = np.concatenate([h0[:, None], h_ref[:, :-1]], 1)
+    g, _ = numpy_scan(a_next, flip(ct).astype(np.float64), reverse=True, method="sequential")
+    h_prev = np.concatenate([h0[:, None], flip(h_ref)[:, :-1]], 1)
     axes = tuple(i for i in range(2, a.ndim) if a.shape[i] == 1)
     a_bar_ref = np.where(mask, 0, g * h_prev).sum(axis=axes, keepdims=True)
-    _assert_close(b_bar, g, "float32", grad=True, what="b_bar")
-    _assert_close(a_bar, a_bar_ref, "float32", grad=True, what="a_bar")
+    _assert_close(flip(b_bar), g, "float32", grad=True, what="b_bar")
+    _assert_close(flip(a_bar), a_bar_ref, "float32", grad=True, what="a_bar")
     _assert_close(h0_bar, a_cut[:, 0] * g[:, 0], "float32", grad=True, what="h0_bar")
+
+
+@pytest.mark.parametrize("a_state", [(2, 3, 4), (2, 3, 1), (1, 1, 1)])
+def test_multithreaded_blocks_match_reference(a_state):
+    # Large enough (N*T*D >= 2**16) to take the threaded path with several blocks per row.
+    _check_large_scan(a_state, 2, 96, (8, 16, 32))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("a_state", [(3, 331), (3, 1)])
+def test_streamed_outputs_match_reference(a_state, reverse):
+    # Outputs over 8 MiB take the streaming-store path (non-temporal stores, prefetch on walks down through memory);
+    # a state width of 993 floats puts row blocks at addresses that are not 16-byte aligned.
+    _check_large_scan(a_state, 2, 1100, (3, 331), reverse)
 
 
 def test_unsupported_dtypes_and_sizes_raise():

@@ -16,6 +16,11 @@ Layout the kernel works on (all C-contiguous, compute dtype, time order):
 
 The NumPy-level helpers here (:func:`linear_scan`, :func:`linear_scan_vjp`) are what the NumPy backend calls; the
 JAX and PyTorch wrappers live in ``linrec.backends.jax.native`` and ``linrec.backends.torch.native``.
+
+Speed (``benchmarks/results/scan.md``): the kernel carries each row in a per-thread buffer, writes outputs over
+8 MiB with streaming stores, prefetches walks down through memory and asks for transparent huge pages on large
+outputs. What it cannot avoid is the framework handing it freshly mapped output memory on every call; the opt-in
+:func:`retain_freed_memory` (:mod:`linrec.backends.native.malloc`) removes that cost process-wide.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ def _builder():
 def __getattr__(name: str):
     if name == "NativeBuildError":
         return _builder().NativeBuildError
+    if name == "retain_freed_memory":
+        from linrec.backends.native.malloc import retain_freed_memory
+
+        return retain_freed_memory
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
@@ -47,6 +56,7 @@ __all__ = [
     "describe",
     "linear_scan",
     "linear_scan_vjp",
+    "retain_freed_memory",
     "scan_3d",
     "scan_vjp_3d",
 ]

@@ -18,12 +18,18 @@
 #include <complex>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #ifdef __linux__
 #include <sched.h>
+#include <sys/mman.h>
 #endif
 
 namespace {
@@ -124,18 +130,106 @@ void parallel_blocks(const Shape& s, F&& body) {
 }
 
 // ------------------------------------------------------------------------------------------------------------------
-// Forward: h_t = a_t * h_prev + b_t over state units [i0, i1). Restrict-qualified so the compiler vectorises
-// without runtime alias checks (h rows never overlap a, b or the previous h row).
+// Output memory. Frameworks hand the kernel freshly mapped result buffers (XLA and torch allocate per call), so the
+// first write to every 4 KiB page takes a page fault; at T*D in the millions that costs as much as the scan itself.
+// Asking for transparent huge pages on the 2 MiB-aligned interior of a large output cuts the faults 512-fold. Advice
+// only: where THP is off ("never") or the range is already populated it changes nothing; LINREC_HUGEPAGES=0 disables.
+
+constexpr uintptr_t kHugePage = uintptr_t{1} << 21;
+
+bool hugepages_enabled() {
+  static const bool cached = [] {
+    const char* env = std::getenv("LINREC_HUGEPAGES");
+    return !(env && env[0] == '0');
+  }();
+  return cached;
+}
+
+void advise_output(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes < 4 * kHugePage || !hugepages_enabled()) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Streaming stores. Each kernel keeps the row it carries from step to step (h in the forward, g in the backward) in
+// a small per-thread buffer and only ever writes its outputs, never reads them back. Large outputs are then written
+// with non-temporal stores: no read-for-ownership of lines about to be overwritten, and no cache pollution. This
+// matters most for walks down through memory (the forward with reverse, the backward without), which hardware
+// prefetchers serve poorly: measured on AMD EPYC, ordinary descending row writes ran 3x slower than ascending ones,
+// streaming stores ran at full speed in both directions. Small outputs are left in cache for whoever reads them next.
+
+constexpr size_t kStreamMinBytes = size_t{8} << 20;
+
+bool stream_enabled(size_t output_bytes) {
+  static const bool allowed = [] {
+    const char* env = std::getenv("LINREC_STREAM_STORES");
+    return !(env && env[0] == '0');
+  }();
+  return allowed && output_bytes >= kStreamMinBytes;
+}
+
+// Copies `bytes` from src to dst, with non-temporal stores where `stream` is set and the CPU has them.
+inline void store_row(void* dst, const void* src, size_t bytes, bool stream) {
+#if defined(__SSE2__)
+  if (stream) {
+    char* d = static_cast<char*>(dst);
+    const char* c = static_cast<const char*>(src);
+    const size_t head = std::min(bytes, (16 - reinterpret_cast<uintptr_t>(d) % 16) % 16);
+    std::memcpy(d, c, head);
+    size_t i = head;
+    for (; i + 16 <= bytes; i += 16) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i), _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
+    }
+    std::memcpy(d + i, c + i, bytes - i);
+    return;
+  }
+#endif
+  (void)stream;
+  std::memcpy(dst, src, bytes);
+}
+
+// Walks down through memory also read poorly (ascending: hardware prefetch), so the rows kPrefetchRows steps ahead
+// are requested into L2 by hand: measured on AMD EPYC, the backward went from 16.6 ms to 9.4 ms (8x4096x512 f32).
+// Into L2 rather than L1 (prefetcht1): L1 prefetches of three 2 KiB streams did not help at all.
+constexpr int64_t kPrefetchRows = 8;
+
+inline void prefetch_span(const void* p, size_t bytes) {
+#if defined(__GNUC__)
+  const char* c = static_cast<const char*>(p);
+  for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, /*rw=*/0, /*locality=*/1);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+// Makes this thread's streaming stores visible before the work item is reported done.
+inline void store_fence(bool stream) {
+#if defined(__SSE2__)
+  if (stream) _mm_sfence();
+#endif
+  (void)stream;
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Forward: h_t = a_t * h_{t-1} + b_t over state units [i0, i1), updating the carried row in place. Restrict-qualified
+// so the compiler vectorises without runtime alias checks (the carry is private scratch memory).
 
 template <class A, class S>
-inline void fwd_step(int64_t i0, int64_t i1, int64_t r, const A* __restrict a, const S* __restrict prev,
-                     const S* __restrict b, S* __restrict out) {
+inline void fwd_step(int64_t units, int64_t r, const A* __restrict a, const S* __restrict b, S* __restrict carry) {
   if (r == 1) {
-    for (int64_t d = i0; d < i1; ++d) out[d] = mul(a[d], prev[d]) + b[d];
+    for (int64_t d = 0; d < units; ++d) carry[d] = mul(a[d], carry[d]) + b[d];
   } else {
-    for (int64_t i = i0; i < i1; ++i) {
+    for (int64_t i = 0; i < units; ++i) {
       const A ai = a[i];
-      for (int64_t d = i * r; d < (i + 1) * r; ++d) out[d] = mul(ai, prev[d]) + b[d];
+      for (int64_t d = i * r; d < (i + 1) * r; ++d) carry[d] = mul(ai, carry[d]) + b[d];
     }
   }
 }
@@ -143,21 +237,27 @@ inline void fwd_step(int64_t i0, int64_t i1, int64_t r, const A* __restrict a, c
 template <class A, class S>
 void scan_fwd(const Shape& s, const A* a, const S* b, const S* h0, const uint8_t* cut, bool reverse, S* h,
               S* fin) {
+  const bool stream = stream_enabled(sizeof(S) * s.n * s.t * s.d);
   parallel_blocks(s, [&](int64_t n, int64_t i0, int64_t i1) {
-    const int64_t d0 = i0 * s.r, d1 = i1 * s.r;
-    const S* prev = h0 + n * s.d;
+    const int64_t d0 = i0 * s.r, d1 = i1 * s.r, width = d1 - d0;
+    std::vector<S> carry(h0 + n * s.d + d0, h0 + n * s.d + d1);
     for (int64_t k = 0; k < s.t; ++k) {
       const int64_t row = n * s.t + (reverse ? s.t - 1 - k : k);
-      S* out = h + row * s.d;
+      const S* b_row = b + row * s.d + d0;
+      if (reverse && k + kPrefetchRows < s.t) {
+        prefetch_span(b_row - kPrefetchRows * s.d, sizeof(S) * width);
+        prefetch_span(a + (row - kPrefetchRows) * s.da + i0, sizeof(A) * (i1 - i0));
+      }
       if (cut && cut[row]) {
         // A segment start: the carried state is dropped, as in the reference (h_t = a_t * 0 + b_t).
-        std::copy(b + row * s.d + d0, b + row * s.d + d1, out + d0);
+        std::copy(b_row, b_row + width, carry.data());
       } else {
-        fwd_step(i0, i1, s.r, a + row * s.da, prev, b + row * s.d, out);
+        fwd_step(i1 - i0, s.r, a + row * s.da + i0, b_row, carry.data());
       }
-      prev = out;
+      store_row(h + row * s.d + d0, carry.data(), sizeof(S) * width, stream);
     }
-    std::copy(prev + d0, prev + d1, fin + n * s.d + d0);
+    std::copy(carry.begin(), carry.end(), fin + n * s.d + d0);
+    store_fence(stream);
   });
 }
 
@@ -165,65 +265,74 @@ void scan_fwd(const Shape& s, const A* a, const S* b, const S* h0, const uint8_t
 // Backward (recurrence.md §10), walking the steps in the opposite order of the forward pass:
 //   g_last = ct_h_last + ct_final,  g_k = ct_h_k + a_{k+1} g_{k+1}  (0 when step k+1 is cut),
 //   a_bar_k = sum_R g_k h_{k-1}  (0 at cut steps),  b_bar_k = g_k,  h0_bar = a_0 g_0 (0 when step 0 is cut).
-// g is written straight into b_bar and read back one step later, so no scratch memory is needed.
+// g is carried in per-thread scratch (as the forward's h) and stored to b_bar; a_bar goes through a second row.
 
 template <bool kConj, class A, class S>
 void scan_bwd(const Shape& s, const A* a, const S* h, const S* h0, const S* ct_h, const S* ct_final,
               const uint8_t* cut, bool reverse, A* a_bar, S* b_bar, S* h0_bar) {
+  const bool stream = stream_enabled(sizeof(S) * s.n * s.t * s.d);
   parallel_blocks(s, [&](int64_t n, int64_t i0, int64_t i1) {
-    const int64_t d0 = i0 * s.r, d1 = i1 * s.r;
+    const int64_t d0 = i0 * s.r, d1 = i1 * s.r, width = d1 - d0, units = i1 - i0;
     auto row_of = [&](int64_t k) { return n * s.t + (reverse ? s.t - 1 - k : k); };
-    const S* g_next = nullptr;  // g of the step processed after this one (forward order)
-    const A* a_next = nullptr;
+    std::vector<S> g_row(width);
+    std::vector<A> ab_row(units);
+    S* __restrict g = g_row.data();
+    A* __restrict ab = ab_row.data();
+    const A* a_next = nullptr;  // a of the step processed after this one (forward order), from unit i0
     bool cut_next = false;
     for (int64_t k = s.t - 1; k >= 0; --k) {
       const int64_t row = row_of(k);
-      const S* __restrict ct = ct_h + row * s.d;
-      S* __restrict g = b_bar + row * s.d;
-      if (g_next == nullptr) {
-        const S* __restrict cf = ct_final + n * s.d;
-        for (int64_t d = d0; d < d1; ++d) g[d] = ct[d] + cf[d];
+      const S* __restrict ct = ct_h + row * s.d + d0;
+      if (!reverse && k > kPrefetchRows) {
+        prefetch_span(ct - kPrefetchRows * s.d, sizeof(S) * width);
+        prefetch_span(h + (row - 1 - kPrefetchRows) * s.d + d0, sizeof(S) * width);
+        prefetch_span(a + (row - kPrefetchRows) * s.da + i0, sizeof(A) * units);
+      }
+      if (a_next == nullptr) {
+        const S* __restrict cf = ct_final + n * s.d + d0;
+        for (int64_t d = 0; d < width; ++d) g[d] = ct[d] + cf[d];
       } else if (cut_next) {
-        std::copy(ct + d0, ct + d1, g + d0);
+        std::copy(ct, ct + width, g);
       } else if (s.r == 1) {
-        for (int64_t d = d0; d < d1; ++d) g[d] = ct[d] + mul(cj<kConj>(a_next[d]), g_next[d]);
+        for (int64_t d = 0; d < width; ++d) g[d] = ct[d] + mul(cj<kConj>(a_next[d]), g[d]);
       } else {
-        for (int64_t i = i0; i < i1; ++i) {
+        for (int64_t i = 0; i < units; ++i) {
           const A ai = cj<kConj>(a_next[i]);
-          for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) g[d] = ct[d] + mul(ai, g_next[d]);
+          for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) g[d] = ct[d] + mul(ai, g[d]);
         }
       }
+      store_row(b_bar + row * s.d + d0, g, sizeof(S) * width, stream);
       const bool is_cut = cut && cut[row];
-      A* __restrict ab = a_bar + row * s.da;
       if (is_cut) {
-        std::fill(ab + i0, ab + i1, A(0));
+        std::fill(ab, ab + units, A(0));
       } else {
-        const S* __restrict prev = k == 0 ? h0 + n * s.d : h + row_of(k - 1) * s.d;
+        const S* __restrict prev = (k == 0 ? h0 + n * s.d : h + row_of(k - 1) * s.d) + d0;
         if (s.r == 1) {
-          for (int64_t d = d0; d < d1; ++d) ab[d] = project<A>(mul(g[d], cj<kConj>(prev[d])));
+          for (int64_t d = 0; d < width; ++d) ab[d] = project<A>(mul(g[d], cj<kConj>(prev[d])));
         } else {
-          for (int64_t i = i0; i < i1; ++i) {
+          for (int64_t i = 0; i < units; ++i) {
             S acc(0);
             for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) acc += mul(g[d], cj<kConj>(prev[d]));
             ab[i] = project<A>(acc);
           }
         }
       }
-      g_next = g;
-      a_next = a + row * s.da;
+      store_row(a_bar + row * s.da + i0, ab, sizeof(A) * units, stream);
+      a_next = a + row * s.da + i0;
       cut_next = is_cut;
     }
-    S* __restrict out = h0_bar + n * s.d;
-    if (g_next == nullptr) {  // T == 0: final_state is initial_state
-      std::copy(ct_final + n * s.d + d0, ct_final + n * s.d + d1, out + d0);
+    S* __restrict out = h0_bar + n * s.d + d0;
+    if (a_next == nullptr) {  // T == 0: final_state is initial_state
+      std::copy(ct_final + n * s.d + d0, ct_final + n * s.d + d1, out);
     } else if (cut_next) {
-      std::fill(out + d0, out + d1, S(0));
+      std::fill(out, out + width, S(0));
     } else {
-      for (int64_t i = i0; i < i1; ++i) {
+      for (int64_t i = 0; i < units; ++i) {
         const A ai = cj<kConj>(a_next[i]);
-        for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) out[d] = mul(ai, g_next[d]);
+        for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) out[d] = mul(ai, g[d]);
       }
     }
+    store_fence(stream);
   });
 }
 
@@ -259,6 +368,7 @@ int run_fwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t d
   return dispatch(a_dtype, s_dtype, [&](auto* at, auto* st) {
     using A = std::remove_pointer_t<decltype(at)>;
     using S = std::remove_pointer_t<decltype(st)>;
+    advise_output(h, sizeof(S) * n * t * d);
     scan_fwd<A, S>(s, static_cast<const A*>(a), static_cast<const S*>(b), static_cast<const S*>(h0), cut, reverse,
                    static_cast<S*>(h), static_cast<S*>(fin));
     return int{kOk};
@@ -273,6 +383,8 @@ int run_bwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t d
   return dispatch(a_dtype, s_dtype, [&](auto* at, auto* st) {
     using A = std::remove_pointer_t<decltype(at)>;
     using S = std::remove_pointer_t<decltype(st)>;
+    advise_output(a_bar, sizeof(A) * n * t * da);
+    advise_output(b_bar, sizeof(S) * n * t * d);
     auto call = [&](auto kernel) {
       kernel(s, static_cast<const A*>(a), static_cast<const S*>(h), static_cast<const S*>(h0),
              static_cast<const S*>(ct_h), static_cast<const S*>(ct_final), cut, reverse, static_cast<A*>(a_bar),

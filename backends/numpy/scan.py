@@ -28,8 +28,8 @@ def _expand(mask: np.ndarray, ndim: int) -> np.ndarray:
     return mask.reshape(mask.shape + (1,) * (ndim - 2))
 
 
-def _prepare(a, b, initial_state, reverse, resets):
-    """Check arguments, cast to the compute dtype, mask resets and flip to processing order."""
+def _cast(a, b, initial_state, reverse, resets):
+    """Check arguments and cast to the compute dtype (no copy when already there); ``cut`` in time order."""
     a, b = np.asarray(a), np.asarray(b)
     checks.check_scan_args(
         a.shape, dtype_name(a), b.shape, dtype_name(b),
@@ -39,15 +39,20 @@ def _prepare(a, b, initial_state, reverse, resets):
         None if resets is None else dtype_name(resets),
     )
     acc = np_dtype(checks.compute_dtype(dtype_name(b)))
-    a_acc = a.astype(np_dtype(checks.compute_dtype(dtype_name(a))))
-    b_acc = b.astype(acc)
+    a_acc = a.astype(np_dtype(checks.compute_dtype(dtype_name(a))), copy=False)
+    b_acc = b.astype(acc, copy=False)
     h0 = np.zeros((b.shape[0], *b.shape[2:]), acc) if initial_state is None else np.asarray(initial_state, acc)
-    cut = cut_mask(resets, reverse)
+    return a_acc, b_acc, h0, cut_mask(resets, reverse), b.dtype
+
+
+def _prepare(a, b, initial_state, reverse, resets):
+    """:func:`_cast`, then mask resets (``a := 0``) and flip to processing order."""
+    a_acc, b_acc, h0, cut, out_dtype = _cast(a, b, initial_state, reverse, resets)
     if cut is not None:
-        a_acc = np.where(_expand(cut, a.ndim), 0, a_acc)
+        a_acc = np.where(_expand(cut, a_acc.ndim), 0, a_acc)
     if reverse:
         a_acc, b_acc = a_acc[:, ::-1], b_acc[:, ::-1]
-    return a_acc, b_acc, h0, b.dtype
+    return a_acc, b_acc, h0, out_dtype
 
 
 def _sequential(a, b, h0):
@@ -149,14 +154,16 @@ def linear_scan(
     """
     method = _pick_method(method)
     checks.check_chunk_size(chunk_size)
+    if method == "native":  # the kernel takes resets and reverse itself: no masked or flipped copies
+        a_c, b_c, h0, cut, out_dtype = _cast(a, b, initial_state, reverse, resets)
+        h, final = native.linear_scan(np.ascontiguousarray(a_c), np.ascontiguousarray(b_c), h0, cut, reverse)
+        return h.astype(out_dtype, copy=False), final.astype(out_dtype, copy=False)
     a_p, b_p, h0, out_dtype = _prepare(a, b, initial_state, reverse, resets)
     if method == "log":
         _check_log_domain(a, b, initial_state, resets)
         log_h0 = np.full(h0.shape, -np.inf, h0.dtype) if initial_state is None else np.log(h0)
         with np.errstate(divide="ignore"):  # log 0 at reset positions is the intended -inf
             h = np.exp(_heinsen(np.log(a_p), np.log(b_p), log_h0))
-    elif method == "native":
-        h = native.linear_scan(np.ascontiguousarray(a_p), np.ascontiguousarray(b_p), h0)[0]
     elif method == "sequential":
         h = _sequential(a_p, b_p, h0)
     elif method == "associative":
@@ -166,7 +173,8 @@ def linear_scan(
     final = h[:, -1] if h.shape[1] else h0
     if reverse:
         h = h[:, ::-1]
-    return np.ascontiguousarray(h).astype(out_dtype), np.asarray(final).astype(out_dtype)
+    # final is copied: a view of h (or the caller's initial_state when T = 0) must not alias another output
+    return np.ascontiguousarray(h).astype(out_dtype, copy=False), np.array(final, dtype=out_dtype)
 
 
 def log_scan(
