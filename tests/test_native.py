@@ -345,3 +345,127 @@ def test_torch_compile_fullgraph(tnative):
     _, ref_bars = _reference(a, b, h0, resets, True, ct_h, np.ones_like(h0))
     for got, want, name in zip((a_t.grad, b_t.grad, h0_t.grad), ref_bars, ("a", "b", "h0")):
         _assert_close(got.numpy(), want, "float32", grad=True, what=f"compiled {name}_bar")
+
+
+# --- minGRU with fused gates -------------------------------------------------------------------------------------
+
+
+def _mingru_reference(u, h0, ct_h, ct_f, kind):
+    """float64: gates of spec/mingru.md, the reference scan and its VJP, chained back to ``u``."""
+    from linrec.spec import mingru as spec
+
+    u = u.astype(np.float64)
+    u_z, u_h = np.split(u, 2, axis=-1)
+    z, c = spec.sigmoid(u_z), spec.candidate(u_h, kind)
+    a, b = 1 - z, z * c
+    (h, final) = reference.linear_scan(a, b, initial_state=h0.astype(np.float64))
+    a_bar, b_bar, h0_bar = reference.linear_scan_vjp(a, b, ct_h, ct_f, initial_state=h0.astype(np.float64))
+    z_bar = b_bar * c - a_bar
+    u_bar = np.concatenate([z_bar * z * (1 - z), b_bar * z * spec.candidate_grad(u_h, kind)], axis=-1)
+    return h, final, u_bar, h0_bar
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("kind", ["identity", "g"])
+@pytest.mark.parametrize(("n", "t", "hidden"), [(2, 0, 3), (2, 1, 3), (3, 9, 5), (2, 64, 600), (2, 1100, 1000)])
+def test_fused_mingru_matches_reference(dtype, kind, n, t, hidden):
+    # the last sizes take the threaded path and (over 8 MiB of du) streaming stores with unaligned rows
+    rng = np.random.default_rng(t + hidden)
+    u = (3 * rng.standard_normal((n, t, 2 * hidden))).astype(dtype)
+    h0 = rng.standard_normal((n, hidden)).astype(dtype)
+    ct_h = rng.standard_normal((n, t, hidden)).astype(dtype)
+    ct_f = rng.standard_normal((n, hidden)).astype(dtype)
+    h, final = native.mingru_scan(u, h0, kind)
+    assert h.dtype == u.dtype and h.shape == (n, t, hidden) and final.shape == (n, hidden)
+    h_ref, f_ref, u_bar_ref, h0_bar_ref = _mingru_reference(u, h0, ct_h, ct_f, kind)
+    _assert_close(h, h_ref, dtype, what="h")
+    _assert_close(final, f_ref, dtype, what="final")
+    u_bar, h0_bar = native.mingru_scan_vjp(u, h, h0, ct_h, ct_f, kind)
+    _assert_close(u_bar, u_bar_ref, dtype, grad=True, what="u_bar")
+    _assert_close(h0_bar, h0_bar_ref, dtype, grad=True, what="h0_bar")
+
+
+def _fused_inputs(dtype: str, seed: int = 3, n: int = 2, t: int = 9, hidden: int = 5):
+    rng = np.random.default_rng(seed)
+    draw = lambda *shape: rng.standard_normal(shape).astype(dtype)  # noqa: E731
+    return 3 * draw(n, t, 2 * hidden), draw(n, hidden), draw(n, t, hidden), draw(n, hidden)
+
+
+@pytest.mark.parametrize("kind", ["identity", "g"])
+def test_fused_mingru_jax_jit_grad_vmap(jnative, kind):
+    import jax
+    import jax.numpy as jnp
+
+    from linrec.backends.jax.native_mingru import native_mingru
+
+    u, h0, ct_h, ct_f = _fused_inputs("float64")
+    h_ref, f_ref, u_bar_ref, h0_bar_ref = _mingru_reference(u, h0, ct_h, ct_f, kind)
+
+    def loss(u, h0):
+        h, f = native_mingru(u, h0, kind)
+        return (h * ct_h).sum() + (f * ct_f).sum()
+
+    h, f = jax.jit(lambda u, h0: native_mingru(u, h0, kind))(jnp.asarray(u), jnp.asarray(h0))
+    _assert_close(np.asarray(h), h_ref, "float64", what="h")
+    _assert_close(np.asarray(f), f_ref, "float64", what="final")
+    u_bar, h0_bar = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(u), jnp.asarray(h0))
+    _assert_close(np.asarray(u_bar), u_bar_ref, "float64", grad=True, what="u_bar")
+    _assert_close(np.asarray(h0_bar), h0_bar_ref, "float64", grad=True, what="h0_bar")
+    stacked = jax.vmap(lambda u, h0: native_mingru(u, h0, kind)[0])(jnp.stack([u, -u]), jnp.stack([h0, h0]))
+    _assert_close(np.asarray(stacked[0]), h_ref, "float64", what="vmap h")
+
+
+@pytest.mark.parametrize("kind", ["identity", "g"])
+def test_fused_mingru_torch_autograd_opcheck_compile(tnative, kind):
+    import torch
+
+    from linrec.backends.torch import native_mingru as fused
+
+    u, h0, ct_h, ct_f = _fused_inputs("float64")
+    h_ref, f_ref, u_bar_ref, h0_bar_ref = _mingru_reference(u, h0, ct_h, ct_f, kind)
+    u_t, h0_t = (torch.from_numpy(x).requires_grad_(True) for x in (u, h0))
+    h, f = fused.native_mingru(u_t, h0_t, kind)
+    _assert_close(h.detach().numpy(), h_ref, "float64", what="h")
+    _assert_close(f.detach().numpy(), f_ref, "float64", what="final")
+    u_bar, h0_bar = torch.autograd.grad((h * torch.from_numpy(ct_h)).sum() + (f * torch.from_numpy(ct_f)).sum(),
+                                        (u_t, h0_t))
+    _assert_close(u_bar.numpy(), u_bar_ref, "float64", grad=True, what="u_bar")
+    _assert_close(h0_bar.numpy(), h0_bar_ref, "float64", grad=True, what="h0_bar")
+    code = native.CANDIDATE_CODES[kind]
+    torch.library.opcheck(fused.mingru_fwd, (u_t, h0_t, code))
+    torch.library.opcheck(fused.mingru_bwd, (u_t.detach(), h.detach(), h0_t.detach(), torch.from_numpy(ct_h),
+                                             torch.from_numpy(ct_f), code))
+
+    @torch.compile(fullgraph=True)
+    def loss(u, h0):
+        h, f = fused.native_mingru(u, h0, kind)
+        return h.sum() + f.sum()
+
+    loss(u_t, h0_t).backward()
+    _, _, u_bar_ones, _ = _mingru_reference(u, h0, np.ones_like(ct_h), np.ones_like(ct_f), kind)
+    _assert_close(u_t.grad.numpy(), u_bar_ones, "float64", grad=True, what="compiled u_bar")
+
+
+@pytest.mark.parametrize("framework", ["numpy", "jax", "torch"])
+def test_mingru_layer_takes_the_fused_path_on_auto_and_native(framework, monkeypatch):
+    """method="auto"/"native" on CPU runs the fused kernel; other methods do not."""
+    if framework != "numpy":
+        pytest.importorskip(framework)
+    from importlib import import_module
+
+    fused = import_module(f"linrec.backends.{framework}.native_mingru")
+    layer = import_module(f"linrec.backends.{framework}.mingru")
+    arrays = import_module(f"linrec.backends.{framework}.arrays")
+    from linrec.spec import mingru as spec
+
+    calls = []
+    real = fused.native_mingru
+    monkeypatch.setattr(fused, "native_mingru", lambda *args: calls.append(1) or real(*args))
+    cfg = spec.MinGRUConfig(4, candidate="g")
+    params = {k: arrays.asarray(v) for k, v in spec.init_params(cfg, seed=1).items()}
+    x = arrays.asarray(np.random.default_rng(0).standard_normal((2, 6, 4)).astype(np.float32))
+    results = {m: layer.mingru(params, x, config=cfg, method=m) for m in ("auto", "native", "sequential")}
+    assert len(calls) == 2
+    for m in ("auto", "native"):
+        for got, want in zip(results[m], results["sequential"]):
+            _assert_close(arrays.to_numpy(got), arrays.to_numpy(want), "float32", what=f"{framework} {m}")

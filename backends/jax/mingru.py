@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from linrec.backends.jax import native_mingru as _fused
 from linrec.backends.jax import scan as _scan
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype
 from linrec.spec import mingru as spec
@@ -127,6 +128,9 @@ def _sequence(params, x, h0, log_h0, *, gates: Gates, log_gates: Gates, config, 
         log_a, log_b = log_gates(u, config)
         log_h, log_final = _scan.log_scan(log_a, log_b, log_initial_state=log_h0)
         states, final = jnp.exp(log_h), jnp.exp(log_final)
+    elif gates is mingru_gates and _fused.applies(u, method):  # gates fused into the native scan: one pass
+        h = jnp.full((n_batch, config.d_inner), config.default_state, acc) if h0 is None else h0
+        states, final = _fused.native_mingru(u, h, config.candidate)
     else:
         a, b = gates(u, config)
         if h0 is None and config.default_state != 0:

@@ -56,6 +56,8 @@ __all__ = [
     "describe",
     "linear_scan",
     "linear_scan_vjp",
+    "mingru_scan",
+    "mingru_scan_vjp",
     "retain_freed_memory",
     "scan_3d",
     "scan_vjp_3d",
@@ -155,6 +157,38 @@ def scan_vjp_3d(a: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarray, 
                                _ptr(ct_final), _ptr(cut), int(reverse), int(conjugate), _ptr(a_bar), _ptr(b_bar),
                                _ptr(h0_bar)))
     return a_bar, b_bar, h0_bar
+
+
+#: minGRU candidate activation -> the kernel's code (``enum Candidate`` in ``linrec_scan.cc``).
+CANDIDATE_CODES = {"identity": 0, "g": 1}
+#: dtypes of the fused minGRU kernel (real only).
+MINGRU_DTYPES = ("float32", "float64")
+
+
+def mingru_scan(u: np.ndarray, h0: np.ndarray, candidate: str) -> tuple[np.ndarray, np.ndarray]:
+    """minGRU with its gates fused into the scan: ``u (N, T, 2H) = [u_z | u_h]``, ``h0 (N, H)`` -> ``(h, final)``.
+
+    ``h_t = σ(-u_z) h_{t-1} + σ(u_z) c(u_h)`` (spec/mingru.md) in one pass over ``u``; float32/float64.
+    """
+    lib = _builder().load()
+    u, h0 = np.ascontiguousarray(u), np.ascontiguousarray(h0)
+    n, t, two_h = u.shape
+    h, final = np.empty((n, t, two_h // 2), u.dtype), np.empty_like(h0)
+    _check(lib.linrec_mingru_fwd(DTYPE_CODES[u.dtype.name], n, t, two_h // 2, CANDIDATE_CODES[candidate], _ptr(u),
+                                 _ptr(h0), _ptr(h), _ptr(final)))
+    return h, final
+
+
+def mingru_scan_vjp(u: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarray, ct_final: np.ndarray,
+                    candidate: str) -> tuple[np.ndarray, np.ndarray]:
+    """The VJP of :func:`mingru_scan` given its output ``h``: ``(u_bar (N, T, 2H), h0_bar (N, H))``."""
+    lib = _builder().load()
+    u, h, h0, ct_h, ct_final = (np.ascontiguousarray(x) for x in (u, h, h0, ct_h, ct_final))
+    n, t, two_h = u.shape
+    u_bar, h0_bar = np.empty_like(u), np.empty_like(h0)
+    _check(lib.linrec_mingru_bwd(DTYPE_CODES[u.dtype.name], n, t, two_h // 2, CANDIDATE_CODES[candidate], _ptr(u),
+                                 _ptr(h), _ptr(h0), _ptr(ct_h), _ptr(ct_final), _ptr(u_bar), _ptr(h0_bar)))
+    return u_bar, h0_bar
 
 
 def linear_scan(a: np.ndarray, b: np.ndarray, h0: np.ndarray, cut: np.ndarray | None = None,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from linrec.backends.numpy import native_mingru as _fused
 from linrec.backends.numpy import scan as _scan
 from linrec.backends.numpy.arrays import dtype_name, np_dtype
 from linrec.spec import mingru as spec
@@ -100,6 +101,9 @@ def run_sequence(
         log_h0 = _log_initial_state(layer, config, h0, n_batch, acc)
         log_h, log_final = _scan.log_scan(log_a, log_b, log_initial_state=log_h0)
         states, final = np.exp(log_h), np.exp(log_final)
+    elif gates is mingru_gates and _fused.applies(u, method):  # gates fused into the native scan: one pass
+        h = np.full((n_batch, config.d_inner), config.default_state, acc) if h0 is None else h0
+        states, final = _fused.native_mingru(u, h, config.candidate)
     else:
         a, b = gates(u, config)
         if h0 is None and config.default_state != 0:

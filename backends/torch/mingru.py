@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from linrec.backends.torch import native_mingru as _fused
 from linrec.backends.torch import scan as _scan
 from linrec.backends.torch.arrays import asarray, dtype_name, torch_dtype
 from linrec.spec import mingru as spec
@@ -157,6 +158,9 @@ def run_sequence(
         log_h0 = _log_initial_state(layer, config, h0, u)
         log_h, log_final = _scan.log_scan(log_a, log_b, log_initial_state=log_h0)
         states, final = torch.exp(log_h), torch.exp(log_final)
+    elif gates is mingru_gates and _fused.applies(u, method):  # gates fused into the native scan: one pass
+        h = _default(config, x.shape[0], u) if h0 is None else h0
+        states, final = _fused.native_mingru(u, h, config.candidate)
     else:
         a, b = gates(u, config)
         if h0 is None and config.default_state != 0:

@@ -1,0 +1,86 @@
+"""minGRU with its gates fused into the native scan, for the JAX backend (``linrec.backends.native``).
+
+Shape legend: ``B`` batch, ``T`` time, ``H`` state width.
+
+``u = [u_z | u_h] (B, T, 2H)`` is the layer's projection; per step ``h_t = σ(-u_z) h_{t-1} + σ(u_z) c(u_h)``
+(spec/mingru.md) with ``c`` the identity or ``g``. One XLA FFI call reads ``u`` and writes ``h``; XLA would fuse the
+gate math into one loop too, but must then write ``a`` and ``b`` for the scan call to read back. A
+``jax.custom_vjp`` whose backward is the fused backward kernel writes ``u_bar`` directly. Works under ``jit``,
+``vmap`` (``vmap_method="broadcast_all"``) and ``grad``; CPU only, float32/float64.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from linrec.backends import native
+from linrec.backends.jax import native as scan_native
+
+__all__ = ["applies", "native_mingru", "register"]
+
+Array = jax.Array
+
+_FWD, _BWD = "linrec_mingru_fwd", "linrec_mingru_bwd"
+_registered = False
+
+
+def register() -> None:
+    """Register the fused minGRU FFI targets with XLA (once); builds the library like ``method="native"``."""
+    global _registered
+    if _registered:
+        return
+    scan_native.register()  # builds/loads and checks the FFI handlers are compiled in
+    lib = native._builder().load()
+    jax.ffi.register_ffi_target(_FWD, jax.ffi.pycapsule(lib.linrec_mingru_fwd_ffi), platform="cpu")
+    jax.ffi.register_ffi_target(_BWD, jax.ffi.pycapsule(lib.linrec_mingru_bwd_ffi), platform="cpu")
+    _registered = True
+
+
+def applies(u: Array, method: str) -> bool:
+    """Whether the layer's scan ``method`` on projections ``u`` runs here: ``"auto"`` or ``"native"``, the CPU
+    backend, float32/float64 and the kernel built (otherwise the layer takes the unfused path, which raises for an
+    unservable ``"native"``)."""
+    return (method in ("auto", "native") and jax.default_backend() == "cpu"
+            and jnp.dtype(u.dtype).name in native.MINGRU_DTYPES and native.available())
+
+
+def _half(u: Array) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((*u.shape[:-1], u.shape[-1] // 2), u.dtype)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _mingru(u: Array, h0: Array, candidate: int) -> tuple[Array, Array]:
+    call = jax.ffi.ffi_call(_FWD, (_half(u), jax.ShapeDtypeStruct(h0.shape, h0.dtype)), vmap_method="broadcast_all")
+    return call(u, h0, candidate=np.int32(candidate))
+
+
+def _mingru_fwd(u, h0, candidate):
+    h, final = _mingru(u, h0, candidate)
+    return (h, final), (u, h0, h)
+
+
+def _mingru_bwd(candidate, residuals, cotangents):
+    u, h0, h = residuals
+    ct_h, ct_final = cotangents
+    call = jax.ffi.ffi_call(_BWD, (jax.ShapeDtypeStruct(u.shape, u.dtype), jax.ShapeDtypeStruct(h0.shape, h0.dtype)),
+                            vmap_method="broadcast_all")
+    return call(u, h, h0, ct_h.astype(h.dtype), ct_final.astype(h.dtype), candidate=np.int32(candidate))
+
+
+_mingru.defvjp(_mingru_fwd, _mingru_bwd)
+
+
+def native_mingru(u: Array, h0: Array, candidate: str) -> tuple[Array, Array]:
+    """``(h (B, T, H), final (B, H))`` from projections ``u (B, T, 2H)`` and ``h0 (B, H)`` (same dtype).
+
+    ``candidate``: ``"identity"`` or ``"g"``. Differentiable in ``u`` and ``h0``.
+    """
+    if jnp.dtype(u.dtype).name not in native.MINGRU_DTYPES or h0.dtype != u.dtype:
+        raise TypeError(f"the fused minGRU kernel takes float32/float64 u and h0 of one dtype, got "
+                        f"{jnp.dtype(u.dtype).name} and {jnp.dtype(h0.dtype).name}")
+    register()
+    return _mingru(u, h0, native.CANDIDATE_CODES[candidate])
