@@ -16,10 +16,8 @@ Layer outputs pass through two projections and three activations, so outputs and
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from importlib import import_module
 from types import ModuleType
 
 import numpy as np
@@ -27,6 +25,14 @@ import numpy as np
 from linrec.conformance.case import Case, CaseFailure, Outcome
 from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
+from linrec.conformance.layer_harness import (
+    Path,
+    backend_params,
+    backend_vjp,
+    case_seed,
+    complex_step_grads,
+    expect_error,
+)
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
 
@@ -39,7 +45,6 @@ BATCH, LENGTH, D_IN, D_H, D_MODEL = 2, 7, 3, 4, 5
 GRAD_SIZES = dict(batch=2, length=4, d_in=2, d_h=3, d_model=2)
 #: ``method="chunked"`` runs with chunks this long so that T = 7 crosses chunk boundaries.
 CHUNK = 3
-COMPLEX_STEP = 1e-20
 
 _BASE = GatedLinearRNNConfig(d_model=D_MODEL, d_h=D_H, d_in=D_IN)
 
@@ -108,10 +113,6 @@ class Problem:
                             None if h0 is None else to_reference_precision(h0))
 
 
-def _seed(*parts: object) -> int:
-    return zlib.crc32("/".join(map(str, parts)).encode())
-
-
 def _draw_params(config: GatedLinearRNNConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random parameters at initialiser scale, with nonzero biases and (if present) a nonzero W_r."""
     out = {}
@@ -151,16 +152,6 @@ def _grad_config(config: GatedLinearRNNConfig) -> GatedLinearRNNConfig:
 # Running the backend
 
 
-@dataclass(frozen=True)
-class Path:
-    """How the backend computes a full pass: ``mode`` plus, for the parallel mode, the scan method."""
-
-    label: str
-    mode: str
-    method: str = "auto"
-    chunk_size: int | None = None
-
-
 SEQUENTIAL_MODE = Path("mode-sequential", "sequential")
 
 
@@ -185,16 +176,12 @@ def _few_paths(backend: ModuleType, config: GatedLinearRNNConfig) -> list[Path]:
     return [*pick, SEQUENTIAL_MODE]
 
 
-def _params(backend: ModuleType, params: dict[str, np.ndarray]) -> dict:
-    return {k: backend.asarray(v) for k, v in params.items()}
-
-
 def _call(backend: ModuleType, prob: Problem, path: Path | None = None, *, x=None, initial_state=..., config=None,
           params=None) -> tuple[np.ndarray, np.ndarray]:
     path = path or Path("auto", "auto")
     h0 = prob.initial_state if initial_state is ... else initial_state
     y, h = getattr(backend, LAYER)(
-        _params(backend, prob.params if params is None else params),
+        backend_params(backend, prob.params if params is None else params),
         backend.asarray(prob.x if x is None else x),
         config=config or prob.config, initial_state=as_backend(backend, h0),
         mode=path.mode, method=path.method, chunk_size=path.chunk_size,
@@ -205,7 +192,7 @@ def _call(backend: ModuleType, prob: Problem, path: Path | None = None, *, x=Non
 def _steps(backend: ModuleType, prob: Problem, x: np.ndarray, state) -> tuple[np.ndarray, np.ndarray]:
     """Feed ``x`` one step at a time in processing order (from the end when reversed)."""
     step = getattr(backend, f"{LAYER}_step")
-    params = _params(backend, prob.params)
+    params = backend_params(backend, prob.params)
     order = range(x.shape[1] - 1, -1, -1) if prob.config.reversed else range(x.shape[1])
     ys: dict[int, np.ndarray] = {}
     state = as_backend(backend, state)
@@ -223,18 +210,6 @@ def _compare_pair(label: str, got: tuple, want: tuple, dtype: str, *, method: st
     ])
 
 
-def _expect_error(fn: Callable[[], object], error: type[Exception], mention: str) -> Outcome:
-    try:
-        fn()
-    except error as err:
-        if mention.lower() not in str(err).lower():
-            return Outcome(False, detail=f"{error.__name__} raised but its message does not name {mention!r}: {err}")
-        return Outcome(True, detail=f"{error.__name__}: {err}")
-    except Exception as err:  # a wrong exception type is a failure, not an error of the suite
-        return Outcome(False, detail=f"expected {error.__name__} naming {mention!r}, got {type(err).__name__}: {err}")
-    return Outcome(False, detail=f"expected {error.__name__} naming {mention!r}; nothing was raised")
-
-
 # ---------------------------------------------------------------------------------------------
 # Value cases
 
@@ -249,14 +224,14 @@ def _check_dtypes(y: np.ndarray, h: np.ndarray, dtype: str) -> Outcome | None:
 
 def _equals_reference(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outcome:
     config, _ = VARIANTS[variant]
-    prob = make_problem(config, dtype, _seed(variant, dtype))
+    prob = make_problem(config, dtype, case_seed(variant, dtype))
     got = _call(backend, prob, path)
     return _check_dtypes(*got, dtype) or _compare_pair(path.label, got, prob.reference(), dtype)
 
 
 def _zero_kernel_equals_parallel(backend: ModuleType, gates: str, path: Path, dtype: str) -> Outcome:
     config = replace(_BASE, use_tied_gates=gates == "tied")
-    prob = make_problem(config, dtype, _seed("zero-kernel", gates, dtype))
+    prob = make_problem(config, dtype, case_seed("zero-kernel", gates, dtype))
     parallel = _call(backend, prob, path)
     recurrent = replace(config, use_true_recurrence=True)
     params = dict(prob.params, **{"recurrent_proj.kernel": np.zeros((config.d_h, config.n_blocks * config.d_h),
@@ -267,14 +242,14 @@ def _zero_kernel_equals_parallel(backend: ModuleType, gates: str, path: Path, dt
 
 def _parallel_refused(backend: ModuleType, method: str) -> Outcome:
     config, _ = VARIANTS["true-recurrence-tied"]
-    prob = make_problem(config, "float32", _seed("refused"))
-    return _expect_error(lambda: _call(backend, prob, Path(method, "parallel", method)), ValueError,
+    prob = make_problem(config, "float32", case_seed("refused"))
+    return expect_error(lambda: _call(backend, prob, Path(method, "parallel", method)), ValueError,
                          "mode='sequential'")
 
 
 def _step_equals_full(backend: ModuleType, variant: str, dtype: str) -> Outcome:
     config, _ = VARIANTS[variant]
-    prob = make_problem(config, dtype, _seed("step", variant, dtype))
+    prob = make_problem(config, dtype, case_seed("step", variant, dtype))
     return _compare_pair("step loop vs full pass", _steps(backend, prob, prob.x, prob.initial_state),
                          _call(backend, prob), dtype)
 
@@ -293,7 +268,7 @@ def _join(prob: Problem, y_first: np.ndarray, y_second: np.ndarray) -> np.ndarra
 
 def _prefill_then_step(backend: ModuleType, variant: str, dtype: str, k: int = 4) -> Outcome:
     config, _ = VARIANTS[variant]
-    prob = make_problem(config, dtype, _seed("prefill", variant, dtype))
+    prob = make_problem(config, dtype, case_seed("prefill", variant, dtype))
     first, second = _first_part(prob, k)
     y1, state = _call(backend, prob, x=np.ascontiguousarray(first))
     y2, final = _steps(backend, prob, second, state)
@@ -302,7 +277,7 @@ def _prefill_then_step(backend: ModuleType, variant: str, dtype: str, k: int = 4
 
 def _split_invariance(backend: ModuleType, variant: str, k: int, dtype: str) -> Outcome:
     config, _ = VARIANTS[variant]
-    prob = make_problem(config, dtype, _seed("split", variant, dtype))
+    prob = make_problem(config, dtype, case_seed("split", variant, dtype))
     first, second = _first_part(prob, k)
     y1, state = _call(backend, prob, x=np.ascontiguousarray(first))
     y2, final = _call(backend, prob, x=np.ascontiguousarray(second), initial_state=state)
@@ -310,7 +285,7 @@ def _split_invariance(backend: ModuleType, variant: str, k: int, dtype: str) -> 
 
 
 def _none_equals_zeros(backend: ModuleType, path: Path, dtype: str) -> Outcome:
-    prob = make_problem(_BASE, dtype, _seed("zeros", dtype), with_initial_state=False)
+    prob = make_problem(_BASE, dtype, case_seed("zeros", dtype), with_initial_state=False)
     zeros = np.zeros((BATCH, D_H), prob.x.dtype)
     return _compare_pair("None vs zeros", _call(backend, prob, path), _call(backend, prob, path, initial_state=zeros),
                          dtype)
@@ -318,7 +293,7 @@ def _none_equals_zeros(backend: ModuleType, path: Path, dtype: str) -> Outcome:
 
 def _empty_sequence(backend: ModuleType, path: Path, dtype: str) -> Outcome:
     config = _BASE if path.mode == "parallel" else VARIANTS["true-recurrence-tied"][0]
-    prob = make_problem(config, dtype, _seed("empty", dtype), length=0)
+    prob = make_problem(config, dtype, case_seed("empty", dtype), length=0)
     y, h = _call(backend, prob, path)
     if y.shape != (BATCH, 0, D_MODEL):
         return Outcome(False, detail=f"y has shape {y.shape}, expected {(BATCH, 0, D_MODEL)}")
@@ -342,18 +317,18 @@ _LOG_CONFIG = replace(_BASE, input_activation="sigmoid")
 
 
 def _log_equals_reference(backend: ModuleType, dtype: str) -> Outcome:
-    prob = make_problem(_LOG_CONFIG, dtype, _seed("log", dtype), positive_state=True)
+    prob = make_problem(_LOG_CONFIG, dtype, case_seed("log", dtype), positive_state=True)
     return _compare_pair("log", _call(backend, prob, Path("log", "parallel", "log")), prob.reference(), dtype,
                          method="log")
 
 
 def _log_refused(backend: ModuleType, what: str) -> Outcome:
     if what == "negative-candidate":
-        prob = make_problem(_BASE, "float32", _seed("log-refused", what), positive_state=True)
+        prob = make_problem(_BASE, "float32", case_seed("log-refused", what), positive_state=True)
     else:
-        prob = make_problem(_LOG_CONFIG, "float32", _seed("log-refused", what))
+        prob = make_problem(_LOG_CONFIG, "float32", case_seed("log-refused", what))
         prob = replace(prob, initial_state=-np.abs(prob.initial_state) - 0.1)
-    return _expect_error(lambda: _call(backend, prob, Path("log", "parallel", "log")), ValueError, "method=")
+    return expect_error(lambda: _call(backend, prob, Path("log", "parallel", "log")), ValueError, "method=")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,43 +336,43 @@ def _log_refused(backend: ModuleType, what: str) -> Outcome:
 
 
 def _bad_input(backend: ModuleType, what: str) -> Outcome:
-    prob = make_problem(_BASE, "float32", _seed("bad", what))
+    prob = make_problem(_BASE, "float32", case_seed("bad", what))
     x, h0, params = prob.x, prob.initial_state, prob.params
     if what == "wrong-feature-size":
-        return _expect_error(lambda: _call(backend, prob, x=np.zeros((BATCH, LENGTH, D_IN + 1), x.dtype)),
+        return expect_error(lambda: _call(backend, prob, x=np.zeros((BATCH, LENGTH, D_IN + 1), x.dtype)),
                              ValueError, "d_in")
     if what == "wrong-rank":
-        return _expect_error(lambda: _call(backend, prob, x=x[0]), ValueError, "(B, T, d_in)")
+        return expect_error(lambda: _call(backend, prob, x=x[0]), ValueError, "(B, T, d_in)")
     if what == "integer-input":
-        return _expect_error(lambda: _call(backend, prob, x=x.astype(np.int32)), TypeError, "x")
+        return expect_error(lambda: _call(backend, prob, x=x.astype(np.int32)), TypeError, "x")
     if what == "state-wrong-shape":
-        return _expect_error(lambda: _call(backend, prob, initial_state=np.zeros((BATCH, D_H + 1), x.dtype)),
+        return expect_error(lambda: _call(backend, prob, initial_state=np.zeros((BATCH, D_H + 1), x.dtype)),
                              ValueError, "initial_state")
     if what == "state-wrong-dtype":
-        return _expect_error(lambda: _call(backend, prob, initial_state=h0.astype(np.float64)), TypeError,
+        return expect_error(lambda: _call(backend, prob, initial_state=h0.astype(np.float64)), TypeError,
                              "initial_state")
     if what == "step-state-wrong-shape":
         step = getattr(backend, f"{LAYER}_step")
-        return _expect_error(
-            lambda: step(_params(backend, params), backend.asarray(x[:, 0]),
+        return expect_error(
+            lambda: step(backend_params(backend, params), backend.asarray(x[:, 0]),
                          backend.asarray(np.zeros((BATCH + 1, D_H), x.dtype)), config=_BASE),
             ValueError, "state")
     if what == "unknown-mode":
-        return _expect_error(lambda: _call(backend, prob, Path("bogus", "bogus")), ValueError, "mode")
+        return expect_error(lambda: _call(backend, prob, Path("bogus", "bogus")), ValueError, "mode")
     if what == "unknown-method":
-        return _expect_error(lambda: _call(backend, prob, Path("bogus", "parallel", "bogus")), ValueError, "method")
+        return expect_error(lambda: _call(backend, prob, Path("bogus", "parallel", "bogus")), ValueError, "method")
     if what == "method-with-sequential-mode":
-        return _expect_error(lambda: _call(backend, prob, Path("associative", "sequential", "associative")),
+        return expect_error(lambda: _call(backend, prob, Path("associative", "sequential", "associative")),
                              ValueError, "mode='parallel'")
     if what == "missing-param":
         short = {k: v for k, v in params.items() if k != "out_proj.bias"}
-        return _expect_error(lambda: _call(backend, prob, params=short), ValueError, "out_proj.bias")
+        return expect_error(lambda: _call(backend, prob, params=short), ValueError, "out_proj.bias")
     if what == "param-wrong-shape":
         bad = dict(params, **{"proj.kernel": params["proj.kernel"][:, :-1]})
-        return _expect_error(lambda: _call(backend, prob, params=bad), ValueError, "proj.kernel")
+        return expect_error(lambda: _call(backend, prob, params=bad), ValueError, "proj.kernel")
     if what == "recurrent-kernel-without-true-recurrence":
         extra = dict(params, **{"recurrent_proj.kernel": np.zeros((D_H, 3 * D_H), x.dtype)})
-        return _expect_error(lambda: _call(backend, prob, params=extra), ValueError, "use_true_recurrence")
+        return expect_error(lambda: _call(backend, prob, params=extra), ValueError, "use_true_recurrence")
     raise CaseFailure(f"unknown bad-input case {what!r}")
 
 
@@ -412,12 +387,6 @@ BAD_INPUTS = (
 # Gradients
 
 
-def _vjp(backend: ModuleType) -> Callable:
-    if hasattr(backend, "vjp"):
-        return backend.vjp
-    return import_module(f"linrec.backends.{backend.NAME}.autodiff").vjp
-
-
 def _complex_step_grads(prob: Problem, names: list[str], ct_y: np.ndarray, ct_h: np.ndarray) -> list[np.ndarray]:
     """d/d(each primal) of ``sum(ct_y * y) + sum(ct_h * final_state)`` of the reference, by complex step."""
     base = [to_reference_precision(prob.params[k]) for k in names]
@@ -427,22 +396,14 @@ def _complex_step_grads(prob: Problem, names: list[str], ct_y: np.ndarray, ct_h:
         y, h = spec.forward(dict(zip(names, arrays[:-2])), arrays[-2], prob.config, arrays[-1])
         return np.sum(ct_y * y) + np.sum(ct_h * h)
 
-    grads = []
-    for j, a in enumerate(base):
-        g = np.zeros_like(a)
-        for idx in np.ndindex(a.shape):
-            bumped = a.astype(np.complex128)
-            bumped[idx] += 1j * COMPLEX_STEP
-            g[idx] = loss([*base[:j], bumped, *base[j + 1 :]]).imag / COMPLEX_STEP
-        grads.append(g)
-    return grads
+    return complex_step_grads(loss, base)
 
 
 def _gradient(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outcome:
     config = _grad_config(VARIANTS[variant][0])
     s = GRAD_SIZES
-    prob = make_problem(config, dtype, _seed("grad", variant, dtype), batch=s["batch"], length=s["length"])
-    rng = np.random.default_rng(_seed("grad-cotangent", variant, dtype))
+    prob = make_problem(config, dtype, case_seed("grad", variant, dtype), batch=s["batch"], length=s["length"])
+    rng = np.random.default_rng(case_seed("grad-cotangent", variant, dtype))
     ct_y = rounded(rng.standard_normal((s["batch"], s["length"], config.d_model)), dtype)
     ct_h = rounded(rng.standard_normal((s["batch"], config.d_h)), dtype)
     names = sorted(prob.params)
@@ -454,7 +415,7 @@ def _gradient(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outc
 
     primals = [backend.asarray(prob.params[k]) for k in names] + [backend.asarray(prob.x),
                                                                    backend.asarray(prob.initial_state)]
-    got = _vjp(backend)(fn, tuple(primals), (backend.asarray(ct_y), backend.asarray(ct_h)))
+    got = backend_vjp(backend)(fn, tuple(primals), (backend.asarray(ct_y), backend.asarray(ct_h)))
     want = _complex_step_grads(prob, names, to_reference_precision(ct_y), to_reference_precision(ct_h))
     labels = [*names, "x", "initial_state"]
     return compare_many([

@@ -13,11 +13,9 @@ differentiated by complex step (exact to float64 rounding).
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cache
-from importlib import import_module
 from types import ModuleType
 
 import numpy as np
@@ -25,6 +23,14 @@ import numpy as np
 from linrec.conformance.case import Case, CaseFailure, Outcome
 from linrec.conformance.compare import as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
+from linrec.conformance.layer_harness import (
+    Path,
+    backend_params,
+    backend_vjp,
+    case_seed,
+    complex_step_grads,
+    expect_error,
+)
 from linrec.spec import gated_linear_rnn_lm as spec
 from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig
 
@@ -35,7 +41,6 @@ DTYPES = ("float32", "float64")
 BATCH, LENGTH = 2, 6
 #: rows start at these positions (a state carried from earlier tokens), so positional encodings are offset
 START = (0, 3)
-COMPLEX_STEP = 1e-20
 
 _BASE = GatedLinearRNNLMConfig(n_layer=2, d_model=4, d_channel_mixing=5, d_h=3, input_vocab_size=7,
                                output_vocab_size=6, max_seq_length=12)
@@ -96,10 +101,6 @@ class Problem:
                             dropout_masks={k: to_reference_precision(v) for k, v in masks.items()} or None)
 
 
-def _seed(*parts: object) -> int:
-    return zlib.crc32("/".join(map(str, parts)).encode())
-
-
 def _draw_params(config: GatedLinearRNNLMConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Initialiser scale, with nonzero biases, norms away from 1/0 and (if present) a nonzero W_r."""
     out = {}
@@ -145,14 +146,6 @@ def make_problem(config: GatedLinearRNNLMConfig, dtype: str, seed: int, *, batch
 # Running the backend
 
 
-@dataclass(frozen=True)
-class Path:
-    label: str
-    mode: str
-    method: str = "auto"
-    chunk_size: int | None = None
-
-
 SEQUENTIAL = Path("mode-sequential", "sequential")
 PARALLEL = Path("parallel", "parallel")
 
@@ -174,17 +167,13 @@ def _n_state(backend: ModuleType, state) -> dict[str, np.ndarray]:
     return {k: as_numpy(backend, v) for k, v in state.items()}
 
 
-def _params(backend: ModuleType, params: dict[str, np.ndarray]) -> dict:
-    return {k: backend.asarray(v) for k, v in params.items()}
-
-
 def _call(backend: ModuleType, prob: Problem, path: Path | None = None, *, inputs=None, state=..., lengths=None,
           masks=..., params=None, config=None):
     path = path or Path("auto", "auto")
     state = prob.state if state is ... else state
     masks = prob.masks if masks is ... else masks
     out, new = getattr(backend, LM)(
-        _params(backend, prob.params if params is None else params),
+        backend_params(backend, prob.params if params is None else params),
         backend.asarray(prob.inputs if inputs is None else inputs),
         config=config or prob.config, state=_b_state(backend, state),
         lengths=lengths, dropout_masks={k: backend.asarray(v) for k, v in masks.items()} or None,
@@ -194,7 +183,7 @@ def _call(backend: ModuleType, prob: Problem, path: Path | None = None, *, input
 
 
 def _step(backend: ModuleType, prob: Problem, input_t: np.ndarray, state, params=None):
-    out, new = getattr(backend, f"{LM}_step")(_params(backend, params or prob.params),
+    out, new = getattr(backend, f"{LM}_step")(backend_params(backend, params or prob.params),
                                                backend.asarray(np.ascontiguousarray(input_t)),
                                                _b_state(backend, state), config=prob.config)
     return as_numpy(backend, out), _n_state(backend, new)
@@ -223,24 +212,12 @@ def _judge(label: str, got: tuple, want: tuple, dtype: str) -> Outcome:
     ])
 
 
-def _expect_error(fn: Callable[[], object], error: type[Exception], mention: str) -> Outcome:
-    try:
-        fn()
-    except error as err:
-        if mention.lower() not in str(err).lower():
-            return Outcome(False, detail=f"{error.__name__} raised but its message does not name {mention!r}: {err}")
-        return Outcome(True, detail=f"{error.__name__}: {err}")
-    except Exception as err:  # a wrong exception type is a failure of the backend, not of the suite
-        return Outcome(False, detail=f"expected {error.__name__} naming {mention!r}, got {type(err).__name__}: {err}")
-    return Outcome(False, detail=f"expected {error.__name__} naming {mention!r}; nothing was raised")
-
-
 # ---------------------------------------------------------------------------------------------
 # Value cases
 
 
 def _problem(variant: str, dtype: str, *tag: object) -> Problem:
-    return make_problem(VARIANTS[variant][0], dtype, _seed(variant, dtype, *tag))
+    return make_problem(VARIANTS[variant][0], dtype, case_seed(variant, dtype, *tag))
 
 
 def _equals_reference(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outcome:
@@ -307,7 +284,7 @@ _LENGTHS = np.array([6, 2, 4], np.int32)
 def _lengths(backend: ModuleType, variant: str, dtype: str) -> Outcome:
     """Right-padded rows of lengths 6, 2, 4 (padding ids -1) equal each row run alone; then two decode steps."""
     config = VARIANTS[variant][0]
-    prob = make_problem(config, dtype, _seed(variant, dtype, "lengths"), batch=3, start=(0, 3, 1))
+    prob = make_problem(config, dtype, case_seed(variant, dtype, "lengths"), batch=3, start=(0, 3, 1))
     inputs = prob.inputs.copy()
     valid = np.arange(LENGTH)[None, :] < _LENGTHS[:, None]
     if config.use_word_embedding:
@@ -351,70 +328,70 @@ _FEATURES = VARIANTS["features-no-head"][0]
 
 
 def _bad_input(backend: ModuleType, what: str) -> Outcome:
-    prob = make_problem(_LEARNED, "float32", _seed("bad", what))
+    prob = make_problem(_LEARNED, "float32", case_seed("bad", what))
     tokens, params, state = prob.inputs, prob.params, prob.state
 
     def run(**kw):
         return _call(backend, prob, **kw)
 
     if what == "token-out-of-range":
-        return _expect_error(lambda: run(inputs=np.full_like(tokens, 7)), ValueError, "input_vocab_size")
+        return expect_error(lambda: run(inputs=np.full_like(tokens, 7)), ValueError, "input_vocab_size")
     if what == "negative-token":
-        return _expect_error(lambda: run(inputs=np.full_like(tokens, -1)), ValueError, "outside")
+        return expect_error(lambda: run(inputs=np.full_like(tokens, -1)), ValueError, "outside")
     if what == "step-token-out-of-range":
-        return _expect_error(lambda: _step(backend, prob, np.full(BATCH, 9, np.int32), state), ValueError,
+        return expect_error(lambda: _step(backend, prob, np.full(BATCH, 9, np.int32), state), ValueError,
                              "input_vocab_size")
     if what == "longer-than-max-seq-length":
         long = np.zeros((BATCH, 13), np.int32)
-        return _expect_error(lambda: run(inputs=long, state=None), ValueError, "max_seq_length")
+        return expect_error(lambda: run(inputs=long, state=None), ValueError, "max_seq_length")
     if what == "sinusoidal-longer-than-max-seq-length":
         sin = replace(prob, config=VARIANTS["sinusoidal"][0],
                       params={k: v for k, v in params.items() if not k.startswith("pos_embed")})
-        return _expect_error(lambda: _call(backend, sin, inputs=np.zeros((BATCH, 10), np.int32)), ValueError,
+        return expect_error(lambda: _call(backend, sin, inputs=np.zeros((BATCH, 10), np.int32)), ValueError,
                              "max_seq_length")
     if what == "decode-past-max-seq-length":
         full = dict(state, position=np.full(BATCH, 12, np.int32))
-        return _expect_error(lambda: _step(backend, prob, tokens[:, 0], full), ValueError, "max_seq_length")
+        return expect_error(lambda: _step(backend, prob, tokens[:, 0], full), ValueError, "max_seq_length")
     if what == "state-from-other-config":
         other = dict(state, h=np.zeros((BATCH, 3, 3), state["h"].dtype))
-        return _expect_error(lambda: run(state=other), ValueError, "n_layer")
+        return expect_error(lambda: run(state=other), ValueError, "n_layer")
     if what == "state-wrong-dtype":
         other = dict(state, h=state["h"].astype(np.float64))
-        return _expect_error(lambda: run(state=other), TypeError, "state['h']")
+        return expect_error(lambda: run(state=other), TypeError, "state['h']")
     if what == "state-without-position":
-        return _expect_error(lambda: run(state={"h": state["h"]}), TypeError, "position")
+        return expect_error(lambda: run(state={"h": state["h"]}), TypeError, "position")
     if what == "float-inputs-with-word-embedding":
-        return _expect_error(lambda: run(inputs=tokens.astype(np.float32)), TypeError, "token")
+        return expect_error(lambda: run(inputs=tokens.astype(np.float32)), TypeError, "token")
     if what == "tokens-without-word-embedding":
-        feat = make_problem(_FEATURES, "float32", _seed("bad-features"))
-        return _expect_error(lambda: _call(backend, feat, inputs=tokens), TypeError, "floating")
+        feat = make_problem(_FEATURES, "float32", case_seed("bad-features"))
+        return expect_error(lambda: _call(backend, feat, inputs=tokens), TypeError, "floating")
     if what == "wrong-feature-size":
-        feat = make_problem(_FEATURES, "float32", _seed("bad-features"))
-        return _expect_error(lambda: _call(backend, feat, inputs=np.zeros((BATCH, 3, 4), np.float32)), ValueError,
+        feat = make_problem(_FEATURES, "float32", case_seed("bad-features"))
+        return expect_error(lambda: _call(backend, feat, inputs=np.zeros((BATCH, 3, 4), np.float32)), ValueError,
                              "d_input")
     if what == "missing-param":
         short = {k: v for k, v in params.items() if k != "head.bias"}
-        return _expect_error(lambda: run(params=short), ValueError, "head.bias")
+        return expect_error(lambda: run(params=short), ValueError, "head.bias")
     if what == "param-wrong-shape":
         bad = dict(params, **{"layers.1.channel_mixing.fc1.kernel": np.zeros((4, 6), np.float32)})
-        return _expect_error(lambda: run(params=bad), ValueError, "layers.1.channel_mixing.fc1.kernel")
+        return expect_error(lambda: run(params=bad), ValueError, "layers.1.channel_mixing.fc1.kernel")
     if what == "lengths-out-of-range":
-        return _expect_error(lambda: run(lengths=np.array([7, 1], np.int32)), ValueError, "lengths")
+        return expect_error(lambda: run(lengths=np.array([7, 1], np.int32)), ValueError, "lengths")
     if what == "lengths-with-dropout-masks":
         masks = {"embedding": np.ones((BATCH, LENGTH, 4), np.float32)}
-        return _expect_error(lambda: run(lengths=np.array([6, 1], np.int32), masks=masks), ValueError,
+        return expect_error(lambda: run(lengths=np.array([6, 1], np.int32), masks=masks), ValueError,
                              "dropout_masks")
     if what == "dropout-mask-unknown-site":
-        return _expect_error(lambda: run(masks={"layers.5.time_mixing": np.ones((BATCH, LENGTH, 4), np.float32)}),
+        return expect_error(lambda: run(masks={"layers.5.time_mixing": np.ones((BATCH, LENGTH, 4), np.float32)}),
                              ValueError, "valid")
     if what == "dropout-mask-wrong-shape":
-        return _expect_error(lambda: run(masks={"embedding": np.ones((BATCH, LENGTH, 5), np.float32)}), ValueError,
+        return expect_error(lambda: run(masks={"embedding": np.ones((BATCH, LENGTH, 5), np.float32)}), ValueError,
                              "d_model")
     if what == "parallel-with-true-recurrence":
-        tr = make_problem(VARIANTS["true-recurrence"][0], "float32", _seed("bad-tr"))
-        return _expect_error(lambda: _call(backend, tr, PARALLEL), ValueError, "mode='sequential'")
+        tr = make_problem(VARIANTS["true-recurrence"][0], "float32", case_seed("bad-tr"))
+        return expect_error(lambda: _call(backend, tr, PARALLEL), ValueError, "mode='sequential'")
     if what == "unknown-mode":
-        return _expect_error(lambda: run(path=Path("bogus", "bogus")), ValueError, "mode")
+        return expect_error(lambda: run(path=Path("bogus", "bogus")), ValueError, "mode")
     raise CaseFailure(f"unknown bad-input case {what!r}")
 
 
@@ -432,16 +409,10 @@ BAD_INPUTS = (
 # Gradients
 
 
-def _vjp(backend: ModuleType) -> Callable:
-    if hasattr(backend, "vjp"):
-        return backend.vjp
-    return import_module(f"linrec.backends.{backend.NAME}.autodiff").vjp
-
-
 def _grad_problem(variant: str, dtype: str) -> tuple[Problem, np.ndarray, np.ndarray]:
     config = replace(VARIANTS[variant][0], **_GRAD_SIZES)
-    prob = make_problem(config, dtype, _seed("grad", variant, dtype), length=3)
-    rng = np.random.default_rng(_seed("grad-cotangent", variant, dtype))
+    prob = make_problem(config, dtype, case_seed("grad", variant, dtype), length=3)
+    rng = np.random.default_rng(case_seed("grad-cotangent", variant, dtype))
     ct_out = rounded(rng.standard_normal((BATCH, 3, config.d_output)), dtype)
     ct_h = rounded(rng.standard_normal(prob.state["h"].shape), dtype)
     return prob, ct_out, ct_h
@@ -469,15 +440,7 @@ def _reference_grads(variant: str, dtype: str) -> tuple[np.ndarray, ...]:
                                 dropout_masks=masks)
         return np.sum(to_reference_precision(ct_out) * out) + np.sum(to_reference_precision(ct_h) * new["h"])
 
-    grads = []
-    for j, a in enumerate(base):
-        g = np.zeros_like(a)
-        for idx in np.ndindex(a.shape):
-            bumped = a.astype(np.complex128)
-            bumped[idx] += 1j * COMPLEX_STEP
-            g[idx] = loss([*base[:j], bumped, *base[j + 1 :]]).imag / COMPLEX_STEP
-        grads.append(g)
-    return tuple(grads)
+    return tuple(complex_step_grads(loss, base))
 
 
 def _gradient(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outcome:
@@ -502,7 +465,7 @@ def _gradient(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outc
         labels.append("inputs")
     primals.append(backend.asarray(prob.state["h"]))
     labels.append("state['h']")
-    got = _vjp(backend)(fn, tuple(primals), (backend.asarray(ct_out), backend.asarray(ct_h)))
+    got = backend_vjp(backend)(fn, tuple(primals), (backend.asarray(ct_out), backend.asarray(ct_h)))
     want = _reference_grads(variant, dtype)
     return compare_many([compare(f"d{label}", as_numpy(backend, g), w, dtype, grad=True)
                          for label, g, w in zip(labels, got, want)])

@@ -15,10 +15,8 @@ Outputs pass through several matmuls, so outputs, states and gradients use
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from importlib import import_module
 from types import ModuleType
 
 import numpy as np
@@ -26,6 +24,7 @@ import numpy as np
 from linrec.conformance.case import Case, CaseFailure, Outcome
 from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
+from linrec.conformance.layer_harness import Path, backend_params, backend_vjp, case_seed, expect_error
 from linrec.spec import gateloop_mh as spec
 from linrec.spec import reference
 from linrec.spec.gateloop_mh import GateLoopMHConfig
@@ -87,10 +86,6 @@ class Problem:
                             None if h0 is None else to_reference_precision(h0))
 
 
-def _seed(*parts: object) -> int:
-    return zlib.crc32("/".join(map(str, parts)).encode())
-
-
 def _draw_params(config: GateLoopMHConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Random parameters at initialiser scale; gate biases around +1 (decays ≈ 0.7), other biases nonzero."""
     out = {}
@@ -140,16 +135,6 @@ def _out_dtype(config: GateLoopMHConfig, dtype: str) -> str:
 # Running the backend
 
 
-@dataclass(frozen=True)
-class Path:
-    """How the backend computes a full pass: ``mode``, the scan ``method`` and (chunked mode) ``chunk_size``."""
-
-    label: str
-    mode: str
-    method: str = "auto"
-    chunk_size: int | None = None
-
-
 AUTO = Path("parallel-auto", "parallel")
 SEQUENTIAL_MODE = Path("mode-sequential", "sequential")
 
@@ -174,15 +159,11 @@ def _paths(backend: ModuleType, variant: str, dtype: str) -> list[Path]:
     return [*default, *parallel, *chunked]
 
 
-def _params(backend: ModuleType, params: dict[str, np.ndarray]) -> dict:
-    return {k: backend.asarray(v) for k, v in params.items()}
-
-
 def _call(backend: ModuleType, prob: Problem, path: Path = AUTO, *, x=None, initial_state=..., config=None,
           params=None) -> tuple[np.ndarray, np.ndarray]:
     h0 = prob.initial_state if initial_state is ... else initial_state
     y, s = getattr(backend, LAYER)(
-        _params(backend, prob.params if params is None else params),
+        backend_params(backend, prob.params if params is None else params),
         backend.asarray(prob.x if x is None else x),
         config=config or prob.config, initial_state=as_backend(backend, h0),
         mode=path.mode, method=path.method, chunk_size=path.chunk_size,
@@ -192,7 +173,7 @@ def _call(backend: ModuleType, prob: Problem, path: Path = AUTO, *, x=None, init
 
 def _steps(backend: ModuleType, prob: Problem, x: np.ndarray, state) -> tuple[np.ndarray, np.ndarray]:
     step = getattr(backend, f"{LAYER}_step")
-    params = _params(backend, prob.params)
+    params = backend_params(backend, prob.params)
     state = as_backend(backend, state)
     ys = []
     for t in range(x.shape[1]):
@@ -209,29 +190,17 @@ def _compare_pair(label: str, got: tuple, want: tuple, prob: Problem) -> Outcome
     ])
 
 
-def _expect_error(fn: Callable[[], object], error: type[Exception], mention: str) -> Outcome:
-    try:
-        fn()
-    except error as err:
-        if mention.lower() not in str(err).lower():
-            return Outcome(False, detail=f"{error.__name__} raised but its message does not name {mention!r}: {err}")
-        return Outcome(True, detail=f"{error.__name__}: {err}")
-    except Exception as err:  # report the wrong exception type as a failure
-        return Outcome(False, detail=f"expected {error.__name__} naming {mention!r}, got {type(err).__name__}: {err}")
-    return Outcome(False, detail=f"expected {error.__name__} naming {mention!r}; nothing was raised")
-
-
 # ---------------------------------------------------------------------------------------------
 # Value cases
 
 
 def _equals_reference(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outcome:
-    prob = make_problem(VARIANTS[variant][0], dtype, _seed(variant, dtype))
+    prob = make_problem(VARIANTS[variant][0], dtype, case_seed(variant, dtype))
     return _compare_pair(path.label, _call(backend, prob, path), prob.reference(), prob)
 
 
 def _chunk_sizes(backend: ModuleType, size: int, dtype: str) -> Outcome:
-    prob = make_problem(_BASE, dtype, _seed("chunk-size", dtype))
+    prob = make_problem(_BASE, dtype, case_seed("chunk-size", dtype))
     chunked = _call(backend, prob, _chunked_path("auto", size))
     return compare_many([
         _compare_pair(f"chunk {size} vs reference", chunked, prob.reference(), prob),
@@ -240,13 +209,13 @@ def _chunk_sizes(backend: ModuleType, size: int, dtype: str) -> Outcome:
 
 
 def _step_equals_full(backend: ModuleType, variant: str, dtype: str) -> Outcome:
-    prob = make_problem(VARIANTS[variant][0], dtype, _seed("step", variant, dtype))
+    prob = make_problem(VARIANTS[variant][0], dtype, case_seed("step", variant, dtype))
     return _compare_pair("step loop vs full pass", _steps(backend, prob, prob.x, prob.initial_state),
                          _call(backend, prob), prob)
 
 
 def _prefill_then_step(backend: ModuleType, variant: str, dtype: str, k: int = 4) -> Outcome:
-    prob = make_problem(VARIANTS[variant][0], dtype, _seed("prefill", variant, dtype))
+    prob = make_problem(VARIANTS[variant][0], dtype, case_seed("prefill", variant, dtype))
     y1, state = _call(backend, prob, x=np.ascontiguousarray(prob.x[:, :k]))
     y2, final = _steps(backend, prob, prob.x[:, k:], state)
     return _compare_pair("prefill + steps vs full pass", (np.concatenate([y1, y2], 1), final), prob.reference(),
@@ -254,7 +223,7 @@ def _prefill_then_step(backend: ModuleType, variant: str, dtype: str, k: int = 4
 
 
 def _split_invariance(backend: ModuleType, variant: str, path: Path, k: int, dtype: str) -> Outcome:
-    prob = make_problem(VARIANTS[variant][0], dtype, _seed("split", variant, dtype))
+    prob = make_problem(VARIANTS[variant][0], dtype, case_seed("split", variant, dtype))
     y1, state = _call(backend, prob, path, x=np.ascontiguousarray(prob.x[:, :k]))
     y2, final = _call(backend, prob, path, x=np.ascontiguousarray(prob.x[:, k:]), initial_state=state)
     return _compare_pair(f"split at {k}", (np.concatenate([y1, y2], 1), final), prob.reference(), prob)
@@ -262,7 +231,7 @@ def _split_invariance(backend: ModuleType, variant: str, path: Path, k: int, dty
 
 def _none_equals_zeros(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outcome:
     config = VARIANTS[variant][0]
-    prob = make_problem(config, dtype, _seed("zeros", variant, dtype), with_initial_state=False)
+    prob = make_problem(config, dtype, case_seed("zeros", variant, dtype), with_initial_state=False)
     zeros = np.zeros(spec.state_shape(config, BATCH), _state_dtype(config, dtype))
     got = _call(backend, prob, path)
     same = _call(backend, prob, path, initial_state=zeros)
@@ -271,7 +240,7 @@ def _none_equals_zeros(backend: ModuleType, variant: str, path: Path, dtype: str
 
 
 def _empty_sequence(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outcome:
-    prob = make_problem(VARIANTS[variant][0], dtype, _seed("empty", variant, dtype), length=0)
+    prob = make_problem(VARIANTS[variant][0], dtype, case_seed("empty", variant, dtype), length=0)
     y, s = _call(backend, prob, path)
     if y.shape != (BATCH, 0, D_MODEL):
         return Outcome(False, detail=f"y has shape {y.shape}, expected {(BATCH, 0, D_MODEL)}")
@@ -290,7 +259,7 @@ def _initial_state_fn(backend: ModuleType, variant: str, dtype: str) -> Outcome:
 def _siso_reduction(backend: ModuleType, gate: str, path: Path, dtype: str) -> Outcome:
     """K = V = 1, H = D, out_proj = identity: the layer is ``q ⊙ linear_scan(a, k ⊙ v)`` over (B, T, D)."""
     config = GateLoopMHConfig(d_model=4, num_heads=4, d_key=1, d_value=1, gate=gate, chunk_size=CHUNK)
-    prob = make_problem(config, dtype, _seed("siso", gate, dtype))
+    prob = make_problem(config, dtype, case_seed("siso", gate, dtype))
     params = dict(prob.params, **{"out_proj.kernel": np.eye(4, dtype=prob.x.dtype),
                                   "out_proj.bias": np.zeros(4, prob.x.dtype)})
     prob = replace(prob, params=params)
@@ -318,9 +287,9 @@ def _siso_reduction(backend: ModuleType, gate: str, path: Path, dtype: str) -> O
 
 
 def _bad_input(backend: ModuleType, what: str) -> Outcome:
-    prob = make_problem(_BASE, "float32", _seed("bad", what))
+    prob = make_problem(_BASE, "float32", case_seed("bad", what))
     x, s0, params = prob.x, prob.initial_state, prob.params
-    complex_prob = make_problem(VARIANTS["complex"][0], "float32", _seed("bad-complex", what))
+    complex_prob = make_problem(VARIANTS["complex"][0], "float32", case_seed("bad-complex", what))
     checks: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
         "wrong-feature-size": (lambda: _call(backend, prob, x=np.zeros((BATCH, LENGTH, D_MODEL + 1), x.dtype)),
                                ValueError, "d_model"),
@@ -338,12 +307,12 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
                                   "initial_state"),
         "step-state-wrong-shape": (
             lambda: getattr(backend, f"{LAYER}_step")(
-                _params(backend, params), backend.asarray(x[:, 0]),
+                backend_params(backend, params), backend.asarray(x[:, 0]),
                 backend.asarray(np.zeros((BATCH + 1, HEADS, D_KEY, D_VALUE), x.dtype)), config=_BASE),
             ValueError, "state"),
         "step-wrong-feature-size": (
             lambda: getattr(backend, f"{LAYER}_step")(
-                _params(backend, params), backend.asarray(x[:, 0, :-1]), None, config=_BASE),
+                backend_params(backend, params), backend.asarray(x[:, 0, :-1]), None, config=_BASE),
             ValueError, "x_t"),
         "unknown-mode": (lambda: _call(backend, prob, Path("bogus", "bogus")), ValueError, "mode"),
         "unknown-method": (lambda: _call(backend, prob, Path("bogus", "parallel", "bogus")), ValueError, "method"),
@@ -365,7 +334,7 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
     if what not in checks:
         raise CaseFailure(f"unknown bad-input case {what!r}")
     fn, error, mention = checks[what]
-    return _expect_error(fn, error, mention)
+    return expect_error(fn, error, mention)
 
 
 BAD_INPUTS = (
@@ -381,23 +350,17 @@ def _bad_config(_backend: ModuleType, field: str) -> Outcome:
            "complex_output": {"complex_output": "imag"}, "d_key": {"d_model": 5, "num_heads": 2},
            "chunk_size": {"chunk_size": 0}, "num_heads": {"num_heads": 0}}[field]
     kwargs = {"d_model": D_MODEL, **bad}
-    return _expect_error(lambda: GateLoopMHConfig(**kwargs), ValueError, field)
+    return expect_error(lambda: GateLoopMHConfig(**kwargs), ValueError, field)
 
 
 # ---------------------------------------------------------------------------------------------
 # Gradients
 
 
-def _vjp(backend: ModuleType) -> Callable:
-    if hasattr(backend, "vjp"):
-        return backend.vjp
-    return import_module(f"linrec.backends.{backend.NAME}.autodiff").vjp
-
-
 def _gradient(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outcome:
     config = VARIANTS[variant][0]
-    prob = make_problem(config, dtype, _seed("grad", variant, dtype), length=GRAD_LENGTH)
-    rng = np.random.default_rng(_seed("grad-cotangent", variant, dtype))
+    prob = make_problem(config, dtype, case_seed("grad", variant, dtype), length=GRAD_LENGTH)
+    rng = np.random.default_rng(case_seed("grad-cotangent", variant, dtype))
     out_dtype = _out_dtype(config, dtype) if config.complex_output == "complex" else dtype
     ct_y = rng.standard_normal((BATCH, GRAD_LENGTH, D_MODEL))
     ct_y = rounded(ct_y + 1j * rng.standard_normal(ct_y.shape) if config.complex_output == "complex"
@@ -412,7 +375,7 @@ def _gradient(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outc
 
     primals = (*(backend.asarray(prob.params[k]) for k in names), backend.asarray(prob.x),
                backend.asarray(prob.initial_state))
-    got = _vjp(backend)(fn, primals, (backend.asarray(ct_y), backend.asarray(ct_s)))
+    got = backend_vjp(backend)(fn, primals, (backend.asarray(ct_y), backend.asarray(ct_s)))
     p_bar, x_bar, s_bar = spec.vjp(prob.ref_params(), to_reference_precision(prob.x), config,
                                    to_reference_precision(ct_y), to_reference_precision(ct_s),
                                    initial_state=to_reference_precision(prob.initial_state))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import import_module
 from types import ModuleType
 
 import numpy as np
@@ -22,6 +21,7 @@ import numpy as np
 from linrec.conformance.case import Case, CaseFailure, Outcome
 from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
+from linrec.conformance.layer_harness import assert_raises, backend_params, backend_vjp, scan_and_step_paths
 from linrec.spec import mingru as mingru_spec
 
 __all__ = ["MINGRU", "LayerUnderTest", "cases", "layer_cases", "make_problem"]
@@ -108,7 +108,7 @@ def _call(backend, layer, config, p: Problem, x=None, h0="given", mode="parallel
     fn = getattr(backend, layer.name)
     x = p.x if x is None else x
     h0 = p.initial_state if isinstance(h0, str) else h0
-    y, final = fn({k: as_backend(backend, v) for k, v in p.params.items()}, as_backend(backend, x), config=config,
+    y, final = fn(backend_params(backend, p.params), as_backend(backend, x), config=config,
                   initial_state=as_backend(backend, h0), mode=mode, method=method)
     return as_numpy(backend, y), as_numpy(backend, final)
 
@@ -116,7 +116,7 @@ def _call(backend, layer, config, p: Problem, x=None, h0="given", mode="parallel
 def _steps(backend, layer, config, p: Problem, x: np.ndarray, state):
     """Run ``<layer>_step`` over every step of ``x``; ``state`` is a NumPy array or ``None`` (default state)."""
     step = getattr(backend, f"{layer.name}_step")
-    params = {k: as_backend(backend, v) for k, v in p.params.items()}
+    params = backend_params(backend, p.params)
     state = as_backend(backend, state)
     ys = []
     for t in range(x.shape[1]):
@@ -140,12 +140,6 @@ def _judge(y, final, y_ref, final_ref, dtype, method=None, length=LENGTH, label=
 
 def _in_log_domain(config) -> bool:
     return config.candidate == "g" and config.default_state >= 0
-
-
-def _paths(backend) -> list[tuple[str, str, str]]:
-    """``(label, mode, method)`` for every path the backend offers: each scan method, and the step loop."""
-    methods = ("auto", *getattr(backend, "METHODS", ()))
-    return [(m, "parallel", m) for m in methods] + [("mode=sequential", "sequential", "auto")]
 
 
 # --- properties ----------------------------------------------------------------------------------
@@ -235,13 +229,6 @@ def _empty_sequence(backend, layer, which, method, dtype) -> Outcome:
 # --- gradients -------------------------------------------------------------------------------------
 
 
-def _vjp(backend) -> Callable:
-    vjp = getattr(backend, "vjp", None)
-    if vjp is None:  # until the backend package re-exports it
-        vjp = import_module(f"linrec.backends.{backend.NAME}.autodiff").vjp
-    return vjp
-
-
 def _gradients(backend, layer, which, mode, method, dtype) -> Outcome:
     config = layer.config(which)
     p = make_problem(layer, config, 7, dtype)
@@ -256,7 +243,7 @@ def _gradients(backend, layer, which, mode, method, dtype) -> Outcome:
         return fn_layer(params, args[-2], config=config, initial_state=args[-1], mode=mode, method=method)
 
     primals = tuple(as_backend(backend, v) for v in [*(p.params[n] for n in names), p.x, p.initial_state])
-    grads = _vjp(backend)(fn, primals, (as_backend(backend, ct_y), as_backend(backend, ct_f)))
+    grads = backend_vjp(backend)(fn, primals, (as_backend(backend, ct_y), as_backend(backend, ct_f)))
     grads = [as_numpy(backend, g) for g in grads]
     p_bar, x_bar, h0_bar = layer.spec.vjp(p.params_ref, p.x_ref, config, to_reference_precision(ct_y),
                                           to_reference_precision(ct_f), p.h0_ref)
@@ -268,16 +255,6 @@ def _gradients(backend, layer, which, mode, method, dtype) -> Outcome:
 
 
 # --- bad input -------------------------------------------------------------------------------------
-
-
-def _expect(exc: type, needle: str, fn: Callable[[], object]) -> Outcome:
-    try:
-        fn()
-    except exc as err:
-        if needle not in str(err):
-            raise CaseFailure(f"{exc.__name__} raised but does not mention {needle!r}: {err}") from err
-        return Outcome(True, detail=f"{exc.__name__}: {err}")
-    raise CaseFailure(f"expected {exc.__name__} mentioning {needle!r}, nothing was raised")
 
 
 def _bad_inputs(layer: LayerUnderTest) -> dict[str, tuple[str, type, str, Callable]]:
@@ -297,7 +274,7 @@ def _bad_inputs(layer: LayerUnderTest) -> dict[str, tuple[str, type, str, Callab
         def run(backend):
             p = make_problem(layer, config, 9, "float32")
             fn = getattr(backend, f"{layer.name}_step")
-            return fn({k: as_backend(backend, v) for k, v in p.params.items()}, as_backend(backend, x_t),
+            return fn(backend_params(backend, p.params), as_backend(backend, x_t),
                       as_backend(backend, state), config=config)
         return run
 
@@ -351,7 +328,7 @@ def layer_cases(backend: ModuleType, layer: LayerUnderTest) -> list[Case]:
 
     for which in layer.configs:
         log_ok = _in_log_domain(layer.config(which))
-        for label, mode, method in _paths(backend):
+        for label, mode, method in scan_and_step_paths(backend):
             for dtype in DTYPES:
                 add(f"{which}[{label},{dtype}]", "equals-reference",
                     f"{name} ({which}) via {label} equals the float64 reference"
@@ -387,7 +364,7 @@ def layer_cases(backend: ModuleType, layer: LayerUnderTest) -> list[Case]:
                 requires=(name, f"{name}_initial_state"))
     for bad, (doc, exc, needle, fn) in _bad_inputs(layer).items():
         needs = (f"{name}_step",) if bad.startswith("step-") else (name,)
-        add(bad, "bad-input", doc, lambda be, e=exc, n=needle, f=fn: _expect(e, n, lambda: f(be)), requires=needs)
+        add(bad, "bad-input", doc, lambda be, e=exc, n=needle, f=fn: assert_raises(e, n, lambda: f(be)), requires=needs)
     return out
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import import_module
 from types import ModuleType
 
 import numpy as np
@@ -22,6 +21,13 @@ import numpy as np
 from linrec.conformance.case import Case, CaseFailure, Outcome
 from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
+from linrec.conformance.layer_harness import (
+    assert_raises,
+    backend_params,
+    backend_vjp,
+    directional_derivative_outcome,
+    scan_and_step_paths,
+)
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
 from linrec.spec.mingru_lm import MinGRULMConfig, MinGRULMState
@@ -97,10 +103,6 @@ def make_problem(cfg: MinGRULMConfig, seed: int, dtype: str, *, batch: int = BAT
 # --- calling the backend ----------------------------------------------------------------------------------
 
 
-def _bparams(backend, params):
-    return {k: as_backend(backend, v) for k, v in params.items()}
-
-
 def _state(backend, h):
     return None if h is None else MinGRULMState(as_backend(backend, h))
 
@@ -108,13 +110,13 @@ def _state(backend, h):
 def _call(backend, cfg, p: Problem, tokens=None, h0="given", lengths=None, mode="parallel", method="auto"):
     h0 = p.h0 if isinstance(h0, str) else h0
     logits, state = backend.mingru_lm(
-        _bparams(backend, p.params), as_backend(backend, p.tokens if tokens is None else tokens), config=cfg,
+        backend_params(backend, p.params), as_backend(backend, p.tokens if tokens is None else tokens), config=cfg,
         initial_state=_state(backend, h0), lengths=as_backend(backend, lengths), mode=mode, method=method)
     return as_numpy(backend, logits), as_numpy(backend, state.h)
 
 
 def _steps(backend, cfg, p: Problem, tokens, h):
-    params = _bparams(backend, p.params)
+    params = backend_params(backend, p.params)
     state = MinGRULMState(as_backend(backend, h))
     out = []
     for t in range(tokens.shape[1]):
@@ -129,11 +131,6 @@ def _judge(logits, h, logits_ref, h_ref, dtype, *, method=None, label=""):
                          compare(f"{label}state.h", h, h_ref, dtype, **kw)])
 
 
-def _paths(backend) -> list[tuple[str, str, str]]:
-    methods = ("auto", *getattr(backend, "METHODS", ()))
-    return [(m, "parallel", m) for m in methods] + [("mode=sequential", "sequential", "auto")]
-
-
 # --- properties --------------------------------------------------------------------------------------------
 
 
@@ -141,7 +138,7 @@ def _equals_reference(backend, which, mode, method, dtype) -> Outcome:
     cfg = config(which)
     p = make_problem(cfg, 1, dtype)
     if method == "log" and cfg.candidate != "g":
-        return _expect(ValueError, "candidate='g'", lambda: _call(backend, cfg, p, method=method))
+        return assert_raises(ValueError, "candidate='g'", lambda: _call(backend, cfg, p, method=method))
     logits, h = _call(backend, cfg, p, mode=mode, method=method)
     ref_logits, ref_state = spec.forward(p.params_ref, p.tokens, cfg, p.state_ref)
     return _judge(logits, h, ref_logits, ref_state.h, dtype, method=method)
@@ -216,7 +213,7 @@ def _generation(backend, which, dtype) -> Outcome:
     p, lengths = _padded(cfg, 6, dtype)
     n_new = 5
     tokens, logits = backend.mingru_lm_generate(
-        _bparams(backend, p.params), as_backend(backend, p.tokens), config=cfg, max_new_tokens=n_new,
+        backend_params(backend, p.params), as_backend(backend, p.tokens), config=cfg, max_new_tokens=n_new,
         temperature=0.8, top_k=6, seed=11, lengths=as_backend(backend, lengths), return_logits=True)
     tokens, logits = as_numpy(backend, tokens), as_numpy(backend, logits)
     if tokens.shape != (3, n_new) or logits.shape != (3, n_new, cfg.vocab_size):
@@ -238,7 +235,7 @@ def _batch_equals_alone(backend, which) -> Outcome:
     """Row ``b`` of a batched (padded) generation == that prompt alone with ``seed + b`` (greedy and sampled)."""
     cfg = config(which)
     p, lengths = _padded(cfg, 7, "float64")
-    params = _bparams(backend, p.params)
+    params = backend_params(backend, p.params)
     for temperature, top_k in ((0.0, None), (1.0, None), (0.7, 3)):
         batched = as_numpy(backend, backend.mingru_lm_generate(
             params, as_backend(backend, p.tokens), config=cfg, max_new_tokens=4, temperature=temperature,
@@ -254,11 +251,6 @@ def _batch_equals_alone(backend, which) -> Outcome:
 
 
 # --- gradients: the VJP against a central difference of the reference along a random direction ------------
-
-
-def _vjp(backend) -> Callable:
-    vjp = getattr(backend, "vjp", None)
-    return vjp if vjp is not None else import_module(f"linrec.backends.{backend.NAME}.autodiff").vjp
 
 
 def _gradient(backend, which) -> Outcome:
@@ -278,7 +270,7 @@ def _gradient(backend, which) -> Outcome:
         return logits, state.h
 
     primals = tuple(as_backend(backend, v) for v in [*(p.params[n] for n in names), p.h0])
-    grads = [as_numpy(backend, g) for g in _vjp(backend)(fn, primals, (as_backend(backend, ct_logits),
+    grads = [as_numpy(backend, g) for g in backend_vjp(backend)(fn, primals, (as_backend(backend, ct_logits),
                                                                        as_backend(backend, ct_h)))]
     derivative = sum(float(np.sum(g * direction[n])) for n, g in zip(names, grads)) + float(np.sum(grads[-1] * dir_h0))
 
@@ -287,24 +279,10 @@ def _gradient(backend, which) -> Outcome:
         logits, state = spec.forward(params, p.tokens, cfg, MinGRULMState(p.h0 + eps * dir_h0))
         return float(np.sum(logits * ct_logits) + np.sum(state.h * ct_h))
 
-    eps = 1e-5
-    reference = (loss(eps) - loss(-eps)) / (2 * eps)
-    err, allowed = abs(derivative - reference), 1e-6 * max(1.0, abs(reference))
-    return Outcome(err <= allowed, err, allowed, f"directional derivative {derivative:.10g} vs central difference "
-                                                 f"{reference:.10g}")
+    return directional_derivative_outcome(derivative, loss)
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
-
-
-def _expect(exc: type, needle: str, fn: Callable[[], object]) -> Outcome:
-    try:
-        fn()
-    except exc as err:
-        if needle not in str(err):
-            raise CaseFailure(f"{exc.__name__} raised but does not mention {needle!r}: {err}") from err
-        return Outcome(True, detail=f"{exc.__name__}: {err}")
-    raise CaseFailure(f"expected {exc.__name__} mentioning {needle!r}, nothing was raised")
 
 
 def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
@@ -323,14 +301,14 @@ def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
     def call_state(state):
         def run(backend):
             p = make_problem(cfg, 9, "float32")
-            return backend.mingru_lm(_bparams(backend, p.params), as_backend(backend, p.tokens), config=cfg,
+            return backend.mingru_lm(backend_params(backend, p.params), as_backend(backend, p.tokens), config=cfg,
                                      initial_state=state(backend))
         return run
 
     def step(token, h=None):
         def run(backend):
             p = make_problem(cfg, 9, "float32")
-            return backend.mingru_lm_step(_bparams(backend, p.params), as_backend(backend, token),
+            return backend.mingru_lm_step(backend_params(backend, p.params), as_backend(backend, token),
                                           MinGRULMState(as_backend(backend, p.h0 if h is None else h)), config=cfg)
         return run
 
@@ -339,8 +317,8 @@ def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
             p = make_problem(cfg, 9, "float32")
             args = dict(max_new_tokens=2, temperature=1.0, top_k=None, seed=0)
             args.update(kw)
-            return backend.mingru_lm_generate(_bparams(backend, p.params), as_backend(backend, p.tokens), config=cfg,
-                                              lengths=as_backend(backend, lengths), **args)
+            return backend.mingru_lm_generate(backend_params(backend, p.params), as_backend(backend, p.tokens),
+                                              config=cfg, lengths=as_backend(backend, lengths), **args)
         return run
 
     f32 = np.float32
@@ -402,7 +380,7 @@ def cases(backend: ModuleType) -> list[Case]:
         out.append(Case(id=f"mingru_lm/{prop}/{case_id}", property=prop, doc=doc, fn=fn, requires=requires))
 
     for which in CONFIGS:
-        for label, mode, method in _paths(backend):
+        for label, mode, method in scan_and_step_paths(backend):
             for dtype in DTYPES:
                 add(f"{which}[{label},{dtype}]", "equals-reference",
                     f"mingru_lm ({which}) via {label}: logits and final state equal the float64 reference",
@@ -441,5 +419,5 @@ def cases(backend: ModuleType) -> list[Case]:
             needs = ("mingru_lm_generate",)
         else:
             needs = req
-        add(bad, "bad-input", doc, lambda be, e=exc, n=needle, f=fn: _expect(e, n, lambda: f(be)), requires=needs)
+        add(bad, "bad-input", doc, lambda be, e=exc, n=needle, f=fn: assert_raises(e, n, lambda: f(be)), requires=needs)
     return out

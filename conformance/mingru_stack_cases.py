@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import import_module
 from types import ModuleType
 
 import numpy as np
@@ -20,6 +19,13 @@ import numpy as np
 from linrec.conformance.case import Case, CaseFailure, Outcome
 from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
+from linrec.conformance.layer_harness import (
+    assert_raises,
+    backend_params,
+    backend_vjp,
+    directional_derivative_outcome,
+    scan_and_step_paths,
+)
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_stack as spec
 from linrec.spec.mingru_stack import MinGRUStackConfig
@@ -85,25 +91,21 @@ def make_problem(cfg: MinGRUStackConfig, seed: int, dtype: str, *, length: int =
     return Problem(params, x, h0, dtype)
 
 
-def _bparams(backend, params):
-    return {k: as_backend(backend, v) for k, v in params.items()}
-
-
 def _bstate(backend, h):
     return None if h is None else tuple(as_backend(backend, s) for s in h)
 
 
 def _call(backend, cfg, p: Problem, x=None, h0="given", mode="parallel", method="auto"):
     h0 = p.h0 if isinstance(h0, str) else h0
-    y, h = backend.mingru_stack(_bparams(backend, p.params), as_backend(backend, p.x if x is None else x), config=cfg,
-                                initial_state=_bstate(backend, h0), mode=mode, method=method)
+    y, h = backend.mingru_stack(backend_params(backend, p.params), as_backend(backend, p.x if x is None else x),
+                                config=cfg, initial_state=_bstate(backend, h0), mode=mode, method=method)
     if not isinstance(h, tuple) or len(h) != cfg.num_layers:
         raise CaseFailure(f"the state must be a tuple of {cfg.num_layers} arrays, got {type(h).__name__}")
     return as_numpy(backend, y), tuple(as_numpy(backend, s) for s in h)
 
 
 def _steps(backend, cfg, p: Problem, x, h):
-    params = _bparams(backend, p.params)
+    params = backend_params(backend, p.params)
     state = _bstate(backend, h)
     ys = []
     for t in range(x.shape[1]):
@@ -118,16 +120,11 @@ def _judge(y, h, y_ref, h_ref, dtype, *, method=None, label=""):
                         + [compare(f"{label}state[{l}]", a, b, dtype, **kw) for l, (a, b) in enumerate(zip(h, h_ref))])
 
 
-def _paths(backend) -> list[tuple[str, str, str]]:
-    methods = ("auto", *getattr(backend, "METHODS", ()))
-    return [(m, "parallel", m) for m in methods] + [("mode=sequential", "sequential", "auto")]
-
-
 def _equals_reference(backend, which, mode, method, dtype) -> Outcome:
     cfg = config(which)
     p = make_problem(cfg, 1, dtype)
     if method == "log" and cfg.candidate != "g":
-        return _expect(ValueError, "candidate='g'", lambda: _call(backend, cfg, p, method=method))
+        return assert_raises(ValueError, "candidate='g'", lambda: _call(backend, cfg, p, method=method))
     y, h = _call(backend, cfg, p, mode=mode, method=method)
     y_ref, h_ref = spec.forward(p.params_ref, p.x_ref, cfg, p.h0_ref)
     return _judge(y, h, y_ref, h_ref, dtype, method=method)
@@ -164,11 +161,6 @@ def _default_state(backend, which) -> Outcome:
                          _judge(y_e, h_e, y_ref, h_ref, "float32", label="explicit: ")])
 
 
-def _vjp(backend) -> Callable:
-    vjp = getattr(backend, "vjp", None)
-    return vjp if vjp is not None else import_module(f"linrec.backends.{backend.NAME}.autodiff").vjp
-
-
 def _gradient(backend, which, method) -> Outcome:
     """The VJP w.r.t. params, x and every layer's initial state, contracted with a random direction, against a
     central difference of the float64 reference along that direction."""
@@ -191,7 +183,7 @@ def _gradient(backend, which, method) -> Outcome:
 
     primals = tuple(as_backend(backend, v) for v in [*(p.params[n] for n in names), p.x, *p.h0])
     cts = tuple(as_backend(backend, c) for c in (ct_y, *ct_h))
-    grads = [as_numpy(backend, g) for g in _vjp(backend)(fn, primals, cts)]
+    grads = [as_numpy(backend, g) for g in backend_vjp(backend)(fn, primals, cts)]
     directions = [*(d_params[n] for n in names), d_x, *d_h]
     derivative = sum(float(np.sum(g * d)) for g, d in zip(grads, directions))
 
@@ -200,21 +192,7 @@ def _gradient(backend, which, method) -> Outcome:
         y, h = spec.forward(params, p.x + eps * d_x, cfg, tuple(a + eps * d for a, d in zip(p.h0, d_h)))
         return float(np.sum(y * ct_y) + sum(np.sum(a * c) for a, c in zip(h, ct_h)))
 
-    eps = 1e-5
-    reference = (loss(eps) - loss(-eps)) / (2 * eps)
-    err, allowed = abs(derivative - reference), 1e-6 * max(1.0, abs(reference))
-    return Outcome(err <= allowed, err, allowed, f"directional derivative {derivative:.10g} vs central difference "
-                                                 f"{reference:.10g}")
-
-
-def _expect(exc: type, needle: str, fn: Callable[[], object]) -> Outcome:
-    try:
-        fn()
-    except exc as err:
-        if needle not in str(err):
-            raise CaseFailure(f"{exc.__name__} raised but does not mention {needle!r}: {err}") from err
-        return Outcome(True, detail=f"{exc.__name__}: {err}")
-    raise CaseFailure(f"expected {exc.__name__} mentioning {needle!r}, nothing was raised")
+    return directional_derivative_outcome(derivative, loss)
 
 
 def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
@@ -232,14 +210,15 @@ def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
     def call_raw_state(state):
         def run(backend):
             p = make_problem(cfg, 9, "float32")
-            return backend.mingru_stack(_bparams(backend, p.params), as_backend(backend, p.x), config=cfg,
+            return backend.mingru_stack(backend_params(backend, p.params), as_backend(backend, p.x), config=cfg,
                                         initial_state=state(backend))
         return run
 
     def step(x_t):
         def run(backend):
             p = make_problem(cfg, 9, "float32")
-            return backend.mingru_stack_step(_bparams(backend, p.params), as_backend(backend, x_t), None, config=cfg)
+            return backend.mingru_stack_step(backend_params(backend, p.params), as_backend(backend, x_t), None,
+                                             config=cfg)
         return run
 
     states = [np.full((BATCH, h), 0.5, f32) for h in cfg.hidden_sizes]
@@ -272,7 +251,7 @@ def cases(backend: ModuleType) -> list[Case]:
         out.append(Case(id=f"mingru_stack/{prop}/{case_id}", property=prop, doc=doc, fn=fn, requires=requires))
 
     for which in CONFIGS:
-        for label, mode, method in _paths(backend):
+        for label, mode, method in scan_and_step_paths(backend):
             for dtype in DTYPES:
                 add(f"{which}[{label},{dtype}]", "equals-reference",
                     f"mingru_stack ({which}) via {label}: output and every layer's state equal the float64 reference",
@@ -293,5 +272,5 @@ def cases(backend: ModuleType) -> list[Case]:
                 lambda be, w=which, me=method: _gradient(be, w, me), requires=(*req, "vjp"))
     for bad, (doc, exc, needle, fn) in _bad_inputs().items():
         needs = ("mingru_stack_step",) if bad.startswith("step-") else req
-        add(bad, "bad-input", doc, lambda be, e=exc, n=needle, f=fn: _expect(e, n, lambda: f(be)), requires=needs)
+        add(bad, "bad-input", doc, lambda be, e=exc, n=needle, f=fn: assert_raises(e, n, lambda: f(be)), requires=needs)
     return out

@@ -1,24 +1,38 @@
 """Framework-neutral argument checks shared by every backend (``recurrence.md`` §1, §5, §11).
 
 Backends pass shapes as tuples and dtypes as canonical names (``"float32"``, ``"bfloat16"``, ...),
-so every backend raises the same message for the same mistake.
+so every backend raises the same message for the same mistake. The config-field and parameter-table
+checks at the end serve the layer and model specs, so every config words a mistake the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
 
 __all__ = [
     "COMPLEX_DTYPES",
     "LOW_PRECISION",
     "REAL_DTYPES",
     "SUPPORTED_DTYPES",
+    "check_bool",
+    "check_choice",
     "check_chunk_size",
     "check_log_scan_args",
     "check_method",
+    "check_mode",
+    "check_param_shapes",
+    "check_positive_finite",
+    "check_positive_int",
     "check_scan_args",
     "compute_dtype",
+    "is_positive_int",
+    "is_real_number",
     "log_domain_message",
+    "missing_and_unexpected",
+    "state_dtypes_for",
 ]
 
 REAL_DTYPES = ("float64", "float32", "bfloat16", "float16")
@@ -33,10 +47,22 @@ def compute_dtype(dtype: str) -> str:
     return "float32" if dtype in LOW_PRECISION else dtype
 
 
+def state_dtypes_for(dtype: str) -> tuple[str, ...]:
+    """The dtypes a carried state may have for inputs of ``dtype``: ``dtype``, and float32 for bfloat16/float16 (§5)."""
+    return (dtype, "float32") if dtype in LOW_PRECISION else (dtype,)
+
+
 def check_method(method: str, available: Sequence[str], *, function: str = "linear_scan") -> None:
     if method != "auto" and method not in available:
         valid = ", ".join(repr(m) for m in ("auto", *available))
         raise ValueError(f"{function}: unknown method={method!r}; valid methods: {valid}")
+
+
+def check_mode(mode: str, modes: Sequence[str], *, function: str = "") -> None:
+    """``ValueError`` unless ``mode`` is one of ``modes``, worded as :func:`check_method` (``function:`` first)."""
+    if mode not in modes:
+        prefix = f"{function}: " if function else ""
+        raise ValueError(f"{prefix}unknown mode={mode!r}; valid modes: {', '.join(map(repr, modes))}")
 
 
 def check_chunk_size(chunk_size: int | None) -> None:
@@ -96,7 +122,7 @@ def check_scan_args(
             f"a has dtype {a_dtype} but b has dtype {b_dtype}; a must be {' or '.join(allowed_a)}"
         )
     if init_dtype is not None:
-        allowed_init = (b_dtype, "float32") if b_dtype in LOW_PRECISION else (b_dtype,)
+        allowed_init = state_dtypes_for(b_dtype)
         if init_dtype not in allowed_init:
             raise TypeError(
                 f"initial_state has dtype {init_dtype}; for b of dtype {b_dtype} it must be "
@@ -136,3 +162,51 @@ def log_domain_message(name: str, condition: str) -> str:
         f"{name} is outside the log-space domain: {condition}. "
         "Use method='sequential', 'associative' or 'chunked', which accept any real or complex values."
     )
+
+
+# --- config fields and parameter tables of the layer and model specs ------------------------------
+# ``name`` is the field as the message should show it (``"d_model"`` or ``"GateLoopMHConfig.d_model"``).
+
+
+def is_positive_int(value: object) -> bool:
+    """An int (NumPy integers too, ``bool`` not) of at least 1."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def is_real_number(value: object) -> bool:
+    """A Python int or float, ``bool`` not (a config option given as a number)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_positive_int(name: str, value: object) -> None:
+    if not is_positive_int(value):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_positive_finite(name: str, value: object) -> None:
+    if not (is_real_number(value) and value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def check_bool(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+
+
+def check_choice(name: str, value: object, options: Sequence[str]) -> None:
+    if value not in options:
+        raise ValueError(f"{name} must be one of {options}, got {value!r}")
+
+
+def missing_and_unexpected(names: Iterable[str], expected: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``(missing, unexpected)``: the ``expected`` names absent from ``names``, and the reverse, in given order."""
+    names, expected = list(names), list(expected)
+    have, want = set(names), set(expected)
+    return [k for k in expected if k not in have], [k for k in names if k not in want]
+
+
+def check_param_shapes(shapes: Mapping[str, tuple[int, ...]], expected: Mapping[str, tuple[int, ...]]) -> None:
+    """``ValueError`` at the first of ``expected``'s parameters whose shape in ``shapes`` differs (names match)."""
+    for name, shape in expected.items():
+        if tuple(shapes[name]) != shape:
+            raise ValueError(f"params[{name!r}] must have shape {shape}, got {tuple(shapes[name])}")

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from linrec.spec import checks
+
 __all__ = [
     "ACTIVATIONS",
     "INPUT_DTYPES",
@@ -33,6 +35,7 @@ __all__ = [
     "check_params",
     "check_step_input",
     "forward",
+    "fusable",
     "init_params",
     "param_shapes",
     "resolve_mode",
@@ -55,8 +58,7 @@ ACTIVATIONS: dict[str, str] = {
 #: ``mode=`` values of the layer functions (§6).
 MODES = ("auto", "parallel", "sequential")
 #: dtypes the layer accepts for ``x`` (§7).
-INPUT_DTYPES = ("float64", "float32", "bfloat16", "float16")
-_LOW_PRECISION = ("bfloat16", "float16")
+INPUT_DTYPES = checks.REAL_DTYPES
 # lecun_normal draws N(0, 1) truncated to [-2, 2] and divides by this (the std of that truncated
 # normal), so the kernel has variance exactly 1 / fan_in (same constant as jax.nn.initializers).
 _TRUNCATED_STD = 0.87962566103423978
@@ -83,13 +85,10 @@ class GatedLinearRNNConfig:
         if self.d_in is None:
             object.__setattr__(self, "d_in", self.d_model)
         for name in ("d_model", "d_h", "d_in"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"GatedLinearRNNConfig.{name} must be a positive int, got {value!r}")
-            object.__setattr__(self, name, int(value))
+            checks.check_positive_int(f"GatedLinearRNNConfig.{name}", getattr(self, name))
+            object.__setattr__(self, name, int(getattr(self, name)))
         for name in ("reversed", "use_true_recurrence", "use_tied_gates"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"GatedLinearRNNConfig.{name} must be a bool, got {getattr(self, name)!r}")
+            checks.check_bool(f"GatedLinearRNNConfig.{name}", getattr(self, name))
         for name in ("input_activation", "hidden_activation", "gate_activation"):
             value = getattr(self, name)
             if value not in ACTIVATIONS:
@@ -160,8 +159,7 @@ def init_params(config: GatedLinearRNNConfig, seed: int = 0, dtype: str = "float
 def check_params(shapes: Mapping[str, tuple[int, ...]], config: GatedLinearRNNConfig) -> None:
     """``params`` must hold exactly the canonical names of ``param_shapes(config)`` with those shapes."""
     expected = param_shapes(config)
-    missing = [k for k in expected if k not in shapes]
-    extra = [k for k in shapes if k not in expected]
+    missing, extra = checks.missing_and_unexpected(shapes, expected)
     if missing or extra:
         hint = ""
         if "recurrent_proj.kernel" in missing + extra:
@@ -170,30 +168,36 @@ def check_params(shapes: Mapping[str, tuple[int, ...]], config: GatedLinearRNNCo
             f"params do not match the config: missing {missing}, unexpected {extra}{hint}; "
             f"expected names: {list(expected)}"
         )
-    for name, shape in expected.items():
-        if tuple(shapes[name]) != shape:
-            raise ValueError(f"params[{name!r}] must have shape {shape}, got {tuple(shapes[name])}")
+    checks.check_param_shapes(shapes, expected)
 
 
 def check_input(x_shape: tuple[int, ...], x_dtype: str, config: GatedLinearRNNConfig) -> None:
     """``x`` must be ``(B, T, d_in)`` of a floating dtype in ``INPUT_DTYPES``."""
-    if x_dtype not in INPUT_DTYPES:
-        raise TypeError(f"x must be a real floating array ({', '.join(INPUT_DTYPES)}), got dtype {x_dtype}")
-    if len(x_shape) != 3 or x_shape[-1] != config.d_in:
-        raise ValueError(f"x must have shape (B, T, d_in) with d_in={config.d_in}, got shape {tuple(x_shape)}")
+    _check_x_dtype("x", x_dtype)
+    _check_x_shape("x", x_shape, 3, config)
 
 
 def check_step_input(x_shape: tuple[int, ...], x_dtype: str, config: GatedLinearRNNConfig) -> None:
     """``x_t`` of the single-step API must be ``(B, d_in)``."""
-    if x_dtype not in INPUT_DTYPES:
-        raise TypeError(f"x_t must be a real floating array ({', '.join(INPUT_DTYPES)}), got dtype {x_dtype}")
-    if len(x_shape) != 2 or x_shape[-1] != config.d_in:
-        raise ValueError(f"x_t must have shape (B, d_in) with d_in={config.d_in}, got shape {tuple(x_shape)}")
+    _check_x_dtype("x_t", x_dtype)
+    _check_x_shape("x_t", x_shape, 2, config)
+
+
+def _check_x_dtype(name: str, dtype: str) -> None:
+    if dtype not in INPUT_DTYPES:
+        raise TypeError(f"{name} must be a real floating array ({', '.join(INPUT_DTYPES)}), got dtype {dtype}")
+
+
+def _check_x_shape(name: str, shape: tuple[int, ...], ndim: int, config: GatedLinearRNNConfig) -> None:
+    """``x (B, T, d_in)`` (``ndim=3``) or ``x_t (B, d_in)``; the reference checks only this (it takes complex x)."""
+    if len(shape) != ndim or shape[-1] != config.d_in:
+        axes = "B, T" if ndim == 3 else "B"
+        raise ValueError(f"{name} must have shape ({axes}, d_in) with d_in={config.d_in}, got shape {tuple(shape)}")
 
 
 def state_dtype(x_dtype: str) -> str:
     """The dtype the state is computed and carried in for inputs of ``x_dtype`` (§7)."""
-    return "float32" if x_dtype in _LOW_PRECISION else x_dtype
+    return checks.compute_dtype(x_dtype)
 
 
 def check_initial_state(
@@ -203,7 +207,7 @@ def check_initial_state(
     """The carried state is ``(B, d_h)`` in the dtype of ``x`` (or float32 when ``x`` is bf16/f16)."""
     if tuple(shape) != (batch, config.d_h):
         raise ValueError(f"{name} must have shape (B, d_h) = {(batch, config.d_h)}, got {tuple(shape)}")
-    allowed = (x_dtype, "float32") if x_dtype in _LOW_PRECISION else (x_dtype,)
+    allowed = checks.state_dtypes_for(x_dtype)
     if dtype not in allowed:
         raise TypeError(f"{name} has dtype {dtype}; for x of dtype {x_dtype} it must be {' or '.join(allowed)}")
 
@@ -215,8 +219,7 @@ def resolve_mode(mode: str, method: str, config: GatedLinearRNNConfig, chunk_siz
     ``"parallel"`` otherwise. ``method`` selects the scan of the parallel mode; the sequential mode is
     the step loop and takes only ``method="auto"`` (or ``"sequential"``).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown mode={mode!r}; valid modes: {', '.join(repr(m) for m in MODES)}")
+    checks.check_mode(mode, MODES)
     if mode == "auto":
         mode = "sequential" if config.use_true_recurrence else "parallel"
     if mode == "parallel" and config.use_true_recurrence:
@@ -264,6 +267,13 @@ _FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
+def fusable(config: GatedLinearRNNConfig) -> bool:
+    """Whether the native fused kernel computes this layer's parallel mode: the default activations (tanh input,
+    sigmoid gates, tanh output) and no true recurrence (``linrec.backends.native.glr_scan``)."""
+    return (config.input_activation, config.gate_activation, config.hidden_activation) == ("tanh", "sigmoid", "tanh") \
+        and not config.use_true_recurrence
+
+
 def activation(name: str) -> Callable[[np.ndarray], np.ndarray]:
     """The NumPy function of an activation name of ``ACTIVATIONS``."""
     try:
@@ -292,7 +302,7 @@ def _cell(
 
 def _promote(params: Mapping[str, np.ndarray], *arrays: np.ndarray | None) -> np.dtype:
     dtype = np.result_type(*[np.asarray(p) for p in params.values()], *[a for a in arrays if a is not None])
-    if dtype.name in _LOW_PRECISION:
+    if dtype.name in checks.LOW_PRECISION:
         return np.dtype(np.float32)
     if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.complexfloating)):
         raise TypeError(f"the reference needs floating or complex arrays, got {dtype}")
@@ -317,8 +327,7 @@ def forward(
       processed step (``t = 0`` when ``config.reversed``), before ``hidden_activation``.
     """
     x = np.asarray(x)
-    if x.ndim != 3 or x.shape[-1] != config.d_in:
-        raise ValueError(f"x must have shape (B, T, d_in) with d_in={config.d_in}, got shape {x.shape}")
+    _check_x_shape("x", x.shape, 3, config)
     check_params({k: np.shape(v) for k, v in params.items()}, config)
     dtype = _promote(params, x, initial_state)
     p = {k: np.asarray(v).astype(dtype) for k, v in params.items()}
@@ -351,8 +360,7 @@ def step(
     The same function serves both directions: a reversed layer is stepped from ``t = T-1`` down to 0.
     """
     x_t = np.asarray(x_t)
-    if x_t.ndim != 2 or x_t.shape[-1] != config.d_in:
-        raise ValueError(f"x_t must have shape (B, d_in) with d_in={config.d_in}, got shape {x_t.shape}")
+    _check_x_shape("x_t", x_t.shape, 2, config)
     check_params({k: np.shape(v) for k, v in params.items()}, config)
     dtype = _promote(params, x_t, state)
     p = {k: np.asarray(v).astype(dtype) for k, v in params.items()}

@@ -25,6 +25,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from linrec.spec import checks
 from linrec.spec import gated_linear_rnn as layer_spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
 
@@ -76,10 +77,6 @@ class LMState(TypedDict):
     position: Any  # (B,) int32: tokens consumed so far = position of the next token
 
 
-def _positive_int(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
-
-
 @dataclass(frozen=True)
 class GatedLinearRNNLMConfig:
     """Hyper-parameters of the language model (gated_linear_rnn_lm.md §3). All fields are validated."""
@@ -111,13 +108,11 @@ class GatedLinearRNNLMConfig:
     def __post_init__(self) -> None:
         name = type(self).__name__
         for f in ("n_layer", "d_model", "d_channel_mixing", "d_h"):
-            if not _positive_int(getattr(self, f)):
-                raise ValueError(f"{name}.{f} must be a positive int, got {getattr(self, f)!r}")
+            checks.check_positive_int(f"{name}.{f}", getattr(self, f))
             object.__setattr__(self, f, int(getattr(self, f)))
         for f in ("use_word_embedding", "use_head", "use_true_recurrence", "use_tied_gates", "gelu_approximate",
                   "compat_step_position_zero"):
-            if not isinstance(getattr(self, f), bool):
-                raise ValueError(f"{name}.{f} must be a bool, got {getattr(self, f)!r}")
+            checks.check_bool(f"{name}.{f}", getattr(self, f))
         needs = {
             "input_vocab_size": (self.use_word_embedding, "use_word_embedding=True"),
             "output_vocab_size": (self.use_head, "use_head=True"),
@@ -130,18 +125,18 @@ class GatedLinearRNNLMConfig:
                 if needed:
                     raise ValueError(f"{name}.{f} is required with {why} (a positive int), got None")
                 continue
-            if not _positive_int(value):
+            if not checks.is_positive_int(value):
                 raise ValueError(f"{name}.{f} must be a positive int or None, got {value!r}")
             object.__setattr__(self, f, int(value))
         if self.d_input is not None and self.use_word_embedding:
             raise ValueError(f"{name}.d_input is the feature size of float inputs; it is only used with "
                              "use_word_embedding=False (token ids go through the embedding)")
-        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or not self.eps > 0:
+        if not checks.is_real_number(self.eps) or not self.eps > 0:
             raise ValueError(f"{name}.eps must be a positive float, got {self.eps!r}")
         object.__setattr__(self, "eps", float(self.eps))
         for f in ("embedding_dropout", "time_mixing_dropout", "channel_mixing_dropout"):
             p = getattr(self, f)
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            if not checks.is_real_number(p) or not 0.0 <= p < 1.0:
                 raise ValueError(f"{name}.{f} must be a dropout probability in [0, 1), got {p!r}")
             object.__setattr__(self, f, float(p))
         if self.positional_encoding_mode not in POSITIONAL_ENCODING_MODES:
@@ -308,20 +303,15 @@ def state_dtype(compute_dtype: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Argument checks shared by every backend (shapes as tuples, dtypes as canonical names).
 
-_FLOATS = ("float64", "float32", "bfloat16", "float16")
-
 
 def check_params(shapes: Mapping[str, tuple[int, ...]], config: GatedLinearRNNLMConfig) -> None:
     """``params`` must hold exactly the names of ``param_shapes(config)`` with those shapes."""
     expected = param_shapes(config)
-    missing = [k for k in expected if k not in shapes]
-    extra = [k for k in shapes if k not in expected]
+    missing, extra = checks.missing_and_unexpected(shapes, expected)
     if missing or extra:
         raise ValueError(f"params do not match the config: missing {missing[:6]}{'...' if len(missing) > 6 else ''}, "
                          f"unexpected {extra[:6]}{'...' if len(extra) > 6 else ''} (see param_shapes(config))")
-    for name, shape in expected.items():
-        if tuple(shapes[name]) != shape:
-            raise ValueError(f"params[{name!r}] must have shape {shape}, got {tuple(shapes[name])}")
+    checks.check_param_shapes(shapes, expected)
 
 
 def _is_int(dtype: str) -> bool:
@@ -336,7 +326,7 @@ def check_input(shape: tuple[int, ...], dtype: str, config: GatedLinearRNNLMConf
         if len(shape) != 2:
             raise ValueError(f"{name} must have shape (B, T), got {tuple(shape)}")
     else:
-        if dtype not in _FLOATS:
+        if dtype not in checks.REAL_DTYPES:
             raise TypeError(f"inputs must be floating features (use_word_embedding=False), got dtype {dtype}")
         if len(shape) != 3 or shape[-1] != config.d_input:
             raise ValueError(f"inputs must have shape (B, T, d_input) with d_input={config.d_input}, "
@@ -351,7 +341,7 @@ def check_step_input(shape: tuple[int, ...], dtype: str, config: GatedLinearRNNL
         if len(shape) != 1:
             raise ValueError(f"token must have shape (B,), got {tuple(shape)}")
     else:
-        if dtype not in _FLOATS:
+        if dtype not in checks.REAL_DTYPES:
             raise TypeError(f"input_t must be floating features (use_word_embedding=False), got dtype {dtype}")
         if len(shape) != 2 or shape[-1] != config.d_input:
             raise ValueError(f"input_t must have shape (B, d_input) with d_input={config.d_input}, got {tuple(shape)}")
@@ -438,7 +428,7 @@ def check_generation(config: GatedLinearRNNLMConfig, max_new_tokens: int, temper
         raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
     if not isinstance(temperature, (int, float)) or temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature!r}")
-    if top_k is not None and (not _positive_int(top_k) or top_k > config.output_vocab_size):
+    if top_k is not None and (not checks.is_positive_int(top_k) or top_k > config.output_vocab_size):
         raise ValueError(f"top_k must be None or an int in [1, output_vocab_size={config.output_vocab_size}], "
                          f"got {top_k!r}")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from linrec.spec import reference
+from linrec.spec import checks, reference
 
 __all__ = [
     "COMPLEX_OUTPUTS",
@@ -53,18 +53,13 @@ SCAN_METHODS = ("auto", "sequential", "associative", "chunked", "native")
 #: decays at initialisation are spread over this interval (``gateloop_mh.md`` §5).
 GATE_BIAS_RANGE = (0.9, 0.999)
 
-_REAL_FLOATS = ("float64", "float32", "bfloat16", "float16")
-_LOW_PRECISION = ("bfloat16", "float16")
-
 
 def _choice(field: str, value: str, options: tuple[str, ...]) -> None:
-    if value not in options:
-        raise ValueError(f"GateLoopMHConfig.{field} must be one of {options}, got {value!r}")
+    checks.check_choice(f"GateLoopMHConfig.{field}", value, options)
 
 
 def _positive_int(field: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"GateLoopMHConfig.{field} must be a positive int, got {value!r}")
+    checks.check_positive_int(f"GateLoopMHConfig.{field}", value)
 
 
 @dataclass(frozen=True)
@@ -181,8 +176,7 @@ def init_params(config: GateLoopMHConfig, seed: int = 0, dtype: str = "float32")
 def check_params(config: GateLoopMHConfig, shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Raise ``ValueError`` naming a missing, unexpected or misshapen parameter."""
     expected = param_shapes(config)
-    missing = sorted(set(expected) - set(shapes))
-    extra = sorted(set(shapes) - set(expected))
+    missing, extra = map(sorted, checks.missing_and_unexpected(shapes, expected))
     if missing:
         raise ValueError(f"gateloop_mh: missing parameter(s) {missing} for this config (gate={config.gate!r}, "
                          f"qkv_bias={config.qkv_bias})")
@@ -204,9 +198,9 @@ def state_shape(config: GateLoopMHConfig, batch_size: int) -> tuple[int, int, in
 
 def state_dtype(config: GateLoopMHConfig, dtype: str) -> str:
     """The carried state's dtype for inputs of ``dtype`` (``gateloop_mh.md`` §3)."""
-    if dtype not in _REAL_FLOATS:
-        raise TypeError(f"gateloop_mh: x must be real floating {_REAL_FLOATS}, got dtype {dtype}")
-    real = "float32" if dtype in _LOW_PRECISION else dtype
+    if dtype not in checks.REAL_DTYPES:
+        raise TypeError(f"gateloop_mh: x must be real floating {checks.REAL_DTYPES}, got dtype {dtype}")
+    real = checks.compute_dtype(dtype)
     if config.is_complex:
         return "complex128" if real == "float64" else "complex64"
     return real
@@ -218,8 +212,8 @@ def check_x(config: GateLoopMHConfig, shape: tuple[int, ...], dtype: str, *, nam
     if len(shape) != ndim or shape[-1] != config.d_model:
         raise ValueError(f"gateloop_mh: {name} must have shape {legend} with d_model={config.d_model}, "
                          f"got shape {tuple(shape)}")
-    if dtype not in _REAL_FLOATS:
-        raise TypeError(f"gateloop_mh: {name} must be real floating {_REAL_FLOATS}, got dtype {dtype}")
+    if dtype not in checks.REAL_DTYPES:
+        raise TypeError(f"gateloop_mh: {name} must be real floating {checks.REAL_DTYPES}, got dtype {dtype}")
 
 
 def check_state(
@@ -231,7 +225,7 @@ def check_state(
     if tuple(shape) != expected:
         raise ValueError(f"gateloop_mh: {name} must have shape (B, H, K, V) = {expected}, got {tuple(shape)}")
     want = state_dtype(config, x_dtype)
-    allowed = {want} | ({x_dtype} if x_dtype in _LOW_PRECISION and not config.is_complex else set())
+    allowed = {want} | ({x_dtype} if x_dtype in checks.LOW_PRECISION and not config.is_complex else set())
     if dtype not in allowed:
         kind = "complex (gate='complex')" if config.is_complex else "real (gate='real')"
         raise TypeError(f"gateloop_mh: {name} must be {kind} with dtype {want} for x of dtype {x_dtype}, "
@@ -250,8 +244,7 @@ def check_mode(mode: str, method: str, chunk_size) -> None:
     if mode == "sequential" and method not in ("auto", "sequential"):
         raise ValueError(f"gateloop_mh: method={method!r} applies to mode='parallel' or 'chunked'; "
                          "mode='sequential' takes method='auto' or 'sequential'")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-                                   or chunk_size < 1):
+    if chunk_size is not None and not checks.is_positive_int(chunk_size):
         raise ValueError(f"gateloop_mh: chunk_size must be a positive int or None, got {chunk_size!r}")
 
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from linrec.spec import reference
-from linrec.spec.checks import REAL_DTYPES, compute_dtype
+from linrec.spec import checks, reference
 
 __all__ = [
     "CANDIDATES",
@@ -97,15 +96,10 @@ def candidate_grad(u: np.ndarray, kind: str) -> np.ndarray:
 # --- config ---------------------------------------------------------------------------------------
 
 
-def _check_positive_int(name: str, value) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def validate_common(cfg) -> None:
     """Field checks shared by :class:`MinGRUConfig` and ``MinLSTMConfig``; resolves ``d_inner``."""
-    _check_positive_int("d_model", cfg.d_model)
-    if not isinstance(cfg.expansion, (int, float)) or isinstance(cfg.expansion, bool) or not cfg.expansion > 0:
+    checks.check_positive_int("d_model", cfg.d_model)
+    if not checks.is_real_number(cfg.expansion) or not cfg.expansion > 0:
         raise ValueError(f"expansion must be a positive number, got {cfg.expansion!r}")
     from_expansion = int(cfg.d_model * cfg.expansion)  # lucidrains: int(dim * expansion_factor)
     if cfg.d_inner is None:
@@ -115,20 +109,16 @@ def validate_common(cfg) -> None:
             )
         object.__setattr__(cfg, "d_inner", from_expansion)
     else:
-        _check_positive_int("d_inner", cfg.d_inner)
+        checks.check_positive_int("d_inner", cfg.d_inner)
         if cfg.expansion != 1.0 and cfg.d_inner != from_expansion:
             raise ValueError(
                 f"d_inner={cfg.d_inner} contradicts expansion={cfg.expansion} (int(d_model * expansion) = "
                 f"{from_expansion}); give one of them"
             )
     for name in ("out_proj", "bias"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise ValueError(f"{name} must be a bool, got {getattr(cfg, name)!r}")
-    if cfg.candidate not in CANDIDATES:
-        raise ValueError(f"candidate must be one of {CANDIDATES}, got {cfg.candidate!r}")
-    if not isinstance(cfg.default_state, (int, float)) or isinstance(cfg.default_state, bool) or not math.isfinite(
-        cfg.default_state
-    ):
+        checks.check_bool(name, getattr(cfg, name))
+    checks.check_choice("candidate", cfg.candidate, CANDIDATES)
+    if not checks.is_real_number(cfg.default_state) or not math.isfinite(cfg.default_state):
         raise ValueError(f"default_state must be a finite number, got {cfg.default_state!r}")
 
 
@@ -205,7 +195,7 @@ def init_params(config: MinGRUConfig, seed: int = 0, dtype: str = "float32") -> 
 
 def state_dtype(x_dtype: str) -> str:
     """The dtype of the carried state for inputs of ``x_dtype``: float32 for bfloat16/float16, else ``x_dtype``."""
-    return compute_dtype(x_dtype)
+    return checks.compute_dtype(x_dtype)
 
 
 def check_call(
@@ -221,20 +211,14 @@ def check_call(
     methods: Sequence[str],
 ) -> None:
     """Validate a sequence call; ``methods`` are the scan methods the backend offers (``"log"`` included)."""
-    if mode not in MODES:
-        raise ValueError(f"{layer}: unknown mode={mode!r}; valid modes: {', '.join(map(repr, MODES))}")
+    checks.check_mode(mode, MODES, function=layer)
     if mode == "sequential" and method not in ("auto", "sequential"):
         raise ValueError(
             f"{layer}: method={method!r} selects a scan of mode='parallel'; mode='sequential' runs the step "
             "loop and takes method='auto'"
         )
-    if method != "auto" and method not in methods:
-        valid = ", ".join(repr(m) for m in ("auto", *methods))
-        raise ValueError(f"{layer}: unknown method={method!r}; valid methods: {valid}")
-    if x_dtype not in REAL_DTYPES:
-        raise TypeError(f"{layer}: x must be real floating ({', '.join(REAL_DTYPES)}), got dtype {x_dtype}")
-    if len(x_shape) != 3 or x_shape[2] != config.d_model:
-        raise ValueError(f"{layer}: x must have shape (B, T, d_model={config.d_model}), got {tuple(x_shape)}")
+    checks.check_method(method, methods, function=layer)
+    _check_x(layer, config, "x", x_shape, x_dtype, ndim=3)
     _check_state(layer, config, x_shape[0], x_dtype, init_shape, init_dtype, "initial_state")
     if method == "log" and config.candidate != "g":
         raise ValueError(log_method_error(layer, "candidate"))
@@ -249,11 +233,17 @@ def check_step(
     state_dtype_: str | None,
 ) -> None:
     """Validate a single step: ``x_t (B, d_model)``, ``state (B, d_inner)``."""
-    if x_dtype not in REAL_DTYPES:
-        raise TypeError(f"{layer}: x_t must be real floating ({', '.join(REAL_DTYPES)}), got dtype {x_dtype}")
-    if len(x_shape) != 2 or x_shape[1] != config.d_model:
-        raise ValueError(f"{layer}: x_t must have shape (B, d_model={config.d_model}), got {tuple(x_shape)}")
+    _check_x(layer, config, "x_t", x_shape, x_dtype, ndim=2)
     _check_state(layer, config, x_shape[0], x_dtype, state_shape, state_dtype_, "state")
+
+
+def _check_x(layer: str, config, name: str, shape: tuple[int, ...], dtype: str, ndim: int) -> None:
+    """``x (B, T, D)`` of a call (``ndim=3``) or ``x_t (B, D)`` of a step (``ndim=2``), real floating."""
+    if dtype not in checks.REAL_DTYPES:
+        raise TypeError(f"{layer}: {name} must be real floating ({', '.join(checks.REAL_DTYPES)}), got dtype {dtype}")
+    if len(shape) != ndim or shape[-1] != config.d_model:
+        axes = "B, T" if ndim == 3 else "B"
+        raise ValueError(f"{layer}: {name} must have shape ({axes}, d_model={config.d_model}), got {tuple(shape)}")
 
 
 def _check_state(layer, config, batch, x_dtype, shape, dtype, name) -> None:
@@ -306,7 +296,7 @@ def _output(params, config, h: np.ndarray, dtype) -> np.ndarray:
 
 
 def _reference_dtype(x: np.ndarray) -> np.dtype:
-    return np.dtype(compute_dtype(reference.dtype_name(x)))
+    return np.dtype(checks.compute_dtype(reference.dtype_name(x)))
 
 
 def _shape(x) -> tuple[int, ...]:

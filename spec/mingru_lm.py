@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from linrec.spec import checks
 from linrec.spec import mingru as mingru_spec
 from linrec.spec.mingru import MinGRUConfig
 
@@ -55,16 +56,6 @@ BLOCKS = ("glu", "prenorm")
 
 
 # --- config -----------------------------------------------------------------------------------------
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _positive_number(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -99,15 +90,12 @@ class MinGRULMConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "n_layers"):
-            _positive_int(name, getattr(self, name))
-        if self.block not in BLOCKS:
-            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
-        _positive_number("expansion", self.expansion)
-        _positive_number("ff_mult", self.ff_mult)
-        _positive_number("norm_eps", self.norm_eps)
+            checks.check_positive_int(name, getattr(self, name))
+        checks.check_choice("block", self.block, BLOCKS)
+        for name in ("expansion", "ff_mult", "norm_eps"):
+            checks.check_positive_finite(name, getattr(self, name))
         for name in ("mingru_bias", "head_bias"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+            checks.check_bool(name, getattr(self, name))
         if int(self.d_model * self.expansion) < 1:
             raise ValueError(f"expansion={self.expansion} gives d_inner = int(d_model * expansion) < 1")
         if self.block == "prenorm" and self.d_ff < 1:
@@ -262,14 +250,11 @@ def check_params(params: Mapping[str, Any], config: MinGRULMConfig) -> None:
 
 def check_mode(mode: str, method: str, methods: Sequence[str], padded: bool) -> None:
     """``mode``/``method`` as for the minGRU layer; ``method="log"`` cannot serve left padding."""
-    if mode not in mingru_spec.MODES:
-        raise ValueError(f"mingru_lm: unknown mode={mode!r}; valid modes: {', '.join(map(repr, mingru_spec.MODES))}")
+    checks.check_mode(mode, mingru_spec.MODES, function="mingru_lm")
     if mode == "sequential" and method != "auto":
         raise ValueError(f"mingru_lm: method={method!r} selects a scan of mode='parallel'; mode='sequential' runs "
                          "the step loop and takes method='auto'")
-    if method != "auto" and method not in methods:
-        raise ValueError(f"mingru_lm: unknown method={method!r}; valid methods: "
-                         f"{', '.join(repr(m) for m in ('auto', *methods))}")
+    checks.check_method(method, methods, function="mingru_lm")
     if method == "log" and padded:
         raise ValueError("mingru_lm: method='log' cannot serve lengths (left padding): a pad position keeps the "
                          "state as a = 1, b = 0, outside the log domain (b > 0); use method='associative', "
@@ -406,11 +391,9 @@ def check_generate_args(prompt_shape: tuple[int, ...], max_new_tokens: Any, temp
                          f"{np.asarray(lengths).tolist()}")
     if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"mingru_lm: max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not (
-            temperature >= 0 and math.isfinite(temperature)):
+    if not checks.is_real_number(temperature) or not (temperature >= 0 and math.isfinite(temperature)):
         raise ValueError(f"mingru_lm: temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool)
-                              or not 1 <= top_k <= config.vocab_size):
+    if top_k is not None and (not checks.is_positive_int(top_k) or top_k > config.vocab_size):
         raise ValueError(f"mingru_lm: top_k must be None or an int in [1, vocab_size={config.vocab_size}], "
                          f"got {top_k!r}")
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from linrec.spec import checks
 from linrec.spec import mingru as mingru_spec
 from linrec.spec.mingru import MinGRUConfig
 
@@ -45,8 +46,7 @@ def resolve_hidden_sizes(hidden_sizes: int | Sequence[int], num_layers: int | No
     (``num_layers``, if given, must equal its length)."""
     if isinstance(hidden_sizes, (int, np.integer)) and not isinstance(hidden_sizes, bool):
         n = 1 if num_layers is None else num_layers
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
+        checks.check_positive_int("num_layers", n)
         return (int(hidden_sizes),) * int(n)
     if isinstance(hidden_sizes, (str, bytes)) or not isinstance(hidden_sizes, Sequence):
         raise ValueError(f"hidden_sizes must be an int or a list of ints, got {hidden_sizes!r}")
@@ -86,21 +86,16 @@ class MinGRUStackConfig:
     norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
-        if not isinstance(self.input_size, (int, np.integer)) or isinstance(self.input_size, bool) or \
-                self.input_size < 1:
-            raise ValueError(f"input_size must be a positive int, got {self.input_size!r}")
+        checks.check_positive_int("input_size", self.input_size)
         sizes = resolve_hidden_sizes(self.hidden_sizes, None)
-        if not sizes or any(not isinstance(h, (int, np.integer)) or isinstance(h, bool) or h < 1 for h in sizes):
+        if not sizes or not all(checks.is_positive_int(h) for h in sizes):
             raise ValueError(f"hidden_sizes must be positive ints, at least one, got {self.hidden_sizes!r}")
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in sizes))
-        if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
+        if not checks.is_real_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         for name in ("bias", "residual", "norm"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
-        if not isinstance(self.norm_eps, (int, float)) or isinstance(self.norm_eps, bool) or not (
-                self.norm_eps > 0 and math.isfinite(self.norm_eps)):
-            raise ValueError(f"norm_eps must be a positive finite number, got {self.norm_eps!r}")
+            checks.check_bool(name, getattr(self, name))
+        checks.check_positive_finite("norm_eps", self.norm_eps)
         self.layer_config(0)  # validates candidate and default_state through MinGRUConfig
 
     @classmethod

@@ -1,15 +1,14 @@
-"""GatedLinearRNN / GateLoop: spec config and reference, the NNX and torch modules, and the conformance cases."""
+"""GatedLinearRNN / GateLoop: spec config and reference, the NNX and torch modules, their case ids."""
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import types
 from dataclasses import replace
-from functools import cache
 
 import numpy as np
 import pytest
+from _case_ids import assert_case_ids_named
 
 from linrec.conformance import gated_linear_rnn_cases as glr_cases
 from linrec.spec import gated_linear_rnn as spec
@@ -133,51 +132,12 @@ def test_resolve_mode():
         spec.resolve_mode("sequential", "chunked", CFG)
 
 
-# --- conformance cases on every available backend ---------------------------------------------------
-
-
-@cache
-def _layer_backend(name: str) -> types.SimpleNamespace:
-    """The backend package plus this layer's functions (until the package exports them itself)."""
-    pkg = importlib.import_module(f"linrec.backends.{name}")
-    layer = importlib.import_module(f"linrec.backends.{name}.gated_linear_rnn")
-    ns = types.SimpleNamespace(**{k: getattr(pkg, k) for k in dir(pkg) if not k.startswith("__")})
-    for attr in layer.__all__:
-        setattr(ns, attr, getattr(layer, attr))
-    if name != "numpy" and not hasattr(ns, "vjp"):
-        ns.vjp = importlib.import_module(f"linrec.backends.{name}.autodiff").vjp
-    return ns
-
-
-@cache
-def _cases(name: str) -> dict:
-    return {case.id: case for case in glr_cases.cases(_layer_backend(name))}
-
-
-def _case_params():
-    params = []
-    for name in ("numpy", "jax", "torch"):
-        if name != "numpy" and importlib.util.find_spec(name) is None:
-            params.append(pytest.param(name, "", marks=pytest.mark.skip(reason=f"{name} not installed"), id=name))
-            continue
-        params += [pytest.param(name, case_id, id=f"{name}:{case_id}") for case_id in _cases(name)]
-    return params
-
-
-@pytest.mark.parametrize(("backend_name", "case_id"), _case_params())
-def test_conformance_case(backend_name, case_id):
-    backend, case = _layer_backend(backend_name), _cases(backend_name)[case_id]
-    missing = [r for r in case.requires if not hasattr(backend, r)]
-    if missing:
-        pytest.skip(f"{backend_name} has no {missing} (unsupported by design)")
-    outcome = case.fn(backend)
-    assert outcome.passed, f"{case.id}: {outcome.detail} (error {outcome.error:.3g} > {outcome.allowed:.3g})"
+# --- conformance case ids (the cases run in test_conformance.py) ------------------------------------
 
 
 def test_case_ids_unique_and_named():
-    ids = list(_cases("numpy"))
-    assert len(ids) == len(set(ids)) > 100
-    assert all(i.startswith("gated_linear_rnn/") and i.endswith("]") for i in ids)
+    ids = assert_case_ids_named(glr_cases, "gated_linear_rnn", at_least=101)
+    assert all(i.endswith("]") for i in ids)
 
 
 # --- JAX / Flax NNX ---------------------------------------------------------------------------------

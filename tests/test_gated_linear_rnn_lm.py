@@ -1,16 +1,15 @@
-"""GatedLinearRNNLM / GateLoopLM: spec config and reference, the NNX and torch models, conformance, the original."""
+"""GatedLinearRNNLM / GateLoopLM: spec config and reference, the NNX and torch models, case ids, the original."""
 
 from __future__ import annotations
 
-import fnmatch
 import importlib
 import importlib.util
 import types
 from dataclasses import replace
-from functools import cache
 
 import numpy as np
 import pytest
+from _case_ids import assert_case_ids_named
 
 from linrec.conformance import gated_linear_rnn_lm_cases as lm_cases
 from linrec.spec import gated_linear_rnn_lm as spec
@@ -151,76 +150,12 @@ def test_reference_dropout_placement():
     np.testing.assert_allclose(branch, spec.forward(no_mlp, tokens, hidden, state)[0], rtol=1e-13)
 
 
-# --- conformance cases on every available backend ---------------------------------------------------
-
-#: The JAX subset run here (every JAX case compiles; the full list runs in ``linrec conformance``): each
-#: property and each variant at least once.
-JAX_CASES = (
-    "equals-reference/learned[parallel,float32]",
-    "equals-reference/features-no-head[mode-sequential,float32]",
-    "equals-reference/dropout-sum[parallel,float32]",
-    "prefill-then-decode/true-recurrence[step,float32]",
-    "prefill-then-decode/compat-position-zero[step,float64]",
-    "split-invariance/sinusoidal[k=4,float64]",
-    "generation/*/sinusoidal[step,float32]",
-    "lengths/*/learned[mixed,float32]",
-    "initial-state/*",
-    "bad-input/*",
-    "gradient/default[parallel,float32]",
-)
+# --- conformance case ids (the cases run in test_conformance.py) ------------------------------------
 
 
-@cache
-def _lm_backend(name: str) -> types.SimpleNamespace:
-    """The backend package plus this model's functions (until the package exports them itself)."""
-    pkg = importlib.import_module(f"linrec.backends.{name}")
-    model = importlib.import_module(f"linrec.backends.{name}.gated_linear_rnn_lm")
-    ns = types.SimpleNamespace(**{k: getattr(pkg, k) for k in dir(pkg) if not k.startswith("__")})
-    for attr in model.__all__:
-        setattr(ns, attr, getattr(model, attr))
-    if name != "numpy" and not hasattr(ns, "vjp"):
-        ns.vjp = importlib.import_module(f"linrec.backends.{name}.autodiff").vjp
-    return ns
-
-
-@cache
-def _cases(name: str) -> dict:
-    return {case.id: case for case in lm_cases.cases(_lm_backend(name))}
-
-
-def _case_params():
-    params = []
-    for name in ("numpy", "jax", "torch"):
-        if name != "numpy" and importlib.util.find_spec(name) is None:
-            params.append(pytest.param(name, "", marks=pytest.mark.skip(reason=f"{name} not installed"), id=name))
-            continue
-        ids = list(_cases(name))
-        if name == "jax":
-            ids = [i for i in ids if any(fnmatch.fnmatchcase(i, f"{lm_cases.LM}/{p}".replace("[", "[[]"))
-                                         for p in JAX_CASES)]
-        params += [pytest.param(name, case_id, id=f"{name}:{case_id}") for case_id in ids]
-    return params
-
-
-@pytest.mark.parametrize(("backend_name", "case_id"), _case_params())
-def test_conformance_case(backend_name, case_id):
-    backend, case = _lm_backend(backend_name), _cases(backend_name)[case_id]
-    missing = [r for r in case.requires if not hasattr(backend, r)]
-    if missing:
-        pytest.skip(f"{backend_name} has no {missing} (unsupported by design)")
-    outcome = case.fn(backend)
-    assert outcome.passed, f"{case.id}: {outcome.detail} (error {outcome.error:.3g} > {outcome.allowed:.3g})"
-
-
-def test_case_ids_unique_and_jax_subset_covers_every_property():
-    ids = list(_cases("numpy"))
-    assert len(ids) == len(set(ids)) > 100
-    assert all(i.startswith("gated_linear_rnn_lm/") and i.endswith("]") for i in ids)
-    jax_ids = [p.values[1] for p in _case_params() if p.values[0] == "jax"]
-    if jax_ids:
-        cases = _cases("jax")
-        assert {cases[i].property for i in jax_ids} >= {c.property for c in cases.values()} - {
-            "none-equals-zeros", "empty-sequence"}
+def test_case_ids_unique_and_named():
+    ids = assert_case_ids_named(lm_cases, "gated_linear_rnn_lm", at_least=101)
+    assert all(i.endswith("]") for i in ids)
 
 
 # --- JAX / Flax NNX ---------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Tests of the multi-head outer-product GateLoop layer (``spec/gateloop_mh.md``).
 
-The reference (NumPy loop + analytic VJP), the conformance cases on every installed backend, the Flax NNX
+The reference (NumPy loop + analytic VJP), the ids of its conformance cases, the Flax NNX
 and torch modules (canonical round trip, jit/grad/vmap, torch.compile, remat, the memory-lean chunked path,
 step API, bf16), and an optional comparison with lucidrains' ``gateloop-transformer`` when installed.
 """
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import replace
-from types import ModuleType, SimpleNamespace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from _case_ids import assert_case_ids_named
 
-import linrec
 from linrec.conformance import gateloop_mh_cases
 from linrec.spec import gateloop_mh as spec
 from linrec.spec.gateloop_mh import GateLoopMHConfig
@@ -130,63 +130,11 @@ def test_param_shapes_and_init():
 
 
 # ---------------------------------------------------------------------------------------------
-# conformance on every installed backend
+# conformance case ids (the cases run in test_conformance.py)
 
 
-def _backend(name: str) -> SimpleNamespace:
-    """The backend module plus this layer's functions and ``vjp`` (until the lead wires them into ``__init__``)."""
-    if name != "numpy":
-        pytest.importorskip(name)
-    base = linrec.get_backend(name)
-    layer = importlib.import_module(f"linrec.backends.{name}.gateloop_mh")
-    ns = SimpleNamespace(**{k: getattr(base, k) for k in dir(base) if not k.startswith("__")})
-    for fn in ("gateloop_mh", "gateloop_mh_step", "gateloop_mh_initial_state"):
-        if not callable(getattr(ns, fn, None)) or isinstance(getattr(ns, fn), ModuleType):  # unwired: the submodule
-            setattr(ns, fn, getattr(layer, fn))
-    if name != "numpy" and not hasattr(ns, "vjp"):
-        ns.vjp = importlib.import_module(f"linrec.backends.{name}.autodiff").vjp
-    return ns
-
-
-_CHEAP = ("bad-input", "initial-state", "empty-sequence")
-_JAX_GRADIENTS = (
-    "gateloop_mh/gradient/real[mode-chunked-3-auto,float64]",
-    "gateloop_mh/gradient/complex[mode-chunked-3-auto,float64]",
-    "gateloop_mh/gradient/complex-out-relu-head[parallel-auto,float64]",
-)
-
-
-def _in_jax_subset(case) -> bool:
-    """JAX compiles once per (config, shape, dtype, path), so this file runs a representative subset there:
-    every cheap case, and the others in float64 on the default path of each mode. The full JAX run is
-    ``linrec conformance`` (``tests/test_conformance.py``)."""
-    if case.property in _CHEAP or case.property == "siso-reduction":
-        return True
-    if case.property == "gradient":
-        return case.id in _JAX_GRADIENTS
-    default_path = any(p in case.id for p in ("[step,", "parallel-auto", "mode-chunked-3-auto", "mode-sequential",
-                                               "[mode-chunked,"))
-    return "float64" in case.id and default_path and "k=0" not in case.id and "k=7" not in case.id
-
-
-@pytest.mark.parametrize("name", linrec.BUNDLED_BACKENDS)
-def test_conformance_cases(name):
-    backend = _backend(name)
-    cases = gateloop_mh_cases.cases(backend)
-    assert len({c.id for c in cases}) == len(cases)
-    failures, ran = [], 0
-    for case in cases:
-        if any(not hasattr(backend, r) for r in case.requires):
-            assert name == "numpy" and "vjp" in case.requires, case.id  # only autodiff is missing, only in numpy
-            continue
-        if name == "jax" and not _in_jax_subset(case):
-            continue
-        outcome = case.fn(backend)
-        ran += 1
-        if not outcome.passed:
-            failures.append(f"{case.id}: {outcome.detail}")
-    assert ran > 60
-    assert not failures, "\n".join(failures)
+def test_case_ids_unique_and_named():
+    assert_case_ids_named(gateloop_mh_cases, "gateloop_mh", at_least=61)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,22 +1,20 @@
-"""minGRU language model: spec config and reference, the NNX and torch modules, generation, conformance cases."""
+"""minGRU language model: spec config and reference, the NNX and torch modules, generation, case ids."""
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 import types
-from functools import cache
 
 import numpy as np
 import pytest
+from _case_ids import assert_case_ids_named
 
 from linrec.conformance import mingru_lm_cases as lm_cases
 from linrec.spec import mingru_lm as spec
 from linrec.spec.mingru_lm import MinGRULMConfig, MinGRULMState
 
 CONFIGS = {name: MinGRULMConfig(**kw) for name, kw in lm_cases.CONFIGS.items()}
-#: JAX compiles per case; the test runs one config's cases plus every bad input (LINREC_FULL_CONFORMANCE=1: all).
+#: the config the JAX tests use (each JAX config compiles its own programs)
 JAX_CONFIG = "prenorm"
 
 
@@ -124,58 +122,11 @@ def test_reference_bad_input():
         spec.forward(params, tokens, cfg, lengths=np.array([8, 1]))
 
 
-# --- conformance on every available backend -------------------------------------------------------------------
+# --- conformance case ids (the cases run in test_conformance.py) ----------------------------------------------
 
 
-@cache
-def _backend(name: str) -> types.SimpleNamespace:
-    pkg = importlib.import_module(f"linrec.backends.{name}")
-    mod = importlib.import_module(f"linrec.backends.{name}.mingru_lm")
-    ns = types.SimpleNamespace(**{k: getattr(pkg, k) for k in dir(pkg) if not k.startswith("__")})
-    ns.__dict__.update({k: getattr(mod, k) for k in mod.__all__})
-    if name != "numpy" and not hasattr(ns, "vjp"):
-        ns.vjp = importlib.import_module(f"linrec.backends.{name}.autodiff").vjp
-    return ns
-
-
-def _selected(backend: str, case_id: str) -> bool:
-    if backend != "jax" or os.environ.get("LINREC_FULL_CONFORMANCE"):
-        return True
-    if "/gradient/" in case_id:
-        return case_id.endswith(f"/{JAX_CONFIG}[float64]")
-    if "/bad-input/" in case_id:
-        return case_id.endswith(("token-too-large", "state-other-depth", "lengths-with-log", "generate-empty-prompt"))
-    in_config = f"/{JAX_CONFIG}[" in case_id or case_id.endswith(f"/{JAX_CONFIG}")
-    skipped = ("[associative,", "[chunked,", "[sequential,", "[native,", ",float64]", "batch-isolation")
-    return in_config and not any(m in case_id for m in skipped)
-
-
-def _case_params():
-    out = []
-    for name in ("numpy", "jax", "torch"):
-        framework = "numpy" if name == "numpy" else name
-        if importlib.util.find_spec(framework) is None:
-            continue
-        for case in lm_cases.cases(_backend(name)):
-            if _selected(name, case.id):
-                out.append(pytest.param(name, case.id, id=f"{name}:{case.id}"))
-    return out
-
-
-@pytest.mark.parametrize(("backend_name", "case_id"), _case_params())
-def test_conformance_case(backend_name, case_id):
-    backend = _backend(backend_name)
-    case = {c.id: c for c in lm_cases.cases(backend)}[case_id]
-    missing = [r for r in case.requires if not hasattr(backend, r)]
-    if missing:
-        pytest.skip(f"{backend_name} has no {missing} (unsupported by design)")
-    outcome = case.fn(backend)
-    assert outcome.passed, outcome.detail
-
-
-def test_case_ids_unique():
-    ids = [c.id for c in lm_cases.cases(_backend("numpy"))]
-    assert len(ids) == len(set(ids)) and all(i.startswith("mingru_lm/") for i in ids)
+def test_case_ids_unique_and_named():
+    assert_case_ids_named(lm_cases, "mingru_lm")
 
 
 # --- JAX / Flax NNX --------------------------------------------------------------------------------------------
@@ -193,7 +144,7 @@ def jx():
 
 
 def test_nnx_module_matches_reference(jx):
-    cfg = CONFIGS[JAX_CONFIG]  # the config (and shapes) of the JAX conformance cases: their compilations are reused
+    cfg = CONFIGS[JAX_CONFIG]
     params, tokens, state = _problem(cfg)
     model = jx.mod.MinGRULM.from_canonical(cfg, {k: v.astype(np.float32) for k, v in params.items()})
     assert model.config == cfg

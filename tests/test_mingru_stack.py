@@ -1,15 +1,13 @@
-"""minGRU stack (nn.GRU-like): config, reference, the NNX and torch modules (dropout, batch_first, state), cases."""
+"""minGRU stack (nn.GRU-like): config, reference, the NNX and torch modules (dropout, batch_first, state), case ids."""
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 import types
-from functools import cache
 
 import numpy as np
 import pytest
+from _case_ids import assert_case_ids_named
 
 from linrec.conformance import mingru_stack_cases as stack_cases
 from linrec.spec import mingru_stack as spec
@@ -87,56 +85,11 @@ def test_reference_matches_hand_composition():
     assert len(state_step) == cfg.num_layers
 
 
-# --- conformance ---------------------------------------------------------------------------------------------
+# --- conformance case ids (the cases run in test_conformance.py) ---------------------------------------------
 
 
-@cache
-def _backend(name: str) -> types.SimpleNamespace:
-    pkg = importlib.import_module(f"linrec.backends.{name}")
-    mod = importlib.import_module(f"linrec.backends.{name}.mingru_stack")
-    ns = types.SimpleNamespace(**{k: getattr(pkg, k) for k in dir(pkg) if not k.startswith("__")})
-    ns.__dict__.update({k: getattr(mod, k) for k in mod.__all__})
-    if name != "numpy" and not hasattr(ns, "vjp"):
-        ns.vjp = importlib.import_module(f"linrec.backends.{name}.autodiff").vjp
-    return ns
-
-
-def _selected(backend: str, case_id: str) -> bool:
-    if backend != "jax" or os.environ.get("LINREC_FULL_CONFORMANCE"):
-        return True
-    if "/bad-input/" in case_id:
-        return case_id.endswith(("state-not-a-tuple", "state-wrong-width", "x-wrong-features"))
-    if "/gradient/" in case_id:
-        return case_id.endswith(f"/{JAX_CONFIG}[auto,float64]")
-    skipped = ("[associative,", "[chunked,", "[sequential,", "[native,", "float64]", "[log,")
-    return f"/{JAX_CONFIG}[" in case_id and not any(m in case_id for m in skipped)
-
-
-def _case_params():
-    out = []
-    for name in ("numpy", "jax", "torch"):
-        if importlib.util.find_spec("numpy" if name == "numpy" else name) is None:
-            continue
-        for case in stack_cases.cases(_backend(name)):
-            if _selected(name, case.id):
-                out.append(pytest.param(name, case.id, id=f"{name}:{case.id}"))
-    return out
-
-
-@pytest.mark.parametrize(("backend_name", "case_id"), _case_params())
-def test_conformance_case(backend_name, case_id):
-    backend = _backend(backend_name)
-    case = {c.id: c for c in stack_cases.cases(backend)}[case_id]
-    missing = [r for r in case.requires if not hasattr(backend, r)]
-    if missing:
-        pytest.skip(f"{backend_name} has no {missing} (unsupported by design)")
-    outcome = case.fn(backend)
-    assert outcome.passed, outcome.detail
-
-
-def test_case_ids_unique():
-    ids = [c.id for c in stack_cases.cases(_backend("numpy"))]
-    assert len(ids) == len(set(ids)) and all(i.startswith("mingru_stack/") for i in ids)
+def test_case_ids_unique_and_named():
+    assert_case_ids_named(stack_cases, "mingru_stack")
 
 
 # --- JAX / Flax NNX --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""minLSTM: spec config and reference, the NNX and torch modules, and the conformance cases on every backend.
+"""minLSTM: spec config and reference, the NNX and torch modules, and the ids of its conformance cases.
 
 The module body, runners and option checks are shared with minGRU (``test_mingru.py`` covers remat,
 bfloat16 and the option validation in depth); this file checks what minLSTM adds: the normalised gates,
@@ -8,13 +8,11 @@ their log-space form, and the layer end to end.
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import os
 import types
-from functools import cache
 
 import numpy as np
 import pytest
+from _case_ids import assert_case_ids_named
 
 from linrec.conformance import minlstm_cases as layer_cases
 from linrec.conformance.mingru_cases import make_problem
@@ -24,10 +22,6 @@ from linrec.spec.minlstm import MinLSTMConfig
 LAYER = "minlstm"
 CONFIGS = {name: MinLSTMConfig(**kw) for name, kw in layer_cases.MINLSTM.configs.items()}
 F32 = dict(rtol=2e-5, atol=2e-5)
-#: JAX compiles a program per case, so here it runs a representative subset (a different config from
-#: test_mingru's, the paths this layer adds, every bad input); LINREC_FULL_CONFORMANCE=1 runs every case.
-JAX_CONFIG = "g-expand-out"
-JAX_SKIPPED_PATHS = ("[associative,", "[chunked,", "[sequential,")
 
 
 def _problem(config, seed: int = 0, length: int = 7):
@@ -150,60 +144,11 @@ def test_layouts():
     assert sep["linear_h.kernel"].shape == (2, 2)
 
 
-# --- conformance cases on every available backend ---------------------------------------------------
-
-
-@cache
-def _layer_backend(name: str) -> types.SimpleNamespace:
-    """The backend package plus this layer's functions (until the package exports them itself)."""
-    pkg = importlib.import_module(f"linrec.backends.{name}")
-    layer = importlib.import_module(f"linrec.backends.{name}.{LAYER}")
-    ns = types.SimpleNamespace(**{k: getattr(pkg, k) for k in dir(pkg) if not k.startswith("__")})
-    for attr in layer.__all__:
-        setattr(ns, attr, getattr(layer, attr))
-    if name != "numpy" and not hasattr(ns, "vjp"):
-        ns.vjp = importlib.import_module(f"linrec.backends.{name}.autodiff").vjp
-    return ns
-
-
-@cache
-def _cases(name: str) -> dict:
-    return {case.id: case for case in layer_cases.cases(_layer_backend(name))}
-
-
-def _selected(name: str, case_id: str) -> bool:
-    if name != "jax" or os.environ.get("LINREC_FULL_CONFORMANCE") or "/bad-input/" in case_id:
-        return True
-    if "/gradient/" in case_id and case_id.endswith("float32]"):  # float64 gradients are the tight check
-        return False
-    return f"/{JAX_CONFIG}[" in case_id and not any(s in case_id for s in JAX_SKIPPED_PATHS)
-
-
-def _case_params():
-    params = []
-    for name in ("numpy", "jax", "torch"):
-        if name != "numpy" and importlib.util.find_spec(name) is None:
-            params.append(pytest.param(name, "", marks=pytest.mark.skip(reason=f"{name} not installed"), id=name))
-            continue
-        params += [pytest.param(name, case_id, id=f"{name}:{case_id}") for case_id in _cases(name)
-                   if _selected(name, case_id)]
-    return params
-
-
-@pytest.mark.parametrize(("backend_name", "case_id"), _case_params())
-def test_conformance_case(backend_name, case_id):
-    backend, case = _layer_backend(backend_name), _cases(backend_name)[case_id]
-    missing = [r for r in case.requires if not hasattr(backend, r)]
-    if missing:
-        pytest.skip(f"{backend_name} has no {missing} (unsupported by design)")
-    outcome = case.fn(backend)
-    assert outcome.passed, f"{case.id}: {outcome.detail} (error {outcome.error:.3g} > {outcome.allowed:.3g})"
+# --- conformance case ids (the cases run in test_conformance.py) ------------------------------------
 
 
 def test_case_ids_unique_and_named():
-    ids = list(_cases("numpy"))
-    assert len(ids) == len(set(ids)) > 80
-    assert all(i.startswith(f"{LAYER}/") for i in ids)
+    assert_case_ids_named(layer_cases, LAYER, at_least=81)
 
 
 # --- JAX / Flax NNX ---------------------------------------------------------------------------------
