@@ -15,10 +15,8 @@ Run: ``python benchmarks/memory.py [--quick] [--out DIR]`` or ``linrec bench mem
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -167,32 +165,12 @@ def plot(result: dict[str, Any], path: Path) -> bool:
 
 
 def write(result: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / "memory.md"
-    md.write_text(report(result))
-    written = [md]
-    if plot(result, out / "memory.png"):
-        written.append(out / "memory.png")
-    return written
+    return bench.write_outputs(out, "memory", report(result), lambda path: plot(result, path))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="linrec bench memory", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="T = 1k..8k at d_model 64 (a smoke run)")
-    parser.add_argument("--out", type=Path, help="directory for memory.md/memory.png (default: benchmarks/results "
-                                                 "for a full run, nothing written for --quick)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return 0
-    result = run(args.quick, progress=lambda s: print(s, file=sys.stderr, flush=True))
-    print(report(result))
-    out = args.out or (None if args.quick else RESULTS)
-    if out is not None:
-        for p in write(result, out):
-            print(f"wrote {p}", file=sys.stderr)
-    return 0
+    return bench.script_main(argv, name="memory", doc=__doc__, quick_help="T = 1k..8k at d_model 64 (a smoke run)",
+                             run=run, report=report, write=write, results=RESULTS, worker=worker)
 
 
 if __name__ == "__main__":

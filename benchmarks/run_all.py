@@ -1,11 +1,12 @@
-"""Run the whole benchmark suite (scan, layers, memory) and write ``benchmarks/results/``.
+"""Run the whole benchmark suite (scan, layers, memory, decode) and write ``benchmarks/results/``.
 
-Writes ``scan.md``, ``layers.md``, ``memory.md``, their ``.png`` plots, ``machine.json`` (CPU, cores, versions,
-bandwidth) and ``suite.json`` (every number), and refreshes the measured-status table of
+Writes ``scan.md``, ``layers.md``, ``memory.md``, ``decode.md``, their ``.png`` plots, ``machine.json`` (CPU,
+cores, versions, bandwidth) and ``suite.json`` (every number), and refreshes the measured-status table of
 ``benchmarks/README.md`` (between its ``status`` markers) when writing to the default directory.
 
-Run: ``python benchmarks/run_all.py [--quick] [--out DIR] [--only scan,layers,memory]`` or ``linrec bench all``.
-A full run takes about 5 minutes on 2 idle cores; ``--quick`` about a minute, and it writes nothing unless
+Run: ``python benchmarks/run_all.py [--quick] [--out DIR] [--only scan,layers,memory,decode]`` or
+``linrec bench all``.
+A full run takes about 6 minutes on 2 idle cores; ``--quick`` about a minute, and it writes nothing unless
 ``--out`` is given.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from linrec.tools import bench
 
-NAMES = ("scan", "layers", "memory")
+NAMES = ("scan", "layers", "memory", "decode")
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 README = HERE / "README.md"
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     parser.add_argument("--out", type=Path, help="results directory (default: benchmarks/results for a full run, "
                                                  "nothing written for --quick)")
-    parser.add_argument("--only", default=",".join(NAMES), help="comma-separated subset of scan,layers,memory")
+    parser.add_argument("--only", default=",".join(NAMES), help="comma-separated subset of " + ",".join(NAMES))
     args = parser.parse_args(argv)
     only = tuple(n for n in args.only.split(",") if n)
     unknown = [n for n in only if n not in NAMES]

@@ -14,7 +14,6 @@ Run: ``python benchmarks/scan.py [--quick] [--out DIR]`` or ``linrec bench scan`
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
@@ -341,32 +340,16 @@ def plot(result: dict[str, Any], path: Path) -> bool:
 
 
 def write(result: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / "scan.md"
-    md.write_text(report(result))
-    written = [md]
-    if plot(result, out / "scan.png"):
-        written.append(out / "scan.png")
-    return written
+    return bench.write_outputs(out, "scan", report(result), lambda path: plot(result, path))
+
+
+def _worker_with_progress(spec: dict[str, Any]) -> dict[str, Any]:
+    return worker(spec, lambda s: print(s, file=sys.stderr, flush=True))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="linrec bench scan", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, seconds)")
-    parser.add_argument("--out", type=Path, help="directory for scan.md/scan.png (default: benchmarks/results for a "
-                                                 "full run, nothing written for --quick)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker), lambda s: print(s, file=sys.stderr, flush=True))))
-        return 0
-    result = run(args.quick, progress=lambda s: print(s, file=sys.stderr, flush=True))
-    print(report(result))
-    out = args.out or (None if args.quick else RESULTS)
-    if out is not None:
-        for p in write(result, out):
-            print(f"wrote {p}", file=sys.stderr)
-    return 0
+    return bench.script_main(argv, name="scan", doc=__doc__, quick_help="tiny sizes (a smoke run, seconds)", run=run,
+                             report=report, write=write, results=RESULTS, worker=_worker_with_progress)
 
 
 if __name__ == "__main__":

@@ -6,31 +6,15 @@ a ratio measured within one run by the full suite (``benchmarks/README.md``), no
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
+from _bench_helpers import has, table
 
 from linrec.tools import bench, bench_cli
 
 pytestmark = pytest.mark.skipif(bench.benchmarks_dir() is None, reason="benchmarks/ is not in this installation")
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def _table(markdown: str, header: list[str]) -> list[list[str]]:
-    """The body rows of the Markdown table whose header is ``header``."""
-    lines = markdown.splitlines()
-    start = lines.index("| " + " | ".join(header) + " |")
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +35,7 @@ def layers_result():
 def memory_result():
     """One point, in a fresh interpreter (``memory.py --worker``) as in the full run."""
     memory = bench.load_benchmark("memory")
-    impls = ("linrec torch",) if _has("torch") else ("linrec jax",)
+    impls = ("linrec torch",) if has("torch") else ("linrec jax",)
     return memory.run(True, sizes={"B": 1, "D": 8, "T": (512,)}, impls=impls)
 
 
@@ -62,10 +46,10 @@ def test_scan_table(scan_result):
         if bench.load_benchmark("scan").native_available():
             expected.append(("C loop", "native kernel, preallocated", str(T)))
         for name in ("numpy", "jax", "torch"):
-            if name == "numpy" or _has(name):
+            if name == "numpy" or has(name):
                 methods = list(__import__(f"linrec.backends.{name}", fromlist=["METHODS"]).METHODS)
                 expected += [(name, m, str(T)) for m in methods]
-    rows = _table(scan.report(scan_result), scan.COLUMNS)
+    rows = table(scan.report(scan_result), scan.COLUMNS)
     assert [tuple(r[:3]) for r in rows] == expected
     by_key = {(r["backend"], r["method"], r["T"]): r for r in scan_result["rows"]}
     for (backend, method, T), r in by_key.items():
@@ -79,16 +63,16 @@ def test_scan_table(scan_result):
 def test_layers_tables(layers_result):
     layers = bench.load_benchmark("layers")
     md = layers.report(layers_result)
-    rows = _table(md, layers.COLUMNS)
+    rows = table(md, layers.COLUMNS)
     assert len(rows) == len(layers.LAYERS) * len(layers.IMPLS)
-    decode = _table(md, layers.DECODE_COLUMNS)
+    decode = table(md, layers.DECODE_COLUMNS)
     assert len(decode) == len(layers.LAYERS) * len(layers.IMPLS)
     for r in layers_result["rows"]:
         framework = "jax" if r["impl"] == "linrec jax" else "torch"
         if r["impl"] == "original":
-            installed = _has(layers.LAYERS[r["key"]][2])
+            installed = has(layers.LAYERS[r["key"]][2])
         else:
-            installed = _has(framework)
+            installed = has(framework)
         if installed:
             assert r.get("tokens/s", 0) > 0 and r.get("peak MB") is not None, r
         else:
@@ -130,11 +114,11 @@ def test_layer_configs_are_the_originals(layer, tmp_path):
 def test_memory_table(memory_result):
     memory = bench.load_benchmark("memory")
     md = memory.report(memory_result)
-    rows = _table(md, memory.COLUMNS)
+    rows = table(md, memory.COLUMNS)
     assert [r[1] for r in rows] == ["512"]
     (row,) = memory_result["rows"]
     assert row.get("peak MB", 0) > 0, row
-    assert len(_table(md, memory.FIT_COLUMNS)) == 1
+    assert len(table(md, memory.FIT_COLUMNS)) == 1
     (fit,) = memory_result["fits"]
     assert fit["points"] == 1 and "exponent" not in fit  # a slope needs two points
 
@@ -145,7 +129,7 @@ def test_run_all_writes_results(scan_result, layers_result, memory_result, tmp_p
                "seconds": {"scan": 1.0, "layers": 1.0, "memory": 1.0}}
     written = {p.name for p in run_all.write(results, tmp_path, update_readme=False)}
     assert {"scan.md", "layers.md", "memory.md", "machine.json", "suite.json"} <= written
-    if _has("matplotlib"):
+    if has("matplotlib"):
         assert {"scan.png", "layers.png", "memory.png"} <= written
     machine = json.loads((tmp_path / "machine.json").read_text())
     assert machine["cpu_model"] and machine["logical_cores"] >= 1 and machine["versions"]["numpy"]
@@ -168,7 +152,7 @@ def test_helpers():
 def test_scan_worker_in_a_fresh_process_with_retained_malloc():
     """The full run's path: one backend per process, then ``method="native"`` after ``retain_freed_memory()``."""
     scan = bench.load_benchmark("scan")
-    backend = "torch" if _has("torch") else "jax" if _has("jax") else None
+    backend = "torch" if has("torch") else "jax" if has("jax") else None
     if backend is None or not scan.native_available():
         pytest.skip("needs jax or torch and the native kernel")
     spec = {"backend": backend, "B": 1, "D": 8, "T": [8], "bandwidth": 1e10, "repeat": 1, "budget": 0.0,

@@ -469,3 +469,136 @@ def test_mingru_layer_takes_the_fused_path_on_auto_and_native(framework, monkeyp
     for m in ("auto", "native"):
         for got, want in zip(results[m], results["sequential"]):
             _assert_close(arrays.to_numpy(got), arrays.to_numpy(want), "float32", what=f"{framework} {m}")
+
+
+# --- GatedLinearRNN with fused gates -------------------------------------------------------------------------------
+
+
+def _glr_reference(u, h0, ct_y, ct_f, tied, reverse):
+    """float64: the gates of spec/gated_linear_rnn.md (default activations), the reference scan and its VJP."""
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    u, h0 = u.astype(np.float64), h0.astype(np.float64)
+    blocks = np.split(u, 3 if tied else 4, axis=-1)
+    u_in, u_i, u_o = blocks[0], blocks[1], blocks[-1]
+    c, i, o = np.tanh(u_in), sig(u_i), sig(u_o)
+    f = 1 - i if tied else sig(blocks[2])
+    h, final = reference.linear_scan(f, i * c, initial_state=h0, reverse=reverse)
+    y = np.tanh(h) * o
+    ct_h = ct_y * o * (1 - np.tanh(h) ** 2)
+    a_bar, b_bar, h0_bar = reference.linear_scan_vjp(f, i * c, ct_h, ct_f, initial_state=h0, reverse=reverse)
+    du_in, du_i, du_o = b_bar * i * (1 - c**2), b_bar * c * i * (1 - i), ct_y * np.tanh(h) * o * (1 - o)
+    if tied:
+        u_bar = np.concatenate([du_in, du_i - a_bar * i * (1 - i), du_o], axis=-1)
+    else:
+        u_bar = np.concatenate([du_in, du_i, a_bar * f * (1 - f), du_o], axis=-1)
+    return y, h, final, u_bar, h0_bar
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize(("n", "t", "hidden"), [(2, 0, 3), (2, 1, 3), (3, 9, 5), (2, 64, 600), (2, 700, 1000)])
+def test_fused_glr_matches_reference(dtype, tied, reverse, n, t, hidden):
+    # the last sizes take the threaded path and (over 8 MiB of y/h/du) streaming stores with unaligned rows
+    rng = np.random.default_rng(t + hidden)
+    u = (2 * rng.standard_normal((n, t, (3 if tied else 4) * hidden))).astype(dtype)
+    h0, ct_f = (rng.standard_normal((n, hidden)).astype(dtype) for _ in range(2))
+    ct_y = rng.standard_normal((n, t, hidden)).astype(dtype)
+    y, h, final = native.glr_scan(u, h0, tied, reverse)
+    y_ref, h_ref, f_ref, u_bar_ref, h0_bar_ref = _glr_reference(u, h0, ct_y, ct_f, tied, reverse)
+    for got, want, what in ((y, y_ref, "y"), (h, h_ref, "h"), (final, f_ref, "final")):
+        _assert_close(got, want, dtype, what=what)
+    u_bar, h0_bar = native.glr_scan_vjp(u, h, h0, ct_y, ct_f, tied, reverse)
+    _assert_close(u_bar, u_bar_ref, dtype, grad=True, what="u_bar")
+    _assert_close(h0_bar, h0_bar_ref, dtype, grad=True, what="h0_bar")
+
+
+@pytest.mark.parametrize(("tied", "reverse"), [(True, False), (False, True)])
+def test_fused_glr_jax_jit_grad_vmap(jnative, tied, reverse):
+    import jax
+    import jax.numpy as jnp
+
+    from linrec.backends.jax.native_gated_linear_rnn import native_gated_linear_rnn as fused
+
+    rng = np.random.default_rng(11)
+    u = 2 * rng.standard_normal((2, 7, (3 if tied else 4) * 5))
+    h0, ct_f, ct_y = rng.standard_normal((2, 5)), rng.standard_normal((2, 5)), rng.standard_normal((2, 7, 5))
+    y_ref, _, f_ref, u_bar_ref, h0_bar_ref = _glr_reference(u, h0, ct_y, ct_f, tied, reverse)
+
+    def loss(u, h0):
+        y, f = fused(u, h0, tied, reverse)
+        return (y * ct_y).sum() + (f * ct_f).sum()
+
+    y, f = jax.jit(lambda u, h0: fused(u, h0, tied, reverse))(jnp.asarray(u), jnp.asarray(h0))
+    _assert_close(np.asarray(y), y_ref, "float64", what="y")
+    _assert_close(np.asarray(f), f_ref, "float64", what="final")
+    u_bar, h0_bar = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(u), jnp.asarray(h0))
+    _assert_close(np.asarray(u_bar), u_bar_ref, "float64", grad=True, what="u_bar")
+    _assert_close(np.asarray(h0_bar), h0_bar_ref, "float64", grad=True, what="h0_bar")
+    stacked = jax.vmap(lambda u, h0: fused(u, h0, tied, reverse)[0])(jnp.stack([u, u]), jnp.stack([h0, h0]))
+    _assert_close(np.asarray(stacked[1]), y_ref, "float64", what="vmap y")
+
+
+@pytest.mark.parametrize(("tied", "reverse"), [(True, True), (False, False)])
+def test_fused_glr_torch_autograd_opcheck_compile(tnative, tied, reverse):
+    import torch
+
+    from linrec.backends.torch import native_gated_linear_rnn as fused
+
+    rng = np.random.default_rng(12)
+    u = 2 * rng.standard_normal((2, 7, (3 if tied else 4) * 5))
+    h0, ct_f, ct_y = rng.standard_normal((2, 5)), rng.standard_normal((2, 5)), rng.standard_normal((2, 7, 5))
+    y_ref, h_ref, f_ref, u_bar_ref, h0_bar_ref = _glr_reference(u, h0, ct_y, ct_f, tied, reverse)
+    u_t, h0_t = (torch.from_numpy(x).requires_grad_(True) for x in (u, h0))
+    y, f = fused.native_gated_linear_rnn(u_t, h0_t, tied, reverse)
+    _assert_close(y.detach().numpy(), y_ref, "float64", what="y")
+    _assert_close(f.detach().numpy(), f_ref, "float64", what="final")
+    u_bar, h0_bar = torch.autograd.grad((y * torch.from_numpy(ct_y)).sum() + (f * torch.from_numpy(ct_f)).sum(),
+                                        (u_t, h0_t))
+    _assert_close(u_bar.numpy(), u_bar_ref, "float64", grad=True, what="u_bar")
+    _assert_close(h0_bar.numpy(), h0_bar_ref, "float64", grad=True, what="h0_bar")
+    torch.library.opcheck(fused.glr_fwd, (u_t, h0_t, tied, reverse))
+    torch.library.opcheck(fused.glr_bwd, (u_t.detach(), torch.from_numpy(h_ref), h0_t.detach(),
+                                          torch.from_numpy(ct_y), torch.from_numpy(ct_f), tied, reverse))
+    with pytest.raises(ValueError, match="fused kernel"):
+        fused.native_gated_linear_rnn(u_t[..., :-1], h0_t, tied, reverse)  # a misshapen u never reaches the C code
+
+    @torch.compile(fullgraph=True)
+    def loss(u, h0):
+        y, f = fused.native_gated_linear_rnn(u, h0, tied, reverse)
+        return y.sum() + f.sum()
+
+    u_t.grad = None
+    loss(u_t, h0_t).backward()
+    _, _, _, u_bar_ones, _ = _glr_reference(u, h0, np.ones_like(ct_y), np.ones_like(ct_f), tied, reverse)
+    _assert_close(u_t.grad.numpy(), u_bar_ones, "float64", grad=True, what="compiled u_bar")
+
+
+@pytest.mark.parametrize("framework", ["numpy", "jax", "torch"])
+def test_glr_layer_takes_the_fused_path_only_where_it_computes_the_layer(framework, monkeypatch):
+    """method auto/native with the default activations runs the fused kernel; other activations and methods,
+    and the true recurrence, do not."""
+    if framework != "numpy":
+        pytest.importorskip(framework)
+    from dataclasses import replace
+    from importlib import import_module
+
+    from linrec.spec import gated_linear_rnn as spec
+
+    fused = import_module(f"linrec.backends.{framework}.native_gated_linear_rnn")
+    layer = import_module(f"linrec.backends.{framework}.gated_linear_rnn")
+    arrays = import_module(f"linrec.backends.{framework}.arrays")
+    calls = []
+    real = fused.native_gated_linear_rnn
+    monkeypatch.setattr(fused, "native_gated_linear_rnn", lambda *args: calls.append(1) or real(*args))
+    x = arrays.asarray(np.random.default_rng(0).standard_normal((2, 6, 4)).astype(np.float32))
+    base = spec.GatedLinearRNNConfig(d_model=4, d_h=3, reversed=True)
+    for cfg, fused_methods in ((base, 2), (replace(base, hidden_activation="identity"), 0)):
+        calls.clear()
+        params = {k: arrays.asarray(v) for k, v in spec.init_params(cfg, seed=1).items()}
+        results = {m: layer.gated_linear_rnn(params, x, config=cfg, method=m) for m in ("auto", "native")}
+        want = spec.forward({k: arrays.to_numpy(v) for k, v in params.items()}, arrays.to_numpy(x), cfg)
+        assert len(calls) == fused_methods
+        for got in results.values():
+            for g, w in zip(got, want):
+                _assert_close(arrays.to_numpy(g), w, "float32", what=f"{framework} {cfg.hidden_activation}")

@@ -333,3 +333,49 @@ def load_benchmark(name: str) -> ModuleType:
         del sys.modules[key]
         raise
     return module
+
+
+# --- the scripts' shared command line ------------------------------------------------------------------------
+
+
+def write_outputs(out: Path, name: str, markdown: str, plot: Callable[[Path], bool]) -> list[Path]:
+    """Write ``<name>.md`` and, when ``plot`` can draw it (matplotlib installed), ``<name>.png`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / f"{name}.md"
+    md.write_text(markdown)
+    written = [md]
+    if plot(out / f"{name}.png"):
+        written.append(out / f"{name}.png")
+    return written
+
+
+def script_main(argv: Sequence[str] | None, *, name: str, doc: str, quick_help: str,
+                run: Callable[..., dict[str, Any]], report: Callable[[dict[str, Any]], str],
+                write: Callable[[dict[str, Any], Path], list[Path]], results: Path,
+                worker: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
+    """``python benchmarks/<name>.py [--quick] [--out DIR]``: run, print the report, write the results.
+
+    A full run writes into ``results`` unless ``--out`` says otherwise; ``--quick`` writes only with ``--out``.
+    ``--worker SPEC`` (internal) runs one measurement in this process and prints its JSON (the isolated runs).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"linrec bench {name}", description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, help=f"directory for {name}.md/{name}.png (default: benchmarks/results "
+                                                 "for a full run, nothing written for --quick)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    say = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    if args.worker:
+        if worker is None:
+            parser.error("this benchmark has no worker processes")
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    result = run(args.quick, progress=say)
+    print(report(result))
+    out = args.out or (None if args.quick else results)
+    if out is not None:
+        for path in write(result, out):
+            say(f"wrote {path}")
+    return 0

@@ -1,4 +1,4 @@
-"""``linrec bench [scan|layers|memory|all] [--quick] [--out DIR]``: run the benchmark scripts of ``benchmarks/``.
+"""``linrec bench [scan|layers|memory|decode|all] [--quick] [--out DIR]``: run the benchmark scripts of ``benchmarks/``.
 
 The scripts live in the source tree (they are not installed with the package); this command finds them next to
 the package (``linrec.tools.bench.benchmarks_dir``) and calls their ``main``. Without a subcommand it runs ``all``.
@@ -18,7 +18,8 @@ SUBCOMMANDS = {
     "scan": ("scan", "linear_scan per backend and method vs the roofline and a plain C loop"),
     "layers": ("layers", "training-step throughput, peak memory and decode latency vs the originals"),
     "memory": ("memory", "peak memory of a minGRU training step against T, growth exponent"),
-    "all": ("run_all", "all three, writing benchmarks/results/ and machine.json"),
+    "decode": ("decode", "per-token decode latency of the language models vs the originals' step paths"),
+    "all": ("run_all", "all of them, writing benchmarks/results/ and machine.json"),
 }
 
 _USAGE = "usage: linrec bench [{" + ",".join(SUBCOMMANDS) + "}] [--quick] [--out DIR]"

@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from linrec.backends.jax import native_gated_linear_rnn as _fused
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype
 from linrec.backends.jax.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
@@ -88,11 +89,15 @@ def _cell(p: Params, u_t: Array, h: Array, config: GatedLinearRNNConfig) -> tupl
 # compilation cache instead of re-tracing ``lax.scan`` on every call; inside a user's ``jit`` they inline.
 
 
+def _project(p: Params, x: Array) -> Array:
+    """``u = x W_p + b_p: (B, T, n H)`` in the state dtype."""
+    return (x @ p["proj.kernel"] + p["proj.bias"]).astype(jnp_dtype(spec.state_dtype(dtype_name(x))))
+
+
 @partial(jax.jit, static_argnames=("config",))
 def _scan_inputs(p: Params, x: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array, Array]:
     """``x: (B, T, D_in)`` → ``(a = f, b = i ⊙ candidate, o)``, each ``(B, T, H)`` in the state dtype."""
-    u = (x @ p["proj.kernel"] + p["proj.bias"]).astype(jnp_dtype(spec.state_dtype(dtype_name(x))))
-    candidate, i, f, o = _split(u, config)
+    candidate, i, f, o = _split(_project(p, x), config)
     return f, i * candidate, o
 
 
@@ -107,7 +112,13 @@ def _readout(p: Params, h: Array, o: Array, x: Array, config: GatedLinearRNNConf
 def _parallel(
     p: Params, x: Array, h0: Array | None, config: GatedLinearRNNConfig, method: str, chunk_size: int | None
 ) -> tuple[Array, Array]:
-    a, b, o = _scan_inputs(p, x, config)
+    u = _project(p, x)
+    if spec.fusable(config) and _fused.applies(u, method):  # gates fused into the native scan: one pass
+        h0 = jnp.zeros((x.shape[0], config.d_h), u.dtype) if h0 is None else h0
+        y, final = _fused.native_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed)
+        return y.astype(x.dtype) @ p["out_proj.kernel"] + p["out_proj.bias"], final
+    candidate, i, f, o = _split(u, config)
+    a, b = f, i * candidate
     h, final = linear_scan(a, b, initial_state=h0, reverse=config.reversed, method=method, chunk_size=chunk_size)
     return _readout(p, h, o, x, config), final
 

@@ -249,9 +249,14 @@ def gated_linear_rnn_lm_step(
     params: Params, input_t: Array, state: LMState | None, *, config: GatedLinearRNNLMConfig
 ) -> tuple[Array, LMState]:
     """One token per row: ``input_t: (B,)`` ids (or ``(B, F)``) → ``(out_t: (B, V_out), state)`` (no dropout)."""
+    return _prepared_step(_prepare_params(params, config), input_t, state, config)
+
+
+def _prepared_step(p: Params, input_t, state: LMState | None, config: GatedLinearRNNLMConfig
+                   ) -> tuple[Array, LMState]:
+    """:func:`gated_linear_rnn_lm_step` on parameters already through ``_prepare_params``."""
     input_t = jnp.asarray(input_t)
     spec.check_step_input(tuple(input_t.shape), dtype_name(input_t), config)
-    p = _prepare_params(params, config)
     h, position = _state(state, input_t.shape[0], _compute(p), config)
     tokens = _concrete(input_t) if config.use_word_embedding else None
     if tokens is not None:
@@ -395,8 +400,17 @@ class GatedLinearRNNLM(nnx.Module):
         return self(tokens, state, lengths=lengths, training=False)
 
     def decode_step(self, token: Array, state: LMState) -> tuple[Array, LMState]:
-        """One token per row ``(B,)`` → ``(logits (B, V), state)`` through the compiled step."""
+        """One token per row ``(B,)`` → ``(logits (B, V), state)`` through the compiled step.
+
+        Reads the parameters out of the module on every call; in a token loop use :meth:`decoder`."""
         return self.step(token, state)
+
+    def decoder(self):
+        """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters read
+        once, for token loops (reading them out of the NNX graph costs more than the compiled step itself).
+        It keeps the parameters it was built with: build it again after changing them."""
+        p, cfg = _prepare_params(self._params(), self._config), self._config
+        return lambda token, state: _prepared_step(p, token, state, cfg)
 
     def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: Any = 0, *, lengths: Any = None, state: LMState | None = None,

@@ -454,8 +454,17 @@ class MinGRULM(nnx.Module):
         return self(tokens, lengths=lengths)
 
     def decode_step(self, token: Array, state: MinGRULMState) -> tuple[Array, MinGRULMState]:
-        """One token on the step path (jit-compiled): ``(logits (B, V), state)``."""
+        """One token on the step path (jit-compiled): ``(logits (B, V), state)``.
+
+        Reads the parameters out of the module on every call; in a token loop use :meth:`decoder`."""
         return _step_call(self._tree(), token, state, self._cfg)
+
+    def decoder(self):
+        """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters read
+        once, for token loops (reading them out of the NNX graph costs more than the compiled step itself).
+        It keeps the parameters it was built with: build it again after changing them."""
+        tree, cfg = self._tree(), self._cfg
+        return lambda token, state: _step_call(tree, token, state, cfg)
 
     def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: int | Sequence[int] = 0, *, lengths: Array | None = None, return_logits: bool = False):

@@ -40,12 +40,20 @@ def register() -> None:
     _registered = True
 
 
+def _scan_methods() -> tuple[str, ...]:
+    # the scan's METHODS lists "native" when the kernel is built (decided once, at import): no lock to take here,
+    # which matters under torch.compile / jit tracing
+    from linrec.backends.jax.scan import METHODS
+
+    return METHODS
+
+
 def applies(u: Array, method: str) -> bool:
     """Whether the layer's scan ``method`` on projections ``u`` runs here: ``"auto"`` or ``"native"``, the CPU
     backend, float32/float64 and the kernel built (otherwise the layer takes the unfused path, which raises for an
     unservable ``"native"``)."""
     return (method in ("auto", "native") and jax.default_backend() == "cpu"
-            and jnp.dtype(u.dtype).name in native.MINGRU_DTYPES and native.available())
+            and jnp.dtype(u.dtype).name in native.MINGRU_DTYPES and "native" in _scan_methods())
 
 
 def _half(u: Array) -> jax.ShapeDtypeStruct:

@@ -17,6 +17,10 @@ Layout the kernel works on (all C-contiguous, compute dtype, time order):
 The NumPy-level helpers here (:func:`linear_scan`, :func:`linear_scan_vjp`) are what the NumPy backend calls; the
 JAX and PyTorch wrappers live in ``linrec.backends.jax.native`` and ``linrec.backends.torch.native``.
 
+Fused layer kernels in the same library: :func:`mingru_scan` and :func:`glr_scan` (and their VJPs) compute the
+minGRU and GatedLinearRNN gates inside the scan from the layers' projections; the layers call them through
+``linrec.backends.{numpy,jax,torch}.native_mingru`` / ``native_gated_linear_rnn`` for ``method="auto"/"native"``.
+
 Speed (``benchmarks/results/scan.md``): the kernel carries each row in a per-thread buffer, writes outputs over
 8 MiB with streaming stores, prefetches walks down through memory and asks for transparent huge pages on large
 outputs. What it cannot avoid is the framework handing it freshly mapped output memory on every call; the opt-in
@@ -52,8 +56,11 @@ __all__ = [
     "NativeBuildError",
     "available",
     "build_error",
+    "check_fused_shapes",
     "decay_layout",
     "describe",
+    "glr_scan",
+    "glr_scan_vjp",
     "linear_scan",
     "linear_scan_vjp",
     "mingru_scan",
@@ -165,11 +172,26 @@ CANDIDATE_CODES = {"identity": 0, "g": 1}
 MINGRU_DTYPES = ("float32", "float64")
 
 
+def check_fused_shapes(u_shape, h0_shape, blocks: int, h_shape=None, ct_h_shape=None, ct_final_shape=None) -> None:
+    """``ValueError`` unless ``u (N, T, blocks·H)``, ``h0 (N, H)`` and, for a VJP, ``h``/``ct_h (N, T, H)`` and
+    ``ct_final (N, H)`` agree: the fused kernels index by these sizes and must never read past a buffer."""
+    u_shape, h0_shape = tuple(u_shape), tuple(h0_shape)
+    ok = len(u_shape) == 3 and len(h0_shape) == 2 and u_shape[0] == h0_shape[0] and u_shape[2] == blocks * h0_shape[1]
+    state = (*u_shape[:2], h0_shape[-1]) if ok else None
+    ok = ok and all(s is None or tuple(s) == state for s in (h_shape, ct_h_shape))
+    ok = ok and (ct_final_shape is None or tuple(ct_final_shape) == h0_shape)
+    if not ok:
+        raise ValueError(f"fused kernel: u must be (N, T, {blocks}*H) with h0 (N, H) (and h, ct_h (N, T, H), "
+                         f"ct_final (N, H)); got u {u_shape}, h0 {h0_shape}, h {h_shape}, ct_h {ct_h_shape}, "
+                         f"ct_final {ct_final_shape}")
+
+
 def mingru_scan(u: np.ndarray, h0: np.ndarray, candidate: str) -> tuple[np.ndarray, np.ndarray]:
     """minGRU with its gates fused into the scan: ``u (N, T, 2H) = [u_z | u_h]``, ``h0 (N, H)`` -> ``(h, final)``.
 
     ``h_t = σ(-u_z) h_{t-1} + σ(u_z) c(u_h)`` (spec/mingru.md) in one pass over ``u``; float32/float64.
     """
+    check_fused_shapes(u.shape, h0.shape, 2)
     lib = _builder().load()
     u, h0 = np.ascontiguousarray(u), np.ascontiguousarray(h0)
     n, t, two_h = u.shape
@@ -182,12 +204,42 @@ def mingru_scan(u: np.ndarray, h0: np.ndarray, candidate: str) -> tuple[np.ndarr
 def mingru_scan_vjp(u: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarray, ct_final: np.ndarray,
                     candidate: str) -> tuple[np.ndarray, np.ndarray]:
     """The VJP of :func:`mingru_scan` given its output ``h``: ``(u_bar (N, T, 2H), h0_bar (N, H))``."""
+    check_fused_shapes(u.shape, h0.shape, 2, h.shape, ct_h.shape, ct_final.shape)
     lib = _builder().load()
     u, h, h0, ct_h, ct_final = (np.ascontiguousarray(x) for x in (u, h, h0, ct_h, ct_final))
     n, t, two_h = u.shape
     u_bar, h0_bar = np.empty_like(u), np.empty_like(h0)
     _check(lib.linrec_mingru_bwd(DTYPE_CODES[u.dtype.name], n, t, two_h // 2, CANDIDATE_CODES[candidate], _ptr(u),
                                  _ptr(h), _ptr(h0), _ptr(ct_h), _ptr(ct_final), _ptr(u_bar), _ptr(h0_bar)))
+    return u_bar, h0_bar
+
+
+def glr_scan(u: np.ndarray, h0: np.ndarray, tied: bool, reverse: bool = False
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GatedLinearRNN with its gates fused into the scan (tanh input, sigmoid gates, tanh output):
+    ``u (N, T, nH)`` (``[u_in | u_i | u_o]`` tied, ``[u_in | u_i | u_f | u_o]`` untied), ``h0 (N, H)`` ->
+    ``(y, h, final)``: ``y = tanh(h) o`` and ``h`` ``(N, T, H)``, ``final (N, H)``; float32/float64."""
+    check_fused_shapes(u.shape, h0.shape, 3 if tied else 4)
+    lib = _builder().load()
+    u, h0 = np.ascontiguousarray(u), np.ascontiguousarray(h0)
+    n, t, _ = u.shape
+    hidden = h0.shape[-1]
+    y, h, final = np.empty((n, t, hidden), u.dtype), np.empty((n, t, hidden), u.dtype), np.empty_like(h0)
+    _check(lib.linrec_glr_fwd(DTYPE_CODES[u.dtype.name], n, t, hidden, int(tied), _ptr(u), _ptr(h0), int(reverse),
+                              _ptr(y), _ptr(h), _ptr(final)))
+    return y, h, final
+
+
+def glr_scan_vjp(u: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_y: np.ndarray, ct_final: np.ndarray, tied: bool,
+                 reverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The VJP of :func:`glr_scan` (cotangents of ``y`` and ``final``) given its ``h``: ``(u_bar, h0_bar)``."""
+    check_fused_shapes(u.shape, h0.shape, 3 if tied else 4, h.shape, ct_y.shape, ct_final.shape)
+    lib = _builder().load()
+    u, h, h0, ct_y, ct_final = (np.ascontiguousarray(x) for x in (u, h, h0, ct_y, ct_final))
+    n, t, _ = u.shape
+    u_bar, h0_bar = np.empty_like(u), np.empty_like(h0)
+    _check(lib.linrec_glr_bwd(DTYPE_CODES[u.dtype.name], n, t, h0.shape[-1], int(tied), _ptr(u), _ptr(h), _ptr(h0),
+                              _ptr(ct_y), _ptr(ct_final), int(reverse), _ptr(u_bar), _ptr(h0_bar)))
     return u_bar, h0_bar
 
 

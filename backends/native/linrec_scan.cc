@@ -402,16 +402,32 @@ inline void sigmoid_pair(S x, S& pos, S& neg) {
 template <int kKind, class S>
 inline S candidate_of(S x) {
   if constexpr (kKind == kIdentity) return x;
+  // g(x) = x + 0.5 for x >= 0, else sigma(x), as a blend rather than a select: with AVX-512 GCC left the select
+  // scalar. max(x, 0) keeps the unused branch finite at x = -inf (0 * inf would be NaN); NaN still gives NaN.
   const S e = exp_nonpositive(-std::abs(x));
-  return x >= 0 ? x + S(0.5) : e / (S(1) + e);
+  const S m = x >= 0 ? S(1) : S(0);
+  return m * (std::max(x, S(0)) + S(0.5)) + (S(1) - m) * (e / (S(1) + e));
 }
 
 template <int kKind, class S>
 inline S candidate_grad(S x) {
   if constexpr (kKind == kIdentity) return S(1);
   const S e = exp_nonpositive(-std::abs(x));
-  const S s = e / (S(1) + e);  // sigma(x) for x < 0
-  return x >= 0 ? S(1) : s * (S(1) - s);
+  const S s = e / (S(1) + e);  // sigma(-|x|): sigma(x) where it is used (x < 0)
+  const S m = x >= 0 ? S(1) : S(0);
+  return m + (S(1) - m) * s * (S(1) - s);
+}
+
+// One forward step over a row. Not inlined: inlined into the threaded lambda, GCC loses the restrict qualifiers
+// and leaves some instantiations scalar (this holds for every *_step function below).
+template <int kKind, class S>
+__attribute__((noinline)) void mingru_fwd_step(int64_t width, const S* __restrict uz, const S* __restrict uh,
+                                               S* __restrict c) {
+  for (int64_t d = 0; d < width; ++d) {
+    S z, a;
+    sigmoid_pair(uz[d], z, a);
+    c[d] = a * c[d] + z * candidate_of<kKind>(uh[d]);
+  }
 }
 
 template <int kKind, class S>
@@ -425,11 +441,7 @@ void mingru_fwd(const Shape& s, const S* u, const S* h0, S* h, S* fin) {
       const int64_t row = n * s.t + k;
       const S* __restrict uz = u + row * 2 * s.d + i0;
       const S* __restrict uh = uz + s.d;
-      for (int64_t d = 0; d < width; ++d) {
-        S z, a;
-        sigmoid_pair(uz[d], z, a);
-        c[d] = a * c[d] + z * candidate_of<kKind>(uh[d]);
-      }
+      mingru_fwd_step<kKind>(width, uz, uh, c);
       store_row(h + row * s.d + i0, c, sizeof(S) * width, stream);
     }
     std::copy(carry.begin(), carry.end(), fin + n * s.d + i0);
@@ -437,12 +449,11 @@ void mingru_fwd(const Shape& s, const S* u, const S* h0, S* h, S* fin) {
   });
 }
 
-// One backward step over a row of `width` state elements (a separate function: GCC vectorises it only with every
-// pointer restrict-qualified in its own scope).
+// One backward step over a row of `width` state elements.
 template <int kKind, class S>
-inline void mingru_bwd_step(int64_t width, const S* __restrict uz, const S* __restrict uh, const S* __restrict ct,
-                            const S* __restrict prev, S* __restrict g, S* __restrict a_next, S* __restrict dz,
-                            S* __restrict dh) {
+__attribute__((noinline)) void mingru_bwd_step(int64_t width, const S* __restrict uz, const S* __restrict uh,
+                                               const S* __restrict ct, const S* __restrict prev, S* __restrict g,
+                                               S* __restrict a_next, S* __restrict dz, S* __restrict dh) {
   for (int64_t d = 0; d < width; ++d) {
     S z, a;
     sigmoid_pair(uz[d], z, a);
@@ -489,6 +500,126 @@ void mingru_bwd(const Shape& s, const S* u, const S* h, const S* h0, const S* ct
     }
     S* __restrict out = h0_bar + n * s.d + i0;
     for (int64_t d = 0; d < width; ++d) out[d] = s.t ? a_next[d] * g[d] : g[d];
+    store_fence(stream);
+  });
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// GatedLinearRNN / GateLoop with its gates fused into the scan (spec/gated_linear_rnn.md), default activations:
+// from u = [u_in | u_i | u_o] (tied, 3H) or [u_in | u_i | u_f | u_o] (untied, 4H) per step,
+//   c = tanh(u_in), i = sigma(u_i), f = 1 - i = sigma(-u_i) (tied) or sigma(u_f), o = sigma(u_o),
+//   h_t = f h_prev + i c,  y_t = tanh(h_t) o.
+// The forward writes y and h (h is the backward's residual); the backward writes du directly. "prev" is t-1, or
+// t+1 with reverse (the layer's reversed=True).
+
+template <class S>
+inline S tanh_of(S x) {
+  const S e = exp_nonpositive(S(-2) * std::abs(x));
+  const S t = (S(1) - e) / (S(1) + e);
+  return x >= 0 ? t : -t;
+}
+
+template <bool kTied, class S>
+inline void glr_gates(const S* __restrict u, int64_t hidden, int64_t d, S& c, S& i, S& f, S& o) {
+  c = tanh_of(u[d]);
+  S not_i;
+  sigmoid_pair(u[hidden + d], i, not_i);
+  if constexpr (kTied) {
+    f = not_i;
+    S unused;
+    sigmoid_pair(u[2 * hidden + d], o, unused);
+  } else {
+    S unused;
+    sigmoid_pair(u[2 * hidden + d], f, unused);
+    sigmoid_pair(u[3 * hidden + d], o, unused);
+  }
+}
+
+template <bool kTied, class S>
+__attribute__((noinline)) void glr_fwd_step(int64_t width, int64_t hidden, const S* __restrict u, S* __restrict carry,
+                         S* __restrict y_row) {
+  for (int64_t d = 0; d < width; ++d) {
+    S c, i, f, o;
+    glr_gates<kTied>(u, hidden, d, c, i, f, o);
+    const S h = f * carry[d] + i * c;
+    carry[d] = h;
+    y_row[d] = tanh_of(h) * o;
+  }
+}
+
+template <bool kTied, class S>
+void glr_fwd(const Shape& s, const S* u, const S* h0, bool reverse, S* y, S* h, S* fin) {
+  const int64_t blocks = kTied ? 3 : 4;
+  const bool stream = stream_enabled(sizeof(S) * s.n * s.t * s.d);
+  parallel_blocks(s, [&](int64_t n, int64_t i0, int64_t i1) {
+    const int64_t width = i1 - i0;
+    std::vector<S> carry(h0 + n * s.d + i0, h0 + n * s.d + i1), y_row(width);
+    for (int64_t k = 0; k < s.t; ++k) {
+      const int64_t row = n * s.t + (reverse ? s.t - 1 - k : k);
+      if (reverse && k + kPrefetchRows < s.t) {
+        for (int64_t b = 0; b < blocks; ++b)
+          prefetch_span(u + (row - kPrefetchRows) * blocks * s.d + b * s.d + i0, sizeof(S) * width);
+      }
+      glr_fwd_step<kTied>(width, s.d, u + row * blocks * s.d + i0, carry.data(), y_row.data());
+      store_row(h + row * s.d + i0, carry.data(), sizeof(S) * width, stream);
+      store_row(y + row * s.d + i0, y_row.data(), sizeof(S) * width, stream);
+    }
+    std::copy(carry.begin(), carry.end(), fin + n * s.d + i0);
+    store_fence(stream);
+  });
+}
+
+// One backward step: g = dy o tanh'(h) + f_next g_next (g_next starts as ct_final, f_next as 1), then the gates.
+template <bool kTied, class S>
+__attribute__((noinline)) void glr_bwd_step(int64_t width, int64_t hidden, const S* __restrict u, const S* __restrict h,
+                         const S* __restrict prev, const S* __restrict dy, S* __restrict g, S* __restrict f_next,
+                         S* __restrict du_in, S* __restrict du_i, S* __restrict du_f, S* __restrict du_o) {
+  for (int64_t d = 0; d < width; ++d) {
+    S c, i, f, o;
+    glr_gates<kTied>(u, hidden, d, c, i, f, o);
+    const S th = tanh_of(h[d]);
+    const S gd = dy[d] * o * (S(1) - th * th) + f_next[d] * g[d];
+    g[d] = gd;
+    f_next[d] = f;
+    du_in[d] = gd * i * (S(1) - c * c);
+    du_o[d] = dy[d] * th * o * (S(1) - o);
+    if constexpr (kTied) {
+      du_i[d] = gd * i * f * (c - prev[d]);  // f = 1 - i
+    } else {
+      du_i[d] = gd * c * i * (S(1) - i);
+      du_f[d] = gd * prev[d] * f * (S(1) - f);
+    }
+  }
+}
+
+template <bool kTied, class S>
+void glr_bwd(const Shape& s, const S* u, const S* h, const S* h0, const S* ct_y, const S* ct_final, bool reverse,
+             S* du, S* h0_bar) {
+  const int64_t blocks = kTied ? 3 : 4;
+  const bool stream = stream_enabled(sizeof(S) * s.n * s.t * s.d);
+  parallel_blocks(s, [&](int64_t n, int64_t i0, int64_t i1) {
+    const int64_t width = i1 - i0;
+    auto row_of = [&](int64_t k) { return n * s.t + (reverse ? s.t - 1 - k : k); };
+    std::vector<S> g(ct_final + n * s.d + i0, ct_final + n * s.d + i1), f_next(width, S(1)), du_row(blocks * width);
+    for (int64_t k = s.t - 1; k >= 0; --k) {
+      const int64_t row = row_of(k);
+      if (!reverse && k > kPrefetchRows) {
+        const int64_t ahead = row - kPrefetchRows;
+        for (int64_t b = 0; b < blocks; ++b)
+          prefetch_span(u + ahead * blocks * s.d + b * s.d + i0, sizeof(S) * width);
+        prefetch_span(h + (ahead - 1) * s.d + i0, sizeof(S) * width);
+        prefetch_span(ct_y + ahead * s.d + i0, sizeof(S) * width);
+      }
+      const S* prev = (k == 0 ? h0 + n * s.d : h + row_of(k - 1) * s.d) + i0;
+      S* rows = du_row.data();  // blocks in u's order: in, i, (f,) o
+      glr_bwd_step<kTied>(width, s.d, u + row * blocks * s.d + i0, h + row * s.d + i0, prev, ct_y + row * s.d + i0,
+                          g.data(), f_next.data(), rows, rows + width, kTied ? nullptr : rows + 2 * width,
+                          rows + (blocks - 1) * width);
+      for (int64_t b = 0; b < blocks; ++b)
+        store_row(du + row * blocks * s.d + b * s.d + i0, du_row.data() + b * width, sizeof(S) * width, stream);
+    }
+    S* out = h0_bar + n * s.d + i0;
+    for (int64_t d = 0; d < width; ++d) out[d] = s.t ? f_next[d] * g[d] : g[d];
     store_fence(stream);
   });
 }
@@ -597,6 +728,40 @@ int run_mingru_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidat
   });
 }
 
+int run_glr_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const void* u, const void* h0,
+                int reverse, void* y, void* h, void* fin) {
+  if (int st = check_shape(n, t, hidden, hidden)) return st;
+  const Shape s{n, t, hidden, hidden, 1};
+  return dispatch_real(dtype, [&](auto* tag) {
+    using S = std::remove_pointer_t<decltype(tag)>;
+    advise_output(y, sizeof(S) * n * t * hidden);
+    advise_output(h, sizeof(S) * n * t * hidden);
+    auto run = [&](auto kernel) {
+      kernel(s, static_cast<const S*>(u), static_cast<const S*>(h0), reverse != 0, static_cast<S*>(y),
+             static_cast<S*>(h), static_cast<S*>(fin));
+    };
+    tied ? run(glr_fwd<true, S>) : run(glr_fwd<false, S>);
+    return int{kOk};
+  });
+}
+
+int run_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const void* u, const void* h,
+                const void* h0, const void* ct_y, const void* ct_final, int reverse, void* du, void* h0_bar) {
+  if (int st = check_shape(n, t, hidden, hidden)) return st;
+  const Shape s{n, t, hidden, hidden, 1};
+  return dispatch_real(dtype, [&](auto* tag) {
+    using S = std::remove_pointer_t<decltype(tag)>;
+    advise_output(du, sizeof(S) * n * t * (tied ? 3 : 4) * hidden);
+    auto run = [&](auto kernel) {
+      kernel(s, static_cast<const S*>(u), static_cast<const S*>(h), static_cast<const S*>(h0),
+             static_cast<const S*>(ct_y), static_cast<const S*>(ct_final), reverse != 0, static_cast<S*>(du),
+             static_cast<S*>(h0_bar));
+    };
+    tied ? run(glr_bwd<true, S>) : run(glr_bwd<false, S>);
+    return int{kOk};
+  });
+}
+
 }  // namespace
 
 // --------------------------------------------------------------------------------------------------------------------
@@ -606,7 +771,7 @@ int run_mingru_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidat
 extern "C" {
 
 // Bumped whenever a signature below changes; the Python loader checks it.
-int linrec_abi_version() { return 2; }
+int linrec_abi_version() { return 3; }
 
 int linrec_has_ffi() {
 #ifdef LINREC_WITH_XLA_FFI
@@ -642,6 +807,19 @@ int linrec_mingru_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candi
 int linrec_mingru_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidate, const void* u, const void* h,
                       const void* h0, const void* ct_h, const void* ct_final, void* du, void* h0_bar) {
   return run_mingru_bwd(dtype, n, t, hidden, candidate, u, h, h0, ct_h, ct_final, du, h0_bar);
+}
+
+// GatedLinearRNN with fused gates (tanh input, sigmoid gates, tanh output): u (N, T, nH) with n = 3 (tied) or 4,
+// h0 (N, H) -> y (N, T, H) = tanh(h) o, h (N, T, H), final (N, H). Float32 (0) and float64 (1).
+int linrec_glr_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const void* u, const void* h0,
+                   int reverse, void* y, void* h, void* final_state) {
+  return run_glr_fwd(dtype, n, t, hidden, tied, u, h0, reverse, y, h, final_state);
+}
+
+// Its VJP given h and the cotangents of y and final: du (N, T, nH), h0_bar (N, H).
+int linrec_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const void* u, const void* h,
+                   const void* h0, const void* ct_y, const void* ct_final, int reverse, void* du, void* h0_bar) {
+  return run_glr_bwd(dtype, n, t, hidden, tied, u, h, h0, ct_y, ct_final, reverse, du, h0_bar);
 }
 
 }  // extern "C"
@@ -757,6 +935,38 @@ ffi::Error MinGRUBwdImpl(ffi::AnyBuffer u, ffi::AnyBuffer h, ffi::AnyBuffer h0, 
                                      ct_final.untyped_data(), du->untyped_data(), h0_bar->untyped_data()));
 }
 
+// GatedLinearRNN: u (..., T, nH), h0 (..., H) with n = 3 (tied) or 4.
+ffi::Error GlrFwdImpl(ffi::AnyBuffer u, ffi::AnyBuffer h0, bool tied, bool reverse, ffi::Result<ffi::AnyBuffer> y,
+                      ffi::Result<ffi::AnyBuffer> h, ffi::Result<ffi::AnyBuffer> fin) {
+  auto ud = u.dimensions(), hd = h0.dimensions();
+  const int64_t blocks = tied ? 3 : 4;
+  if (ud.size() < 2 || hd.size() < 1 || ud[ud.size() - 1] != blocks * hd[hd.size() - 1])
+    return ffi::Error::InvalidArgument("linrec: u must be (N, T, nH) for h0 (N, H)");
+  const int64_t n = prod(ud, 0, ud.size() - 2), t = ud[ud.size() - 2], hidden = hd[hd.size() - 1];
+  if (static_cast<int64_t>(h0.element_count()) != n * hidden)
+    return ffi::Error::InvalidArgument("linrec: initial state must be (N, H)");
+  return status_error(run_glr_fwd(code_of(u.element_type()), n, t, hidden, tied, u.untyped_data(),
+                                  h0.untyped_data(), reverse, y->untyped_data(), h->untyped_data(),
+                                  fin->untyped_data()));
+}
+
+ffi::Error GlrBwdImpl(ffi::AnyBuffer u, ffi::AnyBuffer h, ffi::AnyBuffer h0, ffi::AnyBuffer ct_y,
+                      ffi::AnyBuffer ct_final, bool tied, bool reverse, ffi::Result<ffi::AnyBuffer> du,
+                      ffi::Result<ffi::AnyBuffer> h0_bar) {
+  auto ud = u.dimensions(), hd = h0.dimensions();
+  const int64_t blocks = tied ? 3 : 4;
+  if (ud.size() < 2 || hd.size() < 1 || ud[ud.size() - 1] != blocks * hd[hd.size() - 1])
+    return ffi::Error::InvalidArgument("linrec: u must be (N, T, nH) for h0 (N, H)");
+  const int64_t n = prod(ud, 0, ud.size() - 2), t = ud[ud.size() - 2], hidden = hd[hd.size() - 1];
+  if (static_cast<int64_t>(h.element_count()) != n * t * hidden ||
+      static_cast<int64_t>(h0.element_count()) != n * hidden || ct_y.element_count() != h.element_count() ||
+      ct_final.element_count() != h0.element_count())
+    return ffi::Error::InvalidArgument("linrec: inconsistent GatedLinearRNN buffers");
+  return status_error(run_glr_bwd(code_of(u.element_type()), n, t, hidden, tied, u.untyped_data(), h.untyped_data(),
+                                  h0.untyped_data(), ct_y.untyped_data(), ct_final.untyped_data(), reverse,
+                                  du->untyped_data(), h0_bar->untyped_data()));
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_scan_fwd_ffi, FwdImpl,
@@ -800,6 +1010,29 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_mingru_bwd_ffi, MinGRUBwdImpl,
                                   .Arg<ffi::AnyBuffer>()  // ct_h
                                   .Arg<ffi::AnyBuffer>()  // ct_final
                                   .Attr<int32_t>("candidate")
+                                  .Ret<ffi::AnyBuffer>()  // du
+                                  .Ret<ffi::AnyBuffer>()  // h0_bar
+);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_glr_fwd_ffi, GlrFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // u
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Attr<bool>("tied")
+                                  .Attr<bool>("reverse")
+                                  .Ret<ffi::AnyBuffer>()  // y
+                                  .Ret<ffi::AnyBuffer>()  // h
+                                  .Ret<ffi::AnyBuffer>()  // final
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_glr_bwd_ffi, GlrBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // u
+                                  .Arg<ffi::AnyBuffer>()  // h
+                                  .Arg<ffi::AnyBuffer>()  // h0
+                                  .Arg<ffi::AnyBuffer>()  // ct_y
+                                  .Arg<ffi::AnyBuffer>()  // ct_final
+                                  .Attr<bool>("tied")
+                                  .Attr<bool>("reverse")
                                   .Ret<ffi::AnyBuffer>()  // du
                                   .Ret<ffi::AnyBuffer>()  // h0_bar
 );

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from linrec.backends.numpy import native_gated_linear_rnn as _fused
 from linrec.backends.numpy.arrays import dtype_name, np_dtype
 from linrec.backends.numpy.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
@@ -79,7 +80,9 @@ def gated_linear_rnn(
     h0 = _state(initial_state, x.shape[0], dtype_name(x), config, "initial_state")
     acc = h0.dtype
     u = (x @ p["proj.kernel"] + p["proj.bias"]).astype(acc)
-    if mode == "parallel":
+    if mode == "parallel" and spec.fusable(config) and _fused.applies(u, method):  # gates fused into the scan
+        y, final = _fused.native_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed)
+    elif mode == "parallel":
         candidate, i, f, o = _split(u, config)
         given = None if initial_state is None else h0
         h, final = linear_scan(

@@ -14,10 +14,18 @@ from linrec.backends import native
 __all__ = ["applies", "native_mingru"]
 
 
+def _scan_methods() -> tuple[str, ...]:
+    # the scan's METHODS lists "native" when the kernel is built (decided once, at import): no lock to take here,
+    # which matters under torch.compile / jit tracing
+    from linrec.backends.numpy.scan import METHODS
+
+    return METHODS
+
+
 def applies(u: np.ndarray, method: str) -> bool:
     """Whether the layer's scan ``method`` on projections ``u`` runs here: ``"auto"`` or ``"native"``,
     float32/float64 and the kernel built (otherwise the layer takes the unfused path)."""
-    return method in ("auto", "native") and u.dtype.name in native.MINGRU_DTYPES and native.available()
+    return method in ("auto", "native") and u.dtype.name in native.MINGRU_DTYPES and "native" in _scan_methods()
 
 
 def native_mingru(u: np.ndarray, h0: np.ndarray, candidate: str) -> tuple[np.ndarray, np.ndarray]:

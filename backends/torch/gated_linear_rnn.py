@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from linrec.backends.torch import native_gated_linear_rnn as _fused
 from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
@@ -123,7 +124,9 @@ def gated_linear_rnn(
     p = _prepare_params(params, x.dtype, config)
     h0 = _state(initial_state, x, config, "initial_state")
     u = (x @ p["proj.kernel"] + p["proj.bias"]).to(h0.dtype)
-    if mode == "parallel":
+    if mode == "parallel" and spec.fusable(config) and _fused.applies(u, method):  # gates fused into the scan
+        y, final = _fused.native_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed)
+    elif mode == "parallel":
         candidate, i, f, o = _split(u, config)
         h, final = linear_scan(
             f, i * candidate, initial_state=None if initial_state is None else h0, reverse=config.reversed,

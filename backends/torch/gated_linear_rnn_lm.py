@@ -408,6 +408,18 @@ class GatedLinearRNNLM(nn.Module):
         """One token per row ``(B,)`` → ``(logits (B, V), state)``."""
         return self.step(token, state)
 
+    def decoder(self):
+        """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters
+        gathered once, for token loops, without autograd. The twin of the JAX method: build it again after
+        changing the parameters (in-place updates happen to show through here, replaced tensors do not)."""
+        p, cfg = self._params(), self._cfg
+
+        @torch.no_grad()
+        def decode(token: Tensor, state: LMState) -> tuple[Tensor, LMState]:
+            return gated_linear_rnn_lm_step(p, token, state, config=cfg)
+
+        return decode
+
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: Any = 0, *, lengths: Any = None, state: LMState | None = None,

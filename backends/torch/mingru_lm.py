@@ -414,6 +414,18 @@ class MinGRULM(nn.Module):
         """One token on the step path: ``(logits (B, V), state)``."""
         return _step_call(self._params(), token, state, self._cfg)
 
+    def decoder(self):
+        """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters
+        gathered once, for token loops, without autograd. The twin of the JAX method: build it again after
+        changing the parameters (in-place updates happen to show through here, replaced tensors do not)."""
+        p, cfg = self._params(), self._cfg
+
+        @torch.no_grad()
+        def decode(token: Tensor, state: MinGRULMState) -> tuple[Tensor, MinGRULMState]:
+            return _step_call(p, token, state, cfg)
+
+        return decode
+
     def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: int | Sequence[int] = 0, *, lengths: Tensor | None = None, return_logits: bool = False):
         """Sample ``max_new_tokens`` after ``prompt (B, T)``; see :func:`mingru_lm_generate`."""

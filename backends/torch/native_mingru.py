@@ -26,16 +26,26 @@ __all__ = ["applies", "mingru_bwd", "mingru_fwd", "native_mingru"]
 _DTYPES = {torch.float32: 0, torch.float64: 1}
 
 
+def _scan_methods() -> tuple[str, ...]:
+    # the scan's METHODS lists "native" when the kernel is built (decided once, at import): no lock to take here,
+    # which matters under torch.compile / jit tracing
+    from linrec.backends.torch.scan import METHODS
+
+    return METHODS
+
+
 def applies(u: Tensor, method: str) -> bool:
     """Whether the layer's scan ``method`` on projections ``u`` runs here: ``"auto"`` or ``"native"``, CPU,
     float32/float64 and the kernel built (otherwise the layer takes the unfused path, which raises for an
     unservable ``"native"``)."""
-    return method in ("auto", "native") and u.device.type == "cpu" and u.dtype in _DTYPES and native.available()
+    return (method in ("auto", "native") and u.device.type == "cpu" and u.dtype in _DTYPES
+            and "native" in _scan_methods())
 
 
 @torch.library.custom_op("linrec::mingru_fwd", mutates_args=())
 def mingru_fwd(u: Tensor, h0: Tensor, candidate: int) -> tuple[Tensor, Tensor]:
     """The fused forward kernel: ``h (B, T, H)`` and ``final (B, H)``."""
+    native.check_fused_shapes(u.shape, h0.shape, 2)
     lib = native._builder().load()
     u, h0 = _ready(u), _ready(h0)
     n, t, two_h = u.shape
@@ -55,6 +65,7 @@ def _mingru_fwd_fake(u, h0, candidate):
 def mingru_bwd(u: Tensor, h: Tensor, h0: Tensor, grad_h: Tensor, grad_final: Tensor,
                candidate: int) -> tuple[Tensor, Tensor]:
     """The fused backward kernel: ``(u_bar (B, T, 2H), h0_bar (B, H))``."""
+    native.check_fused_shapes(u.shape, h0.shape, 2, h.shape, grad_h.shape, grad_final.shape)
     lib = native._builder().load()
     u, h, h0 = _ready(u), _ready(h), _ready(h0)
     grad_h, grad_final = _ready(grad_h.to(h.dtype)), _ready(grad_final.to(h.dtype))

@@ -1,0 +1,76 @@
+"""``decoder()`` of the language models (JAX and PyTorch twins): the token-loop form of ``decode_step``.
+
+It must give exactly what ``decode_step`` gives, keep refusing bad tokens, and (JAX) keep the parameters it was
+built with.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+import numpy as np
+import pytest
+
+from linrec.spec import gated_linear_rnn_lm as glr_spec
+from linrec.spec import mingru_lm as mingru_spec
+
+MODELS = {
+    "gated_linear_rnn_lm": (glr_spec, "GatedLinearRNNLM"),
+    "mingru_lm": (mingru_spec, "MinGRULM"),
+}
+
+
+def _config(model: str):
+    if model == "gated_linear_rnn_lm":
+        return glr_spec.GatedLinearRNNLMConfig(n_layer=2, d_model=8, d_channel_mixing=16, input_vocab_size=11,
+                                               output_vocab_size=11, max_seq_length=32, d_h=8)
+    return mingru_spec.MinGRULMConfig(11, 8, 2)
+
+
+def _model(framework: str, model: str):
+    pytest.importorskip(framework)
+    spec, name = MODELS[model]
+    cfg = _config(model)
+    module = import_module(f"linrec.backends.{framework}.{model}")
+    return getattr(module, name).from_canonical(cfg, spec.init_params(cfg, seed=3)), import_module(
+        f"linrec.backends.{framework}.arrays")
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+@pytest.mark.parametrize("model", list(MODELS))
+def test_decoder_equals_decode_step(framework, model):
+    lm, arrays = _model(framework, model)
+    tokens = np.array([[1, 4, 2], [3, 3, 9]], np.int32)
+    _, state = lm.prefill(arrays.asarray(tokens))
+    decode = lm.decoder()
+    s1 = s2 = state
+    for t in (5, 7, 0):
+        token = arrays.asarray(np.array([t, 10 - t], np.int32))
+        l1, s1 = lm.decode_step(token, s1)
+        l2, s2 = decode(token, s2)
+        np.testing.assert_array_equal(arrays.to_numpy(l1), arrays.to_numpy(l2))
+    with pytest.raises(ValueError, match="token"):
+        decode(arrays.asarray(np.array([11, 0], np.int32)), s2)  # outside the vocabulary: an error, not a clamp
+
+
+def test_jax_decoder_keeps_its_parameters():
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+    from flax import nnx
+
+    lm, arrays = _model("jax", "mingru_lm")
+    _, state = lm.prefill(arrays.asarray(np.array([[1, 2]], np.int32)))
+    decode = lm.decoder()
+    before, _ = decode(jnp.array([3], jnp.int32), state)
+    params = nnx.state(lm, nnx.Param)
+    nnx.update(lm, jax_tree_zero(params))
+    after, _ = decode(jnp.array([3], jnp.int32), state)
+    np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
+    fresh, _ = lm.decoder()(jnp.array([3], jnp.int32), state)
+    assert not np.array_equal(np.asarray(fresh), np.asarray(before))
+
+
+def jax_tree_zero(tree):
+    import jax
+
+    return jax.tree.map(lambda x: x * 0, tree)
