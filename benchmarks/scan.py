@@ -25,7 +25,8 @@ import numpy as np
 
 from linrec.tools import bench
 
-COLUMNS = ["backend", "method", "T", "fwd ms", "fwd/roofline", "fwd+bwd ms", "(fwd+bwd)/roofline", "fwd/C loop", "note"]
+COLUMNS = ["backend", "method", "T", "probe GB/s", "fwd ms", "fwd/roofline", "fwd+bwd ms", "(fwd+bwd)/roofline",
+           "fwd/C loop", "note"]
 FULL = {"B": 8, "D": 512, "T": (1024, 4096, 16384)}
 QUICK = {"B": 2, "D": 64, "T": (128, 512)}
 #: Targets (benchmarks/README.md), for T >= TARGET_MIN_T, in jax and torch, best method.
@@ -142,6 +143,9 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
     name, B, D = spec["backend"], spec["B"], spec["D"]
     repeat, budget, skip_after = spec["repeat"], spec["budget"], spec["skip_after"]
     retained = spec.get("malloc") == "retain"
+    # The retained heap grows to the working set over the first few calls (each growth page-faults): time it
+    # in the steady state it is for, after 3 warm-up calls instead of 1.
+    warmup = 3 if retained else 1
     if retained:
         from linrec.backends.native.malloc import retain_freed_memory
 
@@ -152,7 +156,12 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
     too_slow: dict[str, str] = {}  # method -> why larger T are not run
     for T in sorted(spec["T"]):
         a, b, ct = _inputs(B, T, D)
-        roof = bench.roofline_seconds(B * T * D, spec["bandwidth"])
+        # The roofline of this T comes from a probe run right here, just before its timings: the shared machine's
+        # bandwidth drifts by tens of percent over a suite run, and a probe from minutes earlier would not be the
+        # same run's limit. NumPy only (1 thread and all cores), so no framework is loaded for it.
+        probe = (spec.get("probe_elements") or 8 * 4096 * 512, 5)
+        bandwidth = max(bench.bandwidth_probe(*probe), bench.threaded_bandwidth_probe(*probe))
+        roof = bench.roofline_seconds(B * T * D, bandwidth)
         c_loop = spec.get("c_loop_s", {}).get(str(T))
         if spec.get("c_loop") and native_available():
             h, final, h0 = np.empty_like(b), np.empty((B, D), np.float32), np.zeros((B, D), np.float32)
@@ -160,14 +169,15 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
                                 repeat=repeat, budget=budget)
             c_loop = t.best
             rows.append({"backend": "C loop", "method": "native kernel, preallocated", "T": T,
-                         "fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof, "fwd/C loop": 1.0})
+                         "probe GB/s": bandwidth / 1e9, "fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof,
+                         "fwd/C loop": 1.0})
             say(f"T={T} C loop: {1e3 * t.best:.2f} ms ({t.best / roof:.2f}x roofline)")
             del h, final
         cases = BACKENDS[name](a, b, ct)
         if retained:
             cases = {RETAINED: cases["native"]} if "native" in cases else {}
         for method, (fwd, fwd_bwd, sync) in cases.items():
-            row: dict[str, Any] = {"backend": name, "method": method, "T": T}
+            row: dict[str, Any] = {"backend": name, "method": method, "T": T, "probe GB/s": bandwidth / 1e9}
             if method in too_slow:
                 row["note"] = too_slow[method]
                 rows.append(row)
@@ -175,13 +185,13 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
                 continue
             try:
                 getattr(fwd, "prepare", lambda: None)()
-                t = bench.time_call(fwd, sync=sync, repeat=repeat, budget=budget)
+                t = bench.time_call(fwd, sync=sync, repeat=repeat, budget=budget, warmup=warmup)
                 row.update({"fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof,
                             "fwd/C loop": None if c_loop is None else t.best / c_loop})
                 slowest = t.best
                 if fwd_bwd is not None:
                     getattr(fwd_bwd, "prepare", lambda: None)()
-                    t = bench.time_call(fwd_bwd, sync=sync, repeat=repeat, budget=budget)
+                    t = bench.time_call(fwd_bwd, sync=sync, repeat=repeat, budget=budget, warmup=warmup)
                     row.update({"fwd+bwd ms": 1e3 * t.best, "(fwd+bwd)/roofline": t.best / roof})
                     slowest = max(slowest, t.best)
                 if slowest > skip_after:
@@ -219,7 +229,7 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: t
     bandwidth = bench.best_bandwidth(*probe)
     probes = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in bandwidth.items() if k != "best")
     say(f"bandwidth: {bandwidth['best'] / 1e9:.1f} GB/s ({probes})")
-    base = {"B": B, "D": D, "T": list(Ts), "bandwidth": bandwidth["best"], "repeat": repeat, "budget": budget,
+    base = {"B": B, "D": D, "T": list(Ts), "probe_elements": probe[0], "repeat": repeat, "budget": budget,
             "skip_after": skip_after}
     runs = [{**base, "backend": name, "malloc": "default", "c_loop": name == backends[0]} for name in backends]
     if native_available() and isolate:  # never change the allocator of the calling process
@@ -280,8 +290,10 @@ def report(result: dict[str, Any]) -> str:
     bw = ", ".join(f"{k} {v:.1f} GB/s" for k, v in meta["bandwidth_GBps"].items())
     lines = [
         "# Scan benchmark\n",
-        f"`linear_scan` float32, B={meta['B']}, D={meta['D']}, T in {meta['T']}. Bandwidth probe ({bw}); "
-        "roofline = 12 bytes/element at the best bandwidth. NumPy: forward only; JAX: jitted; PyTorch: eager. "
+        f"`linear_scan` float32, B={meta['B']}, D={meta['D']}, T in {meta['T']}. Bandwidth probe at the start "
+        f"({bw}); the roofline of each row is 12 bytes/element at the bandwidth probed (NumPy, 1 thread and all "
+        "cores) in the same process just before that T's timings (column *probe GB/s*). NumPy: forward only; "
+        "JAX: jitted; PyTorch: eager. "
         "fwd+bwd is the VJP of `h` for a fixed cotangent, divided by the same (forward) roofline. "
         f"Timing: {meta['timing']}.\n",
         bench.markdown_table(COLUMNS, result["rows"]),

@@ -155,7 +155,7 @@ def test_scan_worker_in_a_fresh_process_with_retained_malloc():
     backend = "torch" if has("torch") else "jax" if has("jax") else None
     if backend is None or not scan.native_available():
         pytest.skip("needs jax or torch and the native kernel")
-    spec = {"backend": backend, "B": 1, "D": 8, "T": [8], "bandwidth": 1e10, "repeat": 1, "budget": 0.0,
+    spec = {"backend": backend, "B": 1, "D": 8, "T": [8], "probe_elements": 2**16, "repeat": 1, "budget": 0.0,
             "skip_after": 3.0, "malloc": "retain"}
     result = bench.run_json_subprocess([scan.__file__, "--worker", json.dumps(spec)], timeout=300)
     assert "error" not in result, result

@@ -10,6 +10,7 @@ Used by the scripts in ``benchmarks/`` (``linrec bench``); nothing here imports 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -42,6 +43,7 @@ __all__ = [
     "reset_peak_rss",
     "roofline_seconds",
     "run_json_subprocess",
+    "threaded_bandwidth_probe",
     "time_call",
     "torch_bandwidth_probe",
 ]
@@ -103,10 +105,31 @@ def torch_bandwidth_probe(n_elements: int = 8 * 4096 * 512, repeat: int = 7) -> 
     return 12 * n_elements / timing.best
 
 
+def threaded_bandwidth_probe(n_elements: int = 8 * 4096 * 512, repeat: int = 7, threads: int | None = None) -> float:
+    """As :func:`bandwidth_probe` with the arrays split over ``threads`` Python threads (default: the usable cores;
+    NumPy releases the GIL in ``multiply``): the machine's streaming bandwidth without any framework."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    x = np.random.default_rng(0).random(n_elements, dtype=np.float32)
+    y = np.random.default_rng(1).random(n_elements, dtype=np.float32)
+    out = np.empty_like(x)
+    bounds = np.linspace(0, n_elements, threads + 1).astype(int)
+    parts = [(x[lo:hi], y[lo:hi], out[lo:hi]) for lo, hi in itertools.pairwise(bounds)]
+    with ThreadPoolExecutor(threads) as pool:
+        def run() -> None:
+            list(pool.map(lambda p: np.multiply(p[0], p[1], out=p[2]), parts))
+
+        timing = time_call(run, repeat=repeat)
+    return 12 * n_elements / timing.best
+
+
 def best_bandwidth(n_elements: int = 8 * 4096 * 512, repeat: int = 7) -> dict[str, float]:
     """Both probes and their maximum (``"best"``, bytes/s): the roofline uses the fastest stream measured,
     so a multi-threaded kernel cannot look better than the machine just because one thread cannot saturate it."""
-    found = {"numpy_1thread": bandwidth_probe(n_elements, repeat)}
+    found = {"numpy_1thread": bandwidth_probe(n_elements, repeat),
+             "numpy_threads": threaded_bandwidth_probe(n_elements, repeat)}
     torch_bw = torch_bandwidth_probe(n_elements, repeat)
     if torch_bw is not None:
         found["torch_threads"] = torch_bw
