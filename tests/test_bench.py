@@ -33,10 +33,14 @@ def layers_result():
 
 @pytest.fixture(scope="module")
 def memory_result():
-    """One point, in a fresh interpreter (``memory.py --worker``) as in the full run."""
+    """One point, in a fresh interpreter (``memory.py --worker``) as in the full run.
+
+    D=64: the step's buffers (B·T·D floats, 128 KiB) must exceed the 64 KiB ``MALLOC_MMAP_THRESHOLD_`` of the
+    worker, so each one is freshly mapped and the peak RSS measurably rises; at D=8 they came from the heap and
+    the rise was sometimes 0."""
     memory = bench.load_benchmark("memory")
     impls = ("linrec torch",) if has("torch") else ("linrec jax",)
-    return memory.run(True, sizes={"B": 1, "D": 8, "T": (512,)}, impls=impls)
+    return memory.run(True, sizes={"B": 1, "D": 64, "T": (512,)}, impls=impls)
 
 
 def test_scan_table(scan_result):
