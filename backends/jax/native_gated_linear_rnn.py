@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from linrec.backends import native
 from linrec.backends.jax import native as scan_native
+from linrec.backends.jax.native_mingru import applies  # the same rule for every fused kernel
 
 __all__ = ["applies", "native_gated_linear_rnn", "register"]
 
@@ -36,21 +37,6 @@ def register() -> None:
     jax.ffi.register_ffi_target(_FWD, jax.ffi.pycapsule(lib.linrec_glr_fwd_ffi), platform="cpu")
     jax.ffi.register_ffi_target(_BWD, jax.ffi.pycapsule(lib.linrec_glr_bwd_ffi), platform="cpu")
     _registered = True
-
-
-def _scan_methods() -> tuple[str, ...]:
-    # the scan's METHODS lists "native" when the kernel is built (decided once, at import): no lock to take here,
-    # which matters under torch.compile / jit tracing
-    from linrec.backends.jax.scan import METHODS
-
-    return METHODS
-
-
-def applies(u: Array, method: str) -> bool:
-    """Whether the layer's scan ``method`` on projections ``u`` runs here: ``"auto"`` or ``"native"``, the CPU
-    backend, float32/float64 and the kernel built (the caller also checks the activations are the defaults)."""
-    return (method in ("auto", "native") and jax.default_backend() == "cpu"
-            and jnp.dtype(u.dtype).name in native.MINGRU_DTYPES and "native" in _scan_methods())
 
 
 def _like(shape, dtype) -> jax.ShapeDtypeStruct:
@@ -87,7 +73,7 @@ _glr.defvjp(_glr_fwd, _glr_bwd)
 def native_gated_linear_rnn(u: Array, h0: Array, tied: bool, reverse: bool = False) -> tuple[Array, Array]:
     """``(y (B, T, H), final (B, H))``, ``y = tanh(h) o`` before ``out_proj``, from ``u (B, T, nH)`` and
     ``h0 (B, H)`` (same float32/float64 dtype). Differentiable in ``u`` and ``h0``."""
-    if jnp.dtype(u.dtype).name not in native.MINGRU_DTYPES or h0.dtype != u.dtype:
+    if jnp.dtype(u.dtype).name not in native.FUSED_DTYPES or h0.dtype != u.dtype:
         raise TypeError(f"the fused GatedLinearRNN kernel takes float32/float64 u and h0 of one dtype, got "
                         f"{jnp.dtype(u.dtype).name} and {jnp.dtype(h0.dtype).name}")
     register()

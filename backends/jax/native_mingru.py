@@ -19,6 +19,7 @@ import numpy as np
 
 from linrec.backends import native
 from linrec.backends.jax import native as scan_native
+from linrec.backends.jax.scan import METHODS as SCAN_METHODS  # lists "native" when the kernel is built
 
 __all__ = ["applies", "native_mingru", "register"]
 
@@ -40,20 +41,12 @@ def register() -> None:
     _registered = True
 
 
-def _scan_methods() -> tuple[str, ...]:
-    # the scan's METHODS lists "native" when the kernel is built (decided once, at import): no lock to take here,
-    # which matters under torch.compile / jit tracing
-    from linrec.backends.jax.scan import METHODS
-
-    return METHODS
-
-
 def applies(u: Array, method: str) -> bool:
     """Whether the layer's scan ``method`` on projections ``u`` runs here: ``"auto"`` or ``"native"``, the CPU
     backend, float32/float64 and the kernel built (otherwise the layer takes the unfused path, which raises for an
     unservable ``"native"``)."""
     return (method in ("auto", "native") and jax.default_backend() == "cpu"
-            and jnp.dtype(u.dtype).name in native.MINGRU_DTYPES and "native" in _scan_methods())
+            and jnp.dtype(u.dtype).name in native.FUSED_DTYPES and "native" in SCAN_METHODS)
 
 
 def _half(u: Array) -> jax.ShapeDtypeStruct:
@@ -87,7 +80,7 @@ def native_mingru(u: Array, h0: Array, candidate: str) -> tuple[Array, Array]:
 
     ``candidate``: ``"identity"`` or ``"g"``. Differentiable in ``u`` and ``h0``.
     """
-    if jnp.dtype(u.dtype).name not in native.MINGRU_DTYPES or h0.dtype != u.dtype:
+    if jnp.dtype(u.dtype).name not in native.FUSED_DTYPES or h0.dtype != u.dtype:
         raise TypeError(f"the fused minGRU kernel takes float32/float64 u and h0 of one dtype, got "
                         f"{jnp.dtype(u.dtype).name} and {jnp.dtype(h0.dtype).name}")
     register()

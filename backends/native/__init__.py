@@ -168,8 +168,8 @@ def scan_vjp_3d(a: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarray, 
 
 #: minGRU candidate activation -> the kernel's code (``enum Candidate`` in ``linrec_scan.cc``).
 CANDIDATE_CODES = {"identity": 0, "g": 1}
-#: dtypes of the fused minGRU kernel (real only).
-MINGRU_DTYPES = ("float32", "float64")
+#: dtypes of the fused layer kernels (minGRU, GatedLinearRNN; real only).
+FUSED_DTYPES = ("float32", "float64")
 
 
 def check_fused_shapes(u_shape, h0_shape, blocks: int, h_shape=None, ct_h_shape=None, ct_final_shape=None) -> None:

@@ -10,28 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from linrec.backends import native
+from linrec.backends.numpy.native_mingru import applies  # the same rule for every fused kernel
 
 __all__ = ["applies", "native_gated_linear_rnn"]
-
-
-def _scan_methods() -> tuple[str, ...]:
-    # the scan's METHODS lists "native" when the kernel is built (decided once, at import): no lock to take here,
-    # which matters under torch.compile / jit tracing
-    from linrec.backends.numpy.scan import METHODS
-
-    return METHODS
-
-
-def applies(u: np.ndarray, method: str) -> bool:
-    """Whether the layer's scan ``method`` on projections ``u`` runs here: ``"auto"`` or ``"native"``,
-    float32/float64 and the kernel built (the caller also checks the activations are the defaults)."""
-    return method in ("auto", "native") and u.dtype.name in native.MINGRU_DTYPES and "native" in _scan_methods()
 
 
 def native_gated_linear_rnn(u: np.ndarray, h0: np.ndarray, tied: bool, reverse: bool = False
                             ) -> tuple[np.ndarray, np.ndarray]:
     """``(y (B, T, H), final (B, H))``, ``y = tanh(h) o`` before ``out_proj``, from ``u (B, T, nH)``, ``h0 (B, H)``."""
-    if u.dtype.name not in native.MINGRU_DTYPES or h0.dtype != u.dtype:
+    if u.dtype.name not in native.FUSED_DTYPES or h0.dtype != u.dtype:
         raise TypeError(f"the fused GatedLinearRNN kernel takes float32/float64 u and h0 of one dtype, got {u.dtype} "
                         f"and {h0.dtype}")
     y, _, final = native.glr_scan(u, h0, tied, reverse)

@@ -10,27 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 from linrec.backends import native
+from linrec.backends.numpy.scan import METHODS as SCAN_METHODS  # lists "native" when the kernel is built
 
 __all__ = ["applies", "native_mingru"]
-
-
-def _scan_methods() -> tuple[str, ...]:
-    # the scan's METHODS lists "native" when the kernel is built (decided once, at import): no lock to take here,
-    # which matters under torch.compile / jit tracing
-    from linrec.backends.numpy.scan import METHODS
-
-    return METHODS
 
 
 def applies(u: np.ndarray, method: str) -> bool:
     """Whether the layer's scan ``method`` on projections ``u`` runs here: ``"auto"`` or ``"native"``,
     float32/float64 and the kernel built (otherwise the layer takes the unfused path)."""
-    return method in ("auto", "native") and u.dtype.name in native.MINGRU_DTYPES and "native" in _scan_methods()
+    return method in ("auto", "native") and u.dtype.name in native.FUSED_DTYPES and "native" in SCAN_METHODS
 
 
 def native_mingru(u: np.ndarray, h0: np.ndarray, candidate: str) -> tuple[np.ndarray, np.ndarray]:
     """``(h (B, T, H), final (B, H))`` from projections ``u (B, T, 2H)`` and ``h0 (B, H)`` (same dtype)."""
-    if u.dtype.name not in native.MINGRU_DTYPES or h0.dtype != u.dtype:
+    if u.dtype.name not in native.FUSED_DTYPES or h0.dtype != u.dtype:
         raise TypeError(f"the fused minGRU kernel takes float32/float64 u and h0 of one dtype, got {u.dtype} and "
                         f"{h0.dtype}")
     return native.mingru_scan(u, h0, candidate)

@@ -53,7 +53,12 @@ def _empty(like: Tensor) -> Tensor:
     NumPy (like the kernel itself, for outputs over 8 MiB) asks for transparent huge pages on large buffers, so the
     first writes fault 2 MiB at a time, not 4 KiB. Measured (8x4096x512 float32, first touch): 27 ms vs 115 ms.
     """
-    return torch.from_numpy(np.empty(tuple(like.shape), dtype=_NUMPY_DTYPES[like.dtype]))
+    return _empty_shaped(like.shape, like.dtype)
+
+
+def _empty_shaped(shape, dtype: torch.dtype) -> Tensor:
+    """:func:`_empty` for a given shape and dtype."""
+    return torch.from_numpy(np.empty(tuple(shape), dtype=_NUMPY_DTYPES[dtype]))
 
 
 def _ptr(x: Tensor | None) -> int | None:

@@ -14,35 +14,15 @@ with fake implementations and autograd:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from linrec.backends import native
-from linrec.backends.torch.native import _NUMPY_DTYPES, _empty, _ptr, _ready, _status
+from linrec.backends.torch.native import _empty, _empty_shaped, _ptr, _ready, _status
+from linrec.backends.torch.native_mingru import _DTYPES, applies  # the same rule for every fused kernel
 
 __all__ = ["applies", "glr_bwd", "glr_fwd", "native_gated_linear_rnn"]
 
-_DTYPES = {torch.float32: 0, torch.float64: 1}
-
-
-def _scan_methods() -> tuple[str, ...]:
-    # the scan's METHODS lists "native" when the kernel is built (decided once, at import): no lock to take here,
-    # which matters under torch.compile / jit tracing
-    from linrec.backends.torch.scan import METHODS
-
-    return METHODS
-
-
-def applies(u: Tensor, method: str) -> bool:
-    """Whether the layer's scan ``method`` on projections ``u`` runs here: ``"auto"`` or ``"native"``, CPU,
-    float32/float64 and the kernel built (the caller also checks the activations are the defaults)."""
-    return (method in ("auto", "native") and u.device.type == "cpu" and u.dtype in _DTYPES
-            and "native" in _scan_methods())
-
-
-def _state_like(u: Tensor, hidden: int) -> Tensor:
-    return torch.from_numpy(np.empty((*u.shape[:-1], hidden), _NUMPY_DTYPES[u.dtype]))  # NumPy: huge pages
 
 
 @torch.library.custom_op("linrec::glr_fwd", mutates_args=())
@@ -53,7 +33,7 @@ def glr_fwd(u: Tensor, h0: Tensor, tied: bool, reverse: bool) -> tuple[Tensor, T
     u, h0 = _ready(u), _ready(h0)
     n, t, _ = u.shape
     hidden = h0.shape[-1]
-    y, h, final = _state_like(u, hidden), _state_like(u, hidden), _empty(h0)
+    y, h, final = _empty_shaped((n, t, hidden), u.dtype), _empty_shaped((n, t, hidden), u.dtype), _empty(h0)
     _status(lib.linrec_glr_fwd(_DTYPES[u.dtype], n, t, hidden, int(tied), _ptr(u), _ptr(h0), int(reverse), _ptr(y),
                                _ptr(h), _ptr(final)))
     return y, h, final

@@ -14,24 +14,16 @@ unfused path (several elementwise ops, each a pass over memory, and their backwa
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from linrec.backends import native
-from linrec.backends.torch.native import _NUMPY_DTYPES, _empty, _ptr, _ready, _status
+from linrec.backends.torch.native import _empty, _empty_shaped, _ptr, _ready, _status
+from linrec.backends.torch.scan import METHODS as SCAN_METHODS  # lists "native" when the kernel is built
 
 __all__ = ["applies", "mingru_bwd", "mingru_fwd", "native_mingru"]
 
 _DTYPES = {torch.float32: 0, torch.float64: 1}
-
-
-def _scan_methods() -> tuple[str, ...]:
-    # the scan's METHODS lists "native" when the kernel is built (decided once, at import): no lock to take here,
-    # which matters under torch.compile / jit tracing
-    from linrec.backends.torch.scan import METHODS
-
-    return METHODS
 
 
 def applies(u: Tensor, method: str) -> bool:
@@ -39,7 +31,7 @@ def applies(u: Tensor, method: str) -> bool:
     float32/float64 and the kernel built (otherwise the layer takes the unfused path, which raises for an
     unservable ``"native"``)."""
     return (method in ("auto", "native") and u.device.type == "cpu" and u.dtype in _DTYPES
-            and "native" in _scan_methods())
+            and "native" in SCAN_METHODS)
 
 
 @torch.library.custom_op("linrec::mingru_fwd", mutates_args=())
@@ -49,7 +41,7 @@ def mingru_fwd(u: Tensor, h0: Tensor, candidate: int) -> tuple[Tensor, Tensor]:
     lib = native._builder().load()
     u, h0 = _ready(u), _ready(h0)
     n, t, two_h = u.shape
-    h = torch.from_numpy(np.empty((n, t, two_h // 2), _NUMPY_DTYPES[u.dtype]))  # NumPy: huge pages, see _empty
+    h = _empty_shaped((n, t, two_h // 2), u.dtype)
     final = _empty(h0)
     _status(lib.linrec_mingru_fwd(_DTYPES[u.dtype], n, t, two_h // 2, candidate, _ptr(u), _ptr(h0), _ptr(h),
                                   _ptr(final)))
