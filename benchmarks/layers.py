@@ -19,6 +19,11 @@ one step above the RSS before it (``/proc/self/clear_refs`` resets the peak afte
 Decode: one token per call at ``B=1`` (linrec: the module's ``step`` jitted in JAX, eager in PyTorch; originals:
 their ``T=1`` paths with a carried state, the flax one jitted), synchronised after every token.
 
+*matmul floor jax/torch* (no target): the layer's dense products alone (every 2-D kernel of linrec's layer,
+``linrec.tools.dense_floor``), forward and backward for fixed output cotangents at ``B·T`` rows, and one call per
+token at ``B=1`` for decode, in the same framework. Every implementation computing those products pays at least that,
+so the floor's *speedup vs original* is the ceiling of a speedup in that framework (Amdahl); the targets report it.
+
 Every (layer, implementation) runs in its own subprocesses, so frameworks do not share threads or memory: one
 times it with the default allocator, another measures peak memory with ``linrec.tools.bench.MEMORY_ENV``.
 
@@ -52,7 +57,10 @@ LAYERS = {
     "gateloop_mh": ("GateLoop (SISO heads)", "gateloop-transformer SimpleGateLoopLayer (torch)",
                     "gateloop_transformer"),
 }
-IMPLS = ("linrec jax", "linrec torch", "original")
+#: ``FLOORS``: rows timing only the layer's dense products (``linrec.tools.dense_floor``), per linrec framework; their
+#: *speedup vs original* is the ceiling any implementation computing those products can reach (no target).
+FLOORS = {"linrec jax": "matmul floor jax", "linrec torch": "matmul floor torch"}
+IMPLS = ("linrec jax", "linrec torch", "original", *FLOORS.values())
 
 
 def linrec_config(layer: str, d: int):
@@ -241,7 +249,33 @@ def _original(layer: str, D: int):
     raise ValueError(f"unknown layer {layer!r}")
 
 
+def _floor(layer: str, framework: str, D: int):
+    """The layer's dense products alone (``linrec.tools.dense_floor``), in the ``(train, decode)`` interface."""
+    from linrec.tools import dense_floor
+
+    shapes = dense_floor.dense_shapes(_linrec_params(layer, linrec_config(layer, D)))
+    products = dense_floor.jax_dense if framework == "jax" else dense_floor.torch_dense
+    sync = bench.jax_sync if framework == "jax" else (lambda r: r)
+
+    def train(x_np):
+        return products(shapes, x_np.shape[0] * x_np.shape[1], train=True), sync
+
+    def decode(xs):
+        one_token = products(shapes, 1, train=False)
+
+        def run():
+            for _ in xs:
+                out = sync(one_token())
+            return out
+
+        return run, sync
+
+    return train, decode
+
+
 def _build(layer: str, impl: str, D: int):
+    if impl in FLOORS.values():
+        return _floor(layer, impl.split()[-1], D)
     if impl == "linrec jax":
         return _linrec_jax(layer, D)
     if impl == "linrec torch":
@@ -290,7 +324,7 @@ def _isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     unmaps freed memory at once, so RSS tracks live memory, but page-faults every allocation: no place to time)."""
     timed = bench.run_json_subprocess([__file__, "--worker", json.dumps({**spec, "measure": "time"})],
                                       timeout=timeout)
-    if "error" in timed:
+    if "error" in timed or spec["impl"] in FLOORS.values():  # a floor's memory is not a layer's
         return timed
     memory = bench.run_json_subprocess([__file__, "--worker", json.dumps({**spec, "measure": "memory"})],
                                        timeout=timeout, env=bench.MEMORY_ENV)
@@ -317,6 +351,8 @@ def _installed(module: str) -> bool:
 def _framework(layer: str, impl: str) -> str:
     if impl.startswith("linrec"):
         return impl.split()[1]
+    if impl in FLOORS.values():
+        return impl.split()[-1]
     return "jax" if layer == "gated_linear_rnn" else "torch"
 
 
@@ -384,19 +420,22 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tup
 
 
 def targets(rows: list[dict[str, Any]], decode: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for r in rows:
-        if r["impl"] != "original" and r["T"] == TRAIN_TARGET_T:
-            ratio = r.get("speedup vs original")
-            out.append({"target": f"{r['layer']} {r['impl']} training step >= {TRAIN_TARGET:g}x original (T={r['T']})",
-                        "measured": "–" if ratio is None else f"{ratio:.2f}x", "ratio": ratio,
-                        "reached": None if ratio is None else ratio >= TRAIN_TARGET})
-    for r in decode:
-        if r["impl"] != "original":
-            ratio = r.get("speedup vs original")
-            out.append({"target": f"{r['layer']} {r['impl']} decode >= {DECODE_TARGET:g}x faster per token",
-                        "measured": "–" if ratio is None else f"{ratio:.2f}x", "ratio": ratio,
-                        "reached": None if ratio is None else ratio >= DECODE_TARGET})
+    """One target per linrec row; ``ceiling`` is the speedup of the same framework's matmul floor (module doc)."""
+    def ceiling(table, r):
+        floor = next((f for f in table if f["impl"] == FLOORS[r["impl"]] and f["key"] == r["key"]
+                      and f.get("T") == r.get("T")), {})
+        return floor.get("speedup vs original")
+
+    def entry(name, r, table, goal):
+        ratio, top = r.get("speedup vs original"), ceiling(table, r)
+        measured = "–" if ratio is None else f"{ratio:.2f}x" + ("" if top is None else f" (matmul ceiling {top:.2f}x)")
+        return {"target": name, "measured": measured, "ratio": ratio, "ceiling": top,
+                "reached": None if ratio is None else ratio >= goal}
+
+    out = [entry(f"{r['layer']} {r['impl']} training step >= {TRAIN_TARGET:g}x original (T={r['T']})", r, rows,
+                 TRAIN_TARGET) for r in rows if r["impl"] in FLOORS and r["T"] == TRAIN_TARGET_T]
+    out += [entry(f"{r['layer']} {r['impl']} decode >= {DECODE_TARGET:g}x faster per token", r, decode,
+                  DECODE_TARGET) for r in decode if r["impl"] in FLOORS]
     return out
 
 

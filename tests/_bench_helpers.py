@@ -20,3 +20,15 @@ def table(markdown: str, header: list[str]) -> list[list[str]]:
             break
         rows.append([c.strip() for c in line.strip("|").split("|")])
     return rows
+
+
+def check_ceilings(module, rows, targets):
+    """Each linrec target carries the speedup of its framework's matmul-floor row (the ceiling), when both ran."""
+    for floor in module.FLOORS.values():
+        assert floor in module.IMPLS
+    with_ceiling = [t for t in targets if t.get("ceiling") is not None]
+    floors = [r for r in rows if r["impl"] in module.FLOORS.values() and r.get("speedup vs original")]
+    assert bool(with_ceiling) == bool(floors)
+    for t in with_ceiling:
+        assert f"matmul ceiling {t['ceiling']:.2f}x" in t["measured"]
+        assert t["ceiling"] in [r["speedup vs original"] for r in floors]

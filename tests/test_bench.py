@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from _bench_helpers import has, table
+from _bench_helpers import check_ceilings, has, table
 
 from linrec.tools import bench, bench_cli
 
@@ -84,6 +84,8 @@ def test_layers_tables(layers_result):
         if r["impl"] == "original" and installed:
             assert r["speedup vs original"] == pytest.approx(1.0)
     assert all(t["target"] for t in layers_result["targets"])
+    check_ceilings(layers, layers_result["rows"] + layers_result["decode"], layers_result["targets"])
+
 
 
 @pytest.mark.parametrize("layer", ["gated_linear_rnn", "mingru", "gateloop_mh"])

@@ -12,7 +12,7 @@ import importlib.util
 
 import numpy as np
 import pytest
-from _bench_helpers import has, table
+from _bench_helpers import check_ceilings, has, table
 
 from linrec.tools import bench, bench_cli
 
@@ -58,6 +58,7 @@ def test_decode_table(decode, decode_result):
     targets = decode_result["targets"]
     assert len(targets) == len(decode.MODELS) * len(decode.TARGET_IMPLS)
     assert all(t["target"] and t["reached"] in (True, False, None) for t in targets)
+    check_ceilings(decode, decode_result["rows"], targets)
 
 
 def test_missing_originals_say_not_installed(decode, monkeypatch):

@@ -13,6 +13,7 @@ import pytest
 
 from linrec.spec import gated_linear_rnn_lm as glr_spec
 from linrec.spec import mingru_lm as mingru_spec
+from linrec.spec.tolerances import max_violation, tolerance_for
 
 MODELS = {
     "gated_linear_rnn_lm": (glr_spec, "GatedLinearRNNLM"),
@@ -51,6 +52,40 @@ def test_decoder_equals_decode_step(framework, model):
         np.testing.assert_array_equal(arrays.to_numpy(l1), arrays.to_numpy(l2))
     with pytest.raises(ValueError, match="token"):
         decode(arrays.asarray(np.array([11, 0], np.int32)), s2)  # outside the vocabulary: an error, not a clamp
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_torch_compiled_decoder_matches_decode_step(model):
+    """``decoder(compile=True)``: one ``torch.compile(fullgraph=True)`` graph per step, the eager step's values
+    within the float32 tolerance over a token loop (fusion may reorder float operations), checks still eager."""
+    lm, arrays = _model("torch", model)
+    tokens = np.array([[1, 4, 2], [3, 3, 9]], np.int32)
+    _, state = lm.prefill(arrays.asarray(tokens))
+    decode = lm.decoder(compile=True)
+    s1 = s2 = state
+    tol = tolerance_for("float32")
+    for t in (5, 7, 0, 10):
+        token = arrays.asarray(np.array([t, 10 - t], np.int32))
+        l1, s1 = lm.decode_step(token, s1)
+        l2, s2 = decode(token, s2)
+        err, allowed = max_violation(arrays.to_numpy(l2), arrays.to_numpy(l1), tol)
+        assert err <= allowed, (t, err, allowed)
+    h1, h2 = (s.h if hasattr(s, "h") else s["h"] for s in (s1, s2))
+    err, allowed = max_violation(arrays.to_numpy(h2), arrays.to_numpy(h1), tol)
+    assert err <= allowed
+    with pytest.raises(ValueError, match="token"):
+        decode(arrays.asarray(np.array([11, 0], np.int32)), s2)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_jax_decoder_without_compile_is_the_same_step(model):
+    lm, arrays = _model("jax", model)
+    _, state = lm.prefill(arrays.asarray(np.array([[1, 4, 2]], np.int32)))
+    token = arrays.asarray(np.array([5], np.int32))
+    compiled, _ = lm.decoder()(token, state)
+    eager, _ = lm.decoder(compile=False)(token, state)
+    err, allowed = max_violation(arrays.to_numpy(eager), arrays.to_numpy(compiled), tolerance_for("float32"))
+    assert err <= allowed
 
 
 def test_jax_decoder_keeps_its_parameters():

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype
 from linrec.backends.jax.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, gated_linear_rnn_step
 from linrec.spec import gated_linear_rnn_lm as spec
 from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig, LMState
@@ -62,10 +62,10 @@ def _state(state, batch: int, compute: str, config: GatedLinearRNNLMConfig) -> t
         s = gated_linear_rnn_lm_initial_state(config, batch, compute)
         return s["h"], s["position"]
     spec.check_state_keys(state)
-    h, position = jnp.asarray(state["h"]), jnp.asarray(state["position"])
+    h, position = as_jax(state["h"]), as_jax(state["position"])
     spec.check_state(tuple(h.shape), dtype_name(h), tuple(position.shape), dtype_name(position), batch, compute,
                      config)
-    return h, position.astype(jnp.int32)
+    return h, position if position.dtype == jnp.int32 else position.astype(jnp.int32)
 
 
 def _lookup(table: Array, index: Array) -> Array:
@@ -255,7 +255,7 @@ def gated_linear_rnn_lm_step(
 def _prepared_step(p: Params, input_t, state: LMState | None, config: GatedLinearRNNLMConfig
                    ) -> tuple[Array, LMState]:
     """:func:`gated_linear_rnn_lm_step` on parameters already through ``_prepare_params``."""
-    input_t = jnp.asarray(input_t)
+    input_t = as_jax(input_t)
     spec.check_step_input(tuple(input_t.shape), dtype_name(input_t), config)
     h, position = _state(state, input_t.shape[0], _compute(p), config)
     tokens = _concrete(input_t) if config.use_word_embedding else None
@@ -405,12 +405,17 @@ class GatedLinearRNNLM(nnx.Module):
         Reads the parameters out of the module on every call; in a token loop use :meth:`decoder`."""
         return self.step(token, state)
 
-    def decoder(self):
+    def decoder(self, compile: bool = True):
         """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters read
         once, for token loops (reading them out of the NNX graph costs more than the compiled step itself).
-        It keeps the parameters it was built with: build it again after changing them."""
+        It keeps the parameters it was built with: build it again after changing them.
+
+        ``compile=True`` (the default here) runs the step's arithmetic as one ``jax.jit``-compiled call;
+        ``compile=False`` runs it op by op under ``jax.disable_jit()``, for debugging. The argument is the twin of
+        the PyTorch ``decoder(compile=...)``, whose default is eager.
+        """
         p, cfg = _prepare_params(self._params(), self._config), self._config
-        return lambda token, state: _prepared_step(p, token, state, cfg)
+        return eager_unless(compile, lambda token, state: _prepared_step(p, token, state, cfg))
 
     def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: Any = 0, *, lengths: Any = None, state: LMState | None = None,

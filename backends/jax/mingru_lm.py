@@ -24,7 +24,7 @@ from flax import nnx
 from jax import lax
 
 from linrec.backends.jax import scan as _scan
-from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype
 from linrec.backends.jax.mingru import MinGRU, mingru, mingru_gates, mingru_step
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
@@ -194,7 +194,7 @@ def _concrete(x) -> np.ndarray | None:
 
 
 def _check_state(state, config: MinGRULMConfig, batch: int, compute_dtype) -> Array:
-    h = jnp.asarray(state.h) if isinstance(state, MinGRULMState) else None
+    h = as_jax(state.h) if isinstance(state, MinGRULMState) else None
     spec.check_state(state, config, batch, None if h is None else tuple(h.shape),
                      None if h is None else dtype_name(h), mingru_spec.state_dtype(np.dtype(compute_dtype).name))
     return h
@@ -218,7 +218,7 @@ def _call(tree: Tree, tokens, config: MinGRULMConfig, initial_state, lengths, mo
 
 
 def _step_call(tree: Tree, token, state, config: MinGRULMConfig):
-    token = jnp.asarray(token)
+    token = as_jax(token)
     spec.check_tokens("token", tuple(token.shape), dtype_name(token), 1, config, _concrete(token))
     h = _check_state(state, config, token.shape[0], tree["embed.embedding"].dtype)
     logits, h = _step_run(tree, token, h, config=config)
@@ -459,12 +459,17 @@ class MinGRULM(nnx.Module):
         Reads the parameters out of the module on every call; in a token loop use :meth:`decoder`."""
         return _step_call(self._tree(), token, state, self._cfg)
 
-    def decoder(self):
+    def decoder(self, compile: bool = True):
         """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters read
         once, for token loops (reading them out of the NNX graph costs more than the compiled step itself).
-        It keeps the parameters it was built with: build it again after changing them."""
+        It keeps the parameters it was built with: build it again after changing them.
+
+        ``compile=True`` (the default here) runs the step's arithmetic as one ``jax.jit``-compiled call;
+        ``compile=False`` runs it op by op under ``jax.disable_jit()``, for debugging. The argument is the twin of
+        the PyTorch ``decoder(compile=...)``, whose default is eager.
+        """
         tree, cfg = self._tree(), self._cfg
-        return lambda token, state: _step_call(tree, token, state, cfg)
+        return eager_unless(compile, lambda token, state: _step_call(tree, token, state, cfg))
 
     def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: int | Sequence[int] = 0, *, lengths: Array | None = None, return_logits: bool = False):

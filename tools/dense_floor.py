@@ -1,0 +1,79 @@
+"""The matrix-product floor of a layer or model: its dense products alone, timed in one framework.
+
+Shape legend: ``N`` rows (``B·T`` for a training step, ``B`` for a decode step), ``I``/``O`` a kernel's input and
+output width.
+
+Any implementation of a layer computes its dense projections, whatever it does for the recurrence, so the time
+of those products alone (same shapes, same framework, same process) bounds how fast its training or decode step
+can get, and ``original's time / floor`` bounds the speedup over an original that computes them too (Amdahl). The
+benchmarks report it beside the targets that ask for a multiple of an original's speed.
+
+A kernel is every 2-D canonical parameter except embedding tables (a lookup, not a product): ``(I, O)`` applied to
+an ``(N, I)`` input. Biases, norms and the recurrence are left out, so the floor is a lower bound. The products
+are independent (each reads its own input), as the largest ones are in a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["dense_shapes", "jax_dense", "torch_dense"]
+
+
+def dense_shapes(params: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """``(I, O)`` of every 2-D parameter of canonical ``params`` except embedding tables, in order."""
+    return [tuple(int(n) for n in np.shape(v)) for k, v in params.items()
+            if np.ndim(v) == 2 and k.rsplit(".", 1)[-1] != "embedding"]
+
+
+def _inputs(shapes: list[tuple[int, int]], rows: int, seed: int = 0) -> tuple[list, list, list]:
+    """float32 inputs ``x (N, I)``, kernels ``w (I, O)`` and output cotangents ``(N, O)``."""
+    rng = np.random.default_rng(seed)
+    xs = [rng.standard_normal((rows, i), dtype=np.float32) for i, _ in shapes]
+    ws = [(rng.standard_normal((i, o), dtype=np.float32) / np.sqrt(i)).astype(np.float32) for i, o in shapes]
+    cts = [rng.standard_normal((rows, o), dtype=np.float32) for _, o in shapes]
+    return xs, ws, cts
+
+
+def jax_dense(shapes: list[tuple[int, int]], rows: int, *, train: bool) -> Callable[[], Any]:
+    """One compiled JAX call of every product ``x (N, I) @ w (I, O)`` (concatenated into one ``(N, ΣO)`` result);
+    ``train``: their VJP for fixed random output cotangents with respect to every ``x`` and ``w`` (forward and
+    backward). Returns the call (compiled here)."""
+    import jax
+    import jax.numpy as jnp
+
+    xs, ws, cts = (jax.device_put(a) for a in _inputs(shapes, rows))
+
+    def products(xs, ws):
+        return [x @ w for x, w in zip(xs, ws)]
+
+    def vjp(xs, ws, cts):
+        return jax.vjp(products, xs, ws)[1](cts)
+
+    if train:
+        compiled = jax.jit(vjp).lower(xs, ws, cts).compile()
+        return lambda: compiled(xs, ws, cts)
+    # one output buffer: at B=1 the call's overhead per returned array is a visible part of the floor
+    compiled = jax.jit(lambda xs, ws: jnp.concatenate(products(xs, ws), axis=-1)).lower(xs, ws).compile()
+    return lambda: compiled(xs, ws)
+
+
+def torch_dense(shapes: list[tuple[int, int]], rows: int, *, train: bool) -> Callable[[], Any]:
+    """Every product ``x (N, I) @ w (I, O)`` in eager PyTorch; ``train``: ``torch.autograd.grad`` for fixed random
+    output cotangents with respect to every ``x`` and ``w`` (forward and backward), else under ``no_grad``."""
+    import torch
+
+    xs, ws, cts = ([torch.from_numpy(a).requires_grad_(train and k < 2) for a in arrays]
+                   for k, arrays in enumerate(_inputs(shapes, rows)))
+
+    def forward():
+        with torch.no_grad():
+            return [x @ w for x, w in zip(xs, ws)]
+
+    def step():
+        return torch.autograd.grad([x @ w for x, w in zip(xs, ws)], [*xs, *ws], cts)
+
+    return step if train else forward
