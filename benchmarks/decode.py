@@ -35,8 +35,9 @@ target), *decoder(compile=True)*, runs the step's arithmetic as one ``torch.comp
 still eager); its compilation happens in the warm-up run, off the clock.
 *matmul floor jax/torch* (no target): only the model's dense products at ``B=1`` (every 2-D kernel but the
 embedding, ``linrec.tools.dense_floor``), one call per token (JAX: one compiled call; PyTorch: eager, the same
-thread count). Every implementation that computes those products pays at least that, so the floor's *speedup vs
-original* is the ceiling of a speedup in that framework; the targets report it beside the measured ratio.
+thread count). Every implementation that computes those products with this framework's matrix multiply pays about
+that, so the floor's *speedup vs original* is the ceiling of a speedup in that framework; the targets report it
+beside the measured ratio.
 The originals: the flax ``GatedLinearRNNLM.apply`` on a
 ``(B, 1)`` token with its carry, wrapped in ``jax.jit`` and compiled ahead of time;
 ``minLM(token (B, 1), prev_hiddens=..., return_prev_hiddens=True)`` under ``torch.no_grad`` (only the newest

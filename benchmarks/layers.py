@@ -21,8 +21,9 @@ their ``T=1`` paths with a carried state, the flax one jitted), synchronised aft
 
 *matmul floor jax/torch* (no target): the layer's dense products alone (every 2-D kernel of linrec's layer,
 ``linrec.tools.dense_floor``), forward and backward for fixed output cotangents at ``B·T`` rows, and one call per
-token at ``B=1`` for decode, in the same framework. Every implementation computing those products pays at least that,
-so the floor's *speedup vs original* is the ceiling of a speedup in that framework (Amdahl); the targets report it.
+token at ``B=1`` for decode, in the same framework. Every implementation computing those products with this
+framework's matrix multiply pays about that (merging products that share an input could shave some of it), so the
+floor's *speedup vs original* is the ceiling of a speedup in that framework (Amdahl); the targets report it.
 
 Every (layer, implementation) runs in its own subprocesses, so frameworks do not share threads or memory: one
 times it with the default allocator, another measures peak memory with ``linrec.tools.bench.MEMORY_ENV``.

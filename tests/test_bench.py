@@ -178,3 +178,29 @@ def test_retain_freed_memory_applies_on_glibc():
     code = "from linrec.backends.native.malloc import retain_freed_memory; print(retain_freed_memory())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == str(platform.libc_ver()[0] == "glibc")
+
+
+def test_dense_floor_times_the_kernels_a_layer_multiplies_by():
+    """The matmul floor takes every 2-D canonical parameter but embedding tables, in order, and its calls compute
+    the products (forward) and their gradients (training) with the right shapes."""
+    from linrec.tools import dense_floor
+
+    params = {"embed.embedding": np.zeros((11, 4)), "layers.0.proj.kernel": np.zeros((4, 6)),
+              "layers.0.proj.bias": np.zeros(6), "layers.0.norm.scale": np.zeros(4), "head.kernel": np.zeros((4, 11))}
+    shapes = dense_floor.dense_shapes(params)
+    assert shapes == [(4, 6), (4, 11)]
+    for framework in ("jax", "torch"):
+        pytest.importorskip(framework)
+        make = getattr(dense_floor, f"{framework}_dense")
+        out = make(shapes, 3, train=False)()  # JAX: one concatenated result; PyTorch: one per product
+        assert [tuple(np.shape(o)) for o in jax_leaves(out)] == (
+            [(3, 17)] if framework == "jax" else [(3, 6), (3, 11)])
+        grads = make(shapes, 3, train=True)()
+        assert [tuple(np.shape(g)) for g in jax_leaves(grads)] == [(3, 4), (3, 4), (4, 6), (4, 11)]
+
+
+def jax_leaves(tree):
+    """Leaves of nested tuples/lists in order (the JAX VJP returns ``(xs_bar, ws_bar)``, PyTorch one flat tuple)."""
+    if isinstance(tree, (list, tuple)):
+        return [leaf for item in tree for leaf in jax_leaves(item)]
+    return [tree]

@@ -9,8 +9,9 @@ can get, and ``original's time / floor`` bounds the speedup over an original tha
 benchmarks report it beside the targets that ask for a multiple of an original's speed.
 
 A kernel is every 2-D canonical parameter except embedding tables (a lookup, not a product): ``(I, O)`` applied to
-an ``(N, I)`` input. Biases, norms and the recurrence are left out, so the floor is a lower bound. The products
-are independent (each reads its own input), as the largest ones are in a step.
+an ``(N, I)`` input. Biases, norms and the recurrence are left out, so the floor is a lower bound for any
+implementation that runs these products through the framework's matrix multiply (one that merged products sharing
+an input into a wider one could go somewhat lower). The products are independent (each reads its own input).
 """
 
 from __future__ import annotations
