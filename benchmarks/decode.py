@@ -461,12 +461,8 @@ def report(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = bench.pyplot()
+    if plt is None:
         return False
     models = list(dict.fromkeys(r["model"] for r in result["rows"]))
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -486,10 +482,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     ax.set_title(f"LM decode latency (B=1, D={meta['D']}, L={meta['L']}, lower is better)")
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return bench.save_figure(fig, path)
 
 
 def write(result: dict[str, Any], out: Path) -> list[Path]:

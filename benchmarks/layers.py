@@ -457,12 +457,8 @@ def report(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = bench.pyplot()
+    if plt is None:
         return False
     layers = list(dict.fromkeys(r["layer"] for r in result["rows"]))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -473,7 +469,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
                      if r["layer"] == layer and r["impl"] == impl and r["T"] == T), 0) for layer in layers]
         dec = [next((r.get("decode µs/token") or 0 for r in result["decode"]
                      if r["layer"] == layer and r["impl"] == impl), 0) for layer in layers]
-        xs = np.arange(len(layers)) + (k - 1) * width
+        xs = np.arange(len(layers)) + (k - (len(IMPLS) - 1) / 2) * width  # bars centred on the tick
         axes[0].bar(xs, tps, width, label=impl)
         axes[1].bar(xs, dec, width, label=impl)
     for ax, title in ((axes[0], f"training tokens/s (T={T}, higher is better)"),
@@ -484,10 +480,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         ax.set_title(title)
         ax.grid(True, axis="y", which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return bench.save_figure(fig, path)
 
 
 def write(result: dict[str, Any], out: Path) -> list[Path]:

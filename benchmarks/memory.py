@@ -136,12 +136,8 @@ def report(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = bench.pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     exponents = {f["implementation"]: f.get("exponent") for f in result["fits"]}
@@ -158,10 +154,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     ax.set_title("minGRU training-step memory")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return bench.save_figure(fig, path)
 
 
 def write(result: dict[str, Any], out: Path) -> list[Path]:

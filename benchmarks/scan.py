@@ -307,12 +307,8 @@ def report(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = bench.pyplot()
+    if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
     colors = dict(zip(("sequential", "associative", "chunked", "log", "native", RETAINED),
@@ -345,10 +341,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
             handles.setdefault(label, handle)
     axes[1].legend(handles.values(), handles.keys(), fontsize=7, ncol=1, loc="upper left",
                    bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return bench.save_figure(fig, path)
 
 
 def write(result: dict[str, Any], out: Path) -> list[Path]:

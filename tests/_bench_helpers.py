@@ -24,8 +24,6 @@ def table(markdown: str, header: list[str]) -> list[list[str]]:
 
 def check_ceilings(module, rows, targets):
     """Each linrec target carries the speedup of its framework's matmul-floor row (the ceiling), when both ran."""
-    for floor in module.FLOORS.values():
-        assert floor in module.IMPLS
     with_ceiling = [t for t in targets if t.get("ceiling") is not None]
     floors = [r for r in rows if r["impl"] in module.FLOORS.values() and r.get("speedup vs original")]
     assert bool(with_ceiling) == bool(floors)

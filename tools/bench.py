@@ -40,9 +40,11 @@ __all__ = [
     "machine_info",
     "markdown_table",
     "peak_rss_bytes",
+    "pyplot",
     "reset_peak_rss",
     "roofline_seconds",
     "run_json_subprocess",
+    "save_figure",
     "threaded_bandwidth_probe",
     "time_call",
     "torch_bandwidth_probe",
@@ -359,6 +361,29 @@ def load_benchmark(name: str) -> ModuleType:
 
 
 # --- the scripts' shared command line ------------------------------------------------------------------------
+
+
+def pyplot() -> ModuleType | None:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, or ``None`` when matplotlib is not installed
+    (the benchmarks then write their tables without plots)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> bool:
+    """Lay out ``fig``, write it to ``path`` as PNG and release it; returns ``True`` (a plot was written)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def write_outputs(out: Path, name: str, markdown: str, plot: Callable[[Path], bool]) -> list[Path]:
