@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy, torch_dtype
-from linrec.backends.torch.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, gated_linear_rnn_step
+from linrec.backends.torch.gated_linear_rnn import GatedLinearRNN, GateLoop, dense, gated_linear_rnn, step_core
 from linrec.spec import gated_linear_rnn_lm as spec
 from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig, LMState
 
@@ -78,9 +78,8 @@ def _state(state, batch: int, p: Params, config: GatedLinearRNNLMConfig) -> tupl
 
 
 def _layer_norm(x: Tensor, p: Params, prefix: str, eps: float) -> Tensor:
-    mean = x.mean(-1, keepdim=True)
-    var = (x - mean).square().mean(-1, keepdim=True)
-    return (x - mean) * torch.rsqrt(var + eps) * p[prefix + "norm.scale"] + p[prefix + "norm.bias"]
+    """``(x - mean) / sqrt(var + eps) * scale + bias`` (biased ``var``): one fused kernel, forward and backward."""
+    return F.layer_norm(x, x.shape[-1:], p[prefix + "norm.scale"], p[prefix + "norm.bias"], eps)
 
 
 def _residual(x: Tensor, branch: Tensor, mask: Tensor | None, placement: str) -> Tensor:
@@ -105,7 +104,7 @@ def _embed(p: Params, inputs: Tensor, positions: Tensor, config: GatedLinearRNNL
     if config.use_word_embedding:
         x = F.embedding(inputs, p["embed.embedding"])
     else:
-        x = inputs.to(dtype) @ p["input_proj.kernel"] + p["input_proj.bias"]
+        x = dense(inputs.to(dtype), p["input_proj.kernel"], p["input_proj.bias"])
     if config.positional_encoding_mode == "learned":
         x = x + F.embedding(positions, p["pos_embed.embedding"])
     elif config.positional_encoding_mode == "sinusoidal":
@@ -115,13 +114,13 @@ def _embed(p: Params, inputs: Tensor, positions: Tensor, config: GatedLinearRNNL
 
 def _channel_mixing(p: Params, prefix: str, x: Tensor, config: GatedLinearRNNLMConfig) -> Tensor:
     z = _layer_norm(x, p, prefix, config.eps)
-    z = F.gelu(z @ p[prefix + "fc1.kernel"] + p[prefix + "fc1.bias"],
+    z = F.gelu(dense(z, p[prefix + "fc1.kernel"], p[prefix + "fc1.bias"]),
                approximate="tanh" if config.gelu_approximate else "none")
-    return z @ p[prefix + "fc2.kernel"] + p[prefix + "fc2.bias"]
+    return dense(z, p[prefix + "fc2.kernel"], p[prefix + "fc2.bias"])
 
 
 def _head(p: Params, x: Tensor, config: GatedLinearRNNLMConfig) -> Tensor:
-    return x @ p["head.kernel"] + p["head.bias"] if config.use_head else x
+    return dense(x, p["head.kernel"], p["head.bias"]) if config.use_head else x
 
 
 def _forward(p, inputs, h0, position, masks, config: GatedLinearRNNLMConfig, mode, method, chunk_size,
@@ -158,17 +157,24 @@ def _pe_position(position: Tensor, config: GatedLinearRNNLMConfig) -> Tensor:
     return torch.zeros_like(position) if config.compat_step_position_zero else position
 
 
-def _step(p: Params, input_t: Tensor, h: Tensor, position: Tensor, pe_position: Tensor,
-          config: GatedLinearRNNLMConfig, active: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """One input per row at table row ``pe_position``; rows with ``active == False`` keep their state (padding)."""
+def _layers(p: Params, config: GatedLinearRNNLMConfig) -> list[dict[str, Tensor]]:
+    """Each layer's time-mixing parameters under the layer's names, split out once per call or decoder."""
+    return [spec.layer_params(p, l) for l in range(config.n_layer)]
+
+
+def _step(p: Params, layers: list[dict[str, Tensor]], input_t: Tensor, h: Tensor, position: Tensor,
+          pe_position: Tensor, config: GatedLinearRNNLMConfig, active: Tensor | None = None
+          ) -> tuple[Tensor, Tensor, Tensor]:
+    """One input per row at table row ``pe_position`` on prepared parameters (``layers = _layers(p, config)``)
+    and a checked state; rows with ``active == False`` keep their state (padding)."""
     if active is not None:
         pe_position = torch.where(active, pe_position, 0)  # an idle row may sit at max_seq_length: use a valid row
     x = _embed(p, input_t[:, None], pe_position[:, None], config)[:, 0]
-    hs = []
-    for l in range(config.n_layer):
+    hs, layer_config = [], config.layer_config  # a property that builds (and validates) a config
+    for l, layer_p in enumerate(layers):
         prefix = f"layers.{l}."
         z = _layer_norm(x, p, prefix + f"{_TM}.", config.eps)
-        y, h_l = gated_linear_rnn_step(spec.layer_params(p, l), z, h[:, l], config=config.layer_config)
+        y, h_l = step_core(layer_p, z, h[:, l], layer_config)
         hs.append(h_l)
         x = x + y
         x = x + _channel_mixing(p, prefix + f"{_CM}.", x, config)
@@ -235,10 +241,10 @@ def gated_linear_rnn_lm(
     _check_positions(position, lengths_np, config)
     common = int(lengths_np.min()) if n_batch else n_time
     out, h, position = _forward(p, inputs[:, :common], h0, position, {}, config, mode, method, chunk_size, remat)
-    outs = [out]
+    outs, layers = [out], _layers(p, config)
     for t in range(common, n_time):  # rows of different lengths: step the tail, idle rows keep their state
         pe = torch.full_like(position, t) if config.compat_step_position_zero else position  # as if alone
-        out_t, h, position = _step(p, inputs[:, t], h, position, pe, config, active=valid[:, t])
+        out_t, h, position = _step(p, layers, inputs[:, t], h, position, pe, config, active=valid[:, t])
         outs.append(out_t[:, None])
     return torch.cat(outs, dim=1), {"h": h, "position": position}
 
@@ -249,7 +255,7 @@ def gated_linear_rnn_lm_step(
     """One token per row: ``input_t: (B,)`` ids (or ``(B, F)``) → ``(out_t: (B, V_out), state)`` (no dropout)."""
     p = _prepare_params(params, config)
     input_t, h, position = _checked_step_inputs(p, input_t, state, config)
-    out, h, position = _step(p, input_t, h, position, _pe_position(position, config), config)
+    out, h, position = _step(p, _layers(p, config), input_t, h, position, _pe_position(position, config), config)
     return out, {"h": h, "position": position}
 
 
@@ -426,9 +432,10 @@ class GatedLinearRNNLM(nn.Module):
         each new batch size, dtype or device compiles once more. Measured in ``benchmarks/decode.py``.
         """
         p, cfg = _prepare_params(self._params(), self._cfg), self._cfg
+        layers = _layers(p, cfg)
 
         def core(token: Tensor, h: Tensor, position: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            return _step(p, token, h, position, _pe_position(position, cfg), cfg)
+            return _step(p, layers, token, h, position, _pe_position(position, cfg), cfg)
 
         step = torch.compile(core, fullgraph=True, dynamic=False) if compile else core
 
@@ -466,6 +473,7 @@ class GatedLinearRNNLM(nn.Module):
         logits, state = self.prefill(prompt, None if lengths is None else lengths_np, state)
         last = logits[torch.arange(n_batch), torch.as_tensor(lengths_np - 1)]
         p = self._params()
+        layers = _layers(p, cfg)
         tokens, all_logits = [], []
         for i in range(max_new_tokens):
             token = torch.from_numpy(spec.sample_tokens(to_numpy(last.float()), generators, float(temperature),
@@ -475,7 +483,8 @@ class GatedLinearRNNLM(nn.Module):
             if i + 1 < max_new_tokens:
                 _check_positions(state["position"], np.ones(n_batch, np.int64), cfg)
                 position = state["position"]
-                last, h, position = _step(p, token, state["h"], position, _pe_position(position, cfg), cfg)
+                last, h, position = _step(p, layers, token, state["h"], position, _pe_position(position, cfg),
+                                          cfg)
                 state = {"h": h, "position": position}
         new = torch.stack(tokens, dim=1) if tokens else torch.zeros((n_batch, 0), dtype=torch.int32)
         if not return_logits:

@@ -31,9 +31,12 @@ __all__ = ["GateLoopMH", "gateloop_mh", "gateloop_mh_initial_state", "gateloop_m
 
 
 def _dense(params: Mapping[str, Tensor], name: str, x: Tensor) -> Tensor:
-    y = x @ params[f"{name}.kernel"]
-    bias = params.get(f"{name}.bias")
-    return y if bias is None else y + bias
+    kernel, bias = params[f"{name}.kernel"], params.get(f"{name}.bias")
+    if bias is None:
+        return x @ kernel
+    if x.ndim == 2:  # one fused call: per-call overhead is most of a one-token step
+        return torch.addmm(bias, x, kernel)
+    return x @ kernel + bias
 
 
 def _real_dtype(sdt: torch.dtype) -> torch.dtype:

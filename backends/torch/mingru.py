@@ -86,10 +86,12 @@ def _as_tensor(x) -> Tensor:
 
 
 def _project(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-    u = x @ params["proj.kernel"].to(x.dtype)
-    if "proj.bias" in params:
-        u = u + params["proj.bias"].to(x.dtype)
-    return u
+    kernel, bias = params["proj.kernel"].to(x.dtype), params.get("proj.bias")
+    if bias is None:
+        return x @ kernel
+    if x.ndim == 2:  # one fused call: per-call overhead is most of a one-token step
+        return torch.addmm(bias.to(x.dtype), x, kernel)
+    return x @ kernel + bias.to(x.dtype)
 
 
 def _output(params: Mapping[str, Tensor], config, h: Tensor, dtype: torch.dtype) -> Tensor:
@@ -186,9 +188,13 @@ def run_step(
         None if state is None else dtype_name(state),
     )
     spec.check_params(layer, params, shapes)
-    u = _project(params, x_t).to(_state_dtype(x_t.dtype))
-    h = _default(config, x_t.shape[0], u) if state is None else state.to(u.dtype)
-    a, b = gates(u, config)
+    h = initial_state(config, x_t.shape[0], x_t.dtype, x_t.device) if state is None else state
+    return step_core(gates, params, x_t, h.to(_state_dtype(x_t.dtype)), config)
+
+
+def step_core(gates: Gates, params: Mapping[str, Tensor], x_t: Tensor, h: Tensor, config) -> tuple[Tensor, Tensor]:
+    """:func:`run_step` without its checks, for decode loops that checked once: ``h (B, H)`` in the state dtype."""
+    a, b = gates(_project(params, x_t).to(h.dtype), config)
     h = a * h + b
     return _output(params, config, h, x_t.dtype), h
 

@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch import scan as _scan
 from linrec.backends.torch.arrays import dtype_name, to_numpy, torch_dtype
-from linrec.backends.torch.mingru import MinGRU, mingru, mingru_gates, mingru_step
+from linrec.backends.torch.mingru import MinGRU, mingru, mingru_gates, step_core
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
 from linrec.spec.mingru_lm import MinGRULMConfig, MinGRULMState
@@ -38,8 +38,12 @@ def _as_tensor(x) -> Tensor:
 
 
 def _dense(p: Mapping[str, Tensor], name: str, x: Tensor) -> Tensor:
-    y = x @ p[f"{name}.kernel"].to(x.dtype)
-    return y + p[f"{name}.bias"].to(x.dtype) if f"{name}.bias" in p else y
+    kernel, bias = p[f"{name}.kernel"].to(x.dtype), p.get(f"{name}.bias")
+    if bias is None:
+        return x @ kernel
+    if x.ndim == 2:  # one fused call: per-call overhead is most of a one-token step
+        return torch.addmm(bias.to(x.dtype), x, kernel)
+    return x @ kernel + bias.to(x.dtype)
 
 
 def _sub(p: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -102,17 +106,21 @@ def _layer_forward(p, x, h_l, mask, config: MinGRULMConfig, method: str):
     return _block(p, x, mixer, config)
 
 
-def _step_core(params, x_t: Tensor, h: Tensor, keep: Tensor | None, config: MinGRULMConfig):
-    """One step from embedded ``x_t (B, D)`` and ``h (L, B, H)``."""
+def _layers(params, config: MinGRULMConfig) -> list[tuple[dict[str, Tensor], dict[str, Tensor]]]:
+    """Each layer's ``(block parameters, minGRU parameters)`` under their own names, split out once per call or
+    decoder."""
+    blocks = [_sub(params, f"layers.{layer}.") for layer in range(config.n_layers)]
+    return [(p, _sub(p, "mingru.")) for p in blocks]
+
+
+def _step_core(params, layers, x_t: Tensor, h: Tensor, keep: Tensor | None, config: MinGRULMConfig):
+    """One step from embedded ``x_t (B, D)`` and a checked ``h (L, B, H)`` (``layers = _layers(params, config)``)."""
     mcfg = config.mingru
     hs = []
-    for layer in range(config.n_layers):
-        p = _sub(params, f"layers.{layer}.")
-        mp = _sub(p, "mingru.")
-        h_old = h[layer]
+    for (p, mp), h_old in zip(layers, h):
 
         def mixer(z, mp=mp, h_old=h_old):
-            y, h_new = mingru_step(mp, z, h_old, config=mcfg)
+            y, h_new = step_core(mingru_gates, mp, z, h_old, mcfg)
             if keep is None:
                 return y, h_new
             h_new = torch.where(keep[:, None], h_new, h_old)  # a pad step: the state, and so the output, stay put
@@ -130,9 +138,9 @@ def _run(params, tokens: Tensor, h0: Tensor | None, mask: Tensor | None, config:
     x = F.embedding(tokens, emb)
     if mode == "sequential":
         h = _default(config, tokens.shape[0], x.dtype, x.device) if h0 is None else h0
-        logits = []
+        logits, layers = [], _layers(params, config)
         for t in range(tokens.shape[1]):
-            out, h = _step_core(params, x[:, t], h, None if mask is None else mask[:, t], config)
+            out, h = _step_core(params, layers, x[:, t], h, None if mask is None else mask[:, t], config)
             logits.append(out)
         return (torch.stack(logits, dim=1) if logits else _head(params, x, config)), h
     finals = []
@@ -184,13 +192,14 @@ def _step_call(params, token, state, config: MinGRULMConfig, core=None):
     token = _as_tensor(token)
     spec.check_tokens("token", tuple(token.shape), dtype_name(token), 1, config, _values(token))
     h = _check_state(state, config, token.shape[0], params["embed.embedding"].dtype)
-    logits, h = core(token, h) if core is not None else _token_step(params, token, h, config)
+    logits, h = core(token, h) if core is not None else _token_step(params, _layers(params, config), token, h,
+                                                                    config)
     return logits, MinGRULMState(h)
 
 
-def _token_step(params, token: Tensor, h: Tensor | None, config: MinGRULMConfig) -> tuple[Tensor, Tensor]:
-    """The arithmetic of one decode step: ``token (B,)``, ``h (L, B, H)`` or ``None`` → ``(logits, h)``."""
-    return _step_core(params, F.embedding(token, params["embed.embedding"]), h, None, config)
+def _token_step(params, layers, token: Tensor, h: Tensor, config: MinGRULMConfig) -> tuple[Tensor, Tensor]:
+    """The arithmetic of one decode step: ``token (B,)``, ``h (L, B, H)`` → ``(logits, h)``."""
+    return _step_core(params, layers, F.embedding(token, params["embed.embedding"]), h, None, config)
 
 
 def _generate(params, prompt, config: MinGRULMConfig, max_new_tokens, temperature, top_k, seed, lengths,
@@ -430,9 +439,10 @@ class MinGRULM(nn.Module):
         each new batch size, dtype or device compiles once more. Measured in ``benchmarks/decode.py``.
         """
         p, cfg = self._params(), self._cfg
+        layers = _layers(p, cfg)
 
-        def core(token: Tensor, h: Tensor | None) -> tuple[Tensor, Tensor]:
-            return _token_step(p, token, h, cfg)
+        def core(token: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+            return _token_step(p, layers, token, h, cfg)
 
         step = torch.compile(core, fullgraph=True, dynamic=False) if compile else core
 
