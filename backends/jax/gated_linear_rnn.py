@@ -23,6 +23,7 @@ from jax import lax
 
 from linrec.backends.jax import native_gated_linear_rnn as _fused
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.dense import dense
 from linrec.backends.jax.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
@@ -91,7 +92,7 @@ def _cell(p: Params, u_t: Array, h: Array, config: GatedLinearRNNConfig) -> tupl
 
 def _project(p: Params, x: Array) -> Array:
     """``u = x W_p + b_p: (B, T, n H)`` in the state dtype."""
-    return (x @ p["proj.kernel"] + p["proj.bias"]).astype(jnp_dtype(spec.state_dtype(dtype_name(x))))
+    return dense(x, p["proj.kernel"], p["proj.bias"]).astype(jnp_dtype(spec.state_dtype(dtype_name(x))))
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -105,7 +106,7 @@ def _scan_inputs(p: Params, x: Array, config: GatedLinearRNNConfig) -> tuple[Arr
 def _readout(p: Params, h: Array, o: Array, x: Array, config: GatedLinearRNNConfig) -> Array:
     """``y = (hidden_act(h) ⊙ o) W_o + b_o`` in the dtype of ``x``."""
     y = _ACTIVATIONS[config.hidden_activation](h) * o
-    return y.astype(x.dtype) @ p["out_proj.kernel"] + p["out_proj.bias"]
+    return dense(y.astype(x.dtype), p["out_proj.kernel"], p["out_proj.bias"])
 
 
 @partial(jax.jit, static_argnames=("config", "method", "chunk_size"))
@@ -116,7 +117,7 @@ def _parallel(
     if spec.fusable(config) and _fused.applies(u, method):  # gates fused into the native scan: one pass
         h0 = jnp.zeros((x.shape[0], config.d_h), u.dtype) if h0 is None else h0
         y, final = _fused.native_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed)
-        return y.astype(x.dtype) @ p["out_proj.kernel"] + p["out_proj.bias"], final
+        return dense(y.astype(x.dtype), p["out_proj.kernel"], p["out_proj.bias"]), final
     candidate, i, f, o = _split(u, config)
     a, b = f, i * candidate
     h, final = linear_scan(a, b, initial_state=h0, reverse=config.reversed, method=method, chunk_size=chunk_size)
@@ -126,22 +127,22 @@ def _parallel(
 @partial(jax.jit, static_argnames=("config",))
 def _sequential(p: Params, x: Array, h0: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array]:
     """The step loop as ``lax.scan`` (backwards in time when ``config.reversed``)."""
-    u = (x @ p["proj.kernel"] + p["proj.bias"]).astype(h0.dtype)
+    u = dense(x, p["proj.kernel"], p["proj.bias"]).astype(h0.dtype)
 
     def body(h, u_t):
         y_t, h = _cell(p, u_t, h, config)
         return h, y_t
 
     final, y = lax.scan(body, h0, jnp.swapaxes(u, 0, 1), reverse=config.reversed)
-    out = jnp.swapaxes(y, 0, 1).astype(x.dtype) @ p["out_proj.kernel"] + p["out_proj.bias"]
+    out = dense(jnp.swapaxes(y, 0, 1).astype(x.dtype), p["out_proj.kernel"], p["out_proj.bias"])
     return out, final
 
 
 @partial(jax.jit, static_argnames=("config",))
 def _step(p: Params, x_t: Array, h: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array]:
-    u_t = (x_t @ p["proj.kernel"] + p["proj.bias"]).astype(h.dtype)
+    u_t = dense(x_t, p["proj.kernel"], p["proj.bias"]).astype(h.dtype)
     y_t, h = _cell(p, u_t, h, config)
-    return y_t.astype(x_t.dtype) @ p["out_proj.kernel"] + p["out_proj.bias"], h
+    return dense(y_t.astype(x_t.dtype), p["out_proj.kernel"], p["out_proj.bias"]), h
 
 
 def gated_linear_rnn(

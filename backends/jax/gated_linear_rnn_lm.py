@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype
+from linrec.backends.jax.dense import dense
 from linrec.backends.jax.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, gated_linear_rnn_step
 from linrec.spec import gated_linear_rnn_lm as spec
 from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig, LMState
@@ -91,7 +92,7 @@ def _embed(p: Params, inputs: Array, positions: Array, config: GatedLinearRNNLMC
     if config.use_word_embedding:
         x = _lookup(p["embed.embedding"], inputs)
     else:
-        x = inputs.astype(dtype) @ p["input_proj.kernel"] + p["input_proj.bias"]
+        x = dense(inputs.astype(dtype), p["input_proj.kernel"], p["input_proj.bias"])
     if config.positional_encoding_mode == "learned":
         x = x + _lookup(p["pos_embed.embedding"], positions)
     elif config.positional_encoding_mode == "sinusoidal":
@@ -102,12 +103,12 @@ def _embed(p: Params, inputs: Array, positions: Array, config: GatedLinearRNNLMC
 
 def _channel_mixing(p: Params, prefix: str, x: Array, config: GatedLinearRNNLMConfig) -> Array:
     z = _layer_norm(x, p, prefix, config.eps)
-    z = jax.nn.gelu(z @ p[prefix + "fc1.kernel"] + p[prefix + "fc1.bias"], approximate=config.gelu_approximate)
-    return z @ p[prefix + "fc2.kernel"] + p[prefix + "fc2.bias"]
+    z = jax.nn.gelu(dense(z, p[prefix + "fc1.kernel"], p[prefix + "fc1.bias"]), approximate=config.gelu_approximate)
+    return dense(z, p[prefix + "fc2.kernel"], p[prefix + "fc2.bias"])
 
 
 def _head(p: Params, x: Array, config: GatedLinearRNNLMConfig) -> Array:
-    return x @ p["head.kernel"] + p["head.bias"] if config.use_head else x
+    return dense(x, p["head.kernel"], p["head.bias"]) if config.use_head else x
 
 
 def _forward(p, inputs, h0, position, masks, config: GatedLinearRNNLMConfig, mode, method, chunk_size,

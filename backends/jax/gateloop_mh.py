@@ -22,6 +22,7 @@ from flax import nnx
 from jax import lax
 
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.dense import dense
 from linrec.backends.jax.scan import linear_scan
 from linrec.spec import gateloop_mh as spec
 from linrec.spec.gateloop_mh import GateLoopMHConfig
@@ -35,9 +36,7 @@ Array = jax.Array
 
 
 def _dense(params: Mapping[str, Array], name: str, x: Array) -> Array:
-    y = x @ params[f"{name}.kernel"]
-    bias = params.get(f"{name}.bias")
-    return y if bias is None else y + bias
+    return dense(x, params[f"{name}.kernel"], params.get(f"{name}.bias"))
 
 
 def _project(params: Mapping[str, Array], x: Array, config: GateLoopMHConfig, sdt) -> tuple[Array, ...]:
@@ -64,7 +63,7 @@ def _read_out(params: Mapping[str, Array], o: Array, x_dtype, config: GateLoopMH
     if config.is_complex and config.complex_output == "complex":
         real = jnp.real(o).dtype
         u = o.reshape(*o.shape[:-2], width)
-        return u @ params["out_proj.kernel"].astype(real) + params["out_proj.bias"].astype(real)
+        return dense(u, params["out_proj.kernel"].astype(real), params["out_proj.bias"].astype(real))
     u = (jnp.real(o) if config.is_complex else o).astype(x_dtype)  # rounded once to x's dtype
     return _dense(params, "out_proj", u.reshape(*u.shape[:-2], width))
 

@@ -25,6 +25,7 @@ from jax import lax
 from linrec.backends.jax import native_mingru as _fused
 from linrec.backends.jax import scan as _scan
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.dense import dense
 from linrec.spec import mingru as spec
 from linrec.spec.mingru import MinGRUConfig
 
@@ -76,15 +77,14 @@ def initial_state(config, batch_size: int, dtype: Any = "float32") -> Array:
 
 
 def _project(params: Mapping[str, Array], x: Array) -> Array:
-    u = x @ jnp.asarray(params["proj.kernel"]).astype(x.dtype)
-    if "proj.bias" in params:
-        u = u + jnp.asarray(params["proj.bias"]).astype(x.dtype)
-    return u
+    bias = params.get("proj.bias")
+    return dense(x, jnp.asarray(params["proj.kernel"]).astype(x.dtype),
+                 None if bias is None else jnp.asarray(bias).astype(x.dtype))
 
 
 def _output(params: Mapping[str, Array], config, h: Array, dtype) -> Array:
     h = h.astype(dtype)
-    return h @ jnp.asarray(params["out_proj.kernel"]).astype(dtype) if config.out_proj else h
+    return dense(h, jnp.asarray(params["out_proj.kernel"]).astype(dtype)) if config.out_proj else h
 
 
 def _log_initial_state(layer: str, config, h0: Array | None, batch: int, acc) -> Array | None:

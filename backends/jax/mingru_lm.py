@@ -25,6 +25,7 @@ from jax import lax
 
 from linrec.backends.jax import scan as _scan
 from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype
+from linrec.backends.jax.dense import dense
 from linrec.backends.jax.mingru import MinGRU, mingru, mingru_gates, mingru_step
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
@@ -71,8 +72,8 @@ def unstack_params(tree: Tree, config: MinGRULMConfig) -> dict[str, Any]:
 
 
 def _dense(p: Mapping[str, Array], name: str, x: Array) -> Array:
-    y = x @ p[f"{name}.kernel"].astype(x.dtype)
-    return y + p[f"{name}.bias"].astype(x.dtype) if f"{name}.bias" in p else y
+    bias = p.get(f"{name}.bias")
+    return dense(x, p[f"{name}.kernel"].astype(x.dtype), None if bias is None else bias.astype(x.dtype))
 
 
 def _sub(p: Mapping[str, Array], prefix: str) -> dict[str, Array]:

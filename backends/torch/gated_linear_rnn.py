@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch import native_gated_linear_rnn as _fused
 from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy, torch_dtype
+from linrec.backends.torch.dense import dense
 from linrec.backends.torch.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
@@ -54,14 +55,6 @@ _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "softplus": _softplus,
 }
 assert set(_ACTIVATIONS) == set(spec.ACTIVATIONS)
-
-
-def dense(x: Tensor, kernel: Tensor, bias: Tensor | None) -> Tensor:
-    """``x (..., I) @ kernel (I, O) + bias (O,)`` with the bias add fused into the product (one kernel instead of
-    two, forward and backward; per-call overhead is most of a one-token step)."""
-    if x.ndim == 2 and bias is not None:
-        return torch.addmm(bias, x, kernel)
-    return F.linear(x, kernel.T, bias)
 
 
 def _check_tensor(x: Any, name: str) -> Tensor:

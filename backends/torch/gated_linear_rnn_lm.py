@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy, torch_dtype
-from linrec.backends.torch.gated_linear_rnn import GatedLinearRNN, GateLoop, dense, gated_linear_rnn, step_core
+from linrec.backends.torch.dense import dense
+from linrec.backends.torch.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, step_core
 from linrec.spec import gated_linear_rnn_lm as spec
 from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig, LMState
 

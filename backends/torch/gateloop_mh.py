@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch.arrays import dtype_name, torch_dtype
+from linrec.backends.torch.dense import dense
 from linrec.backends.torch.scan import linear_scan
 from linrec.spec import gateloop_mh as spec
 from linrec.spec.gateloop_mh import GateLoopMHConfig
@@ -31,12 +32,7 @@ __all__ = ["GateLoopMH", "gateloop_mh", "gateloop_mh_initial_state", "gateloop_m
 
 
 def _dense(params: Mapping[str, Tensor], name: str, x: Tensor) -> Tensor:
-    kernel, bias = params[f"{name}.kernel"], params.get(f"{name}.bias")
-    if bias is None:
-        return x @ kernel
-    if x.ndim == 2:  # one fused call: per-call overhead is most of a one-token step
-        return torch.addmm(bias, x, kernel)
-    return x @ kernel + bias
+    return dense(x, params[f"{name}.kernel"], params.get(f"{name}.bias"))
 
 
 def _real_dtype(sdt: torch.dtype) -> torch.dtype:

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from linrec.backends.torch import native_mingru as _fused
 from linrec.backends.torch import scan as _scan
 from linrec.backends.torch.arrays import asarray, dtype_name, torch_dtype
+from linrec.backends.torch.dense import dense
 from linrec.spec import mingru as spec
 from linrec.spec.mingru import MinGRUConfig
 
@@ -86,12 +87,8 @@ def _as_tensor(x) -> Tensor:
 
 
 def _project(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-    kernel, bias = params["proj.kernel"].to(x.dtype), params.get("proj.bias")
-    if bias is None:
-        return x @ kernel
-    if x.ndim == 2:  # one fused call: per-call overhead is most of a one-token step
-        return torch.addmm(bias.to(x.dtype), x, kernel)
-    return x @ kernel + bias.to(x.dtype)
+    bias = params.get("proj.bias")
+    return dense(x, params["proj.kernel"].to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
 def _output(params: Mapping[str, Tensor], config, h: Tensor, dtype: torch.dtype) -> Tensor:

@@ -24,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch import scan as _scan
 from linrec.backends.torch.arrays import dtype_name, to_numpy, torch_dtype
+from linrec.backends.torch.dense import dense
 from linrec.backends.torch.mingru import MinGRU, mingru, mingru_gates, step_core
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
@@ -38,12 +39,8 @@ def _as_tensor(x) -> Tensor:
 
 
 def _dense(p: Mapping[str, Tensor], name: str, x: Tensor) -> Tensor:
-    kernel, bias = p[f"{name}.kernel"].to(x.dtype), p.get(f"{name}.bias")
-    if bias is None:
-        return x @ kernel
-    if x.ndim == 2:  # one fused call: per-call overhead is most of a one-token step
-        return torch.addmm(bias.to(x.dtype), x, kernel)
-    return x @ kernel + bias.to(x.dtype)
+    bias = p.get(f"{name}.bias")
+    return dense(x, p[f"{name}.kernel"].to(x.dtype), None if bias is None else bias.to(x.dtype))
 
 
 def _sub(p: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
