@@ -19,6 +19,6 @@ def dense(x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
     kernel instead of two in the forward and backward passes. ``kernel`` may be a transposed view (the
     ``nn.Linear`` weight): no copy is made.
     """
-    if x.ndim == 2 and bias is not None:
-        return torch.addmm(bias, x, kernel)
+    if x.ndim == 2:  # the 2-D BLAS calls take a transposed kernel as it is, and skip F.linear's reshapes
+        return torch.mm(x, kernel) if bias is None else torch.addmm(bias, x, kernel)
     return F.linear(x, kernel.T, bias)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch import native_gated_linear_rnn as _fused
-from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy, torch_dtype
+from linrec.backends.torch.arrays import asarray, cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.dense import dense
 from linrec.backends.torch.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
@@ -65,7 +65,7 @@ def _check_tensor(x: Any, name: str) -> Tensor:
 
 def _prepare_params(params: Params, dtype: torch.dtype, config: GatedLinearRNNConfig) -> dict[str, Tensor]:
     spec.check_params({k: tuple(v.shape) for k, v in params.items()}, config)
-    return {k: v.to(dtype) for k, v in params.items()}
+    return {k: cast(v, dtype) for k, v in params.items()}
 
 
 def _state(state, x: Tensor, config: GatedLinearRNNConfig, name: str) -> Tensor:
@@ -74,18 +74,19 @@ def _state(state, x: Tensor, config: GatedLinearRNNConfig, name: str) -> Tensor:
         return x.new_zeros((x.shape[0], config.d_h), dtype=acc)
     state = _check_tensor(state, name)
     spec.check_initial_state(tuple(state.shape), dtype_name(state), x.shape[0], dtype_name(x), config, name=name)
-    return state.to(acc)
+    return cast(state, acc)
 
 
 def _split(u: Tensor, config: GatedLinearRNNConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Activated blocks of ``u: (..., n H)`` → ``(candidate, i, f, o)``, each ``(..., H)``.
 
     ``split``, not slicing: the backward of a slice zero-fills a tensor as large as ``u`` per slice (17% of the
-    layer's backward at T=4096), the backward of ``split`` is one concatenation."""
+    layer's backward at T=4096), the backward of ``split`` is one concatenation. ``split_with_sizes`` and
+    ``chunk`` are the C-level methods: ``Tensor.split`` adds a Python wrapper (~4 µs per one-token step)."""
     d = config.d_h
-    u_in, u_gates = u.split([d, u.shape[-1] - d], dim=-1)
+    u_in, u_gates = u.split_with_sizes([d, u.shape[-1] - d], dim=-1)
     candidate = _ACTIVATIONS[config.input_activation](u_in)
-    gates = _ACTIVATIONS[config.gate_activation](u_gates).split(d, dim=-1)
+    gates = _ACTIVATIONS[config.gate_activation](u_gates).chunk(u_gates.shape[-1] // d, dim=-1)
     if config.use_tied_gates:
         i, o = gates
         return candidate, i, 1 - i, o
@@ -96,9 +97,9 @@ def _split(u: Tensor, config: GatedLinearRNNConfig) -> tuple[Tensor, Tensor, Ten
 def _cell(p: Params, u_t: Tensor, h: Tensor, config: GatedLinearRNNConfig) -> tuple[Tensor, Tensor]:
     """``u_t: (B, n H)``, ``h: (B, H)`` → ``(y_t: (B, H), h_t)`` (before ``out_proj``)."""
     if config.use_true_recurrence:
-        u_t = u_t + h @ p["recurrent_proj.kernel"].to(h.dtype)
+        u_t = u_t + h @ cast(p["recurrent_proj.kernel"], h.dtype)
     candidate, i, f, o = _split(u_t, config)
-    h = f * h + i * candidate
+    h = torch.addcmul(i * candidate, f, h)  # f h + i candidate
     return _ACTIVATIONS[config.hidden_activation](h) * o, h
 
 
@@ -157,9 +158,9 @@ def gated_linear_rnn_step(
 def step_core(p: Params, x_t: Tensor, h: Tensor, config: GatedLinearRNNConfig) -> tuple[Tensor, Tensor]:
     """:func:`gated_linear_rnn_step` without its checks, for decode loops that checked once: parameters
     already in ``x_t``'s dtype, ``h: (B, H)`` already in the state dtype."""
-    u_t = dense(x_t, p["proj.kernel"], p["proj.bias"]).to(h.dtype)
+    u_t = cast(dense(x_t, p["proj.kernel"], p["proj.bias"]), h.dtype)
     y_t, h = _cell(p, u_t, h, config)
-    return dense(y_t.to(x_t.dtype), p["out_proj.kernel"], p["out_proj.bias"]), h
+    return dense(cast(y_t, x_t.dtype), p["out_proj.kernel"], p["out_proj.bias"]), h
 
 
 def gated_linear_rnn_initial_state(

@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch import native_mingru as _fused
 from linrec.backends.torch import scan as _scan
-from linrec.backends.torch.arrays import asarray, dtype_name, torch_dtype
+from linrec.backends.torch.arrays import asarray, cast, dtype_name, torch_dtype
 from linrec.backends.torch.dense import dense
 from linrec.spec import mingru as spec
 from linrec.spec.mingru import MinGRUConfig
@@ -48,8 +48,13 @@ def softplus(x: Tensor) -> Tensor:
 
 
 def candidate(u: Tensor, kind: str) -> Tensor:
-    """``h̃``: ``u`` (identity) or ``g(u) = u + 0.5`` for ``u >= 0``, else ``σ(u)``."""
-    return u if kind == "identity" else torch.where(u >= 0, u + 0.5, torch.sigmoid(u))
+    """``h̃``: ``u`` (identity) or ``g(u) = u + 0.5`` for ``u >= 0``, else ``σ(u)``.
+
+    ``g`` is computed as ``relu(u) + σ(min(u, 0))`` (``σ(0) = 0.5`` exactly): four tensor operations with no
+    Python scalar to wrap, which is what a one-token step pays for on CPU (~1 µs each against ~3 µs for
+    ``u + 0.5``). At ``u = 0``, where ``g`` has no derivative, the gradient is ``0.25`` (the left one).
+    """
+    return u if kind == "identity" else torch.relu(u) + torch.sigmoid(u.clamp_max(0))
 
 
 def log_g(u: Tensor) -> Tensor:
@@ -88,12 +93,12 @@ def _as_tensor(x) -> Tensor:
 
 def _project(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
     bias = params.get("proj.bias")
-    return dense(x, params["proj.kernel"].to(x.dtype), None if bias is None else bias.to(x.dtype))
+    return dense(x, cast(params["proj.kernel"], x.dtype), None if bias is None else cast(bias, x.dtype))
 
 
 def _output(params: Mapping[str, Tensor], config, h: Tensor, dtype: torch.dtype) -> Tensor:
-    h = h.to(dtype)
-    return h @ params["out_proj.kernel"].to(dtype) if config.out_proj else h
+    h = cast(h, dtype)
+    return h @ cast(params["out_proj.kernel"], dtype) if config.out_proj else h
 
 
 def _require(ok: Tensor, message: str) -> None:
@@ -186,13 +191,13 @@ def run_step(
     )
     spec.check_params(layer, params, shapes)
     h = initial_state(config, x_t.shape[0], x_t.dtype, x_t.device) if state is None else state
-    return step_core(gates, params, x_t, h.to(_state_dtype(x_t.dtype)), config)
+    return step_core(gates, params, x_t, cast(h, _state_dtype(x_t.dtype)), config)
 
 
 def step_core(gates: Gates, params: Mapping[str, Tensor], x_t: Tensor, h: Tensor, config) -> tuple[Tensor, Tensor]:
     """:func:`run_step` without its checks, for decode loops that checked once: ``h (B, H)`` in the state dtype."""
-    a, b = gates(_project(params, x_t).to(h.dtype), config)
-    h = a * h + b
+    a, b = gates(cast(_project(params, x_t), h.dtype), config)
+    h = torch.addcmul(b, a, h)  # a h + b as one operation
     return _output(params, config, h, x_t.dtype), h
 
 
