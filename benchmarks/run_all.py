@@ -6,7 +6,7 @@ cores, versions, bandwidth) and ``suite.json`` (every number), and refreshes the
 
 Run: ``python benchmarks/run_all.py [--quick] [--out DIR] [--only scan,layers,memory,decode]`` or
 ``linrec bench all``.
-A full run takes about 6 minutes on 2 idle cores; ``--quick`` about a minute, and it writes nothing unless
+A full run takes about 10 minutes on 2 idle cores; ``--quick`` about a minute, and it writes nothing unless
 ``--out`` is given.
 """
 

@@ -204,3 +204,36 @@ def jax_leaves(tree):
     if isinstance(tree, (list, tuple)):
         return [leaf for item in tree for leaf in jax_leaves(item)]
     return [tree]
+
+
+def test_rounds_keep_each_implementations_fastest_time():
+    """``layers.faster``: per ``T`` and for decode the lower time of two rounds; a failed round is ignored."""
+    layers = bench.load_benchmark("layers")
+    first = {"train": [{"T": 16, "step_s": 2.0, "peak_bytes": 5}, {"T": 32, "step_s": 3.0}], "decode_s_per_token": 1.0}
+    again = {"train": [{"T": 16, "step_s": 1.5}, {"T": 32, "step_s": 4.0}], "decode_s_per_token": 2.0}
+    merged = layers.faster(first, again)
+    assert [(p["T"], p["step_s"]) for p in merged["train"]] == [(16, 1.5), (32, 3.0)]
+    assert merged["train"][0]["peak_bytes"] == 5 and merged["decode_s_per_token"] == 1.0
+    assert first["train"][0]["step_s"] == 2.0  # the inputs are not modified
+    assert layers.faster(first, {"error": "exit 1"}) is first and layers.faster({"error": "x"}, again) is again
+
+
+def test_layers_in_two_rounds():
+    layers = bench.load_benchmark("layers")
+    result = layers.run(True, sizes={"B": 1, "D": 8, "T": (16,), "decode_tokens": 2, "rounds": 2}, repeat=1,
+                        budget=0.0, isolate=False, layers=("mingru",))
+    timed = [r for r in result["rows"] if r.get("step ms") is not None]
+    assert timed and all(r["step ms"] > 0 for r in timed)
+    assert "2 round(s)" in result["meta"]["timing"]
+
+
+def test_round_robin_takes_turns_and_merges():
+    calls = []
+
+    def measure(impl, first_round):
+        calls.append((impl, first_round))
+        return {"t": len(calls)}
+
+    out = bench.round_robin(("a", "b"), 2, measure, lambda x, y: x if x["t"] < y["t"] else y)
+    assert calls == [("a", True), ("b", True), ("a", False), ("b", False)]
+    assert out == {"a": {"t": 1}, "b": {"t": 2}}

@@ -110,3 +110,9 @@ def test_cli_lists_decode(capsys):
     assert "decode" in capsys.readouterr().out
     run_all = bench.load_benchmark("run_all")
     assert "decode" in run_all.NAMES
+
+
+def test_rounds_keep_the_faster_round(decode):
+    slow, fast = {"s_per_token": 2.0, "median_s_per_token": 2.5}, {"s_per_token": 1.0, "median_s_per_token": 1.2}
+    assert decode.faster(slow, fast) is fast and decode.faster(fast, slow) is fast
+    assert decode.faster({"error": "exit 1"}, slow) is slow and decode.faster(slow, {"error": "timed out"}) is slow

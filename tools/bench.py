@@ -247,6 +247,22 @@ def run_json_subprocess(args: Sequence[str], *, timeout: float = 600.0, env: Map
         return {"error": f"unparsable output: {lines[-1][:200]}"}
 
 
+def round_robin(impls: Sequence[str], rounds: int, measure: Callable[[str, bool], dict[str, Any]],
+                merge: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]],
+                say: Callable[[str, int, dict[str, Any]], None] = lambda impl, round_, res: None
+                ) -> dict[str, dict[str, Any]]:
+    """``measure(impl, first_round)`` for every implementation in turn, ``rounds`` times over, each implementation's
+    rounds folded by ``merge`` (keep the faster). Taking turns spreads every implementation over the same stretch
+    of time, so a slow minute on the shared machine hits all of them, not one."""
+    results: dict[str, dict[str, Any]] = {}
+    for round_ in range(max(rounds, 1)):
+        for impl in impls:
+            res = measure(impl, round_ == 0)
+            results[impl] = res if round_ == 0 else merge(results[impl], res)
+            say(impl, round_, res)
+    return results
+
+
 # --- reporting ----------------------------------------------------------------------------------------------
 
 
