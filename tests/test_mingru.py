@@ -339,6 +339,23 @@ def tt():
     return types.SimpleNamespace(torch=torch, mod=mod)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_torch_candidate_is_the_specs_g_at_its_edges(tt, dtype):
+    """The scalar-free ``g`` of the PyTorch backend: the where-form's values bit for bit (zeros of both signs,
+    infinities, NaN, tiny values) and the spec's one-sided gradient, ``g'(0) = 1``."""
+    torch = tt.torch
+    edges = [0.0, -0.0, 1e-30, -1e-30, 1.0, -1.0, 3.5, -20.0, 1e30, -1e30, np.inf, -np.inf, np.nan]
+    u = torch.tensor(edges, dtype=getattr(torch, dtype), requires_grad=True)
+    h = tt.mod.candidate(u, "g")
+    (grad,) = torch.autograd.grad(h.sum(), u)
+    with torch.no_grad():
+        where_form = torch.where(u >= 0, u + 0.5, torch.sigmoid(u))
+    np.testing.assert_array_equal(h.detach().numpy(), where_form.numpy())
+    u_np = u.detach().numpy()
+    np.testing.assert_allclose(grad.numpy(), spec.candidate_grad(u_np, "g"), rtol=1e-6, atol=0)
+    assert grad[0] == 1.0 and grad[1] == 1.0  # one-sided at zero, as the spec's VJP
+
+
 @pytest.mark.parametrize("which", list(CONFIGS))
 def test_torch_module_matches_reference(tt, which):
     torch = tt.torch
