@@ -9,9 +9,9 @@ from __future__ import annotations
 from importlib import import_module
 from types import ModuleType
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 #: Version of the normative text in ``spec/`` that this release implements.
-SPEC_VERSION = "0.1"
+SPEC_VERSION = "0.2"
 #: The backends shipped with linrec, in the order reports list them.
 BUNDLED_BACKENDS = ("numpy", "jax", "torch")
 
