@@ -402,6 +402,7 @@ _compile_warnings = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @_compile_warnings
+@pytest.mark.slow
 def test_torch_compile_fullgraph_inductor_associative() -> None:
     _compile_check("associative", "inductor")
 

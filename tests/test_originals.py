@@ -105,6 +105,7 @@ def test_gateloop_reversed_from_the_same_tree(fglrnn, tmp_path):
         np.testing.assert_allclose(y_l, np.asarray(y)[:, ::-1], rtol=RTOL, atol=ATOL, err_msg=backend)
 
 
+@pytest.mark.slow
 def test_flax_gated_linear_rnn_lm(fglrnn, tmp_path):
     import jax
     from flax import serialization
