@@ -12,8 +12,8 @@ Layer ``l`` maps ``x_l (B, T, in_l)`` to ``x_{l+1} (B, T, H_l)``::
     x_{l+1} = dropout(y)        for l < L - 1, training only
 
 The state of the stack is a ``State`` whose ``h`` is a tuple with one ``(B, H_l)`` array per layer: layer ``l``'s
-minGRU state ``h_l`` (before the residual and dropout); ``position`` is ``None``. Everything here is framework-free; the reference is a loop over
-layers that reuses the minGRU reference.
+minGRU state ``h_l`` (before the residual and dropout); ``position`` is ``None``. Everything here is
+framework-free; the reference is a loop over layers that reuses the minGRU reference.
 """
 
 from __future__ import annotations
@@ -34,12 +34,12 @@ __all__ = [
     "MinGRUStackConfig",
     "State",
     "check_state",
-    "state_arrays",
     "forward",
     "init_params",
     "layer_norm",
     "param_shapes",
     "resolve_hidden_sizes",
+    "state_arrays",
     "step",
 ]
 

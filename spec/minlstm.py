@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from linrec.spec import mingru as _common
-from linrec.spec.state import State
 from linrec.spec.mingru import (
     CANDIDATES,
     MODES,
@@ -26,6 +25,7 @@ from linrec.spec.mingru import (
     softplus,
     state_dtype,
 )
+from linrec.spec.state import State
 
 __all__ = [
     "CANDIDATES",
