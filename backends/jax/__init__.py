@@ -64,7 +64,6 @@ from linrec.backends.jax.scan import (
 )
 from linrec.backends.jax.verify import AgreementReport, verify_agreement
 from linrec.spec.state import State
-from linrec.spec.state import State
 
 NAME = "jax"
 

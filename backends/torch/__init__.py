@@ -62,7 +62,6 @@ from linrec.backends.torch.scan import (
 )
 from linrec.backends.torch.verify import AgreementReport, verify_agreement
 from linrec.spec.state import State
-from linrec.spec.state import State
 
 NAME = "torch"
 
