@@ -207,8 +207,10 @@ def check_lengths(
 ) -> None:
     """``lengths``: ``(B,)`` integers in ``[0, T]`` (right padding, recurrence.md §0); ``values`` are checked
     when known (eager). ``method="log"`` cannot run padding (an identity step has ``b = 0``)."""
-    if tuple(shape) != (batch,) or not dtype.startswith(("int", "uint")):
-        raise ValueError(f"lengths must be (B,) = {(batch,)} integers, got shape {tuple(shape)} dtype {dtype}")
+    if not dtype.startswith(("int", "uint")):
+        raise TypeError(f"lengths must be integers (real inputs per row), got dtype {dtype}")
+    if tuple(shape) != (batch,):
+        raise ValueError(f"lengths must have shape (B,) = {(batch,)}, got {tuple(shape)}")
     if values is not None and batch and (values.min() < 0 or values.max() > n_time):
         raise ValueError(f"lengths must lie in [0, T={n_time}], got {values.tolist()}")
     if method == "log":

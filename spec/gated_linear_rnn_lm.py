@@ -398,9 +398,10 @@ def state_parts(state: Any, config: GatedLinearRNNLMConfig, *, name: str = "init
 
 def check_lengths(lengths: np.ndarray, batch: int, length: int, *, minimum: int = 0) -> None:
     """``lengths``: ``(B,)`` integers in ``[minimum, T]`` (rows are right-padded)."""
-    if lengths.shape != (batch,) or not _is_int(lengths.dtype.name):
-        raise ValueError(f"lengths must be (B,) = {(batch,)} integers, got shape {lengths.shape} "
-                         f"dtype {lengths.dtype}")
+    if not _is_int(lengths.dtype.name):
+        raise TypeError(f"lengths must be integers (real inputs per row), got dtype {lengths.dtype}")
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape (B,) = {(batch,)}, got {lengths.shape}")
     if batch and (lengths.min() < minimum or lengths.max() > length):
         raise ValueError(f"lengths must lie in [{minimum}, T={length}], got {lengths.tolist()}")
 
