@@ -38,6 +38,8 @@ class AgreementReport:
 
 
 def _leaves(tree) -> list[np.ndarray]:
+    if tree is None:  # an absent field, e.g. State.position of a model without positions
+        return []
     if isinstance(tree, dict):
         return [leaf for k in sorted(tree) for leaf in _leaves(tree[k])]
     if isinstance(tree, (list, tuple)):
@@ -65,6 +67,8 @@ def agreement_report(
 
 
 def _map(tree, fn):
+    if tree is None:
+        return None
     if isinstance(tree, dict):
         return {k: _map(v, fn) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
