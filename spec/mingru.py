@@ -230,10 +230,10 @@ def check_call(
     checks.check_method(method, methods, function=layer)
     _check_x(layer, config, "x", x_shape, x_dtype, ndim=3)
     _check_state(layer, config, x_shape[0], x_dtype, init_shape, init_dtype, "initial_state")
-    if method == "log" and config.candidate != "g":
-        raise ValueError(log_method_error(layer, "candidate"))
     if method == "log" and padded:
         raise ValueError(lengths_log_error(layer))
+    if method == "log" and config.candidate != "g":
+        raise ValueError(log_method_error(layer, "candidate"))
 
 
 def resolve_mode(mode: str) -> str:
