@@ -168,9 +168,9 @@ def test_lucidrains_mingru(mingru_pytorch, expansion, tmp_path):
                          "lucidrains-mingru", "--quiet"]) == 0
     cfg = convert.read(tmp_path / "m.safetensors").config
     assert (cfg.candidate, cfg.bias, cfg.default_state, cfg.out_proj) == ("g", False, 0.0, expansion != 1.0)
-    for backend, (y_l, h_l) in _outputs(tmp_path / "m.safetensors", x.numpy()).items():
+    for backend, (y_l, final) in _outputs(tmp_path / "m.safetensors", x.numpy()).items():  # final: State(h, None)
         np.testing.assert_allclose(y_l, y.numpy(), rtol=RTOL, atol=ATOL, err_msg=backend)
-        np.testing.assert_allclose(h_l, h[:, 0].numpy(), rtol=RTOL, atol=ATOL, err_msg=backend)
+        np.testing.assert_allclose(final[0], h[:, 0].numpy(), rtol=RTOL, atol=ATOL, err_msg=backend)
 
 
 def test_lucidrains_minlm(mingru_pytorch, tmp_path):
@@ -307,10 +307,10 @@ def test_cheind_v13_multilayer(tmp_path):
                          "--quiet"]) == 0
     cfg = convert.read(tmp_path / "v13.safetensors").config
     assert (cfg.input_size, cfg.hidden_sizes, cfg.candidate, cfg.default_state) == (3, (5, 5, 5), "g", 0.5)
-    for backend, (y, state) in _outputs(tmp_path / "v13.safetensors", x).items():
+    for backend, (y, state) in _outputs(tmp_path / "v13.safetensors", x).items():  # state: State(h: L arrays)
         np.testing.assert_allclose(y, inp, rtol=RTOL, atol=ATOL, err_msg=backend)
         for l in range(n):
-            np.testing.assert_allclose(state[l], finals[l], rtol=RTOL, atol=ATOL, err_msg=backend)
+            np.testing.assert_allclose(state[0][l], finals[l], rtol=RTOL, atol=ATOL, err_msg=backend)
     sd["input_residual_align.weight"] = _uniform(rng, (h, i), i)
     sd["input_residual_align.bias"] = _uniform(rng, (h,), i)
     _save_state_dict(tmp_path / "v13r.pt", sd)
@@ -338,10 +338,10 @@ def test_cheind_v14_norm_residual(tmp_path):
     assert ckpt.model_type == "mingru_stack"
     assert (ckpt.config.hidden_sizes, ckpt.config.norm, ckpt.config.residual) == ((4, 4, 6), True, True)
     convert.write(ckpt, tmp_path / "v14.safetensors")
-    for backend, (y_l, state) in _outputs(tmp_path / "v14.safetensors", x).items():
+    for backend, (y_l, state) in _outputs(tmp_path / "v14.safetensors", x).items():  # state: State(h: L arrays)
         np.testing.assert_allclose(y_l, y, rtol=RTOL, atol=ATOL, err_msg=backend)
         for l in range(3):
-            np.testing.assert_allclose(state[l], finals[l], rtol=RTOL, atol=ATOL, err_msg=backend)
+            np.testing.assert_allclose(state[0][l], finals[l], rtol=RTOL, atol=ATOL, err_msg=backend)
 
 
 def test_cheind_single_layer_and_cell_become_a_mingru_layer(tmp_path):
