@@ -511,3 +511,9 @@ def test_verify_agreement(jx, tt):
     assert report.ok and 0 <= report.max_error_state <= report.allowed_state
     report = jax_verify(jx.mod.MinGRU.from_canonical(cfg, _f32(params)), jx.jnp.asarray(x, jx.jnp.float32))
     assert report.ok and 0 <= report.max_error_state <= report.allowed_state
+    # a time-major module: its input is (T, B, D), its steps (B, D)
+    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2)).astype(np.float32)
+    report = torch_verify(tt.mod.MinGRU.from_canonical(cfg, _f32(params), batch_first=False), tt.torch.from_numpy(x_tm))
+    assert report.ok and report.length == x.shape[1], str(report)
+    report = jax_verify(jx.mod.MinGRU.from_canonical(cfg, _f32(params), batch_first=False), jx.jnp.asarray(x_tm))
+    assert report.ok and report.length == x.shape[1], str(report)
