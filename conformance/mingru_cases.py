@@ -119,7 +119,7 @@ def as_state(backend, h: np.ndarray | None) -> State | None:
     return None if h is None else State(as_backend(backend, h))
 
 
-def _call(backend, layer, config, p: Problem, x=None, h0="given", mode="parallel", method="auto", lengths=None):
+def _call(backend, layer, config, p: Problem, x=None, h0="given", mode="auto", method="auto", lengths=None):
     fn = getattr(backend, layer.name)
     x = p.x if x is None else x
     h0 = p.initial_state if isinstance(h0, str) else h0
@@ -298,7 +298,7 @@ def _bad_inputs(layer: LayerUnderTest) -> dict[str, tuple[str, type, str, Callab
     ident, g_cfg = layer.config("identity"), layer.config("g-half")
     neg_default = layer.config_cls(**{**layer.configs["g-half"], "default_state": -0.5})
 
-    def call(config, *, x=None, h0="given", mode="parallel", method="auto", params=None, lengths=None,
+    def call(config, *, x=None, h0="given", mode="auto", method="auto", params=None, lengths=None,
              raw_state=None):
         def run(backend):
             p = make_problem(layer, config, 9, "float32")

@@ -120,7 +120,7 @@ def _stacked(backend, state, cfg: MinGRULMConfig) -> np.ndarray:
     return np.stack([as_numpy(backend, a) for a in state.h])
 
 
-def _call(backend, cfg, p: Problem, tokens=None, h0="given", lengths=None, mode="parallel", method="auto"):
+def _call(backend, cfg, p: Problem, tokens=None, h0="given", lengths=None, mode="auto", method="auto"):
     h0 = p.h0 if isinstance(h0, str) else h0
     logits, state = backend.mingru_lm(
         backend_params(backend, p.params), as_backend(backend, p.tokens if tokens is None else tokens), config=cfg,
@@ -314,7 +314,7 @@ def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
     other = MinGRULMConfig(**{**CONFIGS["glu"], "n_layers": 3})
     wider = MinGRULMConfig(**{**CONFIGS["glu"], "expansion": 2.0})
 
-    def call(*, tokens=None, h0="given", lengths=None, mode="parallel", method="auto", params=None):
+    def call(*, tokens=None, h0="given", lengths=None, mode="auto", method="auto", params=None):
         def run(backend):
             p = make_problem(cfg, 9, "float32")
             if params is not None:

@@ -105,7 +105,7 @@ def _arrays(backend, state, cfg: MinGRUStackConfig) -> tuple[np.ndarray, ...]:
     return tuple(as_numpy(backend, s) for s in state.h)
 
 
-def _call(backend, cfg, p: Problem, x=None, h0="given", mode="parallel", method="auto", lengths=None):
+def _call(backend, cfg, p: Problem, x=None, h0="given", mode="auto", method="auto", lengths=None):
     h0 = p.h0 if isinstance(h0, str) else h0
     kw = {} if lengths is None else {"lengths": as_backend(backend, lengths)}
     y, h = backend.mingru_stack(backend_params(backend, p.params), as_backend(backend, p.x if x is None else x),
