@@ -83,9 +83,9 @@ def test_flax_gated_linear_rnn_layer(fglrnn, tied, recurrence, wrapped, tmp_path
     ckpt = convert.read(tmp_path / "glrnn.safetensors")
     assert (ckpt.config.d_in, ckpt.config.d_h, ckpt.config.d_model) == (3, 4, 5)
     assert (ckpt.config.use_tied_gates, ckpt.config.use_true_recurrence) == (tied, recurrence)
-    for backend, (y_l, h_l) in _outputs(tmp_path / "glrnn.safetensors", x).items():
+    for backend, (y_l, final) in _outputs(tmp_path / "glrnn.safetensors", x).items():  # final: State(h, None)
         np.testing.assert_allclose(y_l, y, rtol=RTOL, atol=ATOL, err_msg=backend)
-        np.testing.assert_allclose(h_l, carry, rtol=RTOL, atol=ATOL, err_msg=backend)
+        np.testing.assert_allclose(final[0], carry, rtol=RTOL, atol=ATOL, err_msg=backend)
 
 
 def test_gateloop_reversed_from_the_same_tree(fglrnn, tmp_path):
@@ -127,9 +127,9 @@ def test_flax_gated_linear_rnn_lm(fglrnn, tmp_path):
     assert (cfg.n_layer, cfg.d_model, cfg.d_channel_mixing, cfg.d_h, cfg.input_vocab_size, cfg.output_vocab_size) \
         == (2, 8, 12, 6, 11, 13)
     assert cfg.dropout_placement == "sum" and not cfg.use_tied_gates
-    for backend, (out, state) in _outputs(tmp_path / "lm.safetensors", tokens).items():
+    for backend, (out, state) in _outputs(tmp_path / "lm.safetensors", tokens).items():  # State(h: L arrays, position)
         np.testing.assert_allclose(out, logits, rtol=1e-5, atol=1e-5, err_msg=backend)
-        np.testing.assert_allclose(state["h"], h, rtol=1e-5, atol=1e-5, err_msg=backend)
+        np.testing.assert_allclose(np.stack(state[0], axis=1), h, rtol=1e-5, atol=1e-5, err_msg=backend)
 
 
 def test_glrnn_lm_import_table_agrees_with_the_spec():
