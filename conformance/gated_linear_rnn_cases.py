@@ -23,7 +23,7 @@ from types import ModuleType
 import numpy as np
 
 from linrec.conformance.case import Case, CaseFailure, Outcome
-from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many, to_reference_precision
+from linrec.conformance.compare import as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
 from linrec.conformance.layer_harness import (
     Path,
@@ -422,7 +422,8 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
 
 BAD_INPUTS = (
     "wrong-feature-size", "wrong-rank", "integer-input", "state-wrong-shape", "state-wrong-dtype",
-    "state-not-a-State", "lengths-out-of-range", "lengths-float", "step-state-wrong-shape", "unknown-mode", "unknown-method", "method-with-sequential-mode", "missing-param",
+    "state-not-a-State", "lengths-out-of-range", "lengths-float", "step-state-wrong-shape", "unknown-mode",
+    "unknown-method", "method-with-sequential-mode", "missing-param",
     "param-wrong-shape", "recurrent-kernel-without-true-recurrence",
 )
 

@@ -195,7 +195,8 @@ def _call(backend: ModuleType, prob: Problem, path: Path | None = None, *, input
         backend_params(backend, prob.params if params is None else params),
         backend.asarray(prob.inputs if inputs is None else inputs),
         config=config or prob.config, initial_state=_b_state(backend, state),
-        lengths=None if lengths is None else backend.asarray(lengths), dropout_masks={k: backend.asarray(v) for k, v in masks.items()} or None,
+        lengths=None if lengths is None else backend.asarray(lengths),
+        dropout_masks={k: backend.asarray(v) for k, v in masks.items()} or None,
         mode=path.mode, method=path.method, chunk_size=path.chunk_size,
     )
     return as_numpy(backend, out), _n_state(backend, new)

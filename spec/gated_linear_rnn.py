@@ -38,13 +38,13 @@ __all__ = [
     "check_lengths",
     "check_params",
     "check_step_input",
-    "state_h",
     "forward",
     "fusable",
     "init_params",
     "param_shapes",
     "resolve_mode",
     "state_dtype",
+    "state_h",
     "step",
 ]
 

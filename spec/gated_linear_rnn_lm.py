@@ -44,7 +44,6 @@ __all__ = [
     "check_params",
     "check_positions",
     "check_state",
-    "state_parts",
     "check_step_input",
     "check_token_values",
     "dropout_sites",
@@ -60,6 +59,7 @@ __all__ = [
     "sample_tokens",
     "sinusoidal_table",
     "state_dtype",
+    "state_parts",
     "step",
     "torch_param",
 ]

@@ -141,7 +141,8 @@ def _parallel(
     candidate, i, f, o = _split(u, config)
     a, b = f, i * candidate
     if valid is not None:  # padding: identity steps (a = 1, b = 0) inside the one scan
-        a, b = jnp.where(valid[..., None], a, jnp.ones((), a.dtype)), jnp.where(valid[..., None], b, jnp.zeros((), b.dtype))
+        a = jnp.where(valid[..., None], a, jnp.ones((), a.dtype))
+        b = jnp.where(valid[..., None], b, jnp.zeros((), b.dtype))
     h, final = linear_scan(a, b, initial_state=h0, reverse=config.reversed, method=method, chunk_size=chunk_size)
     return _masked(_readout(p, h, o, x, config), valid), final
 
