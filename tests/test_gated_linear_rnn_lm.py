@@ -374,7 +374,7 @@ def test_torch_model_matches_reference(tt):
     assert new.position.dtype == torch.int32 and new.position.tolist() == [6, 9]
     # ragged prefill: one pass with lengths (identity steps in every layer's scan), then decoding continues
     lengths = np.array([6, 2])
-    out_l, new_l = model.prefill(torch.from_numpy(tokens), torch.from_numpy(lengths), t_state)
+    out_l, new_l = model.prefill(torch.from_numpy(tokens), t_state, torch.from_numpy(lengths))
     ref_l, ref_state_l = spec.forward(params, tokens, cfg, state, lengths=lengths)
     np.testing.assert_allclose(out_l.detach().numpy(), ref_l, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(_stacked(new_l), _stacked(ref_state_l), rtol=1e-12, atol=1e-12)

@@ -399,7 +399,7 @@ class GatedLinearRNNLM(nnx.Module):
 
     # --- generation ---------------------------------------------------------------------------------
 
-    def prefill(self, tokens: Array, lengths: Any = None, initial_state: State | None = None
+    def prefill(self, tokens: Array, initial_state: State | None = None, lengths: Any = None
                 ) -> tuple[Array, State]:
         """One parallel pass over right-padded prompts ``(B, T)`` (``lengths``: real tokens per row) →
         ``(logits (B, T, V), State)``; no dropout."""
@@ -445,7 +445,7 @@ class GatedLinearRNNLM(nnx.Module):
             # the whole generation must fit the position table: fail before computing anything
             _check_positions(jnp.zeros(n_batch, jnp.int32), lengths_np + max(max_new_tokens - 1, 0), cfg)
         generators = spec.row_generators(seed, n_batch)
-        logits, state = self.prefill(prompt, lengths_np if lengths is not None else None, initial_state)
+        logits, state = self.prefill(prompt, initial_state, lengths_np if lengths is not None else None)
         last = logits[jnp.arange(n_batch), jnp.asarray(lengths_np - 1)]
         p = self._params()
         tokens, all_logits = [], []

@@ -421,7 +421,7 @@ class GatedLinearRNNLM(nn.Module):
 
     # --- generation ---------------------------------------------------------------------------------
 
-    def prefill(self, tokens: Tensor, lengths: Tensor | None = None, initial_state: State | None = None
+    def prefill(self, tokens: Tensor, initial_state: State | None = None, lengths: Tensor | None = None
                 ) -> tuple[Tensor, State]:
         """One parallel pass over right-padded prompts ``(B, T)`` (``lengths``: real tokens per row) →
         ``(logits (B, T, V), State)``; no dropout."""
@@ -482,7 +482,7 @@ class GatedLinearRNNLM(nn.Module):
             _check_positions(torch.zeros(n_batch, dtype=torch.int32), lengths_np + max(max_new_tokens - 1, 0), cfg)
         generators = spec.row_generators(seed, n_batch)
         prompt_lengths = None if lengths is None else torch.as_tensor(lengths_np, device=prompt.device)
-        logits, state = self.prefill(prompt, prompt_lengths, initial_state)
+        logits, state = self.prefill(prompt, initial_state, prompt_lengths)
         last = logits[torch.arange(n_batch), torch.as_tensor(lengths_np - 1)]
         p = self._params()
         layers = _layers(p, cfg)
