@@ -58,7 +58,7 @@ VARIANTS: dict[str, tuple[GateLoopMHConfig, str]] = {
         "complex gate per head with relu phase, complex output through out_proj",
     ),
 }
-#: Variants run on every path; the others on parallel-auto and chunked mode only (keeps compile time down).
+#: Variants run on every path; the others on parallel-auto and method="chunked" only (keeps compile time down).
 FULL_PATH_VARIANTS = ("real", "complex")
 GRAD_VARIANTS = tuple(VARIANTS)
 
@@ -142,8 +142,9 @@ AUTO = Path("parallel-auto", "parallel")
 SEQUENTIAL_MODE = Path("mode-sequential", "sequential")
 
 
-def _chunked_path(method: str = "auto", size: int = CHUNK) -> Path:
-    return Path(f"mode-chunked-{size}-{method}", "chunked", method, size)
+def _chunked_path(size: int = CHUNK) -> Path:
+    """The memory-lean path (``gateloop_mh.md`` §6): ``mode="parallel", method="chunked"`` with chunks of ``size``."""
+    return Path(f"method-chunked-{size}", "parallel", "chunked", size)
 
 
 def _methods(backend: ModuleType) -> list[str]:
@@ -157,9 +158,8 @@ def _paths(backend: ModuleType, variant: str, dtype: str) -> list[Path]:
         return default[:2]
     if dtype != "float64":
         return default
-    parallel = [Path(f"parallel-{m}", "parallel", m) for m in _methods(backend)]
-    chunked = [_chunked_path(m) for m in ("associative",) if m in _methods(backend)]
-    return [*default, *parallel, *chunked]
+    parallel = [Path(f"parallel-{m}", "parallel", m) for m in _methods(backend) if m != "chunked"]
+    return [*default, *parallel]
 
 
 def _call(backend: ModuleType, prob: Problem, path: Path = AUTO, *, x=None, initial_state=..., config=None,
@@ -208,7 +208,7 @@ def _equals_reference(backend: ModuleType, variant: str, path: Path, dtype: str)
 
 def _chunk_sizes(backend: ModuleType, size: int, dtype: str) -> Outcome:
     prob = make_problem(_BASE, dtype, case_seed("chunk-size", dtype))
-    chunked = _call(backend, prob, _chunked_path("auto", size))
+    chunked = _call(backend, prob, _chunked_path(size))
     return compare_many([
         _compare_pair(f"chunk {size} vs reference", chunked, prob.reference(), prob),
         _compare_pair(f"chunk {size} vs parallel", chunked, _call(backend, prob, AUTO), prob),
@@ -352,7 +352,11 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
         "method-with-sequential-mode": (
             lambda: _call(backend, prob, Path("associative", "sequential", "associative")),
             ValueError, "mode='parallel'"),
-        "chunk-size-zero": (lambda: _call(backend, prob, Path("c0", "chunked", "auto", 0)), ValueError,
+        "mode-chunked-refused": (lambda: _call(backend, prob, Path("mc", "chunked", "auto")), ValueError,
+                                 "method='chunked'"),
+        "chunk-size-without-chunked-method": (lambda: _call(backend, prob, Path("c4", "parallel", "associative", 4)),
+                                              ValueError, "chunk_size"),
+        "chunk-size-zero": (lambda: _call(backend, prob, Path("c0", "parallel", "chunked", 0)), ValueError,
                             "chunk_size"),
         "missing-param": (lambda: _call(backend, prob, params={k: v for k, v in params.items()
                                                                 if k != "out_proj.bias"}),
@@ -374,6 +378,7 @@ BAD_INPUTS = (
     "state-real-for-complex-gate", "state-wrong-precision", "state-not-a-State", "lengths-out-of-range",
     "lengths-float", "step-state-wrong-shape", "step-wrong-feature-size",
     "unknown-mode", "unknown-method", "log-method", "method-with-sequential-mode", "chunk-size-zero",
+    "mode-chunked-refused", "chunk-size-without-chunked-method",
     "missing-param", "param-wrong-shape", "real-gate-params-for-complex-config",
 )
 
@@ -448,8 +453,8 @@ def cases(backend: ModuleType) -> list[Case]:
                     lambda be, v=variant, p=path, d=dtype: _equals_reference(be, v, p, d))
 
     for size, dtype in ((1, "float64"), (2, "float64"), (16, "float64"), (2, "float32")):
-        add(f"chunked/chunk-size-{size}[mode-chunked,{dtype}]", "chunked-equals-parallel",
-            f"mode='chunked' with chunks of {size} steps (T={LENGTH}) equals the reference and mode='parallel'.",
+        add(f"chunked/chunk-size-{size}[method-chunked,{dtype}]", "chunked-equals-parallel",
+            f"method='chunked' with chunks of {size} steps (T={LENGTH}) equals the reference and one scan.",
             lambda be, s=size, d=dtype: _chunk_sizes(be, s, d))
 
     for variant in VARIANTS:

@@ -53,8 +53,8 @@ GATES = ("real", "complex")
 GATE_GRANULARITIES = ("key", "head")
 PHASE_ACTIVATIONS = ("identity", "relu")
 COMPLEX_OUTPUTS = ("real", "complex")
-#: ``"auto"`` (the default) is ``"parallel"``; ``"chunked"`` is the memory-lean parallel form (§6).
-MODES = ("auto", "parallel", "sequential", "chunked")
+#: ``"auto"`` (the default) is ``"parallel"`` (recurrence.md §0); the memory-lean path is ``method="chunked"`` (§6).
+MODES = ("auto", "parallel", "sequential")
 #: scan methods a layer may request (recurrence.md §7); ``"log"`` is outside this layer's domain.
 SCAN_METHODS = ("auto", "sequential", "associative", "chunked", "native")
 #: decays at initialisation are spread over this interval (``gateloop_mh.md`` §5).
@@ -241,19 +241,25 @@ def check_state(
 
 def check_mode(mode: str, method: str, chunk_size) -> str:
     """Validate ``mode``/``method``/``chunk_size`` (``gateloop_mh.md`` §4); return the mode ``"auto"`` stands for
-    (``"parallel"``: the layer always has a parallel form)."""
+    (``"parallel"``: the layer always has a parallel form). ``method="chunked"`` is the memory-lean path (§6);
+    ``chunk_size`` belongs to it alone."""
     if mode not in MODES:
-        raise ValueError(f"gateloop_mh: unknown mode={mode!r}; valid modes: {MODES}")
+        hint = " (the memory-lean path is mode='parallel', method='chunked')" if mode == "chunked" else ""
+        raise ValueError(f"gateloop_mh: unknown mode={mode!r}; valid modes: {MODES}{hint}")
     if method == "log":
         raise ValueError("gateloop_mh: method='log' needs a real gate and positive k⊗v, which this layer does not "
                          "guarantee; use method='associative' (or 'sequential', 'chunked')")
     if method not in SCAN_METHODS:
         raise ValueError(f"gateloop_mh: unknown method={method!r}; valid methods: {SCAN_METHODS}")
     if mode == "sequential" and method not in ("auto", "sequential"):
-        raise ValueError(f"gateloop_mh: method={method!r} applies to mode='parallel' or 'chunked'; "
+        raise ValueError(f"gateloop_mh: method={method!r} applies to mode='parallel'; "
                          "mode='sequential' takes method='auto' or 'sequential'")
-    if chunk_size is not None and not checks.is_positive_int(chunk_size):
-        raise ValueError(f"gateloop_mh: chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size is not None:
+        if not checks.is_positive_int(chunk_size):
+            raise ValueError(f"gateloop_mh: chunk_size must be a positive int or None, got {chunk_size!r}")
+        if method != "chunked":
+            raise ValueError(f"gateloop_mh: chunk_size={chunk_size!r} is the chunk length of method='chunked'; "
+                             f"method={method!r} takes no chunk_size")
     return "parallel" if mode == "auto" else mode
 
 

@@ -1,7 +1,7 @@
 """Tests of the multi-head outer-product GateLoop layer (``spec/gateloop_mh.md``).
 
 The reference (NumPy loop + analytic VJP), the ids of its conformance cases, the Flax NNX
-and torch modules (canonical round trip, jit/grad/vmap, torch.compile, remat, the memory-lean chunked path,
+and torch modules (canonical round trip, jit/grad/vmap, torch.compile, remat, the memory-lean method="chunked",
 step API, bf16), and an optional comparison with lucidrains' ``gateloop-transformer`` when installed.
 """
 
@@ -27,6 +27,10 @@ CONFIGS = {
     "complex-out": GateLoopMHConfig(d_model=4, num_heads=2, d_key=2, d_value=2, gate="complex",
                                     complex_output="complex", phase_activation="relu", gate_granularity="head"),
 }
+
+
+#: (mode, method, chunk_size) of every path: the default, one scan, the memory-lean chunked scan (§6), the loop.
+PATHS = (("auto", "auto", None), ("parallel", "auto", None), ("parallel", "chunked", 4), ("sequential", "auto", None))
 
 
 def _problem(config: GateLoopMHConfig, seed: int = 0, batch: int = 2, length: int = 6):
@@ -163,8 +167,8 @@ def test_nnx_module_matches_reference(jx, name):
     s_ref = final_ref.h
     module = jx.mod.GateLoopMH.from_canonical(config, params)
     assert module.config == config
-    for mode in ("auto", "parallel", "chunked", "sequential"):
-        y, final = module(jx.jnp.asarray(x), State(jx.jnp.asarray(s0)), mode=mode, chunk_size=4)
+    for mode, method, size in PATHS:
+        y, final = module(jx.jnp.asarray(x), State(jx.jnp.asarray(s0)), mode=mode, method=method, chunk_size=size)
         assert isinstance(final, State)
         np.testing.assert_allclose(np.asarray(y), y_ref, atol=1e-12)
         np.testing.assert_allclose(np.asarray(final.h), s_ref, atol=1e-12)
@@ -184,9 +188,9 @@ def test_nnx_module_matches_reference(jx, name):
     module_tb = jx.mod.GateLoopMH.from_canonical(config, params, batch_first=False)
     lengths = np.array([6, 2], np.int32)
     y_pad_ref, final_pad_ref = spec.forward(params, x, config, State(s0), lengths=lengths)
-    for mode in ("parallel", "chunked", "sequential"):
+    for mode, method, size in PATHS[1:]:
         y, final = module_tb(jx.jnp.asarray(x.transpose(1, 0, 2)), State(jx.jnp.asarray(s0)),
-                             lengths=jx.jnp.asarray(lengths), mode=mode, chunk_size=4)
+                             lengths=jx.jnp.asarray(lengths), mode=mode, method=method, chunk_size=size)
         np.testing.assert_allclose(np.asarray(y).transpose(1, 0, 2), y_pad_ref, atol=1e-12)
         np.testing.assert_allclose(np.asarray(final.h), final_pad_ref.h, atol=1e-12)
     with pytest.raises(ValueError, match=r"\(T, B, d_model\)"):
@@ -212,15 +216,15 @@ def test_jax_jit_grad_vmap_remat(jx):
     params, x, s0 = _problem(config)
     p = {k: jnp.asarray(v) for k, v in params.items()}
 
-    def loss(p, x, s0, mode="parallel", remat=False):
-        y, final = jx.mod.gateloop_mh(p, x, config=config, initial_state=State(s0), mode=mode, chunk_size=4,
-                                      remat=remat)
+    def loss(p, x, s0, method="auto", remat=False):
+        y, final = jx.mod.gateloop_mh(p, x, config=config, initial_state=State(s0), method=method,
+                                      chunk_size=4 if method == "chunked" else None, remat=remat)
         return jnp.sum(y**2) + jnp.sum(jnp.abs(final.h) ** 2)
 
     args = (p, jnp.asarray(x), jnp.asarray(s0))
     want = jax.grad(loss, argnums=(0, 1))(*args)
-    for mode, remat in (("chunked", False), ("parallel", True)):  # sequential-mode grads: conformance cases
-        got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=(3, 4))(*args, mode, remat)
+    for method, remat in (("chunked", False), ("auto", True)):  # sequential-mode grads: conformance cases
+        got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=(3, 4))(*args, method, remat)
         for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-10)
     # vmap over an extra leading axis of x and the state
@@ -232,14 +236,14 @@ def test_jax_jit_grad_vmap_remat(jx):
         np.testing.assert_allclose(np.asarray(ys[i]), y_i, atol=1e-12)
     # the NNX module under nnx.jit and nnx.grad, with remat
     module = jx.mod.GateLoopMH.from_canonical(config, params, remat=True)
-    y_mod, _ = jx.nnx.jit(lambda m, x: m(x, mode="chunked", chunk_size=2))(module, args[1])
+    y_mod, _ = jx.nnx.jit(lambda m, x: m(x, method="chunked", chunk_size=2))(module, args[1])
     np.testing.assert_allclose(np.asarray(y_mod), spec.forward(params, x, config)[0], atol=1e-12)
     grads = jx.nnx.grad(lambda m: jnp.sum(m(args[1])[0] ** 2))(module)
     assert np.all(np.isfinite(np.asarray(grads["a_phase_proj"]["kernel"][...])))
 
 
-def test_jax_chunked_mode_saves_only_chunks(jx):
-    """mode='chunked': no residual kept for the backward pass holds all T·H·K·V states."""
+def test_jax_chunked_method_saves_only_chunks(jx):
+    """method='chunked': no residual kept for the backward pass holds all T·H·K·V states."""
     ad_checkpoint = pytest.importorskip("jax._src.ad_checkpoint")  # saved_residuals backs print_saved_residuals
     saved_residuals = ad_checkpoint.saved_residuals
 
@@ -249,13 +253,14 @@ def test_jax_chunked_mode_saves_only_chunks(jx):
     x = jnp.ones((1, 64, 4), jnp.float32)
     all_states = 64 * 2 * 4 * 4
 
-    def biggest(mode):
+    def biggest(method):
         def loss(p, x):
-            return jnp.sum(jx.mod.gateloop_mh(p, x, config=config, mode=mode, chunk_size=8)[0] ** 2)
+            size = 8 if method == "chunked" else None
+            return jnp.sum(jx.mod.gateloop_mh(p, x, config=config, method=method, chunk_size=size)[0] ** 2)
 
         return max(int(np.prod(aval.shape)) for aval, _ in saved_residuals(loss, p, x))
 
-    assert biggest("parallel") >= all_states
+    assert biggest("auto") >= all_states  # one scan: every state at once
     assert biggest("chunked") <= all_states // 4
 
 
@@ -295,8 +300,8 @@ def test_torch_module_matches_reference(tt, name):
     keys = set(module.state_dict())
     assert keys == {k.replace(".kernel", ".weight") for k in params}
     np.testing.assert_array_equal(module.q_proj.weight.detach().numpy(), params["q_proj.kernel"].T)
-    for mode in ("auto", "parallel", "chunked", "sequential"):
-        y, final = module(torch.as_tensor(x), State(torch.as_tensor(s0)), mode=mode, chunk_size=4)
+    for mode, method, size in PATHS:
+        y, final = module(torch.as_tensor(x), State(torch.as_tensor(s0)), mode=mode, method=method, chunk_size=size)
         assert isinstance(final, State)
         np.testing.assert_allclose(y.detach().numpy(), y_ref, atol=1e-12)
         np.testing.assert_allclose(final.h.detach().numpy(), s_ref, atol=1e-12)
@@ -312,9 +317,9 @@ def test_torch_module_matches_reference(tt, name):
     module_tb = tt.mod.GateLoopMH.from_canonical(config, params, batch_first=False)
     lengths = np.array([6, 2], np.int64)
     y_pad_ref, final_pad_ref = spec.forward(params, x, config, State(s0), lengths=lengths)
-    for mode in ("parallel", "chunked", "sequential"):
+    for mode, method, size in PATHS[1:]:
         y, final = module_tb(torch.as_tensor(x.transpose(1, 0, 2)), State(torch.as_tensor(s0)),
-                             lengths=torch.as_tensor(lengths), mode=mode, chunk_size=4)
+                             lengths=torch.as_tensor(lengths), mode=mode, method=method, chunk_size=size)
         np.testing.assert_allclose(y.detach().numpy().transpose(1, 0, 2), y_pad_ref, atol=1e-12)
         np.testing.assert_allclose(final.h.detach().numpy(), final_pad_ref.h, atol=1e-12)
     with pytest.raises(ValueError, match=r"\(T, B, d_model\)"):
@@ -338,26 +343,26 @@ def test_torch_gradients_chunked_and_remat(tt, remat):
     config = CONFIGS["complex-out"]
     params, x, s0 = _problem(config)
     grads = {}
-    for mode in ("parallel", "chunked", "sequential"):
+    for mode, method, size in PATHS[1:]:
         module = tt.mod.GateLoopMH.from_canonical(config, params, remat=remat)
         xt = torch.as_tensor(x).requires_grad_()
         st = torch.as_tensor(s0).requires_grad_()
-        y, final = module(xt, State(st), mode=mode, chunk_size=4)
+        y, final = module(xt, State(st), mode=mode, method=method, chunk_size=size)
         (y.abs().pow(2).sum() + final.h.abs().pow(2).sum()).backward()
-        grads[mode] = [xt.grad, st.grad] + [p.grad for p in module.parameters()]
-    for mode in ("chunked", "sequential"):
-        for g, w in zip(grads[mode], grads["parallel"]):
+        grads[method if method == "chunked" else mode] = [xt.grad, st.grad] + [p.grad for p in module.parameters()]
+    for path in ("chunked", "sequential"):
+        for g, w in zip(grads[path], grads["parallel"]):
             np.testing.assert_allclose(g.numpy(), w.numpy(), atol=1e-10)
 
 
-def test_torch_chunked_mode_saves_only_chunks(tt):
-    """mode='chunked': no tensor saved for backward holds all T·H·K·V states (checkpoint per chunk)."""
+def test_torch_chunked_method_saves_only_chunks(tt):
+    """method='chunked': no tensor saved for backward holds all T·H·K·V states (checkpoint per chunk)."""
     torch = tt.torch
     module = tt.mod.GateLoopMH(4, 2, 4, 4)
     x = torch.randn(1, 64, 4)
     all_states = 64 * 2 * 4 * 4
 
-    def biggest(mode):
+    def biggest(method):
         sizes = []
 
         def pack(t):
@@ -365,11 +370,11 @@ def test_torch_chunked_mode_saves_only_chunks(tt):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y, _ = module(x, mode=mode, chunk_size=8)
+            y, _ = module(x, method=method, chunk_size=8 if method == "chunked" else None)
         y.pow(2).sum().backward()
         return max(sizes)
 
-    assert biggest("parallel") >= all_states
+    assert biggest("auto") >= all_states  # one scan: every state at once
     assert biggest("chunked") <= all_states // 4
 
 
@@ -415,6 +420,10 @@ def test_bad_input_messages(tt):
         module(torch.zeros(3, 4))  # 2-D input is never taken as unbatched
     with pytest.raises(ValueError, match="associative"):
         module(torch.zeros(1, 3, 4), method="log")
+    with pytest.raises(ValueError, match="method='chunked'"):
+        module(torch.zeros(1, 3, 4), mode="chunked")
+    with pytest.raises(ValueError, match="chunk_size"):
+        module(torch.zeros(1, 3, 4), method="associative", chunk_size=2)
     with pytest.raises(ValueError, match="lengths"):
         module(torch.zeros(2, 3, 4), lengths=torch.tensor([4, 1]))
     with pytest.raises(ValueError, match="state"):

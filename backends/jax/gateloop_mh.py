@@ -4,7 +4,7 @@ Shape legend: ``B`` batch, ``T`` time, ``D`` d_model, ``H`` heads, ``K`` d_key, 
 ``R`` gate rows per head (``K`` or 1), ``C`` chunk size.
 
 Per head ``S_t = diag(a_t) S_{t-1} + k_t v_tᵀ``, ``o_t = S_tᵀ q_t``. ``mode="parallel"`` is one
-``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``mode="chunked"`` runs that scan per chunk of ``C`` steps inside
+``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``method="chunked"`` runs that scan per chunk of ``C`` steps inside
 ``lax.scan`` with the chunk body under ``jax.checkpoint``, so neither the forward nor the backward pass holds more
 than one chunk's states; ``mode="sequential"`` is ``lax.scan`` over the step. The pure functions work under
 ``jit``/``grad``/``vmap`` (config, mode, method and chunk size are static).
@@ -149,10 +149,9 @@ def gateloop_mh(
       initial_state: ``State(h=(B, H, K, V))`` or ``None`` (zeros).
       lengths: ``(B,)`` right-padded rows (recurrence.md §0): padded positions are identity steps of the scan
         (``a = 1``, ``k ⊗ v = 0``), their outputs zero; works under ``jit`` (values checked when concrete).
-      mode: ``"auto"`` (= ``"parallel"``), ``"parallel"``, ``"chunked"`` (memory-lean, §6) or ``"sequential"``
-        (``lax.scan`` of the step).
-      method: scan method for ``"parallel"``/``"chunked"`` (recurrence.md §7).
-      chunk_size: steps per chunk for ``mode="chunked"`` (default ``config.chunk_size``).
+      mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` or ``"sequential"`` (``lax.scan`` of the step).
+      method: scan method of the parallel mode (recurrence.md §7); ``"chunked"`` is the memory-lean path (§6).
+      chunk_size: steps per chunk for ``method="chunked"`` (default ``config.chunk_size``).
       remat: recompute the scan and read-out in the backward pass (``jax.checkpoint``) instead of storing them.
 
     Returns:
@@ -191,8 +190,8 @@ def _forward(params, x: Array, state: Array, valid: Array | None, *, config: Gat
             if valid is not None:  # padding: identity steps (a = 1, k ⊗ v = 0) inside the scan
                 a = jnp.where(valid[:, :, None, None, None], a, jnp.ones((), a.dtype))
                 k = jnp.where(valid[:, :, None, None], k, jnp.zeros((), k.dtype))
-            if mode == "chunked":
-                o, state = _chunked(q, k, v, a, state, method, size)
+            if method == "chunked":  # the memory-lean path (§6): chunks scanned by the backend's default method
+                o, state = _chunked(q, k, v, a, state, "auto", size)
             else:
                 o, state = _scan_part(q, k, v, a, state, method)
             y = _read_out(params, o, x.dtype, config)

@@ -4,7 +4,7 @@ Shape legend: ``B`` batch, ``T`` time, ``D`` d_model, ``H`` heads, ``K`` d_key, 
 ``R`` gate rows per head (``K`` or 1), ``C`` chunk size.
 
 This backend exists for conformance: ``mode="parallel"`` runs ``linrec.backends.numpy.scan`` on
-``a: (B, T, H, R, 1)``, ``b = k ⊗ v: (B, T, H, K, V)``; ``"chunked"`` does the same chunk by chunk,
+``a: (B, T, H, R, 1)``, ``b = k ⊗ v: (B, T, H, K, V)``; ``method="chunked"`` does the same chunk by chunk,
 carrying only ``S``; ``"sequential"`` is the step loop. No module classes, no autodiff.
 """
 
@@ -86,10 +86,9 @@ def gateloop_mh(
       initial_state: ``State(h=(B, H, K, V))`` or ``None`` (zeros).
       lengths: ``(B,)`` right-padded rows (recurrence.md §0): padded positions are identity steps of the scan
         (``a = 1``, ``k ⊗ v = 0``), their outputs zero.
-      mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` (one scan), ``"chunked"`` (scan per chunk of
-        ``chunk_size``), ``"sequential"`` (steps).
-      method: scan method for ``"parallel"``/``"chunked"``.
-      chunk_size: steps per chunk for ``mode="chunked"`` (default ``config.chunk_size``).
+      mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` (scan) or ``"sequential"`` (steps).
+      method: scan method of the parallel mode; ``"chunked"`` scans chunk by chunk carrying only ``S`` (§6).
+      chunk_size: steps per chunk for ``method="chunked"`` (default ``config.chunk_size``).
 
     Returns:
       ``y: (B, T, D)`` and ``final_state``: ``State(h=(B, H, K, V))``.
@@ -122,7 +121,9 @@ def _layer(params, x: np.ndarray, state: np.ndarray, valid: np.ndarray | None, c
     if valid is not None:  # padding: identity steps (a = 1, k ⊗ v = 0) inside the scan
         a = np.where(valid[:, :, None, None, None], a, 1).astype(a.dtype)
         k = np.where(valid[:, :, None, None], k, 0).astype(k.dtype)
-    size = x.shape[1] if mode == "parallel" else (chunk_size or config.chunk_size)
+    chunked = method == "chunked"  # the memory-lean path (§6): one scan per chunk, only S carried between them
+    size = (chunk_size or config.chunk_size) if chunked else x.shape[1]
+    method = "auto" if chunked else method
     outs = []
     for start in range(0, x.shape[1], max(size, 1)):
         part = slice(start, start + size)

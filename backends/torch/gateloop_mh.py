@@ -4,7 +4,7 @@ Shape legend: ``B`` batch, ``T`` time, ``D`` d_model, ``H`` heads, ``K`` d_key, 
 ``R`` gate rows per head (``K`` or 1), ``C`` chunk size.
 
 Per head ``S_t = diag(a_t) S_{t-1} + k_t v_tᵀ``, ``o_t = S_tᵀ q_t``. ``mode="parallel"`` is one
-``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``mode="chunked"`` scans chunk by chunk carrying only ``S``, each
+``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``method="chunked"`` scans chunk by chunk carrying only ``S``, each
 chunk under ``torch.utils.checkpoint`` when gradients are recorded, so the backward pass recomputes one chunk's
 states at a time; ``mode="sequential"`` is the step loop. The pure functions take canonical parameters
 (kernels ``(in, out)``); the module stores ``nn.Linear`` weights (``(out, in)``) and passes their transposes.
@@ -147,8 +147,8 @@ def _layer(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateL
     if valid is not None:  # padding: identity steps (a = 1, k ⊗ v = 0) inside the scan
         a = torch.where(valid[:, :, None, None, None], a, torch.ones((), dtype=a.dtype, device=a.device))
         k = torch.where(valid[:, :, None, None], k, 0.0)
-    if mode == "chunked":
-        o, state = _chunked(q, k, v, a, state, method, size)
+    if method == "chunked":  # the memory-lean path (§6): chunks scanned by the backend's default method
+        o, state = _chunked(q, k, v, a, state, "auto", size)
     else:
         o, state = _scan_part(q, k, v, a, state, method)
     return _read_out(params, o, x.dtype, config), state
@@ -177,10 +177,9 @@ def gateloop_mh(
       initial_state: ``State(h=(B, H, K, V))`` or ``None`` (zeros).
       lengths: ``(B,)`` right-padded rows (recurrence.md §0): padded positions are identity steps of the scan
         (``a = 1``, ``k ⊗ v = 0``), their outputs zero.
-      mode: ``"auto"`` (= ``"parallel"``), ``"parallel"``, ``"chunked"`` (memory-lean, §6) or ``"sequential"``
-        (step loop).
-      method: scan method for ``"parallel"``/``"chunked"`` (recurrence.md §7).
-      chunk_size: steps per chunk for ``mode="chunked"`` (default ``config.chunk_size``).
+      mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` or ``"sequential"`` (step loop).
+      method: scan method of the parallel mode (recurrence.md §7); ``"chunked"`` is the memory-lean path (§6).
+      chunk_size: steps per chunk for ``method="chunked"`` (default ``config.chunk_size``).
       remat: recompute the whole layer in the backward pass (``torch.utils.checkpoint``) instead of storing it.
 
     Returns:
