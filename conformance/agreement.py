@@ -38,6 +38,8 @@ class AgreementReport:
 
 
 def _leaves(tree) -> list[np.ndarray]:
+    if tree is None:  # an absent field, e.g. State.position of a model without positions
+        return []
     if isinstance(tree, dict):
         return [leaf for k in sorted(tree) for leaf in _leaves(tree[k])]
     if isinstance(tree, (list, tuple)):
@@ -65,6 +67,8 @@ def agreement_report(
 
 
 def _map(tree, fn):
+    if tree is None:
+        return None
     if isinstance(tree, dict):
         return {k: _map(v, fn) for k, v in tree.items()}
     if isinstance(tree, (list, tuple)):
@@ -77,13 +81,21 @@ def _map(tree, fn):
 
 def run_agreement(model, x, *, initial_state, stack: Callable, dtype_name: Callable, to_numpy: Callable,
                   rtol: float | None = None, atol: float | None = None) -> AgreementReport:
-    """The framework-neutral body of ``verify_agreement``; ``stack(list, like)`` joins step outputs on axis 1."""
+    """The framework-neutral body of ``verify_agreement``; ``stack(list, like)`` joins step outputs on axis 1.
+
+    A module with ``batch_first=False`` reads ``x (T, B, ...)`` and returns ``y`` so; its steps still take
+    ``x_t (B, ...)``, and its parallel ``y`` is compared in batch-first order."""
+    batch_first = getattr(model, "batch_first", True)
     parallel = model(x, initial_state, mode="parallel")
-    state = model.initial_state(x.shape[0]) if initial_state is None else initial_state
+    n_batch, n_time = (x.shape[0], x.shape[1]) if batch_first else (x.shape[1], x.shape[0])
+    state = model.initial_state(n_batch) if initial_state is None else initial_state
     outputs = []
-    for t in range(x.shape[1]):
-        y_t, state = model.step(x[:, t], state)
+    for t in range(n_time):
+        y_t, state = model.step(x[:, t] if batch_first else x[t], state)
         outputs.append(y_t)
+    dtype = dtype_name(parallel[0])
+    if not batch_first:  # the step outputs join on axis 1: compare with (B, T, ...)
+        parallel = (np.swapaxes(to_numpy(parallel[0]), 0, 1), parallel[1])
     sequential = (stack(outputs, parallel[0]), state)
-    return agreement_report(parallel, sequential, dtype=dtype_name(parallel[0]), length=x.shape[1],
-                            to_numpy=to_numpy, rtol=rtol, atol=atol)
+    return agreement_report(parallel, sequential, dtype=dtype, length=n_time, to_numpy=to_numpy, rtol=rtol,
+                            atol=atol)

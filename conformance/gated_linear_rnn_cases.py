@@ -23,7 +23,7 @@ from types import ModuleType
 import numpy as np
 
 from linrec.conformance.case import Case, CaseFailure, Outcome
-from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many, to_reference_precision
+from linrec.conformance.compare import as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
 from linrec.conformance.layer_harness import (
     Path,
@@ -35,6 +35,7 @@ from linrec.conformance.layer_harness import (
 )
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
+from linrec.spec.state import State
 
 __all__ = ["GRAD_VARIANTS", "VARIANTS", "cases"]
 
@@ -105,12 +106,14 @@ class Problem:
     initial_state: np.ndarray | None
     dtype: str
 
-    def reference(self, x: np.ndarray | None = None, initial_state=...):
-        """The float64 reference on the (rounded) inputs, or on a replacement ``x`` / ``initial_state``."""
+    def reference(self, x: np.ndarray | None = None, initial_state=..., lengths: np.ndarray | None = None):
+        """The float64 reference ``(y, final h)`` on the (rounded) inputs, or on a replacement ``x`` /
+        ``initial_state`` (an array ``(B, H)``), right-padded by ``lengths`` when given."""
         h0 = self.initial_state if initial_state is ... else initial_state
         params = {k: to_reference_precision(v) for k, v in self.params.items()}
-        return spec.forward(params, to_reference_precision(self.x if x is None else x), self.config,
-                            None if h0 is None else to_reference_precision(h0))
+        y, final = spec.forward(params, to_reference_precision(self.x if x is None else x), self.config,
+                                None if h0 is None else State(to_reference_precision(h0)), lengths=lengths)
+        return y, final.h
 
 
 def _draw_params(config: GatedLinearRNNConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -177,30 +180,35 @@ def _few_paths(backend: ModuleType, config: GatedLinearRNNConfig) -> list[Path]:
 
 
 def _call(backend: ModuleType, prob: Problem, path: Path | None = None, *, x=None, initial_state=..., config=None,
-          params=None) -> tuple[np.ndarray, np.ndarray]:
+          params=None, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The backend's layer on ``prob`` (``initial_state``: an array ``(B, H)`` wrapped in a ``State``) →
+    ``(y, final_state.h)`` as NumPy; the returned state must be a ``State``."""
     path = path or Path("auto", "auto")
     h0 = prob.initial_state if initial_state is ... else initial_state
-    y, h = getattr(backend, LAYER)(
+    kw = {} if lengths is None else {"lengths": backend.asarray(lengths)}
+    y, final = getattr(backend, LAYER)(
         backend_params(backend, prob.params if params is None else params),
         backend.asarray(prob.x if x is None else x),
-        config=config or prob.config, initial_state=as_backend(backend, h0),
-        mode=path.mode, method=path.method, chunk_size=path.chunk_size,
+        config=config or prob.config, initial_state=None if h0 is None else State(backend.asarray(h0)),
+        mode=path.mode, method=path.method, chunk_size=path.chunk_size, **kw,
     )
-    return as_numpy(backend, y), as_numpy(backend, h)
+    if not isinstance(final, State):
+        raise CaseFailure(f"{LAYER} returned final_state of type {type(final).__name__}, expected State")
+    return as_numpy(backend, y), as_numpy(backend, final.h)
 
 
 def _steps(backend: ModuleType, prob: Problem, x: np.ndarray, state) -> tuple[np.ndarray, np.ndarray]:
-    """Feed ``x`` one step at a time in processing order (from the end when reversed)."""
+    """Feed ``x`` one step at a time in processing order (from the end when reversed); ``state``: ``(B, H)``."""
     step = getattr(backend, f"{LAYER}_step")
     params = backend_params(backend, prob.params)
     order = range(x.shape[1] - 1, -1, -1) if prob.config.reversed else range(x.shape[1])
     ys: dict[int, np.ndarray] = {}
-    state = as_backend(backend, state)
+    state = None if state is None else State(backend.asarray(state))
     for t in order:
         y_t, state = step(params, backend.asarray(np.ascontiguousarray(x[:, t])), state, config=prob.config)
         ys[t] = as_numpy(backend, y_t)
     y = np.stack([ys[t] for t in range(x.shape[1])], axis=1) if ys else np.zeros((x.shape[0], 0, prob.config.d_model))
-    return y, as_numpy(backend, state)
+    return y, as_numpy(backend, state.h)
 
 
 def _compare_pair(label: str, got: tuple, want: tuple, dtype: str, *, method: str | None = None) -> Outcome:
@@ -301,12 +309,33 @@ def _empty_sequence(backend: ModuleType, path: Path, dtype: str) -> Outcome:
 
 
 def _initial_state_fn(backend: ModuleType, dtype: str) -> Outcome:
-    h = getattr(backend, f"{LAYER}_initial_state")(_BASE, BATCH, dtype)
-    h = as_numpy(backend, h)
+    state = getattr(backend, f"{LAYER}_initial_state")(_BASE, BATCH, dtype)
+    if not isinstance(state, State) or state.position is not None:
+        return Outcome(False, detail=f"got {type(state).__name__}, want State(h=(B, d_h), position=None)")
+    h = as_numpy(backend, state.h)
     want = spec.state_dtype(dtype)
     if h.shape != (BATCH, D_H) or h.dtype.name != want or np.any(h != 0):
         return Outcome(False, detail=f"got shape {h.shape} dtype {h.dtype.name}; want zeros {(BATCH, D_H)} {want}")
-    return Outcome(True, detail="zeros (B, d_h)")
+    return Outcome(True, detail="State(h=zeros (B, d_h))")
+
+
+# ---------------------------------------------------------------------------------------------
+# Right padding (recurrence.md §0): identity steps inside the one scan
+
+
+PAD_LENGTHS = np.array([LENGTH, 3], np.int32)
+
+
+def _padding(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outcome:
+    """Each padded row equals that row run alone on its real inputs (the reference's definition); pads give 0."""
+    config, _ = VARIANTS[variant]
+    prob = make_problem(config, dtype, case_seed("padding", variant, dtype))
+    y, h = _call(backend, prob, path, lengths=PAD_LENGTHS)
+    want_y, want_h = prob.reference(lengths=PAD_LENGTHS)
+    pads = np.concatenate([y[i, n:].ravel() for i, n in enumerate(PAD_LENGTHS)])
+    if np.any(pads != 0):
+        return Outcome(False, detail=f"outputs at padded positions are not zero (max |y| {np.abs(pads).max()})")
+    return _compare_pair(f"{path.label} lengths={PAD_LENGTHS.tolist()}", (y, h), (want_y, want_h), dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +377,21 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
     if what == "state-wrong-shape":
         return expect_error(lambda: _call(backend, prob, initial_state=np.zeros((BATCH, D_H + 1), x.dtype)),
                              ValueError, "initial_state")
+    if what == "state-not-a-State":
+        return expect_error(
+            lambda: getattr(backend, LAYER)(backend_params(backend, params), backend.asarray(x), config=_BASE,
+                                            initial_state=backend.asarray(h0)),
+            TypeError, "initial_state")
+    if what == "lengths-with-log":
+        log = make_problem(_LOG_CONFIG, "float32", case_seed("bad", what), positive_state=True)
+        return expect_error(lambda: _call(backend, log, Path("log", "parallel", "log"), lengths=PAD_LENGTHS),
+                             ValueError, "chunked")
+    if what == "lengths-out-of-range":
+        return expect_error(lambda: _call(backend, prob, lengths=np.array([LENGTH + 1, 1], np.int32)), ValueError,
+                             "lengths")
+    if what == "lengths-float":
+        return expect_error(lambda: _call(backend, prob, lengths=np.array([2.0, 1.0], np.float32)), TypeError,
+                             "lengths")
     if what == "state-wrong-dtype":
         return expect_error(lambda: _call(backend, prob, initial_state=h0.astype(np.float64)), TypeError,
                              "initial_state")
@@ -355,7 +399,7 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
         step = getattr(backend, f"{LAYER}_step")
         return expect_error(
             lambda: step(backend_params(backend, params), backend.asarray(x[:, 0]),
-                         backend.asarray(np.zeros((BATCH + 1, D_H), x.dtype)), config=_BASE),
+                         State(backend.asarray(np.zeros((BATCH + 1, D_H), x.dtype))), config=_BASE),
             ValueError, "state")
     if what == "unknown-mode":
         return expect_error(lambda: _call(backend, prob, Path("bogus", "bogus")), ValueError, "mode")
@@ -378,7 +422,8 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
 
 BAD_INPUTS = (
     "wrong-feature-size", "wrong-rank", "integer-input", "state-wrong-shape", "state-wrong-dtype",
-    "step-state-wrong-shape", "unknown-mode", "unknown-method", "method-with-sequential-mode", "missing-param",
+    "state-not-a-State", "lengths-out-of-range", "lengths-float", "step-state-wrong-shape", "unknown-mode",
+    "unknown-method", "method-with-sequential-mode", "missing-param",
     "param-wrong-shape", "recurrent-kernel-without-true-recurrence",
 )
 
@@ -393,8 +438,8 @@ def _complex_step_grads(prob: Problem, names: list[str], ct_y: np.ndarray, ct_h:
     base += [to_reference_precision(prob.x), to_reference_precision(prob.initial_state)]
 
     def loss(arrays: list[np.ndarray]) -> complex:
-        y, h = spec.forward(dict(zip(names, arrays[:-2])), arrays[-2], prob.config, arrays[-1])
-        return np.sum(ct_y * y) + np.sum(ct_h * h)
+        y, final = spec.forward(dict(zip(names, arrays[:-2])), arrays[-2], prob.config, State(arrays[-1]))
+        return np.sum(ct_y * y) + np.sum(ct_h * final.h)
 
     return complex_step_grads(loss, base)
 
@@ -410,8 +455,10 @@ def _gradient(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outc
     fn_layer = getattr(backend, LAYER)
 
     def fn(*arrays):
-        return fn_layer(dict(zip(names, arrays[:-2])), arrays[-2], config=config, initial_state=arrays[-1],
-                        mode=path.mode, method=path.method, chunk_size=path.chunk_size)
+        y, final = fn_layer(dict(zip(names, arrays[:-2])), arrays[-2], config=config,
+                            initial_state=State(arrays[-1]), mode=path.mode, method=path.method,
+                            chunk_size=path.chunk_size)
+        return y, final.h
 
     primals = [backend.asarray(prob.params[k]) for k in names] + [backend.asarray(prob.x),
                                                                    backend.asarray(prob.initial_state)]
@@ -487,7 +534,18 @@ def cases(backend: ModuleType) -> list[Case]:
             "gated_linear_rnn_initial_state gives zeros (B, d_h) in the state dtype (float32 for bf16).",
             lambda be, d=dtype: _initial_state_fn(be, d), (f"{LAYER}_initial_state",))
 
+    for variant in ("tied", "reversed", "true-recurrence-tied"):
+        for path in _few_paths(backend, VARIANTS[variant][0]):
+            for dtype in DTYPES:
+                add(f"padding/{variant}[{path.label},{dtype}]", "padding",
+                    "right padding (lengths): each row equals that row alone on its real inputs, outputs at pads "
+                    "are zero, final_state is the state after the last real input (identity steps of one scan).",
+                    lambda be, v=variant, p=path, d=dtype: _padding(be, v, p, d))
+
     if "log" in getattr(backend, "METHODS", ()):
+        add("bad-input/lengths-with-log[log,float32]", "bad-input",
+            "lengths with method='log' raises ValueError naming chunked (an identity step has b = 0).",
+            lambda be: _bad_input(be, "lengths-with-log"))
         for dtype in DTYPES:
             add(f"equals-reference/log-domain[log,{dtype}]", "equals-reference",
                 "sigmoid candidate and positive h_0 lie in the log-space domain; method='log' equals the loop.",

@@ -6,8 +6,8 @@ dtype, runs the backend's pure functions (``gated_linear_rnn_lm``, ``gated_linea
 (``linrec.spec.gated_linear_rnn_lm.forward``) on the same rounded numbers upcast. Cross-backend equality
 (reference == jax == torch with the same canonical parameters) follows.
 
-Outputs and ``state["h"]`` use ``tolerance_for(dtype, grad=True)`` (§9 table ×10: a model output is many
-matrix products deep); ``state["position"]`` must be exact. Gradients are checked against the reference
+Outputs and ``final_state.h`` use ``tolerance_for(dtype, grad=True)`` (§9 table ×10: a model output is many
+matrix products deep); ``final_state.position`` must be exact. Gradients are checked against the reference
 differentiated by complex step (exact to float64 rounding).
 """
 
@@ -33,6 +33,7 @@ from linrec.conformance.layer_harness import (
 )
 from linrec.spec import gated_linear_rnn_lm as spec
 from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig
+from linrec.spec.state import State
 
 __all__ = ["VARIANTS", "cases", "make_problem"]
 
@@ -95,10 +96,11 @@ class Problem:
             inputs = to_reference_precision(inputs)
         state = self.state if state is ... else state
         if state is not None:
-            state = {"h": to_reference_precision(state["h"]), "position": state["position"]}
+            state = _to_state(lambda a: a, {"h": to_reference_precision(state["h"]), "position": state["position"]})
         masks = self.masks if masks is ... else masks
-        return spec.forward(params, inputs, self.config, state, lengths=lengths,
-                            dropout_masks={k: to_reference_precision(v) for k, v in masks.items()} or None)
+        out, final = spec.forward(params, inputs, self.config, state, lengths=lengths,
+                                  dropout_masks={k: to_reference_precision(v) for k, v in masks.items()} or None)
+        return out, _from_state(lambda a: a, final)
 
 
 def _draw_params(config: GatedLinearRNNLMConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -159,12 +161,29 @@ def _paths(backend: ModuleType, config: GatedLinearRNNLMConfig, *, all_methods: 
     return [PARALLEL, *[Path(m, "parallel", m, 4 if m == "chunked" else None) for m in methods], SEQUENTIAL]
 
 
+# The cases keep a state as ``{"h": (B, L, H), "position": (B,)}`` NumPy arrays (one array to compare); the
+# models carry ``State(h=L arrays (B, H), position)`` (recurrence.md §0): these two convert at the boundary.
+
+
+def _to_state(convert: Callable, state: dict[str, np.ndarray]) -> State:
+    h = state["h"]
+    return State(tuple(convert(np.ascontiguousarray(h[:, l])) for l in range(h.shape[1])), convert(state["position"]))
+
+
+def _from_state(convert: Callable, state: State) -> dict[str, np.ndarray]:
+    if not isinstance(state, State) or not isinstance(state.h, tuple):
+        h_type = type(getattr(state, "h", None)).__name__
+        raise CaseFailure(f"{LM} returned a state of type {type(state).__name__} (h: {h_type}), expected "
+                          "State(h=tuple of L arrays, position)")
+    return {"h": np.stack([convert(h) for h in state.h], axis=1), "position": convert(state.position)}
+
+
 def _b_state(backend: ModuleType, state):
-    return None if state is None else {k: backend.asarray(v) for k, v in state.items()}
+    return None if state is None else _to_state(backend.asarray, state)
 
 
 def _n_state(backend: ModuleType, state) -> dict[str, np.ndarray]:
-    return {k: as_numpy(backend, v) for k, v in state.items()}
+    return _from_state(lambda a: as_numpy(backend, a), state)
 
 
 def _call(backend: ModuleType, prob: Problem, path: Path | None = None, *, inputs=None, state=..., lengths=None,
@@ -175,8 +194,9 @@ def _call(backend: ModuleType, prob: Problem, path: Path | None = None, *, input
     out, new = getattr(backend, LM)(
         backend_params(backend, prob.params if params is None else params),
         backend.asarray(prob.inputs if inputs is None else inputs),
-        config=config or prob.config, state=_b_state(backend, state),
-        lengths=lengths, dropout_masks={k: backend.asarray(v) for k, v in masks.items()} or None,
+        config=config or prob.config, initial_state=_b_state(backend, state),
+        lengths=None if lengths is None else backend.asarray(lengths),
+        dropout_masks={k: backend.asarray(v) for k, v in masks.items()} or None,
         mode=path.mode, method=path.method, chunk_size=path.chunk_size,
     )
     return as_numpy(backend, out), _n_state(backend, new)
@@ -208,7 +228,7 @@ def _judge(label: str, got: tuple, want: tuple, dtype: str) -> Outcome:
                                      f"expected {np.asarray(want_state['position']).tolist()}")
     return compare_many([
         compare(f"{label} out", out, want_out, dtype, grad=True),
-        compare(f"{label} state['h']", state["h"], want_state["h"], dtype, grad=True),
+        compare(f"{label} final_state.h", state["h"], want_state["h"], dtype, grad=True),
     ])
 
 
@@ -302,14 +322,17 @@ def _lengths(backend: ModuleType, variant: str, dtype: str) -> Outcome:
 
 
 def _initial_state_fn(backend: ModuleType, dtype: str) -> Outcome:
-    state = _n_state(backend, getattr(backend, f"{LM}_initial_state")(_BASE, BATCH, dtype))
+    state = getattr(backend, f"{LM}_initial_state")(_BASE, BATCH, dtype)
+    if not isinstance(state, State) or not isinstance(state.h, tuple) or len(state.h) != _BASE.n_layer:
+        return Outcome(False, detail=f"got {type(state).__name__}, want State(h=tuple of n_layer arrays, position)")
+    state = _n_state(backend, state)
     h, position = state["h"], state["position"]
     want = spec.state_dtype(dtype)
-    if set(state) != {"h", "position"} or h.shape != (BATCH, 2, 3) or h.dtype.name != want or h.any():
+    if h.shape != (BATCH, 2, 3) or h.dtype.name != want or h.any():
         return Outcome(False, detail=f"h: shape {h.shape} dtype {h.dtype.name}; want zeros {(BATCH, 2, 3)} {want}")
     if position.shape != (BATCH,) or position.dtype.name != spec.POSITION_DTYPE or position.any():
         return Outcome(False, detail=f"position: shape {position.shape} dtype {position.dtype.name}; want zeros int32")
-    return Outcome(True, detail="h zeros (B, L, H), position zeros (B,) int32")
+    return Outcome(True, detail="State(h=L zeros (B, H), position=zeros (B,) int32)")
 
 
 def _empty(backend: ModuleType, dtype: str) -> Outcome:
@@ -357,9 +380,22 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
         return expect_error(lambda: run(state=other), ValueError, "n_layer")
     if what == "state-wrong-dtype":
         other = dict(state, h=state["h"].astype(np.float64))
-        return expect_error(lambda: run(state=other), TypeError, "state['h']")
+        return expect_error(lambda: run(state=other), TypeError, "initial_state.h[0]")
     if what == "state-without-position":
-        return expect_error(lambda: run(state={"h": state["h"]}), TypeError, "position")
+        lm = getattr(backend, LM)
+        no_position = State(_b_state(backend, state).h)
+        return expect_error(lambda: lm(backend_params(backend, params), backend.asarray(tokens), config=prob.config,
+                                       initial_state=no_position), ValueError, "position")
+    if what == "state-not-a-State":
+        lm = getattr(backend, LM)
+        as_dict = {"h": backend.asarray(state["h"]), "position": backend.asarray(state["position"])}
+        return expect_error(lambda: lm(backend_params(backend, params), backend.asarray(tokens), config=prob.config,
+                                       initial_state=as_dict), TypeError, "initial_state")
+    if what == "lengths-with-log":
+        return expect_error(lambda: run(lengths=np.array([6, 1], np.int32), path=Path("log", "parallel", "log")),
+                             ValueError, "chunked")
+    if what == "lengths-float":
+        return expect_error(lambda: run(lengths=np.array([6.0, 1.0], np.float32)), TypeError, "lengths")
     if what == "float-inputs-with-word-embedding":
         return expect_error(lambda: run(inputs=tokens.astype(np.float32)), TypeError, "token")
     if what == "tokens-without-word-embedding":
@@ -398,7 +434,8 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
 BAD_INPUTS = (
     "token-out-of-range", "negative-token", "step-token-out-of-range", "longer-than-max-seq-length",
     "sinusoidal-longer-than-max-seq-length", "decode-past-max-seq-length", "state-from-other-config",
-    "state-wrong-dtype", "state-without-position", "float-inputs-with-word-embedding",
+    "state-wrong-dtype", "state-without-position", "state-not-a-State", "lengths-with-log", "lengths-float",
+    "float-inputs-with-word-embedding",
     "tokens-without-word-embedding", "wrong-feature-size", "missing-param", "param-wrong-shape",
     "lengths-out-of-range", "lengths-with-dropout-masks", "dropout-mask-unknown-site", "dropout-mask-wrong-shape",
     "parallel-with-true-recurrence", "unknown-mode",
@@ -435,10 +472,11 @@ def _reference_grads(variant: str, dtype: str) -> tuple[np.ndarray, ...]:
 
     def loss(arrays: list[np.ndarray]) -> complex:
         inputs = arrays[len(names)] if _float_inputs(prob) else prob.inputs
-        state = {"h": arrays[-1], "position": prob.state["position"]}
+        state = _to_state(lambda a: a, {"h": arrays[-1], "position": prob.state["position"]})
         out, new = spec.forward(dict(zip(names, arrays[: len(names)])), inputs, prob.config, state,
                                 dropout_masks=masks)
-        return np.sum(to_reference_precision(ct_out) * out) + np.sum(to_reference_precision(ct_h) * new["h"])
+        h = np.stack(new.h, axis=1)
+        return np.sum(to_reference_precision(ct_out) * out) + np.sum(to_reference_precision(ct_h) * h)
 
     return tuple(complex_step_grads(loss, base))
 
@@ -451,22 +489,27 @@ def _gradient(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outc
     masks = {k: backend.asarray(v) for k, v in prob.masks.items()} or None
     float_inputs = _float_inputs(prob)
 
+    n_layer = prob.config.n_layer
+
     def fn(*arrays):
         inputs = arrays[len(names)] if float_inputs else backend.asarray(prob.inputs)
-        state = {"h": arrays[-1], "position": backend.asarray(position)}
-        out, new = fn_lm(dict(zip(names, arrays[: len(names)])), inputs, config=prob.config, state=state,
+        state = State(tuple(arrays[len(arrays) - n_layer:]), backend.asarray(position))
+        out, new = fn_lm(dict(zip(names, arrays[: len(names)])), inputs, config=prob.config, initial_state=state,
                          dropout_masks=masks, mode=path.mode, method=path.method)
-        return out, new["h"]
+        return (out, *new.h)
 
     primals = [backend.asarray(prob.params[k]) for k in names]
     labels = list(names)
     if float_inputs:
         primals.append(backend.asarray(prob.inputs))
         labels.append("inputs")
-    primals.append(backend.asarray(prob.state["h"]))
-    labels.append("state['h']")
-    got = backend_vjp(backend)(fn, tuple(primals), (backend.asarray(ct_out), backend.asarray(ct_h)))
-    want = _reference_grads(variant, dtype)
+    primals += [backend.asarray(np.ascontiguousarray(prob.state["h"][:, l])) for l in range(n_layer)]
+    labels += [f"initial_state.h[{l}]" for l in range(n_layer)]
+    cotangents = (backend.asarray(ct_out), *(backend.asarray(np.ascontiguousarray(ct_h[:, l]))
+                                             for l in range(n_layer)))
+    got = backend_vjp(backend)(fn, tuple(primals), cotangents)
+    *want, want_h = _reference_grads(variant, dtype)
+    want += [want_h[:, l] for l in range(n_layer)]
     return compare_many([compare(f"d{label}", as_numpy(backend, g), w, dtype, grad=True)
                          for label, g, w in zip(labels, got, want)])
 
@@ -525,6 +568,6 @@ def cases(backend: ModuleType) -> list[Case]:
         for dtype in ("float64", "float32") if variant == "default" else ("float64",):
             path = _paths(backend, config)[0]
             add(f"gradient/{variant}[{path.label},{dtype}]", "gradient",
-                "VJP w.r.t. every parameter, float inputs and state['h'] equals the complex-step reference.",
+                "VJP w.r.t. every parameter, float inputs and initial_state.h equals the complex-step reference.",
                 lambda be, v=variant, p=path, d=dtype: _gradient(be, v, p, d), (LM, "vjp"))
     return out

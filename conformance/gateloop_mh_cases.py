@@ -28,6 +28,7 @@ from linrec.conformance.layer_harness import Path, backend_params, backend_vjp, 
 from linrec.spec import gateloop_mh as spec
 from linrec.spec import reference
 from linrec.spec.gateloop_mh import GateLoopMHConfig
+from linrec.spec.state import State
 
 __all__ = ["GRAD_VARIANTS", "VARIANTS", "cases", "make_problem"]
 
@@ -57,7 +58,7 @@ VARIANTS: dict[str, tuple[GateLoopMHConfig, str]] = {
         "complex gate per head with relu phase, complex output through out_proj",
     ),
 }
-#: Variants run on every path; the others on parallel-auto and chunked mode only (keeps compile time down).
+#: Variants run on every path; the others on parallel-auto and method="chunked" only (keeps compile time down).
 FULL_PATH_VARIANTS = ("real", "complex")
 GRAD_VARIANTS = tuple(VARIANTS)
 
@@ -79,11 +80,13 @@ class Problem:
     def ref_params(self) -> dict[str, np.ndarray]:
         return {k: to_reference_precision(v) for k, v in self.params.items()}
 
-    def reference(self, x: np.ndarray | None = None, initial_state=...):
-        """The float64 reference on the (rounded) inputs, or on a replacement ``x`` / ``initial_state``."""
+    def reference(self, x: np.ndarray | None = None, initial_state=..., lengths: np.ndarray | None = None):
+        """The float64 reference ``(y, final S)`` on the (rounded) inputs, or on a replacement ``x`` /
+        ``initial_state`` (an array ``(B, H, K, V)``), right-padded by ``lengths`` when given."""
         h0 = self.initial_state if initial_state is ... else initial_state
-        return spec.forward(self.ref_params(), to_reference_precision(self.x if x is None else x), self.config,
-                            None if h0 is None else to_reference_precision(h0))
+        y, final = spec.forward(self.ref_params(), to_reference_precision(self.x if x is None else x), self.config,
+                                None if h0 is None else State(to_reference_precision(h0)), lengths=lengths)
+        return y, final.h
 
 
 def _draw_params(config: GateLoopMHConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -139,8 +142,9 @@ AUTO = Path("parallel-auto", "parallel")
 SEQUENTIAL_MODE = Path("mode-sequential", "sequential")
 
 
-def _chunked_path(method: str = "auto", size: int = CHUNK) -> Path:
-    return Path(f"mode-chunked-{size}-{method}", "chunked", method, size)
+def _chunked_path(size: int = CHUNK) -> Path:
+    """The memory-lean path (``gateloop_mh.md`` §6): ``mode="parallel", method="chunked"`` with chunks of ``size``."""
+    return Path(f"method-chunked-{size}", "parallel", "chunked", size)
 
 
 def _methods(backend: ModuleType) -> list[str]:
@@ -154,32 +158,35 @@ def _paths(backend: ModuleType, variant: str, dtype: str) -> list[Path]:
         return default[:2]
     if dtype != "float64":
         return default
-    parallel = [Path(f"parallel-{m}", "parallel", m) for m in _methods(backend)]
-    chunked = [_chunked_path(m) for m in ("associative",) if m in _methods(backend)]
-    return [*default, *parallel, *chunked]
+    parallel = [Path(f"parallel-{m}", "parallel", m) for m in _methods(backend) if m != "chunked"]
+    return [*default, *parallel]
 
 
 def _call(backend: ModuleType, prob: Problem, path: Path = AUTO, *, x=None, initial_state=..., config=None,
-          params=None) -> tuple[np.ndarray, np.ndarray]:
+          params=None, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The backend's layer (``initial_state``: an array wrapped in a ``State``) → ``(y, final_state.h)``."""
     h0 = prob.initial_state if initial_state is ... else initial_state
+    kw = {} if lengths is None else {"lengths": backend.asarray(lengths)}
     y, s = getattr(backend, LAYER)(
         backend_params(backend, prob.params if params is None else params),
         backend.asarray(prob.x if x is None else x),
-        config=config or prob.config, initial_state=as_backend(backend, h0),
-        mode=path.mode, method=path.method, chunk_size=path.chunk_size,
+        config=config or prob.config, initial_state=None if h0 is None else State(as_backend(backend, h0)),
+        mode=path.mode, method=path.method, chunk_size=path.chunk_size, **kw,
     )
-    return as_numpy(backend, y), as_numpy(backend, s)
+    if not isinstance(s, State):
+        raise CaseFailure(f"{LAYER} returned final_state of type {type(s).__name__}, expected State")
+    return as_numpy(backend, y), as_numpy(backend, s.h)
 
 
 def _steps(backend: ModuleType, prob: Problem, x: np.ndarray, state) -> tuple[np.ndarray, np.ndarray]:
     step = getattr(backend, f"{LAYER}_step")
     params = backend_params(backend, prob.params)
-    state = as_backend(backend, state)
+    state = None if state is None else State(as_backend(backend, state))
     ys = []
     for t in range(x.shape[1]):
         y_t, state = step(params, backend.asarray(np.ascontiguousarray(x[:, t])), state, config=prob.config)
         ys.append(as_numpy(backend, y_t))
-    return np.stack(ys, axis=1), as_numpy(backend, state)
+    return np.stack(ys, axis=1), as_numpy(backend, state.h)
 
 
 def _compare_pair(label: str, got: tuple, want: tuple, prob: Problem) -> Outcome:
@@ -201,7 +208,7 @@ def _equals_reference(backend: ModuleType, variant: str, path: Path, dtype: str)
 
 def _chunk_sizes(backend: ModuleType, size: int, dtype: str) -> Outcome:
     prob = make_problem(_BASE, dtype, case_seed("chunk-size", dtype))
-    chunked = _call(backend, prob, _chunked_path("auto", size))
+    chunked = _call(backend, prob, _chunked_path(size))
     return compare_many([
         _compare_pair(f"chunk {size} vs reference", chunked, prob.reference(), prob),
         _compare_pair(f"chunk {size} vs parallel", chunked, _call(backend, prob, AUTO), prob),
@@ -249,11 +256,28 @@ def _empty_sequence(backend: ModuleType, variant: str, path: Path, dtype: str) -
 
 def _initial_state_fn(backend: ModuleType, variant: str, dtype: str) -> Outcome:
     config = VARIANTS[variant][0]
-    s = as_numpy(backend, getattr(backend, f"{LAYER}_initial_state")(config, BATCH, dtype))
+    state = getattr(backend, f"{LAYER}_initial_state")(config, BATCH, dtype)
+    if not isinstance(state, State) or state.position is not None:
+        return Outcome(False, detail=f"got {type(state).__name__}, want State(h=(B, H, K, V), position=None)")
+    s = as_numpy(backend, state.h)
     shape, want = spec.state_shape(config, BATCH), spec.state_dtype(config, dtype)
     if s.shape != shape or s.dtype.name != want or np.any(s != 0):
         return Outcome(False, detail=f"got shape {s.shape} dtype {s.dtype.name}; want zeros {shape} {want}")
     return Outcome(True, detail=f"zeros {shape} {want}")
+
+
+PAD_LENGTHS = np.array([LENGTH, 3], np.int32)
+
+
+def _padding(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outcome:
+    """Each padded row equals that row run alone on its real inputs (the reference's definition); pads give 0."""
+    prob = make_problem(VARIANTS[variant][0], dtype, case_seed("padding", variant, dtype))
+    y, s = _call(backend, prob, path, lengths=PAD_LENGTHS)
+    pads = np.concatenate([y[i, n:].ravel() for i, n in enumerate(PAD_LENGTHS)])
+    if np.any(pads != 0):
+        return Outcome(False, detail=f"outputs at padded positions are not zero (max |y| {np.abs(pads).max()})")
+    return _compare_pair(f"{path.label} lengths={PAD_LENGTHS.tolist()}", (y, s), prob.reference(lengths=PAD_LENGTHS),
+                         prob)
 
 
 def _siso_reduction(backend: ModuleType, gate: str, path: Path, dtype: str) -> Outcome:
@@ -305,10 +329,18 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
             TypeError, "initial_state"),
         "state-wrong-precision": (lambda: _call(backend, prob, initial_state=s0.astype(np.float64)), TypeError,
                                   "initial_state"),
+        "state-not-a-State": (
+            lambda: getattr(backend, LAYER)(backend_params(backend, params), backend.asarray(x), config=_BASE,
+                                            initial_state=backend.asarray(s0)),
+            TypeError, "initial_state"),
+        "lengths-out-of-range": (lambda: _call(backend, prob, lengths=np.array([LENGTH + 1, 1], np.int32)),
+                                 ValueError, "lengths"),
+        "lengths-float": (lambda: _call(backend, prob, lengths=np.array([2.0, 1.0], np.float32)), TypeError,
+                          "lengths"),
         "step-state-wrong-shape": (
             lambda: getattr(backend, f"{LAYER}_step")(
                 backend_params(backend, params), backend.asarray(x[:, 0]),
-                backend.asarray(np.zeros((BATCH + 1, HEADS, D_KEY, D_VALUE), x.dtype)), config=_BASE),
+                State(backend.asarray(np.zeros((BATCH + 1, HEADS, D_KEY, D_VALUE), x.dtype))), config=_BASE),
             ValueError, "state"),
         "step-wrong-feature-size": (
             lambda: getattr(backend, f"{LAYER}_step")(
@@ -320,7 +352,11 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
         "method-with-sequential-mode": (
             lambda: _call(backend, prob, Path("associative", "sequential", "associative")),
             ValueError, "mode='parallel'"),
-        "chunk-size-zero": (lambda: _call(backend, prob, Path("c0", "chunked", "auto", 0)), ValueError,
+        "mode-chunked-refused": (lambda: _call(backend, prob, Path("mc", "chunked", "auto")), ValueError,
+                                 "method='chunked'"),
+        "chunk-size-without-chunked-method": (lambda: _call(backend, prob, Path("c4", "parallel", "associative", 4)),
+                                              ValueError, "chunk_size"),
+        "chunk-size-zero": (lambda: _call(backend, prob, Path("c0", "parallel", "chunked", 0)), ValueError,
                             "chunk_size"),
         "missing-param": (lambda: _call(backend, prob, params={k: v for k, v in params.items()
                                                                 if k != "out_proj.bias"}),
@@ -339,8 +375,10 @@ def _bad_input(backend: ModuleType, what: str) -> Outcome:
 
 BAD_INPUTS = (
     "wrong-feature-size", "wrong-rank", "integer-input", "state-wrong-shape", "state-complex-for-real-gate",
-    "state-real-for-complex-gate", "state-wrong-precision", "step-state-wrong-shape", "step-wrong-feature-size",
+    "state-real-for-complex-gate", "state-wrong-precision", "state-not-a-State", "lengths-out-of-range",
+    "lengths-float", "step-state-wrong-shape", "step-wrong-feature-size",
     "unknown-mode", "unknown-method", "log-method", "method-with-sequential-mode", "chunk-size-zero",
+    "mode-chunked-refused", "chunk-size-without-chunked-method",
     "missing-param", "param-wrong-shape", "real-gate-params-for-complex-config",
 )
 
@@ -370,15 +408,16 @@ def _gradient(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outc
     layer = getattr(backend, LAYER)
 
     def fn(*arrays):
-        return layer(dict(zip(names, arrays[:-2])), arrays[-2], config=config, initial_state=arrays[-1],
-                     mode=path.mode, method=path.method, chunk_size=path.chunk_size)
+        y, final = layer(dict(zip(names, arrays[:-2])), arrays[-2], config=config, initial_state=State(arrays[-1]),
+                         mode=path.mode, method=path.method, chunk_size=path.chunk_size)
+        return y, final.h
 
     primals = (*(backend.asarray(prob.params[k]) for k in names), backend.asarray(prob.x),
                backend.asarray(prob.initial_state))
     got = backend_vjp(backend)(fn, primals, (backend.asarray(ct_y), backend.asarray(ct_s)))
     p_bar, x_bar, s_bar = spec.vjp(prob.ref_params(), to_reference_precision(prob.x), config,
                                    to_reference_precision(ct_y), to_reference_precision(ct_s),
-                                   initial_state=to_reference_precision(prob.initial_state))
+                                   initial_state=State(to_reference_precision(prob.initial_state)))
     want = [*(p_bar[k] for k in names), x_bar, s_bar]
     labels = [*names, "x", "initial_state"]
     return compare_many([
@@ -414,8 +453,8 @@ def cases(backend: ModuleType) -> list[Case]:
                     lambda be, v=variant, p=path, d=dtype: _equals_reference(be, v, p, d))
 
     for size, dtype in ((1, "float64"), (2, "float64"), (16, "float64"), (2, "float32")):
-        add(f"chunked/chunk-size-{size}[mode-chunked,{dtype}]", "chunked-equals-parallel",
-            f"mode='chunked' with chunks of {size} steps (T={LENGTH}) equals the reference and mode='parallel'.",
+        add(f"chunked/chunk-size-{size}[method-chunked,{dtype}]", "chunked-equals-parallel",
+            f"method='chunked' with chunks of {size} steps (T={LENGTH}) equals the reference and one scan.",
             lambda be, s=size, d=dtype: _chunk_sizes(be, s, d))
 
     for variant in VARIANTS:
@@ -445,6 +484,14 @@ def cases(backend: ModuleType) -> list[Case]:
             add(f"initial-state/function/{variant}[{dtype}]", "initial-state",
                 "gateloop_mh_initial_state gives zeros (B, H, K, V) in the state dtype.",
                 lambda be, v=variant, d=dtype: _initial_state_fn(be, v, d), (f"{LAYER}_initial_state",))
+
+    for variant in FULL_PATH_VARIANTS:
+        for path in (AUTO, _chunked_path(), SEQUENTIAL_MODE):
+            for dtype in DTYPES:
+                add(f"padding/{variant}[{path.label},{dtype}]", "padding",
+                    "right padding (lengths): each row equals that row alone on its real inputs, outputs at pads "
+                    "are zero, final_state is S after the last real input (a = 1, k ⊗ v = 0 inside the scan).",
+                    lambda be, v=variant, p=path, d=dtype: _padding(be, v, p, d))
 
     for gate in ("real", "complex"):
         for path, dtype in ((AUTO, "float64"), (SEQUENTIAL_MODE, "float64"), (AUTO, "float32")):

@@ -1,7 +1,8 @@
 """Conformance cases for the minGRU layer (``spec/mingru.md``), and the machinery ``minlstm_cases`` reuses.
 
-A backend takes part by exposing ``mingru(params, x, *, config, initial_state, mode, method)``,
-``mingru_step(params, x_t, state, *, config)`` and ``mingru_initial_state(config, batch_size, dtype)``;
+A backend takes part by exposing ``mingru(params, x, *, config, initial_state, lengths, mode, method)``,
+``mingru_step(params, x_t, state, *, config)`` and ``mingru_initial_state(config, batch_size, dtype)``, the states
+being ``linrec.spec.state.State(h=(B, H))`` (recurrence.md §0);
 gradient cases also need ``vjp`` (the NumPy backend has none, so it reports them as unsupported).
 
 Every case draws its inputs in NumPy from a fixed seed, rounds them to the case dtype, and judges the
@@ -23,6 +24,7 @@ from linrec.conformance.compare import as_backend, as_numpy, compare, compare_ma
 from linrec.conformance.inputs import rounded
 from linrec.conformance.layer_harness import assert_raises, backend_params, backend_vjp, scan_and_step_paths
 from linrec.spec import mingru as mingru_spec
+from linrec.spec.state import State
 
 __all__ = ["MINGRU", "LayerUnderTest", "cases", "layer_cases", "make_problem"]
 
@@ -104,31 +106,46 @@ def make_problem(layer: LayerUnderTest, config, seed: int, dtype: str, *, length
 # --- calling the backend -----------------------------------------------------------------------
 
 
-def _call(backend, layer, config, p: Problem, x=None, h0="given", mode="parallel", method="auto"):
+def state_h(backend, state) -> np.ndarray:
+    """``state.h`` of a backend's ``State`` as NumPy; anything else fails the case (the state type is §0's)."""
+    if not isinstance(state, State):
+        raise CaseFailure(f"the state is a {type(state).__name__}, not a linrec State (recurrence.md §0)")
+    if state.position is not None:
+        raise CaseFailure(f"the state's position is {state.position!r}; this layer has none")
+    return as_numpy(backend, state.h)
+
+
+def as_state(backend, h: np.ndarray | None) -> State | None:
+    return None if h is None else State(as_backend(backend, h))
+
+
+def _call(backend, layer, config, p: Problem, x=None, h0="given", mode="auto", method="auto", lengths=None):
     fn = getattr(backend, layer.name)
     x = p.x if x is None else x
     h0 = p.initial_state if isinstance(h0, str) else h0
+    kw = {} if lengths is None else {"lengths": as_backend(backend, lengths)}
     y, final = fn(backend_params(backend, p.params), as_backend(backend, x), config=config,
-                  initial_state=as_backend(backend, h0), mode=mode, method=method)
-    return as_numpy(backend, y), as_numpy(backend, final)
+                  initial_state=as_state(backend, h0), mode=mode, method=method, **kw)
+    return as_numpy(backend, y), state_h(backend, final)
 
 
 def _steps(backend, layer, config, p: Problem, x: np.ndarray, state):
     """Run ``<layer>_step`` over every step of ``x``; ``state`` is a NumPy array or ``None`` (default state)."""
     step = getattr(backend, f"{layer.name}_step")
     params = backend_params(backend, p.params)
-    state = as_backend(backend, state)
+    state = as_state(backend, state)
     ys = []
     for t in range(x.shape[1]):
         y_t, state = step(params, as_backend(backend, x[:, t]), state, config=config)
         ys.append(as_numpy(backend, y_t))
     y = np.stack(ys, axis=1) if ys else np.zeros((x.shape[0], 0, config.d_out), x.dtype)
-    return y, None if state is None else as_numpy(backend, state)
+    return y, None if state is None else state_h(backend, state)
 
 
-def _reference(layer, config, p: Problem, h0="given"):
+def _reference(layer, config, p: Problem, h0="given", lengths=None):
     h0 = p.h0_ref if isinstance(h0, str) else h0
-    return layer.spec.forward(p.params_ref, p.x_ref, config, h0)
+    y, final = layer.spec.forward(p.params_ref, p.x_ref, config, None if h0 is None else State(h0), lengths)
+    return y, final.h
 
 
 def _judge(y, final, y_ref, final_ref, dtype, method=None, length=LENGTH, label=""):
@@ -200,7 +217,7 @@ def _default_state(backend, layer, which, method, dtype) -> Outcome:
     config = layer.config(which)
     p = make_problem(layer, config, 5, dtype, with_state=False)
     init = getattr(backend, f"{layer.name}_initial_state")(config, BATCH, dtype)
-    explicit = as_numpy(backend, init)
+    explicit = state_h(backend, init)
     want = np.full((BATCH, config.d_inner), config.default_state, explicit.dtype)
     if explicit.dtype.name != mingru_spec.state_dtype(dtype) or not np.array_equal(explicit, want):
         raise CaseFailure(f"{layer.name}_initial_state gave {explicit!r}, expected {want!r}")
@@ -226,6 +243,24 @@ def _empty_sequence(backend, layer, which, method, dtype) -> Outcome:
     ])
 
 
+def _padding(backend, layer, which, mode, method, dtype) -> Outcome:
+    """Right padding: a padded row equals that row run alone on its real inputs; outputs at pads are zero."""
+    config = layer.config(which)
+    p = make_problem(layer, config, 10, dtype, batch=3)
+    lengths = np.array([LENGTH, 4, 0], np.int32)
+    y, final = _call(backend, layer, config, p, mode=mode, method=method, lengths=lengths)
+    outcomes = []
+    for i, n in enumerate(lengths):
+        row = Problem(p.params, p.x[i : i + 1, :n], p.initial_state[i : i + 1], dtype)
+        y_ref, f_ref = _reference(layer, config, row)
+        outcomes.append(_judge(y[i : i + 1, :n], final[i : i + 1], y_ref, f_ref, dtype, method=method, length=int(n),
+                               label=f"row {i} (length {n}): "))
+    pads = np.concatenate([y[i, n:].ravel() for i, n in enumerate(lengths)])
+    if np.any(pads != 0):
+        raise CaseFailure(f"outputs at padded positions must be zero, max |y| there = {np.abs(pads).max()}")
+    return compare_many(outcomes)
+
+
 # --- gradients -------------------------------------------------------------------------------------
 
 
@@ -240,7 +275,8 @@ def _gradients(backend, layer, which, mode, method, dtype) -> Outcome:
 
     def fn(*args):
         params = dict(zip(names, args[: len(names)]))
-        return fn_layer(params, args[-2], config=config, initial_state=args[-1], mode=mode, method=method)
+        y, final = fn_layer(params, args[-2], config=config, initial_state=State(args[-1]), mode=mode, method=method)
+        return y, final.h
 
     primals = tuple(as_backend(backend, v) for v in [*(p.params[n] for n in names), p.x, p.initial_state])
     grads = backend_vjp(backend)(fn, primals, (as_backend(backend, ct_y), as_backend(backend, ct_f)))
@@ -262,12 +298,17 @@ def _bad_inputs(layer: LayerUnderTest) -> dict[str, tuple[str, type, str, Callab
     ident, g_cfg = layer.config("identity"), layer.config("g-half")
     neg_default = layer.config_cls(**{**layer.configs["g-half"], "default_state": -0.5})
 
-    def call(config, *, x=None, h0="given", mode="parallel", method="auto", params=None):
+    def call(config, *, x=None, h0="given", mode="auto", method="auto", params=None, lengths=None,
+             raw_state=None):
         def run(backend):
             p = make_problem(layer, config, 9, "float32")
             if params is not None:
                 p.params = params(p.params)
-            return _call(backend, layer, config, p, x=x, h0=h0, mode=mode, method=method)
+            if raw_state is not None:  # a bare array where a State belongs
+                fn = getattr(backend, layer.name)
+                return fn(backend_params(backend, p.params), as_backend(backend, p.x), config=config,
+                          initial_state=as_backend(backend, raw_state))
+            return _call(backend, layer, config, p, x=x, h0=h0, mode=mode, method=method, lengths=lengths)
         return run
 
     def step(config, x_t, state):
@@ -275,7 +316,7 @@ def _bad_inputs(layer: LayerUnderTest) -> dict[str, tuple[str, type, str, Callab
             p = make_problem(layer, config, 9, "float32")
             fn = getattr(backend, f"{layer.name}_step")
             return fn(backend_params(backend, p.params), as_backend(backend, x_t),
-                      as_backend(backend, state), config=config)
+                      as_state(backend, state), config=config)
         return run
 
     f32 = np.float32
@@ -305,6 +346,16 @@ def _bad_inputs(layer: LayerUnderTest) -> dict[str, tuple[str, type, str, Callab
                                                              method="log")),
         "log-negative-default-state": ("method='log' with default_state < 0 raises ValueError naming default_state.",
                                        ValueError, "default_state", call(neg_default, h0=None, method="log")),
+        "state-not-a-State": ("a bare array as initial_state raises TypeError naming State.", TypeError, "State",
+                              call(ident, raw_state=np.zeros((BATCH, ident.d_inner), f32))),
+        "x-time-major-2d": ("a 2-D x (no batch axis) raises ValueError naming x, never taken as unbatched.",
+                            ValueError, "x must have 3 axes", call(ident, x=np.zeros((4, D_MODEL), f32))),
+        "lengths-with-log": ("lengths with method='log' raises ValueError naming chunked.", ValueError, "chunked",
+                             call(g_cfg, method="log", lengths=np.array([2, 1], np.int32))),
+        "lengths-out-of-range": ("lengths beyond T raises ValueError naming lengths.", ValueError, "lengths",
+                                 call(ident, lengths=np.array([99, 1], np.int32))),
+        "lengths-float": ("float lengths raise TypeError naming lengths.", TypeError, "lengths",
+                          call(ident, lengths=np.array([2.0, 1.0], f32))),
         "params-missing": ("params without proj.kernel raise ValueError naming it.", ValueError, "proj.kernel",
                            call(ident, params=lambda ps: {k: v for k, v in ps.items() if k != "proj.kernel"})),
         "step-wrong-features": ("x_t with D != d_model raises ValueError.", ValueError, "x_t",
@@ -342,6 +393,13 @@ def layer_cases(backend: ModuleType, layer: LayerUnderTest) -> list[Case]:
                         "final_state) equals the analytic reference VJP",
                         lambda be, w=which, mo=mode, me=method, d=dtype: _gradients(be, layer, w, mo, me, d),
                         requires=(name, "vjp"))
+        for label, mode, method in scan_and_step_paths(backend):
+            if method == "log":  # refuses lengths: a bad-input case
+                continue
+            add(f"{which}[{label},float32]", "padding",
+                f"right padding (lengths): each row equals that row alone on its real inputs, outputs at pads are "
+                f"zero ({which}, {label})",
+                lambda be, w=which, mo=mode, me=method: _padding(be, layer, w, mo, me, "float32"))
         for dtype in DTYPES:
             add(f"{which}[{dtype}]", "parallel-equals-step",
                 f"{name}_step over every step equals the reference and the parallel pass ({which})",

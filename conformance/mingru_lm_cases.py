@@ -3,7 +3,8 @@
 A backend takes part by exposing ``mingru_lm(params, tokens, *, config, initial_state, lengths, mode, method)``,
 ``mingru_lm_step(params, token, state, *, config)``, ``mingru_lm_initial_state(config, batch_size, dtype)`` and
 ``mingru_lm_generate(params, prompt, *, config, max_new_tokens, temperature, top_k, seed, lengths,
-return_logits)``; gradient cases also need ``vjp``.
+return_logits)``; gradient cases also need ``vjp``. States are ``linrec.spec.state.State(h=tuple of L (B, H)
+arrays)``; ragged batches are right-padded with ``lengths`` (recurrence.md §0).
 
 Inputs are drawn in NumPy from fixed seeds and rounded to the case dtype; the judge is the float64 NumPy
 reference (``linrec.spec.mingru_lm.forward``) on the same rounded numbers. A model output passes through
@@ -30,7 +31,8 @@ from linrec.conformance.layer_harness import (
 )
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
-from linrec.spec.mingru_lm import MinGRULMConfig, MinGRULMState
+from linrec.spec.mingru_lm import MinGRULMConfig
+from linrec.spec.state import State
 
 __all__ = ["CONFIGS", "cases", "make_problem"]
 
@@ -59,7 +61,7 @@ def config(which: str) -> MinGRULMConfig:
 class Problem:
     params: dict[str, np.ndarray]
     tokens: np.ndarray
-    h0: np.ndarray | None
+    h0: np.ndarray | None  # (L, B, H); the State holds its L slices
     dtype: str
 
     @property
@@ -67,8 +69,8 @@ class Problem:
         return {k: to_reference_precision(v) for k, v in self.params.items()}
 
     @property
-    def state_ref(self) -> MinGRULMState | None:
-        return None if self.h0 is None else MinGRULMState(to_reference_precision(self.h0))
+    def state_ref(self) -> State | None:
+        return None if self.h0 is None else State(tuple(to_reference_precision(self.h0)))
 
 
 def make_params(cfg: MinGRULMConfig, seed: int, dtype: str) -> dict[str, np.ndarray]:
@@ -104,25 +106,42 @@ def make_problem(cfg: MinGRULMConfig, seed: int, dtype: str, *, batch: int = BAT
 
 
 def _state(backend, h):
-    return None if h is None else MinGRULMState(as_backend(backend, h))
+    """``(L, B, H)`` NumPy -> the backend's ``State`` of ``L`` arrays."""
+    return None if h is None else State(tuple(as_backend(backend, a) for a in h))
 
 
-def _call(backend, cfg, p: Problem, tokens=None, h0="given", lengths=None, mode="parallel", method="auto"):
+def _stacked(backend, state, cfg: MinGRULMConfig) -> np.ndarray:
+    """A backend ``State`` -> ``(L, B, H)`` NumPy; anything but a ``State`` of ``L`` arrays fails the case."""
+    if not isinstance(state, State) or not isinstance(state.h, tuple) or len(state.h) != cfg.n_layers:
+        raise CaseFailure(f"the state must be a State whose h is a tuple of {cfg.n_layers} arrays, got "
+                          f"{type(state).__name__}")
+    if state.position is not None:
+        raise CaseFailure(f"the model's state has position {state.position!r}; it has none")
+    return np.stack([as_numpy(backend, a) for a in state.h])
+
+
+def _call(backend, cfg, p: Problem, tokens=None, h0="given", lengths=None, mode="auto", method="auto"):
     h0 = p.h0 if isinstance(h0, str) else h0
     logits, state = backend.mingru_lm(
         backend_params(backend, p.params), as_backend(backend, p.tokens if tokens is None else tokens), config=cfg,
         initial_state=_state(backend, h0), lengths=as_backend(backend, lengths), mode=mode, method=method)
-    return as_numpy(backend, logits), as_numpy(backend, state.h)
+    return as_numpy(backend, logits), _stacked(backend, state, cfg)
+
+
+def _forward(params, tokens, cfg, state=None, lengths=None):
+    """The float64 reference: ``(logits, (L, B, H))``."""
+    logits, final = spec.forward(params, tokens, cfg, state, lengths)
+    return logits, np.stack(final.h)
 
 
 def _steps(backend, cfg, p: Problem, tokens, h):
     params = backend_params(backend, p.params)
-    state = MinGRULMState(as_backend(backend, h))
+    state = _state(backend, h)
     out = []
     for t in range(tokens.shape[1]):
         logits, state = backend.mingru_lm_step(params, as_backend(backend, tokens[:, t]), state, config=cfg)
         out.append(as_numpy(backend, logits))
-    return np.stack(out, axis=1), as_numpy(backend, state.h)
+    return np.stack(out, axis=1), _stacked(backend, state, cfg)
 
 
 def _judge(logits, h, logits_ref, h_ref, dtype, *, method=None, label=""):
@@ -140,12 +159,12 @@ def _equals_reference(backend, which, mode, method, dtype) -> Outcome:
     if method == "log" and cfg.candidate != "g":
         return assert_raises(ValueError, "candidate='g'", lambda: _call(backend, cfg, p, method=method))
     logits, h = _call(backend, cfg, p, mode=mode, method=method)
-    ref_logits, ref_state = spec.forward(p.params_ref, p.tokens, cfg, p.state_ref)
-    return _judge(logits, h, ref_logits, ref_state.h, dtype, method=method)
+    ref_logits, ref_h = _forward(p.params_ref, p.tokens, cfg, p.state_ref)
+    return _judge(logits, h, ref_logits, ref_h, dtype, method=method)
 
 
 def _padded(cfg: MinGRULMConfig, seed: int, dtype: str):
-    """Three prompts of lengths 7, 4, 1, left-padded with random tokens into one ``(3, 7)`` batch."""
+    """Three prompts of lengths 7, 4, 1, right-padded with random tokens into one ``(3, 7)`` batch."""
     p = make_problem(cfg, seed, dtype, batch=3, with_state=False)
     lengths = np.array([LENGTH, 4, 1])
     return p, lengths
@@ -157,24 +176,27 @@ def _padding_equals_alone(backend, which, mode, method, dtype) -> Outcome:
     logits, h = _call(backend, cfg, p, lengths=lengths, mode=mode, method=method)
     outcomes = []
     for row, n in enumerate(lengths):
-        alone_logits, alone_state = spec.forward(p.params_ref, p.tokens[row:row + 1, LENGTH - n:], cfg)
-        outcomes.append(_judge(logits[row:row + 1, LENGTH - n:], h[:, row:row + 1], alone_logits, alone_state.h,
+        alone_logits, alone_h = _forward(p.params_ref, p.tokens[row:row + 1, :n], cfg)
+        outcomes.append(_judge(logits[row:row + 1, :n], h[:, row:row + 1], alone_logits, alone_h,
                                dtype, method=method, label=f"row {row} (length {n}): "))
+    pads = np.concatenate([logits[row, n:].ravel() for row, n in enumerate(lengths)])
+    if np.any(pads != 0):
+        raise CaseFailure(f"logits at padded positions must be zero, max |logits| there = {np.abs(pads).max()}")
     return compare_many(outcomes)
 
 
 def _prefill_then_decode(backend, which, dtype) -> Outcome:
     cfg = config(which)
     p = make_problem(cfg, 3, dtype)
-    ref_logits, ref_state = spec.forward(p.params_ref, p.tokens, cfg, p.state_ref)
+    ref_logits, ref_h = _forward(p.params_ref, p.tokens, cfg, p.state_ref)
     outcomes = []
     for k in (1, 4):
         pre_logits, h = _call(backend, cfg, p, tokens=p.tokens[:, :k])
         step_logits, h_steps = _steps(backend, cfg, p, p.tokens[:, k:], h)
-        outcomes.append(_judge(np.concatenate([pre_logits, step_logits], axis=1), h_steps, ref_logits, ref_state.h,
+        outcomes.append(_judge(np.concatenate([pre_logits, step_logits], axis=1), h_steps, ref_logits, ref_h,
                                dtype, label=f"prefill {k} + decode: "))
         rest_logits, h_rest = _call(backend, cfg, p, tokens=p.tokens[:, k:], h0=h)
-        outcomes.append(_judge(np.concatenate([pre_logits, rest_logits], axis=1), h_rest, ref_logits, ref_state.h,
+        outcomes.append(_judge(np.concatenate([pre_logits, rest_logits], axis=1), h_rest, ref_logits, ref_h,
                                dtype, label=f"prefill {k} + prefill rest: "))
     return compare_many(outcomes)
 
@@ -183,17 +205,15 @@ def _default_state(backend, which, dtype) -> Outcome:
     cfg = config(which)
     p = make_problem(cfg, 4, dtype, with_state=False)
     init = backend.mingru_lm_initial_state(cfg, BATCH, dtype)
-    if not isinstance(init, MinGRULMState):
-        raise CaseFailure(f"mingru_lm_initial_state returned {type(init).__name__}, not a MinGRULMState")
-    h_init = as_numpy(backend, init.h)
+    h_init = _stacked(backend, init, cfg)
     want = np.full((cfg.n_layers, BATCH, cfg.d_inner), cfg.default_state, mingru_spec.state_dtype(dtype))
     if h_init.dtype != want.dtype or not np.array_equal(h_init, want):
         raise CaseFailure(f"mingru_lm_initial_state gave {h_init!r}, expected {want!r}")
-    ref_logits, ref_state = spec.forward(p.params_ref, p.tokens, cfg)
+    ref_logits, ref_h = _forward(p.params_ref, p.tokens, cfg)
     logits, h = _call(backend, cfg, p, h0=None)
     logits_e, h_e = _call(backend, cfg, p, h0=h_init)
-    return compare_many([_judge(logits, h, ref_logits, ref_state.h, dtype, label="None: "),
-                         _judge(logits_e, h_e, ref_logits, ref_state.h, dtype, label="explicit: ")])
+    return compare_many([_judge(logits, h, ref_logits, ref_h, dtype, label="None: "),
+                         _judge(logits_e, h_e, ref_logits, ref_h, dtype, label="explicit: ")])
 
 
 def _empty(backend, which) -> Outcome:
@@ -206,9 +226,9 @@ def _empty(backend, which) -> Outcome:
 
 
 def _generation(backend, which, dtype) -> Outcome:
-    """Left-padded batched generation: the logits each token was drawn from == the full forward's logits at
-    that position (reference, on the backend's own tokens); in float64 the tokens also equal those the
-    shared sampler draws from the reference's logits."""
+    """Right-padded batched generation: the logits each token was drawn from == the full forward's logits at
+    that position (reference, each row's real prompt then the backend's own tokens); in float64 the tokens also
+    equal those the shared sampler draws from the reference's logits."""
     cfg = config(which)
     p, lengths = _padded(cfg, 6, dtype)
     n_new = 5
@@ -218,9 +238,11 @@ def _generation(backend, which, dtype) -> Outcome:
     tokens, logits = as_numpy(backend, tokens), as_numpy(backend, logits)
     if tokens.shape != (3, n_new) or logits.shape != (3, n_new, cfg.vocab_size):
         raise CaseFailure(f"generate returned shapes {tokens.shape}, {logits.shape}")
-    full = np.concatenate([p.tokens, tokens[:, :-1]], axis=1)
-    ref_logits, _ = spec.forward(p.params_ref, full, cfg, lengths=lengths + n_new - 1)  # new tokens are real
-    outcomes = [compare("generation logits", logits, ref_logits[:, LENGTH - 1:], dtype, grad=True)]
+    outcomes = []
+    for row, n in enumerate(lengths):
+        full = np.concatenate([p.tokens[row, :n], tokens[row, :-1]])[None]
+        ref_logits, _ = spec.forward(p.params_ref, full, cfg)
+        outcomes.append(compare(f"row {row} generation logits", logits[row], ref_logits[0, n - 1:], dtype, grad=True))
     if dtype == "float64":
         ref_tokens, _ = spec.generate_loop(
             lambda t, n: spec.forward(p.params_ref, t, cfg, lengths=n),
@@ -242,7 +264,7 @@ def _batch_equals_alone(backend, which) -> Outcome:
             top_k=top_k, seed=5, lengths=as_backend(backend, lengths)))
         for row, n in enumerate(lengths):
             alone = as_numpy(backend, backend.mingru_lm_generate(
-                params, as_backend(backend, p.tokens[row:row + 1, LENGTH - n:]), config=cfg, max_new_tokens=4,
+                params, as_backend(backend, p.tokens[row:row + 1, :n]), config=cfg, max_new_tokens=4,
                 temperature=temperature, top_k=top_k, seed=5 + row))
             if not np.array_equal(batched[row], alone[0]):
                 raise CaseFailure(f"temperature={temperature}, top_k={top_k}: row {row} of the batch generated "
@@ -257,6 +279,7 @@ def _gradient(backend, which) -> Outcome:
     cfg = config(which)
     p = make_problem(cfg, 8, "float64", length=5)
     names = sorted(p.params)
+    n_p = len(names)
     rng = np.random.default_rng(9)
     ct_logits = rng.standard_normal((BATCH, 5, cfg.vocab_size))
     ct_h = rng.standard_normal(p.h0.shape)
@@ -264,20 +287,21 @@ def _gradient(backend, which) -> Outcome:
     dir_h0 = rng.standard_normal(p.h0.shape)
 
     def fn(*args):
-        params = dict(zip(names, args[:-1]))
+        params = dict(zip(names, args[:n_p]))
         logits, state = backend.mingru_lm(params, as_backend(backend, p.tokens), config=cfg,
-                                          initial_state=MinGRULMState(args[-1]))
-        return logits, state.h
+                                          initial_state=State(tuple(args[n_p:])))
+        return (logits, *state.h)
 
-    primals = tuple(as_backend(backend, v) for v in [*(p.params[n] for n in names), p.h0])
-    grads = [as_numpy(backend, g) for g in backend_vjp(backend)(fn, primals, (as_backend(backend, ct_logits),
-                                                                       as_backend(backend, ct_h)))]
-    derivative = sum(float(np.sum(g * direction[n])) for n, g in zip(names, grads)) + float(np.sum(grads[-1] * dir_h0))
+    primals = tuple(as_backend(backend, v) for v in [*(p.params[n] for n in names), *p.h0])
+    cts = tuple(as_backend(backend, c) for c in (ct_logits, *ct_h))
+    grads = [as_numpy(backend, g) for g in backend_vjp(backend)(fn, primals, cts)]
+    derivative = (sum(float(np.sum(g * direction[n])) for n, g in zip(names, grads))
+                  + float(np.sum(np.stack(grads[n_p:]) * dir_h0)))
 
     def loss(eps: float) -> float:
         params = {n: p.params[n] + eps * direction[n] for n in names}
-        logits, state = spec.forward(params, p.tokens, cfg, MinGRULMState(p.h0 + eps * dir_h0))
-        return float(np.sum(logits * ct_logits) + np.sum(state.h * ct_h))
+        logits, h = _forward(params, p.tokens, cfg, State(tuple(p.h0 + eps * dir_h0)))
+        return float(np.sum(logits * ct_logits) + np.sum(h * ct_h))
 
     return directional_derivative_outcome(derivative, loss)
 
@@ -290,7 +314,7 @@ def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
     other = MinGRULMConfig(**{**CONFIGS["glu"], "n_layers": 3})
     wider = MinGRULMConfig(**{**CONFIGS["glu"], "expansion": 2.0})
 
-    def call(*, tokens=None, h0="given", lengths=None, mode="parallel", method="auto", params=None):
+    def call(*, tokens=None, h0="given", lengths=None, mode="auto", method="auto", params=None):
         def run(backend):
             p = make_problem(cfg, 9, "float32")
             if params is not None:
@@ -309,7 +333,7 @@ def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
         def run(backend):
             p = make_problem(cfg, 9, "float32")
             return backend.mingru_lm_step(backend_params(backend, p.params), as_backend(backend, token),
-                                          MinGRULMState(as_backend(backend, p.h0 if h is None else h)), config=cfg)
+                                          _state(backend, p.h0 if h is None else h), config=cfg)
         return run
 
     def generate(lengths=None, **kw):
@@ -333,14 +357,13 @@ def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
                       call(tokens=np.zeros(BATCH, np.int64))),
         "state-other-depth": ("a state from a model with another n_layers raises ValueError.", ValueError,
                               "different configuration",
-                              call_state(lambda be: MinGRULMState(as_backend(be, np.zeros(
-                                  (other.n_layers, BATCH, other.d_inner), f32))))),
+                              call_state(lambda be: _state(be, np.zeros((other.n_layers, BATCH, other.d_inner),
+                                                                        f32)))),
         "state-other-width": ("a state from a model with another d_inner raises ValueError.", ValueError,
                               "different configuration",
-                              call_state(lambda be: MinGRULMState(as_backend(be, np.zeros(
-                                  (wider.n_layers, BATCH, wider.d_inner), f32))))),
-        "state-not-a-state": ("a bare array as state raises TypeError naming MinGRULMState.", TypeError,
-                              "MinGRULMState",
+                              call_state(lambda be: _state(be, np.zeros((wider.n_layers, BATCH, wider.d_inner),
+                                                                        f32)))),
+        "state-not-a-state": ("a bare array as state raises TypeError naming State.", TypeError, "State",
                               call_state(lambda be: as_backend(be, np.zeros((cfg.n_layers, BATCH, cfg.d_inner), f32)))),
         "state-wrong-dtype": ("a float64 state for float32 params raises TypeError.", TypeError, "state",
                               call(h0=np.zeros((cfg.n_layers, BATCH, cfg.d_inner)))),
@@ -348,8 +371,8 @@ def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
                              call(lengths=np.array([LENGTH + 1, 1]))),
         "lengths-wrong-shape": ("lengths not (B,) raise ValueError.", ValueError, "lengths",
                                 call(lengths=np.array([1, 2, 3]))),
-        "lengths-with-log": ("method='log' with lengths raises ValueError naming a method that can.", ValueError,
-                             "associative", call(lengths=np.array([3, 2]), method="log")),
+        "lengths-with-log": ("method='log' with lengths raises ValueError naming chunked.", ValueError,
+                             "chunked", call(lengths=np.array([3, 2]), method="log")),
         "unknown-method": ("an unknown method raises ValueError listing the valid ones.", ValueError, "associative",
                            call(method="magic")),
         "unknown-mode": ("an unknown mode raises ValueError.", ValueError, "mode", call(mode="fast")),
@@ -387,9 +410,9 @@ def cases(backend: ModuleType) -> list[Case]:
                     lambda be, w=which, mo=mode, me=method, d=dtype: _equals_reference(be, w, mo, me, d))
         for label, mode, method in (("auto", "parallel", "auto"), ("mode=sequential", "sequential", "auto")):
             for dtype in DTYPES:
-                add(f"{which}[{label},{dtype}]", "left-padding",
-                    f"left-padded prompts of lengths 7, 4, 1 in one batch give each row's logits and state "
-                    f"as that prompt alone ({which}, {label})",
+                add(f"{which}[{label},{dtype}]", "padding",
+                    f"right-padded prompts of lengths 7, 4, 1 in one batch give each row's logits and state "
+                    f"as that prompt alone, and zero logits at pads ({which}, {label})",
                     lambda be, w=which, mo=mode, me=method, d=dtype: _padding_equals_alone(be, w, mo, me, d))
         add(f"{which}[float32]", "prefill-then-decode",
             f"prefill of tokens[:k] then decode_step (or a second prefill from the carried state) equals one "
@@ -402,7 +425,7 @@ def cases(backend: ModuleType) -> list[Case]:
             lambda be, w=which: _empty(be, w))
         for dtype in DTYPES:
             add(f"{which}[{dtype}]", "generation-logits",
-                f"batched left-padded generation: the logits of every generated token equal the full-sequence "
+                f"batched right-padded generation: the logits of every generated token equal the full-sequence "
                 f"forward logits at that position; float64 tokens equal the reference sampler's ({which})",
                 lambda be, w=which, d=dtype: _generation(be, w, d), requires=("mingru_lm_generate",))
         add(f"{which}", "generation-batch-isolation",

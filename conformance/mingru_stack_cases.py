@@ -1,11 +1,11 @@
 """Conformance cases for the minGRU stack (``spec/mingru_stack.md``).
 
-A backend takes part by exposing ``mingru_stack(params, x, *, config, initial_state, mode, method)``,
+A backend takes part by exposing ``mingru_stack(params, x, *, config, initial_state, lengths, mode, method)``,
 ``mingru_stack_step(params, x_t, state, *, config)`` and ``mingru_stack_initial_state(config, batch_size,
-dtype)``; gradient cases also need ``vjp``. All cases run in evaluation mode (dropout is a training-time
-draw; the framework tests check it). The judge is the float64 NumPy reference
-(``linrec.spec.mingru_stack.forward``) on the same rounded inputs, with the spec tolerance times the
-gradient factor (a stack is several layers deep).
+dtype)``, the states being ``linrec.spec.state.State(h=tuple of L (B, H_l) arrays)`` (recurrence.md §0);
+gradient cases also need ``vjp``. All cases run in evaluation mode (dropout is a training-time draw; the
+framework tests check it). The judge is the float64 NumPy reference (``linrec.spec.mingru_stack.forward``) on
+the same rounded inputs, with the spec tolerance times the gradient factor (a stack is several layers deep).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from linrec.conformance.layer_harness import (
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_stack as spec
 from linrec.spec.mingru_stack import MinGRUStackConfig
+from linrec.spec.state import State
 
 __all__ = ["CONFIGS", "cases", "make_problem"]
 
@@ -92,16 +93,31 @@ def make_problem(cfg: MinGRUStackConfig, seed: int, dtype: str, *, length: int =
 
 
 def _bstate(backend, h):
-    return None if h is None else tuple(as_backend(backend, s) for s in h)
+    return None if h is None else State(tuple(as_backend(backend, s) for s in h))
 
 
-def _call(backend, cfg, p: Problem, x=None, h0="given", mode="parallel", method="auto"):
+def _arrays(backend, state, cfg: MinGRUStackConfig) -> tuple[np.ndarray, ...]:
+    """``state.h`` as NumPy arrays; anything but a ``State`` holding one array per layer fails the case."""
+    if not isinstance(state, State) or not isinstance(state.h, tuple) or len(state.h) != cfg.num_layers:
+        raise CaseFailure(f"the state must be a State whose h is a tuple of {cfg.num_layers} arrays, got {state!r}")
+    if state.position is not None:
+        raise CaseFailure(f"the stack's state has position {state.position!r}; it has none")
+    return tuple(as_numpy(backend, s) for s in state.h)
+
+
+def _call(backend, cfg, p: Problem, x=None, h0="given", mode="auto", method="auto", lengths=None):
     h0 = p.h0 if isinstance(h0, str) else h0
+    kw = {} if lengths is None else {"lengths": as_backend(backend, lengths)}
     y, h = backend.mingru_stack(backend_params(backend, p.params), as_backend(backend, p.x if x is None else x),
-                                config=cfg, initial_state=_bstate(backend, h0), mode=mode, method=method)
-    if not isinstance(h, tuple) or len(h) != cfg.num_layers:
-        raise CaseFailure(f"the state must be a tuple of {cfg.num_layers} arrays, got {type(h).__name__}")
-    return as_numpy(backend, y), tuple(as_numpy(backend, s) for s in h)
+                                config=cfg, initial_state=_bstate(backend, h0), mode=mode, method=method, **kw)
+    return as_numpy(backend, y), _arrays(backend, h, cfg)
+
+
+def _forward(p: Problem, cfg, h0="given", **kw):
+    """The float64 reference: ``(y, the layers' final arrays)``."""
+    h0 = p.h0_ref if isinstance(h0, str) else h0
+    y, final = spec.forward(p.params_ref, p.x_ref, cfg, None if h0 is None else State(h0), **kw)
+    return y, final.h
 
 
 def _steps(backend, cfg, p: Problem, x, h):
@@ -111,7 +127,7 @@ def _steps(backend, cfg, p: Problem, x, h):
     for t in range(x.shape[1]):
         y, state = backend.mingru_stack_step(params, as_backend(backend, x[:, t]), state, config=cfg)
         ys.append(as_numpy(backend, y))
-    return np.stack(ys, axis=1), tuple(as_numpy(backend, s) for s in state)
+    return np.stack(ys, axis=1), _arrays(backend, state, cfg)
 
 
 def _judge(y, h, y_ref, h_ref, dtype, *, method=None, label=""):
@@ -126,14 +142,32 @@ def _equals_reference(backend, which, mode, method, dtype) -> Outcome:
     if method == "log" and cfg.candidate != "g":
         return assert_raises(ValueError, "candidate='g'", lambda: _call(backend, cfg, p, method=method))
     y, h = _call(backend, cfg, p, mode=mode, method=method)
-    y_ref, h_ref = spec.forward(p.params_ref, p.x_ref, cfg, p.h0_ref)
+    y_ref, h_ref = _forward(p, cfg)
     return _judge(y, h, y_ref, h_ref, dtype, method=method)
+
+
+def _padding(backend, which, mode, method) -> Outcome:
+    """Right padding: each row equals that row alone on its real inputs; the outputs at pads are zero."""
+    cfg = config(which)
+    p = make_problem(cfg, 6, "float32")
+    lengths = np.array([LENGTH, 3], np.int32)
+    y, h = _call(backend, cfg, p, mode=mode, method=method, lengths=lengths)
+    outcomes = []
+    for i, n in enumerate(lengths):
+        row = Problem(p.params, p.x[i : i + 1, :n], tuple(a[i : i + 1] for a in p.h0), "float32")
+        y_ref, h_ref = _forward(row, cfg)
+        outcomes.append(_judge(y[i : i + 1, :n], tuple(a[i : i + 1] for a in h), y_ref, h_ref, "float32",
+                               method=method, label=f"row {i} (length {n}): "))
+    pads = y[1, lengths[1]:]
+    if np.any(pads != 0):
+        raise CaseFailure(f"outputs at padded positions must be zero, max |y| there = {np.abs(pads).max()}")
+    return compare_many(outcomes)
 
 
 def _step_agrees(backend, which, dtype) -> Outcome:
     cfg = config(which)
     p = make_problem(cfg, 2, dtype)
-    y_ref, h_ref = spec.forward(p.params_ref, p.x_ref, cfg, p.h0_ref)
+    y_ref, h_ref = _forward(p, cfg)
     outcomes = []
     for k in (0, 3):
         y_pre, h = _call(backend, cfg, p, x=p.x[:, :k])
@@ -150,11 +184,11 @@ def _default_state(backend, which) -> Outcome:
     cfg = config(which)
     p = make_problem(cfg, 3, "float32", with_state=False)
     init = backend.mingru_stack_initial_state(cfg, BATCH, "float32")
-    arrays = [as_numpy(backend, s) for s in init]
+    arrays = list(_arrays(backend, init, cfg))
     for l, (a, h) in enumerate(zip(arrays, cfg.hidden_sizes)):
         if a.shape != (BATCH, h) or a.dtype != np.float32 or not np.all(a == cfg.default_state):
             raise CaseFailure(f"initial state[{l}] is {a!r}, expected ({BATCH}, {h}) filled with {cfg.default_state}")
-    y_ref, h_ref = spec.forward(p.params_ref, p.x_ref, cfg)
+    y_ref, h_ref = _forward(p, cfg, h0=None)
     y, h = _call(backend, cfg, p, h0=None)
     y_e, h_e = _call(backend, cfg, p, h0=tuple(arrays))
     return compare_many([_judge(y, h, y_ref, h_ref, "float32", label="None: "),
@@ -177,9 +211,9 @@ def _gradient(backend, which, method) -> Outcome:
 
     def fn(*args):
         params = dict(zip(names, args[:n_p]))
-        y, h = backend.mingru_stack(params, args[n_p], config=cfg, initial_state=tuple(args[n_p + 1:]),
+        y, h = backend.mingru_stack(params, args[n_p], config=cfg, initial_state=State(tuple(args[n_p + 1:])),
                                     method=method)
-        return (y, *h)
+        return (y, *h.h)
 
     primals = tuple(as_backend(backend, v) for v in [*(p.params[n] for n in names), p.x, *p.h0])
     cts = tuple(as_backend(backend, c) for c in (ct_y, *ct_h))
@@ -189,8 +223,8 @@ def _gradient(backend, which, method) -> Outcome:
 
     def loss(eps: float) -> float:
         params = {n: p.params[n] + eps * d_params[n] for n in names}
-        y, h = spec.forward(params, p.x + eps * d_x, cfg, tuple(a + eps * d for a, d in zip(p.h0, d_h)))
-        return float(np.sum(y * ct_y) + sum(np.sum(a * c) for a, c in zip(h, ct_h)))
+        y, h = spec.forward(params, p.x + eps * d_x, cfg, State(tuple(a + eps * d for a, d in zip(p.h0, d_h))))
+        return float(np.sum(y * ct_y) + sum(np.sum(a * c) for a, c in zip(h.h, ct_h)))
 
     return directional_derivative_outcome(derivative, loss)
 
@@ -199,12 +233,12 @@ def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
     cfg = config("cheind")
     f32 = np.float32
 
-    def call(*, x=None, h0="given", method="auto", params=None):
+    def call(*, x=None, h0="given", method="auto", params=None, lengths=None):
         def run(backend):
             p = make_problem(cfg, 9, "float32")
             if params is not None:
                 p.params = params(p.params)
-            return _call(backend, cfg, p, x=x, h0=h0, method=method)
+            return _call(backend, cfg, p, x=x, h0=h0, method=method, lengths=lengths)
         return run
 
     def call_raw_state(state):
@@ -225,14 +259,20 @@ def _bad_inputs() -> dict[str, tuple[str, type, str, Callable]]:
     return {
         "x-wrong-features": ("x with features != input_size raises ValueError naming input_size.", ValueError,
                              "input_size", call(x=np.zeros((BATCH, 4, INPUT + 1), f32))),
-        "state-not-a-tuple": ("a single array as state raises TypeError asking for one array per layer.", TypeError,
-                              "one (B, H_l) per layer", call_raw_state(lambda be: as_backend(be, states[0]))),
+        "state-not-a-State": ("a single array as initial_state raises TypeError asking for a State.", TypeError,
+                              "State", call_raw_state(lambda be: as_backend(be, states[0]))),
+        "state-bare-tuple": ("a bare tuple of arrays as initial_state raises TypeError asking for a State.",
+                             TypeError, "State", call_raw_state(lambda be: tuple(as_backend(be, s) for s in states))),
         "state-too-few-layers": ("a state with one array fewer than layers raises ValueError.", ValueError,
                                  "one array per layer", call(h0=tuple(states[:-1]))),
         "state-wrong-width": ("a layer state of the wrong width raises ValueError naming the layer.", ValueError,
-                              "state[2]", call(h0=(*states[:2], np.zeros((BATCH, 5), f32)))),
-        "state-wrong-dtype": ("a float64 layer state for float32 x raises TypeError.", TypeError, "state[0]",
-                              call(h0=(states[0].astype(np.float64), *states[1:]))),
+                              "initial_state.h[2]", call(h0=(*states[:2], np.zeros((BATCH, 5), f32)))),
+        "state-wrong-dtype": ("a float64 layer state for float32 x raises TypeError.", TypeError,
+                              "initial_state.h[0]", call(h0=(states[0].astype(np.float64), *states[1:]))),
+        "x-2d": ("a 2-D x (no batch or no time axis) raises ValueError naming x, never guessed.", ValueError,
+                 "x must have 3 axes", call(x=np.zeros((4, INPUT), f32))),
+        "lengths-with-log": ("lengths with method='log' raises ValueError naming chunked.", ValueError, "chunked",
+                             call(method="log", lengths=np.array([2, 1], np.int32))),
         "log-negative-state": ("method='log' with a negative state raises ValueError naming methods that accept it.",
                                ValueError, "associative", call(h0=tuple(-s for s in states), method="log")),
         "params-missing": ("params without a layer's res_align.kernel raise ValueError naming it.", ValueError,
@@ -261,6 +301,11 @@ def cases(backend: ModuleType) -> list[Case]:
                 f"a parallel pass over x[:k] then mingru_stack_step (or a second pass from the carried state) equals "
                 f"one pass, k in 0, 3 ({which})",
                 lambda be, w=which, d=dtype: _step_agrees(be, w, d), requires=(*req, "mingru_stack_step"))
+        for label, mode, method in scan_and_step_paths(backend):
+            if method != "log":  # log refuses lengths: a bad-input case
+                add(f"{which}[{label},float32]", "padding",
+                    f"right padding (lengths): each row equals that row alone, outputs at pads are zero ({which}, "
+                    f"{label})", lambda be, w=which, mo=mode, me=method: _padding(be, w, mo, me))
         add(f"{which}[float32]", "default-state",
             f"initial_state=None equals mingru_stack_initial_state, each layer filled with default_state ({which})",
             lambda be, w=which: _default_state(be, w), requires=(*req, "mingru_stack_initial_state"))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from linrec.spec import checks
+from linrec.spec.state import State
 
 __all__ = [
     "ACTIVATIONS",
@@ -29,9 +30,12 @@ __all__ = [
     "MODES",
     "GateLoopConfig",
     "GatedLinearRNNConfig",
+    "State",
     "activation",
+    "check_batch_first",
     "check_initial_state",
     "check_input",
+    "check_lengths",
     "check_params",
     "check_step_input",
     "forward",
@@ -40,6 +44,7 @@ __all__ = [
     "param_shapes",
     "resolve_mode",
     "state_dtype",
+    "state_h",
     "step",
 ]
 
@@ -175,6 +180,42 @@ def check_input(x_shape: tuple[int, ...], x_dtype: str, config: GatedLinearRNNCo
     """``x`` must be ``(B, T, d_in)`` of a floating dtype in ``INPUT_DTYPES``."""
     _check_x_dtype("x", x_dtype)
     _check_x_shape("x", x_shape, 3, config)
+
+
+def check_batch_first(batch_first: object) -> None:
+    """The modules' ``batch_first`` option must be a ``bool`` (recurrence.md §0, *layout*)."""
+    if not isinstance(batch_first, bool):
+        raise TypeError(f"batch_first must be a bool (True: (B, T, ...), False: (T, B, ...)), got {batch_first!r}")
+
+
+def state_h(state: object, *, name: str = "initial_state") -> object | None:
+    """The array ``h`` of a layer's carried state: ``state`` must be ``None`` or a
+    ``linrec.spec.state.State`` (recurrence.md §0); anything else raises ``TypeError`` naming ``name``."""
+    if state is None:
+        return None
+    if not isinstance(state, State):
+        raise TypeError(f"{name} must be a linrec State(h=...) (recurrence.md §0) or None, "
+                        f"got {type(state).__name__}")
+    if state.position is not None:
+        raise ValueError(f"{name}.position must be None for a single layer (it has no positional encoding)")
+    return state.h
+
+
+def check_lengths(
+    shape: tuple[int, ...], dtype: str, batch: int, n_time: int, values: np.ndarray | None = None,
+    *, method: str = "auto",
+) -> None:
+    """``lengths``: ``(B,)`` integers in ``[0, T]`` (right padding, recurrence.md §0); ``values`` are checked
+    when known (eager). ``method="log"`` cannot run padding (an identity step has ``b = 0``)."""
+    if not dtype.startswith(("int", "uint")):
+        raise TypeError(f"lengths must be integers (real inputs per row), got dtype {dtype}")
+    if tuple(shape) != (batch,):
+        raise ValueError(f"lengths must have shape (B,) = {(batch,)}, got {tuple(shape)}")
+    if values is not None and batch and (values.min() < 0 or values.max() > n_time):
+        raise ValueError(f"lengths must lie in [0, T={n_time}], got {values.tolist()}")
+    if method == "log":
+        raise ValueError("lengths (right padding) makes padded positions identity steps (b = 0), outside the "
+                         "domain of method='log'; use method='chunked' (or 'associative', 'sequential')")
 
 
 def check_step_input(x_shape: tuple[int, ...], x_dtype: str, config: GatedLinearRNNConfig) -> None:
@@ -313,30 +354,46 @@ def forward(
     params: Mapping[str, np.ndarray],
     x: np.ndarray,
     config: GatedLinearRNNConfig,
-    initial_state: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    initial_state: State | None = None,
+    *,
+    lengths: np.ndarray | None = None,
+) -> tuple[np.ndarray, State]:
     """The layer over a sequence, as the loop of §2.
 
     Args:
       params: canonical name → array (``param_shapes(config)``).
       x: ``(B, T, D_in)``.
-      initial_state: ``(B, H)``, the state before the first processed step; ``None`` means zeros.
+      initial_state: ``State(h=(B, H))``, the state before the first processed step; ``None`` means zeros.
+      lengths: ``(B,)``: row ``b`` holds ``lengths[b]`` real inputs followed by padding (recurrence.md §0).
+        Defined as running each row alone on its real inputs; outputs at padded positions are zero.
 
     Returns:
-      ``(y, final_state)``: ``(B, T, D)`` and ``(B, H)``; ``final_state`` is the state after the last
-      processed step (``t = 0`` when ``config.reversed``), before ``hidden_activation``.
+      ``(y, final_state)``: ``(B, T, D)`` and ``State(h=(B, H))``; ``final_state.h`` is the state after the
+      last processed step (``t = 0`` when ``config.reversed``), before ``hidden_activation``.
     """
     x = np.asarray(x)
     _check_x_shape("x", x.shape, 3, config)
     check_params({k: np.shape(v) for k, v in params.items()}, config)
-    dtype = _promote(params, x, initial_state)
+    h0 = state_h(initial_state)
+    dtype = _promote(params, x, h0)
     p = {k: np.asarray(v).astype(dtype) for k, v in params.items()}
     n_batch, n_time = x.shape[:2]
     h = np.zeros((n_batch, config.d_h), dtype)
-    if initial_state is not None:
-        if np.shape(initial_state) != (n_batch, config.d_h):
-            raise ValueError(f"initial_state must have shape (B, d_h) = {(n_batch, config.d_h)}")
-        h = np.asarray(initial_state).astype(dtype)
+    if h0 is not None:
+        if np.shape(h0) != (n_batch, config.d_h):
+            raise ValueError(f"initial_state.h must have shape (B, d_h) = {(n_batch, config.d_h)}")
+        h = np.asarray(h0).astype(dtype)
+    if lengths is not None:  # by definition: each row alone on its real inputs
+        lengths = np.asarray(lengths)
+        check_lengths(lengths.shape, lengths.dtype.name, n_batch, n_time, lengths)
+        y = np.zeros((n_batch, n_time, config.d_model), dtype)
+        hs = []
+        for b in range(n_batch):
+            n = int(lengths[b])
+            y_b, s_b = forward(p, x[b : b + 1, :n], config, State(h[b : b + 1]))
+            y[b, :n] = y_b[0]
+            hs.append(s_b.h[0])
+        return y, State(np.stack(hs) if hs else h)
     x = x.astype(dtype)
     if config.reversed:
         x = x[:, ::-1]  # GateLoop: flip time, run forward, flip the outputs back
@@ -346,25 +403,26 @@ def forward(
         y[:, t], h = _cell(p, u[:, t], h, config)
     if config.reversed:
         y = y[:, ::-1]
-    return y @ p["out_proj.kernel"] + p["out_proj.bias"], h
+    return y @ p["out_proj.kernel"] + p["out_proj.bias"], State(h)
 
 
 def step(
     params: Mapping[str, np.ndarray],
     x_t: np.ndarray,
-    state: np.ndarray | None,
+    state: State | None,
     config: GatedLinearRNNConfig,
-) -> tuple[np.ndarray, np.ndarray]:
-    """One step: ``x_t: (B, D_in)``, ``state: (B, H)`` (``None``: zeros) → ``(y_t: (B, D), state)``.
+) -> tuple[np.ndarray, State]:
+    """One step: ``x_t: (B, D_in)``, ``state: State(h=(B, H))`` (``None``: zeros) → ``(y_t: (B, D), State)``.
 
     The same function serves both directions: a reversed layer is stepped from ``t = T-1`` down to 0.
     """
     x_t = np.asarray(x_t)
     _check_x_shape("x_t", x_t.shape, 2, config)
     check_params({k: np.shape(v) for k, v in params.items()}, config)
-    dtype = _promote(params, x_t, state)
+    h = state_h(state, name="state")
+    dtype = _promote(params, x_t, h)
     p = {k: np.asarray(v).astype(dtype) for k, v in params.items()}
-    h = np.zeros((x_t.shape[0], config.d_h), dtype) if state is None else np.asarray(state).astype(dtype)
+    h = np.zeros((x_t.shape[0], config.d_h), dtype) if h is None else np.asarray(h).astype(dtype)
     u_t = x_t.astype(dtype) @ p["proj.kernel"] + p["proj.bias"]
     y_t, h = _cell(p, u_t, h, config)
-    return y_t @ p["out_proj.kernel"] + p["out_proj.bias"], h
+    return y_t @ p["out_proj.kernel"] + p["out_proj.bias"], State(h)

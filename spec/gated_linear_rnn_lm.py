@@ -10,9 +10,9 @@ Shape legend: ``B`` batch, ``T`` time, ``L`` layers (``n_layer``), ``D`` model w
 ``V_in`` / ``V_out`` input / output vocabulary, ``F`` input features (``d_input``, only without word
 embedding), ``P`` positions (``max_seq_length``), ``n`` column blocks of the layer's ``proj``.
 
-The carried state is a dict ``{"h": (B, L, H), "position": (B,) int32}``: ``h[:, l]`` is layer ``l``'s
-recurrent state (before its output activation), ``position`` the number of tokens each row has consumed
-(= the position of its next token).
+The carried state is ``linrec.spec.state.State(h, position)`` (recurrence.md §0): ``h`` a tuple of ``L``
+arrays ``(B, H)``, ``h[l]`` layer ``l``'s recurrent state (before its output activation), ``position`` ``(B,)``
+int32, the number of tokens each row has consumed (= the position of its next token).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 
 from linrec.spec import checks
 from linrec.spec import gated_linear_rnn as layer_spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
+from linrec.spec.state import State
 
 __all__ = [
     "DROPOUT_PLACEMENTS",
@@ -35,7 +36,7 @@ __all__ = [
     "POSITION_DTYPE",
     "GateLoopLMConfig",
     "GatedLinearRNNLMConfig",
-    "LMState",
+    "State",
     "check_dropout_masks",
     "check_generation",
     "check_input",
@@ -43,7 +44,6 @@ __all__ = [
     "check_params",
     "check_positions",
     "check_state",
-    "check_state_keys",
     "check_step_input",
     "check_token_values",
     "dropout_sites",
@@ -59,6 +59,7 @@ __all__ = [
     "sample_tokens",
     "sinusoidal_table",
     "state_dtype",
+    "state_parts",
     "step",
     "torch_param",
 ]
@@ -66,15 +67,8 @@ __all__ = [
 POSITIONAL_ENCODING_MODES = ("none", "learned", "sinusoidal")
 #: ``"branch"``: ``x + dropout(branch)`` (linrec); ``"sum"``: ``dropout(x + branch)`` (the originals).
 DROPOUT_PLACEMENTS = ("branch", "sum")
-#: dtype of ``state["position"]`` in every backend.
+#: dtype of ``state.position`` in every backend.
 POSITION_DTYPE = "int32"
-
-
-class LMState(TypedDict):
-    """The carried state of the LM (a plain dict at runtime: a pytree in JAX, ``torch.compile``-friendly)."""
-
-    h: Any  # (B, L, H) in the state dtype: layer l's recurrent state after the last consumed token
-    position: Any  # (B,) int32: tokens consumed so far = position of the next token
 
 
 @dataclass(frozen=True)
@@ -296,7 +290,7 @@ def dropout_sites(config: GatedLinearRNNLMConfig) -> dict[str, float]:
 
 
 def state_dtype(compute_dtype: str) -> str:
-    """dtype of ``state["h"]`` for a model computing in ``compute_dtype`` (float32 for bf16/f16)."""
+    """dtype of ``state.h[l]`` for a model computing in ``compute_dtype`` (float32 for bf16/f16)."""
     return layer_spec.state_dtype(compute_dtype)
 
 
@@ -369,35 +363,45 @@ def check_positions(last_position: int, config: GatedLinearRNNLMConfig) -> None:
 
 
 def check_state(
-    h_shape: tuple[int, ...], h_dtype: str, position_shape: tuple[int, ...], position_dtype: str, batch: int,
-    compute_dtype: str, config: GatedLinearRNNLMConfig, *, name: str = "state",
+    h_shapes: list[tuple[int, ...]], h_dtypes: list[str], position_shape: tuple[int, ...], position_dtype: str,
+    batch: int, compute_dtype: str, config: GatedLinearRNNLMConfig, *, name: str = "initial_state",
 ) -> None:
-    """``state["h"]``: ``(B, L, H)`` in ``state_dtype(compute_dtype)``; ``state["position"]``: ``(B,)`` integer."""
-    want = (batch, config.n_layer, config.d_h)
-    if tuple(h_shape) != want:
-        raise ValueError(f"{name}['h'] must have shape (B, n_layer, d_h) = {want}, got {tuple(h_shape)} "
-                         "(a state from a model with another configuration or batch?)")
-    if h_dtype != state_dtype(compute_dtype):
-        raise TypeError(f"{name}['h'] has dtype {h_dtype}; this model carries its state in "
-                        f"{state_dtype(compute_dtype)}")
+    """``state.h``: ``L`` arrays ``(B, H)`` in ``state_dtype(compute_dtype)``; ``state.position``: ``(B,)`` integer."""
+    want = (batch, config.d_h)
+    for l, (shape, dtype) in enumerate(zip(h_shapes, h_dtypes)):
+        if tuple(shape) != want:
+            raise ValueError(f"{name}.h[{l}] must have shape (B, d_h) = {want}, got {tuple(shape)} "
+                             "(a state from a model with another configuration or batch?)")
+        if dtype != state_dtype(compute_dtype):
+            raise TypeError(f"{name}.h[{l}] has dtype {dtype}; this model carries its state in "
+                            f"{state_dtype(compute_dtype)}")
     if tuple(position_shape) != (batch,):
-        raise ValueError(f"{name}['position'] must have shape (B,) = {(batch,)}, got {tuple(position_shape)}")
+        raise ValueError(f"{name}.position must have shape (B,) = {(batch,)}, got {tuple(position_shape)}")
     if not _is_int(position_dtype):
-        raise TypeError(f"{name}['position'] must be an integer array, got dtype {position_dtype}")
+        raise TypeError(f"{name}.position must be an integer array, got dtype {position_dtype}")
 
 
-def check_state_keys(state: Any, *, name: str = "state") -> None:
-    """The state is a dict with exactly the keys ``"h"`` and ``"position"``."""
-    if not isinstance(state, Mapping) or set(state) != {"h", "position"}:
-        got = sorted(state) if isinstance(state, Mapping) else type(state).__name__
-        raise TypeError(f"{name} must be a dict with keys 'h' and 'position' (see initial_state), got {got}")
+def state_parts(state: Any, config: GatedLinearRNNLMConfig, *, name: str = "initial_state") -> tuple[tuple, Any]:
+    """``(h, position)`` of a carried ``State``: ``h`` a tuple (or list) of ``n_layer`` arrays and ``position`` an
+    array (recurrence.md §0); anything else raises ``TypeError`` naming ``name``."""
+    if not isinstance(state, State):
+        raise TypeError(f"{name} must be a linrec State(h=(L arrays (B, d_h)), position=(B,)) (see initial_state), "
+                        f"got {type(state).__name__}")
+    if not isinstance(state.h, (tuple, list)) or len(state.h) != config.n_layer:
+        got = f"a {type(state.h).__name__} of {len(state.h)}" if isinstance(state.h, (tuple, list)) else \
+            type(state.h).__name__
+        raise ValueError(f"{name}.h must be a tuple of n_layer={config.n_layer} arrays (B, d_h), got {got}")
+    if state.position is None:
+        raise ValueError(f"{name}.position must be a (B,) integer array (tokens consumed), got None")
+    return tuple(state.h), state.position
 
 
 def check_lengths(lengths: np.ndarray, batch: int, length: int, *, minimum: int = 0) -> None:
     """``lengths``: ``(B,)`` integers in ``[minimum, T]`` (rows are right-padded)."""
-    if lengths.shape != (batch,) or not _is_int(lengths.dtype.name):
-        raise ValueError(f"lengths must be (B,) = {(batch,)} integers, got shape {lengths.shape} "
-                         f"dtype {lengths.dtype}")
+    if not _is_int(lengths.dtype.name):
+        raise TypeError(f"lengths must be integers (real inputs per row), got dtype {lengths.dtype}")
+    if lengths.shape != (batch,):
+        raise ValueError(f"lengths must have shape (B,) = {(batch,)}, got {lengths.shape}")
     if batch and (lengths.min() < minimum or lengths.max() > length):
         raise ValueError(f"lengths must lie in [{minimum}, T={length}], got {lengths.tolist()}")
 
@@ -479,10 +483,10 @@ def gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
     return layer_spec.activation("gelu" if approximate else "gelu_exact")(x)
 
 
-def initial_state(config: GatedLinearRNNLMConfig, batch_size: int, dtype: str = "float32") -> LMState:
-    """Zeros ``h: (B, L, H)`` in ``state_dtype(dtype)`` and ``position: (B,)`` zeros (int32)."""
-    return {"h": np.zeros((batch_size, config.n_layer, config.d_h), _np_dtype(state_dtype(dtype))),
-            "position": np.zeros((batch_size,), np.int32)}
+def initial_state(config: GatedLinearRNNLMConfig, batch_size: int, dtype: str = "float32") -> State:
+    """``State(h=L zeros (B, H) in state_dtype(dtype), position=zeros (B,) int32)``."""
+    zeros = np.zeros((batch_size, config.d_h), _np_dtype(state_dtype(dtype)))
+    return State(tuple(zeros.copy() for _ in range(config.n_layer)), np.zeros((batch_size,), np.int32))
 
 
 def _apply_dropout(x: np.ndarray, branch: np.ndarray, mask: np.ndarray | None, placement: str) -> np.ndarray:
@@ -494,7 +498,7 @@ def _apply_dropout(x: np.ndarray, branch: np.ndarray, mask: np.ndarray | None, p
 def _forward_rows(params, inputs, config, h0, position, masks):
     """All rows consume all ``T`` inputs (§2)."""
     n_time = inputs.shape[1]
-    dtype = h0.dtype
+    dtype = np.result_type(*[np.asarray(v) for v in params.values()])
     if config.use_word_embedding:
         x = params["embed.embedding"][inputs]
     else:
@@ -511,52 +515,53 @@ def _forward_rows(params, inputs, config, h0, position, masks):
     for l in range(config.n_layer):
         p = f"layers.{l}."
         z = layer_norm(x, params[p + f"{_TM}.norm.scale"], params[p + f"{_TM}.norm.bias"], config.eps)
-        y, h = layer_spec.forward(layer_params(params, l), z, config.layer_config, h0[:, l])
-        hs.append(h)
+        y, h = layer_spec.forward(layer_params(params, l), z, config.layer_config, State(h0[l]))
+        hs.append(h.h)
         x = _apply_dropout(x, y, masks.get(p + _TM), config.dropout_placement)
         z = layer_norm(x, params[p + f"{_CM}.norm.scale"], params[p + f"{_CM}.norm.bias"], config.eps)
         z = gelu(z @ params[p + f"{_CM}.fc1.kernel"] + params[p + f"{_CM}.fc1.bias"], config.gelu_approximate)
         y = z @ params[p + f"{_CM}.fc2.kernel"] + params[p + f"{_CM}.fc2.bias"]
         x = _apply_dropout(x, y, masks.get(p + _CM), config.dropout_placement)
     out = x @ params["head.kernel"] + params["head.bias"] if config.use_head else x
-    h = np.stack(hs, axis=1) if hs else h0
-    return out, {"h": h, "position": (position + n_time).astype(np.int32)}
+    return out, State(tuple(hs), (position + n_time).astype(np.int32))
 
 
 def forward(
     params: Mapping[str, np.ndarray],
     inputs: np.ndarray,
     config: GatedLinearRNNLMConfig,
-    state: Mapping[str, np.ndarray] | None = None,
+    initial_state: State | None = None,
     *,
     lengths: np.ndarray | None = None,
     dropout_masks: Mapping[str, np.ndarray] | None = None,
-) -> tuple[np.ndarray, LMState]:
+) -> tuple[np.ndarray, State]:
     """The model over a sequence (§2), as readable loops.
 
     Args:
       params: canonical name → array (``param_shapes(config)``).
       inputs: token ids ``(B, T)`` (or features ``(B, T, F)`` without word embedding).
-      state: ``{"h": (B, L, H), "position": (B,)}``; ``None``: zeros.
+      initial_state: ``State(h=L arrays (B, H), position=(B,))``; ``None``: zeros.
       lengths: ``(B,)``: row ``b`` holds ``lengths[b]`` real inputs followed by padding. Defined as running each
         row alone on its first ``lengths[b]`` inputs; outputs at padded positions are zero.
       dropout_masks: site name (``dropout_sites``) → ``(B, T, D)`` multiplier; absent sites are not dropped.
 
     Returns:
-      ``(out, state)``: ``out`` is ``(B, T, V_out)`` logits (``(B, T, D)`` hidden without head).
+      ``(out, final_state)``: ``out`` is ``(B, T, V_out)`` logits (``(B, T, D)`` hidden without head),
+      ``final_state`` a ``State`` like ``initial_state``.
     """
     inputs = np.asarray(inputs)
     check_params({k: np.shape(v) for k, v in params.items()}, config)
     n_batch, n_time = inputs.shape[:2]
     dtype = np.result_type(*[np.asarray(v) for v in params.values()])
-    if state is not None:
-        dtype = np.result_type(dtype, np.asarray(state["h"]))
+    if initial_state is None:
+        initial_state = State(tuple(np.zeros((n_batch, config.d_h), dtype) for _ in range(config.n_layer)),
+                              np.zeros(n_batch, np.int32))
+    h0, position = state_parts(initial_state, config)
+    dtype = np.result_type(dtype, *[np.asarray(h) for h in h0])
     if not config.use_word_embedding:
         dtype = np.result_type(dtype, inputs)
     p = {k: np.asarray(v).astype(dtype) for k, v in params.items()}
-    if state is None:
-        state = {"h": np.zeros((n_batch, config.n_layer, config.d_h), dtype), "position": np.zeros(n_batch, np.int32)}
-    h0, position = np.asarray(state["h"]).astype(dtype), np.asarray(state["position"]).astype(np.int64)
+    h0, position = [np.asarray(h).astype(dtype) for h in h0], np.asarray(position).astype(np.int64)
     masks = {k: np.asarray(v) for k, v in (dropout_masks or {}).items()}
     if lengths is None:
         return _forward_rows(p, inputs, config, h0, position, masks)
@@ -566,17 +571,19 @@ def forward(
     for b in range(n_batch):
         n = int(lengths[b])
         row_masks = {k: v[b : b + 1, :n] for k, v in masks.items()}
-        o, s = _forward_rows(p, inputs[b : b + 1, :n], config, h0[b : b + 1], position[b : b + 1], row_masks)
+        o, s = _forward_rows(p, inputs[b : b + 1, :n], config, [h[b : b + 1] for h in h0], position[b : b + 1],
+                             row_masks)
         out[b, :n] = o[0]
-        hs.append(s["h"][0])
-        positions.append(s["position"][0])
-    return out, {"h": np.stack(hs), "position": np.asarray(positions, np.int32)}
+        hs.append([h[0] for h in s.h])
+        positions.append(s.position[0])
+    h = tuple(np.stack([row[l] for row in hs]) for l in range(config.n_layer)) if hs else tuple(h0)
+    return out, State(h, np.asarray(positions, np.int32))
 
 
 def step(
-    params: Mapping[str, np.ndarray], input_t: np.ndarray, state: Mapping[str, np.ndarray] | None,
+    params: Mapping[str, np.ndarray], input_t: np.ndarray, state: State | None,
     config: GatedLinearRNNLMConfig,
-) -> tuple[np.ndarray, LMState]:
+) -> tuple[np.ndarray, State]:
     """One token: ``input_t: (B,)`` ids (or ``(B, F)``) → ``(out_t: (B, V_out), state)``; by definition the
     full pass over a length-1 sequence (so the compat option adds position 0, as the original does)."""
     input_t = np.asarray(input_t)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from linrec.spec import checks, reference
+from linrec.spec.gated_linear_rnn import check_batch_first, check_lengths, state_h
+from linrec.spec.state import State
 
 __all__ = [
     "COMPLEX_OUTPUTS",
@@ -27,6 +29,9 @@ __all__ = [
     "PHASE_ACTIVATIONS",
     "SCAN_METHODS",
     "GateLoopMHConfig",
+    "State",
+    "check_batch_first",
+    "check_lengths",
     "check_mode",
     "check_params",
     "check_state",
@@ -38,6 +43,7 @@ __all__ = [
     "param_shapes",
     "project",
     "state_dtype",
+    "state_h",
     "state_shape",
     "step",
     "vjp",
@@ -47,7 +53,8 @@ GATES = ("real", "complex")
 GATE_GRANULARITIES = ("key", "head")
 PHASE_ACTIVATIONS = ("identity", "relu")
 COMPLEX_OUTPUTS = ("real", "complex")
-MODES = ("parallel", "sequential", "chunked")
+#: ``"auto"`` (the default) is ``"parallel"`` (recurrence.md §0); the memory-lean path is ``method="chunked"`` (§6).
+MODES = ("auto", "parallel", "sequential")
 #: scan methods a layer may request (recurrence.md §7); ``"log"`` is outside this layer's domain.
 SCAN_METHODS = ("auto", "sequential", "associative", "chunked", "native")
 #: decays at initialisation are spread over this interval (``gateloop_mh.md`` §5).
@@ -232,25 +239,33 @@ def check_state(
                         f"got dtype {dtype}")
 
 
-def check_mode(mode: str, method: str, chunk_size) -> None:
-    """Validate ``mode``/``method``/``chunk_size`` (``gateloop_mh.md`` §4)."""
+def check_mode(mode: str, method: str, chunk_size) -> str:
+    """Validate ``mode``/``method``/``chunk_size`` (``gateloop_mh.md`` §4); return the mode ``"auto"`` stands for
+    (``"parallel"``: the layer always has a parallel form). ``method="chunked"`` is the memory-lean path (§6);
+    ``chunk_size`` belongs to it alone."""
     if mode not in MODES:
-        raise ValueError(f"gateloop_mh: unknown mode={mode!r}; valid modes: {MODES}")
+        hint = " (the memory-lean path is mode='parallel', method='chunked')" if mode == "chunked" else ""
+        raise ValueError(f"gateloop_mh: unknown mode={mode!r}; valid modes: {MODES}{hint}")
     if method == "log":
         raise ValueError("gateloop_mh: method='log' needs a real gate and positive k⊗v, which this layer does not "
                          "guarantee; use method='associative' (or 'sequential', 'chunked')")
     if method not in SCAN_METHODS:
         raise ValueError(f"gateloop_mh: unknown method={method!r}; valid methods: {SCAN_METHODS}")
     if mode == "sequential" and method not in ("auto", "sequential"):
-        raise ValueError(f"gateloop_mh: method={method!r} applies to mode='parallel' or 'chunked'; "
+        raise ValueError(f"gateloop_mh: method={method!r} applies to mode='parallel'; "
                          "mode='sequential' takes method='auto' or 'sequential'")
-    if chunk_size is not None and not checks.is_positive_int(chunk_size):
-        raise ValueError(f"gateloop_mh: chunk_size must be a positive int or None, got {chunk_size!r}")
+    if chunk_size is not None:
+        if not checks.is_positive_int(chunk_size):
+            raise ValueError(f"gateloop_mh: chunk_size must be a positive int or None, got {chunk_size!r}")
+        if method != "chunked":
+            raise ValueError(f"gateloop_mh: chunk_size={chunk_size!r} is the chunk length of method='chunked'; "
+                             f"method={method!r} takes no chunk_size")
+    return "parallel" if mode == "auto" else mode
 
 
-def initial_state(config: GateLoopMHConfig, batch_size: int, dtype: str = "float32") -> np.ndarray:
-    """Zeros ``(B, H, K, V)`` in the state dtype for inputs of ``dtype``."""
-    return np.zeros(state_shape(config, batch_size), state_dtype(config, dtype))
+def initial_state(config: GateLoopMHConfig, batch_size: int, dtype: str = "float32") -> State:
+    """``State(h=zeros (B, H, K, V))`` in the state dtype for inputs of ``dtype``."""
+    return State(np.zeros(state_shape(config, batch_size), state_dtype(config, dtype)))
 
 
 # ---------------------------------------------------------------- the reference
@@ -317,40 +332,56 @@ def _out_dtype(config: GateLoopMHConfig, x_dtype: np.dtype, state: np.ndarray) -
 
 
 def forward(
-    params: Mapping[str, np.ndarray], x: np.ndarray, config: GateLoopMHConfig, initial_state: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+    params: Mapping[str, np.ndarray], x: np.ndarray, config: GateLoopMHConfig, initial_state: State | None = None,
+    *, lengths: np.ndarray | None = None,
+) -> tuple[np.ndarray, State]:
     """The defining loop (``gateloop_mh.md`` §2).
 
     Args:
       params: canonical name -> array (``param_shapes``).
       x: ``(B, T, D)`` real floating; pass float64 (and float64 params) for the reference answer.
-      initial_state: ``(B, H, K, V)``; ``None`` means zeros.
+      initial_state: ``State(h=(B, H, K, V))``; ``None`` means zeros.
+      lengths: ``(B,)``: row ``b`` holds ``lengths[b]`` real inputs followed by padding (recurrence.md §0);
+        defined as running each row alone on its real inputs, outputs at padded positions zero.
 
     Returns:
-      ``y: (B, T, D)`` and ``final_state: (B, H, K, V)`` (the state before read-out).
+      ``y: (B, T, D)`` and ``final_state``: ``State(h=(B, H, K, V))`` (the state before read-out).
     """
     x_dtype = np.asarray(x).dtype
-    params, x, state = _prepare(params, x, config, initial_state, ndim=3, state_name="initial_state")
+    params, x, state = _prepare(params, x, config, state_h(initial_state), ndim=3, state_name="initial_state")
     n_batch, n_time, _ = x.shape
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        check_lengths(lengths.shape, lengths.dtype.name, n_batch, n_time, lengths)
+        ys, states = [], []
+        for b in range(n_batch):
+            n = int(lengths[b])
+            y_b, s_b = forward(params, x[b : b + 1, :n], config, State(state[b : b + 1]))
+            ys.append(np.concatenate([y_b[0], np.zeros((n_time - n, *y_b.shape[2:]), y_b.dtype)]))
+            states.append(s_b.h[0])
+        if not ys:
+            return forward(params, x, config, State(state))
+        y = np.stack(ys)
+        return y.astype(_out_dtype(config, x_dtype, state)), State(np.stack(states))
     ys = []
     for t in range(n_time):
         q, k, v, a = project(params, x[:, t], config)
         state = a * state + k[..., :, None] * v[..., None, :]  # rows of S decayed by a
         ys.append(_read_out(params, np.einsum("bhkv,bhk->bhv", state, q), config))
     y = np.stack(ys, axis=1) if ys else np.zeros((n_batch, 0, config.d_model), x.dtype)
-    return y.astype(_out_dtype(config, x_dtype, state)), state
+    return y.astype(_out_dtype(config, x_dtype, state)), State(state)
 
 
 def step(
-    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: np.ndarray | None, config: GateLoopMHConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """One iteration of the loop: ``x_t: (B, D)``, ``state: (B, H, K, V)`` -> ``(y_t: (B, D), state)``."""
+    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: State | None, config: GateLoopMHConfig
+) -> tuple[np.ndarray, State]:
+    """One iteration of the loop: ``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` -> ``(y_t: (B, D), State)``."""
     x_dtype = np.asarray(x_t).dtype
-    params, x_t, state = _prepare(params, x_t, config, state, ndim=2, state_name="state")
+    params, x_t, state = _prepare(params, x_t, config, state_h(state, name="state"), ndim=2, state_name="state")
     q, k, v, a = project(params, x_t, config)
     state = a * state + k[..., :, None] * v[..., None, :]
     y = _read_out(params, np.einsum("bhkv,bhk->bhv", state, q), config)
-    return y.astype(_out_dtype(config, x_dtype, state)), state
+    return y.astype(_out_dtype(config, x_dtype, state)), State(state)
 
 
 # ---------------------------------------------------------------- the analytic VJP
@@ -372,14 +403,15 @@ def vjp(
     cotangent_y: np.ndarray,
     cotangent_state: np.ndarray | None = None,
     *,
-    initial_state: np.ndarray | None = None,
+    initial_state: State | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Cotangents of ``(params, x, initial_state)`` for ``forward`` in float64/complex128 (JAX convention).
 
     With the pairing ``φ = Re Σ ȳ·y + Re Σ S̄·S_T`` (no conjugation), a real primal gets ``∂φ/∂θ`` and a
     complex one ``∂φ/∂Re z − i ∂φ/∂Im z``. The scan part is ``reference.linear_scan_vjp`` (recurrence.md §10).
 
-    Returns ``(param_cotangents, x_cotangent, initial_state_cotangent)``.
+    ``cotangent_state`` is the cotangent of ``final_state.h`` ``(B, H, K, V)``.
+    Returns ``(param_cotangents, x_cotangent, initial_state_cotangent)`` (the last one ``(B, H, K, V)``).
     """
     p = {n: np.asarray(v, np.float64) for n, v in params.items()}
     check_params(config, {n: v.shape for n, v in p.items()})
@@ -387,7 +419,8 @@ def vjp(
     n_batch, n_time, _ = x.shape
     h_, r_, v_ = config.num_heads, config.gate_rows, config.d_value
     sdt = np.complex128 if config.is_complex else np.float64
-    s0 = np.zeros(state_shape(config, n_batch), sdt) if initial_state is None else np.asarray(initial_state, sdt)
+    h0 = state_h(initial_state)
+    s0 = np.zeros(state_shape(config, n_batch), sdt) if h0 is None else np.asarray(h0, sdt)
     # forward, keeping what the backward needs
     q, k, v, a = project(p, x, config)
     kv = (k[..., :, None] * v[..., None, :]).astype(sdt)

@@ -17,27 +17,34 @@ from dataclasses import dataclass
 import numpy as np
 
 from linrec.spec import checks, reference
+from linrec.spec.state import State
 
 __all__ = [
     "CANDIDATES",
     "MODES",
     "PROJ_LAYOUTS",
     "MinGRUConfig",
+    "State",
     "candidate",
     "candidate_grad",
     "check_call",
+    "check_lengths",
     "check_params",
     "check_step",
     "forward",
     "from_layout",
     "g",
     "init_params",
+    "lengths_log_error",
     "log_g",
     "log_method_error",
     "mingru_update",
+    "padding_mask",
     "param_shapes",
+    "resolve_mode",
     "sigmoid",
     "softplus",
+    "state_array",
     "state_dtype",
     "step",
     "to_layout",
@@ -46,8 +53,9 @@ __all__ = [
 
 #: Candidate activations: ``identity`` (``h̃ = u``, any sign) or ``g`` (``h̃ = g(u) > 0``, paper appendix B.3).
 CANDIDATES = ("identity", "g")
-#: ``parallel`` runs a scan over the whole sequence; ``sequential`` runs the single-step update in a loop.
-MODES = ("parallel", "sequential")
+#: ``parallel`` runs a scan over the whole sequence; ``sequential`` runs the single-step update in a loop;
+#: ``auto`` (the default, recurrence.md §0) is ``parallel``, since every layer of this family has a parallel form.
+MODES = ("auto", "parallel", "sequential")
 #: Column orders of the fused input projection found in the originals (canonical: ``gate_hidden``).
 PROJ_LAYOUTS = {
     "gate_hidden": "one fused projection, columns [z | h̃] (canonical; cheind/mingru)",
@@ -209,8 +217,10 @@ def check_call(
     mode: str,
     method: str,
     methods: Sequence[str],
+    padded: bool = False,
 ) -> None:
-    """Validate a sequence call; ``methods`` are the scan methods the backend offers (``"log"`` included)."""
+    """Validate a sequence call; ``methods`` are the scan methods the backend offers (``"log"`` included);
+    ``padded``: ``lengths`` was given (right padding, recurrence.md §0)."""
     checks.check_mode(mode, MODES, function=layer)
     if mode == "sequential" and method not in ("auto", "sequential"):
         raise ValueError(
@@ -220,8 +230,56 @@ def check_call(
     checks.check_method(method, methods, function=layer)
     _check_x(layer, config, "x", x_shape, x_dtype, ndim=3)
     _check_state(layer, config, x_shape[0], x_dtype, init_shape, init_dtype, "initial_state")
+    if method == "log" and padded:
+        raise ValueError(lengths_log_error(layer))
     if method == "log" and config.candidate != "g":
         raise ValueError(log_method_error(layer, "candidate"))
+
+
+def resolve_mode(mode: str) -> str:
+    """``"auto"`` -> ``"parallel"`` (the family's parallel form); other modes unchanged."""
+    return "parallel" if mode == "auto" else mode
+
+
+def lengths_log_error(layer: str) -> str:
+    """The message for ``lengths`` with ``method="log"`` (recurrence.md §0: it names ``chunked``)."""
+    return (f"{layer}: lengths cannot be combined with method='log': a padded position is an identity step "
+            "(a = 1, b = 0) and b = 0 is outside the log domain; use method='chunked', 'associative' or "
+            "'sequential'")
+
+
+_INT_KINDS = ("i", "u")
+
+
+def check_lengths(layer: str, shape: tuple[int, ...], dtype: str, batch: int, length: int,
+                  values: np.ndarray | None) -> None:
+    """``lengths (B,)``: integers in ``[0, T]``, row ``i`` holding ``lengths[i]`` real inputs followed by
+    padding (right padding, recurrence.md §0); ``values`` is ``None`` when traced (no range check then)."""
+    if np.dtype(dtype).kind not in _INT_KINDS:
+        raise TypeError(f"{layer}: lengths must be integers, got dtype {dtype}")
+    if tuple(shape) != (batch,):
+        raise ValueError(f"{layer}: lengths must have shape (B,) = ({batch},), got {tuple(shape)}")
+    if values is not None and values.size and (values.min() < 0 or values.max() > length):
+        raise ValueError(f"{layer}: lengths must lie in [0, T={length}], got {np.asarray(values).tolist()}")
+
+
+def padding_mask(lengths: np.ndarray | None, batch: int, length: int) -> np.ndarray | None:
+    """``(B, T)`` bool, ``True`` at real positions: the first ``lengths[i]`` of row ``i`` (``None``: no padding)."""
+    if lengths is None:
+        return None
+    return np.arange(length)[None, :] < np.asarray(lengths)[:, None]
+
+
+def state_array(layer: str, name: str, state):
+    """The array ``h`` of a single layer's :class:`State` (``None`` stays ``None``), else a clear error."""
+    if state is None:
+        return None
+    if not isinstance(state, State):
+        raise TypeError(f"{layer}: {name} must be a linrec State(h=(B, d_inner)) or None, got "
+                        f"{type(state).__name__}")
+    if state.position is not None:
+        raise ValueError(f"{layer}: {name}.position must be None (this layer has no positional encoding)")
+    return state.h
 
 
 def check_step(
@@ -241,8 +299,11 @@ def _check_x(layer: str, config, name: str, shape: tuple[int, ...], dtype: str, 
     """``x (B, T, D)`` of a call (``ndim=3``) or ``x_t (B, D)`` of a step (``ndim=2``), real floating."""
     if dtype not in checks.REAL_DTYPES:
         raise TypeError(f"{layer}: {name} must be real floating ({', '.join(checks.REAL_DTYPES)}), got dtype {dtype}")
-    if len(shape) != ndim or shape[-1] != config.d_model:
-        axes = "B, T" if ndim == 3 else "B"
+    axes = "B, T" if ndim == 3 else "B"
+    if len(shape) != ndim:
+        raise ValueError(f"{layer}: {name} must have {ndim} axes ({axes}, d_model={config.d_model}), got shape "
+                         f"{tuple(shape)} (an unbatched or time-major input is never guessed; see batch_first)")
+    if shape[-1] != config.d_model:
         raise ValueError(f"{layer}: {name} must have shape ({axes}, d_model={config.d_model}), got {tuple(shape)}")
 
 
@@ -326,60 +387,75 @@ def forward(
     params: Mapping[str, np.ndarray],
     x: np.ndarray,
     config: MinGRUConfig,
-    initial_state: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    initial_state: State | None = None,
+    lengths: np.ndarray | None = None,
+) -> tuple[np.ndarray, State]:
     """The definition of minGRU over a sequence, as a loop.
 
     Args:
       params: canonical parameters (:func:`param_shapes`).
       x: ``(B, T, D)``.
-      initial_state: ``(B, H)``; ``None`` means every entry equals ``config.default_state``.
+      initial_state: ``State(h=(B, H))``; ``None`` means every entry equals ``config.default_state``.
+      lengths: ``(B,)``: row ``i`` holds ``lengths[i]`` real inputs followed by padding (right padding); a
+        padded position leaves the state unchanged and its output is zero. ``None``: no padding.
 
     Returns:
-      ``y (B, T, D_out)`` and ``final_state (B, H)`` (the state ``h_{T-1}``, before ``out_proj``).
+      ``y (B, T, D_out)`` and ``final_state``, a ``State(h=(B, H))`` (each row's state after its last real
+      input, before ``out_proj``).
     """
-    return _sequence(params, x, config, initial_state, "mingru", param_shapes(config), mingru_update)
+    return _sequence(params, x, config, initial_state, lengths, "mingru", param_shapes(config), mingru_update)
 
 
 def step(
-    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: np.ndarray | None, config: MinGRUConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """One step: ``x_t (B, D)``, ``state (B, H)`` (``None``: the default state) -> ``(y_t (B, D_out), state)``."""
+    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: State | None, config: MinGRUConfig
+) -> tuple[np.ndarray, State]:
+    """One step: ``x_t (B, D)``, ``state`` a ``State(h=(B, H))`` (``None``: the default state) ->
+    ``(y_t (B, D_out), State)``."""
     return _step(params, x_t, state, config, "mingru", param_shapes(config), mingru_update)
 
 
-def _sequence(params, x, config, initial_state, layer, shapes, update):
+def _sequence(params, x, config, initial_state, lengths, layer, shapes, update):
     x = np.asarray(x)
+    h0 = state_array(layer, "initial_state", initial_state)
     check_call(
         layer, config, x.shape, reference.dtype_name(x),
-        None if initial_state is None else np.shape(initial_state),
-        None if initial_state is None else reference.dtype_name(np.asarray(initial_state)),
+        None if h0 is None else np.shape(h0),
+        None if h0 is None else reference.dtype_name(np.asarray(h0)),
         mode="sequential", method="auto", methods=(),
     )
     check_params(layer, params, shapes)
+    mask = None
+    if lengths is not None:
+        lengths = np.asarray(lengths)
+        check_lengths(layer, lengths.shape, lengths.dtype.name, x.shape[0], x.shape[1], lengths)
+        mask = padding_mask(lengths, *x.shape[:2])
     dtype = _reference_dtype(x)
     u = _project(params, x.astype(dtype), dtype)
-    h = _default_state(config, x.shape[0], dtype) if initial_state is None else np.asarray(initial_state, dtype)
+    h = _default_state(config, x.shape[0], dtype) if h0 is None else np.asarray(h0, dtype)
     states = np.zeros((x.shape[0], x.shape[1], config.d_inner), dtype)
     for t in range(x.shape[1]):
-        h = update(h, u[:, t], config)
+        new = update(h, u[:, t], config)
+        h = new if mask is None else np.where(mask[:, t, None], new, h)  # a padded position keeps the state
         states[:, t] = h
     y = _output(params, config, states, dtype)
-    return y.astype(x.dtype), h
+    if mask is not None:
+        y = np.where(mask[..., None], y, 0)
+    return y.astype(x.dtype), State(h)
 
 
 def _step(params, x_t, state, config, layer, shapes, update):
     x_t = np.asarray(x_t)
+    h0 = state_array(layer, "state", state)
     check_step(
         layer, config, x_t.shape, reference.dtype_name(x_t),
-        None if state is None else np.shape(state),
-        None if state is None else reference.dtype_name(np.asarray(state)),
+        None if h0 is None else np.shape(h0),
+        None if h0 is None else reference.dtype_name(np.asarray(h0)),
     )
     check_params(layer, params, shapes)
     dtype = _reference_dtype(x_t)
-    h = _default_state(config, x_t.shape[0], dtype) if state is None else np.asarray(state, dtype)
+    h = _default_state(config, x_t.shape[0], dtype) if h0 is None else np.asarray(h0, dtype)
     h = update(h, _project(params, x_t.astype(dtype), dtype), config)
-    return _output(params, config, h, dtype).astype(x_t.dtype), h
+    return _output(params, config, h, dtype).astype(x_t.dtype), State(h)
 
 
 # --- the reference VJP ----------------------------------------------------------------------------
@@ -395,6 +471,8 @@ def vjp(
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Analytic VJP of :func:`forward` (float64): returns ``(params_bar, x_bar, initial_state_bar)``.
 
+    The states here are the bare arrays ``h`` of the ``State`` (``cotangent_state (B, H)``, ``initial_state
+    (B, H)``, the returned ``initial_state_bar (B, H)``): this is a derivative of the array maths.
     ``initial_state_bar`` is the cotangent of ``h_{-1}`` (also when it came from ``default_state``).
     Chain: ``a = 1 - z``, ``b = z h̃``; ``z̄ = h̃ b̄ - ā``, ``h̃̄ = z b̄``; ``ū_z = z̄ z (1 - z)``, ``ū_h = h̃̄ h̃'(u_h)``.
     """

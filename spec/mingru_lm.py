@@ -20,18 +20,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from linrec.spec import checks
 from linrec.spec import mingru as mingru_spec
 from linrec.spec.mingru import MinGRUConfig
+from linrec.spec.state import State
 
 __all__ = [
     "BLOCKS",
     "MinGRULMConfig",
-    "MinGRULMState",
+    "State",
     "check_generate_args",
     "check_lengths",
     "check_mode",
@@ -42,8 +43,8 @@ __all__ = [
     "gelu",
     "generate_loop",
     "init_params",
+    "last_real",
     "layer_param_shapes",
-    "left_padding_mask",
     "param_shapes",
     "rms_norm",
     "row_seeds",
@@ -136,17 +137,6 @@ class MinGRULMConfig:
                    head_bias=False)
 
 
-class MinGRULMState(NamedTuple):
-    """The carried state of the whole model (a pytree in JAX, a plain tuple subclass in PyTorch).
-
-    Attributes:
-      h: ``(L, B, H)``; ``h[l]`` is layer ``l``'s minGRU state ``h_t`` after the last token consumed
-        (before ``out_proj``, the GLU or the residual: ``mingru.md``'s carried state).
-    """
-
-    h: Any
-
-
 # --- parameters -------------------------------------------------------------------------------------
 
 
@@ -220,28 +210,36 @@ def check_tokens(name: str, shape: tuple[int, ...], dtype: str, ndim: int, confi
 
 
 def check_lengths(shape: tuple[int, ...], dtype: str, batch: int, length: int, values: np.ndarray | None) -> None:
-    """``lengths (B,)``: integers in ``[0, T]`` (the number of real, right-aligned tokens of each row)."""
-    if np.dtype(dtype).kind not in _INT_KINDS:
-        raise TypeError(f"mingru_lm: lengths must be integers, got dtype {dtype}")
-    if tuple(shape) != (batch,):
-        raise ValueError(f"mingru_lm: lengths must have shape (B,) = ({batch},), got {tuple(shape)}")
-    if values is not None and values.size and (values.min() < 0 or values.max() > length):
-        raise ValueError(f"mingru_lm: lengths must lie in [0, T={length}], got {values.tolist()}")
+    """``lengths (B,)``: integers in ``[0, T]``, row ``i`` holding ``lengths[i]`` real tokens followed by padding
+    (right padding, recurrence.md §0); ``values`` is ``None`` when traced."""
+    mingru_spec.check_lengths("mingru_lm", shape, dtype, batch, length, values)
 
 
-def check_state(state: Any, config: MinGRULMConfig, batch: int, shape: tuple[int, ...] | None,
-                dtype: str | None, want_dtype: str) -> None:
-    """A ``MinGRULMState`` whose ``h`` is ``(L, B, H)`` in the state dtype, else a clear error."""
-    if not isinstance(state, MinGRULMState):
-        raise TypeError(f"mingru_lm: state must be a MinGRULMState, got {type(state).__name__}")
-    expected = (config.n_layers, batch, config.d_inner)
-    if shape is None or tuple(shape) != expected:
-        raise ValueError(
-            f"mingru_lm: state.h must have shape (n_layers, B, d_inner) = {expected}, got "
-            f"{None if shape is None else tuple(shape)} (a state from a model with a different configuration?)"
-        )
-    if dtype != want_dtype:
-        raise TypeError(f"mingru_lm: state.h has dtype {dtype}; this model's state dtype is {want_dtype}")
+def state_arrays(name: str, state: Any, config: MinGRULMConfig) -> tuple:
+    """``state.h``, a tuple of ``L`` arrays, of the model's :class:`State`, else a clear ``TypeError``."""
+    if not isinstance(state, State):
+        raise TypeError(f"mingru_lm: {name} must be a linrec State(h=tuple of {config.n_layers} (B, d_inner) "
+                        f"arrays), got {type(state).__name__}")
+    if state.position is not None:
+        raise ValueError(f"mingru_lm: {name}.position must be None (the model has no positional encoding)")
+    if not isinstance(state.h, (tuple, list)) or len(state.h) != config.n_layers:
+        got = f"{len(state.h)} entries" if isinstance(state.h, (tuple, list)) else type(state.h).__name__
+        raise ValueError(f"mingru_lm: {name}.h must be a tuple of n_layers={config.n_layers} arrays (B, d_inner), "
+                         f"got {got} (a state from a model with a different configuration?)")
+    return tuple(state.h)
+
+
+def check_state(name: str, config: MinGRULMConfig, batch: int, shapes: Sequence[tuple[int, ...]],
+                dtypes: Sequence[str], want_dtype: str) -> None:
+    """The arrays of :func:`state_arrays`: each ``(B, d_inner)`` in the state dtype, else a clear error."""
+    expected = (batch, config.d_inner)
+    for layer, (shape, dtype) in enumerate(zip(shapes, dtypes)):
+        if tuple(shape) != expected:
+            raise ValueError(f"mingru_lm: {name}.h[{layer}] must have shape (B, d_inner) = {expected}, got "
+                             f"{tuple(shape)} (a state from a model with a different configuration?)")
+        if dtype != want_dtype:
+            raise TypeError(f"mingru_lm: {name}.h[{layer}] has dtype {dtype}; this model's state dtype is "
+                            f"{want_dtype}")
 
 
 def check_params(params: Mapping[str, Any], config: MinGRULMConfig) -> None:
@@ -249,23 +247,23 @@ def check_params(params: Mapping[str, Any], config: MinGRULMConfig) -> None:
 
 
 def check_mode(mode: str, method: str, methods: Sequence[str], padded: bool) -> None:
-    """``mode``/``method`` as for the minGRU layer; ``method="log"`` cannot serve left padding."""
+    """``mode``/``method`` as for the minGRU layer (``"auto"`` is ``"parallel"``); ``method="log"`` cannot serve
+    ``lengths`` (a padded position is an identity step, ``b = 0``)."""
     checks.check_mode(mode, mingru_spec.MODES, function="mingru_lm")
     if mode == "sequential" and method != "auto":
         raise ValueError(f"mingru_lm: method={method!r} selects a scan of mode='parallel'; mode='sequential' runs "
                          "the step loop and takes method='auto'")
     checks.check_method(method, methods, function="mingru_lm")
     if method == "log" and padded:
-        raise ValueError("mingru_lm: method='log' cannot serve lengths (left padding): a pad position keeps the "
-                         "state as a = 1, b = 0, outside the log domain (b > 0); use method='associative', "
-                         "'chunked' or 'sequential'")
+        raise ValueError(mingru_spec.lengths_log_error("mingru_lm"))
 
 
-def left_padding_mask(lengths: np.ndarray | None, batch: int, length: int) -> np.ndarray | None:
-    """``(B, T)`` bool, ``True`` at real tokens: the last ``lengths[b]`` positions of row ``b``."""
+def last_real(logits: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
+    """``logits (B, T, V)`` -> ``(B, V)`` at each row's last real position ``lengths[i] - 1`` (right padding;
+    ``None``: the last position)."""
     if lengths is None:
-        return None
-    return np.arange(length)[None, :] >= (length - np.asarray(lengths))[:, None]
+        return logits[:, -1]
+    return logits[np.arange(logits.shape[0]), np.asarray(lengths) - 1]
 
 
 # --- the reference ----------------------------------------------------------------------------------
@@ -321,29 +319,31 @@ def _head(params: Mapping[str, np.ndarray], x: np.ndarray, config: MinGRULMConfi
     return _dense(params, "head", x)
 
 
-def _initial_h(config: MinGRULMConfig, batch: int, dtype) -> np.ndarray:
-    return np.full((config.n_layers, batch, config.d_inner), config.default_state, dtype)
+def _initial_h(config: MinGRULMConfig, batch: int, dtype) -> list[np.ndarray]:
+    return [np.full((batch, config.d_inner), config.default_state, dtype) for _ in range(config.n_layers)]
 
 
 def forward(
     params: Mapping[str, np.ndarray],
     tokens: np.ndarray,
     config: MinGRULMConfig,
-    initial_state: MinGRULMState | None = None,
+    initial_state: State | None = None,
     lengths: np.ndarray | None = None,
-) -> tuple[np.ndarray, MinGRULMState]:
+) -> tuple[np.ndarray, State]:
     """The definition of the model over a sequence, as loops over layers and time.
 
     Args:
       params: canonical parameters (:func:`param_shapes`); they set the compute dtype.
       tokens: ``(B, T)`` integer ids in ``[0, V)``.
-      initial_state: a :class:`MinGRULMState` (``h (L, B, H)``); ``None``: every entry ``default_state``.
-      lengths: ``(B,)``: row ``b`` holds ``lengths[b]`` real tokens at its end (left padding); at the
-        ``T - lengths[b]`` leading pad positions every layer keeps its state unchanged, so the final
-        state and the logits at real positions equal those of the unpadded row. ``None``: no padding.
+      initial_state: a :class:`State` whose ``h`` is a tuple of ``L`` arrays ``(B, H)``; ``None``: every entry
+        ``default_state``.
+      lengths: ``(B,)``: row ``b`` holds ``lengths[b]`` real tokens followed by padding (right padding); at a
+        padded position every layer keeps its state unchanged and the logits are zero, so the final state and
+        the logits at real positions equal those of the unpadded row. ``None``: no padding.
 
     Returns:
-      ``logits (B, T, V)`` and the final :class:`MinGRULMState`.
+      ``logits (B, T, V)`` and the final :class:`State` (``h[l] (B, H)``: layer ``l``'s minGRU state after
+      each row's last real token, before ``out_proj``, the GLU or the residual).
     """
     tokens = np.asarray(tokens)
     check_tokens("tokens", tokens.shape, tokens.dtype.name, 2, config, tokens)
@@ -355,22 +355,23 @@ def forward(
         check_lengths(lengths.shape, lengths.dtype.name, batch, length, lengths)
     h0 = _initial_h(config, batch, dtype)
     if initial_state is not None:
-        h = np.asarray(initial_state.h) if isinstance(initial_state, MinGRULMState) else None
-        check_state(initial_state, config, batch, None if h is None else h.shape,
-                    None if h is None else h.dtype.name, dtype.name)
-        h0 = h
-    mask = left_padding_mask(lengths, batch, length)
+        h0 = [np.asarray(h) for h in state_arrays("initial_state", initial_state, config)]
+        check_state("initial_state", config, batch, [h.shape for h in h0], [h.dtype.name for h in h0], dtype.name)
+    mask = mingru_spec.padding_mask(lengths, batch, length)
     x = np.asarray(params["embed.embedding"])[tokens]
     finals = []
     for layer in range(config.n_layers):
         x, h = _block(_layer(params, layer), x, h0[layer], mask, config)
         finals.append(h)
-    return _head(params, x, config), MinGRULMState(np.stack(finals) if finals else h0)
+    logits = _head(params, x, config)
+    if mask is not None:
+        logits = np.where(mask[..., None], logits, 0).astype(logits.dtype)
+    return logits, State(tuple(finals))
 
 
 def step(
-    params: Mapping[str, np.ndarray], token: np.ndarray, state: MinGRULMState | None, config: MinGRULMConfig
-) -> tuple[np.ndarray, MinGRULMState]:
+    params: Mapping[str, np.ndarray], token: np.ndarray, state: State | None, config: MinGRULMConfig
+) -> tuple[np.ndarray, State]:
     """One token: ``token (B,)``, ``state`` (``None``: the default) -> ``(logits (B, V), state)``."""
     token = np.asarray(token)
     check_tokens("token", token.shape, token.dtype.name, 1, config, token)
@@ -440,8 +441,9 @@ def generate_loop(
     top_k: int | None,
     seed: int | Sequence[int],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The generation driver every backend shares: one parallel ``prefill`` of the (left-padded) prompt,
-    then ``max_new_tokens - 1`` calls of ``decode_step``.
+    """The generation driver every backend shares: one parallel ``prefill`` of the (right-padded) prompt, whose
+    logits at each row's last real token (``lengths - 1``) give the first new token, then ``max_new_tokens - 1``
+    calls of ``decode_step``.
 
     Returns ``(tokens (B, N) int64, logits (B, N, V))``: ``logits[:, i]`` is the distribution token ``i``
     was drawn from (the model's logits after the prompt and the first ``i`` new tokens).
@@ -449,7 +451,7 @@ def generate_loop(
     batch = prompt.shape[0]
     rngs = [np.random.default_rng(s) for s in row_seeds(seed, batch)]
     logits, state = prefill(prompt, lengths)
-    last = to_numpy(logits)[:, -1]
+    last = last_real(to_numpy(logits), lengths)
     tokens, seen = [], []
     for i in range(max_new_tokens):
         seen.append(last)

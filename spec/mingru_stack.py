@@ -11,9 +11,9 @@ Layer ``l`` maps ``x_l (B, T, in_l)`` to ``x_{l+1} (B, T, H_l)``::
     y = y + (x_l W_align_l if in_l != H_l else x_l)       if residual
     x_{l+1} = dropout(y)        for l < L - 1, training only
 
-The state of the stack is a tuple with one ``(B, H_l)`` array per layer: layer ``l``'s minGRU state ``h_l``
-(before the residual and dropout). Everything here is framework-free; the reference is a loop over
-layers that reuses the minGRU reference.
+The state of the stack is a ``State`` whose ``h`` is a tuple with one ``(B, H_l)`` array per layer: layer ``l``'s
+minGRU state ``h_l`` (before the residual and dropout); ``position`` is ``None``. Everything here is
+framework-free; the reference is a loop over layers that reuses the minGRU reference.
 """
 
 from __future__ import annotations
@@ -28,15 +28,18 @@ import numpy as np
 from linrec.spec import checks
 from linrec.spec import mingru as mingru_spec
 from linrec.spec.mingru import MinGRUConfig
+from linrec.spec.state import State
 
 __all__ = [
     "MinGRUStackConfig",
+    "State",
     "check_state",
     "forward",
     "init_params",
     "layer_norm",
     "param_shapes",
     "resolve_hidden_sizes",
+    "state_arrays",
     "step",
 ]
 
@@ -174,27 +177,44 @@ def check_params(params: Mapping[str, Any], config: MinGRUStackConfig) -> None:
     mingru_spec.check_params("mingru_stack", params, param_shapes(config))
 
 
-def check_state(state: Any, config: MinGRUStackConfig, batch: int,
-                shapes: Sequence[tuple[int, ...]] | None, dtypes: Sequence[str] | None, want_dtype: str) -> None:
-    """A tuple/list of ``L`` arrays, entry ``l`` of shape ``(B, H_l)`` in the state dtype."""
-    if not isinstance(state, (tuple, list)):
-        raise TypeError(f"mingru_stack: the state must be a tuple of {config.num_layers} arrays (one (B, H_l) per "
-                        f"layer), got {type(state).__name__}")
-    if len(state) != config.num_layers:
-        raise ValueError(f"mingru_stack: the state must hold one array per layer ({config.num_layers}), "
-                         f"got {len(state)}")
+def state_arrays(name: str, state: Any, config: MinGRUStackConfig) -> tuple | None:
+    """``state.h`` of a stack ``State`` (a tuple of ``L`` arrays); ``None`` stays ``None``; else a clear error."""
+    if state is None:
+        return None
+    if not isinstance(state, State):
+        raise TypeError(f"mingru_stack: {name} must be a linrec State(h=tuple of {config.num_layers} (B, H_l) "
+                        f"arrays) or None, got {type(state).__name__}")
+    if state.position is not None:
+        raise ValueError(f"mingru_stack: {name}.position must be None (the stack has no positional encoding)")
+    if not isinstance(state.h, (tuple, list)):
+        raise TypeError(f"mingru_stack: {name}.h must be a tuple of {config.num_layers} arrays (one (B, H_l) per "
+                        f"layer), got {type(state.h).__name__}")
+    if len(state.h) != config.num_layers:
+        raise ValueError(f"mingru_stack: {name}.h must hold one array per layer ({config.num_layers}), "
+                         f"got {len(state.h)}")
+    return tuple(state.h)
+
+
+def check_state(name: str, config: MinGRUStackConfig, batch: int, shapes: Sequence[tuple[int, ...]],
+                dtypes: Sequence[str], want_dtype: str) -> None:
+    """The arrays of :func:`state_arrays`: entry ``l`` of shape ``(B, H_l)`` in the state dtype."""
     for layer, (shape, dtype) in enumerate(zip(shapes, dtypes)):
         want = (batch, config.hidden_sizes[layer])
         if tuple(shape) != want:
-            raise ValueError(f"mingru_stack: state[{layer}] must have shape (B, H_{layer}) = {want}, "
+            raise ValueError(f"mingru_stack: {name}.h[{layer}] must have shape (B, H_{layer}) = {want}, "
                              f"got {tuple(shape)}")
         if dtype != want_dtype:
-            raise TypeError(f"mingru_stack: state[{layer}] has dtype {dtype}; for this input it must be {want_dtype}")
+            raise TypeError(f"mingru_stack: {name}.h[{layer}] has dtype {dtype}; for this input it must be "
+                            f"{want_dtype}")
 
 
 def check_input(name: str, shape: tuple[int, ...], ndim: int, config: MinGRUStackConfig) -> None:
-    if len(shape) != ndim or shape[-1] != config.input_size:
-        want = "(B, T, input_size" if ndim == 3 else "(B, input_size"
+    """``x (B, T, I)`` (``ndim=3``) or ``x_t (B, I)`` (``ndim=2``); a wrong number of axes is never guessed."""
+    want = "(B, T, input_size" if ndim == 3 else "(B, input_size"
+    if len(shape) != ndim:
+        raise ValueError(f"mingru_stack: {name} must have {ndim} axes {want}={config.input_size}), got shape "
+                         f"{tuple(shape)} (an unbatched or time-major input is never guessed; see batch_first)")
+    if shape[-1] != config.input_size:
         raise ValueError(f"mingru_stack: {name} must have shape {want}={config.input_size}), got {tuple(shape)}")
 
 
@@ -220,34 +240,40 @@ def forward(
     params: Mapping[str, np.ndarray],
     x: np.ndarray,
     config: MinGRUStackConfig,
-    initial_state: Sequence[np.ndarray] | None = None,
-) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    initial_state: State | None = None,
+    lengths: np.ndarray | None = None,
+) -> tuple[np.ndarray, State]:
     """The stack over a sequence in evaluation mode (no dropout).
 
     Args:
       params: canonical parameters (:func:`param_shapes`).
       x: ``(B, T, I)``.
-      initial_state: ``L`` arrays ``(B, H_l)``; ``None``: every layer from its ``default_state``.
+      initial_state: ``State(h=(h_0 (B, H_0), ..., h_{L-1}))``; ``None``: every layer from its ``default_state``.
+      lengths: ``(B,)`` real inputs per row, right padding: every layer keeps its state at a padded position,
+        and the output there is zero. ``None``: no padding.
 
     Returns:
-      ``y (B, T, H_{L-1})`` and the final state, a tuple of ``L`` arrays ``(B, H_l)``.
+      ``y (B, T, H_{L-1})`` and the final ``State`` (``h`` a tuple of ``L`` arrays ``(B, H_l)``).
     """
     x = np.asarray(x)
     check_input("x", x.shape, 3, config)
     check_params(params, config)
-    states = [None] * config.num_layers if initial_state is None else list(initial_state)
+    given = state_arrays("initial_state", initial_state, config)
+    states = [None] * config.num_layers if given is None else [State(np.asarray(h)) for h in given]
     finals = []
     for layer in range(config.num_layers):
         x, h = _layer(sub_params(params, f"layers.{layer}."), x, states[layer], config, layer,
-                      lambda mp, z, h0, lcfg: mingru_spec.forward(mp, z, lcfg, h0))
-        finals.append(h)
-    return x, tuple(finals)
+                      lambda mp, z, h0, lcfg: mingru_spec.forward(mp, z, lcfg, h0, lengths))
+        finals.append(h.h)
+    if lengths is not None:  # the residual of a padded position is not zero: zero the stack's output there
+        x = np.where(mingru_spec.padding_mask(lengths, *x.shape[:2])[..., None], x, 0).astype(x.dtype)
+    return x, State(tuple(finals))
 
 
 def step(
-    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: Sequence[np.ndarray] | None, config: MinGRUStackConfig
-) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """One step: ``x_t (B, I)`` and the state -> ``(y_t (B, H_{L-1}), state)``."""
+    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: State | None, config: MinGRUStackConfig
+) -> tuple[np.ndarray, State]:
+    """One step: ``x_t (B, I)`` and the ``State`` (``None``: default) -> ``(y_t (B, H_{L-1}), State)``."""
     x_t = np.asarray(x_t)
     check_input("x_t", x_t.shape, 2, config)
     y, state = forward(params, x_t[:, None], config, state)

@@ -25,6 +25,7 @@ from linrec.spec.mingru import (
     softplus,
     state_dtype,
 )
+from linrec.spec.state import State
 
 __all__ = [
     "CANDIDATES",
@@ -120,25 +121,29 @@ def forward(
     params: Mapping[str, np.ndarray],
     x: np.ndarray,
     config: MinLSTMConfig,
-    initial_state: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+    initial_state: State | None = None,
+    lengths: np.ndarray | None = None,
+) -> tuple[np.ndarray, State]:
     """The definition of minLSTM over a sequence, as a loop.
 
     Args:
       params: canonical parameters (:func:`param_shapes`).
       x: ``(B, T, D)``.
-      initial_state: ``(B, H)``; ``None`` means every entry equals ``config.default_state``.
+      initial_state: ``State(h=(B, H))``; ``None`` means every entry equals ``config.default_state``.
+      lengths: ``(B,)`` real inputs per row, right padding (as ``linrec.spec.mingru.forward``); ``None``: none.
 
     Returns:
-      ``y (B, T, D_out)`` and ``final_state (B, H)`` (the state ``h_{T-1}``, before ``out_proj``).
+      ``y (B, T, D_out)`` and ``final_state``, a ``State(h=(B, H))`` (before ``out_proj``).
     """
-    return _common._sequence(params, x, config, initial_state, "minlstm", param_shapes(config), minlstm_update)
+    return _common._sequence(params, x, config, initial_state, lengths, "minlstm", param_shapes(config),
+                             minlstm_update)
 
 
 def step(
-    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: np.ndarray | None, config: MinLSTMConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """One step: ``x_t (B, D)``, ``state (B, H)`` (``None``: the default state) -> ``(y_t (B, D_out), state)``."""
+    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: State | None, config: MinLSTMConfig
+) -> tuple[np.ndarray, State]:
+    """One step: ``x_t (B, D)``, ``state`` a ``State(h=(B, H))`` (``None``: the default state) ->
+    ``(y_t (B, D_out), State)``."""
     return _common._step(params, x_t, state, config, "minlstm", param_shapes(config), minlstm_update)
 
 

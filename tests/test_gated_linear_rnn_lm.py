@@ -14,6 +14,7 @@ from _case_ids import assert_case_ids_named
 from linrec.conformance import gated_linear_rnn_lm_cases as lm_cases
 from linrec.spec import gated_linear_rnn_lm as spec
 from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig, GateLoopLMConfig
+from linrec.spec.state import State
 
 CFG = GatedLinearRNNLMConfig(n_layer=2, d_model=4, d_channel_mixing=5, d_h=3, input_vocab_size=7,
                              output_vocab_size=6, max_seq_length=12, positional_encoding_mode="sinusoidal")
@@ -24,7 +25,18 @@ def _problem(config: GatedLinearRNNLMConfig = CFG, seed: int = 0, batch: int = 2
     """float64 params and state exactly representable in float32, token ids, rows starting at positions 0 and 3."""
     prob = lm_cases.make_problem(config, "float32", seed, batch=batch, length=length)
     params = {k: v.astype(np.float64) for k, v in prob.params.items()}
-    return params, prob.inputs, {"h": prob.state["h"].astype(np.float64), "position": prob.state["position"]}
+    h = prob.state["h"].astype(np.float64)  # (B, L, H) in the case module; the models carry L arrays (B, H)
+    return params, prob.inputs, State(tuple(h[:, l].copy() for l in range(h.shape[1])), prob.state["position"])
+
+
+def _as(state: State, convert) -> State:
+    """The same ``State`` with every array converted (``jnp.asarray``, ``torch.from_numpy``, ...)."""
+    return State(tuple(convert(h) for h in state.h), convert(state.position))
+
+
+def _stacked(state: State) -> np.ndarray:
+    """``state.h`` as one ``(B, L, H)`` NumPy array."""
+    return np.stack([np.asarray(h.detach() if hasattr(h, "detach") else h) for h in state.h], axis=1)
 
 
 def _f32(params: dict) -> dict:
@@ -110,7 +122,8 @@ def test_sinusoidal_table():
 def test_reference_laws_positions_and_lengths():
     params, tokens, state = _problem()
     out, new = spec.forward(params, tokens, CFG, state)
-    np.testing.assert_array_equal(new["position"], state["position"] + 6)
+    assert isinstance(new, State) and isinstance(new.h, tuple) and len(new.h) == CFG.n_layer
+    np.testing.assert_array_equal(new.position, state.position + 6)
     # the step is the length-1 pass, and continues the positions
     _, s = spec.forward(params, tokens[:, :4], CFG, state)
     o5, s = spec.step(params, tokens[:, 4], s, CFG)
@@ -123,11 +136,13 @@ def test_reference_laws_positions_and_lengths():
     # lengths: each row alone, zeros after its end
     lengths = np.array([6, 2])
     o_l, s_l = spec.forward(params, tokens, CFG, state, lengths=lengths)
-    alone, s1 = spec.forward(params, tokens[1:, :2], CFG, {k: v[1:] for k, v in state.items()})
+    alone, s1 = spec.forward(params, tokens[1:, :2], CFG, State(tuple(h[1:] for h in state.h), state.position[1:]))
     np.testing.assert_allclose(o_l[1, :2], alone[0], rtol=1e-13)
     assert not o_l[1, 2:].any()
-    np.testing.assert_allclose(s_l["h"][1], s1["h"][0], rtol=1e-13)
-    assert s_l["position"].tolist() == [6, 5]
+    np.testing.assert_allclose(_stacked(s_l)[1], _stacked(s1)[0], rtol=1e-13)
+    assert s_l.position.tolist() == [6, 5]
+    with pytest.raises(TypeError, match="initial_state"):
+        spec.forward(params, tokens, CFG, {"h": _stacked(state), "position": state.position})
 
 
 def test_reference_dropout_placement():
@@ -181,12 +196,20 @@ def test_nnx_model_matches_reference(jx):
     model = jx.mod.GateLoopLM.from_canonical(cfg, _f32(params))
     assert isinstance(model, jx.mod.GatedLinearRNNLM) and model.config == cfg
     model.eval()
-    s32 = {"h": jnp.asarray(state["h"], jnp.float32), "position": jnp.asarray(state["position"])}
+    s32 = State(tuple(jnp.asarray(h, jnp.float32) for h in state.h), jnp.asarray(state.position))
     out, new = model(jnp.asarray(tokens), s32)
     ref, ref_state = spec.forward(params, tokens, cfg, state)
-    assert out.dtype == jnp.float32 and new["position"].dtype == jnp.int32
+    assert isinstance(new, State) and out.dtype == jnp.float32 and new.position.dtype == jnp.int32
     np.testing.assert_allclose(out, ref, **F32)
-    np.testing.assert_allclose(new["h"], ref_state["h"], **F32)
+    np.testing.assert_allclose(_stacked(new), _stacked(ref_state), **F32)
+    # ragged prefill: one pass with lengths (identity steps in every layer's scan), traced lengths under jit
+    lengths = np.array([6, 2], np.int32)
+    ref_l, ref_state_l = spec.forward(params, tokens, cfg, state, lengths=lengths)
+    out_l, new_l = jx.nnx.jit(lambda m, t, s, n: m(t, s, lengths=n))(model, jnp.asarray(tokens), s32,
+                                                                     jnp.asarray(lengths))
+    np.testing.assert_allclose(out_l, ref_l, **F32)
+    np.testing.assert_allclose(_stacked(new_l), _stacked(ref_state_l), **F32)
+    assert np.asarray(new_l.position).tolist() == ref_state_l.position.tolist()
     # parameter paths are the canonical names; canonical_params round-trips
     paths = {".".join(map(str, p)) for p, v in jx.nnx.iter_graph(model) if isinstance(v, jx.nnx.Param)}
     assert paths == set(spec.param_shapes(cfg))
@@ -243,7 +266,9 @@ def test_nnx_generation(jx):
     with pytest.raises(ValueError, match="input_vocab_size"):
         model.decode_step(jnp.array([0, 7, 1], jnp.int32), state)
     with pytest.raises(ValueError, match="n_layer"):
-        model.decode_step(token, {"h": jnp.zeros((3, 2, 3)), "position": state["position"]})
+        model.decode_step(token, State((jnp.zeros((3, 3)),) * 2, state.position))
+    with pytest.raises(TypeError, match="state"):
+        model.decode_step(token, {"h": state.h, "position": state.position})
     headless = jx.mod.GatedLinearRNNLM.from_canonical(
         replace(cfg, use_head=False, output_vocab_size=None),
         {k: v for k, v in params.items() if not k.startswith("head")})
@@ -256,9 +281,9 @@ def test_jax_jit_grad_vmap_and_remat(jx):
     cfg = replace(CFG, n_layer=1)
     params, tokens, state = _problem(cfg)
     p32 = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
-    s32 = {"h": jnp.asarray(state["h"], jnp.float32), "position": jnp.asarray(state["position"])}
+    s32 = State(tuple(jnp.asarray(h, jnp.float32) for h in state.h), jnp.asarray(state.position))
     # jit of vmap over two token batches; inside jit a bad id cannot raise: its lookup is NaN, not a clamped row
-    fn = jax.jit(jax.vmap(lambda t: jx.mod.gated_linear_rnn_lm(p32, t, config=cfg, state=s32)[0]))
+    fn = jax.jit(jax.vmap(lambda t: jx.mod.gated_linear_rnn_lm(p32, t, config=cfg, initial_state=s32)[0]))
     outs = fn(jnp.stack([jnp.asarray(tokens), jnp.full_like(tokens, 7)]))
     np.testing.assert_allclose(outs[0], spec.forward(params, tokens, cfg, state)[0], **F32)
     assert np.isnan(outs[1]).all()
@@ -341,12 +366,22 @@ def test_torch_model_matches_reference(tt):
     model = tt.mod.GateLoopLM.from_canonical(cfg, params).eval()  # float64 params -> a float64 module
     assert isinstance(model, tt.mod.GatedLinearRNNLM) and model.config == cfg
     assert set(model.state_dict()) == {spec.torch_param(n)[0] for n in spec.param_shapes(cfg)}
-    t_state = {k: torch.from_numpy(v) for k, v in state.items()}
+    t_state = _as(state, torch.from_numpy)
     out, new = model(torch.from_numpy(tokens), t_state)
     ref, ref_state = spec.forward(params, tokens, cfg, state)
     np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(new["h"].detach().numpy(), ref_state["h"], rtol=1e-12, atol=1e-12)
-    assert new["position"].dtype == torch.int32 and new["position"].tolist() == [6, 9]
+    np.testing.assert_allclose(_stacked(new), _stacked(ref_state), rtol=1e-12, atol=1e-12)
+    assert new.position.dtype == torch.int32 and new.position.tolist() == [6, 9]
+    # ragged prefill: one pass with lengths (identity steps in every layer's scan), then decoding continues
+    lengths = np.array([6, 2])
+    out_l, new_l = model.prefill(torch.from_numpy(tokens), t_state, torch.from_numpy(lengths))
+    ref_l, ref_state_l = spec.forward(params, tokens, cfg, state, lengths=lengths)
+    np.testing.assert_allclose(out_l.detach().numpy(), ref_l, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(_stacked(new_l), _stacked(ref_state_l), rtol=1e-12, atol=1e-12)
+    assert new_l.position.tolist() == [6, 5]
+    out_d, _ = model.decode_step(torch.from_numpy(tokens[:, 0]), new_l)
+    ref_d, _ = spec.step(params, tokens[:, 0], ref_state_l, cfg)
+    np.testing.assert_allclose(out_d.detach().numpy(), ref_d, rtol=1e-12, atol=1e-12)
     for name, value in model.canonical_params().items():
         np.testing.assert_array_equal(value, params[name])
     assert tt.verify(model, torch.from_numpy(tokens), initial_state=t_state).ok
@@ -356,9 +391,11 @@ def test_torch_model_matches_reference(tt):
     assert 0.6 < p["embed.embedding"].std() * np.sqrt(8) < 1.4 and not p["head.bias"].any()
     with pytest.raises(TypeError, match=r"torch\.Tensor"):
         fresh(np.zeros((1, 2), np.int64))
-    with pytest.raises(TypeError, match="state\\['h'\\]"):
-        fresh(torch.zeros(1, 2, dtype=torch.long), {"h": torch.zeros(1, 2, 6, dtype=torch.float64),
-                                                      "position": torch.zeros(1, dtype=torch.int32)})
+    with pytest.raises(TypeError, match=r"initial_state\.h\[0\]"):
+        fresh(torch.zeros(1, 2, dtype=torch.long), State((torch.zeros(1, 6, dtype=torch.float64),) * 2,
+                                                         torch.zeros(1, dtype=torch.int32)))
+    with pytest.raises(TypeError, match="initial_state"):
+        fresh(torch.zeros(1, 2, dtype=torch.long), {"h": torch.zeros(1, 2, 6), "position": torch.zeros(1)})
 
 
 def test_torch_generation(tt):
@@ -386,7 +423,7 @@ def test_torch_generation(tt):
     # bfloat16: projections in bf16, the carried state in float32 (gated_linear_rnn.md §7)
     low = tt.mod.GatedLinearRNNLM.from_canonical(CFG, params, dtype=torch.bfloat16).eval()
     out, state = low(batch[:2, :3])
-    assert out.dtype == torch.bfloat16 and state["h"].dtype == torch.float32
+    assert out.dtype == torch.bfloat16 and all(h.dtype == torch.float32 for h in state.h)
     assert low.generate(batch[:2, :3], 2, 0.0).shape == (2, 2)
     ref, _ = spec.forward(params, batch[:2, :3].numpy(), CFG)
     np.testing.assert_allclose(out.float().detach().numpy(), ref, rtol=0.1, atol=0.1)
@@ -472,7 +509,7 @@ def test_matches_original_lm():
             assert got == want
         cfg = GatedLinearRNNLMConfig(**kw)
         prob = lm_cases.make_problem(cfg, "float32", 5)
-        params, carry = prob.params, prob.state["h"]
+        params, carry = prob.params, prob.state["h"]  # (B, L, H), as the original carries it
         lm = build(**kw)
         variables = {"params": unflatten_dict({tuple(spec.original_param_path(k).split("/")): jnp.asarray(v)
                                                for k, v in params.items()})}
@@ -482,12 +519,12 @@ def test_matches_original_lm():
         for t in range(6):
             c, y_t = apply(variables, tokens[:, t : t + 1], training=False, carry=c)
             steps.append(y_t[:, 0])
-    state = {"h": jnp.asarray(carry), "position": jnp.zeros(2, jnp.int32)}
+    state = State(tuple(jnp.asarray(carry[:, l]) for l in range(carry.shape[1])), jnp.zeros(2, jnp.int32))
     model = GatedLinearRNNLM.from_canonical(cfg, params)
     model.eval()
     out, new = model(tokens, state)
     np.testing.assert_allclose(out, y_orig, rtol=1e-5, atol=2e-6)
-    np.testing.assert_allclose(new["h"], h_orig, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(_stacked(new), h_orig, rtol=1e-5, atol=2e-6)
     steps = np.stack(steps, 1)
     assert np.abs(steps - y_orig).max() > 0.1  # the original's stepwise decoding differs from its parallel pass
     compat = GatedLinearRNNLM.from_canonical(replace(cfg, compat_step_position_zero=True), params)

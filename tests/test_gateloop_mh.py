@@ -1,7 +1,7 @@
 """Tests of the multi-head outer-product GateLoop layer (``spec/gateloop_mh.md``).
 
 The reference (NumPy loop + analytic VJP), the ids of its conformance cases, the Flax NNX
-and torch modules (canonical round trip, jit/grad/vmap, torch.compile, remat, the memory-lean chunked path,
+and torch modules (canonical round trip, jit/grad/vmap, torch.compile, remat, the memory-lean method="chunked",
 step API, bf16), and an optional comparison with lucidrains' ``gateloop-transformer`` when installed.
 """
 
@@ -18,6 +18,7 @@ from _case_ids import assert_case_ids_named
 from linrec.conformance import gateloop_mh_cases
 from linrec.spec import gateloop_mh as spec
 from linrec.spec.gateloop_mh import GateLoopMHConfig
+from linrec.spec.state import State
 
 CONFIGS = {
     "real": GateLoopMHConfig(d_model=4, num_heads=2, d_key=3, d_value=2, qkv_bias=True),
@@ -26,6 +27,10 @@ CONFIGS = {
     "complex-out": GateLoopMHConfig(d_model=4, num_heads=2, d_key=2, d_value=2, gate="complex",
                                     complex_output="complex", phase_activation="relu", gate_granularity="head"),
 }
+
+
+#: (mode, method, chunk_size) of every path: the default, one scan, the memory-lean chunked scan (§6), the loop.
+PATHS = (("auto", "auto", None), ("parallel", "auto", None), ("parallel", "chunked", 4), ("sequential", "auto", None))
 
 
 def _problem(config: GateLoopMHConfig, seed: int = 0, batch: int = 2, length: int = 6):
@@ -43,8 +48,8 @@ def _problem(config: GateLoopMHConfig, seed: int = 0, batch: int = 2, length: in
 
 
 def _phi(params, x, s0, config, ct_y, ct_s) -> float:
-    y, s = spec.forward(params, x, config, s0)
-    return float(np.real(np.sum(ct_y * y)) + np.real(np.sum(ct_s * s)))
+    y, final = spec.forward(params, x, config, State(s0))
+    return float(np.real(np.sum(ct_y * y)) + np.real(np.sum(ct_s * final.h)))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -52,10 +57,11 @@ def test_reference_vjp_matches_finite_differences(name):
     config = CONFIGS[name]
     params, x, s0 = _problem(config, length=4)
     rng = np.random.default_rng(1)
-    y, s = spec.forward(params, x, config, s0)
+    y, final = spec.forward(params, x, config, State(s0))
+    s = final.h
     ct_y = rng.standard_normal(y.shape) + (1j * rng.standard_normal(y.shape) if np.iscomplexobj(y) else 0)
     ct_s = rng.standard_normal(s.shape) + (1j * rng.standard_normal(s.shape) if np.iscomplexobj(s) else 0)
-    p_bar, x_bar, s_bar = spec.vjp(params, x, config, ct_y, ct_s, initial_state=s0)
+    p_bar, x_bar, s_bar = spec.vjp(params, x, config, ct_y, ct_s, initial_state=State(s0))
     eps = 1e-6
 
     def fd(get, put, units=(1.0,)):
@@ -157,25 +163,38 @@ def jx():
 def test_nnx_module_matches_reference(jx, name):
     config = CONFIGS[name]
     params, x, s0 = _problem(config)
-    y_ref, s_ref = spec.forward(params, x, config, s0)
+    y_ref, final_ref = spec.forward(params, x, config, State(s0))
+    s_ref = final_ref.h
     module = jx.mod.GateLoopMH.from_canonical(config, params)
     assert module.config == config
-    for mode in ("parallel", "chunked", "sequential"):
-        y, s = module(jx.jnp.asarray(x), jx.jnp.asarray(s0), mode=mode, chunk_size=4)
+    for mode, method, size in PATHS:
+        y, final = module(jx.jnp.asarray(x), State(jx.jnp.asarray(s0)), mode=mode, method=method, chunk_size=size)
+        assert isinstance(final, State)
         np.testing.assert_allclose(np.asarray(y), y_ref, atol=1e-12)
-        np.testing.assert_allclose(np.asarray(s), s_ref, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(final.h), s_ref, atol=1e-12)
     out = module.canonical_params()
     assert set(out) == set(params) and all(np.array_equal(out[k], params[k]) for k in params)
     # state paths are the canonical names
     paths = {".".join(map(str, p)) for p, _ in jx.nnx.to_flat_state(jx.nnx.state(module, jx.nnx.Param))}
     assert paths == set(params)
     # step API and the cell convention
-    state, ys = jx.jnp.asarray(s0), []
+    state, ys = State(jx.jnp.asarray(s0)), []
     for t in range(x.shape[1]):
         state, y_t = module.cell(state, jx.jnp.asarray(x[:, t]))
         ys.append(np.asarray(y_t))
     np.testing.assert_allclose(np.stack(ys, 1), y_ref, atol=1e-12)
-    np.testing.assert_allclose(np.asarray(state), s_ref, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(state.h), s_ref, atol=1e-12)
+    # batch_first=False reads and returns (T, B, D); lengths: identity steps inside the scan
+    module_tb = jx.mod.GateLoopMH.from_canonical(config, params, batch_first=False)
+    lengths = np.array([6, 2], np.int32)
+    y_pad_ref, final_pad_ref = spec.forward(params, x, config, State(s0), lengths=lengths)
+    for mode, method, size in PATHS[1:]:
+        y, final = module_tb(jx.jnp.asarray(x.transpose(1, 0, 2)), State(jx.jnp.asarray(s0)),
+                             lengths=jx.jnp.asarray(lengths), mode=mode, method=method, chunk_size=size)
+        np.testing.assert_allclose(np.asarray(y).transpose(1, 0, 2), y_pad_ref, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(final.h), final_pad_ref.h, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(T, B, d_model\)"):
+        module_tb(jx.jnp.asarray(x[0]))
 
 
 def test_nnx_module_init(jx):
@@ -185,9 +204,9 @@ def test_nnx_module_init(jx):
     assert all(v.dtype == np.float32 for v in params.values())
     np.testing.assert_allclose(params["a_mag_proj.bias"], spec.gate_bias_init(module.config), rtol=1e-6)
     s = module.initial_state(3)
-    assert s.shape == (3, 2, 4, 4) and s.dtype == np.complex64
+    assert isinstance(s, State) and s.h.shape == (3, 2, 4, 4) and s.h.dtype == np.complex64
     y, s = module(jx.jnp.ones((3, 5, 8), jx.jnp.float32))
-    assert y.shape == (3, 5, 8) and y.dtype == np.float32 and s.dtype == np.complex64
+    assert y.shape == (3, 5, 8) and y.dtype == np.float32 and s.h.dtype == np.complex64
     assert np.all(np.isfinite(np.asarray(y)))
 
 
@@ -197,33 +216,34 @@ def test_jax_jit_grad_vmap_remat(jx):
     params, x, s0 = _problem(config)
     p = {k: jnp.asarray(v) for k, v in params.items()}
 
-    def loss(p, x, s0, mode="parallel", remat=False):
-        y, s = jx.mod.gateloop_mh(p, x, config=config, initial_state=s0, mode=mode, chunk_size=4, remat=remat)
-        return jnp.sum(y**2) + jnp.sum(jnp.abs(s) ** 2)
+    def loss(p, x, s0, method="auto", remat=False):
+        y, final = jx.mod.gateloop_mh(p, x, config=config, initial_state=State(s0), method=method,
+                                      chunk_size=4 if method == "chunked" else None, remat=remat)
+        return jnp.sum(y**2) + jnp.sum(jnp.abs(final.h) ** 2)
 
     args = (p, jnp.asarray(x), jnp.asarray(s0))
     want = jax.grad(loss, argnums=(0, 1))(*args)
-    for mode, remat in (("chunked", False), ("parallel", True)):  # sequential-mode grads: conformance cases
-        got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=(3, 4))(*args, mode, remat)
+    for method, remat in (("chunked", False), ("auto", True)):  # sequential-mode grads: conformance cases
+        got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=(3, 4))(*args, method, remat)
         for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
             np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-10)
     # vmap over an extra leading axis of x and the state
     xs = jnp.stack([args[1], 2 * args[1]])
     ss = jnp.stack([args[2], -args[2]])
-    ys, _ = jax.vmap(lambda x, s: jx.mod.gateloop_mh(p, x, config=config, initial_state=s))(xs, ss)
+    ys, _ = jax.vmap(lambda x, s: jx.mod.gateloop_mh(p, x, config=config, initial_state=State(s)))(xs, ss)
     for i in range(2):
-        y_i, _ = spec.forward(params, np.asarray(xs[i]), config, np.asarray(ss[i]))
+        y_i, _ = spec.forward(params, np.asarray(xs[i]), config, State(np.asarray(ss[i])))
         np.testing.assert_allclose(np.asarray(ys[i]), y_i, atol=1e-12)
     # the NNX module under nnx.jit and nnx.grad, with remat
     module = jx.mod.GateLoopMH.from_canonical(config, params, remat=True)
-    y_mod, _ = jx.nnx.jit(lambda m, x: m(x, mode="chunked", chunk_size=2))(module, args[1])
+    y_mod, _ = jx.nnx.jit(lambda m, x: m(x, method="chunked", chunk_size=2))(module, args[1])
     np.testing.assert_allclose(np.asarray(y_mod), spec.forward(params, x, config)[0], atol=1e-12)
     grads = jx.nnx.grad(lambda m: jnp.sum(m(args[1])[0] ** 2))(module)
     assert np.all(np.isfinite(np.asarray(grads["a_phase_proj"]["kernel"][...])))
 
 
-def test_jax_chunked_mode_saves_only_chunks(jx):
-    """mode='chunked': no residual kept for the backward pass holds all T·H·K·V states."""
+def test_jax_chunked_method_saves_only_chunks(jx):
+    """method='chunked': no residual kept for the backward pass holds all T·H·K·V states."""
     ad_checkpoint = pytest.importorskip("jax._src.ad_checkpoint")  # saved_residuals backs print_saved_residuals
     saved_residuals = ad_checkpoint.saved_residuals
 
@@ -233,13 +253,14 @@ def test_jax_chunked_mode_saves_only_chunks(jx):
     x = jnp.ones((1, 64, 4), jnp.float32)
     all_states = 64 * 2 * 4 * 4
 
-    def biggest(mode):
+    def biggest(method):
         def loss(p, x):
-            return jnp.sum(jx.mod.gateloop_mh(p, x, config=config, mode=mode, chunk_size=8)[0] ** 2)
+            size = 8 if method == "chunked" else None
+            return jnp.sum(jx.mod.gateloop_mh(p, x, config=config, method=method, chunk_size=size)[0] ** 2)
 
         return max(int(np.prod(aval.shape)) for aval, _ in saved_residuals(loss, p, x))
 
-    assert biggest("parallel") >= all_states
+    assert biggest("auto") >= all_states  # one scan: every state at once
     assert biggest("chunked") <= all_states // 4
 
 
@@ -248,8 +269,8 @@ def test_jax_bfloat16(jx):
     config = CONFIGS["real"]
     params, x, _ = _problem(config)
     module = jx.mod.GateLoopMH.from_canonical(config, params, param_dtype=jnp.bfloat16)
-    y, s = module(jnp.asarray(x, jnp.bfloat16))
-    assert y.dtype == jnp.bfloat16 and s.dtype == jnp.float32
+    y, final = module(jnp.asarray(x, jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16 and final.h.dtype == jnp.float32
     bf = {k: np.asarray(jnp.asarray(v, jnp.bfloat16), np.float64) for k, v in params.items()}
     y_ref, _ = spec.forward(bf, np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64), config)
     assert np.max(np.abs(np.asarray(y, np.float64) - y_ref)) < 0.05 * np.max(np.abs(y_ref)) + 0.05
@@ -272,23 +293,37 @@ def test_torch_module_matches_reference(tt, name):
     torch = tt.torch
     config = CONFIGS[name]
     params, x, s0 = _problem(config)
-    y_ref, s_ref = spec.forward(params, x, config, s0)
+    y_ref, final_ref = spec.forward(params, x, config, State(s0))
+    s_ref = final_ref.h
     module = tt.mod.GateLoopMH.from_canonical(config, params)
     assert module.config == config
     keys = set(module.state_dict())
     assert keys == {k.replace(".kernel", ".weight") for k in params}
     np.testing.assert_array_equal(module.q_proj.weight.detach().numpy(), params["q_proj.kernel"].T)
-    for mode in ("parallel", "chunked", "sequential"):
-        y, s = module(torch.as_tensor(x), torch.as_tensor(s0), mode=mode, chunk_size=4)
+    for mode, method, size in PATHS:
+        y, final = module(torch.as_tensor(x), State(torch.as_tensor(s0)), mode=mode, method=method, chunk_size=size)
+        assert isinstance(final, State)
         np.testing.assert_allclose(y.detach().numpy(), y_ref, atol=1e-12)
-        np.testing.assert_allclose(s.detach().numpy(), s_ref, atol=1e-12)
+        np.testing.assert_allclose(final.h.detach().numpy(), s_ref, atol=1e-12)
     out = module.canonical_params()
     assert all(np.array_equal(out[k], params[k]) for k in params)
-    state, ys = torch.as_tensor(s0), []
+    state, ys = State(torch.as_tensor(s0)), []
     for t in range(x.shape[1]):
         y_t, state = module.step(torch.as_tensor(x[:, t]), state)
         ys.append(y_t.detach().numpy())
     np.testing.assert_allclose(np.stack(ys, 1), y_ref, atol=1e-12)
+    np.testing.assert_allclose(state.h.detach().numpy(), s_ref, atol=1e-12)
+    # batch_first=False reads and returns (T, B, D); lengths: identity steps inside the scan
+    module_tb = tt.mod.GateLoopMH.from_canonical(config, params, batch_first=False)
+    lengths = np.array([6, 2], np.int64)
+    y_pad_ref, final_pad_ref = spec.forward(params, x, config, State(s0), lengths=lengths)
+    for mode, method, size in PATHS[1:]:
+        y, final = module_tb(torch.as_tensor(x.transpose(1, 0, 2)), State(torch.as_tensor(s0)),
+                             lengths=torch.as_tensor(lengths), mode=mode, method=method, chunk_size=size)
+        np.testing.assert_allclose(y.detach().numpy().transpose(1, 0, 2), y_pad_ref, atol=1e-12)
+        np.testing.assert_allclose(final.h.detach().numpy(), final_pad_ref.h, atol=1e-12)
+    with pytest.raises(ValueError, match=r"\(T, B, d_model\)"):
+        module_tb(torch.as_tensor(x[0]))
 
 
 def test_torch_module_init(tt):
@@ -298,8 +333,8 @@ def test_torch_module_init(tt):
     np.testing.assert_allclose(params["a_proj.bias"], spec.gate_bias_init(module.config), rtol=1e-6)
     assert np.all(params["out_proj.bias"] == 0)
     s = module.initial_state(3)
-    assert s.shape == (3, 2, 4, 4) and s.dtype == tt.torch.float32
-    assert tt.mod.GateLoopMH(8, 2, gate="complex").initial_state(1).dtype == tt.torch.complex64
+    assert isinstance(s, State) and s.h.shape == (3, 2, 4, 4) and s.h.dtype == tt.torch.float32
+    assert tt.mod.GateLoopMH(8, 2, gate="complex").initial_state(1).h.dtype == tt.torch.complex64
 
 
 @pytest.mark.parametrize("remat", [False, True])
@@ -308,26 +343,26 @@ def test_torch_gradients_chunked_and_remat(tt, remat):
     config = CONFIGS["complex-out"]
     params, x, s0 = _problem(config)
     grads = {}
-    for mode in ("parallel", "chunked", "sequential"):
+    for mode, method, size in PATHS[1:]:
         module = tt.mod.GateLoopMH.from_canonical(config, params, remat=remat)
         xt = torch.as_tensor(x).requires_grad_()
         st = torch.as_tensor(s0).requires_grad_()
-        y, s = module(xt, st, mode=mode, chunk_size=4)
-        (y.abs().pow(2).sum() + s.abs().pow(2).sum()).backward()
-        grads[mode] = [xt.grad, st.grad] + [p.grad for p in module.parameters()]
-    for mode in ("chunked", "sequential"):
-        for g, w in zip(grads[mode], grads["parallel"]):
+        y, final = module(xt, State(st), mode=mode, method=method, chunk_size=size)
+        (y.abs().pow(2).sum() + final.h.abs().pow(2).sum()).backward()
+        grads[method if method == "chunked" else mode] = [xt.grad, st.grad] + [p.grad for p in module.parameters()]
+    for path in ("chunked", "sequential"):
+        for g, w in zip(grads[path], grads["parallel"]):
             np.testing.assert_allclose(g.numpy(), w.numpy(), atol=1e-10)
 
 
-def test_torch_chunked_mode_saves_only_chunks(tt):
-    """mode='chunked': no tensor saved for backward holds all T·H·K·V states (checkpoint per chunk)."""
+def test_torch_chunked_method_saves_only_chunks(tt):
+    """method='chunked': no tensor saved for backward holds all T·H·K·V states (checkpoint per chunk)."""
     torch = tt.torch
     module = tt.mod.GateLoopMH(4, 2, 4, 4)
     x = torch.randn(1, 64, 4)
     all_states = 64 * 2 * 4 * 4
 
-    def biggest(mode):
+    def biggest(method):
         sizes = []
 
         def pack(t):
@@ -335,11 +370,11 @@ def test_torch_chunked_mode_saves_only_chunks(tt):
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            y, _ = module(x, mode=mode, chunk_size=8)
+            y, _ = module(x, method=method, chunk_size=8 if method == "chunked" else None)
         y.pow(2).sum().backward()
         return max(sizes)
 
-    assert biggest("parallel") >= all_states
+    assert biggest("auto") >= all_states  # one scan: every state at once
     assert biggest("chunked") <= all_states // 4
 
 
@@ -351,13 +386,13 @@ def test_torch_compile(tt):
     # fullgraph: dynamo captures the whole layer (checks included) without a graph break; aot_eager keeps it fast
     compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
     xt, st = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(s0, dtype=torch.float32)
-    y, s = compiled(xt, st)
+    y, final = compiled(xt, State(st))
     y.sum().backward()
     assert module.q_proj.weight.grad is not None
-    y_ref, s_ref = spec.forward(params, x.astype(np.float32).astype(np.float64), config,
-                                s0.astype(np.float32).astype(np.float64))
+    y_ref, final_ref = spec.forward(params, x.astype(np.float32).astype(np.float64), config,
+                                    State(s0.astype(np.float32).astype(np.float64)))
     np.testing.assert_allclose(y.detach().numpy(), y_ref, atol=1e-4, rtol=1e-4)
-    np.testing.assert_allclose(s.detach().numpy(), s_ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(final.h.detach().numpy(), final_ref.h, atol=1e-4, rtol=1e-4)
 
 
 def test_torch_bfloat16(tt):
@@ -365,8 +400,8 @@ def test_torch_bfloat16(tt):
     config = CONFIGS["complex"]
     params, x, _ = _problem(config)
     module = tt.mod.GateLoopMH.from_canonical(config, params, dtype=torch.bfloat16)
-    y, s = module(torch.as_tensor(x).to(torch.bfloat16))
-    assert y.dtype == torch.bfloat16 and s.dtype == torch.complex64
+    y, final = module(torch.as_tensor(x).to(torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and final.h.dtype == torch.complex64
     bf = {k: torch.as_tensor(v).to(torch.bfloat16).double().numpy() for k, v in params.items()}
     y_ref, _ = spec.forward(bf, torch.as_tensor(x).to(torch.bfloat16).double().numpy(), config)
     assert np.max(np.abs(y.detach().double().numpy() - y_ref)) < 0.05 * np.max(np.abs(y_ref)) + 0.05
@@ -378,11 +413,23 @@ def test_bad_input_messages(tt):
     with pytest.raises(ValueError, match="d_model=4"):
         module(torch.zeros(1, 3, 5))
     with pytest.raises(TypeError, match="initial_state"):
-        module(torch.zeros(1, 3, 4), torch.zeros(1, 2, 2, 2, dtype=torch.complex64))
+        module(torch.zeros(1, 3, 4), State(torch.zeros(1, 2, 2, 2, dtype=torch.complex64)))
+    with pytest.raises(TypeError, match="initial_state"):
+        module(torch.zeros(1, 3, 4), torch.zeros(1, 2, 2, 2))  # a bare tensor is not a State
+    with pytest.raises(ValueError, match="x must have shape"):
+        module(torch.zeros(3, 4))  # 2-D input is never taken as unbatched
     with pytest.raises(ValueError, match="associative"):
         module(torch.zeros(1, 3, 4), method="log")
+    with pytest.raises(ValueError, match="method='chunked'"):
+        module(torch.zeros(1, 3, 4), mode="chunked")
+    with pytest.raises(ValueError, match="chunk_size"):
+        module(torch.zeros(1, 3, 4), method="associative", chunk_size=2)
+    with pytest.raises(ValueError, match="lengths"):
+        module(torch.zeros(2, 3, 4), lengths=torch.tensor([4, 1]))
     with pytest.raises(ValueError, match="state"):
-        module.step(torch.zeros(1, 4), torch.zeros(2, 2, 2, 2))
+        module.step(torch.zeros(1, 4), State(torch.zeros(2, 2, 2, 2)))
+    with pytest.raises(TypeError, match="batch_first"):
+        tt.mod.GateLoopMH(4, 2, batch_first="yes")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +460,7 @@ def test_lucidrains_simple_gateloop_layer(tt):
     ours = tt.mod.GateLoopMH.from_canonical(config, params, dtype=torch.float32)
     y, state = ours(normed)
     np.testing.assert_allclose(y.detach().numpy(), y_theirs.numpy(), atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(state.detach().numpy().reshape(batch, dim),
+    np.testing.assert_allclose(state.h.detach().numpy().reshape(batch, dim),
                                state_theirs.numpy().reshape(batch, dim), atol=1e-5, rtol=1e-5)
 
 

@@ -12,6 +12,7 @@ from _case_ids import assert_case_ids_named
 from linrec.conformance import mingru_cases as layer_cases
 from linrec.spec import mingru as spec
 from linrec.spec.mingru import MinGRUConfig
+from linrec.spec.state import State
 from linrec.spec.tolerances import tolerance_for
 
 LAYER = "mingru"
@@ -105,7 +106,8 @@ def test_reference_hand_example():
     params = {"proj.kernel": np.array([[0.0, 0.0]]), "proj.bias": np.array([0.0, 2.0])}
     y, h = spec.forward(params, np.zeros((1, 3, 1)), cfg)
     np.testing.assert_allclose(y[0, :, 0], [1, 1.5, 1.75])
-    assert h.shape == (1, 1) and h[0, 0] == 1.75
+    assert isinstance(h, State) and h.position is None
+    assert h.h.shape == (1, 1) and h.h[0, 0] == 1.75
     # cheind's default state g(0) = 0.5 and the g candidate g(2) = 2.5: 1.5, 2, 2.25
     cfg = MinGRUConfig(d_model=1, d_inner=1, candidate="g", default_state=0.5)
     y, _ = spec.forward(params, np.zeros((1, 3, 1)), cfg)
@@ -116,20 +118,38 @@ def test_reference_hand_example():
 def test_reference_step_and_split(which):
     cfg = CONFIGS[which]
     params, x, h0 = _problem(cfg)
-    y, final = spec.forward(params, x, cfg, h0)
-    state, ys = h0, []
+    y, final = spec.forward(params, x, cfg, State(h0))
+    state, ys = State(h0), []
     for t in range(x.shape[1]):
         y_t, state = spec.step(params, x[:, t], state, cfg)
         ys.append(y_t)
     np.testing.assert_allclose(np.stack(ys, 1), y, rtol=1e-14)
-    np.testing.assert_allclose(state, final, rtol=1e-14)
-    y1, mid = spec.forward(params, x[:, :3], cfg, h0)
+    np.testing.assert_allclose(state.h, final.h, rtol=1e-14)
+    y1, mid = spec.forward(params, x[:, :3], cfg, State(h0))
     y2, final2 = spec.forward(params, x[:, 3:], cfg, mid)
     np.testing.assert_allclose(np.concatenate([y1, y2], 1), y, rtol=1e-14)
-    np.testing.assert_allclose(final2, final, rtol=1e-14)
+    np.testing.assert_allclose(final2.h, final.h, rtol=1e-14)
     y_none, _ = spec.forward(params, x, cfg)
-    y_full, _ = spec.forward(params, x, cfg, np.full_like(h0, cfg.default_state))
+    y_full, _ = spec.forward(params, x, cfg, State(np.full_like(h0, cfg.default_state)))
     np.testing.assert_array_equal(y_none, y_full)
+
+
+@pytest.mark.parametrize("which", list(CONFIGS))
+def test_reference_right_padding(which):
+    """lengths: a padded row equals the row alone on its real inputs; pads output zero and keep the state."""
+    cfg = CONFIGS[which]
+    params, x, h0 = _problem(cfg)
+    lengths = np.array([7, 3])
+    y, final = spec.forward(params, x, cfg, State(h0), lengths)
+    for i, n in enumerate(lengths):
+        y_i, f_i = spec.forward(params, x[i : i + 1, :n], cfg, State(h0[i : i + 1]))
+        np.testing.assert_allclose(y[i : i + 1, :n], y_i, rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(final.h[i : i + 1], f_i.h, rtol=1e-14, atol=1e-14)
+    np.testing.assert_array_equal(y[1, 3:], 0.0)
+    with pytest.raises(ValueError, match="lengths"):
+        spec.forward(params, x, cfg, lengths=np.array([8, 1]))
+    with pytest.raises(TypeError, match="lengths"):
+        spec.forward(params, x, cfg, lengths=np.array([1.0, 2.0]))
 
 
 @pytest.mark.parametrize("which", list(CONFIGS))
@@ -140,8 +160,8 @@ def test_reference_vjp_matches_finite_differences(which):
     ct_y, ct_f = rng.standard_normal((2, 4, cfg.d_out)), rng.standard_normal((2, cfg.d_inner))
 
     def loss(params, x, h0):
-        y, f = spec.forward(params, x, cfg, h0)
-        return float((y * ct_y).sum() + (f * ct_f).sum())
+        y, f = spec.forward(params, x, cfg, State(h0))
+        return float((y * ct_y).sum() + (f.h * ct_f).sum())
 
     def fd(value, replace, eps=1e-6):
         out = np.zeros_like(value)
@@ -187,16 +207,20 @@ def test_reference_bad_input():
     with pytest.raises(ValueError, match="unexpected"):
         spec.forward({**params, "out_proj.kernel": np.zeros((4, 3))}, x, cfg)
     with pytest.raises(TypeError, match="initial_state"):
-        spec.forward(params, x, cfg, h0.astype(np.float32))
+        spec.forward(params, x, cfg, State(h0.astype(np.float32)))
+    with pytest.raises(TypeError, match="State"):  # the state type is linrec's State, never a bare array
+        spec.forward(params, x, cfg, h0)
+    with pytest.raises(ValueError, match="x must have 3 axes"):  # 2-D is never taken as unbatched
+        spec.forward(params, x[0], cfg)
 
 
 # --- conformance case ids (the cases run in test_conformance.py) ------------------------------------
 
 
 def test_case_ids_unique_and_named():
-    assert_case_ids_named(layer_cases, LAYER, at_least=81, properties=(
+    assert_case_ids_named(layer_cases, LAYER, at_least=110, properties=(
         "equals-reference", "gradient", "parallel-equals-step", "prefill-then-step", "split-invariance",
-        "default-state", "empty-sequence", "bad-input"))
+        "default-state", "empty-sequence", "padding", "bad-input"))
 
 
 # --- JAX / Flax NNX ---------------------------------------------------------------------------------
@@ -220,16 +244,16 @@ def test_nnx_module_matches_reference(jx, which):
     params, x, h0 = _problem(cfg)
     model = jx.mod.MinGRU.from_canonical(cfg, _f32(params))
     assert model.config == cfg
-    x32, h32 = jx.jnp.asarray(x, jx.jnp.float32), jx.jnp.asarray(h0, jx.jnp.float32)
-    y_ref, f_ref = spec.forward(params, x, cfg, h0)
-    paths = (("parallel", "auto"), ("sequential", "auto"), ("parallel", "log")) if which == "g-half" else (
-        ("parallel", "auto"),)
+    x32, h32 = jx.jnp.asarray(x, jx.jnp.float32), State(jx.jnp.asarray(h0, jx.jnp.float32))
+    y_ref, f_ref = spec.forward(params, x, cfg, State(h0))
+    paths = (("auto", "auto"), ("sequential", "auto"), ("parallel", "log")) if which == "g-half" else (
+        ("auto", "auto"),)
     for mode, method in paths:
         y, f = model(x32, h32, mode=mode, method=method)
         np.testing.assert_allclose(np.asarray(y), y_ref, **F32)
-        np.testing.assert_allclose(np.asarray(f), f_ref, **F32)
+        np.testing.assert_allclose(np.asarray(f.h), f_ref.h, **F32)
     state, ys = model.initial_state(2), []
-    np.testing.assert_array_equal(np.asarray(state), np.full((2, cfg.d_inner), cfg.default_state))
+    np.testing.assert_array_equal(np.asarray(state.h), np.full((2, cfg.d_inner), cfg.default_state))
     for t in range(x.shape[1]):
         state, y_t = model.cell(state, x32[:, t])
         ys.append(y_t)
@@ -246,7 +270,7 @@ def test_nnx_default_init(jx):
     assert not params["proj.bias"].any()
     assert np.abs(params["proj.kernel"]).max() <= 1 / 4 and np.abs(params["out_proj.kernel"]).max() <= 1 / np.sqrt(32)
     y, h = model(jx.jnp.ones((2, 3, 16)))
-    assert y.shape == (2, 3, 16) and h.shape == (2, 32)
+    assert y.shape == (2, 3, 16) and h.h.shape == (2, 32)
 
 
 def test_jax_jit_grad_vmap(jx):
@@ -254,18 +278,18 @@ def test_jax_jit_grad_vmap(jx):
     cfg = CONFIGS["g-half"]
     params, x, h0 = _problem(cfg)
     p = {k: jnp.asarray(v) for k, v in params.items()}
-    y_ref, f_ref = spec.forward(params, x, cfg, h0)
-    fn = jax.jit(lambda p, x, h: jx.mod.mingru(p, x, config=cfg, initial_state=h, method="log"))
-    y, f = fn(p, jnp.asarray(x), jnp.asarray(h0))
+    y_ref, f_ref = spec.forward(params, x, cfg, State(h0))
+    fn = jax.jit(lambda p, x, s: jx.mod.mingru(p, x, config=cfg, initial_state=s, method="log"))
+    y, f = fn(p, jnp.asarray(x), State(jnp.asarray(h0)))  # the State is a pytree: it passes through jit
     np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-12)
-    np.testing.assert_allclose(np.asarray(f), f_ref, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(f.h), f_ref.h, rtol=1e-12)
 
     def loss(p, x, h):  # (the log path's gradient is a conformance case)
-        y, f = jx.mod.mingru(p, x, config=cfg, initial_state=h)
-        return y.sum() + f.sum()
+        y, f = jx.mod.mingru(p, x, config=cfg, initial_state=State(h))
+        return y.sum() + f.h.sum()
 
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(p, jnp.asarray(x), jnp.asarray(h0))
-    p_bar, x_bar, h_bar = spec.vjp(params, x, cfg, np.ones_like(y_ref), np.ones_like(f_ref), h0)
+    p_bar, x_bar, h_bar = spec.vjp(params, x, cfg, np.ones_like(y_ref), np.ones_like(f_ref.h), h0)
     np.testing.assert_allclose(np.asarray(grads[1]), x_bar, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(grads[2]), h_bar, rtol=1e-10)
     for name in params:
@@ -291,7 +315,7 @@ def test_nnx_jit_and_remat(jx):
         @nnx.jit
         def loss(model, x):
             y, h = model(x)
-            return jnp.square(y).sum() + h.sum()
+            return jnp.square(y).sum() + h.h.sum()
 
         grads.append(nnx.grad(loss)(model, x32))
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
@@ -304,8 +328,8 @@ def test_nnx_bfloat16(jx):
     params, x, _ = _problem(cfg)
     model = jx.mod.MinGRU.from_canonical(cfg, _f32(params), dtype=jnp.bfloat16)
     y, h = model(jnp.asarray(x, jnp.float32))
-    assert y.dtype == jnp.bfloat16 and h.dtype == jnp.float32  # the carried state keeps float32
-    assert model.initial_state(2).dtype == jnp.float32
+    assert y.dtype == jnp.bfloat16 and h.h.dtype == jnp.float32  # the carried state keeps float32
+    assert model.initial_state(2).h.dtype == jnp.float32
     y_ref, _ = spec.forward(params, x, cfg)
     np.testing.assert_allclose(np.asarray(y, np.float32), y_ref, rtol=0, atol=0.1)
 
@@ -318,13 +342,19 @@ def test_jax_bad_input(jx):
     with pytest.raises(ValueError, match="d_model"):
         model(jnp.ones((2, 3, 4)))
     with pytest.raises(ValueError, match="method='log'"):
-        model(jnp.asarray(x), -jnp.asarray(h0), method="log")
+        model(jnp.asarray(x), State(-jnp.asarray(h0)), method="log")
     with pytest.raises(ValueError, match="candidate='g'"):
         jx.mod.MinGRU(3, rngs=jx.nnx.Rngs(0))(jnp.ones((1, 2, 3)), method="log")
     with pytest.raises(TypeError, match="MinGRUConfig"):
         jx.mod.MinGRU.from_canonical(dict(d_model=3), params)
+    with pytest.raises(ValueError, match="x must have 3 axes"):
+        model(jnp.asarray(x[0]))
+    with pytest.raises(ValueError, match="chunked"):
+        model(jnp.asarray(x), lengths=jnp.array([3, 2]), method="log")
+    with pytest.raises(ValueError, match="batch_first"):
+        jx.mod.MinGRU(3, batch_first="no", rngs=jx.nnx.Rngs(0))
     # under jit a negative state is refused when the computation runs (never a silent NaN)
-    fn = jax.jit(lambda h: model(jnp.asarray(x), h, method="log")[0])
+    fn = jax.jit(lambda h: model(jnp.asarray(x), State(h), method="log")[0])
     with pytest.raises(Exception, match="log_initial_state"):
         jax.block_until_ready(fn(-jnp.asarray(h0)))
 
@@ -366,13 +396,13 @@ def test_torch_module_matches_reference(tt, which):
     model = tt.mod.MinGRU.from_canonical(cfg, _f32(params))
     assert model.config == cfg
     assert set(model.state_dict()) == {k.replace("kernel", "weight") for k in params}
-    x32, h32 = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(h0.astype(np.float32))
-    y_ref, f_ref = spec.forward(params, x, cfg, h0)
-    for mode, method in (("parallel", "auto"), ("sequential", "auto")) + ((("parallel", "log"),) if cfg.candidate == "g"
-                                                                         else ()):
+    x32, h32 = torch.from_numpy(x.astype(np.float32)), State(torch.from_numpy(h0.astype(np.float32)))
+    y_ref, f_ref = spec.forward(params, x, cfg, State(h0))
+    for mode, method in (("auto", "auto"), ("sequential", "auto")) + ((("parallel", "log"),) if cfg.candidate == "g"
+                                                                     else ()):
         y, f = model(x32, h32, mode=mode, method=method)
         np.testing.assert_allclose(y.detach().numpy(), y_ref, **F32)
-        np.testing.assert_allclose(f.detach().numpy(), f_ref, **F32)
+        np.testing.assert_allclose(f.h.detach().numpy(), f_ref.h, **F32)
     state, ys = model.initial_state(2), []
     for t in range(x.shape[1]):
         y_t, state = model.step(x32[:, t], state)
@@ -388,29 +418,29 @@ def test_torch_default_init(tt):
     assert {k: v.shape for k, v in params.items()} == spec.param_shapes(model.config)
     assert not params["proj.bias"].any() and np.abs(params["proj.kernel"]).max() <= 1 / 4
     y, h = model(tt.torch.ones(2, 3, 16))
-    assert y.shape == (2, 3, 16) and h.shape == (2, 32)
+    assert y.shape == (2, 3, 16) and h.h.shape == (2, 32)
 
 
 def test_torch_remat_and_compile(tt):
     torch = tt.torch
     cfg = CONFIGS["g-half"]
     params, x, h0 = _problem(cfg)
-    x32, h32 = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(h0.astype(np.float32))
+    x32, h32 = torch.from_numpy(x.astype(np.float32)), State(torch.from_numpy(h0.astype(np.float32)))
     grads = []
     for remat in (False, True):
         model = tt.mod.MinGRU.from_canonical(cfg, _f32(params), remat=remat)
         y, h = model(x32, h32, method="log")
-        (y.square().sum() + h.sum()).backward()
+        (y.square().sum() + h.h.sum()).backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
     # one graph, no breaks (aot_eager: Dynamo + AOTAutograd without inductor's slow codegen)
-    y_ref, h_ref = spec.forward(params, x, cfg, h0)
+    y_ref, h_ref = spec.forward(params, x, cfg, State(h0))
     model = tt.mod.MinGRU.from_canonical(cfg, _f32(params))
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     y_c, h_c = compiled(x32, h32, method="log")  # the log path also traces the in-graph domain assert
     np.testing.assert_allclose(y_c.detach().numpy(), y_ref, **F32)
-    np.testing.assert_allclose(h_c.detach().numpy(), h_ref, **F32)
+    np.testing.assert_allclose(h_c.h.detach().numpy(), h_ref.h, **F32)
 
 
 def test_torch_bfloat16(tt):
@@ -419,8 +449,8 @@ def test_torch_bfloat16(tt):
     params, x, _ = _problem(cfg)
     model = tt.mod.MinGRU.from_canonical(cfg, params, dtype=torch.bfloat16)
     y, h = model(torch.from_numpy(x).to(torch.bfloat16))
-    assert y.dtype == torch.bfloat16 and h.dtype == torch.float32
-    assert model.initial_state(2).dtype == torch.float32
+    assert y.dtype == torch.bfloat16 and h.h.dtype == torch.float32
+    assert model.initial_state(2).h.dtype == torch.float32
     np.testing.assert_allclose(y.float().detach().numpy(), spec.forward(params, x, cfg)[0], rtol=0, atol=0.1)
 
 
@@ -432,11 +462,41 @@ def test_torch_bad_input(tt):
     with pytest.raises(ValueError, match="d_model"):
         model(torch.ones(2, 3, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="method='log'"):
-        model(torch.from_numpy(x), -torch.from_numpy(h0), method="log")
+        model(torch.from_numpy(x), State(-torch.from_numpy(h0)), method="log")
     with pytest.raises(TypeError, match="initial_state"):
-        model(torch.from_numpy(x), torch.from_numpy(h0).float())
+        model(torch.from_numpy(x), State(torch.from_numpy(h0).float()))
+    with pytest.raises(TypeError, match="State"):
+        model(torch.from_numpy(x), torch.from_numpy(h0))
     with pytest.raises(ValueError, match="mode"):
         model(torch.from_numpy(x), mode="fast")
+    with pytest.raises(ValueError, match="x must have 3 axes"):
+        model(torch.from_numpy(x[0]))
+    with pytest.raises(ValueError, match="chunked"):
+        model(torch.from_numpy(x), lengths=torch.tensor([3, 2]), method="log")
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_modules_batch_first_and_lengths(request, backend):
+    """batch_first=False reads and returns (T, B, D), as torch.nn.GRU; lengths right-pads ragged rows."""
+    cfg = CONFIGS["g-half"]
+    params, x, h0 = _problem(cfg)
+    lengths = np.array([7, 4])
+    y_ref, f_ref = spec.forward(params, x, cfg, State(h0), lengths)
+    if backend == "jax":
+        jx = request.getfixturevalue("jx")
+        cls, arr = jx.mod.MinGRU, jx.jnp.asarray
+    else:
+        tt = request.getfixturevalue("tt")
+        cls, arr = tt.mod.MinGRU, tt.torch.from_numpy
+    time_major = cls.from_canonical(cfg, _f32(params), batch_first=False)
+    assert time_major.batch_first is False
+    x_tm = arr(np.ascontiguousarray(x.transpose(1, 0, 2)).astype(np.float32))
+    y, f = time_major(x_tm, State(arr(h0.astype(np.float32))), lengths=arr(lengths))
+    y = np.asarray(y.detach() if hasattr(y, "detach") else y)
+    assert y.shape == (7, 2, cfg.d_out)
+    np.testing.assert_allclose(y.transpose(1, 0, 2), y_ref, **F32)
+    np.testing.assert_allclose(np.asarray(f.h.detach() if hasattr(f.h, "detach") else f.h), f_ref.h, **F32)
+    np.testing.assert_array_equal(y[4:, 1], 0.0)
 
 
 def test_verify_agreement(jx, tt):
@@ -447,5 +507,13 @@ def test_verify_agreement(jx, tt):
 
     cfg = CONFIGS["g-half"]
     params, x, _ = _problem(cfg)
-    assert torch_verify(tt.mod.MinGRU.from_canonical(cfg, _f32(params)), tt.torch.from_numpy(x.astype(np.float32))).ok
-    assert jax_verify(jx.mod.MinGRU.from_canonical(cfg, _f32(params)), jx.jnp.asarray(x, jx.jnp.float32)).ok
+    report = torch_verify(tt.mod.MinGRU.from_canonical(cfg, _f32(params)), tt.torch.from_numpy(x.astype(np.float32)))
+    assert report.ok and 0 <= report.max_error_state <= report.allowed_state
+    report = jax_verify(jx.mod.MinGRU.from_canonical(cfg, _f32(params)), jx.jnp.asarray(x, jx.jnp.float32))
+    assert report.ok and 0 <= report.max_error_state <= report.allowed_state
+    # a time-major module: its input is (T, B, D), its steps (B, D)
+    x_tm = np.ascontiguousarray(x.transpose(1, 0, 2)).astype(np.float32)
+    report = torch_verify(tt.mod.MinGRU.from_canonical(cfg, _f32(params), batch_first=False), tt.torch.from_numpy(x_tm))
+    assert report.ok and report.length == x.shape[1], str(report)
+    report = jax_verify(jx.mod.MinGRU.from_canonical(cfg, _f32(params), batch_first=False), jx.jnp.asarray(x_tm))
+    assert report.ok and report.length == x.shape[1], str(report)

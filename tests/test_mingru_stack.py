@@ -12,14 +12,20 @@ from _case_ids import assert_case_ids_named
 from linrec.conformance import mingru_stack_cases as stack_cases
 from linrec.spec import mingru_stack as spec
 from linrec.spec.mingru_stack import MinGRUStackConfig
+from linrec.spec.state import State
 
 CONFIGS = {name: MinGRUStackConfig(**kw) for name, kw in stack_cases.CONFIGS.items()}
 JAX_CONFIG = "cheind"
 
 
 def _problem(cfg, seed=0):
+    """float32 params and x, and the initial ``State`` (one array per layer)."""
     p = stack_cases.make_problem(cfg, seed, "float32")
-    return p.params, p.x, p.h0
+    return p.params, p.x, State(p.h0)
+
+
+def _f64_state(state: State) -> State:
+    return State(tuple(s.astype(np.float64) for s in state.h))
 
 
 # --- spec -----------------------------------------------------------------------------------------------------
@@ -70,19 +76,27 @@ def test_reference_matches_hand_composition():
     cfg = CONFIGS["cheind"]
     params, x, h0 = _problem(cfg)
     params = {k: v.astype(np.float64) for k, v in params.items()}
-    x, h0 = x.astype(np.float64), tuple(h.astype(np.float64) for h in h0)
+    x, h0 = x.astype(np.float64), _f64_state(h0)
     y, state = spec.forward(params, x, cfg, h0)
+    assert isinstance(state, State) and state.position is None
     inp = x
     for l in range(cfg.num_layers):
         p = spec.sub_params(params, f"layers.{l}.")
         z = spec.layer_norm(inp, p["norm.scale"], p["norm.bias"], cfg.norm_eps)
-        out, h = mingru_spec.forward(spec.sub_params(p, "mingru."), z, cfg.layer_config(l), h0[l])
-        np.testing.assert_allclose(state[l], h, rtol=1e-12)
+        out, h = mingru_spec.forward(spec.sub_params(p, "mingru."), z, cfg.layer_config(l), State(h0.h[l]))
+        np.testing.assert_allclose(state.h[l], h.h, rtol=1e-12)
         inp = out + (inp @ p["res_align.kernel"] if "res_align.kernel" in p else inp)
     np.testing.assert_allclose(y, inp, rtol=1e-12)
     y_step, state_step = spec.step(params, x[:, 0], h0, cfg)
     np.testing.assert_allclose(y_step, spec.forward(params, x[:, :1], cfg, h0)[0][:, 0], rtol=1e-12)
-    assert len(state_step) == cfg.num_layers
+    assert len(state_step.h) == cfg.num_layers
+    # right padding: row 1 has 3 real inputs; equal to that row alone, zero output at its pads
+    y_pad, s_pad = spec.forward(params, x, cfg, h0, np.array([x.shape[1], 3]))
+    y_row, s_row = spec.forward(params, x[1:, :3], cfg, State(tuple(a[1:] for a in h0.h)))
+    np.testing.assert_allclose(y_pad[1:, :3], y_row, rtol=1e-12, atol=1e-12)
+    for a, b in zip(s_pad.h, s_row.h):
+        np.testing.assert_allclose(a[1:], b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(y_pad[1, 3:], 0.0)
 
 
 # --- conformance case ids (the cases run in test_conformance.py) ---------------------------------------------
@@ -115,19 +129,28 @@ def test_nnx_module_matches_reference_and_batch_first(jx):
     assert set(canon) == set(params) and all(np.array_equal(canon[k], params[k]) for k in params)
     y, h = model(x, h0)  # training mode, but dropout is 0
     y_ref, h_ref = spec.forward({k: v.astype(np.float64) for k, v in params.items()}, x.astype(np.float64), cfg,
-                                tuple(s.astype(np.float64) for s in h0))
+                                _f64_state(h0))
     np.testing.assert_allclose(np.asarray(y), y_ref, rtol=2e-4, atol=2e-4)
-    assert isinstance(h, tuple) and [s.shape for s in h] == [(2, 5), (2, 5), (2, 4)]
-    for got, want in zip(h, h_ref):
+    assert isinstance(h, State) and [s.shape for s in h.h] == [(2, 5), (2, 5), (2, 4)]
+    for got, want in zip(h.h, h_ref.h):
         np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
     seq_first = jx.mod.MinGRUStack.from_canonical(cfg, params, batch_first=False)
     y_t, _ = seq_first(np.swapaxes(x, 0, 1), h0)
     np.testing.assert_allclose(np.swapaxes(np.asarray(y_t), 0, 1), np.asarray(y), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="x must have 3 axes"):
+        seq_first(x[0])
+    # ragged rows: right padding with lengths, padded outputs zero
+    y_pad, h_pad = model(x, h0, lengths=np.array([7, 3]))
+    y_ref_pad, h_ref_pad = spec.forward({k: v.astype(np.float64) for k, v in params.items()}, x.astype(np.float64),
+                                        cfg, _f64_state(h0), np.array([7, 3]))
+    np.testing.assert_allclose(np.asarray(y_pad), y_ref_pad, rtol=2e-4, atol=2e-4)
+    for got, want in zip(h_pad.h, h_ref_pad.h):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4, atol=2e-4)
     # the nn.GRU-like constructor
     fresh = jx.mod.MinGRUStack(3, 6, num_layers=2, residual=True, norm=True, rngs=jx.nnx.Rngs(0))
     assert fresh.config.hidden_sizes == (6, 6)
     assert set(fresh.canonical_params()) == set(spec.param_shapes(fresh.config))
-    assert [s.shape for s in fresh.initial_state(4)] == [(4, 6), (4, 6)]
+    assert [s.shape for s in fresh.initial_state(4).h] == [(4, 6), (4, 6)]
 
 
 def test_nnx_dropout_train_and_eval(jx):
@@ -165,7 +188,7 @@ def test_jax_jit_grad_and_remat(jx):
 
     def loss(p, remat=False):
         y, h = jx.mod.mingru_stack(p, x, config=cfg, initial_state=h0, remat=remat)
-        return jnp.sum(y ** 2) + sum(jnp.sum(s) for s in h)
+        return jnp.sum(y ** 2) + sum(jnp.sum(s) for s in h.h)
 
     grads = jax.jit(jax.grad(loss))(params)
     grads_remat = jax.jit(jax.grad(lambda p: loss(p, True)))(params)
@@ -196,20 +219,28 @@ def test_torch_module_matches_reference_and_interface(tt):
         "layers.1.mingru.proj.bias", "layers.2.norm.weight", "layers.2.norm.bias", "layers.2.mingru.proj.weight",
         "layers.2.mingru.proj.bias", "layers.2.res_align.weight"}
     x_t = torch.as_tensor(x)
-    h0_t = tuple(torch.as_tensor(s) for s in h0)
+    h0_t = State(tuple(torch.as_tensor(s) for s in h0.h))
     with torch.no_grad():
         y, h = model(x_t, h0_t)
         y_ref, _ = spec.forward({k: v.astype(np.float64) for k, v in params.items()}, x.astype(np.float64), cfg,
-                                tuple(s.astype(np.float64) for s in h0))
+                                _f64_state(h0))
         np.testing.assert_allclose(y.numpy(), y_ref, rtol=2e-4, atol=2e-4)
         # carry the state: two calls == one
         y1, h1 = model(x_t[:, :3], h0_t)
         y2, h2 = model(x_t[:, 3:], h1)
         torch.testing.assert_close(torch.cat([y1, y2], 1), y)
-        for a, b in zip(h2, h):
+        assert isinstance(h2, State)
+        for a, b in zip(h2.h, h.h):
             torch.testing.assert_close(a, b)
         seq_first = tt.mod.MinGRUStack.from_canonical(cfg, params, batch_first=False)
         torch.testing.assert_close(seq_first(x_t.transpose(0, 1), h0_t)[0].transpose(0, 1), y)
+        # ragged rows: right padding with lengths
+        y_pad, h_pad = model(x_t, h0_t, lengths=torch.tensor([7, 3]))
+        y_ref_pad, h_ref_pad = spec.forward({k: v.astype(np.float64) for k, v in params.items()},
+                                            x.astype(np.float64), cfg, _f64_state(h0), np.array([7, 3]))
+        np.testing.assert_allclose(y_pad.numpy(), y_ref_pad, rtol=2e-4, atol=2e-4)
+        for a, b in zip(h_pad.h, h_ref_pad.h):
+            np.testing.assert_allclose(a.numpy(), b, rtol=2e-4, atol=2e-4)
     gru_like = tt.mod.MinGRUStack(3, 8, num_layers=2, dropout=0.1, residual=True)
     assert gru_like.config.hidden_sizes == (8, 8) and gru_like.training
     assert not gru_like.layers[0].mingru.proj.bias.any()  # spec init: zero biases
@@ -246,9 +277,15 @@ def test_torch_bad_input(tt):
     with pytest.raises(ValueError, match="input_size"):
         model(torch.zeros(2, 4, 2))
     with pytest.raises(ValueError, match="one array per layer"):
-        model(torch.zeros(2, 4, 3), (torch.zeros(2, 4),))
-    with pytest.raises(ValueError, match=r"state\[1\]"):
-        model(torch.zeros(2, 4, 3), (torch.zeros(2, 4), torch.zeros(2, 4)))
+        model(torch.zeros(2, 4, 3), State((torch.zeros(2, 4),)))
+    with pytest.raises(ValueError, match=r"initial_state\.h\[1\]"):
+        model(torch.zeros(2, 4, 3), State((torch.zeros(2, 4), torch.zeros(2, 4))))
+    with pytest.raises(TypeError, match="State"):  # a bare tuple is not the state type
+        model(torch.zeros(2, 4, 3), (torch.zeros(2, 4), torch.zeros(2, 5)))
+    with pytest.raises(ValueError, match="x must have 3 axes"):
+        model(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="chunked"):
+        model(torch.zeros(2, 4, 3), lengths=torch.tensor([4, 2]), method="log")
     with pytest.raises(ValueError, match="num_layers"):
         tt.mod.MinGRUStack(3, [4, 5], num_layers=3)
 

@@ -18,6 +18,7 @@ from linrec.conformance import minlstm_cases as layer_cases
 from linrec.conformance.mingru_cases import make_problem
 from linrec.spec import minlstm as spec
 from linrec.spec.minlstm import MinLSTMConfig
+from linrec.spec.state import State
 
 LAYER = "minlstm"
 CONFIGS = {name: MinLSTMConfig(**kw) for name, kw in layer_cases.MINLSTM.configs.items()}
@@ -85,10 +86,10 @@ def test_reference_hand_example():
     params = {"proj.kernel": np.zeros((1, 3)), "proj.bias": np.array([0.0, 0.0, 2.0])}
     y, h = spec.forward(params, np.zeros((1, 3, 1)), cfg)
     np.testing.assert_allclose(y[0, :, 0], [1, 1.5, 1.75])
-    assert h[0, 0] == 1.75
+    assert isinstance(h, State) and h.h[0, 0] == 1.75
     # f = σ(big) ≈ 1 and i = σ(-big) ≈ 0 hold the state: f' → 1
     params = {"proj.kernel": np.zeros((1, 3)), "proj.bias": np.array([30.0, -30.0, 2.0])}
-    y, _ = spec.forward(params, np.zeros((1, 3, 1)), cfg, np.array([[4.0]]))
+    y, _ = spec.forward(params, np.zeros((1, 3, 1)), cfg, State(np.array([[4.0]])))
     np.testing.assert_allclose(y[0, :, 0], 4.0, rtol=1e-12)
 
 
@@ -96,23 +97,29 @@ def test_reference_hand_example():
 def test_reference_step_split_and_vjp(which):
     cfg = CONFIGS[which]
     params, x, h0 = _problem(cfg, length=4)
-    y, final = spec.forward(params, x, cfg, h0)
-    state, ys = h0, []
+    y, final = spec.forward(params, x, cfg, State(h0))
+    state, ys = State(h0), []
     for t in range(x.shape[1]):
         y_t, state = spec.step(params, x[:, t], state, cfg)
         ys.append(y_t)
     np.testing.assert_allclose(np.stack(ys, 1), y, rtol=1e-14)
-    y1, mid = spec.forward(params, x[:, :2], cfg, h0)
+    y1, mid = spec.forward(params, x[:, :2], cfg, State(h0))
     y2, final2 = spec.forward(params, x[:, 2:], cfg, mid)
     np.testing.assert_allclose(np.concatenate([y1, y2], 1), y, rtol=1e-14)
-    np.testing.assert_allclose(final2, final, rtol=1e-14)
+    np.testing.assert_allclose(final2.h, final.h, rtol=1e-14)
+    # right padding: row 1 holds 2 real inputs; it equals that row alone, its pads output zero
+    y_pad, f_pad = spec.forward(params, x, cfg, State(h0), np.array([4, 2]))
+    y_row, f_row = spec.forward(params, x[1:, :2], cfg, State(h0[1:]))
+    np.testing.assert_allclose(y_pad[1:, :2], y_row, rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(f_pad.h[1:], f_row.h, rtol=1e-14, atol=1e-14)
+    np.testing.assert_array_equal(y_pad[1, 2:], 0.0)
 
     rng = np.random.default_rng(3)
-    ct_y, ct_f = rng.standard_normal(y.shape), rng.standard_normal(final.shape)
+    ct_y, ct_f = rng.standard_normal(y.shape), rng.standard_normal(final.h.shape)
 
     def loss(params, x, h0):
-        y, f = spec.forward(params, x, cfg, h0)
-        return float((y * ct_y).sum() + (f * ct_f).sum())
+        y, f = spec.forward(params, x, cfg, State(h0))
+        return float((y * ct_y).sum() + (f.h * ct_f).sum())
 
     def fd(value, replace, eps=1e-6):
         out = np.zeros_like(value)
@@ -172,11 +179,15 @@ def test_nnx_module_matches_reference(jx, which):
     params, x, h0 = _problem(cfg)
     model = jx.mod.MinLSTM.from_canonical(cfg, _f32(params))
     assert model.config == cfg
-    x32, h32 = jx.jnp.asarray(x, jx.jnp.float32), jx.jnp.asarray(h0, jx.jnp.float32)
-    y_ref, f_ref = spec.forward(params, x, cfg, h0)
+    x32, h32 = jx.jnp.asarray(x, jx.jnp.float32), State(jx.jnp.asarray(h0, jx.jnp.float32))
+    y_ref, f_ref = spec.forward(params, x, cfg, State(h0))
     y, f = model(x32, h32, method="log" if cfg.candidate == "g" else "auto")
     np.testing.assert_allclose(np.asarray(y), y_ref, **F32)
-    np.testing.assert_allclose(np.asarray(f), f_ref, **F32)
+    np.testing.assert_allclose(np.asarray(f.h), f_ref.h, **F32)
+    time_major = jx.mod.MinLSTM.from_canonical(cfg, _f32(params), batch_first=False)
+    y_tm, f_tm = time_major(jx.jnp.swapaxes(x32, 0, 1), h32)
+    np.testing.assert_allclose(np.asarray(y_tm).swapaxes(0, 1), y_ref, **F32)
+    np.testing.assert_allclose(np.asarray(f_tm.h), f_ref.h, **F32)
     state, ys = model.initial_state(2), []
     for t in range(x.shape[1]):
         state, y_t = model.cell(state, x32[:, t])
@@ -195,12 +206,12 @@ def test_nnx_default_init_jit_grad_vmap(jx):
     p = {k: jnp.asarray(v) for k, v in params.items()}
 
     def loss(p, x, h):
-        y, f = jx.mod.minlstm(p, x, config=cfg, initial_state=h)
-        return y.sum() + f.sum()
+        y, f = jx.mod.minlstm(p, x, config=cfg, initial_state=State(h))
+        return y.sum() + f.h.sum()
 
-    y_ref, f_ref = spec.forward(params, x, cfg, h0)
+    y_ref, f_ref = spec.forward(params, x, cfg, State(h0))
     grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(p, jnp.asarray(x), jnp.asarray(h0))
-    p_bar, x_bar, h_bar = spec.vjp(params, x, cfg, np.ones_like(y_ref), np.ones_like(f_ref), h0)
+    p_bar, x_bar, h_bar = spec.vjp(params, x, cfg, np.ones_like(y_ref), np.ones_like(f_ref.h), h0)
     np.testing.assert_allclose(np.asarray(grads[1]), x_bar, rtol=1e-10)
     np.testing.assert_allclose(np.asarray(grads[2]), h_bar, rtol=1e-10)
     for name in params:
@@ -217,9 +228,13 @@ def test_jax_bad_input(jx):
     with pytest.raises(ValueError, match="d_model"):
         model(jnp.ones((2, 3, 4)))
     with pytest.raises(ValueError, match="method='log'"):
-        model(jnp.asarray(x), -jnp.asarray(h0), method="log")
+        model(jnp.asarray(x), State(-jnp.asarray(h0)), method="log")
     with pytest.raises(ValueError, match="state"):
-        model.step(jnp.asarray(x[:, 0]), jnp.zeros((2, 7)))
+        model.step(jnp.asarray(x[:, 0]), State(jnp.zeros((2, 7))))
+    with pytest.raises(TypeError, match="State"):
+        model.step(jnp.asarray(x[:, 0]), jnp.zeros((2, 5)))
+    with pytest.raises(ValueError, match="x must have 3 axes"):
+        model(jnp.asarray(x[:, 0]))
 
 
 # --- PyTorch ----------------------------------------------------------------------------------------
@@ -240,13 +255,17 @@ def test_torch_module_matches_reference(tt, which):
     params, x, h0 = _problem(cfg)
     model = tt.mod.MinLSTM.from_canonical(cfg, _f32(params))
     assert set(model.state_dict()) == {k.replace("kernel", "weight") for k in params}
-    x32, h32 = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(h0.astype(np.float32))
-    y_ref, f_ref = spec.forward(params, x, cfg, h0)
-    for mode, method in (("parallel", "auto"), ("sequential", "auto")) + ((("parallel", "log"),) if cfg.candidate == "g"
-                                                                         else ()):
+    x32, h32 = torch.from_numpy(x.astype(np.float32)), State(torch.from_numpy(h0.astype(np.float32)))
+    y_ref, f_ref = spec.forward(params, x, cfg, State(h0))
+    for mode, method in (("auto", "auto"), ("sequential", "auto")) + ((("parallel", "log"),) if cfg.candidate == "g"
+                                                                     else ()):
         y, f = model(x32, h32, mode=mode, method=method)
         np.testing.assert_allclose(y.detach().numpy(), y_ref, **F32)
-        np.testing.assert_allclose(f.detach().numpy(), f_ref, **F32)
+        np.testing.assert_allclose(f.h.detach().numpy(), f_ref.h, **F32)
+    time_major = tt.mod.MinLSTM.from_canonical(cfg, _f32(params), batch_first=False)
+    y_tm, f_tm = time_major(x32.transpose(0, 1), h32)
+    np.testing.assert_allclose(y_tm.transpose(0, 1).detach().numpy(), y_ref, **F32)
+    np.testing.assert_allclose(f_tm.h.detach().numpy(), f_ref.h, **F32)
     state, ys = model.initial_state(2), []
     for t in range(x.shape[1]):
         y_t, state = model.step(x32[:, t], state)
@@ -260,14 +279,14 @@ def test_torch_compile_and_grad(tt):
     torch = tt.torch
     cfg = CONFIGS["g-expand-out"]
     params, x, h0 = _problem(cfg)
-    x32, h32 = torch.from_numpy(x.astype(np.float32)), torch.from_numpy(h0.astype(np.float32))
+    x32, h32 = torch.from_numpy(x.astype(np.float32)), State(torch.from_numpy(h0.astype(np.float32)))
     model = tt.mod.MinLSTM.from_canonical(cfg, _f32(params), remat=True)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     y, h = compiled(x32.requires_grad_(True), h32, method="auto")
-    y_ref, h_ref = spec.forward(params, x, cfg, h0)
+    y_ref, h_ref = spec.forward(params, x, cfg, State(h0))
     np.testing.assert_allclose(y.detach().numpy(), y_ref, **F32)
-    (y.sum() + h.sum()).backward()
-    _, x_bar, _ = spec.vjp(params, x, cfg, np.ones_like(y_ref), np.ones_like(h_ref), h0)
+    (y.sum() + h.h.sum()).backward()
+    _, x_bar, _ = spec.vjp(params, x, cfg, np.ones_like(y_ref), np.ones_like(h_ref.h), h0)
     np.testing.assert_allclose(x32.grad.numpy(), x_bar, rtol=1e-4, atol=1e-5)
 
 
@@ -282,3 +301,7 @@ def test_torch_bad_input(tt):
         model(torch.ones(2, 3, 3, dtype=torch.int64))
     with pytest.raises(ValueError, match="x_t"):
         model.step(torch.ones(2, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x must have 3 axes"):
+        model(torch.from_numpy(x[0]))
+    with pytest.raises(ValueError, match="chunked"):
+        model(torch.from_numpy(x), lengths=torch.tensor([3, 2]), method="log")  # before the candidate check

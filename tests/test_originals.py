@@ -83,9 +83,9 @@ def test_flax_gated_linear_rnn_layer(fglrnn, tied, recurrence, wrapped, tmp_path
     ckpt = convert.read(tmp_path / "glrnn.safetensors")
     assert (ckpt.config.d_in, ckpt.config.d_h, ckpt.config.d_model) == (3, 4, 5)
     assert (ckpt.config.use_tied_gates, ckpt.config.use_true_recurrence) == (tied, recurrence)
-    for backend, (y_l, h_l) in _outputs(tmp_path / "glrnn.safetensors", x).items():
+    for backend, (y_l, final) in _outputs(tmp_path / "glrnn.safetensors", x).items():  # final: State(h, None)
         np.testing.assert_allclose(y_l, y, rtol=RTOL, atol=ATOL, err_msg=backend)
-        np.testing.assert_allclose(h_l, carry, rtol=RTOL, atol=ATOL, err_msg=backend)
+        np.testing.assert_allclose(final[0], carry, rtol=RTOL, atol=ATOL, err_msg=backend)
 
 
 def test_gateloop_reversed_from_the_same_tree(fglrnn, tmp_path):
@@ -128,9 +128,9 @@ def test_flax_gated_linear_rnn_lm(fglrnn, tmp_path):
     assert (cfg.n_layer, cfg.d_model, cfg.d_channel_mixing, cfg.d_h, cfg.input_vocab_size, cfg.output_vocab_size) \
         == (2, 8, 12, 6, 11, 13)
     assert cfg.dropout_placement == "sum" and not cfg.use_tied_gates
-    for backend, (out, state) in _outputs(tmp_path / "lm.safetensors", tokens).items():
+    for backend, (out, state) in _outputs(tmp_path / "lm.safetensors", tokens).items():  # State(h: L arrays, position)
         np.testing.assert_allclose(out, logits, rtol=1e-5, atol=1e-5, err_msg=backend)
-        np.testing.assert_allclose(state["h"], h, rtol=1e-5, atol=1e-5, err_msg=backend)
+        np.testing.assert_allclose(np.stack(state[0], axis=1), h, rtol=1e-5, atol=1e-5, err_msg=backend)
 
 
 def test_glrnn_lm_import_table_agrees_with_the_spec():
@@ -169,9 +169,9 @@ def test_lucidrains_mingru(mingru_pytorch, expansion, tmp_path):
                          "lucidrains-mingru", "--quiet"]) == 0
     cfg = convert.read(tmp_path / "m.safetensors").config
     assert (cfg.candidate, cfg.bias, cfg.default_state, cfg.out_proj) == ("g", False, 0.0, expansion != 1.0)
-    for backend, (y_l, h_l) in _outputs(tmp_path / "m.safetensors", x.numpy()).items():
+    for backend, (y_l, final) in _outputs(tmp_path / "m.safetensors", x.numpy()).items():  # final: State(h, None)
         np.testing.assert_allclose(y_l, y.numpy(), rtol=RTOL, atol=ATOL, err_msg=backend)
-        np.testing.assert_allclose(h_l, h[:, 0].numpy(), rtol=RTOL, atol=ATOL, err_msg=backend)
+        np.testing.assert_allclose(final[0], h[:, 0].numpy(), rtol=RTOL, atol=ATOL, err_msg=backend)
 
 
 def test_lucidrains_minlm(mingru_pytorch, tmp_path):
@@ -308,10 +308,10 @@ def test_cheind_v13_multilayer(tmp_path):
                          "--quiet"]) == 0
     cfg = convert.read(tmp_path / "v13.safetensors").config
     assert (cfg.input_size, cfg.hidden_sizes, cfg.candidate, cfg.default_state) == (3, (5, 5, 5), "g", 0.5)
-    for backend, (y, state) in _outputs(tmp_path / "v13.safetensors", x).items():
+    for backend, (y, state) in _outputs(tmp_path / "v13.safetensors", x).items():  # state: State(h: L arrays)
         np.testing.assert_allclose(y, inp, rtol=RTOL, atol=ATOL, err_msg=backend)
         for l in range(n):
-            np.testing.assert_allclose(state[l], finals[l], rtol=RTOL, atol=ATOL, err_msg=backend)
+            np.testing.assert_allclose(state[0][l], finals[l], rtol=RTOL, atol=ATOL, err_msg=backend)
     sd["input_residual_align.weight"] = _uniform(rng, (h, i), i)
     sd["input_residual_align.bias"] = _uniform(rng, (h,), i)
     _save_state_dict(tmp_path / "v13r.pt", sd)
@@ -339,10 +339,10 @@ def test_cheind_v14_norm_residual(tmp_path):
     assert ckpt.model_type == "mingru_stack"
     assert (ckpt.config.hidden_sizes, ckpt.config.norm, ckpt.config.residual) == ((4, 4, 6), True, True)
     convert.write(ckpt, tmp_path / "v14.safetensors")
-    for backend, (y_l, state) in _outputs(tmp_path / "v14.safetensors", x).items():
+    for backend, (y_l, state) in _outputs(tmp_path / "v14.safetensors", x).items():  # state: State(h: L arrays)
         np.testing.assert_allclose(y_l, y, rtol=RTOL, atol=ATOL, err_msg=backend)
         for l in range(3):
-            np.testing.assert_allclose(state[l], finals[l], rtol=RTOL, atol=ATOL, err_msg=backend)
+            np.testing.assert_allclose(state[0][l], finals[l], rtol=RTOL, atol=ATOL, err_msg=backend)
 
 
 def test_cheind_single_layer_and_cell_become_a_mingru_layer(tmp_path):

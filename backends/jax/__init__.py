@@ -35,7 +35,6 @@ from linrec.backends.jax.mingru import (
 )
 from linrec.backends.jax.mingru_lm import (
     MinGRULM,
-    MinGRULMState,
     mingru_lm,
     mingru_lm_generate,
     mingru_lm_initial_state,
@@ -64,6 +63,7 @@ from linrec.backends.jax.scan import (
     log_scan,
 )
 from linrec.backends.jax.verify import AgreementReport, verify_agreement
+from linrec.spec.state import State
 
 NAME = "jax"
 
@@ -87,9 +87,9 @@ __all__ = [
     "GatedLinearRNNLM",
     "MinGRU",
     "MinGRULM",
-    "MinGRULMState",
     "MinGRUStack",
     "MinLSTM",
+    "State",
     "asarray",
     "cu_seqlens_to_resets",
     "describe",

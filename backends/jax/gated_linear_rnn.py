@@ -27,6 +27,7 @@ from linrec.backends.jax.dense import dense
 from linrec.backends.jax.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
+from linrec.spec.state import State
 
 __all__ = [
     "GateLoop",
@@ -58,12 +59,25 @@ def _prepare_params(params: Params, dtype, config: GatedLinearRNNConfig) -> dict
 
 
 def _state(state, batch: int, x_dtype: str, config: GatedLinearRNNConfig, name: str) -> Array:
+    """``state.h`` checked and in the state dtype (zeros for ``None``)."""
     acc = jnp_dtype(spec.state_dtype(x_dtype))
-    if state is None:
+    h = spec.state_h(state, name=name)
+    if h is None:
         return jnp.zeros((batch, config.d_h), acc)
-    state = jnp.asarray(state)
-    spec.check_initial_state(tuple(state.shape), dtype_name(state), batch, x_dtype, config, name=name)
-    return state.astype(acc)
+    h = jnp.asarray(h)
+    spec.check_initial_state(tuple(h.shape), dtype_name(h), batch, x_dtype, config, name=f"{name}.h")
+    return h.astype(acc)
+
+
+def _valid(lengths: Any, n_batch: int, n_time: int, method: str) -> Array | None:
+    """``(B, T)`` bool, ``True`` at real inputs, from right-padding ``lengths: (B,)`` (``None``: no padding).
+    The values are checked when concrete (outside ``jit``)."""
+    if lengths is None:
+        return None
+    lengths = jnp.asarray(lengths)
+    values = None if isinstance(lengths, jax.core.Tracer) else np.asarray(lengths)
+    spec.check_lengths(tuple(lengths.shape), dtype_name(lengths), n_batch, n_time, values, method=method)
+    return jnp.arange(n_time)[None, :] < lengths[:, None]
 
 
 def _split(u: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array, Array, Array]:
@@ -109,33 +123,45 @@ def _readout(p: Params, h: Array, o: Array, x: Array, config: GatedLinearRNNConf
     return dense(y.astype(x.dtype), p["out_proj.kernel"], p["out_proj.bias"])
 
 
+def _masked(out: Array, valid: Array | None) -> Array:
+    """Outputs at padded positions are zero (recurrence.md §0)."""
+    return out if valid is None else jnp.where(valid[..., None], out, jnp.zeros((), out.dtype))
+
+
 @partial(jax.jit, static_argnames=("config", "method", "chunk_size"))
 def _parallel(
-    p: Params, x: Array, h0: Array | None, config: GatedLinearRNNConfig, method: str, chunk_size: int | None
+    p: Params, x: Array, h0: Array | None, valid: Array | None, config: GatedLinearRNNConfig, method: str,
+    chunk_size: int | None,
 ) -> tuple[Array, Array]:
     u = _project(p, x)
-    if spec.fusable(config) and _fused.applies(u, method):  # gates fused into the native scan: one pass
+    if valid is None and spec.fusable(config) and _fused.applies(u, method):  # gates fused into the native scan
         h0 = jnp.zeros((x.shape[0], config.d_h), u.dtype) if h0 is None else h0
         y, final = _fused.native_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed)
         return dense(y.astype(x.dtype), p["out_proj.kernel"], p["out_proj.bias"]), final
     candidate, i, f, o = _split(u, config)
     a, b = f, i * candidate
+    if valid is not None:  # padding: identity steps (a = 1, b = 0) inside the one scan
+        a = jnp.where(valid[..., None], a, jnp.ones((), a.dtype))
+        b = jnp.where(valid[..., None], b, jnp.zeros((), b.dtype))
     h, final = linear_scan(a, b, initial_state=h0, reverse=config.reversed, method=method, chunk_size=chunk_size)
-    return _readout(p, h, o, x, config), final
+    return _masked(_readout(p, h, o, x, config), valid), final
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _sequential(p: Params, x: Array, h0: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array]:
-    """The step loop as ``lax.scan`` (backwards in time when ``config.reversed``)."""
+def _sequential(p: Params, x: Array, h0: Array, valid: Array | None, config: GatedLinearRNNConfig
+                ) -> tuple[Array, Array]:
+    """The step loop as ``lax.scan`` (backwards in time when ``config.reversed``); padded steps keep the state."""
     u = dense(x, p["proj.kernel"], p["proj.bias"]).astype(h0.dtype)
+    keep = jnp.ones(x.shape[:2], bool) if valid is None else valid
 
-    def body(h, u_t):
-        y_t, h = _cell(p, u_t, h, config)
-        return h, y_t
+    def body(h, inputs):
+        u_t, valid_t = inputs
+        y_t, new = _cell(p, u_t, h, config)
+        return jnp.where(valid_t[:, None], new, h), y_t
 
-    final, y = lax.scan(body, h0, jnp.swapaxes(u, 0, 1), reverse=config.reversed)
+    final, y = lax.scan(body, h0, (jnp.swapaxes(u, 0, 1), jnp.swapaxes(keep, 0, 1)), reverse=config.reversed)
     out = dense(jnp.swapaxes(y, 0, 1).astype(x.dtype), p["out_proj.kernel"], p["out_proj.bias"])
-    return out, final
+    return _masked(out, valid), final
 
 
 @partial(jax.jit, static_argnames=("config",))
@@ -150,49 +176,57 @@ def gated_linear_rnn(
     x: Array,
     *,
     config: GatedLinearRNNConfig,
-    initial_state: Array | None = None,
+    initial_state: State | None = None,
+    lengths: Array | None = None,
     mode: str = "auto",
     method: str = "auto",
     chunk_size: int | None = None,
-) -> tuple[Array, Array]:
-    """The layer over a sequence: ``x: (B, T, D_in)`` → ``(y: (B, T, D), final_state: (B, H))``.
+) -> tuple[Array, State]:
+    """The layer over a sequence: ``x: (B, T, D_in)`` → ``(y: (B, T, D), final_state: State(h=(B, H)))``.
 
-    ``mode``: ``"parallel"`` (scan; ``method``/``chunk_size`` go to ``linear_scan``), ``"sequential"``
-    (``lax.scan`` over the cell; the only mode with ``use_true_recurrence``) or ``"auto"``.
-    Projections run in the dtype of ``x``; gates and state in ``state_dtype`` (float32 for bf16/f16),
-    and ``final_state`` is returned in that dtype.
+    ``initial_state``: ``State(h=(B, H))`` or ``None`` (zeros). ``lengths: (B,)``: right-padded rows (row ``b``
+    holds ``lengths[b]`` real inputs); padded positions are identity steps of the same scan (``a = 1, b = 0``),
+    their outputs zero, so ``final_state`` is each row's state after its last real input (works under ``jit``;
+    the values are checked when concrete). ``mode``: ``"auto"`` (``"parallel"``, or ``"sequential"`` with
+    ``use_true_recurrence``), ``"parallel"`` (scan; ``method``/``chunk_size`` go to ``linear_scan``) or
+    ``"sequential"`` (``lax.scan`` over the cell). Projections run in the dtype of ``x``; gates and state in
+    ``state_dtype`` (float32 for bf16/f16), and ``final_state`` is returned in that dtype.
     """
     x = jnp.asarray(x)
     spec.check_input(tuple(x.shape), dtype_name(x), config)
     mode = spec.resolve_mode(mode, method, config, chunk_size)
+    valid = _valid(lengths, x.shape[0], x.shape[1], method)
     p = _prepare_params(params, x.dtype, config)
     h0 = _state(initial_state, x.shape[0], dtype_name(x), config, "initial_state")
     if mode == "sequential":
-        return _sequential(p, x, h0, config)
+        y, final = _sequential(p, x, h0, valid, config)
+        return y, State(final)
     h0_given = None if initial_state is None else h0
     if method != "log":
-        return _parallel(p, x, h0_given, config, method, chunk_size)
+        y, final = _parallel(p, x, h0_given, valid, config, method, chunk_size)
+        return y, State(final)
     # method="log" checks the values of a, b and h0 (all > 0): outside jit that check raises at once
     a, b, o = _scan_inputs(p, x, config)
     h, final = linear_scan(a, b, initial_state=h0_given, reverse=config.reversed, method=method)
-    return _readout(p, h, o, x, config), final
+    return _readout(p, h, o, x, config), State(final)
 
 
 def gated_linear_rnn_step(
-    params: Params, x_t: Array, state: Array | None, *, config: GatedLinearRNNConfig
-) -> tuple[Array, Array]:
-    """One step: ``x_t: (B, D_in)``, ``state: (B, H)`` (``None``: zeros) → ``(y_t: (B, D), state)``."""
+    params: Params, x_t: Array, state: State | None, *, config: GatedLinearRNNConfig
+) -> tuple[Array, State]:
+    """One step: ``x_t: (B, D_in)``, ``state: State(h=(B, H))`` (``None``: zeros) → ``(y_t: (B, D), State)``."""
     x_t = jnp.asarray(x_t)
     spec.check_step_input(tuple(x_t.shape), dtype_name(x_t), config)
     p = _prepare_params(params, x_t.dtype, config)
     h = _state(state, x_t.shape[0], dtype_name(x_t), config, "state")
-    return _step(p, x_t, h, config)
+    y_t, h = _step(p, x_t, h, config)
+    return y_t, State(h)
 
 
-def gated_linear_rnn_initial_state(config: GatedLinearRNNConfig, batch_size: int, dtype: Any = "float32") -> Array:
-    """Zeros ``(B, H)`` in the state dtype for inputs of ``dtype`` (float32 for bf16/f16)."""
+def gated_linear_rnn_initial_state(config: GatedLinearRNNConfig, batch_size: int, dtype: Any = "float32") -> State:
+    """``State(h=zeros (B, H))`` in the state dtype for inputs of ``dtype`` (float32 for bf16/f16)."""
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
-    return jnp.zeros((batch_size, config.d_h), jnp_dtype(spec.state_dtype(name)))
+    return State(jnp.zeros((batch_size, config.d_h), jnp_dtype(spec.state_dtype(name))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,6 +242,7 @@ class GatedLinearRNN(nnx.Module):
 
     Parameters follow the canonical table: ``proj`` (``D_in → n H``), ``out_proj`` (``H → D``) and, with
     ``use_true_recurrence``, ``recurrent_proj`` (``H → n H``, no bias, zero init).
+    ``batch_first=False`` reads and returns sequences as ``(T, B, ...)`` (as ``torch.nn.GRU``); steps are ``(B, ...)``.
     """
 
     def __init__(
@@ -222,6 +257,7 @@ class GatedLinearRNN(nnx.Module):
         gate_activation: str = "sigmoid",
         use_true_recurrence: bool = False,
         use_tied_gates: bool = True,
+        batch_first: bool = True,
         rngs: nnx.Rngs,
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
@@ -232,7 +268,9 @@ class GatedLinearRNN(nnx.Module):
             hidden_activation=hidden_activation, gate_activation=gate_activation,
             use_true_recurrence=use_true_recurrence, use_tied_gates=use_tied_gates,
         )
+        spec.check_batch_first(batch_first)
         self._config = cfg
+        self.batch_first = batch_first
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.remat = remat
@@ -271,39 +309,45 @@ class GatedLinearRNN(nnx.Module):
     def __call__(
         self,
         x: Array,
-        initial_state: Array | None = None,
+        initial_state: State | None = None,
         *,
+        lengths: Array | None = None,
         mode: str = "auto",
         method: str = "auto",
         chunk_size: int | None = None,
-    ) -> tuple[Array, Array]:
-        """``x: (B, T, D_in)``, ``initial_state: (B, H)`` → ``(y: (B, T, D), final_state: (B, H))``."""
+    ) -> tuple[Array, State]:
+        """``x: (B, T, D_in)`` (``(T, B, D_in)`` with ``batch_first=False``), ``initial_state: State(h=(B, H))``
+        → ``(y: (B, T, D) or (T, B, D), final_state: State(h=(B, H)))``; ``lengths: (B,)`` right padding."""
         x = jnp.asarray(x)
+        if x.ndim != 3:
+            layout = "(B, T, d_in)" if self.batch_first else "(T, B, d_in) (batch_first=False)"
+            raise ValueError(f"x must have shape {layout}, got shape {tuple(x.shape)}")
         dt = self._compute_dtype(x)
         config = self._config
 
-        def run(params: Params, x: Array, h0: Array | None) -> tuple[Array, Array]:
-            return gated_linear_rnn(
-                params, x, config=config, initial_state=h0, mode=mode, method=method, chunk_size=chunk_size
-            )
+        def run(params: Params, x: Array, state: State | None, lengths: Array | None) -> tuple[Array, State]:
+            return gated_linear_rnn(params, x, config=config, initial_state=state, lengths=lengths, mode=mode,
+                                    method=method, chunk_size=chunk_size)
 
         if self.remat:
             run = jax.checkpoint(run)
-        return run(self._params(), x.astype(dt), initial_state)
+        x = x if self.batch_first else jnp.swapaxes(x, 0, 1)
+        y, state = run(self._params(), x.astype(dt), initial_state, lengths)
+        return (y if self.batch_first else jnp.swapaxes(y, 0, 1)), state
 
-    def step(self, x_t: Array, state: Array | None = None) -> tuple[Array, Array]:
-        """``x_t: (B, D_in)``, ``state: (B, H)`` → ``(y_t: (B, D), state)``."""
+    def step(self, x_t: Array, state: State | None = None) -> tuple[Array, State]:
+        """``x_t: (B, D_in)``, ``state: State(h=(B, H))`` → ``(y_t: (B, D), State)``."""
         x_t = jnp.asarray(x_t)
         dt = self._compute_dtype(x_t)
         return gated_linear_rnn_step(self._params(), x_t.astype(dt), state, config=self._config)
 
-    def cell(self, carry: Array, x_t: Array) -> tuple[Array, Array]:
-        """Flax-NNX cell convention ``(carry, x_t) -> (carry, y_t)``."""
+    def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
+        """Flax-NNX cell convention ``(carry, x_t) -> (carry, y_t)``; the carry is a ``State``."""
         y_t, carry = self.step(x_t, carry)
         return carry, y_t
 
-    def initial_state(self, batch_size: int) -> Array:
-        """Zeros ``(B, H)`` in the state dtype of this module's compute dtype."""
+    def initial_state(self, batch_size: int) -> State:
+        """``State(h=zeros (B, H))`` in the state dtype of this module's compute dtype."""
         dt = self.dtype if self.dtype is not None else self.param_dtype
         return gated_linear_rnn_initial_state(self._config, batch_size, np.dtype(dt))
 
@@ -317,6 +361,7 @@ class GatedLinearRNN(nnx.Module):
         dtype: Any = None,
         param_dtype: Any = None,
         remat: bool = False,
+        batch_first: bool = True,
     ):
         """A module holding ``params`` (canonical names and layout); ``param_dtype`` defaults to theirs."""
         spec.check_params({k: tuple(np.shape(v)) for k, v in params.items()}, config)
@@ -325,7 +370,7 @@ class GatedLinearRNN(nnx.Module):
         module = cls(
             **{f: getattr(config, f) for f in config.__dataclass_fields__},
             rngs=rngs if rngs is not None else nnx.Rngs(0),
-            dtype=dtype, param_dtype=param_dtype, remat=remat,
+            dtype=dtype, param_dtype=param_dtype, remat=remat, batch_first=batch_first,
         )
         targets = {
             "proj.kernel": module.proj.kernel,

@@ -25,7 +25,8 @@ from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dty
 from linrec.backends.jax.dense import dense
 from linrec.backends.jax.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, gated_linear_rnn_step
 from linrec.spec import gated_linear_rnn_lm as spec
-from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig, LMState
+from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig
+from linrec.spec.state import State
 
 __all__ = [
     "GateLoopLM",
@@ -58,14 +59,15 @@ def _compute(p: Params) -> str:
     return np.dtype(next(iter(p.values())).dtype).name
 
 
-def _state(state, batch: int, compute: str, config: GatedLinearRNNLMConfig) -> tuple[Array, Array]:
+def _state(state, batch: int, compute: str, config: GatedLinearRNNLMConfig, name: str = "initial_state"
+           ) -> tuple[tuple[Array, ...], Array]:
+    """``(h: L arrays (B, H), position: (B,) int32)`` of a checked ``State`` (zeros for ``None``)."""
     if state is None:
-        s = gated_linear_rnn_lm_initial_state(config, batch, compute)
-        return s["h"], s["position"]
-    spec.check_state_keys(state)
-    h, position = as_jax(state["h"]), as_jax(state["position"])
-    spec.check_state(tuple(h.shape), dtype_name(h), tuple(position.shape), dtype_name(position), batch, compute,
-                     config)
+        state = gated_linear_rnn_lm_initial_state(config, batch, compute)
+    h, position = spec.state_parts(state, config, name=name)
+    h, position = tuple(as_jax(h_l) for h_l in h), as_jax(position)
+    spec.check_state([tuple(h_l.shape) for h_l in h], [dtype_name(h_l) for h_l in h], tuple(position.shape),
+                     dtype_name(position), batch, compute, config, name=name)
     return h, position if position.dtype == jnp.int32 else position.astype(jnp.int32)
 
 
@@ -112,21 +114,27 @@ def _head(p: Params, x: Array, config: GatedLinearRNNLMConfig) -> Array:
 
 
 def _forward(p, inputs, h0, position, masks, config: GatedLinearRNNLMConfig, mode, method, chunk_size,
-             remat: bool = False):
-    """Every row consumes all ``T`` inputs. Returns ``(out, h, position)``.
+             remat: bool = False, lengths: Array | None = None):
+    """One pass over all ``T`` inputs; with ``lengths`` each layer's scan treats the padding as identity steps
+    (recurrence.md §0). Returns ``(out, h: L arrays, position)``.
 
     Compiled as one function (``_forward_jit``) except for ``method="log"``, whose domain check needs the values.
     """
     if method == "log":
-        return _forward_body(p, inputs, h0, position, masks, config, mode, method, chunk_size, remat)
-    return _forward_jit(p, inputs, h0, position, masks, config, mode, method, chunk_size, remat)
+        return _forward_body(p, inputs, h0, position, masks, lengths, config, mode, method, chunk_size, remat)
+    return _forward_jit(p, inputs, h0, position, masks, lengths, config, mode, method, chunk_size, remat)
 
 
-def _forward_body(p, inputs, h0, position, masks, config: GatedLinearRNNLMConfig, mode, method, chunk_size,
+def _forward_body(p, inputs, h0, position, masks, lengths, config: GatedLinearRNNLMConfig, mode, method, chunk_size,
                   remat: bool):
     n_time = inputs.shape[1]
     offset = jnp.zeros_like(position) if config.compat_step_position_zero else position
-    x = _embed(p, inputs, offset[:, None] + jnp.arange(n_time, dtype=jnp.int32), config)
+    positions = offset[:, None] + jnp.arange(n_time, dtype=jnp.int32)
+    valid = None
+    if lengths is not None:
+        valid = jnp.arange(n_time)[None, :] < lengths[:, None]
+        positions = jnp.where(valid, positions, 0)  # a padded position may lie beyond the table: use a valid row
+    x = _embed(p, inputs, positions, config)
     if "embedding" in masks:
         x = x * masks["embedding"]
     hs = []
@@ -135,45 +143,42 @@ def _forward_body(p, inputs, h0, position, masks, config: GatedLinearRNNLMConfig
 
         def block(bp, x, h_l, m_tm, m_cm, prefix=prefix, l=l):
             z = _layer_norm(x, bp, prefix + f"{_TM}.", config.eps)
-            y, h = gated_linear_rnn(spec.layer_params(bp, l), z, config=config.layer_config, initial_state=h_l,
-                                    mode=mode, method=method, chunk_size=chunk_size)
+            y, h = gated_linear_rnn(spec.layer_params(bp, l), z, config=config.layer_config,
+                                    initial_state=State(h_l), lengths=lengths, mode=mode, method=method,
+                                    chunk_size=chunk_size)
             x = _residual(x, y, m_tm, config.dropout_placement)
             x = _residual(x, _channel_mixing(bp, prefix + f"{_CM}.", x, config), m_cm, config.dropout_placement)
-            return x, h
+            return x, h.h
 
         bp = {k: v for k, v in p.items() if k.startswith(prefix)}
         run = jax.checkpoint(block) if remat else block  # recompute each block in the backward pass
-        x, h = run(bp, x, h0[:, l], masks.get(prefix + _TM), masks.get(prefix + _CM))
+        x, h = run(bp, x, h0[l], masks.get(prefix + _TM), masks.get(prefix + _CM))
         hs.append(h)
-    return _head(p, x, config), jnp.stack(hs, axis=1), position + n_time
+    out = _head(p, x, config)
+    if valid is None:
+        return out, tuple(hs), position + n_time
+    return jnp.where(valid[..., None], out, jnp.zeros((), out.dtype)), tuple(hs), position + lengths.astype(jnp.int32)
 
 
 _forward_jit = jax.jit(_forward_body, static_argnames=("config", "mode", "method", "chunk_size", "remat"))
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _step_core(p: Params, input_t: Array, h: Array, position: Array, pe_position: Array | None,
-               active: Array | None, config: GatedLinearRNNLMConfig) -> tuple[Array, Array, Array]:
-    """One input per row (the compiled decode step) at table row ``pe_position`` (``None``: the true position,
-    or 0 with ``compat_step_position_zero``, as the original); rows with ``active == False`` keep their state."""
-    if pe_position is None:
-        pe_position = jnp.zeros_like(position) if config.compat_step_position_zero else position
-    if active is not None:
-        pe_position = jnp.where(active, pe_position, 0)  # an idle row may sit at max_seq_length: use a valid row
+def _step_core(p: Params, input_t: Array, h: tuple[Array, ...], position: Array, config: GatedLinearRNNLMConfig
+               ) -> tuple[Array, tuple[Array, ...], Array]:
+    """One input per row (the compiled decode step) at table row ``position`` (0 with
+    ``compat_step_position_zero``, as the original). Returns ``(out_t, h: L arrays, position + 1)``."""
+    pe_position = jnp.zeros_like(position) if config.compat_step_position_zero else position
     x = _embed(p, input_t[:, None], pe_position[:, None], config)[:, 0]
     hs = []
     for l in range(config.n_layer):
         prefix = f"layers.{l}."
         z = _layer_norm(x, p, prefix + f"{_TM}.", config.eps)
-        y, h_l = gated_linear_rnn_step(spec.layer_params(p, l), z, h[:, l], config=config.layer_config)
-        hs.append(h_l)
+        y, h_l = gated_linear_rnn_step(spec.layer_params(p, l), z, State(h[l]), config=config.layer_config)
+        hs.append(h_l.h)
         x = x + y
         x = x + _channel_mixing(p, prefix + f"{_CM}.", x, config)
-    out, h_new = _head(p, x, config), jnp.stack(hs, axis=1)
-    if active is None:
-        return out, h_new, position + 1
-    return (jnp.where(active[:, None], out, 0), jnp.where(active[:, None, None], h_new, h),
-            position + active.astype(position.dtype))
+    return _head(p, x, config), tuple(hs), position + 1
 
 
 def _check_positions(position: Array, counts: np.ndarray, config: GatedLinearRNNLMConfig) -> None:
@@ -190,26 +195,28 @@ def gated_linear_rnn_lm(
     inputs: Array,
     *,
     config: GatedLinearRNNLMConfig,
-    state: LMState | None = None,
+    initial_state: State | None = None,
     lengths: Any = None,
     dropout_masks: Mapping[str, Array] | None = None,
     mode: str = "auto",
     method: str = "auto",
     chunk_size: int | None = None,
     remat: bool = False,
-) -> tuple[Array, LMState]:
-    """The model over a sequence: ``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out), state)``.
+) -> tuple[Array, State]:
+    """The model over a sequence: ``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out),
+    final_state)``; ``initial_state``/``final_state`` are ``State(h=L arrays (B, H), position=(B,) int32)``.
 
-    ``lengths: (B,)`` (concrete) marks right-padded rows: row ``b`` ends after ``lengths[b]`` inputs, its outputs
-    after that are zero and its state is the state after its last real input. ``dropout_masks``: site →
-    ``(B, T, D)`` multiplier (training). ``mode``/``method``/``chunk_size`` go to the time-mixing layer;
-    ``remat=True`` recomputes each block in the backward pass (``jax.checkpoint``).
+    ``lengths: (B,)`` marks right-padded rows (row ``b`` ends after ``lengths[b]`` inputs): one pass in which every
+    layer's scan treats the padding as identity steps; outputs there are zero, the state is the state after each
+    row's last real input and ``position`` advances by ``lengths`` (values checked when concrete).
+    ``dropout_masks``: site → ``(B, T, D)`` multiplier (training). ``mode``/``method``/``chunk_size`` go to the
+    time-mixing layer; ``remat=True`` recomputes each block in the backward pass (``jax.checkpoint``).
     """
     inputs = jnp.asarray(inputs)
     spec.check_input(tuple(inputs.shape), dtype_name(inputs), config)
     p = _prepare_params(params, config)
     n_batch, n_time = inputs.shape[:2]
-    h0, position = _state(state, n_batch, _compute(p), config)
+    h0, position = _state(initial_state, n_batch, _compute(p), config)
     masks = dict(dropout_masks or {})
     spec.check_dropout_masks({k: tuple(jnp.shape(v)) for k, v in masks.items()}, n_batch, n_time, config)
     masks = {k: jnp.asarray(v, p[next(iter(p))].dtype) for k, v in masks.items()}
@@ -219,60 +226,56 @@ def gated_linear_rnn_lm(
             spec.check_token_values(tokens, config)
         _check_positions(position, np.full(n_batch, n_time), config)
         out, h, position = _forward(p, inputs, h0, position, masks, config, mode, method, chunk_size, remat)
-        return out, {"h": h, "position": position}
+        return out, State(h, position)
     if masks:
         raise ValueError("lengths (right-padded rows) cannot be combined with dropout_masks: for training, "
                          "padding after a sequence never changes the outputs before it, so pass no lengths")
+    lengths = as_jax(lengths)
     lengths_np = _concrete(lengths)
-    if lengths_np is None:
-        raise ValueError("lengths must be concrete (a NumPy/JAX array outside jit): the rows' common prefix "
-                         "is run in parallel and the rest step by step, which needs the values")
-    spec.check_lengths(lengths_np, n_batch, n_time)
-    valid_np = np.arange(n_time)[None, :] < lengths_np[:, None]
+    if lengths_np is not None:
+        spec.check_lengths(lengths_np, n_batch, n_time)
+    spec.layer_spec.check_lengths(tuple(lengths.shape), dtype_name(lengths), n_batch, n_time, method=method)
+    valid = jnp.arange(n_time)[None, :] < lengths[:, None]
     if config.use_word_embedding:
         tokens = _concrete(inputs)
-        if tokens is not None:
-            spec.check_token_values(tokens[valid_np], config)
-        inputs = jnp.where(jnp.asarray(valid_np), inputs, 0)  # padding may hold any id
-    _check_positions(position, lengths_np, config)
-    common = int(lengths_np.min()) if n_batch else n_time
-    out, h, position = _forward(p, inputs[:, :common], h0, position, {}, config, mode, method, chunk_size, remat)
-    outs = [out]
-    valid = jnp.asarray(valid_np)
-    for t in range(common, n_time):  # rows of different lengths: step the tail, idle rows keep their state
-        pe = jnp.full_like(position, t) if config.compat_step_position_zero else None  # as if alone
-        out_t, h, position = _step_core(p, inputs[:, t], h, position, pe, valid[:, t], config)
-        outs.append(out_t[:, None])
-    return jnp.concatenate(outs, axis=1), {"h": h, "position": position}
+        if tokens is not None and lengths_np is not None:
+            spec.check_token_values(tokens[np.asarray(valid)], config)
+        inputs = jnp.where(valid, inputs, 0)  # padding may hold any id
+    if lengths_np is not None:
+        _check_positions(position, lengths_np, config)
+    out, h, position = _forward(p, inputs, h0, position, {}, config, mode, method, chunk_size, remat,
+                                lengths.astype(jnp.int32))
+    return out, State(h, position)
 
 
 def gated_linear_rnn_lm_step(
-    params: Params, input_t: Array, state: LMState | None, *, config: GatedLinearRNNLMConfig
-) -> tuple[Array, LMState]:
-    """One token per row: ``input_t: (B,)`` ids (or ``(B, F)``) → ``(out_t: (B, V_out), state)`` (no dropout)."""
+    params: Params, input_t: Array, state: State | None, *, config: GatedLinearRNNLMConfig
+) -> tuple[Array, State]:
+    """One token per row: ``input_t: (B,)`` ids (or ``(B, F)``), ``state`` a ``State`` (``None``: zeros) →
+    ``(out_t: (B, V_out), State)`` (no dropout)."""
     return _prepared_step(_prepare_params(params, config), input_t, state, config)
 
 
-def _prepared_step(p: Params, input_t, state: LMState | None, config: GatedLinearRNNLMConfig
-                   ) -> tuple[Array, LMState]:
+def _prepared_step(p: Params, input_t, state: State | None, config: GatedLinearRNNLMConfig
+                   ) -> tuple[Array, State]:
     """:func:`gated_linear_rnn_lm_step` on parameters already through ``_prepare_params``."""
     input_t = as_jax(input_t)
     spec.check_step_input(tuple(input_t.shape), dtype_name(input_t), config)
-    h, position = _state(state, input_t.shape[0], _compute(p), config)
+    h, position = _state(state, input_t.shape[0], _compute(p), config, name="state")
     tokens = _concrete(input_t) if config.use_word_embedding else None
     if tokens is not None:
         spec.check_token_values(tokens, config, name="token")
     _check_positions(position, np.ones(input_t.shape[0], np.int64), config)
-    out, h, position = _step_core(p, input_t, h, position, None, None, config)
-    return out, {"h": h, "position": position}
+    out, h, position = _step_core(p, input_t, h, position, config)
+    return out, State(h, position)
 
 
 def gated_linear_rnn_lm_initial_state(config: GatedLinearRNNLMConfig, batch_size: int,
-                                      dtype: Any = "float32") -> LMState:
-    """``{"h": zeros (B, L, H) in the state dtype, "position": zeros (B,) int32}``."""
+                                      dtype: Any = "float32") -> State:
+    """``State(h=L zeros (B, H) in the state dtype, position=zeros (B,) int32)``."""
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
-    return {"h": jnp.zeros((batch_size, config.n_layer, config.d_h), jnp_dtype(spec.state_dtype(name))),
-            "position": jnp.zeros((batch_size,), jnp.int32)}
+    zeros = jnp.zeros((batch_size, config.d_h), jnp_dtype(spec.state_dtype(name)))
+    return State(tuple(zeros for _ in range(config.n_layer)), jnp.zeros((batch_size,), jnp.int32))
 
 
 @partial(jax.jit, static_argnames=("rates", "shape", "dtype"))
@@ -374,33 +377,35 @@ class GatedLinearRNNLM(nnx.Module):
                             np.dtype(self._compute_dtype()))
         return dict(zip(sites, masks))
 
-    def __call__(self, inputs: Array, state: LMState | None = None, *, mode: str = "auto", method: str = "auto",
-                 chunk_size: int | None = None, lengths: Any = None,
-                 training: bool | None = None) -> tuple[Array, LMState]:
-        """``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out), state)``; dropout iff training
-        (default: ``not self.deterministic``)."""
+    def __call__(self, inputs: Array, initial_state: State | None = None, *, lengths: Any = None,
+                 mode: str = "auto", method: str = "auto", chunk_size: int | None = None,
+                 training: bool | None = None) -> tuple[Array, State]:
+        """``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out), final_state: State)``; dropout iff
+        training (default: ``not self.deterministic``)."""
         inputs = jnp.asarray(inputs)
         training = (not self.deterministic) if training is None else training
-        masks = self._masks(*inputs.shape[:2]) if training and lengths is None else None
-        return gated_linear_rnn_lm(self._params(), inputs, config=self._config, state=state, lengths=lengths,
-                                   dropout_masks=masks, mode=mode, method=method, chunk_size=chunk_size,
-                                   remat=self.remat)
+        masks = self._masks(*inputs.shape[:2]) if training and lengths is None and inputs.ndim >= 2 else None
+        return gated_linear_rnn_lm(self._params(), inputs, config=self._config, initial_state=initial_state,
+                                   lengths=lengths, dropout_masks=masks, mode=mode, method=method,
+                                   chunk_size=chunk_size, remat=self.remat)
 
-    def step(self, input_t: Array, state: LMState | None = None) -> tuple[Array, LMState]:
-        """One input per row: ``(B,)`` ids (or ``(B, F)``) → ``(out_t: (B, V_out), state)``."""
+    def step(self, input_t: Array, state: State | None = None) -> tuple[Array, State]:
+        """One input per row: ``(B,)`` ids (or ``(B, F)``) → ``(out_t: (B, V_out), State)``."""
         return gated_linear_rnn_lm_step(self._params(), input_t, state, config=self._config)
 
-    def initial_state(self, batch_size: int) -> LMState:
+    def initial_state(self, batch_size: int) -> State:
+        """``State(h=L zeros (B, H), position=zeros (B,) int32)`` in this module's state dtype."""
         return gated_linear_rnn_lm_initial_state(self._config, batch_size, self._compute_dtype())
 
     # --- generation ---------------------------------------------------------------------------------
 
-    def prefill(self, tokens: Array, lengths: Any = None, state: LMState | None = None) -> tuple[Array, LMState]:
-        """Parallel pass over right-padded prompts ``(B, T)`` (``lengths``: real tokens per row) →
-        ``(logits (B, T, V), state)``; no dropout."""
-        return self(tokens, state, lengths=lengths, training=False)
+    def prefill(self, tokens: Array, initial_state: State | None = None, lengths: Any = None
+                ) -> tuple[Array, State]:
+        """One parallel pass over right-padded prompts ``(B, T)`` (``lengths``: real tokens per row) →
+        ``(logits (B, T, V), State)``; no dropout."""
+        return self(tokens, initial_state, lengths=lengths, training=False)
 
-    def decode_step(self, token: Array, state: LMState) -> tuple[Array, LMState]:
+    def decode_step(self, token: Array, state: State) -> tuple[Array, State]:
         """One token per row ``(B,)`` → ``(logits (B, V), state)`` through the compiled step.
 
         Reads the parameters out of the module on every call; in a token loop use :meth:`decoder`."""
@@ -419,7 +424,7 @@ class GatedLinearRNNLM(nnx.Module):
         return eager_unless(compile, lambda token, state: _prepared_step(p, token, state, cfg))
 
     def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 seed: Any = 0, *, lengths: Any = None, state: LMState | None = None,
+                 seed: Any = 0, *, lengths: Any = None, initial_state: State | None = None,
                  return_logits: bool = False):
         """Sample ``max_new_tokens`` after each prompt row → new tokens ``(B, max_new_tokens)`` int32.
 
@@ -436,11 +441,11 @@ class GatedLinearRNNLM(nnx.Module):
         n_batch, n_time = prompt.shape
         lengths_np = np.full(n_batch, n_time) if lengths is None else np.asarray(lengths)
         spec.check_lengths(lengths_np, n_batch, n_time, minimum=1)
-        if state is None:
+        if initial_state is None:
             # the whole generation must fit the position table: fail before computing anything
             _check_positions(jnp.zeros(n_batch, jnp.int32), lengths_np + max(max_new_tokens - 1, 0), cfg)
         generators = spec.row_generators(seed, n_batch)
-        logits, state = self.prefill(prompt, lengths_np if lengths is not None else None, state)
+        logits, state = self.prefill(prompt, initial_state, lengths_np if lengths is not None else None)
         last = logits[jnp.arange(n_batch), jnp.asarray(lengths_np - 1)]
         p = self._params()
         tokens, all_logits = [], []
@@ -449,10 +454,9 @@ class GatedLinearRNNLM(nnx.Module):
             tokens.append(token)
             all_logits.append(last)
             if i + 1 < max_new_tokens:
-                _check_positions(state["position"], np.ones(n_batch, np.int64), cfg)
-                last, h, position = _step_core(p, jnp.asarray(token), state["h"], state["position"], None, None,
-                                               cfg)
-                state = {"h": h, "position": position}
+                _check_positions(state.position, np.ones(n_batch, np.int64), cfg)
+                last, h, position = _step_core(p, jnp.asarray(token), state.h, state.position, cfg)
+                state = State(h, position)
         new = jnp.asarray(np.stack(tokens, axis=1) if tokens else np.zeros((n_batch, 0), np.int32))
         if not return_logits:
             return new

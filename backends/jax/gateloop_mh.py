@@ -4,7 +4,7 @@ Shape legend: ``B`` batch, ``T`` time, ``D`` d_model, ``H`` heads, ``K`` d_key, 
 ``R`` gate rows per head (``K`` or 1), ``C`` chunk size.
 
 Per head ``S_t = diag(a_t) S_{t-1} + k_t v_tᵀ``, ``o_t = S_tᵀ q_t``. ``mode="parallel"`` is one
-``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``mode="chunked"`` runs that scan per chunk of ``C`` steps inside
+``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``method="chunked"`` runs that scan per chunk of ``C`` steps inside
 ``lax.scan`` with the chunk body under ``jax.checkpoint``, so neither the forward nor the backward pass holds more
 than one chunk's states; ``mode="sequential"`` is ``lax.scan`` over the step. The pure functions work under
 ``jit``/``grad``/``vmap`` (config, mode, method and chunk size are static).
@@ -26,6 +26,7 @@ from linrec.backends.jax.dense import dense
 from linrec.backends.jax.scan import linear_scan
 from linrec.spec import gateloop_mh as spec
 from linrec.spec.gateloop_mh import GateLoopMHConfig
+from linrec.spec.state import State
 
 __all__ = ["GateLoopMH", "gateloop_mh", "gateloop_mh_initial_state", "gateloop_mh_step"]
 
@@ -104,11 +105,13 @@ def _prepare(params, x, state, config: GateLoopMHConfig, *, ndim: int, state_nam
     spec.check_x(config, tuple(x.shape), dtype_name(x), ndim=ndim, name="x" if ndim == 3 else "x_t")
     spec.check_params(config, {name: tuple(jnp.shape(p)) for name, p in params.items()})
     sdt = jnp_dtype(spec.state_dtype(config, dtype_name(x)))
+    state = spec.state_h(state, name=state_name)
     if state is None:
         state = jnp.zeros(spec.state_shape(config, x.shape[0]), sdt)
     else:
         state = jnp.asarray(state)
-        spec.check_state(config, x.shape[0], tuple(state.shape), dtype_name(state), dtype_name(x), name=state_name)
+        spec.check_state(config, x.shape[0], tuple(state.shape), dtype_name(state), dtype_name(x),
+                         name=f"{state_name}.h")
         state = state.astype(sdt)
     params = {name: jnp.asarray(p).astype(x.dtype) for name, p in params.items()}
     return params, x, state
@@ -131,66 +134,87 @@ def gateloop_mh(
     x: Array,
     *,
     config: GateLoopMHConfig,
-    initial_state: Array | None = None,
-    mode: str = "parallel",
+    initial_state: State | None = None,
+    lengths: Array | None = None,
+    mode: str = "auto",
     method: str = "auto",
     chunk_size: int | None = None,
     remat: bool = False,
-) -> tuple[Array, Array]:
+) -> tuple[Array, State]:
     """The layer over a sequence.
 
     Args:
       params: canonical name -> array (``linrec.spec.gateloop_mh.param_shapes``); cast to ``x``'s dtype.
       x: ``(B, T, D)`` real floating.
-      initial_state: ``(B, H, K, V)`` or ``None`` (zeros).
-      mode: ``"parallel"``, ``"chunked"`` (memory-lean, §6) or ``"sequential"`` (``lax.scan`` of the step).
-      method: scan method for ``"parallel"``/``"chunked"`` (recurrence.md §7).
-      chunk_size: steps per chunk for ``mode="chunked"`` (default ``config.chunk_size``).
+      initial_state: ``State(h=(B, H, K, V))`` or ``None`` (zeros).
+      lengths: ``(B,)`` right-padded rows (recurrence.md §0): padded positions are identity steps of the scan
+        (``a = 1``, ``k ⊗ v = 0``), their outputs zero; works under ``jit`` (values checked when concrete).
+      mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` or ``"sequential"`` (``lax.scan`` of the step).
+      method: scan method of the parallel mode (recurrence.md §7); ``"chunked"`` is the memory-lean path (§6).
+      chunk_size: steps per chunk for ``method="chunked"`` (default ``config.chunk_size``).
       remat: recompute the scan and read-out in the backward pass (``jax.checkpoint``) instead of storing them.
 
     Returns:
-      ``y: (B, T, D)`` and ``final_state: (B, H, K, V)``.
+      ``y: (B, T, D)`` and ``final_state``: ``State(h=(B, H, K, V))``.
     """
-    spec.check_mode(mode, method, chunk_size)
+    mode = spec.check_mode(mode, method, chunk_size)
     params, x, state = _prepare(params, x, initial_state, config, ndim=3, state_name="initial_state")
-    return _forward(params, x, state, config=config, mode=mode, method=method,
-                    size=chunk_size or config.chunk_size, remat=remat)
+    valid = None
+    if lengths is not None:
+        lengths = jnp.asarray(lengths)
+        values = None if isinstance(lengths, jax.core.Tracer) else np.asarray(lengths)
+        spec.check_lengths(tuple(lengths.shape), dtype_name(lengths), x.shape[0], x.shape[1], values, method=method)
+        valid = jnp.arange(x.shape[1])[None, :] < lengths[:, None]
+    y, state = _forward(params, x, state, valid, config=config, mode=mode, method=method,
+                        size=chunk_size or config.chunk_size, remat=remat)
+    return y, State(state)
 
 
 @partial(jax.jit, static_argnames=("config", "mode", "method", "size", "remat"))
-def _forward(params, x: Array, state: Array, *, config: GateLoopMHConfig, mode: str, method: str, size: int,
-             remat: bool) -> tuple[Array, Array]:
+def _forward(params, x: Array, state: Array, valid: Array | None, *, config: GateLoopMHConfig, mode: str,
+             method: str, size: int, remat: bool) -> tuple[Array, Array]:
     # jit-cached on (shapes, dtypes, config, mode, method, size); inlined when called under an outer jit
-    def core(params, x, state):
+    def core(params, x, state, valid):
         if mode == "sequential":
-            def one(s, x_t):
-                y_t, s = _step(params, x_t, s, config)
-                return s, y_t
+            keep = jnp.ones(x.shape[:2], bool) if valid is None else valid
 
-            state, y = lax.scan(one, state, jnp.moveaxis(x, 1, 0))
-            return jnp.moveaxis(y, 0, 1), state
-        q, k, v, a = _project(params, x, config, state.dtype)
-        if mode == "chunked":
-            o, state = _chunked(q, k, v, a, state, method, size)
+            def one(s, inputs):
+                x_t, keep_t = inputs
+                y_t, new = _step(params, x_t, s, config)
+                return jnp.where(keep_t[:, None, None, None], new, s), y_t  # padding keeps the state
+
+            state, y = lax.scan(one, state, (jnp.moveaxis(x, 1, 0), jnp.moveaxis(keep, 1, 0)))
+            y = jnp.moveaxis(y, 0, 1)
         else:
-            o, state = _scan_part(q, k, v, a, state, method)
-        return _read_out(params, o, x.dtype, config), state
+            q, k, v, a = _project(params, x, config, state.dtype)
+            if valid is not None:  # padding: identity steps (a = 1, k ⊗ v = 0) inside the scan
+                a = jnp.where(valid[:, :, None, None, None], a, jnp.ones((), a.dtype))
+                k = jnp.where(valid[:, :, None, None], k, jnp.zeros((), k.dtype))
+            if method == "chunked":  # the memory-lean path (§6): chunks scanned by the backend's default method
+                o, state = _chunked(q, k, v, a, state, "auto", size)
+            else:
+                o, state = _scan_part(q, k, v, a, state, method)
+            y = _read_out(params, o, x.dtype, config)
+        if valid is not None:  # outputs at padded positions are zero
+            y = jnp.where(valid[..., None], y, jnp.zeros((), y.dtype))
+        return y, state
 
-    return (jax.checkpoint(core) if remat else core)(params, x, state)
+    return (jax.checkpoint(core) if remat else core)(params, x, state, valid)
 
 
 def gateloop_mh_step(
-    params: Mapping[str, Array], x_t: Array, state: Array | None, *, config: GateLoopMHConfig
-) -> tuple[Array, Array]:
-    """One step: ``x_t: (B, D)``, ``state: (B, H, K, V)`` (``None``: zeros) -> ``(y_t: (B, D), state)``."""
+    params: Mapping[str, Array], x_t: Array, state: State | None, *, config: GateLoopMHConfig
+) -> tuple[Array, State]:
+    """One step: ``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` (``None``: zeros) -> ``(y_t: (B, D), State)``."""
     params, x_t, state = _prepare(params, x_t, state, config, ndim=2, state_name="state")
-    return _step_jit(params, x_t, state, config=config)
+    y_t, state = _step_jit(params, x_t, state, config=config)
+    return y_t, State(state)
 
 
-def gateloop_mh_initial_state(config: GateLoopMHConfig, batch_size: int, dtype="float32") -> Array:
-    """Zeros ``(B, H, K, V)`` in the state dtype for inputs of ``dtype`` (``gateloop_mh.md`` §3)."""
+def gateloop_mh_initial_state(config: GateLoopMHConfig, batch_size: int, dtype="float32") -> State:
+    """``State(h=zeros (B, H, K, V))`` in the state dtype for inputs of ``dtype`` (``gateloop_mh.md`` §3)."""
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
-    return jnp.zeros(spec.state_shape(config, batch_size), jnp_dtype(spec.state_dtype(config, name)))
+    return State(jnp.zeros(spec.state_shape(config, batch_size), jnp_dtype(spec.state_dtype(config, name))))
 
 
 # ---------------------------------------------------------------- the NNX module
@@ -207,7 +231,8 @@ def _constant_init(value: np.ndarray):
 class GateLoopMH(nnx.Module):
     """Multi-head outer-product GateLoop layer (Flax NNX).
 
-    ``__call__(x: (B, T, D), initial_state: (B, H, K, V) | None) -> (y: (B, T, D), final_state)``.
+    ``__call__(x: (B, T, D), initial_state: State | None, *, lengths=None) -> (y: (B, T, D), final_state: State)``
+    (``(T, B, D)`` in and out with ``batch_first=False``); the state is ``State(h=(B, H, K, V))``.
     Submodules ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj`` (real) or ``a_mag_proj``/``a_phase_proj`` (complex),
     ``out_proj`` are ``nnx.Linear``: their state paths are the canonical names (``q_proj.kernel``, ...).
     ``dtype`` is the compute dtype (``None``: the input's), ``param_dtype`` the storage dtype; ``remat=True``
@@ -227,6 +252,7 @@ class GateLoopMH(nnx.Module):
         complex_output: str = "real",
         qkv_bias: bool = False,
         chunk_size: int = 64,
+        batch_first: bool = True,
         rngs: nnx.Rngs,
         dtype=None,
         param_dtype=jnp.float32,
@@ -237,7 +263,9 @@ class GateLoopMH(nnx.Module):
             gate_granularity=gate_granularity, phase_activation=phase_activation, complex_output=complex_output,
             qkv_bias=qkv_bias, chunk_size=chunk_size,
         )
+        spec.check_batch_first(batch_first)
         self._config = cfg
+        self.batch_first = batch_first
         self.dtype = dtype
         self.remat = remat
         shapes = spec.param_shapes(cfg)
@@ -279,31 +307,37 @@ class GateLoopMH(nnx.Module):
         return x if self.dtype is None else jnp.asarray(x).astype(self.dtype)
 
     def __call__(
-        self, x: Array, initial_state: Array | None = None, *, mode: str = "parallel", method: str = "auto",
-        chunk_size: int | None = None,
-    ) -> tuple[Array, Array]:
-        """``x: (B, T, D)`` -> ``(y: (B, T, D), final_state: (B, H, K, V))``."""
-        return gateloop_mh(self._params(), self._cast(x), config=self._config, initial_state=initial_state,
-                           mode=mode, method=method, chunk_size=chunk_size, remat=self.remat)
+        self, x: Array, initial_state: State | None = None, *, lengths: Array | None = None, mode: str = "auto",
+        method: str = "auto", chunk_size: int | None = None,
+    ) -> tuple[Array, State]:
+        """``x: (B, T, D)`` (``(T, B, D)`` with ``batch_first=False``) -> ``(y: same layout, final_state: State)``."""
+        x = jnp.asarray(x)
+        if x.ndim != 3:
+            layout = "(B, T, d_model)" if self.batch_first else "(T, B, d_model) (batch_first=False)"
+            raise ValueError(f"gateloop_mh: x must have shape {layout}, got shape {tuple(x.shape)}")
+        x = x if self.batch_first else jnp.swapaxes(x, 0, 1)
+        y, state = gateloop_mh(self._params(), self._cast(x), config=self._config, initial_state=initial_state,
+                               lengths=lengths, mode=mode, method=method, chunk_size=chunk_size, remat=self.remat)
+        return (y if self.batch_first else jnp.swapaxes(y, 0, 1)), state
 
-    def step(self, x_t: Array, state: Array | None) -> tuple[Array, Array]:
-        """``x_t: (B, D)``, ``state: (B, H, K, V)`` -> ``(y_t: (B, D), state)``."""
+    def step(self, x_t: Array, state: State | None) -> tuple[Array, State]:
+        """``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` -> ``(y_t: (B, D), State)``."""
         return gateloop_mh_step(self._params(), self._cast(x_t), state, config=self._config)
 
-    def cell(self, carry: Array, x_t: Array) -> tuple[Array, Array]:
-        """flax.nnx cell convention: ``(carry, x_t) -> (carry, y_t)``."""
+    def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
+        """flax.nnx cell convention: ``(carry, x_t) -> (carry, y_t)``; the carry is a ``State``."""
         y_t, carry = self.step(x_t, carry)
         return carry, y_t
 
-    def initial_state(self, batch_size: int, dtype=None) -> Array:
-        """Zeros ``(B, H, K, V)`` in the state dtype for this module's compute dtype (float32 by default)."""
+    def initial_state(self, batch_size: int, dtype=None) -> State:
+        """``State(h=zeros (B, H, K, V))`` in the state dtype for this module's compute dtype (float32 by default)."""
         dtype = dtype or self.dtype or self.q_proj.kernel[...].dtype
         return gateloop_mh_initial_state(self._config, batch_size, np.dtype(dtype).name)
 
     @classmethod
     def from_canonical(
         cls, config: GateLoopMHConfig, params: Mapping[str, np.ndarray], *, rngs: nnx.Rngs | None = None,
-        dtype=None, param_dtype=None, remat: bool = False,
+        dtype=None, param_dtype=None, remat: bool = False, batch_first: bool = True,
     ) -> GateLoopMH:
         """Build a module holding ``params`` (canonical names and layout; stored in ``param_dtype`` or theirs)."""
         spec.check_params(config, {name: np.shape(p) for name, p in params.items()})
@@ -313,7 +347,7 @@ class GateLoopMH(nnx.Module):
             config.d_model, config.num_heads, config.d_key, config.d_value, gate=config.gate,
             gate_granularity=config.gate_granularity, phase_activation=config.phase_activation,
             complex_output=config.complex_output, qkv_bias=config.qkv_bias, chunk_size=config.chunk_size,
-            rngs=rngs or nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, remat=remat,
+            rngs=rngs or nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, remat=remat, batch_first=batch_first,
         )
         for name, lin in module._linears().items():
             lin.kernel[...] = jnp.asarray(params[f"{name}.kernel"], param_dtype)

@@ -26,8 +26,10 @@ from linrec.backends.jax import native_mingru as _fused
 from linrec.backends.jax import scan as _scan
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype
 from linrec.backends.jax.dense import dense
+from linrec.spec import checks
 from linrec.spec import mingru as spec
 from linrec.spec.mingru import MinGRUConfig
+from linrec.spec.state import State
 
 __all__ = [
     "MinGRU",
@@ -70,10 +72,10 @@ def mingru_log_gates(u: Array, config: MinGRUConfig) -> tuple[Array, Array]:
 # --- shared runners -------------------------------------------------------------------------------
 
 
-def initial_state(config, batch_size: int, dtype: Any = "float32") -> Array:
-    """``(B, H)`` filled with ``config.default_state`` in the state dtype for inputs of ``dtype``."""
+def initial_state(config, batch_size: int, dtype: Any = "float32") -> State:
+    """``State(h=(B, H))`` filled with ``config.default_state`` in the state dtype for inputs of ``dtype``."""
     acc = jnp_dtype(spec.state_dtype(np.dtype(dtype).name))
-    return jnp.full((batch_size, config.d_inner), config.default_state, acc)
+    return State(jnp.full((batch_size, config.d_inner), config.default_state, acc))
 
 
 def _project(params: Mapping[str, Array], x: Array) -> Array:
@@ -104,39 +106,47 @@ def _log_initial_state(layer: str, config, h0: Array | None, batch: int, acc) ->
     return jnp.full((batch, config.d_inner), np.log(config.default_state), acc)
 
 
-def _step_loop(gates: Gates, config, u: Array, h: Array) -> tuple[Array, Array]:
-    def body(state: Array, u_t: Array) -> tuple[Array, Array]:
+def _step_loop(gates: Gates, config, u: Array, h: Array, mask: Array | None) -> tuple[Array, Array]:
+    def body(state: Array, inp) -> tuple[Array, Array]:
+        u_t, keep = inp
         a, b = gates(u_t, config)
-        state = a * state + b
+        state = a * state + b if keep is None else jnp.where(keep, a * state + b, state)
         return state, state
 
-    final, states = lax.scan(body, h, jnp.moveaxis(u, 1, 0))
+    final, states = lax.scan(body, h, (jnp.moveaxis(u, 1, 0), None if mask is None else jnp.moveaxis(mask, 1, 0)))
     return jnp.moveaxis(states, 0, 1), final
 
 
 # One compiled program per (shapes, config, mode, method): eager dispatch would compile every small op
 # (and re-trace the step loop) per call.
 @partial(jax.jit, static_argnames=("gates", "log_gates", "config", "mode", "method"))
-def _sequence(params, x, h0, log_h0, *, gates: Gates, log_gates: Gates, config, mode: str, method: str):
+def _sequence(params, x, h0, log_h0, lengths, *, gates: Gates, log_gates: Gates, config, mode: str, method: str):
     acc = jnp_dtype(spec.state_dtype(dtype_name(x)))
     u = _project(params, x).astype(acc)  # projections run in x's dtype; gates and state in `acc`
     n_batch = x.shape[0]
+    # right padding: (B, T, 1), True at real positions; a padded position is an identity step of the same scan
+    mask = None if lengths is None else (jnp.arange(x.shape[1])[None, :] < lengths[:, None])[..., None]
     if mode == "sequential":
         h = jnp.full((n_batch, config.d_inner), config.default_state, acc) if h0 is None else h0
-        states, final = _step_loop(gates, config, u, h)
+        states, final = _step_loop(gates, config, u, h, mask)
     elif method == "log":
         log_a, log_b = log_gates(u, config)
         log_h, log_final = _scan.log_scan(log_a, log_b, log_initial_state=log_h0)
         states, final = jnp.exp(log_h), jnp.exp(log_final)
-    elif gates is mingru_gates and _fused.applies(u, method):  # gates fused into the native scan: one pass
+    elif mask is None and gates is mingru_gates and _fused.applies(u, method):  # gates fused into the native scan
         h = jnp.full((n_batch, config.d_inner), config.default_state, acc) if h0 is None else h0
         states, final = _fused.native_mingru(u, h, config.candidate)
     else:
         a, b = gates(u, config)
+        if mask is not None:
+            a, b = jnp.where(mask, a, jnp.ones((), acc)), jnp.where(mask, b, jnp.zeros((), acc))
         if h0 is None and config.default_state != 0:
             h0 = jnp.full((n_batch, config.d_inner), config.default_state, acc)
         states, final = _scan.linear_scan(a, b, initial_state=h0, method=method)
-    return _output(params, config, states, x.dtype), final
+    y = _output(params, config, states, x.dtype)
+    if mask is not None:
+        y = jnp.where(mask, y, jnp.zeros((), y.dtype))
+    return y, State(final)
 
 
 @partial(jax.jit, static_argnames=("gates", "config"))
@@ -145,7 +155,7 @@ def _step(params, x_t, state, *, gates: Gates, config):
     h = jnp.full((x_t.shape[0], config.d_inner), config.default_state, acc) if state is None else state
     a, b = gates(_project(params, x_t).astype(acc), config)
     h = a * h + b
-    return _output(params, config, h, x_t.dtype), h
+    return _output(params, config, h, x_t.dtype), State(h)
 
 
 def run_sequence(
@@ -156,25 +166,36 @@ def run_sequence(
     params: Mapping[str, Array],
     x: Array,
     config,
-    initial_state: Array | None,
+    initial_state: State | None,
+    lengths: Array | None,
     mode: str,
     method: str,
-) -> tuple[Array, Array]:
-    """The sequence call shared by the layers: project, gate, scan (or step loop), project out."""
+) -> tuple[Array, State]:
+    """The sequence call shared by the layers: project, gate, scan (or step loop), project out.
+
+    With ``lengths`` (right padding) a padded position is an identity step (``a = 1, b = 0``) of the same scan
+    and its output is zero."""
     x = jnp.asarray(x)
-    h0 = None if initial_state is None else jnp.asarray(initial_state)
+    h0 = spec.state_array(layer, "initial_state", initial_state)
+    h0 = None if h0 is None else jnp.asarray(h0)
     spec.check_call(
         layer, config, tuple(x.shape), dtype_name(x), None if h0 is None else tuple(h0.shape),
         None if h0 is None else dtype_name(h0), mode=mode, method=method, methods=_scan.METHODS,
+        padded=lengths is not None,
     )
     spec.check_params(layer, params, shapes)
+    if lengths is not None:
+        lengths = jnp.asarray(lengths)
+        spec.check_lengths(layer, tuple(lengths.shape), dtype_name(lengths), x.shape[0], x.shape[1],
+                           None if isinstance(lengths, jax.core.Tracer) else np.asarray(lengths))
+    mode = spec.resolve_mode(mode)
     acc = jnp_dtype(spec.state_dtype(dtype_name(x)))
     h0 = None if h0 is None else h0.astype(acc)
     log_h0 = None
     if mode == "parallel" and method == "log":
         log_h0 = _log_initial_state(layer, config, h0, x.shape[0], acc)
     params = {k: jnp.asarray(v) for k, v in params.items()}
-    return _sequence(params, x, h0, log_h0, gates=gates, log_gates=log_gates, config=config, mode=mode,
+    return _sequence(params, x, h0, log_h0, lengths, gates=gates, log_gates=log_gates, config=config, mode=mode,
                      method=method)
 
 
@@ -184,11 +205,12 @@ def run_step(
     gates: Gates,
     params: Mapping[str, Array],
     x_t: Array,
-    state: Array | None,
+    state: State | None,
     config,
-) -> tuple[Array, Array]:
+) -> tuple[Array, State]:
     """One step shared by the layers: ``h = a h + b`` with ``(a, b) = gates(x_t W + bias)``."""
     x_t = jnp.asarray(x_t)
+    state = spec.state_array(layer, "state", state)
     state = None if state is None else jnp.asarray(state)
     spec.check_step(
         layer, config, tuple(x_t.shape), dtype_name(x_t), None if state is None else tuple(state.shape),
@@ -208,37 +230,42 @@ def mingru(
     x: Array,
     *,
     config: MinGRUConfig,
-    initial_state: Array | None = None,
-    mode: str = "parallel",
+    initial_state: State | None = None,
+    lengths: Array | None = None,
+    mode: str = "auto",
     method: str = "auto",
-) -> tuple[Array, Array]:
+) -> tuple[Array, State]:
     """minGRU over a sequence.
 
     Args:
       params: canonical parameters (``linrec.spec.mingru.param_shapes``).
       x: ``(B, T, D)`` real floating.
-      initial_state: ``(B, H)`` in the state dtype (float32 for bfloat16/float16 ``x``); ``None``: every
-        entry ``config.default_state``.
-      mode: ``"parallel"`` (a scan) or ``"sequential"`` (the step loop, ``lax.scan``).
+      initial_state: ``State(h=(B, H))`` in the state dtype (float32 for bfloat16/float16 ``x``); ``None``:
+        every entry ``config.default_state``.
+      lengths: ``(B,)`` integers: row ``i`` holds ``lengths[i]`` real inputs followed by padding; padded
+        positions keep the state and output zeros. Not with ``method="log"``. ``None``: no padding.
+      mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` (a scan) or ``"sequential"`` (the step loop,
+        ``lax.scan``).
       method: scan method for ``mode="parallel"``: ``"auto"``, ``"sequential"``, ``"associative"``,
         ``"chunked"`` or ``"log"`` (log-space scan; needs ``candidate="g"`` and a positive state).
 
     Returns:
-      ``y (B, T, D_out)`` in the dtype of ``x`` and ``final_state (B, H)`` in the state dtype.
+      ``y (B, T, D_out)`` in the dtype of ``x`` and ``final_state``, a ``State(h=(B, H))`` in the state dtype.
     """
     return run_sequence("mingru", spec.param_shapes(config), mingru_gates, mingru_log_gates, params, x, config,
-                        initial_state, mode, method)
+                        initial_state, lengths, mode, method)
 
 
 def mingru_step(
-    params: Mapping[str, Array], x_t: Array, state: Array | None, *, config: MinGRUConfig
-) -> tuple[Array, Array]:
-    """One step: ``x_t (B, D)``, ``state (B, H)`` (``None``: the default state) -> ``(y_t (B, D_out), state)``."""
+    params: Mapping[str, Array], x_t: Array, state: State | None, *, config: MinGRUConfig
+) -> tuple[Array, State]:
+    """One step: ``x_t (B, D)``, ``state`` a ``State(h=(B, H))`` (``None``: the default state) ->
+    ``(y_t (B, D_out), State)``."""
     return run_step("mingru", spec.param_shapes(config), mingru_gates, params, x_t, state, config)
 
 
-def mingru_initial_state(config: MinGRUConfig, batch_size: int, dtype: Any = "float32") -> Array:
-    """The default state ``(B, H)`` for inputs of ``dtype``."""
+def mingru_initial_state(config: MinGRUConfig, batch_size: int, dtype: Any = "float32") -> State:
+    """The default state ``State(h=(B, H))`` for inputs of ``dtype``."""
     return initial_state(config, batch_size, dtype)
 
 
@@ -271,12 +298,15 @@ class MinRNNBase(nnx.Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
         remat: bool = False,
+        batch_first: bool = True,
     ):
         config = self._config_cls(
             d_model=d_model, d_inner=d_inner, expansion=expansion, out_proj=out_proj, bias=bias,
             candidate=candidate, default_state=default_state,
         )
+        checks.check_bool("batch_first", batch_first)
         self._cfg = config
+        self.batch_first = batch_first
         self.dtype = dtype
         self.remat = remat
         common = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=_KERNEL_INIT, rngs=rngs)
@@ -301,38 +331,51 @@ class MinRNNBase(nnx.Module):
         return jnp.asarray(x) if self.dtype is None else jnp.asarray(x).astype(self.dtype)
 
     def __call__(
-        self, x: Array, initial_state: Array | None = None, *, mode: str = "parallel", method: str = "auto"
-    ) -> tuple[Array, Array]:
-        """``x (B, T, D)`` -> ``(y (B, T, D_out), final_state (B, H))``; see the pure function."""
+        self, x: Array, initial_state: State | None = None, *, lengths: Array | None = None, mode: str = "auto",
+        method: str = "auto",
+    ) -> tuple[Array, State]:
+        """``x (B, T, D)`` (``(T, B, D)`` with ``batch_first=False``) -> ``(y, final_state)``, ``y`` in the layout
+        of ``x`` and ``final_state`` a ``State(h=(B, H))``; see the pure function."""
         cls = type(self)
+        x = self._cast(x)
+        if x.ndim != 3:
+            raise ValueError(f"{cls._layer}: x must have 3 axes ({self._layout()}, d_model), got shape "
+                             f"{tuple(x.shape)}")
+        if not self.batch_first:
+            x = jnp.swapaxes(x, 0, 1)
         fn = partial(run_sequence, cls._layer, _shapes(self._cfg, cls._n_blocks), cls._gates, cls._log_gates,
                      config=self._cfg, mode=mode, method=method)
 
-        def call(params, x, h0):
-            return fn(params, x, initial_state=h0)
+        def call(params, x, h0, lengths):
+            return fn(params, x, initial_state=h0, lengths=lengths)
 
         if self.remat:
             call = jax.checkpoint(call)
-        return call(self._params(), self._cast(x), initial_state)
+        y, final = call(self._params(), x, initial_state, lengths)
+        return (y if self.batch_first else jnp.swapaxes(y, 0, 1)), final
 
-    def step(self, x_t: Array, state: Array | None = None) -> tuple[Array, Array]:
-        """``x_t (B, D)``, ``state (B, H)`` (``None``: default) -> ``(y_t (B, D_out), state)``."""
+    def _layout(self) -> str:
+        return "B, T" if self.batch_first else "T, B"
+
+    def step(self, x_t: Array, state: State | None = None) -> tuple[Array, State]:
+        """``x_t (B, D)``, ``state`` a ``State(h=(B, H))`` (``None``: default) -> ``(y_t (B, D_out), State)``."""
         cls = type(self)
         return run_step(cls._layer, _shapes(self._cfg, cls._n_blocks), cls._gates, self._params(),
                         self._cast(x_t), state, self._cfg)
 
-    def cell(self, carry: Array, x_t: Array) -> tuple[Array, Array]:
-        """Flax-style cell: ``(carry (B, H), x_t (B, D)) -> (carry, y_t)``, for ``nnx.scan``/``nnx.RNN`` users."""
+    def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
+        """Flax-style cell: ``(carry (a State), x_t (B, D)) -> (carry, y_t)``, for ``nnx.scan``/``nnx.RNN`` users."""
         y_t, carry = self.step(x_t, carry)
         return carry, y_t
 
-    def initial_state(self, batch_size: int) -> Array:
-        """The default state ``(B, H)`` in the state dtype of this module's compute dtype."""
+    def initial_state(self, batch_size: int) -> State:
+        """The default state ``State(h=(B, H))`` in the state dtype of this module's compute dtype."""
         dtype = self.dtype if self.dtype is not None else self.proj.kernel[...].dtype
         return initial_state(self._cfg, batch_size, dtype)
 
     @classmethod
-    def from_canonical(cls, config, params: Mapping[str, Any], *, rngs: nnx.Rngs | None = None, **kwargs):
+    def from_canonical(cls, config, params: Mapping[str, Any], *, rngs: nnx.Rngs | None = None,
+                       batch_first: bool = True, **kwargs):
         """Build a module whose parameters are ``params`` (canonical names, dense ``(in, out)`` layout)."""
         if not isinstance(config, cls._config_cls):
             raise TypeError(f"config must be a {cls._config_cls.__name__}, got {type(config).__name__}")
@@ -340,7 +383,7 @@ class MinRNNBase(nnx.Module):
         kwargs.setdefault("param_dtype", jnp.asarray(params["proj.kernel"]).dtype)
         fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
         d_model = fields.pop("d_model")
-        module = cls(d_model, **fields, rngs=rngs or nnx.Rngs(0), **kwargs)
+        module = cls(d_model, **fields, rngs=rngs or nnx.Rngs(0), batch_first=batch_first, **kwargs)
         module.proj.kernel[...] = jnp.asarray(params["proj.kernel"], kwargs["param_dtype"])
         if config.bias:
             module.proj.bias[...] = jnp.asarray(params["proj.bias"], kwargs["param_dtype"])
@@ -361,7 +404,8 @@ class MinGRU(MinRNNBase):
     """minGRU (``spec/mingru.md``): ``h_t = (1 - z_t) h_{t-1} + z_t h̃_t``, ``y_t = h_t`` (or ``h_t W_out``).
 
     Constructor: the ``MinGRUConfig`` fields as keyword arguments, keyword-only ``rngs``, ``dtype``
-    (compute dtype; ``None`` keeps the input's), ``param_dtype`` and ``remat`` (``jax.checkpoint`` the call).
+    (compute dtype; ``None`` keeps the input's), ``param_dtype``, ``remat`` (``jax.checkpoint`` the call) and
+    ``batch_first`` (``False``: the call reads and returns ``(T, B, D)``, as ``torch.nn.GRU``).
     Parameters: ``proj`` (``nnx.Linear`` D -> 2H, columns ``[z | h̃]``) and ``out_proj`` (H -> D, no bias).
     """
 

@@ -7,7 +7,8 @@ The blocks' parameters are stacked on a leading ``L`` axis (the module creates t
 ``nnx.split_rngs`` + ``nnx.vmap``; the pure functions stack canonical ``layers.{l}.*`` arrays) and the
 forward pass is one ``lax.scan`` over that axis, so the compiled program, and its compile time, do not
 grow with depth. Every layer's minGRU runs through the layer's own functions
-(``linrec.backends.jax.mingru``); left padding turns pad positions into identity steps of the same scan.
+(``linrec.backends.jax.mingru``); right padding (``lengths``) turns padded positions into identity steps of the
+same scan.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from jax import lax
 from linrec.backends.jax import scan as _scan
 from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype
 from linrec.backends.jax.dense import dense
-from linrec.backends.jax.mingru import MinGRU, mingru, mingru_gates, mingru_step
+from linrec.backends.jax.mingru import MinGRU, mingru, mingru_step
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
-from linrec.spec.mingru_lm import MinGRULMConfig, MinGRULMState
+from linrec.spec.mingru_lm import MinGRULMConfig
+from linrec.spec.state import State
 
 __all__ = [
     "MinGRULM",
-    "MinGRULMState",
     "mingru_lm",
     "mingru_lm_generate",
     "mingru_lm_initial_state",
@@ -106,21 +107,6 @@ def _state_dtype(dtype) -> np.dtype:
     return jnp_dtype(mingru_spec.state_dtype(np.dtype(dtype).name))
 
 
-def _masked_mingru(mp, x, h0, mask, config: MinGRULMConfig, method: str):
-    """The minGRU scan with pad positions as identity steps: ``a = 1, b = 0`` where ``mask`` is False."""
-    mcfg = config.mingru
-    acc = _state_dtype(x.dtype)
-    u = _dense(mp, "proj", x).astype(acc)
-    a, b = mingru_gates(u, mcfg)
-    keep = mask[..., None]
-    a, b = jnp.where(keep, a, jnp.ones((), acc)), jnp.where(keep, b, jnp.zeros((), acc))
-    if h0 is None:
-        h0 = jnp.full((x.shape[0], mcfg.d_inner), mcfg.default_state, acc)
-    h, final = _scan.linear_scan(a, b, initial_state=h0, method=method)
-    y = h.astype(x.dtype)
-    return (y @ mp["out_proj.kernel"].astype(x.dtype) if mcfg.out_proj else y), final
-
-
 def _step_core(tree: Tree, x_t: Array, h: Array, keep: Array | None, config: MinGRULMConfig):
     """One step from embedded ``x_t (B, D)`` and ``h (L, B, H)``: a ``lax.scan`` over the layers."""
     mcfg = config.mingru
@@ -130,12 +116,10 @@ def _step_core(tree: Tree, x_t: Array, h: Array, keep: Array | None, config: Min
         mp = _sub(p, "mingru.")
 
         def mixer(z):
-            y, h_new = mingru_step(mp, z, h_old, config=mcfg)
+            y, new = mingru_step(mp, z, State(h_old), config=mcfg)
             if keep is None:
-                return y, h_new
-            h_new = jnp.where(keep[:, None], h_new, h_old)  # a pad step: the state, and so the output, stay put
-            y = h_new.astype(z.dtype)
-            return (y @ mp["out_proj.kernel"].astype(y.dtype) if mcfg.out_proj else y), h_new
+                return y, new.h
+            return y, jnp.where(keep[:, None], new.h, h_old)  # a padded step keeps the state (logits zeroed)
 
         return _block(p, x_t, mixer, config)
 
@@ -143,10 +127,18 @@ def _step_core(tree: Tree, x_t: Array, h: Array, keep: Array | None, config: Min
     return _head(tree, x_t, config), h
 
 
+def _zero_pads(logits: Array, mask: Array | None) -> Array:
+    return logits if mask is None else jnp.where(mask[..., None], logits, jnp.zeros((), logits.dtype))
+
+
 @partial(jax.jit, static_argnames=("config", "mode", "method", "remat"))
-def _run(tree: Tree, tokens: Array, h0: Array | None, mask: Array | None, *, config: MinGRULMConfig,
-         mode: str, method: str, remat: bool):
+def _run(tree: Tree, tokens: Array, h0: tuple[Array, ...] | None, lengths: Array | None, *, config: MinGRULMConfig,
+         mode: str, method: str, remat: bool) -> tuple[Array, tuple[Array, ...]]:
+    """``tokens (B, T)``, the layers' states (``None``: default) -> ``(logits (B, T, V), final states)``; inside
+    the layers' states are stacked ``(L, B, H)`` for the ``lax.scan`` over layers."""
     x = jnp.take(tree["embed.embedding"], tokens, axis=0)
+    h0 = None if h0 is None else jnp.stack(h0)
+    mask = None if lengths is None else jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
     if mode == "sequential":
         h = _default(config, tokens.shape[0], x.dtype) if h0 is None else h0
 
@@ -157,29 +149,35 @@ def _run(tree: Tree, tokens: Array, h0: Array | None, mask: Array | None, *, con
 
         xs = (jnp.moveaxis(x, 1, 0), None if mask is None else jnp.moveaxis(mask, 1, 0))
         h, logits = lax.scan(time_body, h, xs)
-        return jnp.moveaxis(logits, 0, 1), h
+        return _zero_pads(jnp.moveaxis(logits, 0, 1), mask), _unstack(h, config)
 
     def layer_body(x, inp):
         p, h_l = inp
         mp = _sub(p, "mingru.")
 
         def mixer(z):
-            if mask is None:
-                return mingru(mp, z, config=config.mingru, initial_state=h_l, method=method)
-            return _masked_mingru(mp, z, h_l, mask, config, method)
+            # right padding: padded positions are identity steps of the layer's one scan
+            y, final = mingru(mp, z, config=config.mingru, initial_state=None if h_l is None else State(h_l),
+                              lengths=lengths, method=method)
+            return y, final.h
 
         return _block(p, x, mixer, config)
 
     if remat:
         layer_body = jax.checkpoint(layer_body)
     x, h = lax.scan(layer_body, x, (tree["layers"], h0))
-    return _head(tree, x, config), h
+    return _zero_pads(_head(tree, x, config), mask), _unstack(h, config)
+
+
+def _unstack(h: Array, config: MinGRULMConfig) -> tuple[Array, ...]:
+    return tuple(h[l] for l in range(config.n_layers))
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _step_run(tree: Tree, token: Array, h: Array, *, config: MinGRULMConfig):
+def _step_run(tree: Tree, token: Array, h: tuple[Array, ...], *, config: MinGRULMConfig):
     x_t = jnp.take(tree["embed.embedding"], token, axis=0)
-    return _step_core(tree, x_t, h, None, config)
+    logits, h = _step_core(tree, x_t, jnp.stack(h), None, config)
+    return logits, _unstack(h, config)
 
 
 def _default(config: MinGRULMConfig, batch: int, dtype) -> Array:
@@ -194,10 +192,10 @@ def _concrete(x) -> np.ndarray | None:
     return None if isinstance(x, jax.core.Tracer) else np.asarray(x)
 
 
-def _check_state(state, config: MinGRULMConfig, batch: int, compute_dtype) -> Array:
-    h = as_jax(state.h) if isinstance(state, MinGRULMState) else None
-    spec.check_state(state, config, batch, None if h is None else tuple(h.shape),
-                     None if h is None else dtype_name(h), mingru_spec.state_dtype(np.dtype(compute_dtype).name))
+def _check_state(name: str, state, config: MinGRULMConfig, batch: int, compute_dtype) -> tuple[Array, ...]:
+    h = tuple(as_jax(a) for a in spec.state_arrays(name, state, config))
+    spec.check_state(name, config, batch, [tuple(a.shape) for a in h], [dtype_name(a) for a in h],
+                     mingru_spec.state_dtype(np.dtype(compute_dtype).name))
     return h
 
 
@@ -208,22 +206,23 @@ def _call(tree: Tree, tokens, config: MinGRULMConfig, initial_state, lengths, mo
     spec.check_mode(mode, method, _scan.METHODS, lengths is not None)
     batch, length = tokens.shape
     dtype = tree["embed.embedding"].dtype
-    h0 = None if initial_state is None else _check_state(initial_state, config, batch, dtype)
-    mask = None
+    h0 = None if initial_state is None else _check_state("initial_state", initial_state, config, batch, dtype)
     if lengths is not None:
         lengths = jnp.asarray(lengths)
         spec.check_lengths(tuple(lengths.shape), dtype_name(lengths), batch, length, _concrete(lengths))
-        mask = jnp.arange(length)[None, :] >= (length - lengths)[:, None]
-    logits, h = _run(tree, tokens, h0, mask, config=config, mode=mode, method=method, remat=remat)
-    return logits, MinGRULMState(h)
+    logits, h = _run(tree, tokens, h0, lengths, config=config, mode=mingru_spec.resolve_mode(mode), method=method,
+                     remat=remat)
+    return logits, State(h)
 
 
 def _step_call(tree: Tree, token, state, config: MinGRULMConfig):
     token = as_jax(token)
     spec.check_tokens("token", tuple(token.shape), dtype_name(token), 1, config, _concrete(token))
-    h = _check_state(state, config, token.shape[0], tree["embed.embedding"].dtype)
+    dtype = tree["embed.embedding"].dtype
+    h = (_unstack(_default(config, token.shape[0], dtype), config) if state is None
+         else _check_state("state", state, config, token.shape[0], dtype))
     logits, h = _step_run(tree, token, h, config=config)
-    return logits, MinGRULMState(h)
+    return logits, State(h)
 
 
 def _generate(tree: Tree, prompt, config: MinGRULMConfig, max_new_tokens, temperature, top_k, seed, lengths,
@@ -232,7 +231,7 @@ def _generate(tree: Tree, prompt, config: MinGRULMConfig, max_new_tokens, temper
     lengths_np = None if lengths is None else np.asarray(lengths)
     spec.check_generate_args(prompt_np.shape, max_new_tokens, temperature, top_k, config, lengths_np)
     tokens, logits = spec.generate_loop(
-        lambda p, n: _call(tree, p, config, None, n, "parallel", "auto"),
+        lambda p, n: _call(tree, p, config, None, n, "auto", "auto"),
         lambda t, s: _step_call(tree, t, s, config),
         lambda x: np.asarray(jax.device_get(x)), prompt_np, lengths_np, max_new_tokens, temperature, top_k, seed,
     )
@@ -248,41 +247,44 @@ def mingru_lm(
     tokens: Array,
     *,
     config: MinGRULMConfig,
-    initial_state: MinGRULMState | None = None,
+    initial_state: State | None = None,
     lengths: Array | None = None,
-    mode: str = "parallel",
+    mode: str = "auto",
     method: str = "auto",
     remat: bool = False,
-) -> tuple[Array, MinGRULMState]:
+) -> tuple[Array, State]:
     """The model over a sequence (works under ``jit``/``grad``/``vmap``; value checks need concrete inputs).
 
     Args:
       params: canonical parameters (``linrec.spec.mingru_lm.param_shapes``); they set the compute dtype.
       tokens: ``(B, T)`` integer ids in ``[0, V)``.
-      initial_state: ``MinGRULMState(h (L, B, H))`` in the state dtype; ``None``: ``default_state``.
-      lengths: ``(B,)`` real tokens per row, right-aligned (left padding); ``None``: no padding.
-      mode: ``"parallel"`` (each layer a scan) or ``"sequential"`` (the step loop, ``lax.scan`` over time).
-      method: scan method of ``mode="parallel"`` (as for the minGRU layer).
+      initial_state: ``State(h=tuple of L (B, H) arrays)`` in the state dtype; ``None``: ``default_state``.
+      lengths: ``(B,)`` real tokens per row followed by padding (right padding): padded positions are identity
+        steps of each layer's one scan and their logits are zero. ``None``: no padding.
+      mode: ``"auto"`` (= ``"parallel"``: each layer a scan), ``"parallel"`` or ``"sequential"`` (the step loop,
+        ``lax.scan`` over time).
+      method: scan method of ``mode="parallel"`` (as for the minGRU layer; ``"log"`` refuses ``lengths``).
       remat: recompute each block in the backward pass (``jax.checkpoint``) instead of storing it.
 
     Returns:
-      ``logits (B, T, V)`` and the final ``MinGRULMState``.
+      ``logits (B, T, V)`` and the final ``State`` (each row's after its last real token).
     """
     spec.check_params(params, config)
     return _call(stack_params(params, config), tokens, config, initial_state, lengths, mode, method, remat)
 
 
 def mingru_lm_step(
-    params: Mapping[str, Array], token: Array, state: MinGRULMState, *, config: MinGRULMConfig
-) -> tuple[Array, MinGRULMState]:
-    """One token (jit-compiled): ``token (B,)``, ``state`` -> ``(logits (B, V), state)``."""
+    params: Mapping[str, Array], token: Array, state: State | None, *, config: MinGRULMConfig
+) -> tuple[Array, State]:
+    """One token (jit-compiled): ``token (B,)``, ``state`` (``None``: the default) -> ``(logits (B, V), State)``."""
     spec.check_params(params, config)
     return _step_call(stack_params(params, config), token, state, config)
 
 
-def mingru_lm_initial_state(config: MinGRULMConfig, batch_size: int, dtype: Any = "float32") -> MinGRULMState:
-    """The default state: ``h (L, B, H)`` filled with ``default_state`` in the state dtype for ``dtype``."""
-    return MinGRULMState(_default(config, batch_size, dtype))
+def mingru_lm_initial_state(config: MinGRULMConfig, batch_size: int, dtype: Any = "float32") -> State:
+    """The default state: ``State(h=...)``, ``L`` arrays ``(B, H)`` filled with ``default_state`` in the state
+    dtype for ``dtype``."""
+    return State(_unstack(_default(config, batch_size, dtype), config))
 
 
 def mingru_lm_generate(
@@ -297,7 +299,8 @@ def mingru_lm_generate(
     lengths: Array | None = None,
     return_logits: bool = False,
 ):
-    """Sample ``max_new_tokens`` after a (left-padded) ``prompt (B, T)`` (``spec.mingru_lm.generate_loop``).
+    """Sample ``max_new_tokens`` after a right-padded ``prompt (B, T)`` (``lengths``: real tokens per row, default
+    all ``T``; ``spec.mingru_lm.generate_loop``).
 
     Returns ``tokens (B, N)``, and with ``return_logits`` also ``logits (B, N, V)``.
     """
@@ -433,35 +436,34 @@ class MinGRULM(nnx.Module):
         tree["layers"] = {k[len("layers."):]: v for k, v in flat.items() if k.startswith("layers.")}
         return tree
 
-    def __call__(self, tokens: Array, initial_state: MinGRULMState | None = None, *, lengths: Array | None = None,
-                 mode: str = "parallel", method: str = "auto") -> tuple[Array, MinGRULMState]:
-        """``tokens (B, T)`` -> ``(logits (B, T, V), state)``; see :func:`mingru_lm`."""
+    def __call__(self, tokens: Array, initial_state: State | None = None, *, lengths: Array | None = None,
+                 mode: str = "auto", method: str = "auto") -> tuple[Array, State]:
+        """``tokens (B, T)`` -> ``(logits (B, T, V), final_state)``; see :func:`mingru_lm`."""
         return _call(self._tree(), tokens, self._cfg, initial_state, lengths, mode, method, self.remat)
 
-    def step(self, token: Array, state: MinGRULMState | None = None) -> tuple[Array, MinGRULMState]:
-        """``token (B,)``, ``state`` (``None``: the default) -> ``(logits (B, V), state)``."""
-        tree = self._tree()
-        if state is None:
-            state = MinGRULMState(_default(self._cfg, np.shape(token)[0], tree["embed.embedding"].dtype))
-        return _step_call(tree, token, state, self._cfg)
+    def step(self, token: Array, state: State | None = None) -> tuple[Array, State]:
+        """``token (B,)``, ``state`` (``None``: the default) -> ``(logits (B, V), State)``."""
+        return _step_call(self._tree(), token, state, self._cfg)
 
-    def initial_state(self, batch_size: int) -> MinGRULMState:
-        """The default state ``h (L, B, H)`` in the state dtype of this module's compute dtype."""
+    def initial_state(self, batch_size: int) -> State:
+        """The default ``State`` (``L`` arrays ``(B, H)``) in the state dtype of this module's compute dtype."""
         dtype = self.dtype if self.dtype is not None else self.embed.embedding[...].dtype
-        return MinGRULMState(_default(self._cfg, batch_size, dtype))
+        return mingru_lm_initial_state(self._cfg, batch_size, dtype)
 
-    def prefill(self, tokens: Array, lengths: Array | None = None) -> tuple[Array, MinGRULMState]:
-        """The parallel pass over a (left-padded) prompt: ``(logits (B, T, V), state)``."""
-        return self(tokens, lengths=lengths)
+    def prefill(self, tokens: Array, initial_state: State | None = None,
+                lengths: Array | None = None) -> tuple[Array, State]:
+        """The parallel pass over a right-padded prompt (``lengths``: real tokens per row) from ``initial_state``
+        (``None``: the default): ``(logits (B, T, V), State)``, one scan per layer."""
+        return self(tokens, initial_state, lengths=lengths)
 
-    def decode_step(self, token: Array, state: MinGRULMState) -> tuple[Array, MinGRULMState]:
+    def decode_step(self, token: Array, state: State) -> tuple[Array, State]:
         """One token on the step path (jit-compiled): ``(logits (B, V), state)``.
 
         Reads the parameters out of the module on every call; in a token loop use :meth:`decoder`."""
         return _step_call(self._tree(), token, state, self._cfg)
 
     def decoder(self, compile: bool = True):
-        """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters read
+        """``decode(token (B,), state) -> (logits (B, V), State)``: :meth:`decode_step` with the parameters read
         once, for token loops (reading them out of the NNX graph costs more than the compiled step itself).
         It keeps the parameters it was built with: build it again after changing them.
 

@@ -18,9 +18,11 @@ from flax import nnx
 
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype
 from linrec.backends.jax.mingru import MinGRU, mingru, mingru_step
+from linrec.spec import checks
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_stack as spec
 from linrec.spec.mingru_stack import MinGRUStackConfig
+from linrec.spec.state import State
 
 __all__ = ["MinGRUStack", "mingru_stack", "mingru_stack_initial_state", "mingru_stack_step"]
 
@@ -38,7 +40,7 @@ def _layer(p, x, h0, config: MinGRUStackConfig, layer: int, run):
     y, h = run(spec.sub_params(p, "mingru."), z, h0, config.layer_config(layer))
     if config.residual:
         y = y + (x @ p["res_align.kernel"].astype(x.dtype) if config.has_align(layer) else x)
-    return y, h
+    return y, h.h
 
 
 def _dropout(x: Array, rate: float, key: Array) -> Array:
@@ -47,30 +49,36 @@ def _dropout(x: Array, rate: float, key: Array) -> Array:
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
 
 
-def _check_state(state, config: MinGRUStackConfig, batch: int, x_dtype: str):
-    if state is None:
+def _check_state(name: str, state, config: MinGRUStackConfig, batch: int, x_dtype: str) -> list:
+    """One ``State`` per layer (``None``: that layer's default) from the stack's ``State``."""
+    given = spec.state_arrays(name, state, config)
+    if given is None:
         return [None] * config.num_layers
-    arrays = [jnp.asarray(s) for s in state] if isinstance(state, (tuple, list)) else None
-    spec.check_state(state, config, batch, None if arrays is None else [tuple(a.shape) for a in arrays],
-                     None if arrays is None else [dtype_name(a) for a in arrays], mingru_spec.state_dtype(x_dtype))
-    return arrays
+    arrays = [jnp.asarray(h) for h in given]
+    spec.check_state(name, config, batch, [tuple(a.shape) for a in arrays], [dtype_name(a) for a in arrays],
+                     mingru_spec.state_dtype(x_dtype))
+    return [State(a) for a in arrays]
 
 
-def _forward(params, x, states, config: MinGRUStackConfig, mode: str, method: str, dropout_rng, remat: bool):
+def _forward(params, x, states, lengths, config: MinGRUStackConfig, mode: str, method: str, dropout_rng,
+             remat: bool):
     finals = []
     for layer in range(config.num_layers):
-        def run_layer(p, x, h0, layer=layer):
+        def run_layer(p, x, h0, lengths, layer=layer):
             return _layer(p, x, h0, config, layer,
-                          lambda mp, z, h_in, lcfg: mingru(mp, z, config=lcfg, initial_state=h_in, mode=mode,
-                                                                  method=method))
+                          lambda mp, z, h_in, lcfg: mingru(mp, z, config=lcfg, initial_state=h_in, lengths=lengths,
+                                                           mode=mode, method=method))
 
         if remat:
             run_layer = jax.checkpoint(run_layer)
-        x, h = run_layer(spec.sub_params(params, f"layers.{layer}."), x, states[layer])
+        x, h = run_layer(spec.sub_params(params, f"layers.{layer}."), x, states[layer], lengths)
         finals.append(h)
         if dropout_rng is not None and config.dropout > 0 and layer < config.num_layers - 1:
             x = _dropout(x, config.dropout, jax.random.fold_in(dropout_rng, layer))
-    return x, tuple(finals)
+    if lengths is not None:  # a residual carries the (nonzero) input through a padded position: zero it
+        mask = jnp.arange(x.shape[1])[None, :] < jnp.asarray(lengths)[:, None]
+        x = jnp.where(mask[..., None], x, jnp.zeros((), x.dtype))
+    return x, State(tuple(finals))
 
 
 def mingru_stack(
@@ -78,53 +86,57 @@ def mingru_stack(
     x: Array,
     *,
     config: MinGRUStackConfig,
-    initial_state: Sequence[Array] | None = None,
-    mode: str = "parallel",
+    initial_state: State | None = None,
+    lengths: Array | None = None,
+    mode: str = "auto",
     method: str = "auto",
     dropout_rng: Array | None = None,
     remat: bool = False,
-) -> tuple[Array, tuple[Array, ...]]:
-    """The stack over ``x (B, T, I)`` -> ``(y (B, T, H_{L-1}), (h_0 (B, H_0), ..., h_{L-1}))``.
+) -> tuple[Array, State]:
+    """The stack over ``x (B, T, I)`` -> ``(y (B, T, H_{L-1}), State(h=(h_0 (B, H_0), ..., h_{L-1})))``.
 
     Args:
       params: canonical parameters (``linrec.spec.mingru_stack.param_shapes``).
       x: ``(B, T, I)`` real floating (batch first).
-      initial_state: ``L`` arrays ``(B, H_l)`` in the state dtype; ``None``: every layer's default state.
+      initial_state: a ``State`` whose ``h`` holds ``L`` arrays ``(B, H_l)`` in the state dtype; ``None``: every
+        layer's default state.
+      lengths: ``(B,)`` real inputs per row (right padding): padded positions keep every layer's state and
+        output zeros. ``None``: no padding.
       mode, method: as for the minGRU layer, applied to every layer.
       dropout_rng: a PRNG key turns on training-mode dropout between layers; ``None``: evaluation (none).
       remat: recompute each layer in the backward pass (``jax.checkpoint``).
 
     Returns:
-      The last layer's output and the tuple of every layer's final minGRU state.
+      The last layer's output and the final ``State`` (``h``: every layer's final minGRU state).
     """
     x = jnp.asarray(x)
     spec.check_input("x", tuple(x.shape), 3, config)
     spec.check_params(params, config)
-    states = _check_state(initial_state, config, x.shape[0], dtype_name(x))
+    states = _check_state("initial_state", initial_state, config, x.shape[0], dtype_name(x))
     params = {k: jnp.asarray(v) for k, v in params.items()}
-    return _forward(params, x, states, config, mode, method, dropout_rng, remat)
+    return _forward(params, x, states, lengths, config, mode, method, dropout_rng, remat)
 
 
 def mingru_stack_step(
-    params: Mapping[str, Array], x_t: Array, state: Sequence[Array] | None, *, config: MinGRUStackConfig
-) -> tuple[Array, tuple[Array, ...]]:
-    """One step (evaluation mode): ``x_t (B, I)``, the state (``None``: default) -> ``(y_t, state)``."""
+    params: Mapping[str, Array], x_t: Array, state: State | None, *, config: MinGRUStackConfig
+) -> tuple[Array, State]:
+    """One step (evaluation mode): ``x_t (B, I)``, the ``State`` (``None``: default) -> ``(y_t, State)``."""
     x_t = jnp.asarray(x_t)
     spec.check_input("x_t", tuple(x_t.shape), 2, config)
     spec.check_params(params, config)
-    states = _check_state(state, config, x_t.shape[0], dtype_name(x_t))
+    states = _check_state("state", state, config, x_t.shape[0], dtype_name(x_t))
     finals = []
     for layer in range(config.num_layers):
         x_t, h = _layer(spec.sub_params(params, f"layers.{layer}."), x_t, states[layer], config, layer,
                         lambda mp, z, h0, lcfg: mingru_step(mp, z, h0, config=lcfg))
         finals.append(h)
-    return x_t, tuple(finals)
+    return x_t, State(tuple(finals))
 
 
-def mingru_stack_initial_state(config: MinGRUStackConfig, batch_size: int, dtype: Any = "float32"):
-    """The default state: one ``(B, H_l)`` array per layer filled with ``default_state``."""
+def mingru_stack_initial_state(config: MinGRUStackConfig, batch_size: int, dtype: Any = "float32") -> State:
+    """The default state: ``State(h=...)`` with one ``(B, H_l)`` array per layer filled with ``default_state``."""
     acc = jnp_dtype(mingru_spec.state_dtype(np.dtype(dtype).name))
-    return tuple(jnp.full((batch_size, h), config.default_state, acc) for h in config.hidden_sizes)
+    return State(tuple(jnp.full((batch_size, h), config.default_state, acc) for h in config.hidden_sizes))
 
 
 # --- the NNX module ---------------------------------------------------------------------------------------
@@ -177,8 +189,9 @@ class MinGRUStack(nnx.Module):
     after ``.eval()``. State paths ``layers.{l}.norm.{scale,bias}``, ``layers.{l}.mingru.proj.{kernel,bias}``,
     ``layers.{l}.res_align.kernel`` equal the canonical names.
 
-    Call: ``(x, initial_state=None) -> (y, h)``; ``x (B, T, I)`` (``(T, B, I)`` with ``batch_first=False``),
-    ``h`` a tuple of ``(B, H_l)``, one per layer.
+    Call: ``(x, initial_state=None, *, lengths=None, mode="auto", method="auto") -> (y, final_state)``;
+    ``x (B, T, I)`` (``(T, B, I)`` with ``batch_first=False``, and ``y`` likewise), ``final_state`` a ``State``
+    whose ``h`` holds one ``(B, H_l)`` array per layer.
     """
 
     def __init__(
@@ -203,8 +216,7 @@ class MinGRUStack(nnx.Module):
         config = MinGRUStackConfig.create(input_size, hidden_sizes, num_layers, bias=bias, dropout=dropout,
                                           residual=residual, norm=norm, candidate=candidate,
                                           default_state=default_state, norm_eps=norm_eps)
-        if not isinstance(batch_first, bool):
-            raise ValueError(f"batch_first must be a bool, got {batch_first!r}")
+        checks.check_bool("batch_first", batch_first)
         self._cfg = config
         self.batch_first = batch_first
         self.dtype = dtype
@@ -226,22 +238,26 @@ class MinGRUStack(nnx.Module):
         x = jnp.asarray(x)
         return x if self.dtype is None else x.astype(self.dtype)
 
-    def __call__(self, x: Array, initial_state: Sequence[Array] | None = None, *, mode: str = "parallel",
-                 method: str = "auto") -> tuple[Array, tuple[Array, ...]]:
-        """``x (B, T, I)`` -> ``(y (B, T, H_{L-1}), h)``; see :func:`mingru_stack`."""
+    def __call__(self, x: Array, initial_state: State | None = None, *, lengths: Array | None = None,
+                 mode: str = "auto", method: str = "auto") -> tuple[Array, State]:
+        """``x (B, T, I)`` (``(T, B, I)`` with ``batch_first=False``) -> ``(y, final_state)``; see
+        :func:`mingru_stack`."""
         x = self._cast(x)
+        if x.ndim != 3:
+            layout = "B, T" if self.batch_first else "T, B"
+            raise ValueError(f"mingru_stack: x must have 3 axes ({layout}, input_size), got shape {tuple(x.shape)}")
         if not self.batch_first:
             x = jnp.swapaxes(x, 0, 1)
         key = self.dropout_rngs() if self.dropout_rngs is not None and not self.deterministic else None
-        y, h = mingru_stack(self._params(), x, config=self._cfg, initial_state=initial_state, mode=mode,
-                            method=method, dropout_rng=key, remat=self.remat)
+        y, h = mingru_stack(self._params(), x, config=self._cfg, initial_state=initial_state, lengths=lengths,
+                            mode=mode, method=method, dropout_rng=key, remat=self.remat)
         return (y if self.batch_first else jnp.swapaxes(y, 0, 1)), h
 
-    def step(self, x_t: Array, state: Sequence[Array] | None = None) -> tuple[Array, tuple[Array, ...]]:
-        """``x_t (B, I)``, the state (``None``: default) -> ``(y_t (B, H_{L-1}), state)``; no dropout."""
+    def step(self, x_t: Array, state: State | None = None) -> tuple[Array, State]:
+        """``x_t (B, I)``, the ``State`` (``None``: default) -> ``(y_t (B, H_{L-1}), State)``; no dropout."""
         return mingru_stack_step(self._params(), self._cast(x_t), state, config=self._cfg)
 
-    def initial_state(self, batch_size: int) -> tuple[Array, ...]:
+    def initial_state(self, batch_size: int) -> State:
         dtype = self.dtype if self.dtype is not None else self.layers[0].mingru.proj.kernel[...].dtype
         return mingru_stack_initial_state(self._cfg, batch_size, dtype)
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from linrec.backends.jax.mingru import MinRNNBase, candidate, initial_state, log_g, run_sequence, run_step
 from linrec.spec import minlstm as spec
 from linrec.spec.minlstm import MinLSTMConfig
+from linrec.spec.state import State
 
 __all__ = ["MinLSTM", "minlstm", "minlstm_gates", "minlstm_initial_state", "minlstm_log_gates", "minlstm_step"]
 
@@ -46,35 +47,38 @@ def minlstm(
     x: Array,
     *,
     config: MinLSTMConfig,
-    initial_state: Array | None = None,
-    mode: str = "parallel",
+    initial_state: State | None = None,
+    lengths: Array | None = None,
+    mode: str = "auto",
     method: str = "auto",
-) -> tuple[Array, Array]:
+) -> tuple[Array, State]:
     """minLSTM over a sequence; arguments and results as ``linrec.backends.jax.mingru.mingru``.
 
     Args:
       params: canonical parameters (``linrec.spec.minlstm.param_shapes``).
       x: ``(B, T, D)`` real floating.
-      initial_state: ``(B, H)`` in the state dtype; ``None``: every entry ``config.default_state``.
-      mode: ``"parallel"`` or ``"sequential"``.
+      initial_state: ``State(h=(B, H))`` in the state dtype; ``None``: every entry ``config.default_state``.
+      lengths: ``(B,)`` real inputs per row (right padding); ``None``: no padding.
+      mode: ``"auto"``, ``"parallel"`` or ``"sequential"``.
       method: ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"`` or ``"log"``.
 
     Returns:
-      ``y (B, T, D_out)`` and ``final_state (B, H)``.
+      ``y (B, T, D_out)`` and ``final_state``, a ``State(h=(B, H))``.
     """
     return run_sequence("minlstm", spec.param_shapes(config), minlstm_gates, minlstm_log_gates, params, x, config,
-                        initial_state, mode, method)
+                        initial_state, lengths, mode, method)
 
 
 def minlstm_step(
-    params: Mapping[str, Array], x_t: Array, state: Array | None, *, config: MinLSTMConfig
-) -> tuple[Array, Array]:
-    """One step: ``x_t (B, D)``, ``state (B, H)`` (``None``: the default state) -> ``(y_t (B, D_out), state)``."""
+    params: Mapping[str, Array], x_t: Array, state: State | None, *, config: MinLSTMConfig
+) -> tuple[Array, State]:
+    """One step: ``x_t (B, D)``, ``state`` a ``State(h=(B, H))`` (``None``: the default state) ->
+    ``(y_t (B, D_out), State)``."""
     return run_step("minlstm", spec.param_shapes(config), minlstm_gates, params, x_t, state, config)
 
 
-def minlstm_initial_state(config: MinLSTMConfig, batch_size: int, dtype: Any = "float32") -> Array:
-    """The default state ``(B, H)`` for inputs of ``dtype``."""
+def minlstm_initial_state(config: MinLSTMConfig, batch_size: int, dtype: Any = "float32") -> State:
+    """The default state ``State(h=(B, H))`` for inputs of ``dtype``."""
     return initial_state(config, batch_size, dtype)
 
 
@@ -82,8 +86,8 @@ class MinLSTM(MinRNNBase):
     """minLSTM (``spec/minlstm.md``): ``h_t = f'_t h_{t-1} + i'_t h̃_t`` with ``f' + i' = 1``.
 
     Constructor: the ``MinLSTMConfig`` fields as keyword arguments, keyword-only ``rngs``, ``dtype``,
-    ``param_dtype`` and ``remat``. Parameters: ``proj`` (``nnx.Linear`` D -> 3H, columns ``[f | i | h̃]``)
-    and ``out_proj`` (H -> D, no bias).
+    ``param_dtype``, ``remat`` and ``batch_first``. Parameters: ``proj`` (``nnx.Linear`` D -> 3H, columns
+    ``[f | i | h̃]``) and ``out_proj`` (H -> D, no bias).
     """
 
     _layer = "minlstm"

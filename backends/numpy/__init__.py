@@ -24,7 +24,6 @@ from linrec.backends.numpy.mingru import (
     mingru_step,
 )
 from linrec.backends.numpy.mingru_lm import (
-    MinGRULMState,
     mingru_lm,
     mingru_lm_generate,
     mingru_lm_initial_state,
@@ -50,6 +49,7 @@ from linrec.backends.numpy.scan import (
     linear_scan_vjp,
     log_scan,
 )
+from linrec.spec.state import State
 
 NAME = "numpy"
 
@@ -65,7 +65,7 @@ __all__ = [
     "LOG_METHODS",
     "METHODS",
     "NAME",
-    "MinGRULMState",
+    "State",
     "asarray",
     "cu_seqlens_to_resets",
     "describe",

@@ -18,7 +18,8 @@ from linrec.backends.numpy.arrays import dtype_name, np_dtype
 from linrec.backends.numpy.gated_linear_rnn import gated_linear_rnn, gated_linear_rnn_step
 from linrec.spec import gated_linear_rnn_lm as spec
 from linrec.spec.gated_linear_rnn import activation
-from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig, LMState
+from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig
+from linrec.spec.state import State
 
 __all__ = ["gated_linear_rnn_lm", "gated_linear_rnn_lm_initial_state", "gated_linear_rnn_lm_step"]
 
@@ -33,13 +34,15 @@ def _prepare_params(params: Mapping[str, np.ndarray], config: GatedLinearRNNLMCo
     return {k: np.asarray(v).astype(dtype) for k, v in params.items()}
 
 
-def _state(state, batch: int, compute: str, config: GatedLinearRNNLMConfig) -> tuple[np.ndarray, np.ndarray]:
+def _state(state, batch: int, compute: str, config: GatedLinearRNNLMConfig, name: str = "initial_state"
+           ) -> tuple[list[np.ndarray], np.ndarray]:
+    """``(h: L arrays (B, H), position: (B,) int32)`` of a checked ``State`` (zeros for ``None``)."""
     if state is None:
-        s = gated_linear_rnn_lm_initial_state(config, batch, compute)
-        return s["h"], s["position"]
-    spec.check_state_keys(state)
-    h, position = np.asarray(state["h"]), np.asarray(state["position"])
-    spec.check_state(h.shape, dtype_name(h), position.shape, dtype_name(position), batch, compute, config)
+        state = gated_linear_rnn_lm_initial_state(config, batch, compute)
+    h, position = spec.state_parts(state, config, name=name)
+    h, position = [np.asarray(h_l) for h_l in h], np.asarray(position)
+    spec.check_state([h_l.shape for h_l in h], [dtype_name(h_l) for h_l in h], position.shape,
+                     dtype_name(position), batch, compute, config, name=name)
     return h, position.astype(np.int32)
 
 
@@ -82,47 +85,50 @@ def _head(p, x: np.ndarray, config: GatedLinearRNNLMConfig) -> np.ndarray:
     return (x @ p["head.kernel"] + p["head.bias"]).astype(x.dtype) if config.use_head else x
 
 
-def _forward(p, inputs, h0, position, masks, config: GatedLinearRNNLMConfig, mode, method, chunk_size):
-    """Every row consumes all ``T`` inputs. Returns ``(out, h, position)``."""
+def _forward(p, inputs, h0, position, masks, config: GatedLinearRNNLMConfig, mode, method, chunk_size,
+             lengths: np.ndarray | None = None):
+    """One pass over all ``T`` inputs; with ``lengths`` each layer's scan treats the padding as identity steps
+    (recurrence.md §0). Returns ``(out, h: L arrays, position)``."""
     n_time = inputs.shape[1]
     dtype = p[next(iter(p))].dtype
     offset = np.zeros_like(position) if config.compat_step_position_zero else position
-    x = _embed(p, inputs, offset[:, None] + np.arange(n_time, dtype=np.int32), config, dtype)
+    positions = offset[:, None] + np.arange(n_time, dtype=np.int32)
+    valid = None
+    if lengths is not None:
+        valid = np.arange(n_time)[None, :] < lengths[:, None]
+        positions = np.where(valid, positions, 0)  # a padded position may lie beyond the table: use a valid row
+    x = _embed(p, inputs, positions, config, dtype)
     if "embedding" in masks:
         x = x * masks["embedding"]
     hs = []
     for l in range(config.n_layer):
         prefix = f"layers.{l}."
         z = _layer_norm(x, p, prefix + f"{_TM}.", config.eps)
-        y, h = gated_linear_rnn(spec.layer_params(p, l), z, config=config.layer_config, initial_state=h0[:, l],
-                                mode=mode, method=method, chunk_size=chunk_size)
-        hs.append(h)
+        y, h = gated_linear_rnn(spec.layer_params(p, l), z, config=config.layer_config, initial_state=State(h0[l]),
+                                lengths=lengths, mode=mode, method=method, chunk_size=chunk_size)
+        hs.append(h.h)
         x = _residual(x, y, masks.get(prefix + _TM), config.dropout_placement)
         x = _residual(x, _channel_mixing(p, prefix + f"{_CM}.", x, config), masks.get(prefix + _CM),
                       config.dropout_placement)
-    return _head(p, x, config), np.stack(hs, axis=1), position + n_time
+    out = _head(p, x, config)
+    if valid is None:
+        return out, hs, position + n_time
+    return np.where(valid[..., None], out, 0).astype(out.dtype), hs, position + lengths.astype(position.dtype)
 
 
-def _step(p, input_t, h, position, pe_position, config: GatedLinearRNNLMConfig, active: np.ndarray | None = None):
-    """One input per row at table row ``pe_position``; rows with ``active == False`` keep their state (padding).
-    Returns ``(out_t, h, position)``."""
+def _step(p, input_t, h, position, pe_position, config: GatedLinearRNNLMConfig):
+    """One input per row at table row ``pe_position``. Returns ``(out_t, h: L arrays, position)``."""
     dtype = p[next(iter(p))].dtype
-    if active is not None:
-        pe_position = np.where(active, pe_position, 0)  # an idle row may sit at max_seq_length: use a valid row
     x = _embed(p, input_t[:, None], pe_position[:, None], config, dtype)[:, 0]
     hs = []
     for l in range(config.n_layer):
         prefix = f"layers.{l}."
         z = _layer_norm(x, p, prefix + f"{_TM}.", config.eps)
-        y, h_l = gated_linear_rnn_step(spec.layer_params(p, l), z, h[:, l], config=config.layer_config)
-        hs.append(h_l)
+        y, h_l = gated_linear_rnn_step(spec.layer_params(p, l), z, State(h[l]), config=config.layer_config)
+        hs.append(h_l.h)
         x = x + y
         x = x + _channel_mixing(p, prefix + f"{_CM}.", x, config)
-    out, h_new = _head(p, x, config), np.stack(hs, axis=1)
-    if active is None:
-        return out, h_new, position + 1
-    return (np.where(active[:, None], out, 0).astype(out.dtype), np.where(active[:, None, None], h_new, h),
-            position + active.astype(position.dtype))
+    return _head(p, x, config), hs, position + 1
 
 
 def _checked_positions(position: np.ndarray, counts: np.ndarray, config: GatedLinearRNNLMConfig) -> None:
@@ -138,18 +144,20 @@ def gated_linear_rnn_lm(
     inputs: np.ndarray,
     *,
     config: GatedLinearRNNLMConfig,
-    state: LMState | None = None,
+    initial_state: State | None = None,
     lengths: np.ndarray | None = None,
     dropout_masks: Mapping[str, np.ndarray] | None = None,
     mode: str = "auto",
     method: str = "auto",
     chunk_size: int | None = None,
     remat: bool = False,
-) -> tuple[np.ndarray, LMState]:
-    """The model over a sequence: ``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out), state)``.
+) -> tuple[np.ndarray, State]:
+    """The model over a sequence: ``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out),
+    final_state)``; ``initial_state``/``final_state`` are ``State(h=L arrays (B, H), position=(B,) int32)``.
 
-    ``lengths: (B,)`` marks right-padded rows (row ``b`` ends after ``lengths[b]`` inputs; its outputs after
-    that are zero, its state is the state after its last real input). ``dropout_masks``: site → ``(B, T, D)``
+    ``lengths: (B,)`` marks right-padded rows (row ``b`` ends after ``lengths[b]`` inputs): one pass in which
+    every layer's scan treats the padding as identity steps; outputs there are zero, the state is the state after
+    each row's last real input and ``position`` advances by ``lengths``. ``dropout_masks``: site → ``(B, T, D)``
     multiplier (training). ``mode``/``method``/``chunk_size`` go to the time-mixing layer. ``remat`` is accepted
     for parity with the JAX/torch twins and has no effect (no autodiff here).
     """
@@ -159,7 +167,7 @@ def gated_linear_rnn_lm(
     p = _prepare_params(params, config)
     compute = dtype_name(p[next(iter(p))])
     n_batch, n_time = inputs.shape[:2]
-    h0, position = _state(state, n_batch, compute, config)
+    h0, position = _state(initial_state, n_batch, compute, config)
     masks = {k: np.asarray(v) for k, v in (dropout_masks or {}).items()}
     spec.check_dropout_masks({k: v.shape for k, v in masks.items()}, n_batch, n_time, config)
     masks = {k: v.astype(p[next(iter(p))].dtype) for k, v in masks.items()}
@@ -167,46 +175,43 @@ def gated_linear_rnn_lm(
         spec.check_token_values(inputs, config)
         _checked_positions(position, np.full(n_batch, n_time), config)
         out, h, position = _forward(p, inputs, h0, position, masks, config, mode, method, chunk_size)
-        return out, {"h": h, "position": position}
+        return out, State(tuple(h), position)
     if masks:
         raise ValueError("lengths (right-padded rows) cannot be combined with dropout_masks: for training, "
                          "padding after a sequence never changes the outputs before it, so pass no lengths")
     lengths = np.asarray(lengths)
     spec.check_lengths(lengths, n_batch, n_time)
+    if method == "log":
+        spec.layer_spec.check_lengths(lengths.shape, dtype_name(lengths), n_batch, n_time, method=method)
     valid = np.arange(n_time)[None, :] < lengths[:, None]  # (B, T)
     if config.use_word_embedding:
         spec.check_token_values(inputs[valid], config)
         inputs = np.where(valid, inputs, 0)  # padding may hold any id
     _checked_positions(position, lengths, config)
-    common = int(lengths.min()) if n_batch else n_time
-    out, h, position = _forward(p, inputs[:, :common], h0, position, {}, config, mode, method, chunk_size)
-    outs = [out]
-    for t in range(common, n_time):  # rows of different lengths: step the tail, idle rows keep their state
-        pe = np.full_like(position, t) if config.compat_step_position_zero else position  # as if alone
-        out_t, h, position = _step(p, inputs[:, t], h, position, pe, config, active=valid[:, t])
-        outs.append(out_t[:, None])
-    return np.concatenate(outs, axis=1), {"h": h, "position": position}
+    out, h, position = _forward(p, inputs, h0, position, {}, config, mode, method, chunk_size, lengths)
+    return out, State(tuple(h), position)
 
 
 def gated_linear_rnn_lm_step(
-    params: Mapping[str, np.ndarray], input_t: np.ndarray, state: LMState | None, *, config: GatedLinearRNNLMConfig
-) -> tuple[np.ndarray, LMState]:
-    """One token per row: ``input_t: (B,)`` ids (or ``(B, F)``) → ``(out_t: (B, V_out), state)`` (no dropout)."""
+    params: Mapping[str, np.ndarray], input_t: np.ndarray, state: State | None, *, config: GatedLinearRNNLMConfig
+) -> tuple[np.ndarray, State]:
+    """One token per row: ``input_t: (B,)`` ids (or ``(B, F)``), ``state`` a ``State`` (``None``: zeros) →
+    ``(out_t: (B, V_out), State)`` (no dropout)."""
     input_t = np.asarray(input_t)
     spec.check_step_input(input_t.shape, dtype_name(input_t), config)
     p = _prepare_params(params, config)
-    h, position = _state(state, input_t.shape[0], dtype_name(p[next(iter(p))]), config)
+    h, position = _state(state, input_t.shape[0], dtype_name(p[next(iter(p))]), config, name="state")
     spec.check_token_values(input_t, config, name="token")
     _checked_positions(position, np.ones_like(position), config)
     pe = np.zeros_like(position) if config.compat_step_position_zero else position
     out, h, position = _step(p, input_t, h, position, pe, config)
-    return out, {"h": h, "position": position}
+    return out, State(tuple(h), position)
 
 
 def gated_linear_rnn_lm_initial_state(
     config: GatedLinearRNNLMConfig, batch_size: int, dtype: str | np.dtype = "float32"
-) -> LMState:
-    """``{"h": zeros (B, L, H) in the state dtype, "position": zeros (B,) int32}``."""
+) -> State:
+    """``State(h=L zeros (B, H) in the state dtype, position=zeros (B,) int32)``."""
     name = dtype if isinstance(dtype, str) else np.dtype(dtype).name
-    return {"h": np.zeros((batch_size, config.n_layer, config.d_h), np_dtype(spec.state_dtype(name))),
-            "position": np.zeros((batch_size,), np.int32)}
+    zeros = np.zeros((batch_size, config.d_h), np_dtype(spec.state_dtype(name)))
+    return State(tuple(zeros.copy() for _ in range(config.n_layer)), np.zeros((batch_size,), np.int32))

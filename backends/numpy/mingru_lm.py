@@ -2,7 +2,7 @@
 
 Shape legend: ``B`` batch, ``T`` time, ``V`` vocabulary, ``D`` model width, ``H`` minGRU state width,
 ``L`` layers. Every layer's minGRU runs through the layer's own functions (``linrec.backends.numpy.mingru``);
-left padding (``lengths``) turns pad positions into identity steps (``a = 1, b = 0``) of the same scan.
+right padding (``lengths``) turns padded positions into identity steps (``a = 1, b = 0``) of the same scan.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import numpy as np
 
 from linrec.backends.numpy import scan as _scan
 from linrec.backends.numpy.arrays import dtype_name, np_dtype
-from linrec.backends.numpy.mingru import mingru, mingru_gates, mingru_step
+from linrec.backends.numpy.mingru import mingru, mingru_step
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
-from linrec.spec.mingru_lm import MinGRULMConfig, MinGRULMState
+from linrec.spec.mingru_lm import MinGRULMConfig
+from linrec.spec.state import State
 
-__all__ = ["MinGRULMState", "mingru_lm", "mingru_lm_generate", "mingru_lm_initial_state", "mingru_lm_step"]
+__all__ = ["mingru_lm", "mingru_lm_generate", "mingru_lm_initial_state", "mingru_lm_step"]
 
 
 def _dense(p: Mapping[str, np.ndarray], name: str, x: np.ndarray) -> np.ndarray:
@@ -48,21 +49,6 @@ def _head(params: Mapping[str, np.ndarray], x: np.ndarray, config: MinGRULMConfi
     return _dense(params, "head", x)
 
 
-def _masked_mingru(p, x, h0, mask, config: MinGRULMConfig, method: str):
-    """The minGRU scan with pad positions as identity steps: ``a = 1, b = 0`` where ``mask`` is False."""
-    mcfg = config.mingru
-    acc = np_dtype(mingru_spec.state_dtype(dtype_name(x)))
-    u = _dense(p, "proj", x).astype(acc)
-    a, b = mingru_gates(u, mcfg)
-    keep = mask[..., None]
-    a, b = np.where(keep, a, np.ones((), acc)), np.where(keep, b, np.zeros((), acc))
-    if h0 is None:
-        h0 = np.full((x.shape[0], mcfg.d_inner), mcfg.default_state, acc)
-    h, final = _scan.linear_scan(a, b, initial_state=h0, method=method)
-    y = h.astype(x.dtype)
-    return (y @ p["out_proj.kernel"].astype(x.dtype) if mcfg.out_proj else y), final
-
-
 def _prepare(params, tokens, config, initial_state, lengths, mode, method):
     tokens = np.asarray(tokens)
     spec.check_tokens("tokens", tokens.shape, tokens.dtype.name, 2, config, tokens)
@@ -73,13 +59,15 @@ def _prepare(params, tokens, config, initial_state, lengths, mode, method):
     if lengths is not None:
         lengths = np.asarray(lengths)
         spec.check_lengths(lengths.shape, lengths.dtype.name, batch, length, lengths)
-    h0 = None
-    if initial_state is not None:
-        h = np.asarray(initial_state.h) if isinstance(initial_state, MinGRULMState) else None
-        spec.check_state(initial_state, config, batch, None if h is None else h.shape,
-                         None if h is None else dtype_name(h), mingru_spec.state_dtype(dtype))
-        h0 = h
-    return tokens, h0, spec.left_padding_mask(lengths, batch, length)
+    h0 = None if initial_state is None else _check_state("initial_state", initial_state, config, batch, dtype)
+    return tokens, h0, lengths
+
+
+def _check_state(name: str, state, config: MinGRULMConfig, batch: int, dtype: str) -> list[np.ndarray]:
+    h = [np.asarray(a) for a in spec.state_arrays(name, state, config)]
+    spec.check_state(name, config, batch, [a.shape for a in h], [dtype_name(a) for a in h],
+                     mingru_spec.state_dtype(dtype))
+    return h
 
 
 def mingru_lm(
@@ -87,94 +75,100 @@ def mingru_lm(
     tokens: np.ndarray,
     *,
     config: MinGRULMConfig,
-    initial_state: MinGRULMState | None = None,
+    initial_state: State | None = None,
     lengths: np.ndarray | None = None,
-    mode: str = "parallel",
+    mode: str = "auto",
     method: str = "auto",
-) -> tuple[np.ndarray, MinGRULMState]:
+) -> tuple[np.ndarray, State]:
     """The model over a sequence.
 
     Args:
       params: canonical parameters (``linrec.spec.mingru_lm.param_shapes``); they set the compute dtype.
       tokens: ``(B, T)`` integer ids in ``[0, V)``.
-      initial_state: ``MinGRULMState(h (L, B, H))`` in the state dtype; ``None``: ``default_state``.
-      lengths: ``(B,)`` real tokens per row, right-aligned (left padding); ``None``: no padding.
-      mode: ``"parallel"`` (each layer a scan) or ``"sequential"`` (the step loop).
-      method: scan method of ``mode="parallel"`` (as for the minGRU layer).
+      initial_state: ``State(h=tuple of L (B, H) arrays)`` in the state dtype; ``None``: ``default_state``.
+      lengths: ``(B,)`` real tokens per row followed by padding (right padding): padded positions keep every
+        layer's state, their logits are zero. ``None``: no padding.
+      mode: ``"auto"`` (= ``"parallel"``: each layer one scan), ``"parallel"`` or ``"sequential"`` (the step
+        loop).
+      method: scan method of ``mode="parallel"`` (as for the minGRU layer; ``"log"`` refuses ``lengths``).
 
     Returns:
-      ``logits (B, T, V)`` and the final ``MinGRULMState``.
+      ``logits (B, T, V)`` and the final ``State`` (each row's after its last real token).
     """
-    tokens, h0, mask = _prepare(params, tokens, config, initial_state, lengths, mode, method)
+    tokens, h0, lengths = _prepare(params, tokens, config, initial_state, lengths, mode, method)
     emb = np.asarray(params["embed.embedding"])
     x = emb[tokens]
-    if mode == "sequential":
-        state = MinGRULMState(h0 if h0 is not None else _default(config, tokens.shape[0], emb.dtype))
+    mask = mingru_spec.padding_mask(lengths, *tokens.shape)
+    if mingru_spec.resolve_mode(mode) == "sequential":
+        h = h0 if h0 is not None else _default(config, tokens.shape[0], emb.dtype)
         logits = []
         for t in range(tokens.shape[1]):
-            out, state = _step(params, x[:, t], state, None if mask is None else mask[:, t], config)
+            out, h = _step(params, x[:, t], h, None if mask is None else mask[:, t], config)
             logits.append(out)
         out = np.stack(logits, axis=1) if logits else _head(params, x, config)
-        return out, state
+        return _zero_pads(out, mask), State(tuple(h))
     finals = []
     for layer in range(config.n_layers):
         p = _sub(params, f"layers.{layer}.")
         mp = _sub(p, "mingru.")
-        h_l = None if h0 is None else h0[layer]
+        h_l = None if h0 is None else State(h0[layer])
 
         def mixer(inp, mp=mp, h_l=h_l):
-            if mask is None:
-                return mingru(mp, inp, config=config.mingru, initial_state=h_l, method=method)
-            return _masked_mingru(mp, inp, h_l, mask, config, method)
+            y, final = mingru(mp, inp, config=config.mingru, initial_state=h_l, lengths=lengths, method=method)
+            return y, final.h
 
         x, h = _block(p, x, mixer, config)
         finals.append(h)
-    return _head(params, x, config), MinGRULMState(np.stack(finals))
+    return _zero_pads(_head(params, x, config), mask), State(tuple(finals))
 
 
-def _default(config: MinGRULMConfig, batch: int, dtype) -> np.ndarray:
+def _zero_pads(logits: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    return logits if mask is None else np.where(mask[..., None], logits, np.zeros((), logits.dtype))
+
+
+def _default(config: MinGRULMConfig, batch: int, dtype) -> list[np.ndarray]:
     acc = np_dtype(mingru_spec.state_dtype(np.dtype(dtype).name))
-    return np.full((config.n_layers, batch, config.d_inner), config.default_state, acc)
+    return [np.full((batch, config.d_inner), config.default_state, acc) for _ in range(config.n_layers)]
 
 
-def _step(params, x_t, state: MinGRULMState, keep, config: MinGRULMConfig):
-    """One step from embedded ``x_t (B, D)``; rows where ``keep`` is False leave the state unchanged."""
+def _step(params, x_t, h: list[np.ndarray], keep, config: MinGRULMConfig):
+    """One step from embedded ``x_t (B, D)`` and the layers' states ``h``; rows where ``keep`` is False leave
+    the state unchanged."""
     hs = []
     for layer in range(config.n_layers):
         p = _sub(params, f"layers.{layer}.")
-        h_old = state.h[layer]
+        h_old = h[layer]
 
         def mixer(inp, p=p, h_old=h_old):
             mp = _sub(p, "mingru.")
-            y, h = mingru_step(mp, inp, h_old, config=config.mingru)
+            y, new = mingru_step(mp, inp, State(h_old), config=config.mingru)
             if keep is None:
-                return y, h
-            h = np.where(keep[:, None], h, h_old)  # a pad step: the state, and so the output, stay put
-            y = h.astype(inp.dtype)
-            return (y @ mp["out_proj.kernel"].astype(y.dtype) if config.mingru.out_proj else y), h
+                return y, new.h
+            return y, np.where(keep[:, None], new.h, h_old)  # a padded step keeps the state (its logits are zeroed)
 
-        x_t, h = _block(p, x_t, mixer, config)
-        hs.append(h)
-    return _head(params, x_t, config), MinGRULMState(np.stack(hs))
+        x_t, h_l = _block(p, x_t, mixer, config)
+        hs.append(h_l)
+    return _head(params, x_t, config), hs
 
 
 def mingru_lm_step(
-    params: Mapping[str, np.ndarray], token: np.ndarray, state: MinGRULMState, *, config: MinGRULMConfig
-) -> tuple[np.ndarray, MinGRULMState]:
-    """One token: ``token (B,)``, ``state`` -> ``(logits (B, V), state)``."""
+    params: Mapping[str, np.ndarray], token: np.ndarray, state: State | None, *, config: MinGRULMConfig
+) -> tuple[np.ndarray, State]:
+    """One token: ``token (B,)``, ``state`` (``None``: the default) -> ``(logits (B, V), State)``."""
     token = np.asarray(token)
     spec.check_tokens("token", token.shape, token.dtype.name, 1, config, token)
     spec.check_params(params, config)
     emb = np.asarray(params["embed.embedding"])
-    h = np.asarray(state.h) if isinstance(state, MinGRULMState) else None
-    spec.check_state(state, config, token.shape[0], None if h is None else h.shape,
-                     None if h is None else dtype_name(h), mingru_spec.state_dtype(dtype_name(emb)))
-    return _step(params, emb[token], MinGRULMState(h), None, config)
+    h = (_default(config, token.shape[0], emb.dtype) if state is None
+         else _check_state("state", state, config, token.shape[0], dtype_name(emb)))
+    logits, h = _step(params, emb[token], h, None, config)
+    return logits, State(tuple(h))
 
 
-def mingru_lm_initial_state(config: MinGRULMConfig, batch_size: int, dtype: str = "float32") -> MinGRULMState:
-    """The default state: ``h (L, B, H)`` filled with ``default_state`` in the state dtype for ``dtype``."""
-    return MinGRULMState(_default(config, batch_size, np_dtype(dtype)))
+def mingru_lm_initial_state(config: MinGRULMConfig, batch_size: int, dtype: str = "float32") -> State:
+    """The default state: ``State(h=...)``, ``L`` arrays ``(B, H)`` filled with ``default_state`` in the state
+    dtype for ``dtype``."""
+    return State(tuple(_default(config, batch_size, np_dtype(dtype))))
 
 
 def mingru_lm_generate(
@@ -189,7 +183,8 @@ def mingru_lm_generate(
     lengths: np.ndarray | None = None,
     return_logits: bool = False,
 ):
-    """Sample ``max_new_tokens`` after a (left-padded) ``prompt (B, T)``; see ``spec.mingru_lm.generate_loop``.
+    """Sample ``max_new_tokens`` after a (right-padded, ``lengths``) ``prompt (B, T)``; see
+    ``spec.mingru_lm.generate_loop``.
 
     Returns ``tokens (B, N)`` (int64), and with ``return_logits`` also ``logits (B, N, V)``.
     """

@@ -7,7 +7,7 @@ backend has no training mode, so no dropout.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -16,17 +16,20 @@ from linrec.backends.numpy.mingru import mingru, mingru_step
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_stack as spec
 from linrec.spec.mingru_stack import MinGRUStackConfig
+from linrec.spec.state import State
 
 __all__ = ["mingru_stack", "mingru_stack_initial_state", "mingru_stack_step"]
 
 
-def _check_state(state, config: MinGRUStackConfig, batch: int, x_dtype: str):
-    if state is None:
+def _check_state(name: str, state, config: MinGRUStackConfig, batch: int, x_dtype: str) -> list:
+    """One ``State`` per layer (``None``: that layer's default) from the stack's ``State``."""
+    given = spec.state_arrays(name, state, config)
+    if given is None:
         return [None] * config.num_layers
-    arrays = [np.asarray(s) for s in state] if isinstance(state, (tuple, list)) else None
-    spec.check_state(state, config, batch, None if arrays is None else [a.shape for a in arrays],
-                     None if arrays is None else [dtype_name(a) for a in arrays], mingru_spec.state_dtype(x_dtype))
-    return arrays
+    arrays = [np.asarray(h) for h in given]
+    spec.check_state(name, config, batch, [a.shape for a in arrays], [dtype_name(a) for a in arrays],
+                     mingru_spec.state_dtype(x_dtype))
+    return [State(a) for a in arrays]
 
 
 def _layer(p, x, h0, config: MinGRUStackConfig, layer: int, run):
@@ -35,7 +38,7 @@ def _layer(p, x, h0, config: MinGRUStackConfig, layer: int, run):
     y, h = run(spec.sub_params(p, "mingru."), z, h0, config.layer_config(layer))
     if config.residual:
         y = y + (x @ p["res_align.kernel"].astype(x.dtype) if config.has_align(layer) else x)
-    return y, h
+    return y, h.h
 
 
 def mingru_stack(
@@ -43,46 +46,49 @@ def mingru_stack(
     x: np.ndarray,
     *,
     config: MinGRUStackConfig,
-    initial_state: Sequence[np.ndarray] | None = None,
-    mode: str = "parallel",
+    initial_state: State | None = None,
+    lengths: np.ndarray | None = None,
+    mode: str = "auto",
     method: str = "auto",
-) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """The stack over ``x (B, T, I)`` -> ``(y (B, T, H_{L-1}), (h_0 (B, H_0), ..., h_{L-1}))``.
+) -> tuple[np.ndarray, State]:
+    """The stack over ``x (B, T, I)`` -> ``(y (B, T, H_{L-1}), State(h=(h_0 (B, H_0), ..., h_{L-1})))``.
 
-    ``initial_state``: ``L`` arrays ``(B, H_l)`` (``None``: the default state); ``mode``/``method`` as for
-    the minGRU layer, applied to every layer.
+    ``initial_state``: a ``State`` whose ``h`` holds ``L`` arrays ``(B, H_l)`` (``None``: the default state);
+    ``lengths``: ``(B,)`` real inputs per row (right padding: padded positions keep every layer's state and
+    output zeros); ``mode``/``method`` as for the minGRU layer, applied to every layer.
     """
     x = np.asarray(x)
     spec.check_input("x", x.shape, 3, config)
     spec.check_params(params, config)
-    states = _check_state(initial_state, config, x.shape[0], dtype_name(x))
+    states = _check_state("initial_state", initial_state, config, x.shape[0], dtype_name(x))
     finals = []
     for layer in range(config.num_layers):
         x, h = _layer(spec.sub_params(params, f"layers.{layer}."), x, states[layer], config, layer,
-                      lambda mp, z, h0, lcfg: mingru(mp, z, config=lcfg, initial_state=h0, mode=mode, method=method))
+                      lambda mp, z, h0, lcfg: mingru(mp, z, config=lcfg, initial_state=h0, lengths=lengths,
+                                                     mode=mode, method=method))
         finals.append(h)
-    return x, tuple(finals)
+    if lengths is not None:  # a residual carries the (nonzero) input through a padded position: zero it
+        x = np.where(mingru_spec.padding_mask(lengths, *x.shape[:2])[..., None], x, np.zeros((), x.dtype))
+    return x, State(tuple(finals))
 
 
 def mingru_stack_step(
-    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: Sequence[np.ndarray] | None, *,
-    config: MinGRUStackConfig,
-) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """One step: ``x_t (B, I)``, the state (``None``: default) -> ``(y_t (B, H_{L-1}), state)``."""
+    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: State | None, *, config: MinGRUStackConfig,
+) -> tuple[np.ndarray, State]:
+    """One step: ``x_t (B, I)``, the ``State`` (``None``: default) -> ``(y_t (B, H_{L-1}), State)``."""
     x_t = np.asarray(x_t)
     spec.check_input("x_t", x_t.shape, 2, config)
     spec.check_params(params, config)
-    states = _check_state(state, config, x_t.shape[0], dtype_name(x_t))
+    states = _check_state("state", state, config, x_t.shape[0], dtype_name(x_t))
     finals = []
     for layer in range(config.num_layers):
         x_t, h = _layer(spec.sub_params(params, f"layers.{layer}."), x_t, states[layer], config, layer,
                         lambda mp, z, h0, lcfg: mingru_step(mp, z, h0, config=lcfg))
         finals.append(h)
-    return x_t, tuple(finals)
+    return x_t, State(tuple(finals))
 
 
-def mingru_stack_initial_state(config: MinGRUStackConfig, batch_size: int,
-                               dtype: str = "float32") -> tuple[np.ndarray, ...]:
-    """The default state: one ``(B, H_l)`` array per layer filled with ``default_state``."""
+def mingru_stack_initial_state(config: MinGRUStackConfig, batch_size: int, dtype: str = "float32") -> State:
+    """The default state: ``State(h=...)`` with one ``(B, H_l)`` array per layer filled with ``default_state``."""
     acc = np_dtype(mingru_spec.state_dtype(dtype))
-    return tuple(np.full((batch_size, h), config.default_state, acc) for h in config.hidden_sizes)
+    return State(tuple(np.full((batch_size, h), config.default_state, acc) for h in config.hidden_sizes))

@@ -13,6 +13,7 @@ import numpy as np
 from linrec.backends.numpy.mingru import initial_state, run_sequence, run_step
 from linrec.spec import minlstm as spec
 from linrec.spec.minlstm import MinLSTMConfig
+from linrec.spec.state import State
 
 __all__ = ["minlstm", "minlstm_gates", "minlstm_initial_state", "minlstm_log_gates", "minlstm_step"]
 
@@ -41,33 +42,36 @@ def minlstm(
     x: np.ndarray,
     *,
     config: MinLSTMConfig,
-    initial_state: np.ndarray | None = None,
-    mode: str = "parallel",
+    initial_state: State | None = None,
+    lengths: np.ndarray | None = None,
+    mode: str = "auto",
     method: str = "auto",
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, State]:
     """minLSTM over a sequence; arguments and results as ``linrec.backends.numpy.mingru.mingru``.
 
     Args:
       params: canonical parameters (``linrec.spec.minlstm.param_shapes``).
       x: ``(B, T, D)`` real floating.
-      initial_state: ``(B, H)`` in the state dtype; ``None``: every entry ``config.default_state``.
-      mode: ``"parallel"`` or ``"sequential"``.
+      initial_state: ``State(h=(B, H))`` in the state dtype; ``None``: every entry ``config.default_state``.
+      lengths: ``(B,)`` real inputs per row (right padding); ``None``: no padding.
+      mode: ``"auto"``, ``"parallel"`` or ``"sequential"``.
       method: ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"`` or ``"log"``.
 
     Returns:
-      ``y (B, T, D_out)`` and ``final_state (B, H)``.
+      ``y (B, T, D_out)`` and ``final_state``, a ``State(h=(B, H))``.
     """
     return run_sequence("minlstm", spec.param_shapes(config), minlstm_gates, minlstm_log_gates, params, x, config,
-                        initial_state, mode, method)
+                        initial_state, lengths, mode, method)
 
 
 def minlstm_step(
-    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: np.ndarray | None, *, config: MinLSTMConfig
-) -> tuple[np.ndarray, np.ndarray]:
-    """One step: ``x_t (B, D)``, ``state (B, H)`` (``None``: the default state) -> ``(y_t (B, D_out), state)``."""
+    params: Mapping[str, np.ndarray], x_t: np.ndarray, state: State | None, *, config: MinLSTMConfig
+) -> tuple[np.ndarray, State]:
+    """One step: ``x_t (B, D)``, ``state`` a ``State(h=(B, H))`` (``None``: the default state) ->
+    ``(y_t (B, D_out), State)``."""
     return run_step("minlstm", spec.param_shapes(config), minlstm_gates, params, x_t, state, config)
 
 
-def minlstm_initial_state(config: MinLSTMConfig, batch_size: int, dtype: str = "float32") -> np.ndarray:
-    """The default state ``(B, H)`` for inputs of ``dtype``."""
+def minlstm_initial_state(config: MinLSTMConfig, batch_size: int, dtype: str = "float32") -> State:
+    """The default state ``State(h=(B, H))`` for inputs of ``dtype``."""
     return initial_state(config, batch_size, dtype)

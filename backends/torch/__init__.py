@@ -33,7 +33,6 @@ from linrec.backends.torch.mingru import (
 )
 from linrec.backends.torch.mingru_lm import (
     MinGRULM,
-    MinGRULMState,
     mingru_lm,
     mingru_lm_generate,
     mingru_lm_initial_state,
@@ -62,6 +61,7 @@ from linrec.backends.torch.scan import (
     log_scan,
 )
 from linrec.backends.torch.verify import AgreementReport, verify_agreement
+from linrec.spec.state import State
 
 NAME = "torch"
 
@@ -85,9 +85,9 @@ __all__ = [
     "GatedLinearRNNLM",
     "MinGRU",
     "MinGRULM",
-    "MinGRULMState",
     "MinGRUStack",
     "MinLSTM",
+    "State",
     "asarray",
     "cu_seqlens_to_resets",
     "describe",

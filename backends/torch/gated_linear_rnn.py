@@ -27,6 +27,7 @@ from linrec.backends.torch.dense import dense
 from linrec.backends.torch.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
+from linrec.spec.state import State
 
 __all__ = [
     "GateLoop",
@@ -69,12 +70,25 @@ def _prepare_params(params: Params, dtype: torch.dtype, config: GatedLinearRNNCo
 
 
 def _state(state, x: Tensor, config: GatedLinearRNNConfig, name: str) -> Tensor:
+    """``state.h`` checked and in the state dtype (zeros for ``None``)."""
     acc = torch_dtype(spec.state_dtype(dtype_name(x)))
-    if state is None:
+    h = spec.state_h(state, name=name)
+    if h is None:
         return x.new_zeros((x.shape[0], config.d_h), dtype=acc)
-    state = _check_tensor(state, name)
-    spec.check_initial_state(tuple(state.shape), dtype_name(state), x.shape[0], dtype_name(x), config, name=name)
-    return cast(state, acc)
+    h = _check_tensor(h, f"{name}.h")
+    spec.check_initial_state(tuple(h.shape), dtype_name(h), x.shape[0], dtype_name(x), config, name=f"{name}.h")
+    return cast(h, acc)
+
+
+def _valid(lengths: Any, x: Tensor, method: str) -> Tensor | None:
+    """``(B, T)`` bool, ``True`` at real inputs, from right-padding ``lengths: (B,)`` (``None``: no padding)."""
+    if lengths is None:
+        return None
+    lengths = _check_tensor(lengths, "lengths")
+    n_batch, n_time = x.shape[:2]
+    values = None if torch.compiler.is_compiling() else to_numpy(lengths)
+    spec.check_lengths(tuple(lengths.shape), dtype_name(lengths), n_batch, n_time, values, method=method)
+    return torch.arange(n_time, device=x.device)[None, :] < lengths.to(x.device)[:, None]
 
 
 def _split(u: Tensor, config: GatedLinearRNNConfig) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -108,30 +122,38 @@ def gated_linear_rnn(
     x: Tensor,
     *,
     config: GatedLinearRNNConfig,
-    initial_state: Tensor | None = None,
+    initial_state: State | None = None,
+    lengths: Tensor | None = None,
     mode: str = "auto",
     method: str = "auto",
     chunk_size: int | None = None,
-) -> tuple[Tensor, Tensor]:
-    """The layer over a sequence: ``x: (B, T, D_in)`` → ``(y: (B, T, D), final_state: (B, H))``.
+) -> tuple[Tensor, State]:
+    """The layer over a sequence: ``x: (B, T, D_in)`` → ``(y: (B, T, D), final_state: State(h=(B, H)))``.
 
-    ``mode``: ``"parallel"`` (scan; ``method``/``chunk_size`` go to ``linear_scan``), ``"sequential"``
-    (the step loop; the only mode with ``use_true_recurrence``) or ``"auto"``. Projections run in the
-    dtype of ``x``; gates and state in ``state_dtype`` (float32 for bf16/f16), and ``final_state`` is
+    ``initial_state``: ``State(h=(B, H))`` or ``None`` (zeros). ``lengths: (B,)``: right-padded rows (row ``b``
+    holds ``lengths[b]`` real inputs); padded positions are identity steps of the same scan (``a = 1, b = 0``),
+    their outputs zero, so ``final_state`` is each row's state after its last real input.
+    ``mode``: ``"auto"`` (``"parallel"``, or ``"sequential"`` with ``use_true_recurrence``), ``"parallel"``
+    (scan; ``method``/``chunk_size`` go to ``linear_scan``) or ``"sequential"`` (the step loop). Projections run
+    in the dtype of ``x``; gates and state in ``state_dtype`` (float32 for bf16/f16), and ``final_state`` is
     returned in that dtype.
     """
     x = _check_tensor(x, "x")
     spec.check_input(tuple(x.shape), dtype_name(x), config)
     mode = spec.resolve_mode(mode, method, config, chunk_size)
+    valid = _valid(lengths, x, method)
     p = _prepare_params(params, x.dtype, config)
     h0 = _state(initial_state, x, config, "initial_state")
     u = dense(x, p["proj.kernel"], p["proj.bias"]).to(h0.dtype)
-    if mode == "parallel" and spec.fusable(config) and _fused.applies(u, method):  # gates fused into the scan
-        y, final = _fused.native_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed)
+    if mode == "parallel" and valid is None and spec.fusable(config) and _fused.applies(u, method):
+        y, final = _fused.native_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed)  # gates fused
     elif mode == "parallel":
         candidate, i, f, o = _split(u, config)
+        a, b = f, i * candidate
+        if valid is not None:  # padding: identity steps (a = 1, b = 0) inside the one scan
+            a, b = torch.where(valid[..., None], a, 1.0), torch.where(valid[..., None], b, 0.0)
         h, final = linear_scan(
-            f, i * candidate, initial_state=None if initial_state is None else h0, reverse=config.reversed,
+            a, b, initial_state=None if initial_state is None else h0, reverse=config.reversed,
             method=method, chunk_size=chunk_size,
         )
         y = _ACTIVATIONS[config.hidden_activation](h) * o
@@ -140,19 +162,23 @@ def gated_linear_rnn(
         ys: list[Tensor] = [u.new_empty(0)] * n_time
         final = h0
         for t in range(n_time - 1, -1, -1) if config.reversed else range(n_time):
-            ys[t], final = _cell(p, u[:, t], final, config)
+            ys[t], new = _cell(p, u[:, t], final, config)
+            final = new if valid is None else torch.where(valid[:, t, None], new, final)  # padding keeps the state
         y = torch.stack(ys, dim=1) if n_time else u.new_zeros((x.shape[0], 0, config.d_h))
     out = dense(y.to(x.dtype), p["out_proj.kernel"], p["out_proj.bias"])
-    return out, final.to(h0.dtype)
+    if valid is not None:
+        out = torch.where(valid[..., None], out, 0.0)
+    return out, State(final.to(h0.dtype))
 
 
 def gated_linear_rnn_step(
-    params: Params, x_t: Tensor, state: Tensor | None, *, config: GatedLinearRNNConfig
-) -> tuple[Tensor, Tensor]:
-    """One step: ``x_t: (B, D_in)``, ``state: (B, H)`` (``None``: zeros) → ``(y_t: (B, D), state)``."""
+    params: Params, x_t: Tensor, state: State | None, *, config: GatedLinearRNNConfig
+) -> tuple[Tensor, State]:
+    """One step: ``x_t: (B, D_in)``, ``state: State(h=(B, H))`` (``None``: zeros) → ``(y_t: (B, D), State)``."""
     x_t = _check_tensor(x_t, "x_t")
     spec.check_step_input(tuple(x_t.shape), dtype_name(x_t), config)
-    return step_core(_prepare_params(params, x_t.dtype, config), x_t, _state(state, x_t, config, "state"), config)
+    y_t, h = step_core(_prepare_params(params, x_t.dtype, config), x_t, _state(state, x_t, config, "state"), config)
+    return y_t, State(h)
 
 
 def step_core(p: Params, x_t: Tensor, h: Tensor, config: GatedLinearRNNConfig) -> tuple[Tensor, Tensor]:
@@ -165,10 +191,10 @@ def step_core(p: Params, x_t: Tensor, h: Tensor, config: GatedLinearRNNConfig) -
 
 def gated_linear_rnn_initial_state(
     config: GatedLinearRNNConfig, batch_size: int, dtype: torch.dtype | str = torch.float32, device: Any = None
-) -> Tensor:
-    """Zeros ``(B, H)`` in the state dtype for inputs of ``dtype`` (float32 for bf16/f16)."""
+) -> State:
+    """``State(h=zeros (B, H))`` in the state dtype for inputs of ``dtype`` (float32 for bf16/f16)."""
     name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
-    return torch.zeros((batch_size, config.d_h), dtype=torch_dtype(spec.state_dtype(name)), device=device)
+    return State(torch.zeros((batch_size, config.d_h), dtype=torch_dtype(spec.state_dtype(name)), device=device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +229,7 @@ class GatedLinearRNN(nn.Module):
         gate_activation: str = "sigmoid",
         use_true_recurrence: bool = False,
         use_tied_gates: bool = True,
+        batch_first: bool = True,
         remat: bool = False,
         device: Any = None,
         dtype: torch.dtype | None = None,
@@ -213,7 +240,9 @@ class GatedLinearRNN(nn.Module):
             hidden_activation=hidden_activation, gate_activation=gate_activation,
             use_true_recurrence=use_true_recurrence, use_tied_gates=use_tied_gates,
         )
+        spec.check_batch_first(batch_first)
         self._cfg = cfg
+        self.batch_first = batch_first
         self.remat = remat
         width = cfg.n_blocks * cfg.d_h
         self.proj = nn.Linear(cfg.d_in, width, device=device, dtype=dtype)
@@ -249,35 +278,44 @@ class GatedLinearRNN(nn.Module):
     def forward(
         self,
         x: Tensor,
-        initial_state: Tensor | None = None,
+        initial_state: State | None = None,
         *,
+        lengths: Tensor | None = None,
         mode: str = "auto",
         method: str = "auto",
         chunk_size: int | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """``x: (B, T, D_in)``, ``initial_state: (B, H)`` → ``(y: (B, T, D), final_state: (B, H))``."""
+    ) -> tuple[Tensor, State]:
+        """``x: (B, T, D_in)`` (``(T, B, D_in)`` with ``batch_first=False``), ``initial_state: State(h=(B, H))``
+        → ``(y: (B, T, D) or (T, B, D), final_state: State(h=(B, H)))``; ``lengths: (B,)`` right padding."""
+        x = _check_tensor(x, "x")
+        if x.dim() != 3:
+            layout = "(B, T, d_in)" if self.batch_first else "(T, B, d_in) (batch_first=False)"
+            raise ValueError(f"x must have shape {layout}, got shape {tuple(x.shape)}")
 
-        def call(x: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
-            return gated_linear_rnn(self._params(), x, config=self._cfg, initial_state=h0, mode=mode,
-                                    method=method, chunk_size=chunk_size)
+        def call(x: Tensor, state: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
+            return gated_linear_rnn(self._params(), x, config=self._cfg, initial_state=state, lengths=lengths,
+                                    mode=mode, method=method, chunk_size=chunk_size)
 
+        x = x if self.batch_first else x.transpose(0, 1)
         if self.remat and torch.is_grad_enabled():
-            return checkpoint(call, x, initial_state, use_reentrant=False)
-        return call(x, initial_state)
+            y, state = checkpoint(call, x, initial_state, lengths, use_reentrant=False)
+        else:
+            y, state = call(x, initial_state, lengths)
+        return (y if self.batch_first else y.transpose(0, 1)), state
 
-    def step(self, x_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``x_t: (B, D_in)``, ``state: (B, H)`` (``None``: zeros) → ``(y_t: (B, D), state)``."""
+    def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """``x_t: (B, D_in)``, ``state: State(h=(B, H))`` (``None``: zeros) → ``(y_t: (B, D), State)``."""
         return gated_linear_rnn_step(self._params(), x_t, state, config=self._cfg)
 
-    def initial_state(self, batch_size: int) -> Tensor:
-        """Zeros ``(B, H)`` in the state dtype for this module's parameter dtype."""
+    def initial_state(self, batch_size: int) -> State:
+        """``State(h=zeros (B, H))`` in the state dtype for this module's parameter dtype."""
         weight = self.proj.weight
         return gated_linear_rnn_initial_state(self._cfg, batch_size, weight.dtype, weight.device)
 
     @classmethod
     def from_canonical(
         cls, config: GatedLinearRNNConfig, params: Mapping[str, Any], *, device: Any = None,
-        dtype: torch.dtype | None = None, remat: bool = False,
+        dtype: torch.dtype | None = None, remat: bool = False, batch_first: bool = True,
     ):
         """A module holding ``params`` (canonical names, dense ``(in, out)`` layout; NumPy arrays or tensors)."""
         if not isinstance(config, GatedLinearRNNConfig):
@@ -286,7 +324,7 @@ class GatedLinearRNN(nn.Module):
         spec.check_params({k: tuple(v.shape) for k, v in tensors.items()}, config)
         dtype = dtype or tensors["proj.kernel"].dtype
         fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        module = cls(**fields, remat=remat, device=device, dtype=dtype)
+        module = cls(**fields, batch_first=batch_first, remat=remat, device=device, dtype=dtype)
         with torch.no_grad():
             module.proj.weight.copy_(tensors["proj.kernel"].T)
             module.proj.bias.copy_(tensors["proj.bias"])

@@ -26,7 +26,8 @@ from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy, torch_dt
 from linrec.backends.torch.dense import dense
 from linrec.backends.torch.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, step_core
 from linrec.spec import gated_linear_rnn_lm as spec
-from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig, LMState
+from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig
+from linrec.spec.state import State
 
 __all__ = [
     "GateLoopLM",
@@ -66,15 +67,17 @@ def _dtype(p: Params) -> torch.dtype:
     return next(iter(p.values())).dtype
 
 
-def _state(state, batch: int, p: Params, config: GatedLinearRNNLMConfig) -> tuple[Tensor, Tensor]:
+def _state(state, batch: int, p: Params, config: GatedLinearRNNLMConfig, name: str = "initial_state"
+           ) -> tuple[tuple[Tensor, ...], Tensor]:
+    """``(h: L tensors (B, H), position: (B,) int32)`` of a checked ``State`` (zeros for ``None``)."""
     first = next(iter(p.values()))
     if state is None:
-        s = gated_linear_rnn_lm_initial_state(config, batch, first.dtype, first.device)
-        return s["h"], s["position"]
-    spec.check_state_keys(state)
-    h, position = _tensor(state["h"], "state['h']"), _tensor(state["position"], "state['position']")
-    spec.check_state(tuple(h.shape), dtype_name(h), tuple(position.shape), dtype_name(position), batch,
-                     dtype_name(first), config)
+        state = gated_linear_rnn_lm_initial_state(config, batch, first.dtype, first.device)
+    h, position = spec.state_parts(state, config, name=name)
+    h = tuple(_tensor(h_l, f"{name}.h[{l}]") for l, h_l in enumerate(h))
+    position = _tensor(position, f"{name}.position")
+    spec.check_state([tuple(h_l.shape) for h_l in h], [dtype_name(h_l) for h_l in h], tuple(position.shape),
+                     dtype_name(position), batch, dtype_name(first), config, name=name)
     return h, position.to(torch.int32)
 
 
@@ -125,11 +128,17 @@ def _head(p: Params, x: Tensor, config: GatedLinearRNNLMConfig) -> Tensor:
 
 
 def _forward(p, inputs, h0, position, masks, config: GatedLinearRNNLMConfig, mode, method, chunk_size,
-             remat: bool = False):
-    """Every row consumes all ``T`` inputs. Returns ``(out, h, position)``."""
+             remat: bool = False, lengths: Tensor | None = None):
+    """One pass over all ``T`` inputs; with ``lengths`` each layer's scan treats the padding as identity steps
+    (recurrence.md §0). Returns ``(out, h: L tensors, position)``."""
     n_time = inputs.shape[1]
     offset = torch.zeros_like(position) if config.compat_step_position_zero else position
-    x = _embed(p, inputs, offset[:, None] + torch.arange(n_time, dtype=torch.int32, device=inputs.device), config)
+    positions = offset[:, None] + torch.arange(n_time, dtype=torch.int32, device=inputs.device)
+    valid = None
+    if lengths is not None:
+        valid = torch.arange(n_time, device=inputs.device)[None, :] < lengths[:, None]
+        positions = torch.where(valid, positions, 0)  # a padded position may lie beyond the table: use a valid row
+    x = _embed(p, inputs, positions, config)
     if "embedding" in masks:
         x = x * masks["embedding"]
     hs = []
@@ -138,19 +147,23 @@ def _forward(p, inputs, h0, position, masks, config: GatedLinearRNNLMConfig, mod
 
         def block(x: Tensor, h_l: Tensor, prefix: str = prefix, l: int = l) -> tuple[Tensor, Tensor]:
             z = _layer_norm(x, p, prefix + f"{_TM}.", config.eps)
-            y, h = gated_linear_rnn(spec.layer_params(p, l), z, config=config.layer_config, initial_state=h_l,
-                                    mode=mode, method=method, chunk_size=chunk_size)
+            y, h = gated_linear_rnn(spec.layer_params(p, l), z, config=config.layer_config,
+                                    initial_state=State(h_l), lengths=lengths, mode=mode, method=method,
+                                    chunk_size=chunk_size)
             x = _residual(x, y, masks.get(prefix + _TM), config.dropout_placement)
             x = _residual(x, _channel_mixing(p, prefix + f"{_CM}.", x, config), masks.get(prefix + _CM),
                           config.dropout_placement)
-            return x, h
+            return x, h.h
 
         if remat and torch.is_grad_enabled():  # recompute each block in the backward pass
-            x, h = checkpoint(block, x, h0[:, l], use_reentrant=False)
+            x, h = checkpoint(block, x, h0[l], use_reentrant=False)
         else:
-            x, h = block(x, h0[:, l])
+            x, h = block(x, h0[l])
         hs.append(h)
-    return _head(p, x, config), torch.stack(hs, dim=1), position + n_time
+    out = _head(p, x, config)
+    if valid is None:
+        return out, tuple(hs), position + n_time
+    return torch.where(valid[..., None], out, 0.0), tuple(hs), position + lengths.to(position.dtype)
 
 
 def _pe_position(position: Tensor, config: GatedLinearRNNLMConfig) -> Tensor:
@@ -163,27 +176,20 @@ def _layers(p: Params, config: GatedLinearRNNLMConfig) -> list[dict[str, Tensor]
     return [spec.layer_params(p, l) for l in range(config.n_layer)]
 
 
-def _step(p: Params, layers: list[dict[str, Tensor]], input_t: Tensor, h: Tensor, position: Tensor,
-          pe_position: Tensor, config: GatedLinearRNNLMConfig, active: Tensor | None = None
-          ) -> tuple[Tensor, Tensor, Tensor]:
+def _step(p: Params, layers: list[dict[str, Tensor]], input_t: Tensor, h: tuple[Tensor, ...], position: Tensor,
+          pe_position: Tensor, config: GatedLinearRNNLMConfig) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
     """One input per row at table row ``pe_position`` on prepared parameters (``layers = _layers(p, config)``)
-    and a checked state; rows with ``active == False`` keep their state (padding)."""
-    if active is not None:
-        pe_position = torch.where(active, pe_position, 0)  # an idle row may sit at max_seq_length: use a valid row
+    and a checked state. Returns ``(out_t, h: L tensors, position + 1)``."""
     x = _embed(p, input_t[:, None], pe_position[:, None], config)[:, 0]
     hs, layer_config = [], config.layer_config  # a property that builds (and validates) a config
     for l, layer_p in enumerate(layers):
         prefix = f"layers.{l}."
         z = _layer_norm(x, p, prefix + f"{_TM}.", config.eps)
-        y, h_l = step_core(layer_p, z, h[:, l], layer_config)
+        y, h_l = step_core(layer_p, z, h[l], layer_config)
         hs.append(h_l)
         x = x + y
         x = x + _channel_mixing(p, prefix + f"{_CM}.", x, config)
-    out, h_new = _head(p, x, config), torch.stack(hs, dim=1)
-    if active is None:
-        return out, h_new, position + 1
-    return (torch.where(active[:, None], out, 0), torch.where(active[:, None, None], h_new, h),
-            position + active.to(position.dtype))
+    return _head(p, x, config), tuple(hs), position + 1
 
 
 def _check_positions(position: Tensor, counts: np.ndarray, config: GatedLinearRNNLMConfig) -> None:
@@ -200,26 +206,28 @@ def gated_linear_rnn_lm(
     inputs: Tensor,
     *,
     config: GatedLinearRNNLMConfig,
-    state: LMState | None = None,
-    lengths: Any = None,
+    initial_state: State | None = None,
+    lengths: Tensor | None = None,
     dropout_masks: Mapping[str, Tensor] | None = None,
     mode: str = "auto",
     method: str = "auto",
     chunk_size: int | None = None,
     remat: bool = False,
-) -> tuple[Tensor, LMState]:
-    """The model over a sequence: ``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out), state)``.
+) -> tuple[Tensor, State]:
+    """The model over a sequence: ``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out),
+    final_state)``; ``initial_state``/``final_state`` are ``State(h=L tensors (B, H), position=(B,) int32)``.
 
-    ``lengths: (B,)`` marks right-padded rows: row ``b`` ends after ``lengths[b]`` inputs, its outputs after
-    that are zero and its state is the state after its last real input. ``dropout_masks``: site →
-    ``(B, T, D)`` multiplier (training). ``mode``/``method``/``chunk_size`` go to the time-mixing layer;
-    ``remat=True`` recomputes each block in the backward pass (``torch.utils.checkpoint``).
+    ``lengths: (B,)`` marks right-padded rows (row ``b`` ends after ``lengths[b]`` inputs): one pass in which every
+    layer's scan treats the padding as identity steps; outputs there are zero, the state is the state after each
+    row's last real input and ``position`` advances by ``lengths``. ``dropout_masks``: site → ``(B, T, D)``
+    multiplier (training). ``mode``/``method``/``chunk_size`` go to the time-mixing layer; ``remat=True``
+    recomputes each block in the backward pass (``torch.utils.checkpoint``).
     """
     inputs = _tensor(inputs, "inputs")
     spec.check_input(tuple(inputs.shape), dtype_name(inputs), config)
     p = _prepare_params(params, config)
     n_batch, n_time = inputs.shape[:2]
-    h0, position = _state(state, n_batch, p, config)
+    h0, position = _state(initial_state, n_batch, p, config)
     masks = dict(dropout_masks or {})
     spec.check_dropout_masks({k: tuple(v.shape) for k, v in masks.items()}, n_batch, n_time, config)
     masks = {k: v.to(_dtype(p)) for k, v in masks.items()}
@@ -228,44 +236,43 @@ def gated_linear_rnn_lm(
             spec.check_token_values(to_numpy(inputs), config)
         _check_positions(position, np.full(n_batch, n_time), config)
         out, h, position = _forward(p, inputs, h0, position, masks, config, mode, method, chunk_size, remat)
-        return out, {"h": h, "position": position}
+        return out, State(h, position)
     if masks:
         raise ValueError("lengths (right-padded rows) cannot be combined with dropout_masks: for training, "
                          "padding after a sequence never changes the outputs before it, so pass no lengths")
-    lengths_np = to_numpy(lengths) if isinstance(lengths, Tensor) else np.asarray(lengths)
-    spec.check_lengths(lengths_np, n_batch, n_time)
-    valid_np = np.arange(n_time)[None, :] < lengths_np[:, None]
-    valid = torch.from_numpy(valid_np).to(inputs.device)
+    lengths = _tensor(lengths, "lengths")
+    spec.layer_spec.check_lengths(tuple(lengths.shape), dtype_name(lengths), n_batch, n_time, method=method)
+    lengths = lengths.to(inputs.device)
+    valid = torch.arange(n_time, device=inputs.device)[None, :] < lengths[:, None]
+    if _checking():
+        lengths_np = to_numpy(lengths)
+        spec.check_lengths(lengths_np, n_batch, n_time)
+        if config.use_word_embedding:
+            spec.check_token_values(to_numpy(inputs)[to_numpy(valid)], config)
+        _check_positions(position, lengths_np, config)
     if config.use_word_embedding:
-        spec.check_token_values(to_numpy(inputs)[valid_np], config)
         inputs = torch.where(valid, inputs, 0)  # padding may hold any id
-    _check_positions(position, lengths_np, config)
-    common = int(lengths_np.min()) if n_batch else n_time
-    out, h, position = _forward(p, inputs[:, :common], h0, position, {}, config, mode, method, chunk_size, remat)
-    outs, layers = [out], _layers(p, config)
-    for t in range(common, n_time):  # rows of different lengths: step the tail, idle rows keep their state
-        pe = torch.full_like(position, t) if config.compat_step_position_zero else position  # as if alone
-        out_t, h, position = _step(p, layers, inputs[:, t], h, position, pe, config, active=valid[:, t])
-        outs.append(out_t[:, None])
-    return torch.cat(outs, dim=1), {"h": h, "position": position}
+    out, h, position = _forward(p, inputs, h0, position, {}, config, mode, method, chunk_size, remat, lengths)
+    return out, State(h, position)
 
 
 def gated_linear_rnn_lm_step(
-    params: Params, input_t: Tensor, state: LMState | None, *, config: GatedLinearRNNLMConfig
-) -> tuple[Tensor, LMState]:
-    """One token per row: ``input_t: (B,)`` ids (or ``(B, F)``) → ``(out_t: (B, V_out), state)`` (no dropout)."""
+    params: Params, input_t: Tensor, state: State | None, *, config: GatedLinearRNNLMConfig
+) -> tuple[Tensor, State]:
+    """One token per row: ``input_t: (B,)`` ids (or ``(B, F)``), ``state`` a ``State`` (``None``: zeros) →
+    ``(out_t: (B, V_out), State)`` (no dropout)."""
     p = _prepare_params(params, config)
     input_t, h, position = _checked_step_inputs(p, input_t, state, config)
     out, h, position = _step(p, _layers(p, config), input_t, h, position, _pe_position(position, config), config)
-    return out, {"h": h, "position": position}
+    return out, State(h, position)
 
 
-def _checked_step_inputs(p: Params, input_t: Any, state: LMState | None, config: GatedLinearRNNLMConfig
-                         ) -> tuple[Tensor, Tensor, Tensor]:
+def _checked_step_inputs(p: Params, input_t: Any, state: State | None, config: GatedLinearRNNLMConfig
+                         ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
     """The checks of a decode step on prepared parameters → ``(input_t, h, position)``."""
     input_t = _tensor(input_t, "input_t")
     spec.check_step_input(tuple(input_t.shape), dtype_name(input_t), config)
-    h, position = _state(state, input_t.shape[0], p, config)
+    h, position = _state(state, input_t.shape[0], p, config, name="state")
     if config.use_word_embedding and _checking():
         spec.check_token_values(to_numpy(input_t), config, name="token")
     _check_positions(position, np.ones(input_t.shape[0], np.int64), config)
@@ -274,12 +281,12 @@ def _checked_step_inputs(p: Params, input_t: Any, state: LMState | None, config:
 
 def gated_linear_rnn_lm_initial_state(
     config: GatedLinearRNNLMConfig, batch_size: int, dtype: torch.dtype | str = torch.float32, device: Any = None
-) -> LMState:
-    """``{"h": zeros (B, L, H) in the state dtype, "position": zeros (B,) int32}``."""
+) -> State:
+    """``State(h=L zeros (B, H) in the state dtype, position=zeros (B,) int32)``."""
     name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
-    return {"h": torch.zeros((batch_size, config.n_layer, config.d_h), dtype=torch_dtype(spec.state_dtype(name)),
-                             device=device),
-            "position": torch.zeros((batch_size,), dtype=torch.int32, device=device)}
+    h = tuple(torch.zeros((batch_size, config.d_h), dtype=torch_dtype(spec.state_dtype(name)), device=device)
+              for _ in range(config.n_layer))
+    return State(h, torch.zeros((batch_size,), dtype=torch.int32, device=device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,36 +396,38 @@ class GatedLinearRNNLM(nn.Module):
                 masks[site] = keep.bernoulli_(1.0 - rate) / (1.0 - rate)
         return masks
 
-    def forward(self, inputs: Tensor, state: LMState | None = None, *, mode: str = "auto", method: str = "auto",
-                chunk_size: int | None = None, lengths: Any = None,
-                training: bool | None = None) -> tuple[Tensor, LMState]:
-        """``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out), state)``; dropout iff training
-        (default: ``self.training``)."""
+    def forward(self, inputs: Tensor, initial_state: State | None = None, *, lengths: Tensor | None = None,
+                mode: str = "auto", method: str = "auto", chunk_size: int | None = None,
+                training: bool | None = None) -> tuple[Tensor, State]:
+        """``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out), final_state: State)``; dropout iff
+        training (default: ``self.training``)."""
         params = self._params()
         training = self.training if training is None else training
         masks = None
-        if training and lengths is None:
-            masks = self._masks(*_tensor(inputs, "inputs").shape[:2], next(iter(params.values())))
-        return gated_linear_rnn_lm(params, inputs, config=self._cfg, state=state, lengths=lengths,
+        if training and lengths is None and _tensor(inputs, "inputs").dim() >= 2:
+            masks = self._masks(*inputs.shape[:2], next(iter(params.values())))
+        return gated_linear_rnn_lm(params, inputs, config=self._cfg, initial_state=initial_state, lengths=lengths,
                                    dropout_masks=masks, mode=mode, method=method, chunk_size=chunk_size,
                                    remat=self.remat)
 
-    def step(self, input_t: Tensor, state: LMState | None = None) -> tuple[Tensor, LMState]:
-        """One input per row: ``(B,)`` ids (or ``(B, F)``) → ``(out_t: (B, V_out), state)``."""
+    def step(self, input_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """One input per row: ``(B,)`` ids (or ``(B, F)``) → ``(out_t: (B, V_out), State)``."""
         return gated_linear_rnn_lm_step(self._params(), input_t, state, config=self._cfg)
 
-    def initial_state(self, batch_size: int) -> LMState:
+    def initial_state(self, batch_size: int) -> State:
+        """``State(h=L zeros (B, H), position=zeros (B,) int32)`` in this module's state dtype and device."""
         w = next(self.parameters())
         return gated_linear_rnn_lm_initial_state(self._cfg, batch_size, w.dtype, w.device)
 
     # --- generation ---------------------------------------------------------------------------------
 
-    def prefill(self, tokens: Tensor, lengths: Any = None, state: LMState | None = None) -> tuple[Tensor, LMState]:
-        """Parallel pass over right-padded prompts ``(B, T)`` (``lengths``: real tokens per row) →
-        ``(logits (B, T, V), state)``; no dropout."""
-        return self(tokens, state, lengths=lengths, training=False)
+    def prefill(self, tokens: Tensor, initial_state: State | None = None, lengths: Tensor | None = None
+                ) -> tuple[Tensor, State]:
+        """One parallel pass over right-padded prompts ``(B, T)`` (``lengths``: real tokens per row) →
+        ``(logits (B, T, V), State)``; no dropout."""
+        return self(tokens, initial_state, lengths=lengths, training=False)
 
-    def decode_step(self, token: Tensor, state: LMState) -> tuple[Tensor, LMState]:
+    def decode_step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
         """One token per row ``(B,)`` → ``(logits (B, V), state)``."""
         return self.step(token, state)
 
@@ -435,22 +444,23 @@ class GatedLinearRNNLM(nn.Module):
         p, cfg = _prepare_params(self._params(), self._cfg), self._cfg
         layers = _layers(p, cfg)
 
-        def core(token: Tensor, h: Tensor, position: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        def core(token: Tensor, h: tuple[Tensor, ...], position: Tensor
+                 ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
             return _step(p, layers, token, h, position, _pe_position(position, cfg), cfg)
 
         step = torch.compile(core, fullgraph=True, dynamic=False) if compile else core
 
         @torch.no_grad()
-        def decode(token: Tensor, state: LMState) -> tuple[Tensor, LMState]:
+        def decode(token: Tensor, state: State) -> tuple[Tensor, State]:
             token, h, position = _checked_step_inputs(p, token, state, cfg)
             out, h, position = step(token, h, position)
-            return out, {"h": h, "position": position}
+            return out, State(h, position)
 
         return decode
 
     @torch.no_grad()
     def generate(self, prompt: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 seed: Any = 0, *, lengths: Any = None, state: LMState | None = None,
+                 seed: Any = 0, *, lengths: Any = None, initial_state: State | None = None,
                  return_logits: bool = False):
         """Sample ``max_new_tokens`` after each prompt row → new tokens ``(B, max_new_tokens)`` int32.
 
@@ -468,10 +478,11 @@ class GatedLinearRNNLM(nn.Module):
         lengths_np = np.full(n_batch, n_time) if lengths is None else (
             to_numpy(lengths) if isinstance(lengths, Tensor) else np.asarray(lengths))
         spec.check_lengths(lengths_np, n_batch, n_time, minimum=1)
-        if state is None:  # the whole generation must fit the position table: fail before computing anything
+        if initial_state is None:  # the whole generation must fit the position table: fail before computing anything
             _check_positions(torch.zeros(n_batch, dtype=torch.int32), lengths_np + max(max_new_tokens - 1, 0), cfg)
         generators = spec.row_generators(seed, n_batch)
-        logits, state = self.prefill(prompt, None if lengths is None else lengths_np, state)
+        prompt_lengths = None if lengths is None else torch.as_tensor(lengths_np, device=prompt.device)
+        logits, state = self.prefill(prompt, initial_state, prompt_lengths)
         last = logits[torch.arange(n_batch), torch.as_tensor(lengths_np - 1)]
         p = self._params()
         layers = _layers(p, cfg)
@@ -482,11 +493,10 @@ class GatedLinearRNNLM(nn.Module):
             tokens.append(token)
             all_logits.append(last)
             if i + 1 < max_new_tokens:
-                _check_positions(state["position"], np.ones(n_batch, np.int64), cfg)
-                position = state["position"]
-                last, h, position = _step(p, layers, token, state["h"], position, _pe_position(position, cfg),
-                                          cfg)
-                state = {"h": h, "position": position}
+                _check_positions(state.position, np.ones(n_batch, np.int64), cfg)
+                position = state.position
+                last, h, position = _step(p, layers, token, state.h, position, _pe_position(position, cfg), cfg)
+                state = State(h, position)
         new = torch.stack(tokens, dim=1) if tokens else torch.zeros((n_batch, 0), dtype=torch.int32)
         if not return_logits:
             return new

@@ -4,7 +4,7 @@ Shape legend: ``B`` batch, ``T`` time, ``D`` d_model, ``H`` heads, ``K`` d_key, 
 ``R`` gate rows per head (``K`` or 1), ``C`` chunk size.
 
 Per head ``S_t = diag(a_t) S_{t-1} + k_t v_tᵀ``, ``o_t = S_tᵀ q_t``. ``mode="parallel"`` is one
-``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``mode="chunked"`` scans chunk by chunk carrying only ``S``, each
+``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``method="chunked"`` scans chunk by chunk carrying only ``S``, each
 chunk under ``torch.utils.checkpoint`` when gradients are recorded, so the backward pass recomputes one chunk's
 states at a time; ``mode="sequential"`` is the step loop. The pure functions take canonical parameters
 (kernels ``(in, out)``); the module stores ``nn.Linear`` weights (``(out, in)``) and passes their transposes.
@@ -19,11 +19,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from linrec.backends.torch.arrays import cast, dtype_name, torch_dtype
+from linrec.backends.torch.arrays import cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.dense import dense
 from linrec.backends.torch.scan import linear_scan
 from linrec.spec import gateloop_mh as spec
 from linrec.spec.gateloop_mh import GateLoopMHConfig
+from linrec.spec.state import State
 
 __all__ = ["GateLoopMH", "gateloop_mh", "gateloop_mh_initial_state", "gateloop_mh_step"]
 
@@ -100,10 +101,14 @@ def _prepare(params, x: Tensor, state, config: GateLoopMHConfig, *, ndim: int, s
     spec.check_x(config, tuple(x.shape), dtype_name(x), ndim=ndim, name="x" if ndim == 3 else "x_t")
     spec.check_params(config, {name: tuple(p.shape) for name, p in params.items()})
     sdt = torch_dtype(spec.state_dtype(config, dtype_name(x)))
+    state = spec.state_h(state, name=state_name)
     if state is None:
         state = torch.zeros(spec.state_shape(config, x.shape[0]), dtype=sdt, device=x.device)
     else:
-        spec.check_state(config, x.shape[0], tuple(state.shape), dtype_name(state), dtype_name(x), name=state_name)
+        if not isinstance(state, Tensor):
+            raise TypeError(f"gateloop_mh: {state_name}.h must be a torch.Tensor, got {type(state).__name__}")
+        spec.check_state(config, x.shape[0], tuple(state.shape), dtype_name(state), dtype_name(x),
+                         name=f"{state_name}.h")
         state = cast(state, sdt)
     params = {name: cast(p, x.dtype) for name, p in params.items()}
     return params, x, state
@@ -117,19 +122,33 @@ def _step(params, x_t: Tensor, state: Tensor, config: GateLoopMHConfig) -> tuple
     return _read_out(params, o, x_t.dtype, config), state
 
 
-def _core(params, x: Tensor, state: Tensor, config: GateLoopMHConfig, mode: str, method: str, size: int):
+def _core(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateLoopMHConfig, mode: str, method: str,
+          size: int):
+    """``(y, final S)`` on checked inputs; ``valid: (B, T)`` marks real inputs (``None``: all)."""
+    y, state = _layer(params, x, state, valid, config, mode, method, size)
+    if valid is not None:  # outputs at padded positions are zero
+        y = torch.where(valid[..., None], y, 0.0)
+    return y, state
+
+
+def _layer(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateLoopMHConfig, mode: str,
+           method: str, size: int):
     if mode == "sequential":
         ys = []
         for t in range(x.shape[1]):
-            y_t, state = _step(params, x[:, t], state, config)
+            y_t, new = _step(params, x[:, t], state, config)
+            state = new if valid is None else torch.where(valid[:, t, None, None, None], new, state)
             ys.append(y_t)
         if ys:
             return torch.stack(ys, 1), state
         empty = torch.zeros((x.shape[0], 0, config.num_heads, config.d_value), dtype=state.dtype, device=x.device)
         return _read_out(params, empty, x.dtype, config), state
     q, k, v, a = _project(params, x, config, state.dtype)
-    if mode == "chunked":
-        o, state = _chunked(q, k, v, a, state, method, size)
+    if valid is not None:  # padding: identity steps (a = 1, k ⊗ v = 0) inside the scan
+        a = torch.where(valid[:, :, None, None, None], a, torch.ones((), dtype=a.dtype, device=a.device))
+        k = torch.where(valid[:, :, None, None], k, 0.0)
+    if method == "chunked":  # the memory-lean path (§6): chunks scanned by the backend's default method
+        o, state = _chunked(q, k, v, a, state, "auto", size)
     else:
         o, state = _scan_part(q, k, v, a, state, method)
     return _read_out(params, o, x.dtype, config), state
@@ -143,54 +162,69 @@ def gateloop_mh(
     x: Tensor,
     *,
     config: GateLoopMHConfig,
-    initial_state: Tensor | None = None,
-    mode: str = "parallel",
+    initial_state: State | None = None,
+    lengths: Tensor | None = None,
+    mode: str = "auto",
     method: str = "auto",
     chunk_size: int | None = None,
     remat: bool = False,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, State]:
     """The layer over a sequence.
 
     Args:
       params: canonical name -> tensor (kernels ``(in, out)``); cast to ``x``'s dtype.
       x: ``(B, T, D)`` real floating.
-      initial_state: ``(B, H, K, V)`` or ``None`` (zeros).
-      mode: ``"parallel"``, ``"chunked"`` (memory-lean, §6) or ``"sequential"`` (step loop).
-      method: scan method for ``"parallel"``/``"chunked"`` (recurrence.md §7).
-      chunk_size: steps per chunk for ``mode="chunked"`` (default ``config.chunk_size``).
+      initial_state: ``State(h=(B, H, K, V))`` or ``None`` (zeros).
+      lengths: ``(B,)`` right-padded rows (recurrence.md §0): padded positions are identity steps of the scan
+        (``a = 1``, ``k ⊗ v = 0``), their outputs zero.
+      mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` or ``"sequential"`` (step loop).
+      method: scan method of the parallel mode (recurrence.md §7); ``"chunked"`` is the memory-lean path (§6).
+      chunk_size: steps per chunk for ``method="chunked"`` (default ``config.chunk_size``).
       remat: recompute the whole layer in the backward pass (``torch.utils.checkpoint``) instead of storing it.
 
     Returns:
-      ``y: (B, T, D)`` and ``final_state: (B, H, K, V)``.
+      ``y: (B, T, D)`` and ``final_state``: ``State(h=(B, H, K, V))``.
     """
-    spec.check_mode(mode, method, chunk_size)
+    mode = spec.check_mode(mode, method, chunk_size)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"gateloop_mh: x must be a torch.Tensor, got {type(x).__name__}")
     params, x, state = _prepare(params, x, initial_state, config, ndim=3, state_name="initial_state")
+    valid = None
+    if lengths is not None:
+        if not isinstance(lengths, Tensor):
+            raise TypeError(f"gateloop_mh: lengths must be a torch.Tensor, got {type(lengths).__name__}")
+        values = None if torch.compiler.is_compiling() else to_numpy(lengths)
+        spec.check_lengths(tuple(lengths.shape), dtype_name(lengths), x.shape[0], x.shape[1], values, method=method)
+        valid = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
     size = chunk_size or config.chunk_size
     if remat and torch.is_grad_enabled():
         names = list(params)
 
-        def run(x, state, *values):
-            return _core(dict(zip(names, values)), x, state, config, mode, method, size)
+        def run(x, state, valid, *values):
+            return _core(dict(zip(names, values)), x, state, valid, config, mode, method, size)
 
-        return checkpoint(run, x, state, *params.values(), use_reentrant=False)
-    return _core(params, x, state, config, mode, method, size)
+        y, state = checkpoint(run, x, state, valid, *params.values(), use_reentrant=False)
+    else:
+        y, state = _core(params, x, state, valid, config, mode, method, size)
+    return y, State(state)
 
 
 def gateloop_mh_step(
-    params: Mapping[str, Tensor], x_t: Tensor, state: Tensor | None, *, config: GateLoopMHConfig
-) -> tuple[Tensor, Tensor]:
-    """One step: ``x_t: (B, D)``, ``state: (B, H, K, V)`` (``None``: zeros) -> ``(y_t: (B, D), state)``."""
+    params: Mapping[str, Tensor], x_t: Tensor, state: State | None, *, config: GateLoopMHConfig
+) -> tuple[Tensor, State]:
+    """One step: ``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` (``None``: zeros) -> ``(y_t: (B, D), State)``."""
     params, x_t, state = _prepare(params, x_t, state, config, ndim=2, state_name="state")
-    return _step(params, x_t, state, config)
+    y_t, state = _step(params, x_t, state, config)
+    return y_t, State(state)
 
 
 def gateloop_mh_initial_state(
     config: GateLoopMHConfig, batch_size: int, dtype: str | torch.dtype = "float32", device=None
-) -> Tensor:
-    """Zeros ``(B, H, K, V)`` in the state dtype for inputs of ``dtype`` (``gateloop_mh.md`` §3)."""
+) -> State:
+    """``State(h=zeros (B, H, K, V))`` in the state dtype for inputs of ``dtype`` (``gateloop_mh.md`` §3)."""
     name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
-    return torch.zeros(spec.state_shape(config, batch_size), dtype=torch_dtype(spec.state_dtype(config, name)),
-                       device=device)
+    return State(torch.zeros(spec.state_shape(config, batch_size),
+                             dtype=torch_dtype(spec.state_dtype(config, name)), device=device))
 
 
 # ---------------------------------------------------------------- the module
@@ -205,7 +239,8 @@ def _lecun_normal_(weight: Tensor) -> None:
 class GateLoopMH(nn.Module):
     """Multi-head outer-product GateLoop layer (PyTorch).
 
-    ``forward(x: (B, T, D), initial_state: (B, H, K, V) | None) -> (y: (B, T, D), final_state)``.
+    ``forward(x: (B, T, D), initial_state: State | None, *, lengths=None) -> (y: (B, T, D), final_state: State)``
+    (``(T, B, D)`` in and out with ``batch_first=False``); the state is ``State(h=(B, H, K, V))``.
     Submodules ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj`` (real) or ``a_mag_proj``/``a_phase_proj`` (complex),
     ``out_proj`` are ``nn.Linear`` (``state_dict`` keys ``q_proj.weight``, ...; ``weight`` is the canonical
     ``kernel`` transposed). ``remat=True`` recomputes the layer in the backward pass.
@@ -224,6 +259,7 @@ class GateLoopMH(nn.Module):
         complex_output: str = "real",
         qkv_bias: bool = False,
         chunk_size: int = 64,
+        batch_first: bool = True,
         remat: bool = False,
         device=None,
         dtype: torch.dtype | None = None,
@@ -234,7 +270,9 @@ class GateLoopMH(nn.Module):
             gate_granularity=gate_granularity, phase_activation=phase_activation, complex_output=complex_output,
             qkv_bias=qkv_bias, chunk_size=chunk_size,
         )
+        spec.check_batch_first(batch_first)
         self._config = cfg
+        self.batch_first = batch_first
         self.remat = remat
         shapes = spec.param_shapes(cfg)
         for name in ("q_proj", "k_proj", "v_proj", *cfg.gate_names, "out_proj"):
@@ -268,26 +306,33 @@ class GateLoopMH(nn.Module):
         return params
 
     def forward(
-        self, x: Tensor, initial_state: Tensor | None = None, *, mode: str = "parallel", method: str = "auto",
-        chunk_size: int | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """``x: (B, T, D)`` -> ``(y: (B, T, D), final_state: (B, H, K, V))``."""
-        return gateloop_mh(self._params(), x, config=self._config, initial_state=initial_state, mode=mode,
-                           method=method, chunk_size=chunk_size, remat=self.remat)
+        self, x: Tensor, initial_state: State | None = None, *, lengths: Tensor | None = None, mode: str = "auto",
+        method: str = "auto", chunk_size: int | None = None,
+    ) -> tuple[Tensor, State]:
+        """``x: (B, T, D)`` (``(T, B, D)`` with ``batch_first=False``) -> ``(y: same layout, final_state: State)``."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"gateloop_mh: x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3:
+            layout = "(B, T, d_model)" if self.batch_first else "(T, B, d_model) (batch_first=False)"
+            raise ValueError(f"gateloop_mh: x must have shape {layout}, got shape {tuple(x.shape)}")
+        x = x if self.batch_first else x.transpose(0, 1)
+        y, state = gateloop_mh(self._params(), x, config=self._config, initial_state=initial_state, lengths=lengths,
+                               mode=mode, method=method, chunk_size=chunk_size, remat=self.remat)
+        return (y if self.batch_first else y.transpose(0, 1)), state
 
-    def step(self, x_t: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``x_t: (B, D)``, ``state: (B, H, K, V)`` -> ``(y_t: (B, D), state)``."""
+    def step(self, x_t: Tensor, state: State | None) -> tuple[Tensor, State]:
+        """``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` -> ``(y_t: (B, D), State)``."""
         return gateloop_mh_step(self._params(), x_t, state, config=self._config)
 
-    def initial_state(self, batch_size: int, dtype: torch.dtype | None = None) -> Tensor:
-        """Zeros ``(B, H, K, V)`` in the state dtype for inputs of ``dtype`` (default: the parameters' dtype)."""
+    def initial_state(self, batch_size: int, dtype: torch.dtype | None = None) -> State:
+        """``State(h=zeros (B, H, K, V))`` in the state dtype for inputs of ``dtype`` (default: the parameters')."""
         weight = self.q_proj.weight
         return gateloop_mh_initial_state(self._config, batch_size, dtype or weight.dtype, device=weight.device)
 
     @classmethod
     def from_canonical(
         cls, config: GateLoopMHConfig, params: Mapping[str, np.ndarray], *, dtype: torch.dtype | None = None,
-        device=None, remat: bool = False,
+        device=None, remat: bool = False, batch_first: bool = True,
     ) -> GateLoopMH:
         """Build a module holding ``params`` (canonical names, kernels ``(in, out)``; dtype theirs unless given)."""
         spec.check_params(config, {name: tuple(np.shape(p)) for name, p in params.items()})
@@ -297,7 +342,7 @@ class GateLoopMH(nn.Module):
             config.d_model, config.num_heads, config.d_key, config.d_value, gate=config.gate,
             gate_granularity=config.gate_granularity, phase_activation=config.phase_activation,
             complex_output=config.complex_output, qkv_bias=config.qkv_bias, chunk_size=config.chunk_size,
-            remat=remat, device=device, dtype=dtype,
+            batch_first=batch_first, remat=remat, device=device, dtype=dtype,
         )
         with torch.no_grad():
             for name, lin in module._linears().items():

@@ -24,8 +24,10 @@ from linrec.backends.torch import native_mingru as _fused
 from linrec.backends.torch import scan as _scan
 from linrec.backends.torch.arrays import asarray, cast, dtype_name, torch_dtype
 from linrec.backends.torch.dense import dense
+from linrec.spec import checks
 from linrec.spec import mingru as spec
 from linrec.spec.mingru import MinGRUConfig
+from linrec.spec.state import State
 
 __all__ = [
     "MinGRU",
@@ -82,10 +84,11 @@ def _state_dtype(x_dtype: torch.dtype) -> torch.dtype:
     return torch_dtype(spec.state_dtype(str(x_dtype).removeprefix("torch.")))
 
 
-def initial_state(config, batch_size: int, dtype: Any = torch.float32, device: Any = None) -> Tensor:
-    """``(B, H)`` filled with ``config.default_state`` in the state dtype for inputs of ``dtype``."""
+def initial_state(config, batch_size: int, dtype: Any = torch.float32, device: Any = None) -> State:
+    """``State(h=(B, H))`` filled with ``config.default_state`` in the state dtype for inputs of ``dtype``."""
     dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
-    return torch.full((batch_size, config.d_inner), config.default_state, dtype=_state_dtype(dtype), device=device)
+    return State(torch.full((batch_size, config.d_inner), config.default_state, dtype=_state_dtype(dtype),
+                            device=device))
 
 
 def _as_tensor(x) -> Tensor:
@@ -135,18 +138,31 @@ def run_sequence(
     params: Mapping[str, Tensor],
     x: Tensor,
     config,
-    initial_state: Tensor | None,
+    initial_state: State | None,
+    lengths: Tensor | None,
     mode: str,
     method: str,
-) -> tuple[Tensor, Tensor]:
-    """The sequence call shared by the layers: project, gate, scan (or step loop), project out."""
+) -> tuple[Tensor, State]:
+    """The sequence call shared by the layers: project, gate, scan (or step loop), project out.
+
+    With ``lengths`` (right padding) a padded position is an identity step (``a = 1, b = 0``) of the same scan
+    and its output is zero."""
     x = _as_tensor(x)
-    h0 = None if initial_state is None else _as_tensor(initial_state)
+    h0 = spec.state_array(layer, "initial_state", initial_state)
+    h0 = None if h0 is None else _as_tensor(h0)
     spec.check_call(
         layer, config, tuple(x.shape), dtype_name(x), None if h0 is None else tuple(h0.shape),
         None if h0 is None else dtype_name(h0), mode=mode, method=method, methods=_scan.METHODS,
+        padded=lengths is not None,
     )
     spec.check_params(layer, params, shapes)
+    mask = None
+    if lengths is not None:
+        lengths = _as_tensor(lengths)
+        spec.check_lengths(layer, tuple(lengths.shape), dtype_name(lengths), x.shape[0], x.shape[1],
+                           None if torch.compiler.is_compiling() else lengths.detach().cpu().numpy())
+        mask = (torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None])[..., None]
+    mode = spec.resolve_mode(mode)
     u = _project(params, x).to(_state_dtype(x.dtype))  # projections in x's dtype; gates and state in float32+
     h0 = None if h0 is None else h0.to(u.dtype)
     if mode == "sequential":
@@ -154,7 +170,7 @@ def run_sequence(
         states = []
         for t in range(x.shape[1]):
             a, b = gates(u[:, t], config)
-            h = a * h + b
+            h = a * h + b if mask is None else torch.where(mask[:, t], a * h + b, h)
             states.append(h)
         states = torch.stack(states, dim=1) if states else u.new_zeros((x.shape[0], 0, config.d_inner))
         final = h
@@ -163,15 +179,20 @@ def run_sequence(
         log_h0 = _log_initial_state(layer, config, h0, u)
         log_h, log_final = _scan.log_scan(log_a, log_b, log_initial_state=log_h0)
         states, final = torch.exp(log_h), torch.exp(log_final)
-    elif gates is mingru_gates and _fused.applies(u, method):  # gates fused into the native scan: one pass
+    elif mask is None and gates is mingru_gates and _fused.applies(u, method):  # gates fused into the native scan
         h = _default(config, x.shape[0], u) if h0 is None else h0
         states, final = _fused.native_mingru(u, h, config.candidate)
     else:
         a, b = gates(u, config)
+        if mask is not None:  # padded positions: identity steps of the same scan
+            a, b = torch.where(mask, a, torch.ones_like(a)), torch.where(mask, b, torch.zeros_like(b))
         if h0 is None and config.default_state != 0:
             h0 = _default(config, x.shape[0], u)
         states, final = _scan.linear_scan(a, b, initial_state=h0, method=method)
-    return _output(params, config, states, x.dtype), final
+    y = _output(params, config, states, x.dtype)
+    if mask is not None:
+        y = torch.where(mask, y, torch.zeros_like(y))
+    return y, State(final)
 
 
 def run_step(
@@ -180,19 +201,21 @@ def run_step(
     gates: Gates,
     params: Mapping[str, Tensor],
     x_t: Tensor,
-    state: Tensor | None,
+    state: State | None,
     config,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, State]:
     """One step shared by the layers: ``h = a h + b`` with ``(a, b) = gates(x_t W + bias)``."""
     x_t = _as_tensor(x_t)
+    state = spec.state_array(layer, "state", state)
     state = None if state is None else _as_tensor(state)
     spec.check_step(
         layer, config, tuple(x_t.shape), dtype_name(x_t), None if state is None else tuple(state.shape),
         None if state is None else dtype_name(state),
     )
     spec.check_params(layer, params, shapes)
-    h = initial_state(config, x_t.shape[0], x_t.dtype, x_t.device) if state is None else state
-    return step_core(gates, params, x_t, cast(h, _state_dtype(x_t.dtype)), config)
+    h = initial_state(config, x_t.shape[0], x_t.dtype, x_t.device).h if state is None else state
+    y, h = step_core(gates, params, x_t, cast(h, _state_dtype(x_t.dtype)), config)
+    return y, State(h)
 
 
 def step_core(gates: Gates, params: Mapping[str, Tensor], x_t: Tensor, h: Tensor, config) -> tuple[Tensor, Tensor]:
@@ -210,37 +233,41 @@ def mingru(
     x: Tensor,
     *,
     config: MinGRUConfig,
-    initial_state: Tensor | None = None,
-    mode: str = "parallel",
+    initial_state: State | None = None,
+    lengths: Tensor | None = None,
+    mode: str = "auto",
     method: str = "auto",
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, State]:
     """minGRU over a sequence.
 
     Args:
       params: canonical parameters (``linrec.spec.mingru.param_shapes``), dense ``(in, out)`` layout.
       x: ``(B, T, D)`` real floating.
-      initial_state: ``(B, H)`` in the state dtype (float32 for bfloat16/float16 ``x``); ``None``: every
-        entry ``config.default_state``.
-      mode: ``"parallel"`` (a scan) or ``"sequential"`` (the step loop).
+      initial_state: ``State(h=(B, H))`` in the state dtype (float32 for bfloat16/float16 ``x``); ``None``:
+        every entry ``config.default_state``.
+      lengths: ``(B,)`` integers: row ``i`` holds ``lengths[i]`` real inputs followed by padding; padded
+        positions keep the state and output zeros. Not with ``method="log"``. ``None``: no padding.
+      mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` (a scan) or ``"sequential"`` (the step loop).
       method: scan method for ``mode="parallel"``: ``"auto"``, ``"sequential"``, ``"associative"``,
         ``"chunked"`` or ``"log"`` (log-space scan; needs ``candidate="g"`` and a positive state).
 
     Returns:
-      ``y (B, T, D_out)`` in the dtype of ``x`` and ``final_state (B, H)`` in the state dtype.
+      ``y (B, T, D_out)`` in the dtype of ``x`` and ``final_state``, a ``State(h=(B, H))`` in the state dtype.
     """
     return run_sequence("mingru", spec.param_shapes(config), mingru_gates, mingru_log_gates, params, x, config,
-                        initial_state, mode, method)
+                        initial_state, lengths, mode, method)
 
 
 def mingru_step(
-    params: Mapping[str, Tensor], x_t: Tensor, state: Tensor | None, *, config: MinGRUConfig
-) -> tuple[Tensor, Tensor]:
-    """One step: ``x_t (B, D)``, ``state (B, H)`` (``None``: the default state) -> ``(y_t (B, D_out), state)``."""
+    params: Mapping[str, Tensor], x_t: Tensor, state: State | None, *, config: MinGRUConfig
+) -> tuple[Tensor, State]:
+    """One step: ``x_t (B, D)``, ``state`` a ``State(h=(B, H))`` (``None``: the default state) ->
+    ``(y_t (B, D_out), State)``."""
     return run_step("mingru", spec.param_shapes(config), mingru_gates, params, x_t, state, config)
 
 
-def mingru_initial_state(config: MinGRUConfig, batch_size: int, dtype: Any = torch.float32) -> Tensor:
-    """The default state ``(B, H)`` for inputs of ``dtype``."""
+def mingru_initial_state(config: MinGRUConfig, batch_size: int, dtype: Any = torch.float32) -> State:
+    """The default state ``State(h=(B, H))`` for inputs of ``dtype``."""
     return initial_state(config, batch_size, dtype)
 
 
@@ -267,6 +294,7 @@ class MinRNNBase(nn.Module):
         candidate: str = "identity",
         default_state: float = 0.0,
         remat: bool = False,
+        batch_first: bool = True,
         device: Any = None,
         dtype: torch.dtype | None = None,
     ):
@@ -275,6 +303,8 @@ class MinRNNBase(nn.Module):
             d_model=d_model, d_inner=d_inner, expansion=expansion, out_proj=out_proj, bias=bias,
             candidate=candidate, default_state=default_state,
         )
+        checks.check_bool("batch_first", batch_first)
+        self.batch_first = batch_first
         h = self._cfg.d_inner
         self.remat = remat
         self.proj = nn.Linear(d_model, self._n_blocks * h, bias=bias, device=device, dtype=dtype)
@@ -308,31 +338,41 @@ class MinRNNBase(nn.Module):
         return spec._dense_shapes(self._cfg, self._n_blocks)
 
     def forward(
-        self, x: Tensor, initial_state: Tensor | None = None, *, mode: str = "parallel", method: str = "auto"
-    ) -> tuple[Tensor, Tensor]:
-        """``x (B, T, D)`` -> ``(y (B, T, D_out), final_state (B, H))``; see the pure function."""
+        self, x: Tensor, initial_state: State | None = None, *, lengths: Tensor | None = None, mode: str = "auto",
+        method: str = "auto",
+    ) -> tuple[Tensor, State]:
+        """``x (B, T, D)`` (``(T, B, D)`` with ``batch_first=False``) -> ``(y, final_state)``, ``y`` in the layout
+        of ``x`` and ``final_state`` a ``State(h=(B, H))``; see the pure function."""
         cls = type(self)
+        x = _as_tensor(x)
+        if x.dim() != 3:
+            layout = "B, T" if self.batch_first else "T, B"
+            raise ValueError(f"{cls._layer}: x must have 3 axes ({layout}, d_model), got shape {tuple(x.shape)}")
+        if not self.batch_first:
+            x = x.transpose(0, 1)
 
-        def call(x: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor]:
+        def call(x: Tensor, h0: State | None, lengths: Tensor | None) -> tuple[Tensor, State]:
             return run_sequence(cls._layer, self._shapes(), cls._gates, cls._log_gates, self._params(), x,
-                                self._cfg, h0, mode, method)
+                                self._cfg, h0, lengths, mode, method)
 
         if self.remat and torch.is_grad_enabled():
-            return checkpoint(call, x, initial_state, use_reentrant=False)
-        return call(x, initial_state)
+            y, final = checkpoint(call, x, initial_state, lengths, use_reentrant=False)
+        else:
+            y, final = call(x, initial_state, lengths)
+        return (y if self.batch_first else y.transpose(0, 1)), final
 
-    def step(self, x_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``x_t (B, D)``, ``state (B, H)`` (``None``: default) -> ``(y_t (B, D_out), state)``."""
+    def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """``x_t (B, D)``, ``state`` a ``State(h=(B, H))`` (``None``: default) -> ``(y_t (B, D_out), State)``."""
         cls = type(self)
         return run_step(cls._layer, self._shapes(), cls._gates, self._params(), x_t, state, self._cfg)
 
-    def initial_state(self, batch_size: int) -> Tensor:
-        """The default state ``(B, H)`` in the state dtype for this module's parameter dtype."""
+    def initial_state(self, batch_size: int) -> State:
+        """The default state ``State(h=(B, H))`` in the state dtype for this module's parameter dtype."""
         weight = self.proj.weight
         return initial_state(self._cfg, batch_size, weight.dtype, weight.device)
 
     @classmethod
-    def from_canonical(cls, config, params: Mapping[str, Any], *, device: Any = None,
+    def from_canonical(cls, config, params: Mapping[str, Any], *, batch_first: bool = True, device: Any = None,
                        dtype: torch.dtype | None = None, **kwargs):
         """Build a module whose parameters are ``params`` (canonical names, dense ``(in, out)`` layout)."""
         if not isinstance(config, cls._config_cls):
@@ -341,7 +381,7 @@ class MinRNNBase(nn.Module):
         tensors = {k: _as_tensor(v) for k, v in params.items()}
         dtype = dtype or tensors["proj.kernel"].dtype
         fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-        module = cls(fields.pop("d_model"), **fields, device=device, dtype=dtype, **kwargs)
+        module = cls(fields.pop("d_model"), **fields, batch_first=batch_first, device=device, dtype=dtype, **kwargs)
         with torch.no_grad():
             module.proj.weight.copy_(tensors["proj.kernel"].T)
             if config.bias:
@@ -361,7 +401,8 @@ class MinGRU(MinRNNBase):
     """minGRU (``spec/mingru.md``): ``h_t = (1 - z_t) h_{t-1} + z_t h̃_t``, ``y_t = h_t`` (or ``h_t W_out``).
 
     Constructor: the ``MinGRUConfig`` fields as keyword arguments, ``remat`` (``torch.utils.checkpoint``
-    when gradients are on), ``device``, ``dtype``. Parameters: ``proj`` (``nn.Linear`` D -> 2H, output rows
+    when gradients are on), ``batch_first`` (``False``: the call reads and returns ``(T, B, D)``, as
+    ``torch.nn.GRU``), ``device``, ``dtype``. Parameters: ``proj`` (``nn.Linear`` D -> 2H, output rows
     ``[z | h̃]``) and ``out_proj`` (H -> D, no bias), so ``state_dict`` keys are ``proj.weight``, ``proj.bias``,
     ``out_proj.weight``.
     """

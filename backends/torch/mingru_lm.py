@@ -6,7 +6,8 @@ Shape legend: ``B`` batch, ``T`` time, ``V`` vocabulary, ``D`` model width, ``H`
 The pure functions take canonical parameters (dense ``(in, out)``); the module keeps idiomatic layers
 (``nn.Embedding``, ``nn.Linear``, ``nn.RMSNorm``, the minGRU layer's ``MinGRU``) in an ``nn.ModuleList``
 and hands transposed views of them to the same functions. Every layer's minGRU runs through the layer's
-own functions (``linrec.backends.torch.mingru``); left padding turns pad positions into identity steps.
+own functions (``linrec.backends.torch.mingru``); right padding (``lengths``) turns padded positions into identity
+steps of the same scan.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from linrec.backends.torch.dense import dense
 from linrec.backends.torch.mingru import MinGRU, mingru, mingru_gates, step_core
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
-from linrec.spec.mingru_lm import MinGRULMConfig, MinGRULMState
+from linrec.spec.mingru_lm import MinGRULMConfig
+from linrec.spec.state import State
 
-__all__ = ["MinGRULM", "MinGRULMState", "mingru_lm", "mingru_lm_generate", "mingru_lm_initial_state",
+__all__ = ["MinGRULM", "mingru_lm", "mingru_lm_generate", "mingru_lm_initial_state",
            "mingru_lm_step"]
 
 
@@ -73,32 +75,19 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch_dtype(mingru_spec.state_dtype(str(dtype).removeprefix("torch.")))
 
 
-def _default(config: MinGRULMConfig, batch: int, dtype: torch.dtype, device=None) -> Tensor:
-    return torch.full((config.n_layers, batch, config.d_inner), config.default_state, dtype=_state_dtype(dtype),
-                      device=device)
+def _default(config: MinGRULMConfig, batch: int, dtype: torch.dtype, device=None) -> tuple[Tensor, ...]:
+    return tuple(torch.full((batch, config.d_inner), config.default_state, dtype=_state_dtype(dtype), device=device)
+                 for _ in range(config.n_layers))
 
 
-def _masked_mingru(mp, x: Tensor, h0, mask: Tensor, config: MinGRULMConfig, method: str):
-    """The minGRU scan with pad positions as identity steps: ``a = 1, b = 0`` where ``mask`` is False."""
-    mcfg = config.mingru
-    u = _dense(mp, "proj", x).to(_state_dtype(x.dtype))
-    a, b = mingru_gates(u, mcfg)
-    keep = mask[..., None]
-    a, b = torch.where(keep, a, torch.ones_like(a)), torch.where(keep, b, torch.zeros_like(b))
-    if h0 is None:
-        h0 = torch.full((x.shape[0], mcfg.d_inner), mcfg.default_state, dtype=u.dtype, device=u.device)
-    h, final = _scan.linear_scan(a, b, initial_state=h0, method=method)
-    y = h.to(x.dtype)
-    return (y @ mp["out_proj.kernel"].to(x.dtype) if mcfg.out_proj else y), final
-
-
-def _layer_forward(p, x, h_l, mask, config: MinGRULMConfig, method: str):
+def _layer_forward(p, x, h_l, lengths, config: MinGRULMConfig, method: str):
     mp = _sub(p, "mingru.")
 
     def mixer(z):
-        if mask is None:
-            return mingru(mp, z, config=config.mingru, initial_state=h_l, method=method)
-        return _masked_mingru(mp, z, h_l, mask, config, method)
+        # right padding: padded positions are identity steps of the layer's one scan
+        y, final = mingru(mp, z, config=config.mingru, initial_state=None if h_l is None else State(h_l),
+                          lengths=lengths, method=method)
+        return y, final.h
 
     return _block(p, x, mixer, config)
 
@@ -110,8 +99,9 @@ def _layers(params, config: MinGRULMConfig) -> list[tuple[dict[str, Tensor], dic
     return [(p, _sub(p, "mingru.")) for p in blocks]
 
 
-def _step_core(params, layers, x_t: Tensor, h: Tensor, keep: Tensor | None, config: MinGRULMConfig):
-    """One step from embedded ``x_t (B, D)`` and a checked ``h (L, B, H)`` (``layers = _layers(params, config)``)."""
+def _step_core(params, layers, x_t: Tensor, h: tuple[Tensor, ...], keep: Tensor | None, config: MinGRULMConfig):
+    """One step from embedded ``x_t (B, D)`` and checked layer states ``h`` (``L`` tensors ``(B, H)``;
+    ``layers = _layers(params, config)``)."""
     mcfg = config.mingru
     hs = []
     for (p, mp), h_old in zip(layers, h):
@@ -120,36 +110,42 @@ def _step_core(params, layers, x_t: Tensor, h: Tensor, keep: Tensor | None, conf
             y, h_new = step_core(mingru_gates, mp, z, h_old, mcfg)
             if keep is None:
                 return y, h_new
-            h_new = torch.where(keep[:, None], h_new, h_old)  # a pad step: the state, and so the output, stay put
-            y = h_new.to(z.dtype)
-            return (y @ mp["out_proj.kernel"].to(y.dtype) if mcfg.out_proj else y), h_new
+            return y, torch.where(keep[:, None], h_new, h_old)  # a padded step keeps the state (logits zeroed)
 
         x_t, h_l = _block(p, x_t, mixer, config)
         hs.append(h_l)
-    return _head(params, x_t, config), torch.stack(hs)
+    return _head(params, x_t, config), tuple(hs)
 
 
-def _run(params, tokens: Tensor, h0: Tensor | None, mask: Tensor | None, config: MinGRULMConfig, mode: str,
-         method: str, remat: bool = False):
+def _zero_pads(logits: Tensor, mask: Tensor | None) -> Tensor:
+    return logits if mask is None else torch.where(mask[..., None], logits, torch.zeros_like(logits))
+
+
+def _run(params, tokens: Tensor, h0: tuple[Tensor, ...] | None, lengths: Tensor | None, config: MinGRULMConfig,
+         mode: str, method: str, remat: bool = False):
     emb = params["embed.embedding"]
     x = F.embedding(tokens, emb)
+    mask = None
+    if lengths is not None:
+        lengths = lengths.to(tokens.device)
+        mask = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
     if mode == "sequential":
         h = _default(config, tokens.shape[0], x.dtype, x.device) if h0 is None else h0
         logits, layers = [], _layers(params, config)
         for t in range(tokens.shape[1]):
             out, h = _step_core(params, layers, x[:, t], h, None if mask is None else mask[:, t], config)
             logits.append(out)
-        return (torch.stack(logits, dim=1) if logits else _head(params, x, config)), h
+        return _zero_pads(torch.stack(logits, dim=1) if logits else _head(params, x, config), mask), h
     finals = []
     for layer in range(config.n_layers):
         p = _sub(params, f"layers.{layer}.")
         h_l = None if h0 is None else h0[layer]
         if remat and torch.is_grad_enabled():
-            x, h = checkpoint(_layer_forward, p, x, h_l, mask, config, method, use_reentrant=False)
+            x, h = checkpoint(_layer_forward, p, x, h_l, lengths, config, method, use_reentrant=False)
         else:
-            x, h = _layer_forward(p, x, h_l, mask, config, method)
+            x, h = _layer_forward(p, x, h_l, lengths, config, method)
         finals.append(h)
-    return _head(params, x, config), torch.stack(finals)
+    return _zero_pads(_head(params, x, config), mask), tuple(finals)
 
 
 # --- checked entry points (shared by the pure functions and the module) ---------------------------------
@@ -160,10 +156,11 @@ def _values(x: Tensor) -> np.ndarray | None:
     return None if torch.compiler.is_compiling() else to_numpy(x)
 
 
-def _check_state(state, config: MinGRULMConfig, batch: int, compute_dtype: torch.dtype) -> Tensor:
-    h = _as_tensor(state.h) if isinstance(state, MinGRULMState) else None
-    spec.check_state(state, config, batch, None if h is None else tuple(h.shape),
-                     None if h is None else dtype_name(h), str(_state_dtype(compute_dtype)).removeprefix("torch."))
+def _check_state(name: str, state, config: MinGRULMConfig, batch: int,
+                 compute_dtype: torch.dtype) -> tuple[Tensor, ...]:
+    h = tuple(_as_tensor(a) for a in spec.state_arrays(name, state, config))
+    spec.check_state(name, config, batch, [tuple(a.shape) for a in h], [dtype_name(a) for a in h],
+                     str(_state_dtype(compute_dtype)).removeprefix("torch."))
     return h
 
 
@@ -174,28 +171,29 @@ def _call(params, tokens, config: MinGRULMConfig, initial_state, lengths, mode: 
     spec.check_mode(mode, method, _scan.METHODS, lengths is not None)
     batch, length = tokens.shape
     emb = params["embed.embedding"]
-    h0 = None if initial_state is None else _check_state(initial_state, config, batch, emb.dtype)
-    mask = None
+    h0 = None if initial_state is None else _check_state("initial_state", initial_state, config, batch, emb.dtype)
     if lengths is not None:
         lengths = _as_tensor(lengths)
         spec.check_lengths(tuple(lengths.shape), dtype_name(lengths), batch, length, _values(lengths))
-        mask = torch.arange(length, device=tokens.device)[None, :] >= (length - lengths.to(tokens.device))[:, None]
-    logits, h = _run(params, tokens, h0, mask, config, mode, method, remat)
-    return logits, MinGRULMState(h)
+    logits, h = _run(params, tokens, h0, lengths, config, mingru_spec.resolve_mode(mode), method, remat)
+    return logits, State(h)
 
 
 def _step_call(params, token, state, config: MinGRULMConfig, core=None):
     """A checked decode step; ``core(token, h) -> (logits, h)`` replaces :func:`_token_step` (``decoder()``)."""
     token = _as_tensor(token)
     spec.check_tokens("token", tuple(token.shape), dtype_name(token), 1, config, _values(token))
-    h = _check_state(state, config, token.shape[0], params["embed.embedding"].dtype)
+    emb = params["embed.embedding"]
+    h = (_default(config, token.shape[0], emb.dtype, emb.device) if state is None
+         else _check_state("state", state, config, token.shape[0], emb.dtype))
     logits, h = core(token, h) if core is not None else _token_step(params, _layers(params, config), token, h,
                                                                     config)
-    return logits, MinGRULMState(h)
+    return logits, State(h)
 
 
-def _token_step(params, layers, token: Tensor, h: Tensor, config: MinGRULMConfig) -> tuple[Tensor, Tensor]:
-    """The arithmetic of one decode step: ``token (B,)``, ``h (L, B, H)`` → ``(logits, h)``."""
+def _token_step(params, layers, token: Tensor, h: tuple[Tensor, ...],
+                config: MinGRULMConfig) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The arithmetic of one decode step: ``token (B,)``, ``L`` states ``(B, H)`` → ``(logits, states)``."""
     return _step_core(params, layers, F.embedding(token, params["embed.embedding"]), h, None, config)
 
 
@@ -211,7 +209,7 @@ def _generate(params, prompt, config: MinGRULMConfig, max_new_tokens, temperatur
 
     with torch.no_grad():
         tokens, logits = spec.generate_loop(
-            lambda p, n: _call(params, on(p), config, None, on(n), "parallel", "auto"),
+            lambda p, n: _call(params, on(p), config, None, on(n), "auto", "auto"),
             lambda t, s: _step_call(params, on(t), s, config),
             to_numpy, prompt_np, lengths_np, max_new_tokens, temperature, top_k, seed,
         )
@@ -232,42 +230,44 @@ def mingru_lm(
     tokens: Tensor,
     *,
     config: MinGRULMConfig,
-    initial_state: MinGRULMState | None = None,
+    initial_state: State | None = None,
     lengths: Tensor | None = None,
-    mode: str = "parallel",
+    mode: str = "auto",
     method: str = "auto",
     remat: bool = False,
-) -> tuple[Tensor, MinGRULMState]:
+) -> tuple[Tensor, State]:
     """The model over a sequence.
 
     Args:
       params: canonical parameters (``linrec.spec.mingru_lm.param_shapes``), dense ``(in, out)``; they set
         the compute dtype.
       tokens: ``(B, T)`` integer ids in ``[0, V)``.
-      initial_state: ``MinGRULMState(h (L, B, H))`` in the state dtype; ``None``: ``default_state``.
-      lengths: ``(B,)`` real tokens per row, right-aligned (left padding); ``None``: no padding.
-      mode: ``"parallel"`` (each layer a scan) or ``"sequential"`` (the step loop).
-      method: scan method of ``mode="parallel"`` (as for the minGRU layer).
+      initial_state: ``State(h=tuple of L (B, H) tensors)`` in the state dtype; ``None``: ``default_state``.
+      lengths: ``(B,)`` real tokens per row followed by padding (right padding): padded positions are identity
+        steps of each layer's one scan and their logits are zero. ``None``: no padding.
+      mode: ``"auto"`` (= ``"parallel"``: each layer a scan), ``"parallel"`` or ``"sequential"`` (the step loop).
+      method: scan method of ``mode="parallel"`` (as for the minGRU layer; ``"log"`` refuses ``lengths``).
       remat: recompute each block in the backward pass (``torch.utils.checkpoint``).
 
     Returns:
-      ``logits (B, T, V)`` and the final ``MinGRULMState``.
+      ``logits (B, T, V)`` and the final ``State`` (each row's after its last real token).
     """
     return _call(_tensors(params, config), tokens, config, initial_state, lengths, mode, method, remat)
 
 
 def mingru_lm_step(
-    params: Mapping[str, Tensor], token: Tensor, state: MinGRULMState, *, config: MinGRULMConfig
-) -> tuple[Tensor, MinGRULMState]:
-    """One token: ``token (B,)``, ``state`` -> ``(logits (B, V), state)``."""
+    params: Mapping[str, Tensor], token: Tensor, state: State | None, *, config: MinGRULMConfig
+) -> tuple[Tensor, State]:
+    """One token: ``token (B,)``, ``state`` (``None``: the default) -> ``(logits (B, V), State)``."""
     return _step_call(_tensors(params, config), token, state, config)
 
 
 def mingru_lm_initial_state(config: MinGRULMConfig, batch_size: int, dtype: Any = torch.float32,
-                            device: Any = None) -> MinGRULMState:
-    """The default state: ``h (L, B, H)`` filled with ``default_state`` in the state dtype for ``dtype``."""
+                            device: Any = None) -> State:
+    """The default state: ``State(h=...)``, ``L`` tensors ``(B, H)`` filled with ``default_state`` in the state
+    dtype for ``dtype``."""
     dtype = torch_dtype(dtype) if isinstance(dtype, str) else dtype
-    return MinGRULMState(_default(config, batch_size, dtype, device))
+    return State(_default(config, batch_size, dtype, device))
 
 
 def mingru_lm_generate(
@@ -282,7 +282,8 @@ def mingru_lm_generate(
     lengths: Tensor | None = None,
     return_logits: bool = False,
 ):
-    """Sample ``max_new_tokens`` after a (left-padded) ``prompt (B, T)`` (``spec.mingru_lm.generate_loop``).
+    """Sample ``max_new_tokens`` after a right-padded ``prompt (B, T)`` (``lengths``: real tokens per row, default
+    all ``T``; ``spec.mingru_lm.generate_loop``).
 
     Returns ``tokens (B, N)`` (int64), and with ``return_logits`` also ``logits (B, N, V)``.
     """
@@ -401,32 +402,32 @@ class MinGRULM(nn.Module):
             out[name] = param.T if transposed else param
         return out
 
-    def forward(self, tokens: Tensor, initial_state: MinGRULMState | None = None, *, lengths: Tensor | None = None,
-                mode: str = "parallel", method: str = "auto") -> tuple[Tensor, MinGRULMState]:
-        """``tokens (B, T)`` -> ``(logits (B, T, V), state)``; see :func:`mingru_lm`."""
+    def forward(self, tokens: Tensor, initial_state: State | None = None, *, lengths: Tensor | None = None,
+                mode: str = "auto", method: str = "auto") -> tuple[Tensor, State]:
+        """``tokens (B, T)`` -> ``(logits (B, T, V), final_state)``; see :func:`mingru_lm`."""
         return _call(self._params(), tokens, self._cfg, initial_state, lengths, mode, method, self.remat)
 
-    def step(self, token: Tensor, state: MinGRULMState | None = None) -> tuple[Tensor, MinGRULMState]:
-        """``token (B,)``, ``state`` (``None``: the default) -> ``(logits (B, V), state)``."""
-        if state is None:
-            state = self.initial_state(_as_tensor(token).shape[0])
+    def step(self, token: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """``token (B,)``, ``state`` (``None``: the default) -> ``(logits (B, V), State)``."""
         return _step_call(self._params(), token, state, self._cfg)
 
-    def initial_state(self, batch_size: int) -> MinGRULMState:
-        """The default state ``h (L, B, H)`` in the state dtype for this module's parameter dtype."""
+    def initial_state(self, batch_size: int) -> State:
+        """The default ``State`` (``L`` tensors ``(B, H)``) in the state dtype for this module's parameter dtype."""
         weight = self.embed.weight
-        return MinGRULMState(_default(self._cfg, batch_size, weight.dtype, weight.device))
+        return State(_default(self._cfg, batch_size, weight.dtype, weight.device))
 
-    def prefill(self, tokens: Tensor, lengths: Tensor | None = None) -> tuple[Tensor, MinGRULMState]:
-        """The parallel pass over a (left-padded) prompt: ``(logits (B, T, V), state)``."""
-        return self(tokens, lengths=lengths)
+    def prefill(self, tokens: Tensor, initial_state: State | None = None,
+                lengths: Tensor | None = None) -> tuple[Tensor, State]:
+        """The parallel pass over a right-padded prompt (``lengths``: real tokens per row) from ``initial_state``
+        (``None``: the default): ``(logits (B, T, V), State)``, one scan per layer."""
+        return self(tokens, initial_state, lengths=lengths)
 
-    def decode_step(self, token: Tensor, state: MinGRULMState) -> tuple[Tensor, MinGRULMState]:
-        """One token on the step path: ``(logits (B, V), state)``."""
+    def decode_step(self, token: Tensor, state: State) -> tuple[Tensor, State]:
+        """One token on the step path: ``(logits (B, V), State)``."""
         return _step_call(self._params(), token, state, self._cfg)
 
     def decoder(self, compile: bool = False):
-        """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters
+        """``decode(token (B,), state) -> (logits (B, V), State)``: :meth:`decode_step` with the parameters
         gathered once, for token loops, without autograd. The twin of the JAX method: build it again after
         changing the parameters (in-place updates happen to show through here, replaced tensors do not).
 
@@ -438,13 +439,13 @@ class MinGRULM(nn.Module):
         p, cfg = self._params(), self._cfg
         layers = _layers(p, cfg)
 
-        def core(token: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        def core(token: Tensor, h: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
             return _token_step(p, layers, token, h, cfg)
 
         step = torch.compile(core, fullgraph=True, dynamic=False) if compile else core
 
         @torch.no_grad()
-        def decode(token: Tensor, state: MinGRULMState) -> tuple[Tensor, MinGRULMState]:
+        def decode(token: Tensor, state: State) -> tuple[Tensor, State]:
             return _step_call(p, token, state, cfg, step)
 
         return decode

@@ -19,9 +19,11 @@ from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch.arrays import dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.mingru import MinGRU, mingru, mingru_step
+from linrec.spec import checks
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_stack as spec
 from linrec.spec.mingru_stack import MinGRUStackConfig
+from linrec.spec.state import State
 
 __all__ = ["MinGRUStack", "mingru_stack", "mingru_stack_initial_state", "mingru_stack_step"]
 
@@ -41,16 +43,18 @@ def _layer(p, x, h0, config: MinGRUStackConfig, layer: int, run):
     y, h = run(spec.sub_params(p, "mingru."), z, h0, config.layer_config(layer))
     if config.residual:
         y = y + (x @ p["res_align.kernel"].to(x.dtype) if config.has_align(layer) else x)
-    return y, h
+    return y, h.h
 
 
-def _check_state(state, config: MinGRUStackConfig, batch: int, x_dtype: str):
-    if state is None:
+def _check_state(name: str, state, config: MinGRUStackConfig, batch: int, x_dtype: str) -> list:
+    """One ``State`` per layer (``None``: that layer's default) from the stack's ``State``."""
+    given = spec.state_arrays(name, state, config)
+    if given is None:
         return [None] * config.num_layers
-    tensors = [_as_tensor(s) for s in state] if isinstance(state, (tuple, list)) else None
-    spec.check_state(state, config, batch, None if tensors is None else [tuple(t.shape) for t in tensors],
-                     None if tensors is None else [dtype_name(t) for t in tensors], mingru_spec.state_dtype(x_dtype))
-    return tensors
+    tensors = [_as_tensor(h) for h in given]
+    spec.check_state(name, config, batch, [tuple(t.shape) for t in tensors], [dtype_name(t) for t in tensors],
+                     mingru_spec.state_dtype(x_dtype))
+    return [State(t) for t in tensors]
 
 
 def mingru_stack(
@@ -58,18 +62,22 @@ def mingru_stack(
     x: Tensor,
     *,
     config: MinGRUStackConfig,
-    initial_state: Sequence[Tensor] | None = None,
-    mode: str = "parallel",
+    initial_state: State | None = None,
+    lengths: Tensor | None = None,
+    mode: str = "auto",
     method: str = "auto",
     training: bool = False,
     remat: bool = False,
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The stack over ``x (B, T, I)`` -> ``(y (B, T, H_{L-1}), (h_0 (B, H_0), ..., h_{L-1}))``.
+) -> tuple[Tensor, State]:
+    """The stack over ``x (B, T, I)`` -> ``(y (B, T, H_{L-1}), State(h=(h_0 (B, H_0), ..., h_{L-1})))``.
 
     Args:
       params: canonical parameters (``linrec.spec.mingru_stack.param_shapes``), dense ``(in, out)``.
       x: ``(B, T, I)`` real floating (batch first).
-      initial_state: ``L`` tensors ``(B, H_l)`` in the state dtype; ``None``: every layer's default state.
+      initial_state: a ``State`` whose ``h`` holds ``L`` tensors ``(B, H_l)`` in the state dtype; ``None``: every
+        layer's default state.
+      lengths: ``(B,)`` real inputs per row (right padding): padded positions keep every layer's state and
+        output zeros. ``None``: no padding.
       mode, method: as for the minGRU layer, applied to every layer.
       training: dropout between layers (``F.dropout``, torch's global generator); off when ``False``.
       remat: recompute each layer in the backward pass (``torch.utils.checkpoint``).
@@ -77,50 +85,54 @@ def mingru_stack(
     x = _as_tensor(x)
     spec.check_input("x", tuple(x.shape), 3, config)
     spec.check_params(params, config)
-    states = _check_state(initial_state, config, x.shape[0], dtype_name(x))
+    states = _check_state("initial_state", initial_state, config, x.shape[0], dtype_name(x))
     params = {k: _as_tensor(v) for k, v in params.items()}
+    lengths = None if lengths is None else _as_tensor(lengths)
     finals = []
     for layer in range(config.num_layers):
-        def run_layer(p, x, h0, layer=layer):
+        def run_layer(p, x, h0, lengths, layer=layer):
             return _layer(p, x, h0, config, layer,
-                          lambda mp, z, h_in, lcfg: mingru(mp, z, config=lcfg, initial_state=h_in, mode=mode,
-                                                                  method=method))
+                          lambda mp, z, h_in, lcfg: mingru(mp, z, config=lcfg, initial_state=h_in, lengths=lengths,
+                                                           mode=mode, method=method))
 
         p = spec.sub_params(params, f"layers.{layer}.")
         if remat and torch.is_grad_enabled():
-            x, h = checkpoint(run_layer, p, x, states[layer], use_reentrant=False)
+            x, h = checkpoint(run_layer, p, x, states[layer], lengths, use_reentrant=False)
         else:
-            x, h = run_layer(p, x, states[layer])
+            x, h = run_layer(p, x, states[layer], lengths)
         finals.append(h)
         if layer < config.num_layers - 1 and config.dropout > 0:
             x = F.dropout(x, config.dropout, training=training)
-    return x, tuple(finals)
+    if lengths is not None:  # a residual carries the (nonzero) input through a padded position: zero it
+        mask = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]
+        x = torch.where(mask[..., None], x, torch.zeros_like(x))
+    return x, State(tuple(finals))
 
 
 def mingru_stack_step(
-    params: Mapping[str, Tensor], x_t: Tensor, state: Sequence[Tensor] | None, *, config: MinGRUStackConfig
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """One step (evaluation mode): ``x_t (B, I)``, the state (``None``: default) -> ``(y_t, state)``."""
+    params: Mapping[str, Tensor], x_t: Tensor, state: State | None, *, config: MinGRUStackConfig
+) -> tuple[Tensor, State]:
+    """One step (evaluation mode): ``x_t (B, I)``, the ``State`` (``None``: default) -> ``(y_t, State)``."""
     x_t = _as_tensor(x_t)
     spec.check_input("x_t", tuple(x_t.shape), 2, config)
     spec.check_params(params, config)
-    states = _check_state(state, config, x_t.shape[0], dtype_name(x_t))
+    states = _check_state("state", state, config, x_t.shape[0], dtype_name(x_t))
     params = {k: _as_tensor(v) for k, v in params.items()}
     finals = []
     for layer in range(config.num_layers):
         x_t, h = _layer(spec.sub_params(params, f"layers.{layer}."), x_t, states[layer], config, layer,
                         lambda mp, z, h0, lcfg: mingru_step(mp, z, h0, config=lcfg))
         finals.append(h)
-    return x_t, tuple(finals)
+    return x_t, State(tuple(finals))
 
 
 def mingru_stack_initial_state(config: MinGRUStackConfig, batch_size: int, dtype: Any = torch.float32,
-                               device: Any = None) -> tuple[Tensor, ...]:
-    """The default state: one ``(B, H_l)`` tensor per layer filled with ``default_state``."""
+                               device: Any = None) -> State:
+    """The default state: ``State(h=...)`` with one ``(B, H_l)`` tensor per layer filled with ``default_state``."""
     name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
     acc = torch_dtype(mingru_spec.state_dtype(name))
-    return tuple(torch.full((batch_size, h), config.default_state, dtype=acc, device=device)
-                 for h in config.hidden_sizes)
+    return State(tuple(torch.full((batch_size, h), config.default_state, dtype=acc, device=device)
+                       for h in config.hidden_sizes))
 
 
 # --- the nn.Module -----------------------------------------------------------------------------------------
@@ -156,8 +168,9 @@ class MinGRUStack(nn.Module):
     Dropout between layers follows ``self.training``. ``state_dict`` keys: ``layers.{l}.norm.{weight,bias}``,
     ``layers.{l}.mingru.proj.{weight,bias}``, ``layers.{l}.res_align.weight`` (kernels transposed).
 
-    Call: ``(x, initial_state=None) -> (y, h)``; ``x (B, T, I)`` (``(T, B, I)`` with ``batch_first=False``),
-    ``h`` a tuple of ``(B, H_l)``, one per layer.
+    Call: ``(x, initial_state=None, *, lengths=None, mode="auto", method="auto") -> (y, final_state)``;
+    ``x (B, T, I)`` (``(T, B, I)`` with ``batch_first=False``, and ``y`` likewise), ``final_state`` a ``State``
+    whose ``h`` holds one ``(B, H_l)`` tensor per layer.
     """
 
     def __init__(
@@ -182,8 +195,7 @@ class MinGRUStack(nn.Module):
         self._cfg = MinGRUStackConfig.create(input_size, hidden_sizes, num_layers, bias=bias, dropout=dropout,
                                              residual=residual, norm=norm, candidate=candidate,
                                              default_state=default_state, norm_eps=norm_eps)
-        if not isinstance(batch_first, bool):
-            raise ValueError(f"batch_first must be a bool, got {batch_first!r}")
+        checks.check_bool("batch_first", batch_first)
         self.batch_first = batch_first
         self.remat = remat
         self.layers = nn.ModuleList([_StackLayer(self._cfg, l, device=device, dtype=dtype)
@@ -215,21 +227,25 @@ class MinGRUStack(nn.Module):
             out[name] = param.T if transposed else param
         return out
 
-    def forward(self, x: Tensor, initial_state: Sequence[Tensor] | None = None, *, mode: str = "parallel",
-                method: str = "auto") -> tuple[Tensor, tuple[Tensor, ...]]:
-        """``x (B, T, I)`` -> ``(y (B, T, H_{L-1}), h)``; see :func:`mingru_stack`."""
+    def forward(self, x: Tensor, initial_state: State | None = None, *, lengths: Tensor | None = None,
+                mode: str = "auto", method: str = "auto") -> tuple[Tensor, State]:
+        """``x (B, T, I)`` (``(T, B, I)`` with ``batch_first=False``) -> ``(y, final_state)``; see
+        :func:`mingru_stack`."""
         x = _as_tensor(x)
+        if x.dim() != 3:
+            layout = "B, T" if self.batch_first else "T, B"
+            raise ValueError(f"mingru_stack: x must have 3 axes ({layout}, input_size), got shape {tuple(x.shape)}")
         if not self.batch_first:
             x = x.transpose(0, 1)
-        y, h = mingru_stack(self._params(), x, config=self._cfg, initial_state=initial_state, mode=mode,
-                            method=method, training=self.training, remat=self.remat)
+        y, h = mingru_stack(self._params(), x, config=self._cfg, initial_state=initial_state, lengths=lengths,
+                            mode=mode, method=method, training=self.training, remat=self.remat)
         return (y if self.batch_first else y.transpose(0, 1)), h
 
-    def step(self, x_t: Tensor, state: Sequence[Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """``x_t (B, I)``, the state (``None``: default) -> ``(y_t (B, H_{L-1}), state)``; no dropout."""
+    def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
+        """``x_t (B, I)``, the ``State`` (``None``: default) -> ``(y_t (B, H_{L-1}), State)``; no dropout."""
         return mingru_stack_step(self._params(), x_t, state, config=self._cfg)
 
-    def initial_state(self, batch_size: int) -> tuple[Tensor, ...]:
+    def initial_state(self, batch_size: int) -> State:
         weight = self.layers[0].mingru.proj.weight
         return mingru_stack_initial_state(self._cfg, batch_size, weight.dtype, weight.device)
 

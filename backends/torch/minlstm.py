@@ -16,6 +16,7 @@ from torch import Tensor
 from linrec.backends.torch.mingru import MinRNNBase, candidate, initial_state, log_g, run_sequence, run_step, softplus
 from linrec.spec import minlstm as spec
 from linrec.spec.minlstm import MinLSTMConfig
+from linrec.spec.state import State
 
 __all__ = ["MinLSTM", "minlstm", "minlstm_gates", "minlstm_initial_state", "minlstm_log_gates", "minlstm_step"]
 
@@ -44,42 +45,46 @@ def minlstm(
     x: Tensor,
     *,
     config: MinLSTMConfig,
-    initial_state: Tensor | None = None,
-    mode: str = "parallel",
+    initial_state: State | None = None,
+    lengths: Tensor | None = None,
+    mode: str = "auto",
     method: str = "auto",
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, State]:
     """minLSTM over a sequence; arguments and results as ``linrec.backends.torch.mingru.mingru``.
 
     Args:
       params: canonical parameters (``linrec.spec.minlstm.param_shapes``), dense ``(in, out)`` layout.
       x: ``(B, T, D)`` real floating.
-      initial_state: ``(B, H)`` in the state dtype; ``None``: every entry ``config.default_state``.
-      mode: ``"parallel"`` or ``"sequential"``.
+      initial_state: ``State(h=(B, H))`` in the state dtype; ``None``: every entry ``config.default_state``.
+      lengths: ``(B,)`` real inputs per row (right padding); ``None``: no padding.
+      mode: ``"auto"``, ``"parallel"`` or ``"sequential"``.
       method: ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"`` or ``"log"``.
 
     Returns:
-      ``y (B, T, D_out)`` and ``final_state (B, H)``.
+      ``y (B, T, D_out)`` and ``final_state``, a ``State(h=(B, H))``.
     """
     return run_sequence("minlstm", spec.param_shapes(config), minlstm_gates, minlstm_log_gates, params, x, config,
-                        initial_state, mode, method)
+                        initial_state, lengths, mode, method)
 
 
 def minlstm_step(
-    params: Mapping[str, Tensor], x_t: Tensor, state: Tensor | None, *, config: MinLSTMConfig
-) -> tuple[Tensor, Tensor]:
-    """One step: ``x_t (B, D)``, ``state (B, H)`` (``None``: the default state) -> ``(y_t (B, D_out), state)``."""
+    params: Mapping[str, Tensor], x_t: Tensor, state: State | None, *, config: MinLSTMConfig
+) -> tuple[Tensor, State]:
+    """One step: ``x_t (B, D)``, ``state`` a ``State(h=(B, H))`` (``None``: the default state) ->
+    ``(y_t (B, D_out), State)``."""
     return run_step("minlstm", spec.param_shapes(config), minlstm_gates, params, x_t, state, config)
 
 
-def minlstm_initial_state(config: MinLSTMConfig, batch_size: int, dtype: Any = torch.float32) -> Tensor:
-    """The default state ``(B, H)`` for inputs of ``dtype``."""
+def minlstm_initial_state(config: MinLSTMConfig, batch_size: int, dtype: Any = torch.float32) -> State:
+    """The default state ``State(h=(B, H))`` for inputs of ``dtype``."""
     return initial_state(config, batch_size, dtype)
 
 
 class MinLSTM(MinRNNBase):
     """minLSTM (``spec/minlstm.md``): ``h_t = f'_t h_{t-1} + i'_t h̃_t`` with ``f' + i' = 1``.
 
-    Constructor: the ``MinLSTMConfig`` fields as keyword arguments, ``remat``, ``device``, ``dtype``.
+    Constructor: the ``MinLSTMConfig`` fields as keyword arguments, ``remat``, ``batch_first``, ``device``,
+    ``dtype``.
     Parameters: ``proj`` (``nn.Linear`` D -> 3H, output rows ``[f | i | h̃]``) and ``out_proj`` (H -> D, no bias).
     """
 

@@ -20,9 +20,10 @@ def verify_agreement(model, x, *, initial_state=None, rtol: float | None = None,
 
     Args:
       model: a linrec layer or model (``__call__(x, initial_state, mode=)``,
-        ``step(x_t, state) -> (y_t, state)`` and ``initial_state(batch_size)``).
-      x: ``(B, T, ...)`` input (features, or token ids for language models).
-      initial_state: the carried state to start from (``None``: the model's default).
+        ``step(x_t, state) -> (y_t, state)`` and ``initial_state(batch_size)``, the states ``State``s).
+      x: ``(B, T, ...)`` input (features, or token ids for language models); ``(T, B, ...)`` for a module with
+        ``batch_first=False``.
+      initial_state: the carried ``State`` to start from (``None``: the model's default).
       rtol, atol: override the spec's tolerance (default: recurrence.md §9 for the output dtype,
         with the gradient factor, because a layer is several operations deep).
 
