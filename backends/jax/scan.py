@@ -59,10 +59,32 @@ Array = jax.Array
 
 
 def _combine(first: tuple[Array, Array], second: tuple[Array, Array]) -> tuple[Array, Array]:
-    """§6: first ``first``, then ``second``: ``(a_j a_i, a_j b_i + b_j)``."""
-    a_i, b_i = first
-    a_j, b_j = second
-    return a_j * a_i, a_j * b_i + b_j
+    """§6 in complement form: ``c = 1 - a``. First ``first``, then ``second``: ``(a_j a_i, a_j b_i + b_j)`` as
+    ``(c_i + c_j (1 - c_i), b_j + (b_i - c_j b_i))``.
+
+    For decays near 1 the plain float32 product ``a_i a_j`` rounds ``1 - x_i - x_j + x_i x_j`` to ``1 - x_i - x_j``
+    at every level, a bias of one sign that grew to 10x the sequential loop's error at T = 65536 (recurrence.md §9).
+    The complement ``c`` keeps that small quantity at full relative precision; ``c_i = 1`` (a forgotten past) stays
+    exactly 1.
+    """
+    c_i, b_i = first
+    c_j, b_j = second
+    return c_i + c_j * (1 - c_i), b_j + (b_i - c_j * b_i)
+
+
+def _combine_cut(first: tuple[Array, Array, Array], second: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+    """:func:`_combine` carrying a cut flag: a span that contains a cut is its part after the cut, chosen by
+    ``where`` (not ``0 * b_i``), so a NaN or inf before a segment start stays in its segment (§11)."""
+    f_i, c_i, b_i = first
+    f_j, c_j, b_j = second
+    c, b = _combine((c_i, b_i), (c_j, b_j))
+    return f_i | f_j, jnp.where(f_j, c_j, c), jnp.where(f_j, b_j, b)
+
+
+def _apply(c: Array, h_prev: Array, b: Array, cut: Array | None) -> Array:
+    """``(1 - c) h_prev + b`` as ``b + (h_prev - c h_prev)``, or ``b`` where ``cut`` (``where``: see _combine_cut)."""
+    out = b + (h_prev - c * h_prev)
+    return out if cut is None else jnp.where(cut, b, out)
 
 
 def _loop(step, xs: tuple[Array, ...], state: Array, reverse: bool) -> Array:
@@ -83,34 +105,45 @@ def _loop(step, xs: tuple[Array, ...], state: Array, reverse: bool) -> Array:
     return lax.fori_loop(0, n_time, body, (state, out))[1]
 
 
-def _sequential(a: Array, b: Array, h0: Array, reverse: bool = False) -> Array:
-    return _loop(lambda state, a_t, b_t: a_t * state + b_t, (a, b), h0, reverse)
+def _sequential(a: Array, b: Array, h0: Array, cut: Array | None, reverse: bool = False) -> Array:
+    if cut is None:
+        return _loop(lambda state, a_t, b_t: a_t * state + b_t, (a, b), h0, reverse)
+    # a cut link restarts from b_t; `where`, so NaN/inf of the previous segment stays there (§11)
+    return _loop(lambda state, a_t, b_t, cut_t: jnp.where(cut_t, b_t, a_t * state + b_t), (a, b, cut), h0, reverse)
 
 
-def _associative(a: Array, b: Array, h0: Array) -> Array:
-    # The initial state enters as b_0 := a_0 h0 + b_0 (§6), not as a term added to every h_t.
+def _associative(a: Array, b: Array, h0: Array, cut: Array | None) -> Array:
+    # The initial state enters as b_0 := a_0 h0 + b_0 (§6), not as a term added to every h_t (step 0 is never cut).
     b = b.at[:, 0].set(a[:, 0] * h0 + b[:, 0])
-    return lax.associative_scan(_combine, (a, b), axis=1)[1]
+    if cut is None:
+        return lax.associative_scan(_combine, (1 - a, b), axis=1)[1]
+    return lax.associative_scan(_combine_cut, (cut, 1 - a, b), axis=1)[2]
 
 
-def _chunked(a: Array, b: Array, h0: Array, chunk_size: int) -> Array:
-    """Prefix within each chunk (all chunks at once), then a sequential carry across chunks."""
+def _chunked(a: Array, b: Array, h0: Array, cut: Array | None, chunk_size: int) -> Array:
+    """Prefix within each chunk (all chunks at once), then a sequential carry across chunks (complement form)."""
     n_batch, n_time = b.shape[:2]
     n_chunks = -(-n_time // chunk_size)
     pad = n_chunks * chunk_size - n_time
-    if pad:  # identity steps (a=1, b=0) at the end leave every real h_t unchanged
-        a = jnp.concatenate([a, jnp.ones((n_batch, pad, *a.shape[2:]), a.dtype)], axis=1)
-        b = jnp.concatenate([b, jnp.zeros((n_batch, pad, *b.shape[2:]), b.dtype)], axis=1)
-    a = a.reshape(n_batch, n_chunks, chunk_size, *a.shape[2:])
-    b = b.reshape(n_batch, n_chunks, chunk_size, *b.shape[2:])
-    a_cum, b_cum = lax.associative_scan(_combine, (a, b), axis=2)
 
-    def carry(state: Array, last: tuple[Array, Array]) -> tuple[Array, Array]:
-        return last[0] * state + last[1], state  # emit the state entering the chunk
+    def chunks(x: Array, fill) -> Array:  # (B, T, ...) -> (B, n_chunks, chunk, ...), padded with identity steps
+        if pad:
+            x = jnp.concatenate([x, jnp.full((n_batch, pad, *x.shape[2:]), fill, x.dtype)], axis=1)
+        return x.reshape(n_batch, n_chunks, chunk_size, *x.shape[2:])
 
-    last = (jnp.moveaxis(a_cum[:, :, -1], 1, 0), jnp.moveaxis(b_cum[:, :, -1], 1, 0))
+    c, b = chunks(1 - a, 0), chunks(b, 0)  # identity step: a = 1 (c = 0), b = 0
+    if cut is None:
+        f_cum = None
+        c_cum, b_cum = lax.associative_scan(_combine, (c, b), axis=2)
+    else:
+        f_cum, c_cum, b_cum = lax.associative_scan(_combine_cut, (chunks(cut, False), c, b), axis=2)
+
+    def carry(state: Array, last: tuple[Array, ...]) -> tuple[Array, Array]:
+        return _apply(last[0], state, last[1], None if f_cum is None else last[2]), state  # emit the entering state
+
+    last = tuple(jnp.moveaxis(x[:, :, -1], 1, 0) for x in (c_cum, b_cum) + (() if f_cum is None else (f_cum,)))
     _, entering = lax.scan(carry, h0, last)
-    h = a_cum * jnp.moveaxis(entering, 0, 1)[:, :, None] + b_cum
+    h = _apply(c_cum, jnp.moveaxis(entering, 0, 1)[:, :, None], b_cum, f_cum)
     return h.reshape(n_batch, n_chunks * chunk_size, *h.shape[3:])[:, :n_time]
 
 
@@ -159,17 +192,23 @@ def _log(a: Array, b: Array, h0: Array) -> Array:
     return jnp.exp(_heinsen(jnp.log(a), jnp.log(b), jnp.log(h0))).astype(b.dtype)
 
 
-def _forward(a: Array, b: Array, h0: Array, method: str, chunk_size: int, reverse: bool) -> Array:
-    """Dispatch to a kernel; ``reverse`` runs it from the last step (flipping, except for the loop)."""
+def _forward(
+    a: Array, b: Array, h0: Array, cut: Array | None, method: str, chunk_size: int, reverse: bool
+) -> Array:
+    """Dispatch to a kernel; ``reverse`` runs it from the last step (flipping, except for the loop).
+
+    ``cut`` (``(B, T, 1, ...)`` bool or None) marks steps that ignore the carried state; ``a`` is already 0 there.
+    """
     if method == "sequential":
-        return _sequential(a, b, h0, reverse)
+        return _sequential(a, b, h0, cut, reverse)
     if reverse:
-        return _forward(a[:, ::-1], b[:, ::-1], h0, method, chunk_size, False)[:, ::-1]
+        flipped = None if cut is None else cut[:, ::-1]
+        return _forward(a[:, ::-1], b[:, ::-1], h0, flipped, method, chunk_size, False)[:, ::-1]
     if method == "associative":
-        return _associative(a, b, h0)
+        return _associative(a, b, h0, cut)
     if method == "chunked":
-        return _chunked(a, b, h0, chunk_size)
-    return _log(a, b, h0)
+        return _chunked(a, b, h0, cut, chunk_size)
+    return _log(a, b, h0)  # the log method refuses resets
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -188,22 +227,24 @@ def _shift(x: Array, fill: Array, later: bool) -> Array:
     return jnp.concatenate([x[:, 1:], edge] if later else [edge, x[:, :-1]], axis=1)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _scan(a: Array, b: Array, h0: Array, method: str, chunk_size: int, reverse: bool) -> Array:
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _scan(a: Array, b: Array, h0: Array, cut: Array | None, method: str, chunk_size: int, reverse: bool) -> Array:
     """``h`` (B, T, *S) in time order; T >= 1. Differentiable through :func:`_scan_bwd`."""
-    return _forward(a, b, h0, method, chunk_size, reverse)
+    return _forward(a, b, h0, cut, method, chunk_size, reverse)
 
 
-def _scan_fwd(a, b, h0, method, chunk_size, reverse):
-    h = _forward(a, b, h0, method, chunk_size, reverse)
-    return h, (a, h0, h)
+def _scan_fwd(a, b, h0, cut, method, chunk_size, reverse):
+    h = _forward(a, b, h0, cut, method, chunk_size, reverse)
+    return h, (a, h0, h, cut)
 
 
 def _real_if(x: Array, like: Array) -> Array:
     return x if jnp.iscomplexobj(like) else x.real  # a real decay of a complex state has a real cotangent
 
 
-def _sequential_vjp(a: Array, h0: Array, h: Array, ct_h: Array, reverse: bool) -> tuple[Array, Array, Array]:
+def _sequential_vjp(
+    a: Array, h0: Array, h: Array, ct_h: Array, cut: Array | None, reverse: bool
+) -> tuple[Array, Array, Array]:
     """The VJP as one fused loop against the forward direction: reads a, ct_h, h; writes g (= b_bar) and a_bar.
 
     The carry is ``a_t g_t``, the cotangent flowing into the previous step, so no shifted copy of ``a`` or ``h``
@@ -222,7 +263,8 @@ def _sequential_vjp(a: Array, h0: Array, h: Array, ct_h: Array, reverse: bool) -
         g_t = index(ct_h, t) + flow
         h_prev = jnp.where(t == first, h0, index(h, t + 1 if reverse else t - 1))  # clamped index at the edge
         a_bar_t = _real_if(_sum_to_shape(g_t * h_prev, a_t.shape), a)
-        return (a_t * g_t, lax.dynamic_update_index_in_dim(g, g_t, t, 1),
+        flow = a_t * g_t if cut is None else jnp.where(index(cut, t), 0, a_t * g_t)  # nothing crosses a cut
+        return (flow, lax.dynamic_update_index_in_dim(g, g_t, t, 1),
                 lax.dynamic_update_index_in_dim(a_bar, a_bar_t.astype(a_bar.dtype), t, 1))
 
     init = (jnp.zeros_like(h0), jnp.zeros_like(ct_h), jnp.zeros(a.shape, a.dtype))
@@ -231,21 +273,22 @@ def _sequential_vjp(a: Array, h0: Array, h: Array, ct_h: Array, reverse: bool) -
 
 
 def _scan_bwd(method, chunk_size, reverse, residuals, ct_h):
-    a, h0, h = residuals
+    a, h0, h, cut = residuals
     # Forward direction: g_t = ct_t + a_{t+1} g_{t+1}, a scan in the opposite direction whose decay is `a` shifted
     # by one step (mirrored for reverse=True). The cotangent of final_state arrives already added to ct_h at the
     # last processed step (final_state is a slice of h outside this function). Cuts are a == 0 here, so g does
     # not cross them, and the a := 0 outside zeroes a_bar at the cut positions.
     # `log` cannot run this scan (cotangents take any sign): it uses the loop, the fastest general method on CPU.
     if method in ("sequential", "log"):
-        a_bar, g, h0_bar = _sequential_vjp(a, h0, h, ct_h, reverse)
+        a_bar, g, h0_bar = _sequential_vjp(a, h0, h, ct_h, cut, reverse)
     else:
         a_next = _shift(a, jnp.ones((), a.dtype), later=not reverse)
-        g = _forward(a_next, ct_h, jnp.zeros_like(h0), method, chunk_size, not reverse)
+        cut_next = None if cut is None else _shift(cut, jnp.zeros((), bool), later=not reverse)
+        g = _forward(a_next, ct_h, jnp.zeros_like(h0), cut_next, method, chunk_size, not reverse)
         a_bar = _real_if(_sum_to_shape(g * _shift(h, h0, later=reverse), a.shape), a)
         first = -1 if reverse else 0
         h0_bar = a[:, first] * g[:, first]
-    return a_bar.astype(a.dtype), g.astype(ct_h.dtype), h0_bar.astype(h0.dtype)
+    return a_bar.astype(a.dtype), g.astype(ct_h.dtype), h0_bar.astype(h0.dtype), None
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -365,10 +408,10 @@ def _linear_scan(a, b, h0, resets, *, reverse: bool, method: str, chunk_size: in
         a_acc = jnp.where(_expand(cut, a.ndim), jnp.zeros((), a_acc.dtype), a_acc)
     if b.shape[1] == 0:
         return jnp.zeros(b.shape, b.dtype), h0_acc.astype(b.dtype)
-    if method == "native":  # its own custom_vjp runs the backward kernel; cuts are already a := 0
-        h, final = native_linear_scan(a_acc, b_acc, h0_acc, None, reverse)
+    if method == "native":  # its own custom_vjp runs the backward kernel; the cut mask keeps segments apart
+        h, final = native_linear_scan(a_acc, b_acc, h0_acc, cut, reverse)
         return h.astype(b.dtype), final.astype(b.dtype)
-    h = _scan(a_acc, b_acc, h0_acc, method, chunk_size, reverse)
+    h = _scan(a_acc, b_acc, h0_acc, None if cut is None else _expand(cut, b.ndim), method, chunk_size, reverse)
     final = h[:, 0] if reverse else h[:, -1]
     return h.astype(b.dtype), final.astype(b.dtype)
 
