@@ -59,17 +59,18 @@ Array = jax.Array
 
 
 def _combine(first: tuple[Array, Array], second: tuple[Array, Array]) -> tuple[Array, Array]:
-    """§6 in complement form: ``c = 1 - a``. First ``first``, then ``second``: ``(a_j a_i, a_j b_i + b_j)`` as
-    ``(c_i + c_j (1 - c_i), b_j + (b_i - c_j b_i))``.
+    """§6 with the decay in complement form, ``c = 1 - a``. First ``first``, then ``second``:
+    ``(a_j a_i, a_j b_i + b_j)`` as ``(c_i + c_j a_i, a_j b_i + b_j)`` with ``a = 1 - c`` rounded afresh.
 
-    For decays near 1 the plain float32 product ``a_i a_j`` rounds ``1 - x_i - x_j + x_i x_j`` to ``1 - x_i - x_j``
-    at every level, a bias of one sign that grew to 10x the sequential loop's error at T = 65536 (recurrence.md §9).
-    The complement ``c`` keeps that small quantity at full relative precision; ``c_i = 1`` (a forgotten past) stays
-    exactly 1.
+    For decays near 1 the plain float32 product ``a_i a_j`` rounds ``1 - x_i - x_j + x_i x_j`` to ``1 - x_i - x_j``:
+    a bias of one sign that compounds level after level, 10x the sequential loop's error at T = 65536
+    (recurrence.md §9). The complement keeps the small quantity at full relative precision, and each ``a`` derived
+    from it is within half an ulp of the exact product, so nothing compounds. ``c_i = 1`` (a forgotten past) stays
+    exactly 1. XLA fuses the elementwise work, so the complement costs no extra pass over memory.
     """
     c_i, b_i = first
     c_j, b_j = second
-    return c_i + c_j * (1 - c_i), b_j + (b_i - c_j * b_i)
+    return c_i + c_j * (1 - c_i), (1 - c_j) * b_i + b_j
 
 
 def _combine_cut(first: tuple[Array, Array, Array], second: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
@@ -82,8 +83,8 @@ def _combine_cut(first: tuple[Array, Array, Array], second: tuple[Array, Array, 
 
 
 def _apply(c: Array, h_prev: Array, b: Array, cut: Array | None) -> Array:
-    """``(1 - c) h_prev + b`` as ``b + (h_prev - c h_prev)``, or ``b`` where ``cut`` (``where``: see _combine_cut)."""
-    out = b + (h_prev - c * h_prev)
+    """``(1 - c) h_prev + b``, or ``b`` where ``cut`` (``where``: see :func:`_combine_cut`)."""
+    out = (1 - c) * h_prev + b
     return out if cut is None else jnp.where(cut, b, out)
 
 
@@ -187,9 +188,37 @@ def _heinsen_loop(log_a: Array, log_b: Array, log_h0: Array | None) -> Array:
     return lax.fori_loop(0, n_time, body, (a_star0, inner0.astype(out.dtype), out))[2]
 
 
+def _int_view(x: Array) -> Array:
+    """The bits of a real float array as a signed integer of the same width (no conversion)."""
+    return lax.bitcast_convert_type(x, {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[jnp.dtype(x.dtype).itemsize])
+
+
+def _positive_finite(x) -> Array:
+    """``0 < x < inf`` decided on the bits: XLA on CPU flushes subnormals to zero in arithmetic *and* comparisons,
+    so ``1e-40 > 0`` is False under ``jit``. A positive finite float is exactly a bit pattern in
+    ``(0, bits(+inf))`` read as a signed integer (negatives, -0, NaN and +inf fall outside)."""
+    if isinstance(x, np.ndarray):
+        return np.isfinite(x) & (x > 0)
+    inf_bits = _int_view(jnp.asarray(np.inf, x.dtype))
+    bits = _int_view(x)
+    return (bits > 0) & (bits < inf_bits)
+
+
+def _log_positive(x: Array) -> Array:
+    """``log x`` for ``x >= 0``, right for subnormals too: XLA on CPU flushes them to zero (``log(1e-40)`` came out
+    as -inf or a wrong constant and the Heinsen form returned NaN). A subnormal is its integer mantissa ``m`` times
+    the smallest subnormal ``2**(minexp - nmant)``, so ``log x = log m + (minexp - nmant) log 2``, with ``m < 2**nmant``
+    exact in the same dtype."""
+    info = jnp.finfo(x.dtype)
+    bits = _int_view(x)
+    subnormal = (bits > 0) & (bits < _int_view(jnp.asarray(info.smallest_normal, x.dtype)))
+    log_sub = jnp.log(bits.astype(x.dtype)) + (int(info.minexp) - int(info.nmant)) * float(np.log(2.0))
+    return jnp.where(subnormal, log_sub, jnp.log(x))
+
+
 def _log(a: Array, b: Array, h0: Array) -> Array:
     # h0 = 0 (initial_state=None) is log h0 = -inf, which logaddexp absorbs; the VJP is custom, so no NaN gradient.
-    return jnp.exp(_heinsen(jnp.log(a), jnp.log(b), jnp.log(h0))).astype(b.dtype)
+    return jnp.exp(_heinsen(_log_positive(a), _log_positive(b), _log_positive(h0))).astype(b.dtype)
 
 
 def _forward(
@@ -378,9 +407,10 @@ def _pick_method(method: str) -> str:
     return "native" if "native" in METHODS else "sequential"
 
 
-def _validate(a, b, initial_state, resets, method: str, chunk_size: int | None):
+def _validate(a, b, initial_state, resets, method: str, chunk_size: int | None, reverse: object):
     native.require_native(method)
     checks.check_method(method, METHODS)
+    checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)
     a, b, h0, resets = _as_array(a), _as_array(b), _as_array(initial_state), _as_array(resets)
     _check_linear_args(a, b, h0, resets)
@@ -391,7 +421,9 @@ def _validate(a, b, initial_state, resets, method: str, chunk_size: int | None):
         for name, x in (("a", a), ("b", b), ("initial_state", h0)):
             if x is not None and jnp.iscomplexobj(x):  # a property of the dtype: refuse even when traced
                 raise ValueError(checks.log_domain_message(name, "method='log' needs real values, got complex"))
-        _check_values({"a": a, "b": b, "initial_state": h0}, lambda x: x > 0, "method='log' needs every value > 0")
+        # finite as well: +inf passes "> 0" but turns the Heinsen form into inf - inf = NaN
+        _check_values({"a": a, "b": b, "initial_state": h0}, _positive_finite,
+                      "method='log' needs every value > 0 and finite (no NaN or ±inf)")
     # chunk_size is a static jit argument: normalise it where unused, so it never causes a recompile
     chunk_size = (chunk_size or DEFAULT_CHUNK_SIZE) if method == "chunked" else DEFAULT_CHUNK_SIZE
     return a, b, h0, resets, method, chunk_size
@@ -450,7 +482,7 @@ def linear_scan(
     Returns:
       ``(h, final_state)``: ``(B, T, *S)`` and ``(B, *S)`` in the dtype of ``b``.
     """
-    a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size)
+    a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size, reverse)
     return _linear_scan(a, b, h0, resets, reverse=reverse, method=method, chunk_size=chunk_size)
 
 
@@ -471,7 +503,7 @@ def linear_scan_vjp(
     Returns ``(a_bar, b_bar, initial_state_bar)`` shaped like ``a``, ``b`` and ``(B, *S)``; with
     ``initial_state=None`` the last is the gradient with respect to the zero initial state.
     """
-    a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size)
+    a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size, reverse)
     if h0 is None:  # differentiate at explicit zeros (after the domain check, which only concerns given values)
         h0 = jnp.zeros((b.shape[0], *b.shape[2:]), b.dtype)
 
@@ -533,6 +565,7 @@ def log_scan(
       ``(log_h, log_final_state)`` in the dtype of ``log_b``.
     """
     checks.check_method(method, LOG_METHODS, function="log_scan")
+    checks.check_reverse(reverse)
     log_a, log_b, log_h0, resets = (_as_array(x) for x in (log_a, log_b, log_initial_state, resets))
     checks.check_log_scan_args(
         tuple(log_a.shape), dtype_name(log_a), tuple(log_b.shape), dtype_name(log_b),

@@ -139,8 +139,12 @@ def _check_log_domain(a, b, initial_state, resets):
             continue
         if np.iscomplexobj(x):
             raise ValueError(checks.log_domain_message(name, "method='log' needs real values, got complex"))
-        if not np.all(np.asarray(x, np.float64) > 0):
+        values = np.asarray(x, np.float64)
+        if not np.all(values > 0):
             raise ValueError(checks.log_domain_message(name, "method='log' needs every value > 0"))
+        # +inf passes "> 0" but turns the Heinsen form into inf - inf = NaN
+        if not np.all(np.isfinite(values)):
+            raise ValueError(checks.log_domain_message(name, "every value must be finite (no NaN or ±inf)"))
 
 
 def _pick_method(method: str) -> str:
@@ -177,6 +181,7 @@ def linear_scan(
       ``(h, final_state)``: ``(B, T, *S)`` and ``(B, *S)`` in the dtype of ``b``.
     """
     method = _pick_method(method)
+    checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)
     if method == "native":  # the kernel takes resets and reverse itself: no masked or flipped copies
         a_c, b_c, h0, cut, out_dtype = _cast(a, b, initial_state, reverse, resets)
@@ -221,6 +226,7 @@ def log_scan(
       ``(log_h, log_final_state)``.
     """
     checks.check_method(method, LOG_METHODS, function="log_scan")
+    checks.check_reverse(reverse)
     log_a, log_b = np.asarray(log_a), np.asarray(log_b)
     checks.check_log_scan_args(
         log_a.shape, dtype_name(log_a), log_b.shape, dtype_name(log_b),

@@ -436,6 +436,7 @@ def linear_scan(
     """
     native.require_native(method)
     checks.check_method(method, METHODS)
+    checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)
     a, b = _tensor(a), _tensor(b)
     initial_state = None if initial_state is None else _tensor(initial_state)
@@ -484,6 +485,7 @@ def log_scan(
       ``(log_h, log_final_state)``: ``(B, T, *S)`` and ``(B, *S)`` in the dtype of ``log_b``.
     """
     checks.check_method(method, LOG_METHODS, function="log_scan")
+    checks.check_reverse(reverse)
     log_a, log_b = _tensor(log_a), _tensor(log_b)
     log_h0 = None if log_initial_state is None else _tensor(log_initial_state)
     resets = None if resets is None else _tensor(resets)
@@ -548,6 +550,7 @@ def linear_scan_vjp(
       ``initial_state=None`` the last is the cotangent of a zero initial state.
     """
     checks.check_method(method, METHODS)
+    checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)
     a, b, cotangent_h = _tensor(a), _tensor(b), _tensor(cotangent_h)
     initial_state = None if initial_state is None else _tensor(initial_state)
