@@ -17,6 +17,7 @@ from linrec.conformance.case import Case, Outcome
 from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many
 from linrec.conformance.inputs import rounded
 from linrec.spec import reference
+from linrec.spec.tolerances import log_decay_sum
 
 __all__ = ["EXAMPLES", "Example", "cases"]
 
@@ -144,10 +145,10 @@ def _run_example(backend: ModuleType, ex: Example, method: str, dtype: str) -> O
             return Outcome(True, detail=f"refused outside the log domain: {err}")
         return Outcome(False, detail="method='log' accepted an input outside its domain (must raise ValueError)")
     h, final = backend.linear_scan(arr(ex.a), arr(ex.b), **kwargs)
-    length = ex.b.shape[1]
+    kw = dict(method=method, length=ex.b.shape[1], log_decay_sum=log_decay_sum(ex.a) if method == "log" else None)
     return compare_many([
-        compare("h", as_numpy(backend, h), ex.h, dtype, method=method, length=length),
-        compare("final_state", as_numpy(backend, final), ex.final_state, dtype, method=method, length=length),
+        compare("h", as_numpy(backend, h), ex.h, dtype, **kw),
+        compare("final_state", as_numpy(backend, final), ex.final_state, dtype, **kw),
     ])
 
 
