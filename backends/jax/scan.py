@@ -177,15 +177,20 @@ def _heinsen_loop(log_a: Array, log_b: Array, log_h0: Array | None) -> Array:
     state = (n_batch, *log_b.shape[2:])
     inner0 = jnp.full(state, -jnp.inf, log_b.dtype) if log_h0 is None else jnp.broadcast_to(log_h0, state)
 
-    def body(t: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-        a_star, inner, out = carry
-        a_star = a_star + lax.dynamic_index_in_dim(log_a, t, 1, False)
-        inner = jnp.logaddexp(inner, lax.dynamic_index_in_dim(log_b, t, 1, False) - a_star)
-        return a_star, inner, lax.dynamic_update_index_in_dim(out, a_star + inner, t, 1)
+    def body(t: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
+        a_star, lost, inner, out = carry
+        # Kahan-compensated a*: adding a small log a_t to a large running sum rounds the same way step after step
+        # (decays near 1: 1e-4 onto |a*| ~ 5 loses up to 1% of each term), which cost 6e-4 of max|h| at T = 1e5;
+        # the compensation keeps a*_t within an ulp of the exact sum (recurrence.md §9).
+        step = lax.dynamic_index_in_dim(log_a, t, 1, False) - lost
+        total = a_star + step
+        lost = (total - a_star) - step
+        inner = jnp.logaddexp(inner, lax.dynamic_index_in_dim(log_b, t, 1, False) - total)
+        return total, lost, inner, lax.dynamic_update_index_in_dim(out, total + inner, t, 1)
 
     a_star0 = jnp.zeros((n_batch, *log_a.shape[2:]), log_a.dtype)
     out = jnp.zeros(log_b.shape, jnp.result_type(log_a, log_b))
-    return lax.fori_loop(0, n_time, body, (a_star0, inner0.astype(out.dtype), out))[2]
+    return lax.fori_loop(0, n_time, body, (a_star0, a_star0, inner0.astype(out.dtype), out))[3]
 
 
 def _int_view(x: Array) -> Array:

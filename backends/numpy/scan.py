@@ -125,7 +125,10 @@ def _logcumsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 
 def _heinsen(log_a, log_b, log_h0):
     """log h_t = a*_t + logaddexp(log h0, logcumsumexp(log b - a*)_t), a* = cumsum(log a)."""
-    a_star = np.cumsum(log_a, axis=1)
+    # a* summed in float64 and rounded once: a float32 running sum of small log-decays rounds the same way step
+    # after step (1e-4 onto |a*| ~ 5 loses up to 1% of each term), which cost 6e-4 of max|h| at T = 1e5 (§9)
+    wide = np.float64 if log_a.dtype.itemsize <= 8 else log_a.dtype
+    a_star = np.cumsum(log_a, axis=1, dtype=wide).astype(log_a.dtype)
     with np.errstate(invalid="ignore"):  # -inf (zero initial state) minus finite is fine
         inner = _logcumsumexp(log_b - a_star, axis=1)
         return a_star + np.logaddexp(log_h0[:, None], inner)
