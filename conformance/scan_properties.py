@@ -89,7 +89,8 @@ def _reference(x: ScanInputs, reverse: bool):
 
 
 def _judge(backend, x, method, reverse, got, want) -> Outcome:
-    """Table first; a fast method that misses it is held to 4x the sequential error (§9)."""
+    """The T-scaled tolerance first; a fast method that misses it is held to BASELINE_FACTOR (2) times the
+    sequential error (§9)."""
     length = x.b.shape[1]
     decay_sum = log_decay_sum(x.a) if method == "log" else None
     outcome = compare_many([compare(n, g, w, x.dtype, method=method, length=length, log_decay_sum=decay_sum)
