@@ -201,12 +201,12 @@ def _prefix(
 
 
 def _chunked(
-    a: Tensor, c: Tensor, b: Tensor, cut: Tensor | None, h0: Tensor | None, reverse: bool, chunk_size: int,
+    a: Tensor, b: Tensor, cut: Tensor | None, h0: Tensor | None, reverse: bool, chunk_size: int,
     out: Tensor | None = None,
 ) -> Tensor:
     """Associative within chunks of ``chunk_size`` steps, sequential across chunks carrying the state.
 
-    ``c = 1 - a`` as for :func:`_prefix`. A chunk (``B·chunk_size·N`` elements) stays in cache through its
+    Each chunk's complement ``c = 1 - a`` (see :func:`_prefix`) is made per chunk, a cache-sized temporary. A chunk (``B·chunk_size·N`` elements) stays in cache through its
     ``log2 chunk_size`` levels, and the Python loop runs ``T / chunk_size`` times instead of ``T``; see
     ``_auto_method`` for the timings.
     """
@@ -217,7 +217,8 @@ def _chunked(
     for start in reversed(starts) if reverse else starts:
         chunk = slice(start, min(start + chunk_size, n_time))
         cut_chunk = None if cut is None else cut[:, chunk]
-        _prefix(a[:, chunk], c[:, chunk], b[:, chunk], cut_chunk, state, reverse, h[:, chunk])
+        a_chunk = a[:, chunk]
+        _prefix(a_chunk, 1 - a_chunk, b[:, chunk], cut_chunk, state, reverse, h[:, chunk])
         state = h[:, chunk.start if reverse else chunk.stop - 1]
     return h
 
@@ -268,7 +269,7 @@ def _scan(
     if method == "associative":
         return _prefix(a, 1 - a, b, cut, h0, reverse, out)
     if method == "chunked":
-        return _chunked(a, 1 - a, b, cut, h0, reverse, chunk_size, out)
+        return _chunked(a, b, cut, h0, reverse, chunk_size, out)
     # method == "log" (forward only): a > 0, b > 0, h0 > 0 and no resets, checked by the caller
     log_a, log_b = a.log(), b.log()
     if reverse:
