@@ -206,9 +206,9 @@ def _chunked(
 ) -> Tensor:
     """Associative within chunks of ``chunk_size`` steps, sequential across chunks carrying the state.
 
-    Each chunk's complement ``c = 1 - a`` (see :func:`_prefix`) is made per chunk, a cache-sized temporary. A chunk (``B·chunk_size·N`` elements) stays in cache through its
-    ``log2 chunk_size`` levels, and the Python loop runs ``T / chunk_size`` times instead of ``T``; see
-    ``_auto_method`` for the timings.
+    Each chunk's complement ``c = 1 - a`` (see :func:`_prefix`) is made per chunk, a cache-sized temporary.
+    A chunk (``B·chunk_size·N`` elements) stays in cache through its ``log2 chunk_size`` levels, and the Python
+    loop runs ``T / chunk_size`` times instead of ``T``; see ``_auto_method`` for the timings.
     """
     n_time = b.shape[1]
     h = _empty_like(b) if out is None else out
