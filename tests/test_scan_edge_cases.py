@@ -160,8 +160,9 @@ def test_nan_before_a_reset_stays_in_its_segment_for_every_method(backend, rever
         np.testing.assert_allclose(h[1], want[1], rtol=1e-6, err_msg=method)
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
-def test_gradient_does_not_carry_nan_across_a_reset(backend):
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_gradient_does_not_carry_nan_across_a_reset(backend, reverse):
     """The backward scan is cut at the same positions (where, not 0 * NaN): a NaN cotangent of the second segment
     leaves the first segment's gradients finite."""
     be = _backend(backend)
@@ -170,10 +171,13 @@ def test_gradient_does_not_carry_nan_across_a_reset(backend):
     resets = np.zeros((1, 6), bool)
     resets[0, 3] = True
     ct = np.ones((1, 6, 2), np.float32)
-    ct[0, 4] = np.nan
+    # forward: the NaN at t=4 flows back to t=3 (its segment starts there); reverse: the segment of t=1 ends at t=2
+    ct[0, 1 if reverse else 4] = np.nan
+    nan_b, finite_b = (slice(1, 3), slice(3, 6)) if reverse else (slice(3, 5), slice(0, 3))
     for method in [m for m in be.METHODS if m not in ("log", "native")]:
-        a_bar, b_bar, _ = be.linear_scan_vjp(be.asarray(a), be.asarray(b), be.asarray(ct),
+        a_bar, b_bar, _ = be.linear_scan_vjp(be.asarray(a), be.asarray(b), be.asarray(ct), reverse=reverse,
                                              resets=be.asarray(resets), method=method)
         a_bar, b_bar = (np.asarray(be.to_numpy(x)) for x in (a_bar, b_bar))
-        assert np.isfinite(b_bar[0, :3]).all() and np.isfinite(a_bar[0, :4]).all(), method
-        assert np.isnan(b_bar[0, 3:5]).all(), method
+        assert np.isnan(b_bar[0, nan_b]).all(), method
+        assert np.isfinite(b_bar[0, finite_b]).all(), method
+        assert np.isfinite(a_bar[0, finite_b]).all(), method

@@ -295,7 +295,13 @@ def linear_scan_vjp(
     # g_t = ct_t + a_{t+1} g_{t+1}: a reverse scan whose decay is a shifted by one step
     a_next = np.concatenate([a_p[:, 1:], np.ones_like(a_p[:, :1])], axis=1)
     scan_method = "chunked" if method in ("auto", "log") else method
-    g, _ = linear_scan(a_next, ct, initial_state=ct_final, reverse=True, method=scan_method, chunk_size=chunk_size)
+    # the same links are cut backwards: step t receives nothing from t+1 where the forward cut t+1 (processing
+    # order); as resets of this reverse scan that is the cut mask itself, so NaN/inf stay in their segment (§11)
+    cut_p = cut_mask(resets, reverse)
+    if cut_p is not None and reverse:
+        cut_p = np.ascontiguousarray(cut_p[:, ::-1])
+    g, _ = linear_scan(a_next, ct, initial_state=ct_final, reverse=True, resets=cut_p, method=scan_method,
+                       chunk_size=chunk_size)
     g = g.astype(acc)
     h_prev = np.concatenate([h0[:, None], h_p[:, :-1]], axis=1) if h_p.shape[1] else h_p
     a_bar = g * h_prev
