@@ -39,16 +39,19 @@ def compare(
     grad: bool = False,
     baseline: np.ndarray | None = None,
     tolerance: Tolerance | None = None,
+    log_decay_sum: float | None = None,
 ) -> Outcome:
     """Judge ``result`` against ``reference`` (§9 of recurrence.md).
 
-    Passes when within the dtype's table, or, for a fast method given the same-dtype
-    ``sequential`` result as ``baseline``, when within ``BASELINE_FACTOR`` times its error.
+    Passes when within the dtype's T-scaled tolerance (``tolerance_for``; for ``method="log"`` pass
+    ``log_decay_sum`` = ``linrec.spec.tolerances.log_decay_sum(a)`` for its tighter bound), or, for a fast method
+    given the same-dtype ``sequential`` result as ``baseline``, when within ``BASELINE_FACTOR`` times its error.
     """
     result = np.asarray(result)
     if result.shape != np.shape(reference):
         return Outcome(False, float("inf"), 0.0, f"{name}: shape {result.shape}, expected {np.shape(reference)}")
-    tol = tolerance or tolerance_for(dtype, method=method, length=length, grad=grad)
+    tol = tolerance or tolerance_for(dtype, method=method, length=length, grad=grad,
+                                     log_decay_sum=log_decay_sum)
     err, allowed = max_violation(result, reference, tol)
     if err <= allowed:
         return Outcome(True, err, allowed, name)

@@ -16,6 +16,8 @@ import numpy as np
 from linrec.conformance.case import Case, Outcome
 from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many
 from linrec.conformance.inputs import rounded
+from linrec.spec import reference
+from linrec.spec.tolerances import log_decay_sum
 
 __all__ = ["EXAMPLES", "Example", "cases"]
 
@@ -107,6 +109,13 @@ EXAMPLES: tuple[Example, ...] = (
         h=np.array([[[1.0], [1.5]], [[1.0], [3.0]]]), final_state=np.array([[1.5], [3.0]]),
     ),
     Example(
+        "subnormal-decay",
+        "A decay of 1e-40 (float32 subnormal) forgets almost everything: h = b. Every method, log included "
+        "(XLA flushes subnormals to zero, so log(1e-40) needs care).",
+        a=_col(1e-40, 1e-40, 1e-40), b=_col(1, 2, 3), initial_state=np.array([[5.0]]), h=_col(1, 2, 3),
+        final_state=np.array([[3.0]]), dtypes=("float32",),
+    ),
+    Example(
         "empty-sequence",
         "T = 0: h is empty and final_state is initial_state.",
         a=np.zeros((1, 0, 1)), b=np.zeros((1, 0, 1)), initial_state=np.array([[7.0]]), h=np.zeros((1, 0, 1)),
@@ -136,15 +145,104 @@ def _run_example(backend: ModuleType, ex: Example, method: str, dtype: str) -> O
             return Outcome(True, detail=f"refused outside the log domain: {err}")
         return Outcome(False, detail="method='log' accepted an input outside its domain (must raise ValueError)")
     h, final = backend.linear_scan(arr(ex.a), arr(ex.b), **kwargs)
-    length = ex.b.shape[1]
+    kw = dict(method=method, length=ex.b.shape[1], log_decay_sum=log_decay_sum(ex.a) if method == "log" else None)
     return compare_many([
-        compare("h", as_numpy(backend, h), ex.h, dtype, method=method, length=length),
-        compare("final_state", as_numpy(backend, final), ex.final_state, dtype, method=method, length=length),
+        compare("h", as_numpy(backend, h), ex.h, dtype, **kw),
+        compare("final_state", as_numpy(backend, final), ex.final_state, dtype, **kw),
     ])
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """A NaN or inf in the input: where ``h`` is finite must match the reference loop exactly, and the finite
+    values must match it within the tolerance (recurrence.md §11)."""
+
+    name: str
+    doc: str
+    a: np.ndarray
+    b: np.ndarray
+    initial_state: np.ndarray | None = None
+    reverse: bool = False
+    resets: np.ndarray | None = None
+
+
+_NAN, _INF = float("nan"), float("inf")
+# two rows: the non-finite value sits in row 0 only, so row 1 checks that rows stay apart
+NON_FINITE: tuple[NonFinite, ...] = (
+    NonFinite(
+        "nan-stays-in-its-segment",
+        "A NaN in b at t=1 makes h NaN from t=1 to the end of its segment; the segment starting at t=3 and the "
+        "other row are untouched (a reset is a `where`, not a = 0 times NaN).",
+        a=np.full((2, 6, 2), 0.5), b=np.array([[1, _NAN, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])[..., None].repeat(2, 2),
+        resets=np.array([[False, False, False, True, False, False], [False] * 6]),
+    ),
+    NonFinite(
+        "nan-stays-in-its-segment-reverse",
+        "reverse=True: a NaN at t=4 reaches t=4..3 (its segment runs from the end down to the cut at t=3); "
+        "t=0..2 and the other row are untouched.",
+        a=np.full((2, 6, 2), 0.5), b=np.array([[1, 1, 1, 1, _NAN, 1], [1, 1, 1, 1, 1, 1]])[..., None].repeat(2, 2),
+        resets=np.array([[False, False, False, True, False, False], [False] * 6]), reverse=True,
+    ),
+    NonFinite(
+        "inf-propagates",
+        "An inf in b stays inf under positive decays (IEEE: 0.5 inf + 1 = inf), and a literal a = 0 after it is "
+        "0 inf = NaN (not a reset); steps before it and the other row are finite.",
+        a=np.array([[0.5, 0.5, 0.5, 0.0, 0.5], [0.5] * 5])[..., None].repeat(2, 2),
+        b=np.array([[1, 1, _INF, 1, 1], [1, 1, 1, 1, 1]])[..., None].repeat(2, 2),
+    ),
+    NonFinite(
+        "nan-in-a-and-initial-state",
+        "A NaN decay at t=2 poisons h from t=2 on; a NaN initial state of row 1 poisons row 1 only, until the "
+        "reset at t=3 of row 1.",
+        a=np.array([[0.5, 0.5, _NAN, 0.5, 0.5], [0.5] * 5])[..., None].repeat(2, 2),
+        b=np.ones((2, 5, 2)), initial_state=np.array([[0.0, 0.0], [_NAN, 1.0]]),
+        resets=np.array([[False] * 5, [False, False, False, True, False]]),
+    ),
+)
+
+
+def _run_non_finite(backend: ModuleType, ex: NonFinite, method: str, dtype: str) -> Outcome:
+    def arr(x):
+        return None if x is None else as_backend(backend, rounded(x, dtype))
+
+    kwargs = dict(initial_state=arr(ex.initial_state), reverse=ex.reverse, method=method)
+    if ex.resets is not None:
+        kwargs["resets"] = as_backend(backend, ex.resets)
+    with np.errstate(invalid="ignore", over="ignore"):
+        want_h, want_final = reference.linear_scan(
+            rounded(ex.a, dtype).astype(np.float64), rounded(ex.b, dtype).astype(np.float64),
+            initial_state=None if ex.initial_state is None else rounded(ex.initial_state, dtype).astype(np.float64),
+            reverse=ex.reverse, resets=ex.resets)
+        h, final = backend.linear_scan(arr(ex.a), arr(ex.b), **kwargs)
+    outcomes = []
+    for name, got, want in (("h", as_numpy(backend, h), want_h), ("final_state", as_numpy(backend, final),
+                                                                  want_final)):
+        got = np.asarray(got, np.float64)
+        finite = np.isfinite(want)
+        if not np.array_equal(np.isfinite(got), finite):
+            return Outcome(False, float("inf"), 0.0, f"{name}: finite at {np.argwhere(np.isfinite(got)).tolist()}, "
+                                                     f"expected at {np.argwhere(finite).tolist()}")
+        # +inf stays +inf where the reference says so (a NaN there would lose the sign information IEEE keeps)
+        if not np.array_equal(np.isnan(got), np.isnan(want)) and method in ("sequential", "native"):
+            return Outcome(False, float("inf"), 0.0, f"{name}: NaN pattern differs from the loop's (IEEE order)")
+        outcomes.append(compare(name, np.where(finite, got, 0), np.where(finite, want, 0), dtype, method=method,
+                                length=ex.b.shape[1]))
+    return compare_many(outcomes)
 
 
 def cases(backend: ModuleType) -> list[Case]:
     out = []
+    for ex in NON_FINITE:
+        for method in getattr(backend, "METHODS", ("auto",)):
+            if method == "log":  # its domain is positive finite values: refusing NaN/inf is checked in scan/errors
+                continue
+            for dtype in ("float32", "float64"):
+                out.append(Case(
+                    id=f"scan/named/{ex.name}[{method},{dtype}]",
+                    property="non-finite-propagation",
+                    doc=ex.doc,
+                    fn=lambda be, ex=ex, m=method, d=dtype: _run_non_finite(be, ex, m, d),
+                ))
     for ex in EXAMPLES:
         for method in getattr(backend, "METHODS", ("auto",)):
             for dtype in ex.dtypes:

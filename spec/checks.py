@@ -26,6 +26,7 @@ __all__ = [
     "check_param_shapes",
     "check_positive_finite",
     "check_positive_int",
+    "check_reverse",
     "check_scan_args",
     "compute_dtype",
     "is_positive_int",
@@ -63,6 +64,13 @@ def check_mode(mode: str, modes: Sequence[str], *, function: str = "") -> None:
     if mode not in modes:
         prefix = f"{function}: " if function else ""
         raise ValueError(f"{prefix}unknown mode={mode!r}; valid modes: {', '.join(map(repr, modes))}")
+
+
+def check_reverse(reverse: object) -> None:
+    """``TypeError`` unless ``reverse`` is a ``bool`` (NumPy's ``bool_`` too): ``reverse="no"`` is truthy and
+    would silently scan backwards (recurrence.md §0)."""
+    if not isinstance(reverse, (bool, np.bool_)):
+        raise TypeError(f"reverse must be a bool (True or False), got {reverse!r} of type {type(reverse).__name__}")
 
 
 def check_chunk_size(chunk_size: int | None) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from linrec.spec.checks import (
     check_log_scan_args,
+    check_reverse,
     check_scan_args,
     compute_dtype,
     log_domain_message,
@@ -104,6 +105,7 @@ def linear_scan(
     Returns:
       ``(h, final_state)`` with shapes ``(B, T, *S)`` and ``(B, *S)``.
     """
+    check_reverse(reverse)
     a, b = np.asarray(a), np.asarray(b)
     check_scan_args(
         a.shape, dtype_name(a), b.shape, dtype_name(b),
@@ -148,6 +150,7 @@ def log_scan(
     Returns:
       ``(log_h, log_final_state)``; a row whose state is still zero has ``log_final_state = -inf``.
     """
+    check_reverse(reverse)
     log_a, log_b = np.asarray(log_a), np.asarray(log_b)
     check_log_scan_args(
         log_a.shape, dtype_name(log_a), log_b.shape, dtype_name(log_b),

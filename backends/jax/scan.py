@@ -59,10 +59,33 @@ Array = jax.Array
 
 
 def _combine(first: tuple[Array, Array], second: tuple[Array, Array]) -> tuple[Array, Array]:
-    """§6: first ``first``, then ``second``: ``(a_j a_i, a_j b_i + b_j)``."""
-    a_i, b_i = first
-    a_j, b_j = second
-    return a_j * a_i, a_j * b_i + b_j
+    """§6 with the decay in complement form, ``c = 1 - a``. First ``first``, then ``second``:
+    ``(a_j a_i, a_j b_i + b_j)`` as ``(c_i + c_j a_i, a_j b_i + b_j)`` with ``a = 1 - c`` rounded afresh.
+
+    For decays near 1 the plain float32 product ``a_i a_j`` rounds ``1 - x_i - x_j + x_i x_j`` to ``1 - x_i - x_j``:
+    a bias of one sign that compounds level after level, 10x the sequential loop's error at T = 65536
+    (recurrence.md §9). The complement keeps the small quantity at full relative precision, and each ``a`` derived
+    from it is within half an ulp of the exact product, so nothing compounds. ``c_i = 1`` (a forgotten past) stays
+    exactly 1. XLA fuses the elementwise work, so the complement costs no extra pass over memory.
+    """
+    c_i, b_i = first
+    c_j, b_j = second
+    return c_i + c_j * (1 - c_i), (1 - c_j) * b_i + b_j
+
+
+def _combine_cut(first: tuple[Array, Array, Array], second: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
+    """:func:`_combine` carrying a cut flag: a span that contains a cut is its part after the cut, chosen by
+    ``where`` (not ``0 * b_i``), so a NaN or inf before a segment start stays in its segment (§11)."""
+    f_i, c_i, b_i = first
+    f_j, c_j, b_j = second
+    c, b = _combine((c_i, b_i), (c_j, b_j))
+    return f_i | f_j, jnp.where(f_j, c_j, c), jnp.where(f_j, b_j, b)
+
+
+def _apply(c: Array, h_prev: Array, b: Array, cut: Array | None) -> Array:
+    """``(1 - c) h_prev + b``, or ``b`` where ``cut`` (``where``: see :func:`_combine_cut`)."""
+    out = (1 - c) * h_prev + b
+    return out if cut is None else jnp.where(cut, b, out)
 
 
 def _loop(step, xs: tuple[Array, ...], state: Array, reverse: bool) -> Array:
@@ -83,34 +106,45 @@ def _loop(step, xs: tuple[Array, ...], state: Array, reverse: bool) -> Array:
     return lax.fori_loop(0, n_time, body, (state, out))[1]
 
 
-def _sequential(a: Array, b: Array, h0: Array, reverse: bool = False) -> Array:
-    return _loop(lambda state, a_t, b_t: a_t * state + b_t, (a, b), h0, reverse)
+def _sequential(a: Array, b: Array, h0: Array, cut: Array | None, reverse: bool = False) -> Array:
+    if cut is None:
+        return _loop(lambda state, a_t, b_t: a_t * state + b_t, (a, b), h0, reverse)
+    # a cut link restarts from b_t; `where`, so NaN/inf of the previous segment stays there (§11)
+    return _loop(lambda state, a_t, b_t, cut_t: jnp.where(cut_t, b_t, a_t * state + b_t), (a, b, cut), h0, reverse)
 
 
-def _associative(a: Array, b: Array, h0: Array) -> Array:
-    # The initial state enters as b_0 := a_0 h0 + b_0 (§6), not as a term added to every h_t.
+def _associative(a: Array, b: Array, h0: Array, cut: Array | None) -> Array:
+    # The initial state enters as b_0 := a_0 h0 + b_0 (§6), not as a term added to every h_t (step 0 is never cut).
     b = b.at[:, 0].set(a[:, 0] * h0 + b[:, 0])
-    return lax.associative_scan(_combine, (a, b), axis=1)[1]
+    if cut is None:
+        return lax.associative_scan(_combine, (1 - a, b), axis=1)[1]
+    return lax.associative_scan(_combine_cut, (cut, 1 - a, b), axis=1)[2]
 
 
-def _chunked(a: Array, b: Array, h0: Array, chunk_size: int) -> Array:
-    """Prefix within each chunk (all chunks at once), then a sequential carry across chunks."""
+def _chunked(a: Array, b: Array, h0: Array, cut: Array | None, chunk_size: int) -> Array:
+    """Prefix within each chunk (all chunks at once), then a sequential carry across chunks (complement form)."""
     n_batch, n_time = b.shape[:2]
     n_chunks = -(-n_time // chunk_size)
     pad = n_chunks * chunk_size - n_time
-    if pad:  # identity steps (a=1, b=0) at the end leave every real h_t unchanged
-        a = jnp.concatenate([a, jnp.ones((n_batch, pad, *a.shape[2:]), a.dtype)], axis=1)
-        b = jnp.concatenate([b, jnp.zeros((n_batch, pad, *b.shape[2:]), b.dtype)], axis=1)
-    a = a.reshape(n_batch, n_chunks, chunk_size, *a.shape[2:])
-    b = b.reshape(n_batch, n_chunks, chunk_size, *b.shape[2:])
-    a_cum, b_cum = lax.associative_scan(_combine, (a, b), axis=2)
 
-    def carry(state: Array, last: tuple[Array, Array]) -> tuple[Array, Array]:
-        return last[0] * state + last[1], state  # emit the state entering the chunk
+    def chunks(x: Array, fill) -> Array:  # (B, T, ...) -> (B, n_chunks, chunk, ...), padded with identity steps
+        if pad:
+            x = jnp.concatenate([x, jnp.full((n_batch, pad, *x.shape[2:]), fill, x.dtype)], axis=1)
+        return x.reshape(n_batch, n_chunks, chunk_size, *x.shape[2:])
 
-    last = (jnp.moveaxis(a_cum[:, :, -1], 1, 0), jnp.moveaxis(b_cum[:, :, -1], 1, 0))
+    c, b = chunks(1 - a, 0), chunks(b, 0)  # identity step: a = 1 (c = 0), b = 0
+    if cut is None:
+        f_cum = None
+        c_cum, b_cum = lax.associative_scan(_combine, (c, b), axis=2)
+    else:
+        f_cum, c_cum, b_cum = lax.associative_scan(_combine_cut, (chunks(cut, False), c, b), axis=2)
+
+    def carry(state: Array, last: tuple[Array, ...]) -> tuple[Array, Array]:
+        return _apply(last[0], state, last[1], None if f_cum is None else last[2]), state  # emit the entering state
+
+    last = tuple(jnp.moveaxis(x[:, :, -1], 1, 0) for x in (c_cum, b_cum) + (() if f_cum is None else (f_cum,)))
     _, entering = lax.scan(carry, h0, last)
-    h = a_cum * jnp.moveaxis(entering, 0, 1)[:, :, None] + b_cum
+    h = _apply(c_cum, jnp.moveaxis(entering, 0, 1)[:, :, None], b_cum, f_cum)
     return h.reshape(n_batch, n_chunks * chunk_size, *h.shape[3:])[:, :n_time]
 
 
@@ -143,33 +177,72 @@ def _heinsen_loop(log_a: Array, log_b: Array, log_h0: Array | None) -> Array:
     state = (n_batch, *log_b.shape[2:])
     inner0 = jnp.full(state, -jnp.inf, log_b.dtype) if log_h0 is None else jnp.broadcast_to(log_h0, state)
 
-    def body(t: Array, carry: tuple[Array, Array, Array]) -> tuple[Array, Array, Array]:
-        a_star, inner, out = carry
-        a_star = a_star + lax.dynamic_index_in_dim(log_a, t, 1, False)
-        inner = jnp.logaddexp(inner, lax.dynamic_index_in_dim(log_b, t, 1, False) - a_star)
-        return a_star, inner, lax.dynamic_update_index_in_dim(out, a_star + inner, t, 1)
+    def body(t: Array, carry: tuple[Array, ...]) -> tuple[Array, ...]:
+        a_star, lost, inner, out = carry
+        # Kahan-compensated a*: adding a small log a_t to a large running sum rounds the same way step after step
+        # (decays near 1: 1e-4 onto |a*| ~ 5 loses up to 1% of each term), which cost 6e-4 of max|h| at T = 1e5;
+        # the compensation keeps a*_t within an ulp of the exact sum (recurrence.md §9).
+        step = lax.dynamic_index_in_dim(log_a, t, 1, False) - lost
+        total = a_star + step
+        lost = (total - a_star) - step
+        inner = jnp.logaddexp(inner, lax.dynamic_index_in_dim(log_b, t, 1, False) - total)
+        return total, lost, inner, lax.dynamic_update_index_in_dim(out, total + inner, t, 1)
 
     a_star0 = jnp.zeros((n_batch, *log_a.shape[2:]), log_a.dtype)
     out = jnp.zeros(log_b.shape, jnp.result_type(log_a, log_b))
-    return lax.fori_loop(0, n_time, body, (a_star0, inner0.astype(out.dtype), out))[2]
+    return lax.fori_loop(0, n_time, body, (a_star0, a_star0, inner0.astype(out.dtype), out))[3]
+
+
+def _int_view(x: Array) -> Array:
+    """The bits of a real float array as a signed integer of the same width (no conversion)."""
+    return lax.bitcast_convert_type(x, {2: jnp.int16, 4: jnp.int32, 8: jnp.int64}[jnp.dtype(x.dtype).itemsize])
+
+
+def _positive_finite(x) -> Array:
+    """``0 < x < inf`` decided on the bits: XLA on CPU flushes subnormals to zero in arithmetic *and* comparisons,
+    so ``1e-40 > 0`` is False under ``jit``. A positive finite float is exactly a bit pattern in
+    ``(0, bits(+inf))`` read as a signed integer (negatives, -0, NaN and +inf fall outside)."""
+    if isinstance(x, np.ndarray):
+        return np.isfinite(x) & (x > 0)
+    inf_bits = _int_view(jnp.asarray(np.inf, x.dtype))
+    bits = _int_view(x)
+    return (bits > 0) & (bits < inf_bits)
+
+
+def _log_positive(x: Array) -> Array:
+    """``log x`` for ``x >= 0``, right for subnormals too: XLA on CPU flushes them to zero (``log(1e-40)`` came out
+    as -inf or a wrong constant and the Heinsen form returned NaN). A subnormal is its integer mantissa ``m`` times
+    the smallest subnormal ``2**(minexp - nmant)``, so ``log x = log m + (minexp - nmant) log 2``, with ``m < 2**nmant``
+    exact in the same dtype."""
+    info = jnp.finfo(x.dtype)
+    bits = _int_view(x)
+    subnormal = (bits > 0) & (bits < _int_view(jnp.asarray(info.smallest_normal, x.dtype)))
+    log_sub = jnp.log(bits.astype(x.dtype)) + (int(info.minexp) - int(info.nmant)) * float(np.log(2.0))
+    return jnp.where(subnormal, log_sub, jnp.log(x))
 
 
 def _log(a: Array, b: Array, h0: Array) -> Array:
     # h0 = 0 (initial_state=None) is log h0 = -inf, which logaddexp absorbs; the VJP is custom, so no NaN gradient.
-    return jnp.exp(_heinsen(jnp.log(a), jnp.log(b), jnp.log(h0))).astype(b.dtype)
+    return jnp.exp(_heinsen(_log_positive(a), _log_positive(b), _log_positive(h0))).astype(b.dtype)
 
 
-def _forward(a: Array, b: Array, h0: Array, method: str, chunk_size: int, reverse: bool) -> Array:
-    """Dispatch to a kernel; ``reverse`` runs it from the last step (flipping, except for the loop)."""
+def _forward(
+    a: Array, b: Array, h0: Array, cut: Array | None, method: str, chunk_size: int, reverse: bool
+) -> Array:
+    """Dispatch to a kernel; ``reverse`` runs it from the last step (flipping, except for the loop).
+
+    ``cut`` (``(B, T, 1, ...)`` bool or None) marks steps that ignore the carried state; ``a`` is already 0 there.
+    """
     if method == "sequential":
-        return _sequential(a, b, h0, reverse)
+        return _sequential(a, b, h0, cut, reverse)
     if reverse:
-        return _forward(a[:, ::-1], b[:, ::-1], h0, method, chunk_size, False)[:, ::-1]
+        flipped = None if cut is None else cut[:, ::-1]
+        return _forward(a[:, ::-1], b[:, ::-1], h0, flipped, method, chunk_size, False)[:, ::-1]
     if method == "associative":
-        return _associative(a, b, h0)
+        return _associative(a, b, h0, cut)
     if method == "chunked":
-        return _chunked(a, b, h0, chunk_size)
-    return _log(a, b, h0)
+        return _chunked(a, b, h0, cut, chunk_size)
+    return _log(a, b, h0)  # the log method refuses resets
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -188,22 +261,24 @@ def _shift(x: Array, fill: Array, later: bool) -> Array:
     return jnp.concatenate([x[:, 1:], edge] if later else [edge, x[:, :-1]], axis=1)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _scan(a: Array, b: Array, h0: Array, method: str, chunk_size: int, reverse: bool) -> Array:
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _scan(a: Array, b: Array, h0: Array, cut: Array | None, method: str, chunk_size: int, reverse: bool) -> Array:
     """``h`` (B, T, *S) in time order; T >= 1. Differentiable through :func:`_scan_bwd`."""
-    return _forward(a, b, h0, method, chunk_size, reverse)
+    return _forward(a, b, h0, cut, method, chunk_size, reverse)
 
 
-def _scan_fwd(a, b, h0, method, chunk_size, reverse):
-    h = _forward(a, b, h0, method, chunk_size, reverse)
-    return h, (a, h0, h)
+def _scan_fwd(a, b, h0, cut, method, chunk_size, reverse):
+    h = _forward(a, b, h0, cut, method, chunk_size, reverse)
+    return h, (a, h0, h, cut)
 
 
 def _real_if(x: Array, like: Array) -> Array:
     return x if jnp.iscomplexobj(like) else x.real  # a real decay of a complex state has a real cotangent
 
 
-def _sequential_vjp(a: Array, h0: Array, h: Array, ct_h: Array, reverse: bool) -> tuple[Array, Array, Array]:
+def _sequential_vjp(
+    a: Array, h0: Array, h: Array, ct_h: Array, cut: Array | None, reverse: bool
+) -> tuple[Array, Array, Array]:
     """The VJP as one fused loop against the forward direction: reads a, ct_h, h; writes g (= b_bar) and a_bar.
 
     The carry is ``a_t g_t``, the cotangent flowing into the previous step, so no shifted copy of ``a`` or ``h``
@@ -222,7 +297,8 @@ def _sequential_vjp(a: Array, h0: Array, h: Array, ct_h: Array, reverse: bool) -
         g_t = index(ct_h, t) + flow
         h_prev = jnp.where(t == first, h0, index(h, t + 1 if reverse else t - 1))  # clamped index at the edge
         a_bar_t = _real_if(_sum_to_shape(g_t * h_prev, a_t.shape), a)
-        return (a_t * g_t, lax.dynamic_update_index_in_dim(g, g_t, t, 1),
+        flow = a_t * g_t if cut is None else jnp.where(index(cut, t), 0, a_t * g_t)  # nothing crosses a cut
+        return (flow, lax.dynamic_update_index_in_dim(g, g_t, t, 1),
                 lax.dynamic_update_index_in_dim(a_bar, a_bar_t.astype(a_bar.dtype), t, 1))
 
     init = (jnp.zeros_like(h0), jnp.zeros_like(ct_h), jnp.zeros(a.shape, a.dtype))
@@ -231,21 +307,22 @@ def _sequential_vjp(a: Array, h0: Array, h: Array, ct_h: Array, reverse: bool) -
 
 
 def _scan_bwd(method, chunk_size, reverse, residuals, ct_h):
-    a, h0, h = residuals
+    a, h0, h, cut = residuals
     # Forward direction: g_t = ct_t + a_{t+1} g_{t+1}, a scan in the opposite direction whose decay is `a` shifted
     # by one step (mirrored for reverse=True). The cotangent of final_state arrives already added to ct_h at the
     # last processed step (final_state is a slice of h outside this function). Cuts are a == 0 here, so g does
     # not cross them, and the a := 0 outside zeroes a_bar at the cut positions.
     # `log` cannot run this scan (cotangents take any sign): it uses the loop, the fastest general method on CPU.
     if method in ("sequential", "log"):
-        a_bar, g, h0_bar = _sequential_vjp(a, h0, h, ct_h, reverse)
+        a_bar, g, h0_bar = _sequential_vjp(a, h0, h, ct_h, cut, reverse)
     else:
         a_next = _shift(a, jnp.ones((), a.dtype), later=not reverse)
-        g = _forward(a_next, ct_h, jnp.zeros_like(h0), method, chunk_size, not reverse)
+        cut_next = None if cut is None else _shift(cut, jnp.zeros((), bool), later=not reverse)
+        g = _forward(a_next, ct_h, jnp.zeros_like(h0), cut_next, method, chunk_size, not reverse)
         a_bar = _real_if(_sum_to_shape(g * _shift(h, h0, later=reverse), a.shape), a)
         first = -1 if reverse else 0
         h0_bar = a[:, first] * g[:, first]
-    return a_bar.astype(a.dtype), g.astype(ct_h.dtype), h0_bar.astype(h0.dtype)
+    return a_bar.astype(a.dtype), g.astype(ct_h.dtype), h0_bar.astype(h0.dtype), None
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
@@ -335,9 +412,10 @@ def _pick_method(method: str) -> str:
     return "native" if "native" in METHODS else "sequential"
 
 
-def _validate(a, b, initial_state, resets, method: str, chunk_size: int | None):
+def _validate(a, b, initial_state, resets, method: str, chunk_size: int | None, reverse: object):
     native.require_native(method)
     checks.check_method(method, METHODS)
+    checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)
     a, b, h0, resets = _as_array(a), _as_array(b), _as_array(initial_state), _as_array(resets)
     _check_linear_args(a, b, h0, resets)
@@ -348,7 +426,9 @@ def _validate(a, b, initial_state, resets, method: str, chunk_size: int | None):
         for name, x in (("a", a), ("b", b), ("initial_state", h0)):
             if x is not None and jnp.iscomplexobj(x):  # a property of the dtype: refuse even when traced
                 raise ValueError(checks.log_domain_message(name, "method='log' needs real values, got complex"))
-        _check_values({"a": a, "b": b, "initial_state": h0}, lambda x: x > 0, "method='log' needs every value > 0")
+        # finite as well: +inf passes "> 0" but turns the Heinsen form into inf - inf = NaN
+        _check_values({"a": a, "b": b, "initial_state": h0}, _positive_finite,
+                      "method='log' needs every value > 0 and finite (no NaN or ±inf)")
     # chunk_size is a static jit argument: normalise it where unused, so it never causes a recompile
     chunk_size = (chunk_size or DEFAULT_CHUNK_SIZE) if method == "chunked" else DEFAULT_CHUNK_SIZE
     return a, b, h0, resets, method, chunk_size
@@ -365,10 +445,10 @@ def _linear_scan(a, b, h0, resets, *, reverse: bool, method: str, chunk_size: in
         a_acc = jnp.where(_expand(cut, a.ndim), jnp.zeros((), a_acc.dtype), a_acc)
     if b.shape[1] == 0:
         return jnp.zeros(b.shape, b.dtype), h0_acc.astype(b.dtype)
-    if method == "native":  # its own custom_vjp runs the backward kernel; cuts are already a := 0
-        h, final = native_linear_scan(a_acc, b_acc, h0_acc, None, reverse)
+    if method == "native":  # its own custom_vjp runs the backward kernel; the cut mask keeps segments apart
+        h, final = native_linear_scan(a_acc, b_acc, h0_acc, cut, reverse)
         return h.astype(b.dtype), final.astype(b.dtype)
-    h = _scan(a_acc, b_acc, h0_acc, method, chunk_size, reverse)
+    h = _scan(a_acc, b_acc, h0_acc, None if cut is None else _expand(cut, b.ndim), method, chunk_size, reverse)
     final = h[:, 0] if reverse else h[:, -1]
     return h.astype(b.dtype), final.astype(b.dtype)
 
@@ -407,7 +487,7 @@ def linear_scan(
     Returns:
       ``(h, final_state)``: ``(B, T, *S)`` and ``(B, *S)`` in the dtype of ``b``.
     """
-    a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size)
+    a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size, reverse)
     return _linear_scan(a, b, h0, resets, reverse=reverse, method=method, chunk_size=chunk_size)
 
 
@@ -428,7 +508,7 @@ def linear_scan_vjp(
     Returns ``(a_bar, b_bar, initial_state_bar)`` shaped like ``a``, ``b`` and ``(B, *S)``; with
     ``initial_state=None`` the last is the gradient with respect to the zero initial state.
     """
-    a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size)
+    a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size, reverse)
     if h0 is None:  # differentiate at explicit zeros (after the domain check, which only concerns given values)
         h0 = jnp.zeros((b.shape[0], *b.shape[2:]), b.dtype)
 
@@ -490,6 +570,7 @@ def log_scan(
       ``(log_h, log_final_state)`` in the dtype of ``log_b``.
     """
     checks.check_method(method, LOG_METHODS, function="log_scan")
+    checks.check_reverse(reverse)
     log_a, log_b, log_h0, resets = (_as_array(x) for x in (log_a, log_b, log_initial_state, resets))
     checks.check_log_scan_args(
         tuple(log_a.shape), dtype_name(log_a), tuple(log_b.shape), dtype_name(log_b),

@@ -46,51 +46,75 @@ def _cast(a, b, initial_state, reverse, resets):
 
 
 def _prepare(a, b, initial_state, reverse, resets):
-    """:func:`_cast`, then mask resets (``a := 0``) and flip to processing order."""
+    """:func:`_cast`, then mask resets (``a := 0``) and flip to processing order; ``cut`` ``(B, T, 1, ...)`` or None."""
     a_acc, b_acc, h0, cut, out_dtype = _cast(a, b, initial_state, reverse, resets)
     if cut is not None:
-        a_acc = np.where(_expand(cut, a_acc.ndim), 0, a_acc)
+        cut = _expand(cut, a_acc.ndim)
+        a_acc = np.where(cut, 0, a_acc)
     if reverse:
         a_acc, b_acc = a_acc[:, ::-1], b_acc[:, ::-1]
-    return a_acc, b_acc, h0, out_dtype
+        cut = None if cut is None else cut[:, ::-1]
+    return a_acc, b_acc, h0, cut, out_dtype
 
 
-def _sequential(a, b, h0):
+def _step(a, h_prev, b, cut):
+    """One affine step ``a h_prev + b``; where ``cut`` is set, ``b`` itself, chosen by ``where`` (not
+    ``0 * h_prev``) so that a NaN or inf before a segment start stays in its own segment (§11)."""
+    out = a * h_prev + b
+    return out if cut is None else np.where(cut, b, out)
+
+
+def _sequential(a, b, h0, cut):
     h = np.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b, h0))
     state = h0
     for t in range(b.shape[1]):
-        state = a[:, t] * state + b[:, t]
+        state = _step(a[:, t], state, b[:, t], None if cut is None else cut[:, t])
         h[:, t] = state
     return h
 
 
-def _prefix(a, b):
-    """Inclusive prefix of the affine maps (Hillis–Steele): returns (A_t, B_t) with h_t = A_t h_{-1} + B_t."""
+def _prefix(a, b, cut):
+    """Inclusive prefix of the affine maps (Hillis–Steele): ``(A_t, B_t)`` with ``h_t = A_t h_{-1} + B_t``.
+
+    The product of decays is carried in complement form, ``C = 1 - prod a``, combined as ``C_i + C_j A_i``
+    (``= 1 - A_i A_j``), and ``A = 1 - C`` is rounded afresh from it at each level. For decays near 1 the plain
+    float32 product ``a_i a_j`` rounds ``1 - x_i - x_j + x_i x_j`` to ``1 - x_i - x_j``: a bias of one sign that
+    compounds level after level, 10x the sequential loop's error at T = 65536 (``recurrence.md`` §9). In the
+    complement it never compounds: each ``A`` is within half an ulp of the exact product. With ``cut``
+    (``(B, T, 1, ...)``), a span containing a cut is its part after the cut, chosen by ``where`` (§11).
+    """
     a = np.array(a)
+    c = 1 - a
     b = np.array(np.broadcast_to(b, np.broadcast_shapes(a.shape, b.shape)), np.result_type(a, b))
+    cut = None if cut is None else np.array(cut)
     shift = 1
     while shift < b.shape[1]:
-        b[:, shift:] = a[:, shift:] * b[:, :-shift] + b[:, shift:]
-        a[:, shift:] = a[:, shift:] * a[:, :-shift]
+        cut_j = None if cut is None else cut[:, shift:]
+        b[:, shift:] = _step(a[:, shift:], b[:, :-shift], b[:, shift:], cut_j)
+        c_new = c[:, :-shift] + c[:, shift:] * a[:, :-shift]  # exactly 1 (a forgotten past) when a_i == 0
+        c[:, shift:] = c_new if cut_j is None else np.where(cut_j, c[:, shift:], c_new)
+        a[:, shift:] = 1 - c[:, shift:]
+        if cut is not None:
+            cut[:, shift:] = cut_j | cut[:, :-shift]
         shift *= 2
-    return a, b
+    return a, b, cut
 
 
-def _associative(a, b, h0):
+def _associative(a, b, h0, cut):
     if b.shape[1] == 0:
         return np.empty(b.shape, np.result_type(a, b, h0))
     b = np.array(b, np.result_type(a, b, h0))
-    b[:, 0] = a[:, 0] * h0 + b[:, 0]  # the initial state enters as b_0 := a_0 h_{-1} + b_0 (§6)
-    return _prefix(a, b)[1]
+    b[:, 0] = a[:, 0] * h0 + b[:, 0]  # the initial state enters as b_0 := a_0 h_{-1} + b_0 (§6); never cut
+    return _prefix(a, b, cut)[1]
 
 
-def _chunked(a, b, h0, chunk_size):
+def _chunked(a, b, h0, cut, chunk_size):
     h = np.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b, h0))
     state = h0
     for start in range(0, b.shape[1], chunk_size):
         sl = slice(start, start + chunk_size)
-        a_cum, b_cum = _prefix(a[:, sl], b[:, sl])
-        h[:, sl] = a_cum * state[:, None] + b_cum
+        a_cum, b_cum, cut_cum = _prefix(a[:, sl], b[:, sl], None if cut is None else cut[:, sl])
+        h[:, sl] = _step(a_cum, state[:, None], b_cum, cut_cum)
         state = h[:, sl][:, -1]
     return h
 
@@ -101,7 +125,10 @@ def _logcumsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 
 def _heinsen(log_a, log_b, log_h0):
     """log h_t = a*_t + logaddexp(log h0, logcumsumexp(log b - a*)_t), a* = cumsum(log a)."""
-    a_star = np.cumsum(log_a, axis=1)
+    # a* summed in float64 and rounded once: a float32 running sum of small log-decays rounds the same way step
+    # after step (1e-4 onto |a*| ~ 5 loses up to 1% of each term), which cost 6e-4 of max|h| at T = 1e5 (§9)
+    wide = np.float64 if log_a.dtype.itemsize <= 8 else log_a.dtype
+    a_star = np.cumsum(log_a, axis=1, dtype=wide).astype(log_a.dtype)
     with np.errstate(invalid="ignore"):  # -inf (zero initial state) minus finite is fine
         inner = _logcumsumexp(log_b - a_star, axis=1)
         return a_star + np.logaddexp(log_h0[:, None], inner)
@@ -115,8 +142,12 @@ def _check_log_domain(a, b, initial_state, resets):
             continue
         if np.iscomplexobj(x):
             raise ValueError(checks.log_domain_message(name, "method='log' needs real values, got complex"))
-        if not np.all(np.asarray(x, np.float64) > 0):
+        values = np.asarray(x, np.float64)
+        if not np.all(values > 0):
             raise ValueError(checks.log_domain_message(name, "method='log' needs every value > 0"))
+        # +inf passes "> 0" but turns the Heinsen form into inf - inf = NaN
+        if not np.all(np.isfinite(values)):
+            raise ValueError(checks.log_domain_message(name, "every value must be finite (no NaN or ±inf)"))
 
 
 def _pick_method(method: str) -> str:
@@ -153,23 +184,24 @@ def linear_scan(
       ``(h, final_state)``: ``(B, T, *S)`` and ``(B, *S)`` in the dtype of ``b``.
     """
     method = _pick_method(method)
+    checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)
     if method == "native":  # the kernel takes resets and reverse itself: no masked or flipped copies
         a_c, b_c, h0, cut, out_dtype = _cast(a, b, initial_state, reverse, resets)
         h, final = native.linear_scan(np.ascontiguousarray(a_c), np.ascontiguousarray(b_c), h0, cut, reverse)
         return h.astype(out_dtype, copy=False), final.astype(out_dtype, copy=False)
-    a_p, b_p, h0, out_dtype = _prepare(a, b, initial_state, reverse, resets)
+    a_p, b_p, h0, cut, out_dtype = _prepare(a, b, initial_state, reverse, resets)
     if method == "log":
         _check_log_domain(a, b, initial_state, resets)
         log_h0 = np.full(h0.shape, -np.inf, h0.dtype) if initial_state is None else np.log(h0)
         with np.errstate(divide="ignore"):  # log 0 at reset positions is the intended -inf
             h = np.exp(_heinsen(np.log(a_p), np.log(b_p), log_h0))
     elif method == "sequential":
-        h = _sequential(a_p, b_p, h0)
+        h = _sequential(a_p, b_p, h0, cut)
     elif method == "associative":
-        h = _associative(a_p, b_p, h0)
+        h = _associative(a_p, b_p, h0, cut)
     else:
-        h = _chunked(a_p, b_p, h0, chunk_size or DEFAULT_CHUNK_SIZE)
+        h = _chunked(a_p, b_p, h0, cut, chunk_size or DEFAULT_CHUNK_SIZE)
     final = h[:, -1] if h.shape[1] else h0
     if reverse:
         h = h[:, ::-1]
@@ -197,6 +229,7 @@ def log_scan(
       ``(log_h, log_final_state)``.
     """
     checks.check_method(method, LOG_METHODS, function="log_scan")
+    checks.check_reverse(reverse)
     log_a, log_b = np.asarray(log_a), np.asarray(log_b)
     checks.check_log_scan_args(
         log_a.shape, dtype_name(log_a), log_b.shape, dtype_name(log_b),
@@ -253,7 +286,7 @@ def linear_scan_vjp(
     a, b = np.asarray(a), np.asarray(b)
     h, _ = linear_scan(a, b, initial_state=initial_state, reverse=reverse, resets=resets, method=method,
                        chunk_size=chunk_size)
-    a_p, _, h0, _ = _prepare(a, b, initial_state, reverse, resets)
+    a_p, _, h0, _, _ = _prepare(a, b, initial_state, reverse, resets)
     acc = np.result_type(a_p, h0)
     h_p = (h[:, ::-1] if reverse else h).astype(acc)
     ct = np.asarray(cotangent_h).astype(acc)
@@ -262,7 +295,13 @@ def linear_scan_vjp(
     # g_t = ct_t + a_{t+1} g_{t+1}: a reverse scan whose decay is a shifted by one step
     a_next = np.concatenate([a_p[:, 1:], np.ones_like(a_p[:, :1])], axis=1)
     scan_method = "chunked" if method in ("auto", "log") else method
-    g, _ = linear_scan(a_next, ct, initial_state=ct_final, reverse=True, method=scan_method, chunk_size=chunk_size)
+    # the same links are cut backwards: step t receives nothing from t+1 where the forward cut t+1 (processing
+    # order); as resets of this reverse scan that is the cut mask itself, so NaN/inf stay in their segment (§11)
+    cut_p = cut_mask(resets, reverse)
+    if cut_p is not None and reverse:
+        cut_p = np.ascontiguousarray(cut_p[:, ::-1])
+    g, _ = linear_scan(a_next, ct, initial_state=ct_final, reverse=True, resets=cut_p, method=scan_method,
+                       chunk_size=chunk_size)
     g = g.astype(acc)
     h_prev = np.concatenate([h0[:, None], h_p[:, :-1]], axis=1) if h_p.shape[1] else h_p
     a_bar = g * h_prev

@@ -117,17 +117,37 @@ def _into(out: Tensor, op, *args: Tensor) -> Tensor:
     return op(*args, out=out)
 
 
-def _sequential(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool, out: Tensor | None = None) -> Tensor:
-    """The loop of §2, one vectorised step per ``t`` written straight into ``out`` (B, T, *S)."""
+def _sequential(
+    a: Tensor, b: Tensor, h0: Tensor | None, cut: Tensor | None, reverse: bool, out: Tensor | None = None
+) -> Tensor:
+    """The loop of §2, one vectorised step per ``t`` written straight into ``out`` (B, T, *S).
+
+    ``cut`` (``(B, T, 1, ...)`` bool or None): the step restarts from ``b_t``, by ``where`` (not ``0 * h``), so a
+    NaN or inf of the previous segment stays there (§11).
+    """
     h = _empty_like(b) if out is None else out
     state = torch.zeros(_state_shape(b), dtype=b.dtype, device=b.device) if h0 is None else h0
     n_time = b.shape[1]
     for t in range(n_time - 1, -1, -1) if reverse else range(n_time):
-        state = _into(h[:, t], torch.addcmul, b[:, t], a[:, t], state)  # h_t = a_t h_{t-1} + b_t
+        if cut is None:
+            state = _into(h[:, t], torch.addcmul, b[:, t], a[:, t], state)  # h_t = a_t h_{t-1} + b_t
+        else:
+            state = _into(h[:, t], torch.where, cut[:, t], b[:, t], torch.addcmul(b[:, t], a[:, t], state))
     return h
 
 
-def _prefix(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool, out: Tensor | None = None) -> Tensor:
+def _step(a: Tensor, h_prev: Tensor, b: Tensor, cut: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """``a h_prev + b``, or ``b`` itself where ``cut`` (``where``, not ``0 * h_prev``: NaN/inf before a segment start
+    stays in its segment, §11). Into ``out`` when given."""
+    if cut is None:
+        return torch.addcmul(b, a, h_prev) if out is None else _into(out, torch.addcmul, b, a, h_prev)
+    kept = torch.addcmul(b, a, h_prev)
+    return torch.where(cut, b, kept) if out is None else _into(out, torch.where, cut, b, kept)
+
+
+def _prefix(
+    a: Tensor, c: Tensor, b: Tensor, cut: Tensor | None, h0: Tensor | None, reverse: bool, out: Tensor | None = None
+) -> Tensor:
     """``h`` (B, T, *S): the ``b``-parts of the inclusive prefixes ``combine(e_0, ..., e_t)`` (§6) applied to ``h0``.
 
     Odd/even recursion (as in ``jax.lax.associative_scan``): combine neighbouring pairs (in processing
@@ -136,6 +156,14 @@ def _prefix(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool, out: Tensor 
     writes into strided views of the one output, so the only temporaries are the pair products
     (``T/2 + T/4 + ... < T`` steps). ``reverse`` mirrors the slices instead of flipping (a copy).
     The initial state enters as ``b_0 := a_0 h0 + b_0`` (§6), not by adding it to every ``h_t``.
+
+    The product of decays is carried in complement form, ``c = 1 - prod a``, a pair's as
+    ``c_lo + c_hi a_lo`` (``= 1 - a_lo a_hi``), and ``a = 1 - c`` is rounded afresh from it at each level for
+    the ``b`` updates. For decays near 1 the plain float32 product ``a_lo a_hi`` rounds
+    ``1 - x_lo - x_hi + x_lo x_hi`` to ``1 - x_lo - x_hi``: a bias of one sign that compounds level after
+    level, 10x the sequential loop's error at T = 65536 (recurrence.md §9). In the complement it never compounds:
+    each ``a`` is within half an ulp of the exact product. ``cut`` (``(B, T, 1, ...)`` bool or None) marks steps
+    that ignore the carried state: a pair containing one is its part after the cut (``where``).
     """
     n_time = b.shape[1]
     h = _empty_like(b) if out is None else out
@@ -151,26 +179,36 @@ def _prefix(a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool, out: Tensor 
         first, second, pair0 = 0, 1, 0
         lo, hi = slice(0, n_time - 1, 2), slice(1, n_time, 2)
         rest, before_rest = slice(2, n_time, 2), slice(1, n_time - 1, 2)
-    b_first = b[:, first] if h0 is None else torch.addcmul(b[:, first], a[:, first], h0)
+
+    def cut_at(index):
+        return None if cut is None else cut[:, index]
+
+    b_first = b[:, first] if h0 is None else _step(a[:, first], h0, b[:, first], cut_at(first))
     h[:, first] = b_first
     if n_time == 1:
         return h
-    a_hi = a[:, hi]
-    b_pairs = torch.addcmul(b[:, hi], a_hi, b[:, lo])  # combine(e_lo, e_hi)
+    b_pairs = _step(a[:, hi], b[:, lo], b[:, hi], cut_at(hi))  # combine(e_lo, e_hi)
     if h0 is not None:
-        b_pairs[:, pair0] = torch.addcmul(b[:, second], a[:, second], b_first)
-    _prefix(a_hi * a[:, lo], b_pairs, None, reverse, h[:, hi])
-    _into(h[:, rest], torch.addcmul, b[:, rest], a[:, rest], h[:, before_rest])
+        b_pairs[:, pair0] = _step(a[:, second], b_first, b[:, second], cut_at(second))
+    c_pairs = torch.addcmul(c[:, lo], c[:, hi], a[:, lo])  # 1 - a_lo a_hi; exactly 1 when a_lo == 0
+    cut_pairs = None
+    if cut is not None:
+        c_pairs = torch.where(cut[:, hi], c[:, hi], c_pairs)
+        cut_pairs = cut[:, hi] | cut[:, lo]
+    _prefix(1 - c_pairs, c_pairs, b_pairs, cut_pairs, None, reverse, h[:, hi])
+    _step(a[:, rest], h[:, before_rest], b[:, rest], cut_at(rest), h[:, rest])
     return h
 
 
 def _chunked(
-    a: Tensor, b: Tensor, h0: Tensor | None, reverse: bool, chunk_size: int, out: Tensor | None = None
+    a: Tensor, b: Tensor, cut: Tensor | None, h0: Tensor | None, reverse: bool, chunk_size: int,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Associative within chunks of ``chunk_size`` steps, sequential across chunks carrying the state.
 
-    A chunk (``B·chunk_size·N`` elements) stays in cache through its ``log2 chunk_size`` levels, and the
-    Python loop runs ``T / chunk_size`` times instead of ``T``; see ``_auto_method`` for the timings.
+    Each chunk's complement ``c = 1 - a`` (see :func:`_prefix`) is made per chunk, a cache-sized temporary.
+    A chunk (``B·chunk_size·N`` elements) stays in cache through its ``log2 chunk_size`` levels, and the Python
+    loop runs ``T / chunk_size`` times instead of ``T``; see ``_auto_method`` for the timings.
     """
     n_time = b.shape[1]
     h = _empty_like(b) if out is None else out
@@ -178,7 +216,9 @@ def _chunked(
     starts = range(0, n_time, chunk_size)
     for start in reversed(starts) if reverse else starts:
         chunk = slice(start, min(start + chunk_size, n_time))
-        _prefix(a[:, chunk], b[:, chunk], state, reverse, h[:, chunk])
+        cut_chunk = None if cut is None else cut[:, chunk]
+        a_chunk = a[:, chunk]
+        _prefix(a_chunk, 1 - a_chunk, b[:, chunk], cut_chunk, state, reverse, h[:, chunk])
         state = h[:, chunk.start if reverse else chunk.stop - 1]
     return h
 
@@ -214,18 +254,22 @@ def _scan(
     a: Tensor,
     b: Tensor,
     h0: Tensor | None,
+    cut: Tensor | None,
     reverse: bool,
     method: str,
     chunk_size: int,
     out: Tensor | None = None,
 ) -> Tensor:
-    """Dispatch to a kernel; returns ``h`` (B, T, *S) in time order (written into ``out`` when given)."""
+    """Dispatch to a kernel; returns ``h`` (B, T, *S) in time order (written into ``out`` when given).
+
+    ``cut`` (``(B, T, 1, ...)`` bool or None) marks the steps that ignore the carried state (``a`` is 0 there too).
+    """
     if method == "sequential":
-        return _sequential(a, b, h0, reverse, out)
+        return _sequential(a, b, h0, cut, reverse, out)
     if method == "associative":
-        return _prefix(a, b, h0, reverse, out)
+        return _prefix(a, 1 - a, b, cut, h0, reverse, out)
     if method == "chunked":
-        return _chunked(a, b, h0, reverse, chunk_size, out)
+        return _chunked(a, b, cut, h0, reverse, chunk_size, out)
     # method == "log" (forward only): a > 0, b > 0, h0 > 0 and no resets, checked by the caller
     log_a, log_b = a.log(), b.log()
     if reverse:
@@ -298,11 +342,12 @@ class _LinearScanFn(torch.autograd.Function):
         a: Tensor,
         b: Tensor,
         h0: Tensor | None,
+        cut: Tensor | None,
         reverse: bool,
         method: str,
         chunk_size: int,
     ) -> tuple[Tensor, Tensor]:
-        h = _scan(a, b, h0, reverse, method, chunk_size)
+        h = _scan(a, b, h0, cut, reverse, method, chunk_size)
         if b.shape[1] > 0:
             final = h[:, 0 if reverse else -1].clone()
         elif h0 is not None:
@@ -310,7 +355,7 @@ class _LinearScanFn(torch.autograd.Function):
         else:
             final = torch.zeros(_state_shape(b), dtype=b.dtype, device=b.device)
         ctx.save_for_backward(a, h, h0)
-        ctx.reverse, ctx.method, ctx.chunk_size = reverse, method, chunk_size
+        ctx.cut, ctx.reverse, ctx.method, ctx.chunk_size = cut, reverse, method, chunk_size
         return h, final
 
     @staticmethod
@@ -318,7 +363,7 @@ class _LinearScanFn(torch.autograd.Function):
         a, h, h0 = ctx.saved_tensors
         reverse, n_time = ctx.reverse, h.shape[1]
         if n_time == 0:
-            return torch.zeros_like(a), grad_h, None if h0 is None else grad_final, None, None, None
+            return torch.zeros_like(a), grad_h, None if h0 is None else grad_final, None, None, None, None
         # forward: g_{T-1} = ḣ_{T-1} + ḟ, then g_t = ḣ_t + conj(a_{t+1}) g_{t+1}: a scan over t < T-1 in the
         # other direction, on views of a and ḣ shifted by one step (no copies); reverse mirrored
         a_conj = a.conj()
@@ -328,7 +373,10 @@ class _LinearScanFn(torch.autograd.Function):
         g[:, last] = grad_h[:, last] + grad_final
         # the log form cannot carry signed cotangents; its backward uses the fastest general method
         method = _auto_method(grad_h) if ctx.method == "log" else ctx.method
-        _scan(a_body, grad_h[:, body], g[:, last], not reverse, method, ctx.chunk_size, g[:, body])
+        # a cut at step t+1 stops g_t from receiving g_{t+1}: the cut mask shifted like a
+        cut = ctx.cut
+        cut_body = None if cut is None else (cut[:, : n_time - 1] if reverse else cut[:, 1:])
+        _scan(a_body, grad_h[:, body], g[:, last], cut_body, not reverse, method, ctx.chunk_size, g[:, body])
         grad_a = grad_h0 = None
         first = n_time - 1 if reverse else 0
         if ctx.needs_input_grad[0]:
@@ -342,7 +390,7 @@ class _LinearScanFn(torch.autograd.Function):
                 grad_a = grad_a.real  # a real decay of a complex state has a real gradient
         if h0 is not None and ctx.needs_input_grad[2]:
             grad_h0 = a_conj[:, first] * g[:, first]
-        return grad_a, g, grad_h0, None, None, None
+        return grad_a, g, grad_h0, None, None, None, None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -389,6 +437,7 @@ def linear_scan(
     """
     native.require_native(method)
     checks.check_method(method, METHODS)
+    checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)
     a, b = _tensor(a), _tensor(b)
     initial_state = None if initial_state is None else _tensor(initial_state)
@@ -410,7 +459,8 @@ def linear_scan(
     if cut is not None:
         a_c = a_c.masked_fill(_expand(cut, a_c.ndim), 0)  # a cut link is a = 0 (its gradient is then 0 too)
     chunk_size = chunk_size or _default_chunk_size(b)
-    h, final = _LinearScanFn.apply(a_c, b_c, h0, bool(reverse), method, chunk_size)
+    cut = None if cut is None else _expand(cut, b_c.ndim)
+    h, final = _LinearScanFn.apply(a_c, b_c, h0, cut, bool(reverse), method, chunk_size)
     return h.to(b.dtype), final.to(b.dtype)
 
 
@@ -436,6 +486,7 @@ def log_scan(
       ``(log_h, log_final_state)``: ``(B, T, *S)`` and ``(B, *S)`` in the dtype of ``log_b``.
     """
     checks.check_method(method, LOG_METHODS, function="log_scan")
+    checks.check_reverse(reverse)
     log_a, log_b = _tensor(log_a), _tensor(log_b)
     log_h0 = None if log_initial_state is None else _tensor(log_initial_state)
     resets = None if resets is None else _tensor(resets)
@@ -500,6 +551,7 @@ def linear_scan_vjp(
       ``initial_state=None`` the last is the cotangent of a zero initial state.
     """
     checks.check_method(method, METHODS)
+    checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)
     a, b, cotangent_h = _tensor(a), _tensor(b), _tensor(cotangent_h)
     initial_state = None if initial_state is None else _tensor(initial_state)
