@@ -203,6 +203,152 @@ def test_describe_and_build_entry_point():
     assert result.stdout.strip() == info["path"]
 
 
+# What every process sees when the kernel cannot be had (recurrence.md §7, README "The native CPU kernel"): every
+# backend imports, `linrec info` reports why, `auto` serves the input with another method, and explicit
+# method="native" raises naming `sequential` and the reason.
+_FALLBACK_CHECK = """
+    import numpy as np
+    from linrec.backends import native
+    from linrec.tools.cli import main
+
+    reason = native.build_error()
+    assert reason and EXPECT in reason, reason
+    a, b = np.full((1, 5, 2), 0.5), np.ones((1, 5, 2))
+    want = np.cumsum(0.5 ** np.arange(5))[None, :, None] * np.ones((1, 1, 2))
+    for name in BACKENDS:
+        import importlib
+
+        backend = importlib.import_module("linrec.backends." + name)
+        assert "native" not in backend.METHODS, (name, backend.METHODS)
+        to = getattr(backend, "asarray", np.asarray)
+        h, _ = backend.linear_scan(to(a), to(b))  # auto serves the input with another method
+        np.testing.assert_allclose(np.asarray(h), want, rtol=1e-12)
+        try:
+            backend.linear_scan(to(a), to(b), method="native")
+        except ValueError as err:
+            assert "sequential" in str(err) and reason in str(err), err
+        else:
+            raise AssertionError(name + ": method='native' did not raise")
+    print(native.describe())
+    if INFO:
+        assert main(["info"]) == 0
+"""
+
+
+def _foreign_library() -> str | None:
+    """A real shared library that is not ours: the C math library this Python process has mapped."""
+    try:
+        maps = open("/proc/self/maps").read().split("\n")
+    except OSError:
+        return None
+    paths = {line.split()[-1] for line in maps if "/libm.so" in line or "/libm-" in line}
+    return min(paths) if paths else None
+
+
+def _plant(cache: str, content: bytes, stamp_matches: bool, monkeypatch) -> None:
+    """Put ``content`` where the library for ``LINREC_CACHE=cache`` belongs, with the good library's stamp
+    (``stamp_matches=False``: a truncated or overwritten file) or a stamp rewritten to vouch for ``content``."""
+    import hashlib
+    import json
+    import shutil
+    from pathlib import Path
+
+    from linrec.backends.native import build
+
+    good = native.describe()["path"]
+    monkeypatch.setenv("LINREC_CACHE", cache)
+    target = build.library_path()
+    target.parent.mkdir(parents=True)
+    shutil.copy(build.stamp_path(Path(good)), build.stamp_path(target))
+    target.write_bytes(content)
+    if stamp_matches:
+        stamp = json.loads(build.stamp_path(target).read_text())
+        stamp.update(size=len(content), sha256=hashlib.sha256(content).hexdigest())
+        build.stamp_path(target).write_text(json.dumps(stamp))
+
+
+def _unusable_cache(case: str, tmp_path, monkeypatch) -> tuple[str, str]:
+    """``(LINREC_CACHE, what the error says)`` for a cache that cannot serve the kernel in the way ``case`` names."""
+    cache = str(tmp_path / "cache")
+    good = open(native.describe()["path"], "rb").read()
+    if case == "truncated":  # a stamp for the real library, a file cut in half: refused before dlopen (SIGBUS)
+        _plant(cache, good[: len(good) // 2], False, monkeypatch)
+        return cache, "truncated or replaced"
+    if case == "random-bytes":  # a stamp that vouches for garbage: dlopen itself fails
+        _plant(cache, np.random.default_rng(0).bytes(4096), True, monkeypatch)
+        return cache, "cannot load"
+    if case == "foreign":  # a valid shared library that is not ours: no linrec symbols
+        foreign = _foreign_library()
+        if foreign is None:
+            pytest.skip("no libm mapped in this process")
+        _plant(cache, open(foreign, "rb").read(), True, monkeypatch)
+        return cache, "not a linrec kernel library"
+    if case == "unwritable":
+        if os.geteuid() == 0:  # root writes through file modes; /sys refuses new entries even to root
+            return "/sys/linrec-test-cache", "cannot write the native kernel cache"
+        os.makedirs(cache)
+        os.chmod(cache, 0o555)
+        return cache, "cannot write the native kernel cache"
+    open(cache, "w").close()  # a file where the directory should be
+    return cache, "cannot write the native kernel cache"
+
+
+def _check_fallback(cache: str, expect: str, backends: tuple[str, ...], info: bool) -> None:
+    code = f"EXPECT, BACKENDS, INFO = {expect!r}, {backends!r}, {info!r}\n" + textwrap.dedent(_FALLBACK_CHECK)
+    result = _run(code, LINREC_CACHE=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'built': False" in result.stdout and f"'cache': '{cache}'" in result.stdout, result.stdout
+    if info:
+        assert "native kernel: not available: " in result.stdout and expect in result.stdout, result.stdout
+        assert f"cache: {cache}" in result.stdout and "frameworks: numpy " in result.stdout, result.stdout
+
+
+CACHE_CASES = ["truncated", "random-bytes", "foreign", "unwritable", "not-a-directory"]
+
+
+@pytest.mark.parametrize("case", CACHE_CASES)
+def test_unusable_cache_falls_back_with_a_reason(case, tmp_path, monkeypatch):
+    # NumPy only (a fresh process each, ~1 s); the JAX and torch imports are checked below
+    _check_fallback(*_unusable_cache(case, tmp_path, monkeypatch), ("numpy",), info=False)
+
+
+def test_unusable_cache_every_backend_and_info(tmp_path, monkeypatch):
+    # the issue's report: a file where LINREC_CACHE should be made every backend and `linrec info` fail
+    _check_fallback(*_unusable_cache("not-a-directory", tmp_path, monkeypatch), ("numpy", "jax", "torch"), True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CACHE_CASES[:-1])
+def test_unusable_cache_every_backend_and_info_slow(case, tmp_path, monkeypatch):
+    _check_fallback(*_unusable_cache(case, tmp_path, monkeypatch), ("numpy", "jax", "torch"), True)
+
+
+def test_cached_library_verifies_against_its_stamp():
+    import json
+    from pathlib import Path
+
+    from linrec.backends.native import build
+
+    path = Path(native.describe()["path"])
+    assert build.verify(path) is None
+    stamp = json.loads(build.stamp_path(path).read_text())
+    assert stamp["abi"] == build.ABI_VERSION and stamp["size"] == path.stat().st_size and len(stamp["sha256"]) == 64
+    assert {"source_sha256", "flags", "jaxlib", "xla_ffi", "key"} <= set(stamp)
+
+
+@pytest.mark.slow
+def test_first_build_says_so_once_and_the_entry_point_builds_ahead(tmp_path):
+    # a real compile (tens of seconds): the first build announces itself with the cache path, a cached one is silent
+    env = {**os.environ, "LINREC_CACHE": str(tmp_path)}
+    cmd = [sys.executable, "-m", "linrec.backends.native.build"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().startswith(str(tmp_path))
+    assert first.stderr.count("compiling the native CPU kernel into " + str(tmp_path)) == 1, first.stderr
+    second = _run("import linrec.backends.numpy as nb; assert 'native' in nb.METHODS", LINREC_CACHE=str(tmp_path))
+    assert second.returncode == 0 and "compiling" not in second.stderr, second.stderr
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # JAX: FFI under jit, vmap and grad.
 
