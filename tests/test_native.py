@@ -475,22 +475,147 @@ def test_torch_opcheck(tnative):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.slow  # ~10-20 s of compilation on a 2-core machine
 def test_torch_compile_fullgraph(tnative):
+    # through the public linear_scan: its availability check must not take the loader's lock under dynamo
     import torch
 
+    from linrec.backends.torch import linear_scan
+
     a, b, h0, resets, ct_h, _ = _inputs(8, "float32", "float32", 9, (2, 3, 1))
-    cut, ct = torch.from_numpy(reference.cut_mask(resets, True)), torch.from_numpy(ct_h)
+    ct, resets_t = torch.from_numpy(ct_h), torch.from_numpy(resets)
     a_t, b_t, h0_t = (torch.from_numpy(x).requires_grad_(True) for x in (a, b, h0))
 
     @torch.compile(fullgraph=True)
     def loss(a, b, h0):
-        h, f = tnative.native_linear_scan(a, b, h0, cut, True)
+        h, f = linear_scan(a, b, initial_state=h0, resets=resets_t, reverse=True, method="native")
         return (h * ct).sum() + f.sum()
 
     loss(a_t, b_t, h0_t).backward()
     _, ref_bars = _reference(a, b, h0, resets, True, ct_h, np.ones_like(h0))
     for got, want, name in zip((a_t.grad, b_t.grad, h0_t.grad), ref_bars, ("a", "b", "h0")):
         _assert_close(got.numpy(), want, "float32", grad=True, what=f"compiled {name}_bar")
+
+
+# --- second derivatives: the backward, differentiated, is again native scans ------------------------------------
+
+# (state dtype, decay dtype, reverse): real, a real decay of a complex state, complex; per-row decay (R = 4).
+DOUBLE_BACKWARD_CASES = [("float64", "float64", False), ("complex128", "float64", True),
+                         ("complex128", "complex128", False)]
+
+
+def _loop_scan(xp, a, b, h0, cut, reverse):
+    """The recurrence as a plain differentiable loop (``xp.where`` at cuts): a second-derivative reference."""
+    steps = range(b.shape[1] - 1, -1, -1) if reverse else range(b.shape[1])
+    state, hs = h0, {}
+    for t in steps:
+        c = cut[:, t].reshape(-1, *([1] * (b.ndim - 2)))
+        state = xp.where(c, b[:, t], a[:, t] * state + b[:, t])
+        hs[t] = state
+    return xp.stack([hs[t] for t in range(b.shape[1])], 1), state
+
+
+@pytest.mark.parametrize(("dtype", "a_dtype", "reverse"), DOUBLE_BACKWARD_CASES)
+def test_torch_double_backward(dtype, a_dtype, reverse):
+    import torch
+
+    from linrec.backends.torch import linear_scan
+
+    a, b, h0, resets, _, _ = _inputs(30, dtype, a_dtype, 6, (2, 3, 1))
+    cut = torch.from_numpy(reference.cut_mask(resets, reverse))
+    results = {}
+    for how in ("native", "loop"):
+        x = [torch.from_numpy(v).requires_grad_(True) for v in (a, b, h0)]
+        if how == "native":
+            h, f = linear_scan(*x[:2], initial_state=x[2], resets=torch.from_numpy(resets), reverse=reverse,
+                               method="native")
+        else:
+            h, f = _loop_scan(torch, *x, cut, reverse)
+        first = torch.autograd.grad((h.abs() ** 2).sum() + (f.abs() ** 2).sum(), x, create_graph=True)
+        second = torch.autograd.grad(sum((g.abs() ** 2).sum() for g in first), x)
+        results[how] = [g.detach().numpy() for g in (*first, *second)]
+    for k, (got, want) in enumerate(zip(results["native"], results["loop"])):
+        _assert_close(got, want, dtype, grad=True, what=f"{'first' if k < 3 else 'second'} {'abh'[k % 3]}")
+
+
+@pytest.mark.parametrize(("dtype", "a_dtype", "reverse"), DOUBLE_BACKWARD_CASES)
+def test_jax_double_backward(jnative, dtype, a_dtype, reverse):
+    # reference: the lax.scan method (an eager Python loop under grad of grad takes seconds in JAX)
+    import jax
+    import jax.numpy as jnp
+
+    from linrec.backends.jax import linear_scan
+
+    a, b, h0, resets, _, _ = _inputs(31, dtype, a_dtype, 6, (2, 3, 1))
+
+    def first(x, method):
+        def loss(a, b, h0):
+            h, f = linear_scan(a, b, initial_state=h0, resets=resets, reverse=reverse, method=method)
+            return jnp.sum(jnp.abs(h) ** 2) + jnp.sum(jnp.abs(f) ** 2)
+
+        return jax.grad(loss, argnums=(0, 1, 2))(*x)
+
+    def second(*x, method):
+        return sum(jnp.sum(jnp.abs(g) ** 2) for g in first(x, method))
+
+    x = tuple(jnp.asarray(v) for v in (a, b, h0))
+    results = {}
+    for method in ("sequential", "native"):
+        results[method] = (*first(x, method), *jax.grad(partial(second, method=method), argnums=(0, 1, 2))(*x))
+    for k, (got, want) in enumerate(zip(results["native"], results["sequential"])):
+        _assert_close(got, np.asarray(want), dtype, grad=True, what=f"{'first' if k < 3 else 'second'} {'abh'[k % 3]}")
+
+
+# --- segments are independent: a NaN before a reset stays in its segment -------------------------------------------
+
+
+@pytest.mark.parametrize("framework", ["numpy", "jax", "torch"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_nan_before_a_reset_stays_in_its_segment(framework, reverse):
+    import importlib
+
+    backend = importlib.import_module(f"linrec.backends.{framework}")
+    to = getattr(backend, "asarray", np.asarray)
+    rng = np.random.default_rng(4)
+    a = rng.uniform(0.2, 0.9, (2, 8, 3))
+    b = rng.standard_normal((2, 8, 3))
+    resets = np.zeros((2, 8), bool)
+    resets[:, 4] = True  # segments [0, 4) and [4, 8)
+    first, second = (slice(0, 4), slice(4, 8)) if not reverse else (slice(4, 8), slice(0, 4))
+    b[:, first.start + 1] = np.nan  # inside the segment scanned first
+    h, final = backend.linear_scan(to(a), to(b), resets=to(resets), reverse=reverse, method="native")
+    h = np.asarray(h)
+    # the other segment alone, from a zero state, through the same kernel: bit for bit the same
+    alone, alone_final = backend.linear_scan(to(a[:, second]), to(b[:, second]), reverse=reverse, method="native")
+    np.testing.assert_array_equal(h[:, second], np.asarray(alone))
+    np.testing.assert_array_equal(np.asarray(final), np.asarray(alone_final))
+    assert np.isnan(h[:, first.start + 1]).all()  # and IEEE propagation inside the first segment
+    if framework == "numpy":
+        return
+    # the VJP: cotangents on the clean segment give finite, exact gradients for its inputs
+    if framework == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss(a, b):
+            return jnp.sum(backend.linear_scan(a, b, resets=resets, reverse=reverse, method="native")[0][:, second])
+
+        def loss_alone(a, b):
+            return jnp.sum(backend.linear_scan(a, b, reverse=reverse, method="native")[0])
+
+        grads = jax.grad(loss, argnums=(0, 1))(jnp.asarray(a), jnp.asarray(b))
+        grads_alone = jax.grad(loss_alone, argnums=(0, 1))(jnp.asarray(a[:, second]), jnp.asarray(b[:, second]))
+    else:
+        import torch
+
+        x = [torch.from_numpy(v).requires_grad_(True) for v in (a, b)]
+        backend.linear_scan(*x, resets=torch.from_numpy(resets), reverse=reverse, method="native")[0][:, second] \
+            .sum().backward()
+        y = [torch.from_numpy(np.ascontiguousarray(v[:, second])).requires_grad_(True) for v in (a, b)]
+        backend.linear_scan(*y, reverse=reverse, method="native")[0].sum().backward()
+        grads, grads_alone = [v.grad for v in x], [v.grad for v in y]
+    for got, want in zip(grads, grads_alone):
+        np.testing.assert_array_equal(np.asarray(got)[:, second], np.asarray(want))
 
 
 # --- minGRU with fused gates -------------------------------------------------------------------------------------

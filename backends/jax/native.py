@@ -6,8 +6,11 @@ Shape legend: ``B`` batch, ``T`` time, ``*S`` state shape, ``*Sa`` the shape of 
 :func:`native_linear_scan` also takes the cut mask, so resets need no ``a := 0`` pass and ``reverse`` no flips.
 Both are differentiable through a ``jax.custom_vjp`` whose backward is a second FFI call (the dedicated backward
 kernel, JAX complex convention, recurrence.md §10), and work under ``jit`` and ``vmap`` (``vmap_method=
-"broadcast_all"``: the kernel folds the extra leading axes into its batch). CPU only; the library is compiled on
-first use (``linrec.backends.native.build``).
+"broadcast_all"``: the kernel folds the extra leading axes into its batch). Differentiating the backward itself
+(grad of grad) goes through :func:`_composite_vjp`, the same VJP written as a scan in the opposite direction plus
+elementwise ops, so every order of derivative is again native scans. Resets are passed as the cut mask, a select
+in the kernel: a NaN or inf never crosses into the next segment (``a := 0`` times NaN would). CPU only; the library
+is compiled on first use (``linrec.backends.native.build``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def register() -> None:
         if not lib.linrec_has_ffi():
             raise native.NativeBuildError(
                 "the native kernel was built without the XLA FFI handlers (jaxlib's headers were not found at "
-                "build time); reinstall jaxlib or rebuild with `python -m linrec.backends.native.build --force`"
+                "build time); reinstall jaxlib or rebuild with `python -m linrec.backends.native.build --force`, or "
+                "use method='sequential'"
             )
         jax.ffi.register_ffi_target(_FWD, jax.ffi.pycapsule(lib.linrec_scan_fwd_ffi), platform="cpu")
         jax.ffi.register_ffi_target(_BWD, jax.ffi.pycapsule(lib.linrec_scan_bwd_ffi), platform="cpu")

@@ -10,6 +10,9 @@ Two ``torch.library`` custom ops on the kernel layout (``N`` batch, ``T`` time, 
 with fake (meta) implementations, so ``torch.compile(fullgraph=True)`` sees one opaque node each, and autograd
 registered as the second op. Gradients follow PyTorch's complex convention (the kernel's ``conjugate=1`` mode,
 recurrence.md §10). The ops run the C function on contiguous CPU tensors through ctypes (the GIL is released).
+A backward run with ``create_graph=True`` (double backward) computes the same VJP from differentiable pieces
+(:func:`_differentiable_backward`: a ``scan_fwd`` in the opposite direction plus elementwise ops), so every order of
+derivative works; the ordinary backward, eager or compiled, stays the one fused ``scan_bwd`` call.
 
 :func:`native_scan` has the signature of the backend's per-method kernels (``_sequential`` in ``scan.py``);
 :func:`native_linear_scan` also takes the cut mask, so resets need no ``a := 0`` pass and ``reverse`` no flips.
