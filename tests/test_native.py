@@ -336,6 +336,24 @@ def test_cached_library_verifies_against_its_stamp():
     assert {"source_sha256", "flags", "jaxlib", "xla_ffi", "key"} <= set(stamp)
 
 
+def test_read_only_cache_serves_a_verified_library(tmp_path, monkeypatch):
+    # only building needs write access: a cache nobody may write to still serves the library its stamp vouches for
+    from pathlib import Path
+
+    from linrec.backends.native import build
+
+    good = open(native.describe()["path"], "rb").read()
+    _plant(str(tmp_path), good, False, monkeypatch)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only cache")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    monkeypatch.setattr(build, "_file_lock", refuse)
+    assert build.build() == build.library_path() and build.verify(build.library_path()) is None
+    assert build._open(build.build()).linrec_abi_version() == build.ABI_VERSION
+
+
 @pytest.mark.slow
 def test_first_build_says_so_once_and_the_entry_point_builds_ahead(tmp_path):
     # a real compile (tens of seconds): the first build announces itself with the cache path, a cached one is silent
