@@ -28,6 +28,7 @@ Building takes about a minute; the first build in a process says so once on stde
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -128,14 +129,20 @@ def _command(cxx: str, include: str | None, output: Path, tuned: bool = True) ->
     return [*cmd, str(SOURCE), "-o", str(output)]
 
 
+@functools.cache
+def _compiler_version(cxx: str) -> str:
+    """``cxx --version`` (asked once per process: every backend import computes the cache key)."""
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        raise NativeBuildError(f"the C++ compiler {cxx} does not run: {err}") from err
+
+
 def _key() -> dict[str, Any]:
     """What the library depends on: the stamp records it and the cache directory is named by its hash."""
     cxx = _compiler()
     include, jaxlib_version = _jaxlib_include()
-    try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
-    except (OSError, subprocess.SubprocessError) as err:
-        raise NativeBuildError(f"the C++ compiler {cxx} does not run: {err}") from err
+    version = _compiler_version(cxx)
     try:
         source = SOURCE.read_bytes()
     except OSError as err:
