@@ -361,13 +361,13 @@ def _linear_scan(a, b, h0, resets, *, reverse: bool, method: str, chunk_size: in
     b_acc = b.astype(acc)
     h0_acc = jnp.zeros((b.shape[0], *b.shape[2:]), acc) if h0 is None else h0.astype(acc)
     cut = _cut_mask(resets, reverse)
-    if b.shape[1] == 0:
-        return jnp.zeros(b.shape, b.dtype), h0_acc.astype(b.dtype)
-    if method == "native":  # the kernel drops the state at cuts (a select: a NaN never crosses into the next segment)
-        h, final = native_linear_scan(a_acc, b_acc, h0_acc, cut, reverse)
-        return h.astype(b.dtype), final.astype(b.dtype)
     if cut is not None:
         a_acc = jnp.where(_expand(cut, a.ndim), jnp.zeros((), a_acc.dtype), a_acc)
+    if b.shape[1] == 0:
+        return jnp.zeros(b.shape, b.dtype), h0_acc.astype(b.dtype)
+    if method == "native":  # its own custom_vjp runs the backward kernel; the cut mask keeps segments apart
+        h, final = native_linear_scan(a_acc, b_acc, h0_acc, cut, reverse)
+        return h.astype(b.dtype), final.astype(b.dtype)
     h = _scan(a_acc, b_acc, h0_acc, method, chunk_size, reverse)
     final = h[:, 0] if reverse else h[:, -1]
     return h.astype(b.dtype), final.astype(b.dtype)
