@@ -203,6 +203,171 @@ def test_describe_and_build_entry_point():
     assert result.stdout.strip() == info["path"]
 
 
+# What every process sees when the kernel cannot be had (recurrence.md §7, README "The native CPU kernel"): every
+# backend imports, `linrec info` reports why, `auto` serves the input with another method, and explicit
+# method="native" raises naming `sequential` and the reason.
+_FALLBACK_CHECK = """
+    import numpy as np
+    from linrec.backends import native
+    from linrec.tools.cli import main
+
+    reason = native.build_error()
+    assert reason and EXPECT in reason, reason
+    # float32: a fresh process has JAX's default 32-bit configuration; these values are exact in it
+    a, b = np.full((1, 5, 2), 0.5, np.float32), np.ones((1, 5, 2), np.float32)
+    want = np.cumsum(0.5 ** np.arange(5))[None, :, None] * np.ones((1, 1, 2))
+    for name in BACKENDS:
+        import importlib
+
+        backend = importlib.import_module("linrec.backends." + name)
+        assert "native" not in backend.METHODS, (name, backend.METHODS)
+        to = getattr(backend, "asarray", np.asarray)
+        h, _ = backend.linear_scan(to(a), to(b))  # auto serves the input with another method
+        np.testing.assert_array_equal(np.asarray(h), want.astype(np.float32))
+        try:
+            backend.linear_scan(to(a), to(b), method="native")
+        except ValueError as err:
+            assert "sequential" in str(err) and reason in str(err), err
+        else:
+            raise AssertionError(name + ": method='native' did not raise")
+    print(native.describe())
+    if INFO:
+        assert main(["info"]) == 0
+"""
+
+
+def _foreign_library() -> str | None:
+    """A real shared library that is not ours: the C math library this Python process has mapped."""
+    try:
+        maps = open("/proc/self/maps").read().split("\n")
+    except OSError:
+        return None
+    paths = {line.split()[-1] for line in maps if "/libm.so" in line or "/libm-" in line}
+    return min(paths) if paths else None
+
+
+def _plant(cache: str, content: bytes, stamp_matches: bool, monkeypatch) -> None:
+    """Put ``content`` where the library for ``LINREC_CACHE=cache`` belongs, with the good library's stamp
+    (``stamp_matches=False``: a truncated or overwritten file) or a stamp rewritten to vouch for ``content``."""
+    import hashlib
+    import json
+    import shutil
+    from pathlib import Path
+
+    from linrec.backends.native import build
+
+    good = native.describe()["path"]
+    monkeypatch.setenv("LINREC_CACHE", cache)
+    target = build.library_path()
+    target.parent.mkdir(parents=True)
+    shutil.copy(build.stamp_path(Path(good)), build.stamp_path(target))
+    target.write_bytes(content)
+    if stamp_matches:
+        stamp = json.loads(build.stamp_path(target).read_text())
+        stamp.update(size=len(content), sha256=hashlib.sha256(content).hexdigest())
+        build.stamp_path(target).write_text(json.dumps(stamp))
+
+
+def _unusable_cache(case: str, tmp_path, monkeypatch) -> tuple[str, str]:
+    """``(LINREC_CACHE, what the error says)`` for a cache that cannot serve the kernel in the way ``case`` names."""
+    cache = str(tmp_path / "cache")
+    good = open(native.describe()["path"], "rb").read()
+    if case == "truncated":  # a stamp for the real library, a file cut in half: refused before dlopen (SIGBUS)
+        _plant(cache, good[: len(good) // 2], False, monkeypatch)
+        return cache, "truncated or replaced"
+    if case == "random-bytes":  # a stamp that vouches for garbage: dlopen itself fails
+        _plant(cache, np.random.default_rng(0).bytes(4096), True, monkeypatch)
+        return cache, "cannot load"
+    if case == "foreign":  # a valid shared library that is not ours: no linrec symbols
+        foreign = _foreign_library()
+        if foreign is None:
+            pytest.skip("no libm mapped in this process")
+        _plant(cache, open(foreign, "rb").read(), True, monkeypatch)
+        return cache, "not a linrec kernel library"
+    if case == "unwritable":
+        if os.geteuid() == 0:  # root writes through file modes; /sys refuses new entries even to root
+            return "/sys/linrec-test-cache", "cannot write the native kernel cache"
+        os.makedirs(cache)
+        os.chmod(cache, 0o555)
+        return cache, "cannot write the native kernel cache"
+    open(cache, "w").close()  # a file where the directory should be
+    return cache, "cannot write the native kernel cache"
+
+
+def _check_fallback(cache: str, expect: str, backends: tuple[str, ...], info: bool) -> None:
+    code = f"EXPECT, BACKENDS, INFO = {expect!r}, {backends!r}, {info!r}\n" + textwrap.dedent(_FALLBACK_CHECK)
+    result = _run(code, LINREC_CACHE=cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'built': False" in result.stdout and f"'cache': '{cache}'" in result.stdout, result.stdout
+    if info:
+        assert "native kernel: not available: " in result.stdout and expect in result.stdout, result.stdout
+        assert f"cache: {cache}" in result.stdout and "frameworks: numpy " in result.stdout, result.stdout
+
+
+CACHE_CASES = ["truncated", "random-bytes", "foreign", "unwritable", "not-a-directory"]
+
+
+@pytest.mark.parametrize("case", CACHE_CASES)
+def test_unusable_cache_falls_back_with_a_reason(case, tmp_path, monkeypatch):
+    # NumPy only (a fresh process each, ~1 s); the JAX and torch imports are checked below
+    _check_fallback(*_unusable_cache(case, tmp_path, monkeypatch), ("numpy",), info=False)
+
+
+def test_unusable_cache_every_backend_and_info(tmp_path, monkeypatch):
+    # the issue's report: a file where LINREC_CACHE should be made every backend and `linrec info` fail
+    _check_fallback(*_unusable_cache("not-a-directory", tmp_path, monkeypatch), ("numpy", "jax", "torch"), True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CACHE_CASES[:-1])
+def test_unusable_cache_every_backend_and_info_slow(case, tmp_path, monkeypatch):
+    _check_fallback(*_unusable_cache(case, tmp_path, monkeypatch), ("numpy", "jax", "torch"), True)
+
+
+def test_cached_library_verifies_against_its_stamp():
+    import json
+    from pathlib import Path
+
+    from linrec.backends.native import build
+
+    path = Path(native.describe()["path"])
+    assert build.verify(path) is None
+    stamp = json.loads(build.stamp_path(path).read_text())
+    assert stamp["abi"] == build.ABI_VERSION and stamp["size"] == path.stat().st_size and len(stamp["sha256"]) == 64
+    assert {"source_sha256", "flags", "jaxlib", "xla_ffi", "key"} <= set(stamp)
+
+
+def test_read_only_cache_serves_a_verified_library(tmp_path, monkeypatch):
+    # only building needs write access: a cache nobody may write to still serves the library its stamp vouches for
+    from pathlib import Path
+
+    from linrec.backends.native import build
+
+    good = open(native.describe()["path"], "rb").read()
+    _plant(str(tmp_path), good, False, monkeypatch)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only cache")
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    monkeypatch.setattr(build, "_file_lock", refuse)
+    assert build.build() == build.library_path() and build.verify(build.library_path()) is None
+    assert build._open(build.build()).linrec_abi_version() == build.ABI_VERSION
+
+
+@pytest.mark.slow
+def test_first_build_says_so_once_and_the_entry_point_builds_ahead(tmp_path):
+    # a real compile (tens of seconds): the first build announces itself with the cache path, a cached one is silent
+    env = {**os.environ, "LINREC_CACHE": str(tmp_path)}
+    cmd = [sys.executable, "-m", "linrec.backends.native.build"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip().startswith(str(tmp_path))
+    assert first.stderr.count("compiling the native CPU kernel into " + str(tmp_path)) == 1, first.stderr
+    second = _run("import linrec.backends.numpy as nb; assert 'native' in nb.METHODS", LINREC_CACHE=str(tmp_path))
+    assert second.returncode == 0 and "compiling" not in second.stderr, second.stderr
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # JAX: FFI under jit, vmap and grad.
 
@@ -329,22 +494,147 @@ def test_torch_opcheck(tnative):
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.slow  # ~10-20 s of compilation on a 2-core machine
 def test_torch_compile_fullgraph(tnative):
+    # through the public linear_scan: its availability check must not take the loader's lock under dynamo
     import torch
 
+    from linrec.backends.torch import linear_scan
+
     a, b, h0, resets, ct_h, _ = _inputs(8, "float32", "float32", 9, (2, 3, 1))
-    cut, ct = torch.from_numpy(reference.cut_mask(resets, True)), torch.from_numpy(ct_h)
+    ct, resets_t = torch.from_numpy(ct_h), torch.from_numpy(resets)
     a_t, b_t, h0_t = (torch.from_numpy(x).requires_grad_(True) for x in (a, b, h0))
 
     @torch.compile(fullgraph=True)
     def loss(a, b, h0):
-        h, f = tnative.native_linear_scan(a, b, h0, cut, True)
+        h, f = linear_scan(a, b, initial_state=h0, resets=resets_t, reverse=True, method="native")
         return (h * ct).sum() + f.sum()
 
     loss(a_t, b_t, h0_t).backward()
     _, ref_bars = _reference(a, b, h0, resets, True, ct_h, np.ones_like(h0))
     for got, want, name in zip((a_t.grad, b_t.grad, h0_t.grad), ref_bars, ("a", "b", "h0")):
         _assert_close(got.numpy(), want, "float32", grad=True, what=f"compiled {name}_bar")
+
+
+# --- second derivatives: the backward, differentiated, is again native scans ------------------------------------
+
+# (state dtype, decay dtype, reverse): real, a real decay of a complex state, complex; per-row decay (R = 4).
+DOUBLE_BACKWARD_CASES = [("float64", "float64", False), ("complex128", "float64", True),
+                         ("complex128", "complex128", False)]
+
+
+def _loop_scan(xp, a, b, h0, cut, reverse):
+    """The recurrence as a plain differentiable loop (``xp.where`` at cuts): a second-derivative reference."""
+    steps = range(b.shape[1] - 1, -1, -1) if reverse else range(b.shape[1])
+    state, hs = h0, {}
+    for t in steps:
+        c = cut[:, t].reshape(-1, *([1] * (b.ndim - 2)))
+        state = xp.where(c, b[:, t], a[:, t] * state + b[:, t])
+        hs[t] = state
+    return xp.stack([hs[t] for t in range(b.shape[1])], 1), state
+
+
+@pytest.mark.parametrize(("dtype", "a_dtype", "reverse"), DOUBLE_BACKWARD_CASES)
+def test_torch_double_backward(dtype, a_dtype, reverse):
+    import torch
+
+    from linrec.backends.torch import linear_scan
+
+    a, b, h0, resets, _, _ = _inputs(30, dtype, a_dtype, 6, (2, 3, 1))
+    cut = torch.from_numpy(reference.cut_mask(resets, reverse))
+    results = {}
+    for how in ("native", "loop"):
+        x = [torch.from_numpy(v).requires_grad_(True) for v in (a, b, h0)]
+        if how == "native":
+            h, f = linear_scan(*x[:2], initial_state=x[2], resets=torch.from_numpy(resets), reverse=reverse,
+                               method="native")
+        else:
+            h, f = _loop_scan(torch, *x, cut, reverse)
+        first = torch.autograd.grad((h.abs() ** 2).sum() + (f.abs() ** 2).sum(), x, create_graph=True)
+        second = torch.autograd.grad(sum((g.abs() ** 2).sum() for g in first), x)
+        results[how] = [g.detach().numpy() for g in (*first, *second)]
+    for k, (got, want) in enumerate(zip(results["native"], results["loop"])):
+        _assert_close(got, want, dtype, grad=True, what=f"{'first' if k < 3 else 'second'} {'abh'[k % 3]}")
+
+
+@pytest.mark.parametrize(("dtype", "a_dtype", "reverse"), DOUBLE_BACKWARD_CASES)
+def test_jax_double_backward(jnative, dtype, a_dtype, reverse):
+    # reference: the lax.scan method (an eager Python loop under grad of grad takes seconds in JAX)
+    import jax
+    import jax.numpy as jnp
+
+    from linrec.backends.jax import linear_scan
+
+    a, b, h0, resets, _, _ = _inputs(31, dtype, a_dtype, 6, (2, 3, 1))
+
+    def first(x, method):
+        def loss(a, b, h0):
+            h, f = linear_scan(a, b, initial_state=h0, resets=resets, reverse=reverse, method=method)
+            return jnp.sum(jnp.abs(h) ** 2) + jnp.sum(jnp.abs(f) ** 2)
+
+        return jax.grad(loss, argnums=(0, 1, 2))(*x)
+
+    def second(*x, method):
+        return sum(jnp.sum(jnp.abs(g) ** 2) for g in first(x, method))
+
+    x = tuple(jnp.asarray(v) for v in (a, b, h0))
+    results = {}
+    for method in ("sequential", "native"):
+        results[method] = (*first(x, method), *jax.grad(partial(second, method=method), argnums=(0, 1, 2))(*x))
+    for k, (got, want) in enumerate(zip(results["native"], results["sequential"])):
+        _assert_close(got, np.asarray(want), dtype, grad=True, what=f"{'first' if k < 3 else 'second'} {'abh'[k % 3]}")
+
+
+# --- segments are independent: a NaN before a reset stays in its segment -------------------------------------------
+
+
+@pytest.mark.parametrize("framework", ["numpy", "jax", "torch"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_nan_before_a_reset_stays_in_its_segment(framework, reverse):
+    import importlib
+
+    backend = importlib.import_module(f"linrec.backends.{framework}")
+    to = getattr(backend, "asarray", np.asarray)
+    rng = np.random.default_rng(4)
+    a = rng.uniform(0.2, 0.9, (2, 8, 3))
+    b = rng.standard_normal((2, 8, 3))
+    resets = np.zeros((2, 8), bool)
+    resets[:, 4] = True  # segments [0, 4) and [4, 8)
+    first, second = (slice(0, 4), slice(4, 8)) if not reverse else (slice(4, 8), slice(0, 4))
+    b[:, first.start + 1] = np.nan  # inside the segment scanned first
+    h, final = backend.linear_scan(to(a), to(b), resets=to(resets), reverse=reverse, method="native")
+    h = np.asarray(h)
+    # the other segment alone, from a zero state, through the same kernel: bit for bit the same
+    alone, alone_final = backend.linear_scan(to(a[:, second]), to(b[:, second]), reverse=reverse, method="native")
+    np.testing.assert_array_equal(h[:, second], np.asarray(alone))
+    np.testing.assert_array_equal(np.asarray(final), np.asarray(alone_final))
+    assert np.isnan(h[:, first.start + 1]).all()  # and IEEE propagation inside the first segment
+    if framework == "numpy":
+        return
+    # the VJP: cotangents on the clean segment give finite, exact gradients for its inputs
+    if framework == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss(a, b):
+            return jnp.sum(backend.linear_scan(a, b, resets=resets, reverse=reverse, method="native")[0][:, second])
+
+        def loss_alone(a, b):
+            return jnp.sum(backend.linear_scan(a, b, reverse=reverse, method="native")[0])
+
+        grads = jax.grad(loss, argnums=(0, 1))(jnp.asarray(a), jnp.asarray(b))
+        grads_alone = jax.grad(loss_alone, argnums=(0, 1))(jnp.asarray(a[:, second]), jnp.asarray(b[:, second]))
+    else:
+        import torch
+
+        x = [torch.from_numpy(v).requires_grad_(True) for v in (a, b)]
+        backend.linear_scan(*x, resets=torch.from_numpy(resets), reverse=reverse, method="native")[0][:, second] \
+            .sum().backward()
+        y = [torch.from_numpy(np.ascontiguousarray(v[:, second])).requires_grad_(True) for v in (a, b)]
+        backend.linear_scan(*y, reverse=reverse, method="native")[0].sum().backward()
+        grads, grads_alone = [v.grad for v in x], [v.grad for v in y]
+    for got, want in zip(grads, grads_alone):
+        np.testing.assert_array_equal(np.asarray(got)[:, second], np.asarray(want))
 
 
 # --- minGRU with fused gates -------------------------------------------------------------------------------------

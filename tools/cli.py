@@ -42,18 +42,46 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+#: the frameworks ``linrec info`` reports, by distribution name
+_FRAMEWORKS = ("numpy", "jax", "jaxlib", "flax", "torch")
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
+    """Versions, backends and their methods, and the native kernel's cache path and state (building it if needed)."""
+    import importlib.metadata
     import importlib.util
 
-    print(f"linrec {linrec.__version__} (spec {linrec.SPEC_VERSION})")
+    from linrec.backends import native
+
+    print(f"linrec {linrec.__version__} (spec {linrec.SPEC_VERSION}), Python {sys.version.split()[0]}")
+    versions = []
+    for dist in _FRAMEWORKS:
+        try:
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist} not installed")
+    print("frameworks: " + ", ".join(versions))
+    kernel = native.describe()
+    if kernel["built"]:
+        state = f"built, xla_ffi={kernel['xla_ffi']}, threads={kernel['threads']}"
+    else:
+        state = f"not available: {kernel['error']}"
+    print(f"native kernel: {state}")
+    print(f"  library: {kernel['path'] or 'unknown'}")
+    print(f"  cache: {kernel['cache']} (set LINREC_CACHE to move it)")
+    print("backends:")
     for name in linrec.BUNDLED_BACKENDS:
         framework = "numpy" if name == "numpy" else name
         if importlib.util.find_spec(framework) is None:
             print(f"  {name}: not installed (pip install 'linrec[{name}]')")
             continue
-        backend = linrec.get_backend(name)
+        try:
+            backend = linrec.get_backend(name)
+        except Exception as err:  # a diagnostic command: report a broken install, then the other backends
+            print(f"  {name}: import failed: {type(err).__name__}: {err}")
+            continue
         extra = backend.describe() if hasattr(backend, "describe") else {}
-        details = ", ".join(f"{k}={v}" for k, v in extra.items())
+        details = ", ".join(f"{k}={v}" for k, v in extra.items() if k != "native_kernel")
         print(f"  {name}: methods {', '.join(backend.METHODS)}{'; ' + details if details else ''}")
     return 0
 
@@ -107,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     conf.add_argument("--quiet", action="store_true", help="no progress on stderr")
     conf.set_defaults(func=_cmd_conformance)
 
-    info = sub.add_parser("info", help="versions, backends, methods and whether the native kernel is built")
+    info = sub.add_parser("info", help="framework versions, backends and methods, and the native kernel's "
+                          "cache path and state (builds it if needed)")
     info.set_defaults(func=_cmd_info)
 
     gold = sub.add_parser("golden", help="regenerate the portable golden vectors")

@@ -6,8 +6,11 @@ Shape legend: ``B`` batch, ``T`` time, ``*S`` state shape, ``*Sa`` the shape of 
 :func:`native_linear_scan` also takes the cut mask, so resets need no ``a := 0`` pass and ``reverse`` no flips.
 Both are differentiable through a ``jax.custom_vjp`` whose backward is a second FFI call (the dedicated backward
 kernel, JAX complex convention, recurrence.md §10), and work under ``jit`` and ``vmap`` (``vmap_method=
-"broadcast_all"``: the kernel folds the extra leading axes into its batch). CPU only; the library is compiled on
-first use (``linrec.backends.native.build``).
+"broadcast_all"``: the kernel folds the extra leading axes into its batch). Differentiating the backward itself
+(grad of grad) goes through :func:`_composite_vjp`, the same VJP written as a scan in the opposite direction plus
+elementwise ops, so every order of derivative is again native scans. Resets are passed as the cut mask, a select
+in the kernel: a NaN or inf never crosses into the next segment (``a := 0`` times NaN would). CPU only; the library
+is compiled on first use (``linrec.backends.native.build``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def register() -> None:
         if not lib.linrec_has_ffi():
             raise native.NativeBuildError(
                 "the native kernel was built without the XLA FFI handlers (jaxlib's headers were not found at "
-                "build time); reinstall jaxlib or rebuild with `python -m linrec.backends.native.build --force`"
+                "build time); reinstall jaxlib or rebuild with `python -m linrec.backends.native.build --force`, or "
+                "use method='sequential'"
             )
         jax.ffi.register_ffi_target(_FWD, jax.ffi.pycapsule(lib.linrec_scan_fwd_ffi), platform="cpu")
         jax.ffi.register_ffi_target(_BWD, jax.ffi.pycapsule(lib.linrec_scan_bwd_ffi), platform="cpu")
@@ -56,6 +60,11 @@ def _ffi_fwd(a: Array, b: Array, h0: Array, cut: Array, reverse: bool) -> tuple[
     return call(a, b, h0, cut, reverse=bool(reverse))
 
 
+def _ffi_bwd(a3, h, h03, ct_h, ct_final, cut2, reverse: bool) -> tuple[Array, Array, Array]:
+    call = jax.ffi.ffi_call(_BWD, (_like(a3), _like(h), _like(h03)), vmap_method="broadcast_all")
+    return call(a3, h, h03, ct_h, ct_final, cut2, reverse=bool(reverse))
+
+
 # a3 (N, T, Da), b3 (N, T, D), h03 (N, D), cut2 (N, T) bool or (N, 0) for no resets.
 @partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _scan3(a3: Array, b3: Array, h03: Array, cut2: Array, reverse: bool) -> tuple[Array, Array]:
@@ -63,20 +72,70 @@ def _scan3(a3: Array, b3: Array, h03: Array, cut2: Array, reverse: bool) -> tupl
 
 
 def _scan3_fwd(a3, b3, h03, cut2, reverse):
-    h, final = _ffi_fwd(a3, b3, h03, cut2, reverse)
+    # Through _scan3, not the FFI call: under an outer derivative (grad of grad) this is then differentiable.
+    h, final = _scan3(a3, b3, h03, cut2, reverse)
     return (h, final), (a3, h03, cut2, h)
 
 
 def _scan3_bwd(reverse, residuals, cotangents):
     a3, h03, cut2, h = residuals
     ct_h, ct_final = cotangents
-    call = jax.ffi.ffi_call(_BWD, (_like(a3), _like(h), _like(h03)), vmap_method="broadcast_all")
-    a_bar, b_bar, h0_bar = call(a3, h, h03, ct_h.astype(h.dtype), ct_final.astype(h.dtype), cut2,
-                                reverse=bool(reverse))
+    a_bar, b_bar, h0_bar = _scan3_vjp(a3, h, h03, ct_h.astype(h.dtype), ct_final.astype(h.dtype), cut2, reverse)
     return a_bar, b_bar, h0_bar, None  # no cotangent for the boolean cut mask
 
 
 _scan3.defvjp(_scan3_fwd, _scan3_bwd)
+
+
+# The backward kernel as a function of (a3, h, h03, ct_h, ct_final): the fused FFI kernel when evaluated, and the
+# derivative of _composite_vjp (scans and elementwise ops) when it is itself differentiated (double backward).
+@partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _scan3_vjp(a3, h, h03, ct_h, ct_final, cut2, reverse: bool) -> tuple[Array, Array, Array]:
+    return _ffi_bwd(a3, h, h03, ct_h, ct_final, cut2, reverse)
+
+
+def _scan3_vjp_fwd(a3, h, h03, ct_h, ct_final, cut2, reverse):
+    return _scan3_vjp(a3, h, h03, ct_h, ct_final, cut2, reverse), (a3, h, h03, ct_h, ct_final, cut2)
+
+
+def _scan3_vjp_bwd(reverse, residuals, cotangents):
+    *primals, cut2 = residuals
+    _, pullback = jax.vjp(lambda *x: _composite_vjp(*x, cut2, reverse), *primals)
+    return (*pullback(cotangents), None)
+
+
+_scan3_vjp.defvjp(_scan3_vjp_fwd, _scan3_vjp_bwd)
+
+
+def _composite_vjp(a3: Array, h: Array, h03: Array, ct_h: Array, ct_final: Array, cut2: Array,
+                   reverse: bool) -> tuple[Array, Array, Array]:
+    """What the backward kernel computes (JAX convention, recurrence.md §10), from differentiable pieces: the
+    adjoint recurrence is a scan in the opposite direction (:func:`_scan3`), the rest elementwise.
+
+    ``a3 (N, T, Da)``, ``h``/``ct_h (N, T, D)``, ``h03``/``ct_final (N, D)``, ``cut2 (N, T)`` or ``(N, 0)``.
+    """
+    n, t, da = a3.shape
+    d = h.shape[-1]
+    r = d // da if da else 1
+    if t == 0:
+        return jnp.zeros_like(a3), jnp.zeros_like(h), ct_final
+    cut = jnp.zeros((n, t), jnp.bool_) if cut2.shape[-1] == 0 else cut2
+    if reverse:  # the same computation in processing order
+        a_bar, b_bar, h0_bar = _composite_vjp(a3[:, ::-1], h[:, ::-1], h03, ct_h[:, ::-1], ct_final,
+                                              cut[:, ::-1], False)
+        return a_bar[:, ::-1], b_bar[:, ::-1], h0_bar
+    # g_k = ct_h_k + a_{k+1} g_{k+1} (dropped where step k+1 is cut), g_{T-1} = ct_h_{T-1} + ct_final
+    a_next = jnp.concatenate([a3[:, 1:], jnp.ones_like(a3[:, :1])], 1)
+    cut_next = jnp.concatenate([cut[:, 1:], jnp.zeros((n, 1), jnp.bool_)], 1)
+    g, _ = _scan3(a_next, ct_h, ct_final, cut_next, True)
+    h_prev = jnp.concatenate([h03[:, None], h[:, :-1]], 1)
+    a_bar = (g * h_prev).reshape(n, t, da, r).sum(-1)
+    if not jnp.iscomplexobj(a3):
+        a_bar = jnp.real(a_bar)  # a real decay of a complex state: the imaginary direction does not exist
+    a_bar = jnp.where(cut[..., None], jnp.zeros((), a_bar.dtype), a_bar)  # cut steps: where, not times 0
+    h0_bar = (g[:, 0].reshape(n, da, r) * a3[:, 0, :, None]).reshape(n, d)
+    h0_bar = jnp.where(cut[:, :1], jnp.zeros((), h0_bar.dtype), h0_bar)
+    return a_bar.astype(a3.dtype), g, h0_bar
 
 
 def native_linear_scan(

@@ -90,19 +90,28 @@ def build_error() -> str | None:
 
 
 def describe() -> dict[str, Any]:
-    """``{"built": bool, "path": str | None, "error": str | None, "xla_ffi": bool, "threads": int | None}``."""
+    """The kernel's state, building it if needed (what ``linrec info`` prints).
+
+    ``{"built": bool, "path": str | None, "cache": str, "error": str | None, "xla_ffi": bool, "threads": int | None}``:
+    ``path`` is the library (or where it would be built; ``None`` when even that is unknown, e.g. no compiler),
+    ``cache`` the cache root (``$LINREC_CACHE``), ``error`` why the kernel is unavailable.
+    """
     builder = _builder()
+    path: str | None = None
+    cache = "unknown"
+    try:
+        cache = str(builder.cache_root())
+        path = str(builder.library_path())
+    except Exception:  # no compiler, no home directory: `error` below says which
+        pass
+    info: dict[str, Any] = {"built": False, "path": path, "cache": cache, "error": None,
+                            "xla_ffi": False, "threads": None}
     try:
         lib = builder.load()
     except builder.NativeBuildError as err:
-        return {"built": False, "path": None, "error": str(err), "xla_ffi": False, "threads": None}
-    return {
-        "built": True,
-        "path": str(lib._name),
-        "error": None,
-        "xla_ffi": bool(lib.linrec_has_ffi()),
-        "threads": int(lib.linrec_num_threads()),
-    }
+        return {**info, "error": str(err)}
+    return {**info, "built": True, "path": str(lib._name), "xla_ffi": bool(lib.linrec_has_ffi()),
+            "threads": int(lib.linrec_num_threads())}
 
 
 def decay_layout(a_state: tuple[int, ...], state: tuple[int, ...]) -> tuple[tuple[int, ...], int, int]:
@@ -282,6 +291,6 @@ def require_native(method: str) -> None:
     """Raise ``ValueError`` for ``method="native"`` when the kernel is not built, naming what to use instead."""
     if method == "native" and not available():
         raise ValueError(
-            f"method='native' is not available: the CPU kernel could not be built ({build_error()}); "
+            f"method='native' is not available: the CPU kernel could not be built or loaded ({build_error()}); "
             "use method='sequential' (or 'auto'), which computes the same function"
         )

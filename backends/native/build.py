@@ -1,24 +1,38 @@
-"""Compile ``linrec_scan.cc`` on first use into a per-user cache, and load it with ctypes.
+"""Compile ``linrec_scan.cc`` on first use into a per-user cache, verify it, and load it with ctypes.
 
 The library lands in ``$LINREC_CACHE/native/<key>/`` (default ``~/.cache/linrec``, or ``$XDG_CACHE_HOME/linrec``),
-where ``<key>`` hashes the source, the compiler (path and ``--version``), the flags and the jaxlib version, so an
-edit, a compiler upgrade or a new jaxlib gets a fresh build and never a stale one. The compiler writes to a temporary
-file that is then renamed into place: a concurrent process sees either no library or a complete one. An advisory
-file lock (POSIX) keeps parallel test workers from compiling the same thing twice.
+where ``<key>`` hashes the source, the compiler (path and ``--version``), the flags, the CPU, the jaxlib version and
+the cache layout, so an edit, a compiler upgrade or a new jaxlib gets a fresh build and never a stale one.
+
+Beside the library, ``liblinrec_scan.json`` (the *stamp*) records the key, the ABI version, the flags, the jaxlib
+version, and the size and SHA-256 of the ``.so``. A library is loaded only when its stamp matches byte for byte: a
+truncated, overwritten or foreign file is refused with a :class:`NativeBuildError` before ``dlopen`` ever maps it
+(mapping a truncated library can kill the process with a bus error). A library without a stamp is an interrupted
+build and is rebuilt. The compiler writes to a temporary name that is renamed into place, then the stamp is renamed
+into place: a concurrent process sees no stamp (and waits on the lock) or a complete library and its stamp. An
+advisory file lock (POSIX) keeps parallel test workers from compiling the same thing twice. A cache that cannot be
+written still serves a library that verifies; only building needs write access.
+
+Every failure to build or load (no compiler, a cache path that is a file or read-only, a corrupt library, a missing
+symbol) becomes a :class:`NativeBuildError` whose message says what is wrong: the other methods keep working and
+``method="native"`` raises naming ``sequential`` (``linrec.backends.native.require_native``).
 
 The XLA FFI handlers (for JAX) need the headers shipped with jaxlib (``jax.ffi.include_dir()``); they are located
 without importing jax. Without jaxlib the library is built without them (``-DLINREC_WITH_XLA_FFI`` unset) and the
 C functions still serve torch and NumPy.
 
-``python -m linrec.backends.native.build`` builds eagerly and prints the path.
+Building takes about a minute; the first build in a process says so once on stderr, with the cache path.
+``python -m linrec.backends.native.build`` (or ``linrec info``) builds ahead of time and prints the path.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
 import shutil
@@ -27,13 +41,18 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
-__all__ = ["ABI_VERSION", "NativeBuildError", "available", "build", "build_error", "library_path", "load"]
+__all__ = ["ABI_VERSION", "NativeBuildError", "available", "build", "build_error", "cache_root", "library_path",
+           "load", "stamp_path", "verify"]
 
 #: Must equal ``linrec_abi_version()`` in the C++ source.
 ABI_VERSION = 3
+#: Bumped when the cache layout changes (here: the stamp beside the library); part of the key.
+CACHE_LAYOUT = 2
 SOURCE = Path(__file__).with_name("linrec_scan.cc")
 LIBRARY_NAME = "liblinrec_scan.so"
+STAMP_NAME = "liblinrec_scan.json"
 #: IEEE semantics on purpose: no -ffast-math (it would reassociate the sums and break the tolerances).
 #: -fno-trapping-math changes no result (nothing reads floating-point exception flags); it lets GCC turn the
 #: selects of the fused gate loops into vector blends instead of branches.
@@ -43,6 +62,9 @@ FLAGS = ("-std=c++17", "-O3", "-fno-trapping-math", "-fPIC", "-shared", "-pthrea
 #: multiplies and adds on every machine. The CPU is part of the cache key; a compiler that rejects these flags
 #: gets a build without them.
 CPU_FLAGS = ("-march=native", "-ffp-contract=off")
+#: Every C symbol the loader declares: a library missing one is not ours (or not this version).
+SYMBOLS = ("linrec_abi_version", "linrec_has_ffi", "linrec_num_threads", "linrec_scan_fwd", "linrec_scan_bwd",
+           "linrec_mingru_fwd", "linrec_mingru_bwd", "linrec_glr_fwd", "linrec_glr_bwd")
 
 
 class NativeBuildError(RuntimeError):
@@ -52,9 +74,11 @@ class NativeBuildError(RuntimeError):
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _error: str | None = None
+_announced = False
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """``$LINREC_CACHE``, else ``$XDG_CACHE_HOME/linrec``, else ``~/.cache/linrec`` (it may not exist)."""
     if os.environ.get("LINREC_CACHE"):
         return Path(os.environ["LINREC_CACHE"]).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME")
@@ -105,52 +129,164 @@ def _command(cxx: str, include: str | None, output: Path, tuned: bool = True) ->
     return [*cmd, str(SOURCE), "-o", str(output)]
 
 
-def library_path() -> Path:
-    """Where the library for the current source, compiler and jaxlib lives (it may not be built yet)."""
-    cxx = _compiler()
-    include, jaxlib_version = _jaxlib_include()
+@functools.cache
+def _compiler_version(cxx: str) -> str:
+    """``cxx --version`` (asked once per process: every backend import computes the cache key)."""
     try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     except (OSError, subprocess.SubprocessError) as err:
         raise NativeBuildError(f"the C++ compiler {cxx} does not run: {err}") from err
-    key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), cxx.encode(), version.encode(), " ".join(FLAGS + CPU_FLAGS).encode(),
-                 _cpu_fingerprint().encode(), f"jaxlib={jaxlib_version} ffi={include is not None}".encode()):
-        key.update(part)
-        key.update(b"\0")
-    return _cache_root() / "native" / key.hexdigest()[:16] / LIBRARY_NAME
+
+
+def _key() -> dict[str, Any]:
+    """What the library depends on: the stamp records it and the cache directory is named by its hash."""
+    cxx = _compiler()
+    include, jaxlib_version = _jaxlib_include()
+    version = _compiler_version(cxx)
+    try:
+        source = SOURCE.read_bytes()
+    except OSError as err:
+        raise NativeBuildError(f"the kernel source {SOURCE} cannot be read ({err}); reinstall linrec") from err
+    parts = {
+        "layout": CACHE_LAYOUT,
+        "abi": ABI_VERSION,
+        "source_sha256": hashlib.sha256(source).hexdigest(),
+        "compiler": cxx,
+        "compiler_version": version.strip(),
+        "flags": " ".join(FLAGS + CPU_FLAGS),
+        "cpu_sha256": hashlib.sha256(_cpu_fingerprint().encode()).hexdigest(),
+        "jaxlib": jaxlib_version,
+        "xla_ffi": include is not None,
+    }
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return {"key": digest[:16], **parts}
+
+
+def library_path() -> Path:
+    """Where the library for the current source, compiler and jaxlib lives (it may not be built yet)."""
+    return cache_root() / "native" / _key()["key"] / LIBRARY_NAME
+
+
+def stamp_path(library: Path) -> Path:
+    """The stamp (JSON) that vouches for ``library``: its key, ABI, flags, jaxlib, size and SHA-256."""
+    return library.with_name(STAMP_NAME)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(library: Path, key: dict[str, Any] | None = None) -> str | None:
+    """``None`` when ``library`` and its stamp match (key, ABI, size, SHA-256), else why not.
+
+    Reads the whole file, so a library that verifies is exactly the one the stamp describes; only then may it be
+    mapped (``dlopen`` of a truncated file can raise SIGBUS in the loader, which no Python code can catch).
+    """
+    key = _key() if key is None else key
+    stamp_file = stamp_path(library)
+    try:
+        stamp = json.loads(stamp_file.read_text())
+        size, sha = library.stat().st_size, _sha256(library)
+    except (OSError, ValueError) as err:
+        return f"cannot read {library} or its stamp {stamp_file.name}: {err}"
+    if not isinstance(stamp, dict):
+        return f"{stamp_file} is not a linrec stamp"
+    for field in ("key", "abi", "source_sha256", "flags", "jaxlib", "xla_ffi"):
+        if stamp.get(field) != key[field]:
+            return f"{stamp_file} was written for {field}={stamp.get(field)!r}, this installation has {key[field]!r}"
+    if stamp.get("size") != size or stamp.get("sha256") != sha:
+        return (f"{library} is not the library its stamp records (size {size} bytes, sha256 {sha[:12]}…; "
+                f"stamp: {stamp.get('size')} bytes, {str(stamp.get('sha256'))[:12]}…): it was truncated or replaced")
+    return None
+
+
+def _announce(directory: Path) -> None:
+    """Say once per process that a build starts: it takes about a minute and would otherwise look like a hang."""
+    global _announced
+    if not _announced:
+        _announced = True
+        print(f"linrec: compiling the native CPU kernel into {directory} (once per machine and version, up to "
+              f"a minute); `python -m linrec.backends.native.build` does this ahead of time", file=sys.stderr,
+              flush=True)
 
 
 def build(force: bool = False) -> Path:
-    """Compile the library unless an up-to-date one is cached; return its path. Raises :class:`NativeBuildError`."""
+    """Compile the library unless a verified one is cached; return its path. Raises :class:`NativeBuildError`."""
+    try:
+        return _build(force)
+    except NativeBuildError:
+        raise
+    except Exception as err:  # e.g. no home directory for the default cache: say what and why
+        raise NativeBuildError(f"building the native kernel failed: {type(err).__name__}: {err}") from err
+
+
+def _build(force: bool) -> Path:
     if not SOURCE.is_file():
         raise NativeBuildError(f"the kernel source {SOURCE} is missing from this installation")
-    path = library_path()
-    if path.is_file() and not force:
+    key = _key()
+    path = cache_root() / "native" / key["key"] / LIBRARY_NAME
+
+    def cached() -> bool:
+        if force or not stamp_path(path).exists():
+            return False  # no stamp: never built, or a build was interrupted before its stamp; build it
+        problem = verify(path, key)
+        if problem is not None:
+            raise NativeBuildError(f"the cached native kernel is corrupt: {problem}. Delete {path.parent} or "
+                                   f"rebuild with `python -m linrec.backends.native.build --force`")
+        return True
+
+    if cached():  # a read-only cache still serves a library that verifies
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(path.parent / ".lock"):
-        if path.is_file() and not force:  # another process built it while we waited
-            return path
-        cxx = _compiler()
-        include, _ = _jaxlib_include()
-        fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=path.parent)
-        os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(path.parent / ".lock"):
+            if cached():  # another process built it while we waited
+                return path
+            _compile(key, path)
+    except OSError as err:
+        raise NativeBuildError(
+            f"cannot write the native kernel cache {path.parent} ({type(err).__name__}: {err}); set LINREC_CACHE "
+            "to a writable directory"
+        ) from err
+    return path
+
+
+def _compile(key: dict[str, Any], path: Path) -> None:
+    """Compile into a temporary name, then rename the library and its stamp into place (the caller holds the lock)."""
+    cxx = _compiler()
+    include, _ = _jaxlib_include()
+    _announce(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=".so", dir=path.parent)
+    os.close(fd)
+    tmp_stamp = Path(tmp).with_suffix(".json")
+    try:
+        tuned = True
+        cmd = _command(cxx, include, Path(tmp))
         try:
-            cmd = _command(cxx, include, Path(tmp))
             result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             if result.returncode != 0:  # e.g. a compiler without -march=native: the portable build
+                tuned = False
                 cmd = _command(cxx, include, Path(tmp), tuned=False)
                 result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-            if result.returncode != 0:
-                raise NativeBuildError(
-                    f"compiling the native kernel failed ({' '.join(cmd)}):\n{result.stderr.strip()[-4000:]}"
-                )
-            os.replace(tmp, path)  # atomic: readers see no file or a complete one
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    return path
+        except subprocess.SubprocessError as err:
+            raise NativeBuildError(f"compiling the native kernel failed ({' '.join(cmd)}): {err}") from err
+        if result.returncode != 0:
+            raise NativeBuildError(
+                f"compiling the native kernel failed ({' '.join(cmd)}):\n{result.stderr.strip()[-4000:]}"
+            )
+        stamp = {**key, "tuned": tuned, "command": cmd[:-3], "size": os.path.getsize(tmp), "sha256": _sha256(Path(tmp))}
+        tmp_stamp.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+        stamp_path(path).unlink(missing_ok=True)  # (force) no moment where an old stamp vouches for a new library
+        os.replace(tmp, path)  # atomic: readers see no file or a complete one
+        os.replace(tmp_stamp, stamp_path(path))  # last: a stamp means the library beside it is complete
+    finally:
+        for leftover in (tmp, tmp_stamp):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
 
 
 class _file_lock:
@@ -195,26 +331,45 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.linrec_glr_bwd.restype = c_int
 
 
+def _open(path: Path) -> ctypes.CDLL:
+    """``dlopen`` a verified library and check that it is ours: every symbol present, the expected ABI."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as err:
+        raise NativeBuildError(f"cannot load {path}: {err}") from err
+    missing = [name for name in SYMBOLS if not hasattr(lib, name)]
+    if missing:
+        raise NativeBuildError(f"{path} is not a linrec kernel library (missing {', '.join(missing)})")
+    _declare(lib)
+    if lib.linrec_abi_version() != ABI_VERSION:
+        raise NativeBuildError(f"{path} has ABI {lib.linrec_abi_version()}, expected {ABI_VERSION}")
+    return lib
+
+
 def load() -> ctypes.CDLL:
-    """The loaded library (building it on first use). Raises :class:`NativeBuildError` with the reason."""
+    """The loaded library (building it on first use). Raises :class:`NativeBuildError` with the reason.
+
+    Once loaded (or failed), the answer is read without the lock, so tracers that cannot enter a lock
+    (``torch.compile``'s dynamo) can call this on the hot path.
+    """
     global _lib, _error
+    if _lib is not None:
+        return _lib
+    if _error is not None:
+        raise NativeBuildError(_error)
     with _lock:
         if _lib is not None:
             return _lib
         if _error is not None:
             raise NativeBuildError(_error)
         try:
-            path = build()
-            try:
-                lib = ctypes.CDLL(str(path))
-            except OSError as err:
-                raise NativeBuildError(f"cannot load {path}: {err}") from err
-            _declare(lib)
-            if lib.linrec_abi_version() != ABI_VERSION:
-                raise NativeBuildError(f"{path} has ABI {lib.linrec_abi_version()}, expected {ABI_VERSION}")
+            lib = _open(build())
         except NativeBuildError as err:
             _error = str(err)
             raise
+        except Exception as err:  # any failure here is the documented fallback, with its reason
+            _error = f"{type(err).__name__}: {err}"
+            raise NativeBuildError(_error) from err
         _lib = lib
         return lib
 

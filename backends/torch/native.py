@@ -10,6 +10,9 @@ Two ``torch.library`` custom ops on the kernel layout (``N`` batch, ``T`` time, 
 with fake (meta) implementations, so ``torch.compile(fullgraph=True)`` sees one opaque node each, and autograd
 registered as the second op. Gradients follow PyTorch's complex convention (the kernel's ``conjugate=1`` mode,
 recurrence.md §10). The ops run the C function on contiguous CPU tensors through ctypes (the GIL is released).
+A backward run with ``create_graph=True`` (double backward) computes the same VJP from differentiable pieces
+(:func:`_differentiable_backward`: a ``scan_fwd`` in the opposite direction plus elementwise ops), so every order of
+derivative works; the ordinary backward, eager or compiled, stays the one fused ``scan_bwd`` call.
 
 :func:`native_scan` has the signature of the backend's per-method kernels (``_sequential`` in ``scan.py``);
 :func:`native_linear_scan` also takes the cut mask, so resets need no ``a := 0`` pass and ``reverse`` no flips.
@@ -120,8 +123,48 @@ def _backward(ctx, grad_h, grad_final):
     a, h0, h, cut = ctx.saved_tensors
     grad_h = torch.zeros_like(h) if grad_h is None else grad_h
     grad_final = torch.zeros_like(h0) if grad_final is None else grad_final
-    a_bar, b_bar, h0_bar = scan_bwd(a, h, h0, grad_h, grad_final, cut, ctx.reverse)
+    if torch.is_grad_enabled():  # create_graph=True: a backward that is itself differentiable (double backward)
+        a_bar, b_bar, h0_bar = _differentiable_backward(a, h, h0, grad_h, grad_final, cut, ctx.reverse)
+    else:
+        a_bar, b_bar, h0_bar = scan_bwd(a, h, h0, grad_h, grad_final, cut, ctx.reverse)
     return a_bar, b_bar, h0_bar, None, None
+
+
+def _differentiable_backward(a: Tensor, h: Tensor, h0: Tensor, grad_h: Tensor, grad_final: Tensor,
+                             cut: Tensor | None, reverse: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """What ``scan_bwd`` computes, built from differentiable ops: the adjoint recurrence is again a scan, run by
+    :func:`scan_fwd` in the opposite direction, so every order of derivative is native scans plus elementwise ops.
+
+    ``a (N, T, Da)``, ``h``/``grad_h (N, T, D)``, ``h0``/``grad_final (N, D)``, ``cut (N, T)``; PyTorch's complex
+    convention (the Jacobian conjugated, recurrence.md §10). ``h`` is the forward's output, so the second
+    derivative flows through it back into ``a``, ``b`` and ``h0``.
+    """
+    if reverse:  # the same computation in processing order
+        flip = lambda x: None if x is None else x.flip(1)  # noqa: E731
+        a_bar, b_bar, h0_bar = _differentiable_backward(flip(a), flip(h), h0, flip(grad_h), grad_final, flip(cut),
+                                                        False)
+        return a_bar.flip(1), b_bar.flip(1), h0_bar
+    n, t, da = a.shape
+    d = h.shape[2]
+    r = d // da if da else 1
+    if t == 0:
+        return a.new_zeros(a.shape), h.new_zeros(h.shape), grad_final
+    no_cut = torch.zeros((n, 1), dtype=torch.bool, device=h.device)
+    cut = torch.zeros((n, t), dtype=torch.bool, device=h.device) if cut is None else cut.to(torch.bool)
+    a_conj = a.conj() if a.is_complex() else a
+    # g_k = grad_h_k + conj(a_{k+1}) g_{k+1} (dropped where step k+1 is cut), g_{T-1} = grad_h_{T-1} + grad_final:
+    # a reverse scan of grad_h whose decays are a shifted one step (the last one multiplies grad_final).
+    a_next = torch.cat([a_conj[:, 1:], torch.ones_like(a_conj[:, :1])], 1)
+    cut_next = torch.cat([cut[:, 1:], no_cut], 1)
+    g, _ = scan_fwd(a_next, grad_h.to(h.dtype), grad_final.to(h.dtype), cut_next, True)
+    h_prev = torch.cat([h0[:, None], h[:, :-1]], 1)
+    a_bar = (g * h_prev.conj()).reshape(n, t, da, r).sum(-1)
+    if not a.is_complex() and a_bar.is_complex():
+        a_bar = a_bar.real  # a real decay of a complex state: the imaginary direction does not exist
+    a_bar = torch.where(cut[..., None], torch.zeros((), dtype=a_bar.dtype), a_bar)  # cut steps: where, not times 0
+    h0_bar = (g[:, 0].reshape(n, da, r) * a_conj[:, 0, :, None]).reshape(n, d)
+    h0_bar = torch.where(cut[:, :1], torch.zeros((), dtype=h0_bar.dtype), h0_bar)
+    return a_bar.to(a.dtype), g, h0_bar
 
 
 scan_fwd.register_autograd(_backward, setup_context=_setup_context)
