@@ -115,6 +115,7 @@ def _changed(before: dict, after: dict) -> dict:
     return {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
 
 
+@pytest.mark.slow  # a fresh interpreter importing JAX, Flax and torch: seconds, not milliseconds
 def test_importing_and_using_every_backend_changes_no_global_setting():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
