@@ -3,7 +3,8 @@ defaults and NumPy's error and print settings as they were (recurrence.md §5).
 
 Runs in a fresh interpreter: the frameworks are imported first (their own import effects are not linrec's), the
 settings recorded, every bundled backend imported and used (a scan, a layer's forward and backward pass, float32;
-in JAX also a float64 scan inside ``jax.enable_x64(True)``), and the settings recorded again.
+in JAX also a float64 scan inside ``jax.enable_x64(True)``), and the settings recorded again. The conformance runner
+is held to the same rule: 64-bit mode only around the cases that need it.
 """
 
 from __future__ import annotations
@@ -130,3 +131,39 @@ def test_importing_and_using_every_backend_changes_no_global_setting():
         "jax": ["float32", "float32", "float32", "float64"],
         "torch": ["torch.float32", "torch.float32", "torch.float32"],
     }
+
+
+def test_conformance_runner_enters_x64_only_for_64_bit_cases(monkeypatch):
+    """The runner enters the backend's ``precision_scope`` per case: float32 cases run in JAX's default mode (what
+    users have), float64 ones with x64 on, and the setting is as before once the run ends."""
+    import types
+
+    import jax
+
+    import linrec.backends.jax as J
+    from linrec.conformance import Case, Outcome, runner
+
+    seen: dict[str, set[bool]] = {}
+
+    def linear_scan(a, b, **kwargs):
+        seen.setdefault(J.dtype_name(b), set()).add(bool(jax.config.jax_enable_x64))
+        return J.linear_scan(a, b, **kwargs)
+
+    spy = types.ModuleType("linrec_x64_spy_backend")
+    for name in J.__all__:
+        setattr(spy, name, getattr(J, name))
+    spy.linear_scan = linear_scan
+    monkeypatch.setitem(sys.modules, spy.__name__, spy)
+    assert not jax.config.jax_enable_x64
+    report = runner.run_backend(spy.__name__, select="scan/named/decay-half?sequential,*")
+    assert report.ok and len(report.results) == 2, [(r.id, r.status, r.detail) for r in report.results]
+    assert seen == {"float32": {False}, "float64": {True}}
+    assert not jax.config.jax_enable_x64
+
+    def case(id_: str, **kwargs) -> Case:
+        return Case(id_, "p", "d", lambda backend: Outcome(True), **kwargs)
+
+    assert runner.case_dtypes(case("mingru/gradient/g-half[auto,float64]")) == ("float64",)
+    assert runner.case_dtypes(case("conversion/x/roundtrip[tokens,bfloat16]")) == ("bfloat16",)
+    assert runner.case_dtypes(case("scan/golden/f32-basic[chunked]", dtypes=("float32",))) == ("float32",)
+    assert "float64" in runner.case_dtypes(case("scan/property/equals-reference[chunked]"))  # unknown: all
