@@ -42,7 +42,7 @@ class Case:
     ``property`` is the law being checked (``equals-reference``, ``split-invariance``, ...);
     ``doc`` says in one sentence what is checked, so the case list reads as documentation.
     ``dtypes`` names the dtypes the case gives the backend when its id does not (ids such as
-    ``...[chunked,float32]`` name them); a case naming none is taken to use every dtype of the spec.
+    ``...[chunked,float32]`` name them); a case naming none, and an error case, is taken to use every dtype.
     """
 
     id: str

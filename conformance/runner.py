@@ -111,14 +111,19 @@ def collect(backend: ModuleType, modules: Sequence[str] = CASE_MODULES) -> list[
 
 
 _ID_PARAMETERS = re.compile(r"\[([^\[\]]*)\]$")
+#: Error cases hand the backend deliberately wrong dtypes (a float64 state for float32 ``x``, ...) beside the one
+#: their id names, so they are taken to use every dtype.
+_ERROR_PROPERTIES = ("bad-input", "clear-error")
 
 
 def case_dtypes(case: Case) -> tuple[str, ...]:
     """The dtypes ``case`` gives the backend: ``case.dtypes``, else those its id's parameters name
-    (``mingru/gradient/g-half[auto,float64]`` -> ``("float64",)``), else every dtype of the spec (unknown, or
-    drawn by Hypothesis)."""
+    (``mingru/gradient/g-half[auto,float64]`` -> ``("float64",)``), else every dtype of the spec (unknown, drawn
+    by Hypothesis, or an error case)."""
     if case.dtypes:
         return case.dtypes
+    if case.property in _ERROR_PROPERTIES:
+        return SUPPORTED_DTYPES
     match = _ID_PARAMETERS.search(case.id)
     named = tuple(p for p in match.group(1).split(",") if p in SUPPORTED_DTYPES) if match else ()
     return named or SUPPORTED_DTYPES

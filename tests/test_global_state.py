@@ -167,3 +167,5 @@ def test_conformance_runner_enters_x64_only_for_64_bit_cases(monkeypatch):
     assert runner.case_dtypes(case("conversion/x/roundtrip[tokens,bfloat16]")) == ("bfloat16",)
     assert runner.case_dtypes(case("scan/golden/f32-basic[chunked]", dtypes=("float32",))) == ("float32",)
     assert "float64" in runner.case_dtypes(case("scan/property/equals-reference[chunked]"))  # unknown: all
+    bad_input = Case("glr/bad-input/state-wrong-dtype[float32]", "bad-input", "d", lambda backend: Outcome(True))
+    assert "float64" in runner.case_dtypes(bad_input)  # error cases mix in wrong dtypes
