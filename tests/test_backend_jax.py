@@ -538,6 +538,23 @@ def test_asarray_of_64_bit_integers_with_x64_off():
         assert J.dtype_name(J.asarray(np.array([2**31], np.int64))) == "int64"
 
 
+def test_float64_checkpoint_into_flax_needs_x64():
+    """``convert.to_module`` with float64 parameters: a ``TypeError`` naming the parameter with x64 off (not a
+    float32 module), float64 parameters inside the scope."""
+    pytest.importorskip("flax")
+    from linrec.spec.mingru import MinGRUConfig, init_params
+    from linrec.tools import convert
+
+    config = MinGRUConfig(d_model=4)
+    ckpt = convert.Checkpoint("mingru", config, init_params(config, seed=0, dtype="float64"))
+    with jax.enable_x64(False):
+        with pytest.raises(TypeError, match=r"^parameter 'proj\.\w+' has dtype float64, .*enable_x64"):
+            convert.to_module(ckpt, "jax")
+        with jax.enable_x64(True):
+            params = convert.to_module(ckpt, "jax").canonical_params()
+        assert {str(v.dtype) for v in params.values()} == {"float64"}
+
+
 def test_module_surface():
     assert J.NAME == "jax"
     assert J.METHODS[:4] == ("sequential", "associative", "chunked", "log")
