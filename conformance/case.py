@@ -4,6 +4,11 @@ A *backend* is any module exposing the spec's functions by name (``linear_scan``
 ``linear_scan_vjp``, layer classes, ...) plus three array adapters: ``asarray(np.ndarray)``,
 ``to_numpy(x)`` and ``dtype_name(x)``. A case names the attributes it needs in ``requires``; a
 backend without them reports the case as ``unsupported``.
+
+A backend may also expose ``precision_scope(dtypes)``: a context manager under which it can hold every dtype
+named in ``dtypes`` (the JAX backend enters ``jax.enable_x64(True)`` there for float64/complex128). The runner
+enters it around each case with the case's dtypes (:func:`linrec.conformance.runner.case_dtypes`), so no case
+changes a framework's global settings and cases without a 64-bit dtype run in the framework's defaults.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ class Case:
     ``id`` is unique and stable (used by xfail manifests), e.g. ``scan/named/decay-half[associative]``;
     ``property`` is the law being checked (``equals-reference``, ``split-invariance``, ...);
     ``doc`` says in one sentence what is checked, so the case list reads as documentation.
+    ``dtypes`` names the dtypes the case gives the backend when its id does not (ids such as
+    ``...[chunked,float32]`` name them); a case naming none, and an error case, is taken to use every dtype.
     """
 
     id: str
@@ -44,3 +51,4 @@ class Case:
     fn: Callable[[ModuleType], Outcome] = field(repr=False, compare=False)
     requires: tuple[str, ...] = ("linear_scan",)
     tags: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = ()

@@ -62,5 +62,6 @@ def cases(backend: ModuleType) -> list[Case]:
                 property="golden-vector",
                 doc=f"The stored float64 reference output for '{entry['name']}' ({entry['dtype']}).",
                 fn=lambda be, e=entry, m=method: _run(be, e, arrays, m),
+                dtypes=(entry["dtype"],),
             ))
     return out

@@ -3,12 +3,18 @@
 A backend is a module path (``linrec.backends.jax``, ``my_pkg.my_backend``) or a bundled name. Its
 xfail manifest is ``{"<case id or fnmatch pattern>": "<reason>"}``: for bundled backends the file
 ``conformance/xfails/<name>.json``; for your own backend pass ``xfails=`` (or ``--xfails FILE``).
+
+Each case runs inside the backend's optional ``precision_scope(dtypes)`` hook (see ``case.py``), entered with the
+case's dtypes and left when the case ends: the JAX backend turns 64-bit mode on only for cases with
+float64/complex128, so the others run in JAX's default configuration, and nothing stays changed after a run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,8 +24,10 @@ from types import ModuleType
 import linrec
 from linrec.conformance import scan_properties
 from linrec.conformance.case import Case, Outcome
+from linrec.spec.checks import SUPPORTED_DTYPES
 
-__all__ = ["CASE_MODULES", "BackendReport", "CaseResult", "collect", "load_xfails", "run", "run_backend"]
+__all__ = ["CASE_MODULES", "BackendReport", "CaseResult", "case_dtypes", "collect", "load_xfails", "run",
+           "run_backend"]
 
 #: Modules contributing ``cases(backend) -> list[Case]``; layer and model modules join this list.
 CASE_MODULES: tuple[str, ...] = (
@@ -102,6 +110,31 @@ def collect(backend: ModuleType, modules: Sequence[str] = CASE_MODULES) -> list[
     return cases
 
 
+_ID_PARAMETERS = re.compile(r"\[([^\[\]]*)\]$")
+#: Error cases hand the backend deliberately wrong dtypes (a float64 state for float32 ``x``, ...) beside the one
+#: their id names, so they are taken to use every dtype.
+_ERROR_PROPERTIES = ("bad-input", "clear-error")
+
+
+def case_dtypes(case: Case) -> tuple[str, ...]:
+    """The dtypes ``case`` gives the backend: ``case.dtypes``, else those its id's parameters name
+    (``mingru/gradient/g-half[auto,float64]`` -> ``("float64",)``), else every dtype of the spec (unknown, drawn
+    by Hypothesis, or an error case)."""
+    if case.dtypes:
+        return case.dtypes
+    if case.property in _ERROR_PROPERTIES:
+        return SUPPORTED_DTYPES
+    match = _ID_PARAMETERS.search(case.id)
+    named = tuple(p for p in match.group(1).split(",") if p in SUPPORTED_DTYPES) if match else ()
+    return named or SUPPORTED_DTYPES
+
+
+def _precision_scope(backend: ModuleType, case: Case) -> contextlib.AbstractContextManager:
+    """The backend's ``precision_scope`` for this case's dtypes, or a no-op when it has none."""
+    scope = getattr(backend, "precision_scope", None)
+    return scope(case_dtypes(case)) if callable(scope) else contextlib.nullcontext()
+
+
 def _run_case(backend: ModuleType, case: Case, xfails: dict[str, str]) -> CaseResult:
     reason = _xfail_reason(case.id, xfails)
     missing = [r for r in case.requires if not hasattr(backend, r)]
@@ -110,7 +143,8 @@ def _run_case(backend: ModuleType, case: Case, xfails: dict[str, str]) -> CaseRe
         outcome, status = Outcome(False, detail=f"backend has no {', '.join(missing)}"), UNSUPPORTED
     else:
         try:
-            outcome = case.fn(backend)
+            with _precision_scope(backend, case):
+                outcome = case.fn(backend)
             status = PASS if outcome.passed else FAIL
         except Exception as err:
             outcome, status = Outcome(False, detail=f"{type(err).__name__}: {err}"), ERROR

@@ -442,6 +442,119 @@ def test_auto_picks_a_general_method():
     _close("h", h, R.linear_scan(_up(a), _up(b))[0], "complex64")
 
 
+# --- JAX's 64-bit mode: linrec never turns it on; 64-bit inputs need the caller's scope (§5) -------------------------
+
+
+NARROW = ("float32", "bfloat16", "float16", "complex64")
+
+
+def test_x64_off_computes_every_narrow_dtype_in_that_dtype():
+    """In JAX's default mode (x64 off, what a user has) every method, the VJP, ``jit(grad)`` and ``log_scan`` keep
+    the input dtype and match the reference: nothing depends on 64-bit mode or on a 64-bit integer."""
+    with jax.enable_x64(False):
+        for dtype in NARROW:
+            methods = [m for m in J.METHODS if m != "log" and not (m == "native" and dtype in ("bfloat16",
+                                                                                                 "float16"))]
+            for method in methods:
+                _check_against_reference(method, dtype, [MIXED], seed=20)
+            a, b, h0, resets = _inputs(21, (2, 6, 3), (2, 6, 3), dtype, reset_rate=0.3)
+            ct_h = _draw(np.random.default_rng(22), b.shape, dtype)
+            got = J.linear_scan_vjp(J.asarray(a), J.asarray(b), J.asarray(ct_h), initial_state=J.asarray(h0),
+                                    resets=J.asarray(resets), method="chunked", chunk_size=4)
+            ref = R.linear_scan_vjp(_up(a), _up(b), _up(ct_h), initial_state=_up(h0), resets=resets)
+            for g, r in zip(got, ref, strict=True):
+                assert J.dtype_name(g) == dtype
+                _close("grad", g, r, dtype, grad=True)
+        a, b, h0, _ = _inputs(23, (2, 5, 3), (2, 5, 3), "float32", positive=True)
+        grad = jax.jit(jax.grad(lambda a: J.linear_scan(a, b, initial_state=h0, method="log")[0].sum()))(a)
+        assert grad.dtype == jnp.float32
+        _close("grad", grad, R.linear_scan_vjp(_up(a), _up(b), np.ones(b.shape), initial_state=_up(h0))[0],
+               "float32", method="log", length=5, grad=True)
+        log_h, _ = J.log_scan(J.asarray(np.log(a)), J.asarray(np.log(b)), method="heinsen")
+        assert J.dtype_name(log_h) == "float32"
+        _close("log_h", jnp.exp(log_h), R.linear_scan(_up(a), _up(b))[0], "float32", method="log", length=5)
+        assert J.dtype_name(J.cu_seqlens_to_resets(np.array([0, 2, 5], np.int64), 5)) == "bool"
+        assert not jax.config.jax_enable_x64
+
+
+@pytest.mark.parametrize(("call", "name"), [
+    (lambda f64, f32: J.linear_scan(f64, f32), "a"),
+    (lambda f64, f32: J.linear_scan(f32, f64), "b"),
+    (lambda f64, f32: J.linear_scan(f32.astype(np.complex64), f64.astype(np.complex128)), "b"),
+    (lambda f64, f32: J.linear_scan(f32, f32, initial_state=f64[:, 0]), "initial_state"),
+    (lambda f64, f32: J.linear_scan_vjp(f64, f64, f64), "a"),
+    (lambda f64, f32: J.log_scan(f32, f64), "log_b"),
+    (lambda f64, f32: J.log_scan(f32, f32, log_initial_state=f64[:, 0]), "log_initial_state"),
+    (lambda f64, f32: J.asarray(f64), "x"),
+])
+def test_x64_off_refuses_64_bit_floats_instead_of_truncating(call, name):
+    """float64/complex128 in JAX's default mode: a ``TypeError`` naming the argument and the way to enable x64,
+    never a float32 answer."""
+    f64 = np.full((1, 3, 2), 0.5)
+    with jax.enable_x64(False):
+        with pytest.raises(TypeError, match=rf"^{name} has dtype (float64|complex128), .*jax\.enable_x64\(True\)"):
+            call(f64, f64.astype(np.float32))
+        with jax.enable_x64(True):  # a 64-bit JAX array made in the scope, used after it: refused too
+            wide = J.asarray(f64)
+        with pytest.raises(TypeError, match=r"^a has dtype float64"):
+            J.linear_scan(wide, wide)
+
+
+def test_x64_scope_serves_float64_and_is_left_as_found():
+    with jax.enable_x64(False):
+        a = np.full((1, 3, 2), 0.5)
+        with jax.enable_x64(True):
+            h, final = J.linear_scan(J.asarray(a), J.asarray(a), method="chunked")
+            assert J.dtype_name(h) == J.dtype_name(final) == "float64"
+        np.testing.assert_allclose(J.to_numpy(final), R.linear_scan(a, a)[1], rtol=1e-15)
+        assert not jax.config.jax_enable_x64 and jnp.arange(3).dtype == jnp.int32
+
+
+def test_precision_scope_turns_x64_on_only_for_64_bit_dtypes():
+    """The conformance runner's hook (``conformance/case.py``): 64-bit mode for float64/complex128 cases only,
+    and the caller's setting restored on exit, also when the case raises."""
+    with jax.enable_x64(False):
+        with J.precision_scope(("float32", "bfloat16")):
+            assert not jax.config.jax_enable_x64
+        for wide in (("float32", "float64"), ("complex128",)):
+            with J.precision_scope(wide):
+                assert jax.config.jax_enable_x64
+            assert not jax.config.jax_enable_x64
+        with pytest.raises(RuntimeError), J.precision_scope(("float64",)):
+            raise RuntimeError
+        assert not jax.config.jax_enable_x64
+
+
+def test_asarray_of_64_bit_integers_with_x64_off():
+    """JAX's default integer is int32 when x64 is off: ``asarray`` gives int32 for in-range int64 values and
+    refuses values int32 cannot hold (no silent wrap-around)."""
+    with jax.enable_x64(False):
+        got = J.asarray(np.array([0, 7, 2**31 - 1], np.int64))
+        assert J.dtype_name(got) == "int32"
+        np.testing.assert_array_equal(J.to_numpy(got), [0, 7, 2**31 - 1])
+        with pytest.raises(ValueError, match="outside int32"):
+            J.asarray(np.array([2**31], np.int64))
+    with jax.enable_x64(True):
+        assert J.dtype_name(J.asarray(np.array([2**31], np.int64))) == "int64"
+
+
+def test_float64_checkpoint_into_flax_needs_x64():
+    """``convert.to_module`` with float64 parameters: a ``TypeError`` naming the parameter with x64 off (not a
+    float32 module), float64 parameters inside the scope."""
+    pytest.importorskip("flax")
+    from linrec.spec.mingru import MinGRUConfig, init_params
+    from linrec.tools import convert
+
+    config = MinGRUConfig(d_model=4)
+    ckpt = convert.Checkpoint("mingru", config, init_params(config, seed=0, dtype="float64"))
+    with jax.enable_x64(False):
+        with pytest.raises(TypeError, match=r"^parameter 'proj\.\w+' has dtype float64, .*enable_x64"):
+            convert.to_module(ckpt, "jax")
+        with jax.enable_x64(True):
+            params = convert.to_module(ckpt, "jax").canonical_params()
+        assert {str(v.dtype) for v in params.values()} == {"float64"}
+
+
 def test_module_surface():
     assert J.NAME == "jax"
     assert J.METHODS[:4] == ("sequential", "associative", "chunked", "log")

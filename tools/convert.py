@@ -525,6 +525,8 @@ def _assign_flax(module, values: Mapping[str, np.ndarray], model: str) -> None:
     import jax.numpy as jnp
     from flax import nnx
 
+    from linrec.backends.jax.arrays import require_x64
+
     state = nnx.state(module, nnx.Param)
     paths = {".".join(str(p) for p in path): path for path, _ in nnx.to_flat_state(state)}
     missing = sorted(set(paths) - set(values))
@@ -537,6 +539,7 @@ def _assign_flax(module, values: Mapping[str, np.ndarray], model: str) -> None:
         node = pure
         for part in path[:-1]:
             node = node[part]
+        require_x64(np.asarray(values[key]).dtype, f"parameter {key!r}")  # never truncated to float32
         node[path[-1]] = jnp.asarray(values[key], dtype=np.asarray(values[key]).dtype)
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(module, state)

@@ -1,9 +1,10 @@
 """The JAX backend: scans with a scan-shaped custom VJP, layer and model functions, Flax NNX modules.
 
-Importing it enables ``jax_enable_x64`` (float64/complex128 are part of the spec; see ``arrays.py``).
+Importing or using it changes no JAX setting: float64/complex128 inputs need JAX's 64-bit mode, which the caller
+enables where needed (``with jax.enable_x64(True):``; see ``arrays.py``).
 """
 
-from linrec.backends.jax.arrays import asarray, dtype_name, to_numpy
+from linrec.backends.jax.arrays import asarray, dtype_name, precision_scope, to_numpy
 from linrec.backends.jax.autodiff import vjp
 from linrec.backends.jax.gated_linear_rnn import (
     GatedLinearRNN,
@@ -123,6 +124,7 @@ __all__ = [
     "minlstm_initial_state",
     "minlstm_log_gates",
     "minlstm_step",
+    "precision_scope",
     "to_numpy",
     "verify_agreement",
     "vjp",

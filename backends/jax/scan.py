@@ -9,7 +9,8 @@ Every method reduces to one kernel ``h = kernel(a, b, h0)``: resets become ``a :
 ``log`` method, which cannot scan signed cotangents, uses the loop), so differentiating stores only ``a``, ``h0``
 and ``h`` — O(B·T·|S|) memory, not the O(B·T·|S|·log T) intermediates of autodiff through ``lax.associative_scan``.
 
-Importing this module enables ``jax_enable_x64`` (see ``arrays.py``; the spec requires float64).
+float64/complex128 inputs need JAX's 64-bit mode (``with jax.enable_x64(True):``); outside it they raise
+``TypeError`` rather than being truncated (``arrays.to_jax``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from jax import lax
 
 from linrec.backends import native
-from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.native import native_linear_scan
 from linrec.spec import checks
 from linrec.spec.reference import cu_seqlens_to_resets as _reference_cu_seqlens_to_resets
@@ -345,8 +346,8 @@ def _cut_mask(resets: Array | None, reverse: bool) -> Array | None:
     return jnp.concatenate([shifted, no_cut] if reverse else [no_cut, shifted], axis=1)
 
 
-def _as_array(x) -> Array | None:
-    return None if x is None else jnp.asarray(x)
+def _as_array(x, name: str) -> Array | None:
+    return None if x is None else to_jax(x, name)
 
 
 def _is_traced(x) -> bool:
@@ -417,7 +418,8 @@ def _validate(a, b, initial_state, resets, method: str, chunk_size: int | None, 
     checks.check_method(method, METHODS)
     checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)
-    a, b, h0, resets = _as_array(a), _as_array(b), _as_array(initial_state), _as_array(resets)
+    a, b, h0, resets = (_as_array(a, "a"), _as_array(b, "b"), _as_array(initial_state, "initial_state"),
+                        _as_array(resets, "resets"))
     _check_linear_args(a, b, h0, resets)
     method = _pick_method(method)
     if method == "log":
@@ -571,7 +573,8 @@ def log_scan(
     """
     checks.check_method(method, LOG_METHODS, function="log_scan")
     checks.check_reverse(reverse)
-    log_a, log_b, log_h0, resets = (_as_array(x) for x in (log_a, log_b, log_initial_state, resets))
+    log_a, log_b, log_h0, resets = (_as_array(x, n) for x, n in ((log_a, "log_a"), (log_b, "log_b"),
+                                    (log_initial_state, "log_initial_state"), (resets, "resets")))
     checks.check_log_scan_args(
         tuple(log_a.shape), dtype_name(log_a), tuple(log_b.shape), dtype_name(log_b),
         None if log_h0 is None else tuple(log_h0.shape),

@@ -70,7 +70,19 @@ class CopyNet(nn.Module):
 
 def fit(task: SelectiveCopyTask, model: CopyModelConfig, settings: TrainSettings, params: Mapping[str, np.ndarray],
         *, progress: Progress | None = None) -> dict[str, Any]:
-    """Train from ``params`` (canonical NumPy arrays) on ``task``; returns the trained params and figures."""
+    """Train from ``params`` (canonical NumPy arrays) on ``task``; returns the trained params and figures.
+
+    The thread count and the seeded RNG are the run's own: torch's settings are restored when it returns."""
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return _fit(task, model, settings, params, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(task: SelectiveCopyTask, model: CopyModelConfig, settings: TrainSettings, params: Mapping[str, np.ndarray],
+         *, progress: Progress | None = None) -> dict[str, Any]:
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)  # dropout masks
