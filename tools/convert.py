@@ -343,6 +343,14 @@ def read(path: str | os.PathLike, *, format: str | None = None, model: str | Non
       model: the model type (needed for ``torch``/``flax`` files; overrides an original's default).
       config: config overrides (dict, JSON text, JSON file) or a config dataclass.
     """
+    try:
+        return _read(path, format, model, config)
+    except LayoutError as err:  # e.g. a model_type in the file's metadata that no table knows, or a tensor
+        # whose rank the table's transform cannot take: the file is at fault, so it is a CheckpointError
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+def _read(path: str | os.PathLike, format: str | None, model: str | None, config: Any) -> Checkpoint:
     fmt = _resolve_format(path, format, reading=True)
     if fmt == "linrec":
         tensors, info = formats.read_linrec(path)
