@@ -58,9 +58,38 @@ def _combine_case(method: str):
     return run
 
 
+#: ``(per-step shape of a, state shape)`` pairs where ``a`` broadcasts over a *leading* state axis; the
+#: property strategies only draw ``a`` broadcast over the last axis (``(*S[:-1], 1)``).
+_LEADING_BROADCASTS = (((1,), (5,)), ((1, 3), (2, 3)), ((1, 1), (2, 3)), ((2, 1, 4), (2, 3, 4)))
+
+
+def _broadcast_gradient_case(method: str):
+    def run(backend: ModuleType) -> Outcome:
+        rng = np.random.default_rng(29)
+        outcomes = []
+        for a_state, state in _LEADING_BROADCASTS:
+            n, t = 2, 6
+            a = rng.uniform(0.3, 1.1, (n, t, *a_state))
+            b = rng.uniform(0.2, 1.0, (n, t, *state))
+            h0 = rng.uniform(0.2, 1.0, (n, *state))
+            ct_h, ct_f = rng.standard_normal(b.shape), rng.standard_normal(h0.shape)
+            if method != "log":  # signs too, where the method's domain allows them
+                a, b = a * rng.choice([-1.0, 1.0], a.shape), b - 0.6
+            got = backend.linear_scan_vjp(*(as_backend(backend, x) for x in (a, b, ct_h, ct_f)),
+                                          initial_state=as_backend(backend, h0), method=method)
+            want = reference.linear_scan_vjp(a, b, ct_h, ct_f, initial_state=h0)
+            outcomes += [compare(f"{name} (a {a_state}, state {state})", as_numpy(backend, g), w, "float64",
+                                 method=method, length=t, grad=True)
+                         for name, g, w in zip(("a_bar", "b_bar", "initial_state_bar"), got, want)]
+        return compare_many(outcomes)
+
+    return run
+
+
 def cases(backend: ModuleType) -> list[Case]:
-    """One case per method of ``backend``."""
-    return [
+    """Each property once per method of ``backend``."""
+    methods = getattr(backend, "METHODS", ("auto",))
+    out = [
         Case(
             id=f"scan/mutant/combine-fold-equals-scan[{method}]",
             property="combine-fold-equals-scan",
@@ -68,5 +97,18 @@ def cases(backend: ModuleType) -> list[Case]:
                 "(kills the mutants ref-combine-swap and ref-combine-add, which no other case reaches).",
             fn=_combine_case(method),
         )
-        for method in getattr(backend, "METHODS", ("auto",))
+        for method in methods
     ]
+    out += [
+        Case(
+            id=f"scan/mutant/gradient-leading-broadcast[{method}]",
+            property="gradient-leading-broadcast",
+            doc="a broadcast over a leading state axis (a (B, T, 1) for a (B, T, 5) state, or (B, T, 1, 3) for "
+                "(B, T, 2, 3)): a_bar is summed back to a's shape and equals the reference "
+                "(kills np-vjp-broadcast-axes).",
+            fn=_broadcast_gradient_case(method),
+            requires=("linear_scan_vjp",),
+        )
+        for method in methods
+    ]
+    return out

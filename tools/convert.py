@@ -174,7 +174,7 @@ def build_config(layout: Layout, shapes: Mapping[str, tuple[int, ...]], given: A
     else:
         try:
             inferred = layout.infer(shapes, given) if layout.infer else {}
-        except LayoutError as err:
+        except (LayoutError, ArithmeticError) as err:  # ArithmeticError: a zero-size dim of a hostile file
             try:  # a complete config from the user needs no inference; the shape check reports the tensors
                 config_from_dict(cls, given)
                 inferred = {}
