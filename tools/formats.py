@@ -7,7 +7,11 @@
   :class:`CheckpointError` and nothing in it runs.
 - ``flax``: a nested dict serialised by ``flax.serialization.msgpack_serialize`` (the NNX state as a pure dict,
   or a linen variables dict; a top-level ``params`` collection is unwrapped on reading). Nested keys are
-  joined with ``.``.
+  joined with ``.``. Read with ``msgpack`` and a validating hook for flax's array records (not
+  ``msgpack_restore``, which trusts the dtype and shape fields).
+
+Every reader bounds the nesting (:data:`MAX_DEPTH`) and turns every malformed input into
+:class:`CheckpointError` (``tests/test_fuzz_readers.py`` fuzzes all three).
 
 Arrays are NumPy arrays; bfloat16 is ``ml_dtypes.bfloat16`` in every format. Every writer goes through
 ``atomic_write``: a temporary file renamed on success, so a failed write leaves no output file, and an
@@ -35,6 +39,7 @@ __all__ = [
     "CONTAINERS",
     "EXTENSIONS",
     "FLOAT_DTYPES",
+    "MAX_DEPTH",
     "CheckpointError",
     "flatten",
     "format_from_path",
