@@ -124,7 +124,7 @@ def test_a_stale_mutant_is_refused_not_run():
 
 @pytest.mark.parametrize(("name", "select", "killer"), [
     ("ref-drop-b", "scan/property/equals-reference*", "scan/property/equals-reference[sequential]"),
-    ("np-seq-shift-b", "scan/named/decay-half*", "scan/named/decay-half[sequential,float32]"),
+    ("np-seq-shift-b", "scan/named/decay-zero*", "scan/named/decay-zero[sequential,float32]"),
     ("ref-combine-swap", "scan/mutant/*", "scan/mutant/combine-fold-equals-scan[sequential]"),
 ])
 def test_source_mutants_are_killed(name, select, killer):
