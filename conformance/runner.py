@@ -35,6 +35,7 @@ CASE_MODULES: tuple[str, ...] = (
     "linrec.conformance.scan_errors",
     "linrec.conformance.golden_cases",
     "linrec.conformance.scan_properties",
+    "linrec.conformance.scan_mutant_cases",
     "linrec.conformance.mingru_cases",
     "linrec.conformance.minlstm_cases",
     "linrec.conformance.gated_linear_rnn_cases",

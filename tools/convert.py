@@ -174,7 +174,7 @@ def build_config(layout: Layout, shapes: Mapping[str, tuple[int, ...]], given: A
     else:
         try:
             inferred = layout.infer(shapes, given) if layout.infer else {}
-        except LayoutError as err:
+        except (LayoutError, ArithmeticError) as err:  # ArithmeticError: a zero-size dim of a hostile file
             try:  # a complete config from the user needs no inference; the shape check reports the tensors
                 config_from_dict(cls, given)
                 inferred = {}
@@ -343,6 +343,14 @@ def read(path: str | os.PathLike, *, format: str | None = None, model: str | Non
       model: the model type (needed for ``torch``/``flax`` files; overrides an original's default).
       config: config overrides (dict, JSON text, JSON file) or a config dataclass.
     """
+    try:
+        return _read(path, format, model, config)
+    except LayoutError as err:  # e.g. a model_type in the file's metadata that no table knows, or a tensor
+        # whose rank the table's transform cannot take: the file is at fault, so it is a CheckpointError
+        raise CheckpointError(f"{path}: {err}") from None
+
+
+def _read(path: str | os.PathLike, format: str | None, model: str | None, config: Any) -> Checkpoint:
     fmt = _resolve_format(path, format, reading=True)
     if fmt == "linrec":
         tensors, info = formats.read_linrec(path)

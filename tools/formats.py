@@ -7,7 +7,11 @@
   :class:`CheckpointError` and nothing in it runs.
 - ``flax``: a nested dict serialised by ``flax.serialization.msgpack_serialize`` (the NNX state as a pure dict,
   or a linen variables dict; a top-level ``params`` collection is unwrapped on reading). Nested keys are
-  joined with ``.``.
+  joined with ``.``. Read with ``msgpack`` and a validating hook for flax's array records (not
+  ``msgpack_restore``, which trusts the dtype and shape fields).
+
+Every reader bounds the nesting (:data:`MAX_DEPTH`) and turns every malformed input into
+:class:`CheckpointError` (``tests/test_fuzz_readers.py`` fuzzes all three).
 
 Arrays are NumPy arrays; bfloat16 is ``ml_dtypes.bfloat16`` in every format. Every writer goes through
 ``atomic_write``: a temporary file renamed on success, so a failed write leaves no output file, and an
@@ -18,7 +22,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ __all__ = [
     "CONTAINERS",
     "EXTENSIONS",
     "FLOAT_DTYPES",
+    "MAX_DEPTH",
     "CheckpointError",
     "flatten",
     "format_from_path",
@@ -55,6 +62,8 @@ FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 #: Value of the ``linrec_format`` metadata key this module writes and reads.
 LINREC_FORMAT = "1"
 _TORCH_WRAPPERS = ("state_dict", "model_state_dict", "model")
+#: Deepest nesting of dicts/lists a checkpoint may have (real ones have fewer than ten levels).
+MAX_DEPTH = 64
 
 
 def format_from_path(path: str | os.PathLike) -> str:
@@ -77,25 +86,40 @@ def _require_file(path: Path) -> None:
 # --- nested <-> flat -----------------------------------------------------------------------------------------
 
 
-def flatten(tree: Mapping, *, sep: str = ".", what: str = "checkpoint") -> dict[str, Any]:
-    """``{"a": {"b": x}}`` -> ``{"a.b": x}``; keys become strings (list indices included)."""
-    out: dict[str, Any] = {}
+def flatten(tree: Mapping, *, sep: str = ".", what: str = "checkpoint", max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+    """``{"a": {"b": x}}`` -> ``{"a.b": x}``; keys become strings (list indices included).
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, Mapping):
-            if not node and prefix:
-                return  # empty collections (e.g. an empty NNX sub-state) hold no parameters
-            for key, value in node.items():
-                walk(value, f"{prefix}{sep}{key}" if prefix else str(key))
-        elif isinstance(node, (list, tuple)):
-            for i, value in enumerate(node):
-                walk(value, f"{prefix}{sep}{i}" if prefix else str(i))
+    Keys must be strings or integers; nesting deeper than ``max_depth``, or two entries that flatten to one
+    name (``{"a": {"b": x}, "a.b": y}``), raise :class:`CheckpointError` naming ``what``. The walk uses an
+    explicit stack, so a hostile file cannot exhaust Python's recursion limit.
+    """
+    out: dict[str, Any] = {}
+    stack: list[tuple[Any, str, int]] = [(tree, "", 0)]
+    while stack:
+        node, prefix, depth = stack.pop()
+        if isinstance(node, (Mapping, list, tuple)):
+            if depth >= max_depth:
+                raise CheckpointError(f"{what}: nested deeper than {max_depth} levels (at {prefix[:200]!r})")
+            if isinstance(node, Mapping):
+                if not node and prefix:
+                    continue  # empty collections (e.g. an empty NNX sub-state) hold no parameters
+                items = list(node.items())
+                bad = [k for k, _ in items if not isinstance(k, (str, int)) or isinstance(k, bool)]
+                if bad:
+                    raise CheckpointError(f"{what}: keys must be strings or integers; found the "
+                                          f"{type(bad[0]).__name__} {reprlib.repr(bad[0])} under {prefix!r}")
+            else:
+                items = list(enumerate(node))
+            # reversed, so the stack pops entries in their stored order
+            stack.extend((value, f"{prefix}{sep}{key}" if prefix else str(key), depth + 1)
+                         for key, value in reversed(items))
         else:
             if not prefix:
                 raise CheckpointError(f"{what}: expected a nested dict of arrays, got a {type(node).__name__}")
+            if prefix in out:
+                raise CheckpointError(f"{what}: two entries have the name {prefix!r} once nested keys are joined "
+                                      f"with {sep!r}")
             out[prefix] = node
-
-    walk(tree, "")
     return out
 
 
@@ -219,12 +243,15 @@ def read_torch(path: str | os.PathLike) -> dict[str, np.ndarray]:
     tensors = {}
     bad = []
     for key, value in flatten(state, what=str(path)).items():
-        if isinstance(value, torch.Tensor):
-            tensors[key] = tensor_to_numpy(value)  # dtypes are checked against the model, where names are known
-        else:
+        if not isinstance(value, torch.Tensor):
             bad.append(f"{key} (a {type(value).__name__}, not a tensor)")
+            continue
+        try:  # dtypes are checked against the model, where names are known
+            tensors[key] = tensor_to_numpy(value)
+        except (TypeError, RuntimeError, ValueError) as err:  # sparse, quantized, float8, ... tensors
+            bad.append(f"{key} (a {value.dtype} {value.layout} tensor NumPy cannot hold: {err})")
     if bad:
-        raise CheckpointError(f"{path}: a state_dict must hold tensors only; found: {', '.join(bad)}")
+        raise CheckpointError(f"{path}: a state_dict must hold dense tensors only; found: {', '.join(bad)}")
     return tensors
 
 
@@ -266,27 +293,129 @@ def _serialization():
     return serialization
 
 
+def _msgpack():
+    try:
+        import msgpack
+    except ImportError as err:  # pragma: no cover - msgpack comes with flax
+        raise ImportError(f"reading .msgpack files needs msgpack: pip install 'linrec[jax]' ({err})") from err
+    return msgpack
+
+
+#: msgpack extension codes of ``flax.serialization``.
+_EXT_NDARRAY, _EXT_COMPLEX, _EXT_NPSCALAR = 1, 2, 3
+#: dtype names a flax array may carry (what ``msgpack_serialize`` writes for numeric arrays).
+_FLAX_DTYPES = ("float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint64",
+                "uint32", "uint16", "uint8", "bool", "complex64", "complex128")
+_CHUNKED = "__msgpack_chunked_array__"
+
+
+def _flax_array(data: bytes) -> np.ndarray:
+    """One ``(shape, dtype name, bytes)`` msgpack ext payload as an array, every field checked.
+
+    ``flax.serialization.msgpack_restore`` trusts these fields (any NumPy dtype string, a shape that
+    need not match the bytes); here they are validated and anything else is a ``CheckpointError``.
+    """
+    try:
+        fields = _msgpack().unpackb(data, raw=True)
+    except Exception as err:  # msgpack raises several types for corrupt input
+        raise CheckpointError(f"corrupt array record ({type(err).__name__}: {err})") from None
+    if not (isinstance(fields, (list, tuple)) and len(fields) == 3):
+        raise CheckpointError("corrupt array record (not a (shape, dtype, bytes) triple)")
+    shape, name, buffer = fields
+    if not (isinstance(shape, (list, tuple)) and len(shape) <= 64
+            and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise CheckpointError(f"corrupt array record (shape {reprlib.repr(shape)} is not a list of at most 64 "
+                              "non-negative integers)")
+    name = name.decode("ascii", "replace") if isinstance(name, bytes) else name
+    if name not in _FLAX_DTYPES:
+        raise CheckpointError(f"array of dtype {reprlib.repr(name)}; supported: {', '.join(_FLAX_DTYPES)}")
+    dtype = np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+    if not isinstance(buffer, bytes) or len(buffer) != math.prod(shape) * dtype.itemsize:
+        size = len(buffer) if isinstance(buffer, bytes) else type(buffer).__name__
+        raise CheckpointError(f"corrupt array record: a {name}{list(shape)} array needs "
+                              f"{math.prod(shape) * dtype.itemsize} bytes, the record holds {size}")
+    return np.frombuffer(buffer, dtype=dtype).reshape(shape).copy()
+
+
+def _flax_ext(code: int, data: bytes) -> Any:
+    if code == _EXT_NDARRAY:
+        return _flax_array(data)
+    if code == _EXT_NPSCALAR:
+        return _flax_array(data)  # a 0-d array: read_flax wants arrays, not NumPy scalars
+    what = "a complex Python scalar" if code == _EXT_COMPLEX else f"an unknown msgpack extension type {code}"
+    raise CheckpointError(f"holds {what}, not an array")
+
+
+def _unchunk(node: Mapping, where: str) -> np.ndarray:
+    """flax splits arrays over 1 GiB into ``{"__msgpack_chunked_array__", "shape", "chunks"}``; join them."""
+    shape, chunks = node.get("shape"), node.get("chunks")
+    if not (isinstance(shape, Mapping) and isinstance(chunks, Mapping) and len(node) == 3):
+        raise CheckpointError(f"{where}: corrupt chunked array record")
+    try:
+        dims = [shape[str(i)] for i in range(len(shape))]
+        parts = [chunks[str(i)] for i in range(len(chunks))]
+    except KeyError:
+        raise CheckpointError(f"{where}: corrupt chunked array record (keys are not 0..n-1)") from None
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in dims) or len(dims) > 64:
+        raise CheckpointError(f"{where}: corrupt chunked array record (bad shape {reprlib.repr(dims)})")
+    if not parts or not all(isinstance(p, np.ndarray) and p.ndim == 1 and p.dtype == parts[0].dtype
+                            for p in parts):
+        raise CheckpointError(f"{where}: corrupt chunked array record (chunks are not 1-D arrays of one dtype)")
+    flat = np.concatenate(parts)
+    if flat.size != math.prod(dims):
+        raise CheckpointError(f"{where}: chunked array of shape {tuple(dims)} holds {flat.size} elements")
+    return flat.reshape(dims)
+
+
+def _join_chunks(tree: Any, where: str) -> Any:
+    """Replace chunked-array records by arrays (iteratively; ``flatten`` bounds the depth afterwards)."""
+    if isinstance(tree, Mapping) and tree.get(_CHUNKED) is True:
+        return _unchunk(tree, where)
+    stack = [tree]
+    seen = 0
+    while stack:
+        node = stack.pop()
+        if not isinstance(node, dict):
+            continue
+        seen += 1
+        if seen > 10_000_000:  # msgpack already bounds the depth; this bounds the total work
+            raise CheckpointError(f"{where}: more than ten million nested records")
+        for key, value in node.items():
+            if isinstance(value, dict) and value.get(_CHUNKED) is True:
+                node[key] = _unchunk(value, where)
+            elif isinstance(value, dict):
+                stack.append(value)
+    return tree
+
+
 def read_flax(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """A msgpack'd nested dict, flattened with ``.``; a lone top-level ``params`` collection is unwrapped."""
-    serialization = _serialization()
+    """A msgpack'd nested dict, flattened with ``.``; a lone top-level ``params`` collection is unwrapped.
+
+    Decoded with ``msgpack`` and a validating extension hook rather than ``flax.serialization.msgpack_restore``
+    (same format, including flax's chunked arrays): array records are type- and size-checked, nesting is
+    bounded, and every failure is a ``CheckpointError``.
+    """
+    msgpack = _msgpack()
     path = Path(path)
     _require_file(path)
     try:
-        tree = serialization.msgpack_restore(path.read_bytes())
-    except Exception as err:  # msgpack raises several types for truncated/corrupt input
+        tree = msgpack.unpackb(path.read_bytes(), ext_hook=_flax_ext, raw=False, strict_map_key=False,
+                               use_list=True)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: not a readable flax msgpack file: {err}") from None
+    except Exception as err:  # msgpack raises several types for truncated/corrupt input, StackError if too deep
         raise CheckpointError(f"{path}: not a readable flax msgpack file (truncated or corrupt?): "
                               f"{type(err).__name__}: {err}") from None
     if not isinstance(tree, Mapping):
         raise CheckpointError(f"{path}: expected a nested dict of arrays, got a {type(tree).__name__}")
+    tree = _join_chunks(tree, str(path))
     if "params" in tree and isinstance(tree["params"], Mapping):
         others = [k for k in tree if k != "params" and flatten({k: tree[k]}, what=str(path))]
         if others:
             raise CheckpointError(f"{path}: besides 'params' the file holds the collections {others}; linrec "
                                   "models have parameters only")
         tree = tree["params"]
-    flat = flatten(tree, what=str(path))
-    flat = {k: (np.asarray(v) if isinstance(v, np.generic) else v) for k, v in flat.items()}
-    return _check_arrays(flat, path)
+    return _check_arrays(flatten(tree, what=str(path)), path)
 
 
 def write_flax(path: str | os.PathLike, tensors: Mapping[str, np.ndarray], *, force: bool = False) -> Path:

@@ -11,7 +11,9 @@ Writes go to a temporary file that is renamed into place, so a failed write leav
 from __future__ import annotations
 
 import json
+import math
 import os
+import reprlib
 import struct
 import tempfile
 from collections.abc import Mapping
@@ -28,6 +30,7 @@ _TO_ST = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF1
           "complex64": "C64", "complex128": "C128"}
 _FROM_ST = {v: k for k, v in _TO_ST.items()}
 _MAX_HEADER = 100 * 1024 * 1024
+_MAX_DIMS = 64  # NumPy's limit
 
 
 class CheckpointError(ValueError):
@@ -88,8 +91,66 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
     return atomic_write(path, write, force=force)
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON (safetensors headers hold finite numbers only)")
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the key {dup!r} appears twice in one object")
+    return out
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_header(head: bytes, path: Path) -> dict:
+    """The header JSON as a dict; every way it can be malformed is a ``CheckpointError``."""
+    try:
+        # UTF-8 only (json.loads would also guess UTF-16/32); no NaN/Infinity; no duplicate keys
+        header = json.loads(head.decode("utf-8"), parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+    except RecursionError:  # the C scanner recurses once per nesting level
+        raise CheckpointError(f"{path}: corrupt safetensors header (JSON nested too deeply)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
+    return header
+
+
+def _entry(name: str, info: object, path: Path) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """``(dtype, shape, begin, end)`` of one header entry, each field type-checked."""
+    def bad(why: str) -> CheckpointError:
+        return CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {reprlib.repr(info)} ({why})")
+
+    if not isinstance(info, dict):
+        raise bad("not a JSON object")
+    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
+    if missing:
+        raise bad(f"missing {', '.join(missing)}")
+    st_dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(st_dtype, str) or st_dtype not in _FROM_ST:
+        raise bad(f"dtype must be one of {', '.join(_FROM_ST)}")
+    if not isinstance(shape, list) or not all(_is_int(s) and s >= 0 for s in shape):
+        raise bad("shape must be a list of non-negative integers")
+    if len(shape) > _MAX_DIMS:
+        raise bad(f"{len(shape)} dimensions; at most {_MAX_DIMS}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+        raise bad("data_offsets must be two integers [begin, end]")
+    return np_dtype(_FROM_ST[st_dtype]), tuple(shape), offsets[0], offsets[1]
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read every tensor and the metadata; raise ``CheckpointError`` on any inconsistency."""
+    """Read every tensor and the metadata; raise ``CheckpointError`` on any inconsistency.
+
+    As strict as the reference implementation: the tensors must tile the data section exactly (no
+    overlapping or aliased offsets, no gaps, no trailing bytes), ``__metadata__`` maps strings to strings,
+    and shapes and offsets are non-negative JSON integers.
+    """
     path = Path(path)
     raw = path.read_bytes()
     if len(raw) < 8:
@@ -98,26 +159,32 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], di
     if n > min(_MAX_HEADER, len(raw) - 8):
         raise CheckpointError(f"{path}: header claims {n} bytes but the file has {len(raw) - 8} after the length "
                               "field (truncated or not a safetensors file)")
-    try:
-        header = json.loads(raw[8 : 8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", {}) or {}
+    header = _parse_header(raw[8 : 8 + n], path)
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: __metadata__ must be a JSON object of strings, got {reprlib.repr(metadata)}")
     data = memoryview(raw)[8 + n :]
-    tensors: dict[str, np.ndarray] = {}
-    for name, info in header.items():
-        try:
-            dtype = np_dtype(_FROM_ST[info["dtype"]])
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry {info!r}") from None
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    entries = {name: _entry(name, info, path) for name, info in header.items()}
+    # Each tensor must start where the previous one ends: overlapping or aliased offsets would hand two
+    # names the same (or half the same) bytes, i.e. wrong weights, and the reference library refuses them.
+    position, previous = 0, None
+    for name, (dtype, shape, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
+        expected = math.prod(shape) * dtype.itemsize
         if not (0 <= begin <= end <= len(data)) or end - begin != expected:
             raise CheckpointError(
-                f"{path}: tensor {name!r} {info['dtype']}{list(shape)} needs {expected} bytes but the header gives "
-                f"offsets [{begin}, {end}) in a data section of {len(data)} bytes (corrupt or truncated file)")
-        tensors[name] = np.frombuffer(data[begin:end], dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    return tensors, {str(k): str(v) for k, v in metadata.items()}
+                f"{path}: tensor {name!r} {_TO_ST[dtype.name]}{list(shape)} needs {expected} bytes but the header "
+                f"gives offsets [{begin}, {end}) in a data section of {len(data)} bytes (corrupt or truncated file)")
+        if begin != position:
+            what = f"tensor {previous!r} ends at byte {position}" if previous else "the data section starts at 0"
+            raise CheckpointError(
+                f"{path}: tensor {name!r} starts at byte {begin} but {what} (overlapping, aliased or gapped "
+                "offsets: the tensors must tile the data section in order)")
+        position, previous = end, name
+    if position != len(data):
+        raise CheckpointError(f"{path}: the tensors end at byte {position} but the data section has {len(data)} "
+                              "bytes (trailing bytes; corrupt file)")
+    tensors = {name: np.frombuffer(data[begin:end], dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+               for name, (dtype, shape, begin, end) in entries.items()}
+    return tensors, dict(metadata)
