@@ -3,7 +3,10 @@
 A *backend* is any module exposing the spec's functions by name (``linear_scan``, ``log_scan``,
 ``linear_scan_vjp``, layer classes, ...) plus three array adapters: ``asarray(np.ndarray)``,
 ``to_numpy(x)`` and ``dtype_name(x)``. A case names the attributes it needs in ``requires``; a
-backend without them reports the case as ``unsupported``.
+backend without them reports the case as ``unsupported``. A case that exercises a particular method
+names it in ``methods`` (``log_methods`` for ``log_scan``): it is collected only for a backend whose
+``METHODS`` (``LOG_METHODS``) claims it, so a backend is held to what the spec requires of every
+backend plus what it says it implements.
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ class Case:
 
     ``id`` is unique and stable (used by xfail manifests), e.g. ``scan/named/decay-half[associative]``;
     ``property`` is the law being checked (``equals-reference``, ``split-invariance``, ...);
-    ``doc`` says in one sentence what is checked, so the case list reads as documentation.
+    ``doc`` says in one sentence what is checked, so the case list reads as documentation;
+    ``requires`` are the backend attributes it calls; ``methods`` / ``log_methods`` the values of
+    ``method=`` it passes that are not ``"auto"`` (claimed by the backend's ``METHODS`` / ``LOG_METHODS``);
+    ``tags`` mark kinds of case (``"hypothesis"``: a property case whose examples are counted).
     """
 
     id: str
@@ -44,3 +50,5 @@ class Case:
     fn: Callable[[ModuleType], Outcome] = field(repr=False, compare=False)
     requires: tuple[str, ...] = ("linear_scan",)
     tags: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    log_methods: tuple[str, ...] = ()

@@ -3,6 +3,7 @@
 Importing it enables ``jax_enable_x64`` (float64/complex128 are part of the spec; see ``arrays.py``).
 """
 
+from linrec.backends import _minimum_jax  # noqa: F401  (first: refuses a jax older than linrec supports)
 from linrec.backends.jax.arrays import asarray, dtype_name, to_numpy
 from linrec.backends.jax.autodiff import vjp
 from linrec.backends.jax.gated_linear_rnn import (
