@@ -4,8 +4,8 @@ The scripts live in the source tree (they are not installed with the package); t
 the package (``linrec.tools.bench.benchmarks_dir``) and calls their ``main``. From an installed wheel it says so and
 how to get a checkout, and exits with status 2. Without a subcommand it runs ``all``. A full run writes
 ``benchmarks/results/`` (tables, plots, ``machine.json``); ``--quick`` is a smoke run on tiny sizes that prints the
-tables and writes nothing unless ``--out`` is given (``all --quick`` takes about 9 minutes on a 2-core machine:
-framework start-up, compilations and the originals dominate).
+tables and writes nothing unless ``--out`` is given (``all --quick`` takes about 9 minutes on a 2-core machine, nearly
+as long as a full run: framework start-up, compilations and the originals dominate).
 """
 
 from __future__ import annotations
