@@ -91,23 +91,25 @@ def to_text(reports: Sequence[BackendReport], *, verbose: bool = False) -> str:
     return "\n".join(lines)
 
 
+_NO = "backend has no "
+
+
 def _family(case_id: str) -> str:
-    """``layers/mingru/equals-reference[auto]`` -> ``layers/mingru/*``: the group an id belongs to."""
-    head = case_id.split("[", 1)[0].split("/")
-    return "/".join(head[:2]) + "/*" if len(head) > 2 else case_id
+    """``layers/mingru/equals-reference[auto]`` -> ``layers``: the part of the spec a case belongs to."""
+    return case_id.split("/", 1)[0]
 
 
 def _unsupported_lines(rep: BackendReport) -> list[str]:
-    """One line per set of missing functions: how many cases need it, and which families they are in."""
-    groups: dict[str, list[str]] = {}
+    """One line per part of the spec (``scan``, ``mingru``, ...): how many cases, which functions they need."""
+    groups: dict[str, tuple[list[str], dict[str, None]]] = {}
     for r in rep.results:
         if r.status == UNSUPPORTED:
-            groups.setdefault(r.detail, []).append(r.id)
-    lines = []
-    for detail, ids in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        families = list(dict.fromkeys(_family(i) for i in ids))
-        shown = ", ".join(families[:4]) + (f", … ({len(families)} groups)" if len(families) > 4 else "")
-        lines.append(f"{rep.backend}: UNSUPPORTED {len(ids)} cases, {detail} ({shown})")
+            ids, missing = groups.setdefault(_family(r.id), ([], {}))
+            ids.append(r.id)
+            names = r.detail[len(_NO):] if r.detail.startswith(_NO) else r.detail
+            missing.update(dict.fromkeys(n.strip() for n in names.split(",")))
+    lines = [f"{rep.backend}: UNSUPPORTED {family}: {len(ids)} case{'s' * (len(ids) != 1)} need "
+             f"{', '.join(sorted(missing))}" for family, (ids, missing) in groups.items()]
     if groups:
         lines.append(f"{rep.backend}: implement those functions, or list the cases in an xfail manifest (--xfails)")
     return lines
