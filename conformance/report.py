@@ -30,7 +30,7 @@ def to_text(reports: Sequence[BackendReport], *, verbose: bool = False) -> str:
     lines: list[str] = []
     for rep in reports:
         if rep.skipped:
-            lines.append(f"backend {rep.backend}: not installed, skipped ({rep.skipped})")
+            lines.append(f"backend {rep.backend}: skipped, {rep.skipped}")
             continue
         info = ", ".join(f"{k}={v}" for k, v in rep.info.items())
         lines.append(f"backend {rep.backend} ({rep.module}){': ' + info if info else ''}")
