@@ -165,9 +165,14 @@ def load_xfails(name: str) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _matches(case_id: str, pattern: str) -> bool:
+    """An exact case id (whose ``[method]`` fnmatch would read as a character class) or an fnmatch pattern."""
+    return pattern == case_id or fnmatch.fnmatchcase(case_id, pattern)
+
+
 def _xfail_reason(case_id: str, xfails: dict[str, str]) -> str | None:
     for pattern, reason in xfails.items():
-        if pattern == case_id or fnmatch.fnmatchcase(case_id, pattern):
+        if _matches(case_id, pattern):
             return reason
     return None
 
@@ -266,7 +271,7 @@ def run_backend(
     report.info = _backend_info(backend)
     if xfails is None:
         xfails = load_xfails(name) if name in linrec.BUNDLED_BACKENDS else {}
-    cases = [c for c in collect(backend, modules) if select is None or fnmatch.fnmatchcase(c.id, select)]
+    cases = [c for c in collect(backend, modules) if select is None or _matches(c.id, select)]
     report.hypothesis = _set_examples(cases)
     before = scan_properties.examples_run()
     try:

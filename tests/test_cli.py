@@ -107,6 +107,12 @@ def test_select_matching_nothing_fails(capsys):
     assert "--select 'no/such/case/*' matches no case for numpy" in captured.err
 
 
+def test_select_takes_an_exact_case_id():
+    """``[sequential]`` in an id is literal, not an fnmatch character class."""
+    (rep,) = run(["numpy"], select="scan/property/equals-reference[sequential]")
+    assert [r.id for r in rep.results] == ["scan/property/equals-reference[sequential]"] and rep.ok
+
+
 def test_uninstalled_framework_is_skipped_not_failed(monkeypatch):
     """A numpy-only install: the default run reports jax and torch as not installed, skipped, and passes."""
     real = importlib.util.find_spec
