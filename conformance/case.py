@@ -9,6 +9,10 @@ A backend may also expose ``precision_scope(dtypes)``: a context manager under w
 named in ``dtypes`` (the JAX backend enters ``jax.enable_x64(True)`` there for float64/complex128). The runner
 enters it around each case with the case's dtypes (:func:`linrec.conformance.runner.case_dtypes`), so no case
 changes a framework's global settings and cases without a 64-bit dtype run in the framework's defaults.
+backend without them reports the case as ``unsupported``. A case that exercises a particular method
+names it in ``methods`` (``log_methods`` for ``log_scan``): it is collected only for a backend whose
+``METHODS`` (``LOG_METHODS``) claims it, so a backend is held to what the spec requires of every
+backend plus what it says it implements.
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ class Case:
     ``doc`` says in one sentence what is checked, so the case list reads as documentation.
     ``dtypes`` names the dtypes the case gives the backend when its id does not (ids such as
     ``...[chunked,float32]`` name them); a case naming none, and an error case, is taken to use every dtype.
+    ``doc`` says in one sentence what is checked, so the case list reads as documentation;
+    ``requires`` are the backend attributes it calls; ``methods`` / ``log_methods`` the values of
+    ``method=`` it passes that are not ``"auto"`` (claimed by the backend's ``METHODS`` / ``LOG_METHODS``);
+    ``tags`` mark kinds of case (``"hypothesis"``: a property case whose examples are counted).
     """
 
     id: str
@@ -52,3 +60,5 @@ class Case:
     requires: tuple[str, ...] = ("linear_scan",)
     tags: tuple[str, ...] = ()
     dtypes: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    log_methods: tuple[str, ...] = ()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from linrec.conformance.runner import BAD_STATUSES, BackendReport
+from linrec.conformance.runner import BAD_STATUSES, UNSUPPORTED, BackendReport, environment
 
 __all__ = ["to_json", "to_text"]
 
@@ -24,10 +24,14 @@ def to_text(reports: Sequence[BackendReport], *, verbose: bool = False) -> str:
     """A table with one row per case and one column per backend: status and max error / allowed.
 
     Without ``verbose`` only rows that are not a plain pass everywhere are listed, plus a summary
-    per property, so the report stays readable with thousands of cases.
+    per property, so the report stays readable with thousands of cases. Unsupported cases (functions
+    the backend lacks) are folded into one line per group of missing functions.
     """
     lines: list[str] = []
     for rep in reports:
+        if rep.skipped:
+            lines.append(f"backend {rep.backend}: skipped, {rep.skipped}")
+            continue
         info = ", ".join(f"{k}={v}" for k, v in rep.info.items())
         lines.append(f"backend {rep.backend} ({rep.module}){': ' + info if info else ''}")
         if rep.import_error:
@@ -51,7 +55,7 @@ def to_text(reports: Sequence[BackendReport], *, verbose: bool = False) -> str:
     lines.append("")
     shown = [
         (cid, row) for cid, row in by_id.items()
-        if verbose or any(getattr(r, "status", "pass") not in ("pass", "xfail") for r in row.values())
+        if verbose or any(getattr(r, "status", "pass") not in ("pass", "xfail", UNSUPPORTED) for r in row.values())
     ]
     if shown:
         header = f"{'case':<{width}}  " + "  ".join(f"{n:>24}" for n in names)
@@ -61,7 +65,7 @@ def to_text(reports: Sequence[BackendReport], *, verbose: bool = False) -> str:
             lines.append(f"{cid:<{width}}  " + "  ".join(f"{c:>24}" for c in cells))
             for n in names:
                 r = row.get(n)
-                if r is not None and r.status in BAD_STATUSES:
+                if r is not None and r.status in BAD_STATUSES and r.status != UNSUPPORTED:
                     lines.append(f"    {n}: {r.detail}")
                 elif r is not None and r.status == "xfail":
                     lines.append(f"    {n}: xfail ({r.reason})")
@@ -74,11 +78,57 @@ def to_text(reports: Sequence[BackendReport], *, verbose: bool = False) -> str:
         for reason, n in reasons.items():
             lines.append(f"{rep.backend}: {n} expected failures (xfail manifest): {reason}")
     for rep in reports:
+        lines += _unsupported_lines(rep)
+    for rep in reports:
+        lines += _hypothesis_lines(rep)
+    for rep in reports:
+        if rep.skipped:
+            lines.append(f"{rep.backend}: not installed, skipped")
+            continue
         counts = ", ".join(f"{v} {k}" for k, v in sorted(rep.counts().items()))
         verdict = "PASSED" if rep.ok else "FAILED"
-        lines.append(f"{rep.backend}: {verdict} ({counts or 'no cases'})")
+        lines.append(f"{rep.backend}: {verdict} ({counts or 'no cases ran'})")
     return "\n".join(lines)
 
 
+_NO = "backend has no "
+
+
+def _family(case_id: str) -> str:
+    """``layers/mingru/equals-reference[auto]`` -> ``layers``: the part of the spec a case belongs to."""
+    return case_id.split("/", 1)[0]
+
+
+def _unsupported_lines(rep: BackendReport) -> list[str]:
+    """One line per part of the spec (``scan``, ``mingru``, ...): how many cases, which functions they need."""
+    groups: dict[str, tuple[list[str], dict[str, None]]] = {}
+    for r in rep.results:
+        if r.status == UNSUPPORTED:
+            ids, missing = groups.setdefault(_family(r.id), ([], {}))
+            ids.append(r.id)
+            names = r.detail[len(_NO):] if r.detail.startswith(_NO) else r.detail
+            missing.update(dict.fromkeys(n.strip() for n in names.split(",")))
+    lines = [f"{rep.backend}: UNSUPPORTED {family}: {len(ids)} case{'s' * (len(ids) != 1)} need "
+             f"{', '.join(sorted(missing))}" for family, (ids, missing) in groups.items()]
+    if groups:
+        lines.append(f"{rep.backend}: implement those functions, or list the cases in an xfail manifest (--xfails)")
+    return lines
+
+
+def _hypothesis_lines(rep: BackendReport) -> list[str]:
+    h = rep.hypothesis
+    if not h or not h.get("property_cases"):
+        return []
+    return [f"{rep.backend}: {h['examples']:,} Hypothesis examples ({h['profile']} profile: "
+            f"{h['examples_per_case']:,} per property case x {h['property_cases']} cases, "
+            f"shrinking {'on' if h['shrink'] else 'off'})"]
+
+
 def to_json(reports: Sequence[BackendReport]) -> str:
-    return json.dumps({"ok": all(r.ok for r in reports), "backends": [r.to_json() for r in reports]}, indent=1)
+    """The report as JSON: the verdict, the environment (versions, platform, Hypothesis profile), each backend."""
+    ran = [r.hypothesis for r in reports if r.hypothesis]
+    profile = {k: ran[0][k] for k in ("profile", "shrink")} if ran else {}
+    return json.dumps({"ok": all(r.ok for r in reports), "environment": environment(),
+                       "hypothesis": {**profile, "examples": {r.backend: r.hypothesis.get("examples", 0)
+                                                              for r in reports if r.hypothesis}},
+                       "backends": [r.to_json() for r in reports]}, indent=1)

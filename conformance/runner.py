@@ -7,18 +7,27 @@ xfail manifest is ``{"<case id or fnmatch pattern>": "<reason>"}``: for bundled 
 Each case runs inside the backend's optional ``precision_scope(dtypes)`` hook (see ``case.py``), entered with the
 case's dtypes and left when the case ends: the JAX backend turns 64-bit mode on only for cases with
 float64/complex128, so the others run in JAX's default configuration, and nothing stays changed after a run.
+A case is collected only when the backend claims what it asks for (``Case.methods`` in ``METHODS``,
+``Case.log_methods`` in ``LOG_METHODS``); a case whose functions the backend lacks is ``unsupported``.
+A bundled backend whose framework is not installed is skipped when the backends were not named explicitly.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fnmatch
+import importlib.util
 import json
+import math
+import os
+import platform
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import import_module, resources
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from types import ModuleType
 
 import linrec
@@ -26,8 +35,20 @@ from linrec.conformance import scan_properties
 from linrec.conformance.case import Case, Outcome
 from linrec.spec.checks import SUPPORTED_DTYPES
 
-__all__ = ["CASE_MODULES", "BackendReport", "CaseResult", "case_dtypes", "collect", "load_xfails", "run",
-           "run_backend"]
+__all__ = [
+    "CASE_MODULES",
+    "THOROUGH_EXAMPLES",
+    "BackendReport",
+    "CaseResult",
+    "applicable",
+    "case_dtypes",
+    "collect",
+    "environment",
+    "hypothesis_storage",
+    "load_xfails",
+    "run",
+    "run_backend",
+]
 
 #: Modules contributing ``cases(backend) -> list[Case]``; layer and model modules join this list.
 CASE_MODULES: tuple[str, ...] = (
@@ -50,6 +71,9 @@ PASS, FAIL, XFAIL, XPASS, UNSUPPORTED, ERROR = "pass", "fail", "xfail", "xpass",
 #: statuses that make a run unsuccessful
 BAD_STATUSES = (FAIL, XPASS, UNSUPPORTED, ERROR)
 
+#: Hypothesis examples per backend under ``--thorough``, spread evenly over its property cases
+THOROUGH_EXAMPLES = 100_000
+
 
 @dataclass
 class CaseResult:
@@ -65,15 +89,24 @@ class CaseResult:
 
 @dataclass
 class BackendReport:
+    """The results of one backend. ``skipped`` says why it did not run (its framework is not installed);
+    ``hypothesis`` holds the profile and the number of examples its property cases ran."""
+
     backend: str
     module: str
     results: list[CaseResult] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     import_error: str = ""
+    skipped: str = ""
+    hypothesis: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not self.import_error and all(r.status not in BAD_STATUSES for r in self.results)
+        """Skipped, or ran at least one case and none has a bad status (a run of no case is not a pass)."""
+        if self.skipped:
+            return True
+        return not self.import_error and bool(self.results) and all(r.status not in BAD_STATUSES
+                                                                     for r in self.results)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -82,8 +115,55 @@ class BackendReport:
         return out
 
     def to_json(self) -> dict:
-        return {"backend": self.backend, "module": self.module, "ok": self.ok, "counts": self.counts(),
-                "info": self.info, "import_error": self.import_error, "results": [asdict(r) for r in self.results]}
+        return {"backend": self.backend, "module": self.module, "ok": self.ok, "skipped": self.skipped,
+                "counts": self.counts(), "info": self.info, "hypothesis": self.hypothesis,
+                "import_error": self.import_error, "results": [asdict(r) for r in self.results]}
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def environment() -> dict:
+    """What a report must record to be reproduced: versions and platform (each backend records its profile)."""
+    return {
+        "linrec": linrec.__version__,
+        "spec": linrec.SPEC_VERSION,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "versions": {d: _version(d) for d in ("numpy", "ml_dtypes", "hypothesis", "jax", "jaxlib", "flax", "torch")},
+    }
+
+
+@contextlib.contextmanager
+def hypothesis_storage(directory: Path | None = None) -> Iterator[Path]:
+    """Point Hypothesis' storage (its constants cache; the cases keep no example database) at a user cache
+    directory instead of ``./.hypothesis`` in whatever directory the user runs from.
+
+    Default: ``$HYPOTHESIS_STORAGE_DIRECTORY`` if set, else ``$LINREC_CACHE/hypothesis``
+    (``~/.cache/linrec/hypothesis``). The previous setting is restored afterwards.
+    """
+    from hypothesis import configuration
+
+    if directory is None:
+        if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+            directory = Path(os.environ["HYPOTHESIS_STORAGE_DIRECTORY"])
+        elif os.environ.get("LINREC_CACHE"):
+            directory = Path(os.environ["LINREC_CACHE"]).expanduser() / "hypothesis"
+        else:
+            xdg = os.environ.get("XDG_CACHE_HOME")
+            directory = (Path(xdg) if xdg else Path.home() / ".cache") / "linrec" / "hypothesis"
+    # Hypothesis keeps the setting in a module global with no getter; None restores its default lookup
+    previous = vars(configuration).get("__hypothesis_home_directory")
+    configuration.set_hypothesis_home_dir(directory)
+    try:
+        yield directory
+    finally:
+        configuration.set_hypothesis_home_dir(previous)
 
 
 def load_xfails(name: str) -> dict[str, str]:
@@ -92,17 +172,29 @@ def load_xfails(name: str) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _matches(case_id: str, pattern: str) -> bool:
+    """An exact case id (whose ``[method]`` fnmatch would read as a character class) or an fnmatch pattern."""
+    return pattern == case_id or fnmatch.fnmatchcase(case_id, pattern)
+
+
 def _xfail_reason(case_id: str, xfails: dict[str, str]) -> str | None:
     for pattern, reason in xfails.items():
-        if pattern == case_id or fnmatch.fnmatchcase(case_id, pattern):
+        if _matches(case_id, pattern):
             return reason
     return None
 
 
+def applicable(case: Case, backend: ModuleType) -> bool:
+    """Whether the backend claims every method the case exercises (``METHODS``, ``LOG_METHODS``)."""
+    methods, log_methods = getattr(backend, "METHODS", ()), getattr(backend, "LOG_METHODS", ())
+    return all(m in methods for m in case.methods) and all(m in log_methods for m in case.log_methods)
+
+
 def collect(backend: ModuleType, modules: Sequence[str] = CASE_MODULES) -> list[Case]:
+    """Every case of ``modules`` that applies to the backend (see :func:`applicable`), in module order."""
     cases: list[Case] = []
     for name in modules:
-        cases.extend(import_module(name).cases(backend))
+        cases.extend(c for c in import_module(name).cases(backend) if applicable(c, backend))
     seen: set[str] = set()
     for c in cases:
         if c.id in seen:
@@ -164,6 +256,23 @@ def _backend_info(backend: ModuleType) -> dict:
     return info
 
 
+def _framework_missing(name: str) -> str:
+    """Why a bundled backend cannot run here (its framework is not installed), or ``""``."""
+    if name in linrec.BUNDLED_BACKENDS and name != "numpy" and importlib.util.find_spec(name) is None:
+        return f"{name} is not installed (pip install 'linrec[{name}]')"
+    return ""
+
+
+def _set_examples(cases: Sequence[Case]) -> dict:
+    """Under the thorough profile, spread ``THOROUGH_EXAMPLES`` over the property cases; return the settings."""
+    properties = sum("hypothesis" in c.tags for c in cases)
+    name = scan_properties.profile()[0]
+    if name == "thorough" and properties:
+        scan_properties.set_profile(name, math.ceil(THOROUGH_EXAMPLES / properties))
+    name, per_case, shrink = scan_properties.profile()
+    return {"profile": name, "examples_per_case": per_case, "shrink": shrink, "property_cases": properties}
+
+
 def run_backend(
     name: str,
     *,
@@ -171,38 +280,64 @@ def run_backend(
     select: str | None = None,
     modules: Sequence[str] = CASE_MODULES,
     progress: Callable[[str, int, int, CaseResult], None] | None = None,
+    skip_missing: bool = False,
 ) -> BackendReport:
-    """Run every case (or those whose id matches the fnmatch pattern ``select``) on one backend."""
+    """Run every case (or those whose id matches the fnmatch pattern ``select``) on one backend.
+
+    ``skip_missing``: a bundled backend whose framework is not installed is reported as skipped rather than
+    as unavailable (a failure).
+    """
     module_name = f"linrec.backends.{name}" if name in linrec.BUNDLED_BACKENDS else name
     report = BackendReport(backend=name, module=module_name)
+    missing = _framework_missing(name)
+    if missing and skip_missing:
+        report.skipped = missing
+        return report
     try:
         backend = linrec.get_backend(name)
     except ImportError as err:
         report.import_error = str(err)
+        if isinstance(err, ModuleNotFoundError) and err.name == name and "." not in name:
+            report.import_error += (" — the module is looked up on sys.path: run from the directory that holds it, "
+                                    "or set PYTHONPATH")
         return report
     report.info = _backend_info(backend)
     if xfails is None:
         xfails = load_xfails(name) if name in linrec.BUNDLED_BACKENDS else {}
-    cases = [c for c in collect(backend, modules) if select is None or fnmatch.fnmatchcase(c.id, select)]
-    for i, case in enumerate(cases):
-        result = _run_case(backend, case, xfails)
-        report.results.append(result)
-        if progress is not None:
-            progress(name, i + 1, len(cases), result)
+    cases = [c for c in collect(backend, modules) if select is None or _matches(c.id, select)]
+    report.hypothesis = _set_examples(cases)
+    before = scan_properties.examples_run()
+    try:
+        for i, case in enumerate(cases):
+            result = _run_case(backend, case, xfails)
+            report.results.append(result)
+            if progress is not None:
+                progress(name, i + 1, len(cases), result)
+    finally:
+        report.hypothesis["examples"] = scan_properties.examples_run() - before
+        scan_properties.set_profile(scan_properties.profile()[0])  # drop this backend's per-case count
     return report
 
 
 def run(
-    backends: Iterable[str] = linrec.BUNDLED_BACKENDS,
+    backends: Iterable[str] | None = None,
     *,
     thorough: bool = False,
     xfails: dict[str, str] | None = None,
     select: str | None = None,
     progress: Callable[[str, int, int, CaseResult], None] | None = None,
 ) -> list[BackendReport]:
-    """Run the suite on each backend; ``thorough`` switches Hypothesis to its deep profile."""
+    """Run the suite on each backend; ``thorough`` switches Hypothesis to its deep profile.
+
+    ``backends=None`` means every bundled backend, skipping those whose framework is not installed;
+    a backend named explicitly must import, or its report fails.
+    """
+    skip_missing = backends is None
+    names = list(linrec.BUNDLED_BACKENDS if backends is None else backends)
     scan_properties.set_profile("thorough" if thorough else "ci")
     try:
-        return [run_backend(b, xfails=xfails, select=select, progress=progress) for b in backends]
+        with hypothesis_storage():
+            return [run_backend(b, xfails=xfails, select=select, progress=progress, skip_missing=skip_missing)
+                    for b in names]
     finally:
         scan_properties.set_profile("ci")

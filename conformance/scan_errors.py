@@ -1,7 +1,13 @@
-"""Bad input must raise a clear error naming the argument (recurrence.md §11), never return garbage."""
+"""Bad input must raise a clear error naming the argument (recurrence.md §11), never return garbage.
+
+A case that passes ``method=`` one of the spec's method names asks only backends that claim that method
+(``METHODS`` / ``LOG_METHODS``); the claim is read off the call itself (:func:`_claims`). The words a message
+must contain are matched as whole words: ``"a"`` is not found in ``"auto"``.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from types import ModuleType
 
@@ -106,12 +112,57 @@ _BAD: list[tuple[str, str, type[Exception], tuple[str, ...], Callable[[ModuleTyp
 ]
 
 
+#: the method names of recurrence.md §7 (linear_scan) and §8 (log_scan); any other name in a case is a wrong one
+_SPEC_METHODS = ("sequential", "associative", "chunked", "log", "native")
+_SPEC_LOG_METHODS = ("sequential", "heinsen")
+
+
+class _Recorded(Exception):
+    pass
+
+
+class _Recorder:
+    """A stand-in backend that records the ``method=`` of the scan call a case makes, and stops it there."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+        self.log_methods: list[str] = []
+
+    @staticmethod
+    def asarray(x):
+        return x
+
+    def linear_scan(self, *args, method: str = "auto", **kwargs):
+        self.methods.append(method)
+        raise _Recorded
+
+    def log_scan(self, *args, method: str = "auto", **kwargs):
+        self.log_methods.append(method)
+        raise _Recorded
+
+
+def _claims(call: Callable[[ModuleType], object]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The spec methods (linear_scan, log_scan) a case's call passes: a backend must claim them to be asked."""
+    recorder = _Recorder()
+    try:
+        call(recorder)  # type: ignore[arg-type]
+    except _Recorded:
+        pass
+    return (tuple(m for m in recorder.methods if m in _SPEC_METHODS),
+            tuple(m for m in recorder.log_methods if m in _SPEC_LOG_METHODS))
+
+
+def _has_word(message: str, word: str) -> bool:
+    """``word`` occurs in ``message`` as a whole word (not inside ``log_a``, ``auto`` or ``bf16``)."""
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(word)}(?![A-Za-z0-9_])", message) is not None
+
+
 def _expect_error(backend: ModuleType, exc: type[Exception], words: tuple[str, ...], call) -> Outcome:
     try:
         result = call(backend)
     except exc as err:
         message = str(err)
-        missing = [w for w in words if w not in message]
+        missing = [w for w in words if not _has_word(message, w)]
         if missing:
             return Outcome(False, detail=f"{exc.__name__} raised but its message lacks {missing}: {message!r}")
         return Outcome(True, detail=f"{exc.__name__}: {message}")
@@ -131,11 +182,14 @@ def cases(backend: ModuleType) -> list[Case]:
     out = []
     for name, doc, exc, words, call in _BAD:
         requires = ("log_scan",) if name.startswith("log-scan") else ("linear_scan",)
+        methods, log_methods = _claims(call)
         out.append(Case(
             id=f"scan/errors/{name}",
             property="clear-error",
             doc=doc,
             fn=lambda be, exc=exc, words=words, call=call: _expect_error(be, exc, words, call),
             requires=requires,
+            methods=methods,
+            log_methods=log_methods,
         ))
     return out

@@ -23,21 +23,38 @@ from linrec.conformance.inputs import ScanInputs, make_scan_inputs
 from linrec.spec import reference
 from linrec.spec.tolerances import log_decay_sum, max_violation, tolerance_for
 
-__all__ = ["PROFILES", "cases", "set_profile"]
+__all__ = ["PROFILES", "cases", "examples_run", "profile", "set_profile"]
 
-#: examples per property case, and whether a failure is shrunk to a minimal example
+#: examples per property case, and whether a failure is shrunk to a minimal example; ``--thorough`` overrides the
+#: count per case so that a backend gets ``runner.THOROUGH_EXAMPLES`` in all (set_profile's ``examples``)
 PROFILES: dict[str, tuple[int, bool]] = {"ci": (6, False), "thorough": (150, True)}
-_profile = {"name": "ci"}
+_profile: dict[str, Any] = {"name": "ci", "examples": None}
+#: calls of a property check (generated and shrinking examples), counted for the report
+_examples = {"run": 0}
 
 DTYPES = ("float32", "float64", "complex64", "complex128", "bfloat16", "float16")
 STATES = ((1,), (5,), (2, 3), (2, 3, 4))
 LENGTHS = (0, 1, 2, 7, 16, 33)
 
 
-def set_profile(name: str) -> None:
+def set_profile(name: str, examples: int | None = None) -> None:
+    """Select a profile of ``PROFILES``; ``examples`` overrides its examples per property case."""
     if name not in PROFILES:
         raise ValueError(f"unknown Hypothesis profile {name!r}; known: {sorted(PROFILES)}")
-    _profile["name"] = name
+    if examples is not None and (not isinstance(examples, int) or examples < 1):
+        raise ValueError(f"examples must be a positive int, got {examples!r}")
+    _profile["name"], _profile["examples"] = name, examples
+
+
+def profile() -> tuple[str, int, bool]:
+    """The active profile: name, examples per property case, shrinking on or off."""
+    examples, shrink = PROFILES[_profile["name"]]
+    return _profile["name"], _profile["examples"] or examples, shrink
+
+
+def examples_run() -> int:
+    """How many examples the property checks have run in this process (a monotonic counter)."""
+    return _examples["run"]
 
 
 # ---------------------------------------------------------------- strategies
@@ -272,7 +289,7 @@ PROPERTIES: tuple[tuple[str, str, Callable, dict, str], ...] = (
 
 def _hypothesis_case(check: Callable, backend_method: str, strategy) -> Callable[[ModuleType], Outcome]:
     def run(backend: ModuleType) -> Outcome:
-        examples, shrink = PROFILES[_profile["name"]]
+        _, examples, shrink = profile()
         worst: list[Outcome] = []
 
         @settings(max_examples=examples, derandomize=True, database=None, deadline=None,
@@ -280,6 +297,7 @@ def _hypothesis_case(check: Callable, backend_method: str, strategy) -> Callable
                   phases=(Phase.generate, Phase.shrink) if shrink else (Phase.generate,))
         @given(strategy)
         def prop(p):
+            _examples["run"] += 1
             outcome = check(backend, backend_method, p)
             worst.append(outcome)
             if not outcome.passed:
@@ -313,6 +331,7 @@ def cases(backend: ModuleType) -> list[Case]:
                 doc=doc,
                 fn=_hypothesis_case(check, method, scan_problems(**strat_kw)),
                 requires=(needs,),
+                tags=("hypothesis",),
             ))
     for method in getattr(backend, "LOG_METHODS", ()):
         out.append(Case(
@@ -322,5 +341,6 @@ def cases(backend: ModuleType) -> list[Case]:
             fn=_hypothesis_case(log_scan_equals_reference, method,
                                 scan_problems(positive=True, dtypes=_REAL, resets=method != "heinsen")),
             requires=("log_scan",),
+            tags=("hypothesis",),
         ))
     return out

@@ -18,6 +18,11 @@ def test_backend_conforms(name):
     assert report.results, "no cases were collected"
     assert report.ok, to_text([report])
     assert '"ok": true' in to_json([report])
+    # every property case ran its examples, each one counted
+    h = report.hypothesis
+    assert h["profile"] == "ci" and h["property_cases"] == sum(r.id.startswith("scan/property/")
+                                                               for r in report.results) > 0
+    assert h["examples"] == h["property_cases"] * h["examples_per_case"]
 
 
 def test_every_xfail_has_a_reason():

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import subprocess
 import sys
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 import linrec
 from linrec.spec import tolerances
@@ -60,3 +63,45 @@ def test_cli_info_and_conformance_exit_codes(tmp_path):
         [sys.executable, "-m", "linrec.tools.cli", "conformance", "--backend", "no_such_module_xyz", "--quiet"],
         capture_output=True, text=True)
     assert missing.returncode == 1 and "NOT AVAILABLE" in missing.stdout
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_declared_jax_minimum_is_the_one_the_import_guard_enforces():
+    """pyproject's `jax>=` is what linrec.backends.MINIMUM_VERSIONS says (jax 0.5.0: the first with jax.ffi)."""
+    from linrec.backends import MINIMUM_VERSIONS
+
+    (declared,) = [r for r in _pyproject()["project"]["optional-dependencies"]["jax"] if r.startswith("jax>=")]
+    assert declared == f"jax>={MINIMUM_VERSIONS['jax']}" == "jax>=0.5.0"
+
+
+def test_an_older_jax_is_refused_on_import_naming_the_minimum(monkeypatch):
+    jax = pytest.importorskip("jax")
+    from linrec.backends import _minimum_jax, require_version, version_tuple
+
+    assert version_tuple("0.10.2") > version_tuple("0.5.0") > version_tuple("0.4.38")
+    assert version_tuple("2.13.0+cpu") == (2, 13, 0) and version_tuple("0.5.0rc1") == (0, 5)
+    require_version("jax", "0.5.0")
+    monkeypatch.setattr(jax, "__version__", "0.4.35")
+    with pytest.raises(ImportError, match=r"jax>=0\.5\.0, found jax 0\.4\.35"):
+        importlib.reload(_minimum_jax)
+    # the guard is the first thing linrec.backends.jax imports, before anything touches jax.ffi
+    init = (ROOT / "backends" / "jax" / "__init__.py").read_text()
+    first_import = next(line for line in init.splitlines() if line.startswith(("import ", "from ")))
+    assert first_import.startswith("from linrec.backends import _minimum_jax")
+
+
+def test_license_file_matches_the_declared_license():
+    project = _pyproject()["project"]
+    assert project["license"] == "Apache-2.0" and project["license-files"] == ["LICENSE"]
+    text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+    assert any(c.startswith("Programming Language :: Python :: 3") for c in project["classifiers"])
+    assert (ROOT / "CHANGELOG.md").is_file()

@@ -1,9 +1,11 @@
 """``linrec bench [scan|layers|memory|decode|all] [--quick] [--out DIR]``: run the benchmark scripts of ``benchmarks/``.
 
 The scripts live in the source tree (they are not installed with the package); this command finds them next to
-the package (``linrec.tools.bench.benchmarks_dir``) and calls their ``main``. Without a subcommand it runs ``all``.
-A full run writes ``benchmarks/results/`` (tables, plots, ``machine.json``); ``--quick`` is a smoke run on tiny
-sizes that prints the tables and writes nothing unless ``--out`` is given.
+the package (``linrec.tools.bench.benchmarks_dir``) and calls their ``main``. From an installed wheel it says so and
+how to get a checkout, and exits with status 2. Without a subcommand it runs ``all``. A full run writes
+``benchmarks/results/`` (tables, plots, ``machine.json``); ``--quick`` is a smoke run on tiny sizes that prints the
+tables and writes nothing unless ``--out`` is given (``all --quick`` takes about 9 minutes on a 2-core machine, nearly
+as long as a full run: framework start-up, compilations and the originals dominate).
 """
 
 from __future__ import annotations
@@ -24,12 +26,18 @@ SUBCOMMANDS = {
 
 _USAGE = "usage: linrec bench [{" + ",".join(SUBCOMMANDS) + "}] [--quick] [--out DIR]"
 
+NEEDS_CHECKOUT = (
+    "linrec bench: the benchmark scripts (benchmarks/*.py) are part of linrec's source tree, not of the installed "
+    "package. Run it from a source checkout installed in place: in the folder with pyproject.toml and benchmarks/, "
+    "pip install -c constraints.txt -e \".[all,bench]\" and then linrec bench (or python benchmarks/run_all.py)."
+)
+
 
 def _help() -> str:
     lines = [_USAGE, "", "Run the benchmark scripts of benchmarks/ (see benchmarks/README.md).", "", "subcommands:"]
     lines += [f"  {name:<8} {text}" for name, (_, text) in SUBCOMMANDS.items()]
     lines += ["", "options (each subcommand's --help lists its own):",
-              "  --quick    tiny sizes, seconds to a minute; writes nothing unless --out is given",
+              "  --quick    tiny sizes (all of them: about 9 minutes on 2 cores); writes nothing unless --out is given",
               "  --out DIR  where to write the Markdown tables, plots and machine.json"]
     return "\n".join(lines)
 
@@ -48,10 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     from linrec.tools import bench
 
+    if bench.benchmarks_dir() is None:
+        print(NEEDS_CHECKOUT, file=sys.stderr)
+        return 2
     try:
         module = bench.load_benchmark(SUBCOMMANDS[name][0])
     except FileNotFoundError as err:
-        print(f"linrec bench: {err}", file=sys.stderr)
+        print(f"linrec bench: {err}\n{NEEDS_CHECKOUT}", file=sys.stderr)
         return 2
     return int(module.main(argv) or 0)
 

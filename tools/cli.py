@@ -1,9 +1,11 @@
-"""The ``linrec`` command: ``conformance``, ``info``, ``golden``."""
+"""The ``linrec`` command: ``conformance``, ``info``, ``golden`` and the delegated ``convert``, ``inspect``, ``bench``,
+``train``. Also ``python -m linrec``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -13,11 +15,14 @@ __all__ = ["main"]
 
 
 def _progress(stream):
-    """A one-line counter on a terminal; on a pipe only problems and a line per backend."""
+    """A one-line counter on a terminal; on a pipe only problems and a line per backend.
+
+    Unsupported cases are not listed one by one: the report folds them into a line per missing function.
+    """
     tty = stream.isatty()
 
     def show(backend: str, done: int, total: int, result) -> None:
-        if result.status not in ("pass", "xfail"):
+        if result.status not in ("pass", "xfail", "unsupported"):
             stream.write(("\n" if tty else "") + f"  {result.status}: {result.id}\n")
         if tty:
             stream.write(f"\r{backend}: {done}/{total} cases")
@@ -28,17 +33,37 @@ def _progress(stream):
     return show
 
 
+def _load_xfails(path: str) -> dict[str, str]:
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"linrec conformance: cannot read --xfails {path}: {err}") from None
+    if not isinstance(manifest, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in manifest.items()):
+        raise SystemExit(f"linrec conformance: --xfails {path} must be a JSON object {{case id or pattern: reason}}")
+    return manifest
+
+
 def _cmd_conformance(args: argparse.Namespace) -> int:
     from linrec.conformance import run, to_json, to_text
 
-    backends = args.backend or list(linrec.BUNDLED_BACKENDS)
-    xfails = json.loads(Path(args.xfails).read_text()) if args.xfails else None
+    # like `python -m`, find a backend module in the current directory (console scripts do not put it on sys.path)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    xfails = _load_xfails(args.xfails) if args.xfails else None
     progress = None if args.quiet else _progress(sys.stderr)
-    reports = run(backends, thorough=args.thorough, xfails=xfails, select=args.select, progress=progress)
+    reports = run(args.backend, thorough=args.thorough, xfails=xfails, select=args.select, progress=progress)
     print(to_text(reports, verbose=args.verbose))
     if args.json:
         Path(args.json).write_text(to_json(reports))
         print(f"JSON report: {args.json}")
+    empty = [r.backend for r in reports if not r.skipped and not r.import_error and not r.results]
+    if empty:
+        what = f"--select {args.select!r} matches" if args.select else "there is"
+        print(f"linrec conformance: {what} no case for {', '.join(empty)}", file=sys.stderr)
+    if all(r.skipped for r in reports):
+        print("linrec conformance: no backend ran (none of their frameworks is installed)", file=sys.stderr)
+        return 1
     return 0 if all(r.ok for r in reports) else 1
 
 
@@ -92,6 +117,16 @@ def _cmd_golden(args: argparse.Namespace) -> int:
     return golden.main(["--out", str(args.out)] if args.out else [])
 
 
+def _run(argv: list[str]) -> int:
+    if argv and argv[0] in _DELEGATED:
+        from importlib import import_module
+
+        module, func, _ = _DELEGATED[argv[0]]
+        return getattr(import_module(module), func)(argv[1:])
+    args = _parser().parse_args(argv)
+    return args.func(args)
+
+
 #: subcommands whose own parser takes the rest of the command line
 _DELEGATED = {
     "convert": ("linrec.tools.convert", "convert_main", "convert a checkpoint between formats and frameworks"),
@@ -111,13 +146,7 @@ def _train_main(argv: list[str]) -> int:
     return import_module(_TASKS[argv[0]]).main(argv[1:])
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in _DELEGATED:
-        from importlib import import_module
-
-        module, func, _ = _DELEGATED[argv[0]]
-        return getattr(import_module(module), func)(argv[1:])
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linrec", description="Gated linear recurrences: spec, backends, conformance."
     )
@@ -126,9 +155,13 @@ def main(argv: list[str] | None = None) -> int:
 
     conf = sub.add_parser("conformance", help="run the conformance suite and print a report")
     conf.add_argument("--backend", action="append",
-                      help="numpy, jax, torch or a module path; repeatable (default: all bundled)")
-    conf.add_argument("--thorough", action="store_true", help="deep Hypothesis profile (many examples, shrinking)")
-    conf.add_argument("--select", help="only cases whose id matches this fnmatch pattern, e.g. 'scan/named/*'")
+                      help="numpy, jax, torch or a module path (found in the current directory too); repeatable "
+                           "(default: every bundled backend whose framework is installed)")
+    conf.add_argument("--thorough", action="store_true",
+                      help="deep Hypothesis profile: at least 100,000 examples per backend over its property cases, "
+                           "failures shrunk to a minimal example (minutes per backend, see the README)")
+    conf.add_argument("--select", help="only cases whose id matches this fnmatch pattern, e.g. 'scan/named/*' "
+                                       "(a pattern that matches no case fails the run)")
     conf.add_argument("--xfails", help="JSON xfail manifest {case id or pattern: reason} for your backend")
     conf.add_argument("--json", help="also write the report as JSON to this file")
     conf.add_argument("--verbose", action="store_true", help="list every case, not only those that did not pass")
@@ -140,14 +173,29 @@ def main(argv: list[str] | None = None) -> int:
     info.set_defaults(func=_cmd_info)
 
     gold = sub.add_parser("golden", help="regenerate the portable golden vectors")
-    gold.add_argument("--out", type=Path, help="output directory (default: the package's conformance/golden)")
+    gold.add_argument("--out", type=Path,
+                      help="output directory (default: conformance/golden of a source checkout; an installed "
+                           "package's copy is never overwritten)")
     gold.set_defaults(func=_cmd_golden)
 
     for name, (_, _, help_text) in _DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
+    return parser
 
-    args = parser.parse_args(argv)
-    return args.func(args)
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``linrec`` command; returns the exit code. Output cut short by a closed pipe (``| head``) is not an error."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = _run(argv)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away: send whatever is still buffered nowhere, so the interpreter's own flush at exit
+        # does not raise a second time, and stop quietly (141 = 128 + SIGPIPE, what a shell reports)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    return code
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """Regenerate the portable golden vectors of the scan: ``python -m linrec.tools.golden`` (or ``linrec golden``).
 
 Writes ``conformance/golden/scan.npz`` (inputs and float64 reference outputs) and ``scan.json``
-(a manifest any language can read: case names, dtypes, options, array keys). Inputs are stored as
+(a manifest any language can read: case names, dtypes, options, array keys). Without ``--out`` it writes
+into the source checkout the package runs from; an installed package's copy (site-packages) is never
+overwritten: there ``--out DIR`` is required. Inputs are stored as
 float64/complex128 values that are exactly representable in the case dtype; a loader rounds them
 to that dtype (a no-op on the values) before calling its backend.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ from linrec.conformance.compare import to_reference_precision
 from linrec.conformance.inputs import make_scan_inputs
 from linrec.spec import reference
 
-__all__ = ["GOLDEN_DIR", "SPECS", "build", "write"]
+__all__ = ["GOLDEN_DIR", "SPECS", "build", "default_out", "write"]
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "conformance" / "golden"
 
@@ -72,11 +75,25 @@ def write(directory: Path = GOLDEN_DIR) -> list[Path]:
     return paths
 
 
+def default_out(golden_dir: Path | None = None) -> Path | None:
+    """``conformance/golden`` when it belongs to a source checkout (``pyproject.toml`` beside ``conformance/``,
+    not under site-packages), else ``None``: the shipped vectors are data of the installed package."""
+    golden_dir = GOLDEN_DIR if golden_dir is None else golden_dir
+    root = golden_dir.parent.parent
+    installed = any(part in ("site-packages", "dist-packages") for part in golden_dir.parts)
+    return golden_dir if (root / "pyproject.toml").is_file() and not installed else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="linrec golden", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=GOLDEN_DIR, help="output directory")
+    parser.add_argument("--out", type=Path, help="output directory (default: conformance/golden of a source checkout)")
     args = parser.parse_args(argv)
-    for path in write(args.out):
+    out = args.out if args.out is not None else default_out()
+    if out is None:
+        print(f"linrec golden: {GOLDEN_DIR} belongs to the installed package and is not rewritten; "
+              "pass --out DIR to write the vectors elsewhere", file=sys.stderr)
+        return 2
+    for path in write(out):
         print(f"wrote {path}")
     return 0
 

@@ -4,6 +4,7 @@ Importing or using it changes no JAX setting: float64/complex128 inputs need JAX
 enables where needed (``with jax.enable_x64(True):``; see ``arrays.py``).
 """
 
+from linrec.backends import _minimum_jax  # noqa: F401  (first: refuses a jax older than linrec supports)
 from linrec.backends.jax.arrays import asarray, dtype_name, precision_scope, to_numpy
 from linrec.backends.jax.autodiff import vjp
 from linrec.backends.jax.gated_linear_rnn import (
