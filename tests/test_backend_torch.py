@@ -497,3 +497,20 @@ def test_log_method_domain_errors() -> None:
     with pytest.raises(ValueError, match=r"^resets is outside the log-space domain") as info:
         tb.linear_scan(a, b, resets=resets, method="log")  # a cut is a = 0, log 0 = -inf (§7)
     assert "'chunked'" in str(info.value)
+
+
+@pytest.mark.parametrize("method", ["associative", "chunked"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_none_is_bit_identical_to_explicit_zeros_for_complex_states(method, reverse):
+    """Found by ``linrec conformance --thorough`` (shrunk: B=3, T=7, complex64, reverse): with ``initial_state=None``
+    the prefix recursion rounded its first pair differently from the explicit-zeros path (1 ulp)."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        shape = (3, int(rng.integers(1, 20)), 1)
+        a = (rng.uniform(0.5, 1, shape) * np.exp(1j * rng.uniform(-3, 3, shape))).astype(np.complex64)
+        b = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(np.complex64)
+        h_none, f_none = tb.linear_scan(torch.tensor(a), torch.tensor(b), method=method, reverse=reverse)
+        zeros = torch.zeros(3, 1, dtype=torch.complex64)
+        h_zero, f_zero = tb.linear_scan(torch.tensor(a), torch.tensor(b), initial_state=zeros, method=method,
+                                        reverse=reverse)
+        assert torch.equal(h_none, h_zero) and torch.equal(f_none, f_zero)

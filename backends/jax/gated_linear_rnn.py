@@ -22,7 +22,7 @@ from flax import nnx
 from jax import lax
 
 from linrec.backends.jax import native_gated_linear_rnn as _fused
-from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
 from linrec.backends.jax.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
@@ -64,7 +64,7 @@ def _state(state, batch: int, x_dtype: str, config: GatedLinearRNNConfig, name: 
     h = spec.state_h(state, name=name)
     if h is None:
         return jnp.zeros((batch, config.d_h), acc)
-    h = jnp.asarray(h)
+    h = to_jax(h, f"{name}.h")
     spec.check_initial_state(tuple(h.shape), dtype_name(h), batch, x_dtype, config, name=f"{name}.h")
     return h.astype(acc)
 
@@ -192,7 +192,7 @@ def gated_linear_rnn(
     ``"sequential"`` (``lax.scan`` over the cell). Projections run in the dtype of ``x``; gates and state in
     ``state_dtype`` (float32 for bf16/f16), and ``final_state`` is returned in that dtype.
     """
-    x = jnp.asarray(x)
+    x = to_jax(x, "x")
     spec.check_input(tuple(x.shape), dtype_name(x), config)
     mode = spec.resolve_mode(mode, method, config, chunk_size)
     valid = _valid(lengths, x.shape[0], x.shape[1], method)
@@ -215,7 +215,7 @@ def gated_linear_rnn_step(
     params: Params, x_t: Array, state: State | None, *, config: GatedLinearRNNConfig
 ) -> tuple[Array, State]:
     """One step: ``x_t: (B, D_in)``, ``state: State(h=(B, H))`` (``None``: zeros) → ``(y_t: (B, D), State)``."""
-    x_t = jnp.asarray(x_t)
+    x_t = to_jax(x_t, "x_t")
     spec.check_step_input(tuple(x_t.shape), dtype_name(x_t), config)
     p = _prepare_params(params, x_t.dtype, config)
     h = _state(state, x_t.shape[0], dtype_name(x_t), config, "state")
@@ -318,7 +318,7 @@ class GatedLinearRNN(nnx.Module):
     ) -> tuple[Array, State]:
         """``x: (B, T, D_in)`` (``(T, B, D_in)`` with ``batch_first=False``), ``initial_state: State(h=(B, H))``
         → ``(y: (B, T, D) or (T, B, D), final_state: State(h=(B, H)))``; ``lengths: (B,)`` right padding."""
-        x = jnp.asarray(x)
+        x = to_jax(x, "x")
         if x.ndim != 3:
             layout = "(B, T, d_in)" if self.batch_first else "(T, B, d_in) (batch_first=False)"
             raise ValueError(f"x must have shape {layout}, got shape {tuple(x.shape)}")
@@ -337,7 +337,7 @@ class GatedLinearRNN(nnx.Module):
 
     def step(self, x_t: Array, state: State | None = None) -> tuple[Array, State]:
         """``x_t: (B, D_in)``, ``state: State(h=(B, H))`` → ``(y_t: (B, D), State)``."""
-        x_t = jnp.asarray(x_t)
+        x_t = to_jax(x_t, "x_t")
         dt = self._compute_dtype(x_t)
         return gated_linear_rnn_step(self._params(), x_t.astype(dt), state, config=self._config)
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype
+from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
 from linrec.backends.jax.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, gated_linear_rnn_step
 from linrec.spec import gated_linear_rnn_lm as spec
@@ -212,7 +212,7 @@ def gated_linear_rnn_lm(
     ``dropout_masks``: site → ``(B, T, D)`` multiplier (training). ``mode``/``method``/``chunk_size`` go to the
     time-mixing layer; ``remat=True`` recomputes each block in the backward pass (``jax.checkpoint``).
     """
-    inputs = jnp.asarray(inputs)
+    inputs = to_jax(inputs, "inputs")
     spec.check_input(tuple(inputs.shape), dtype_name(inputs), config)
     p = _prepare_params(params, config)
     n_batch, n_time = inputs.shape[:2]
@@ -382,7 +382,7 @@ class GatedLinearRNNLM(nnx.Module):
                  training: bool | None = None) -> tuple[Array, State]:
         """``inputs: (B, T)`` ids (or ``(B, T, F)``) → ``(out: (B, T, V_out), final_state: State)``; dropout iff
         training (default: ``not self.deterministic``)."""
-        inputs = jnp.asarray(inputs)
+        inputs = to_jax(inputs, "inputs")
         training = (not self.deterministic) if training is None else training
         masks = self._masks(*inputs.shape[:2]) if training and lengths is None and inputs.ndim >= 2 else None
         return gated_linear_rnn_lm(self._params(), inputs, config=self._config, initial_state=initial_state,

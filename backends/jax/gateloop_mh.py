@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
 from linrec.backends.jax.scan import linear_scan
 from linrec.spec import gateloop_mh as spec
@@ -101,7 +101,7 @@ def _chunked(q: Array, k: Array, v: Array, a: Array, state: Array, method: str, 
 
 
 def _prepare(params, x, state, config: GateLoopMHConfig, *, ndim: int, state_name: str):
-    x = jnp.asarray(x)
+    x = to_jax(x, "x")
     spec.check_x(config, tuple(x.shape), dtype_name(x), ndim=ndim, name="x" if ndim == 3 else "x_t")
     spec.check_params(config, {name: tuple(jnp.shape(p)) for name, p in params.items()})
     sdt = jnp_dtype(spec.state_dtype(config, dtype_name(x)))
@@ -109,7 +109,7 @@ def _prepare(params, x, state, config: GateLoopMHConfig, *, ndim: int, state_nam
     if state is None:
         state = jnp.zeros(spec.state_shape(config, x.shape[0]), sdt)
     else:
-        state = jnp.asarray(state)
+        state = to_jax(state, "state")
         spec.check_state(config, x.shape[0], tuple(state.shape), dtype_name(state), dtype_name(x),
                          name=f"{state_name}.h")
         state = state.astype(sdt)
@@ -311,7 +311,7 @@ class GateLoopMH(nnx.Module):
         method: str = "auto", chunk_size: int | None = None,
     ) -> tuple[Array, State]:
         """``x: (B, T, D)`` (``(T, B, D)`` with ``batch_first=False``) -> ``(y: same layout, final_state: State)``."""
-        x = jnp.asarray(x)
+        x = to_jax(x, "x")
         if x.ndim != 3:
             layout = "(B, T, d_model)" if self.batch_first else "(T, B, d_model) (batch_first=False)"
             raise ValueError(f"gateloop_mh: x must have shape {layout}, got shape {tuple(x.shape)}")

@@ -24,7 +24,7 @@ from jax import lax
 
 from linrec.backends.jax import native_mingru as _fused
 from linrec.backends.jax import scan as _scan
-from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
 from linrec.spec import checks
 from linrec.spec import mingru as spec
@@ -175,9 +175,9 @@ def run_sequence(
 
     With ``lengths`` (right padding) a padded position is an identity step (``a = 1, b = 0``) of the same scan
     and its output is zero."""
-    x = jnp.asarray(x)
+    x = to_jax(x, "x")
     h0 = spec.state_array(layer, "initial_state", initial_state)
-    h0 = None if h0 is None else jnp.asarray(h0)
+    h0 = None if h0 is None else to_jax(h0, "initial_state")
     spec.check_call(
         layer, config, tuple(x.shape), dtype_name(x), None if h0 is None else tuple(h0.shape),
         None if h0 is None else dtype_name(h0), mode=mode, method=method, methods=_scan.METHODS,
@@ -194,7 +194,7 @@ def run_sequence(
     log_h0 = None
     if mode == "parallel" and method == "log":
         log_h0 = _log_initial_state(layer, config, h0, x.shape[0], acc)
-    params = {k: jnp.asarray(v) for k, v in params.items()}
+    params = {k: to_jax(v, k) for k, v in params.items()}
     return _sequence(params, x, h0, log_h0, lengths, gates=gates, log_gates=log_gates, config=config, mode=mode,
                      method=method)
 
@@ -209,15 +209,15 @@ def run_step(
     config,
 ) -> tuple[Array, State]:
     """One step shared by the layers: ``h = a h + b`` with ``(a, b) = gates(x_t W + bias)``."""
-    x_t = jnp.asarray(x_t)
+    x_t = to_jax(x_t, "x_t")
     state = spec.state_array(layer, "state", state)
-    state = None if state is None else jnp.asarray(state)
+    state = None if state is None else to_jax(state, "state")
     spec.check_step(
         layer, config, tuple(x_t.shape), dtype_name(x_t), None if state is None else tuple(state.shape),
         None if state is None else dtype_name(state),
     )
     spec.check_params(layer, params, shapes)
-    params = {k: jnp.asarray(v) for k, v in params.items()}
+    params = {k: to_jax(v, k) for k, v in params.items()}
     state = None if state is None else state.astype(jnp_dtype(spec.state_dtype(dtype_name(x_t))))
     return _step(params, x_t, state, gates=gates, config=config)
 

@@ -25,7 +25,7 @@ from flax import nnx
 from jax import lax
 
 from linrec.backends.jax import scan as _scan
-from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype
+from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
 from linrec.backends.jax.mingru import MinGRU, mingru, mingru_step
 from linrec.spec import mingru as mingru_spec
@@ -52,7 +52,7 @@ Tree = dict[str, Any]  # {"embed.embedding", "head.kernel", ..., "layers": {suff
 
 def stack_params(params: Mapping[str, Any], config: MinGRULMConfig) -> Tree:
     """Canonical ``layers.{l}.<suffix>`` arrays -> ``tree["layers"][<suffix>]`` stacked on axis 0."""
-    tree: Tree = {k: jnp.asarray(v) for k, v in params.items() if not k.startswith("layers.")}
+    tree: Tree = {k: to_jax(v, k) for k, v in params.items() if not k.startswith("layers.")}
     tree["layers"] = {
         suffix: jnp.stack([jnp.asarray(params[f"layers.{l}.{suffix}"]) for l in range(config.n_layers)])
         for suffix in spec.layer_param_shapes(config)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from linrec.backends.jax.arrays import dtype_name, jnp_dtype
+from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.mingru import MinGRU, mingru, mingru_step
 from linrec.spec import checks
 from linrec.spec import mingru as mingru_spec
@@ -54,7 +54,7 @@ def _check_state(name: str, state, config: MinGRUStackConfig, batch: int, x_dtyp
     given = spec.state_arrays(name, state, config)
     if given is None:
         return [None] * config.num_layers
-    arrays = [jnp.asarray(h) for h in given]
+    arrays = [to_jax(h, "initial_state") for h in given]
     spec.check_state(name, config, batch, [tuple(a.shape) for a in arrays], [dtype_name(a) for a in arrays],
                      mingru_spec.state_dtype(x_dtype))
     return [State(a) for a in arrays]
@@ -109,11 +109,11 @@ def mingru_stack(
     Returns:
       The last layer's output and the final ``State`` (``h``: every layer's final minGRU state).
     """
-    x = jnp.asarray(x)
+    x = to_jax(x, "x")
     spec.check_input("x", tuple(x.shape), 3, config)
     spec.check_params(params, config)
     states = _check_state("initial_state", initial_state, config, x.shape[0], dtype_name(x))
-    params = {k: jnp.asarray(v) for k, v in params.items()}
+    params = {k: to_jax(v, k) for k, v in params.items()}
     return _forward(params, x, states, lengths, config, mode, method, dropout_rng, remat)
 
 
@@ -121,7 +121,7 @@ def mingru_stack_step(
     params: Mapping[str, Array], x_t: Array, state: State | None, *, config: MinGRUStackConfig
 ) -> tuple[Array, State]:
     """One step (evaluation mode): ``x_t (B, I)``, the ``State`` (``None``: default) -> ``(y_t, State)``."""
-    x_t = jnp.asarray(x_t)
+    x_t = to_jax(x_t, "x_t")
     spec.check_input("x_t", tuple(x_t.shape), 2, config)
     spec.check_params(params, config)
     states = _check_state("state", state, config, x_t.shape[0], dtype_name(x_t))
@@ -235,7 +235,7 @@ class MinGRUStack(nnx.Module):
         return {f"layers.{k}": (v if self.dtype is None else v.astype(self.dtype)) for k, v in flat.items()}
 
     def _cast(self, x) -> Array:
-        x = jnp.asarray(x)
+        x = to_jax(x, "x")
         return x if self.dtype is None else x.astype(self.dtype)
 
     def __call__(self, x: Array, initial_state: State | None = None, *, lengths: Array | None = None,
