@@ -78,7 +78,7 @@ def test_initial_state_is_a_state_with_named_fields(backend, model):
     hs = state.h if layers else (state.h,)
     if layers:
         assert isinstance(state.h, tuple) and len(state.h) == layers
-    assert all(tuple(np.shape(h))[0] == 2 for h in hs), "batch first"
+    assert all(np.shape(h)[0] == 2 for h in hs), "batch first"
     if model in POSITIONED:
         assert tuple(np.shape(state.position)) == (2,)
     else:
