@@ -33,7 +33,7 @@ MODEL = "gated_linear_rnn"
 SUFFIX = {"linrec": ".safetensors", "torch": ".pt", "torch-legacy": ".pt", "flax": ".msgpack"}
 FAST = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-SLOW = settings(max_examples=5000, deadline=None, database=None,
+SLOW = settings(max_examples=1000, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 HANG_SECONDS = 20  # far above any honest read of these few-KB files
 
