@@ -893,3 +893,31 @@ def test_glr_layer_takes_the_fused_path_only_where_it_computes_the_layer(framewo
         for got in results.values():  # (y, State(h)) each
             for g, w in ((got[0], want[0]), (got[1].h, want[1].h)):
                 _assert_close(arrays.to_numpy(g), w, "float32", what=f"{framework} {cfg.hidden_activation}")
+
+
+def test_fused_layer_kernels_refuse_a_second_derivative_naming_the_methods_that_serve_it():
+    """The fused minGRU/GatedLinearRNN kernels' backward has no derivative: double backward raises naming
+    ``chunked`` (which serves it), in torch and JAX, instead of failing inside the framework."""
+    torch = pytest.importorskip("torch")
+    jax = pytest.importorskip("jax")
+    from linrec.backends.jax.native_gated_linear_rnn import native_gated_linear_rnn as jax_glr
+    from linrec.backends.jax.native_mingru import native_mingru as jax_mingru
+    from linrec.backends.torch.native_gated_linear_rnn import native_gated_linear_rnn as torch_glr
+    from linrec.backends.torch.native_mingru import native_mingru as torch_mingru
+
+    rng = np.random.default_rng(0)
+    u2, u3, h0 = (rng.standard_normal(s).astype(np.float32) for s in ((2, 5, 6), (2, 5, 9), (2, 3)))
+    for fn, u, extra in ((torch_mingru, u2, ("g",)), (torch_glr, u3, (True,))):
+        ut = torch.tensor(u, requires_grad=True)
+        y, _ = fn(ut, torch.tensor(h0), *extra)
+        (g,) = torch.autograd.grad(y.square().sum(), ut)  # first order is served
+        assert torch.isfinite(g).all()
+        with pytest.raises(RuntimeError, match="method='chunked'"):  # a differentiable backward is refused
+            torch.autograd.grad(fn(ut, torch.tensor(h0), *extra)[0].square().sum(), ut, create_graph=True)
+    for fn, u, extra in ((jax_mingru, u2, ("g",)), (jax_glr, u3, (True,))):
+        def loss(u, fn=fn, extra=extra):
+            return (fn(u, jax.numpy.asarray(h0), *extra)[0] ** 2).sum()
+
+        assert np.isfinite(np.asarray(jax.grad(loss)(u))).all()
+        with pytest.raises(ValueError, match="method='chunked'"):
+            jax.grad(lambda u: jax.grad(loss)(u).sum())(u)

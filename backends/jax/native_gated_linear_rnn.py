@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from linrec.backends import native
 from linrec.backends.jax import native as scan_native
+from linrec.backends.jax.autodiff import first_order_only
 from linrec.backends.jax.native_mingru import applies  # the same rule for every fused kernel
 
 __all__ = ["applies", "native_gated_linear_rnn", "register"]
@@ -56,7 +57,10 @@ def _glr(u: Array, h0: Array, tied: bool, reverse: bool) -> tuple[Array, Array]:
 
 
 def _glr_fwd(u, h0, tied, reverse):
-    y, h, final = _forward(u, h0, tied, reverse)
+    # differentiating the backward pass differentiates this call too (it makes the residual h): refuse it clearly
+    forward = first_order_only(lambda u, h0: _forward(u, h0, tied, reverse),
+                               native.fused_double_backward_message("GatedLinearRNN"))
+    y, h, final = forward(u, h0)
     return (y, final), (u, h0, h)
 
 
@@ -64,7 +68,9 @@ def _glr_bwd(tied, reverse, residuals, cotangents):
     u, h0, h = residuals
     ct_y, ct_final = cotangents
     call = jax.ffi.ffi_call(_BWD, (_like(u.shape, u.dtype), _like(h0.shape, h0.dtype)), vmap_method="broadcast_all")
-    return call(u, h, h0, ct_y.astype(h.dtype), ct_final.astype(h.dtype), tied=bool(tied), reverse=bool(reverse))
+    kernel = first_order_only(lambda *xs: call(*xs, tied=bool(tied), reverse=bool(reverse)),
+                              native.fused_double_backward_message("GatedLinearRNN"))
+    return kernel(u, h, h0, ct_y.astype(h.dtype), ct_final.astype(h.dtype))
 
 
 _glr.defvjp(_glr_fwd, _glr_bwd)

@@ -19,6 +19,7 @@ import numpy as np
 
 from linrec.backends import native
 from linrec.backends.jax import native as scan_native
+from linrec.backends.jax.autodiff import first_order_only
 from linrec.backends.jax.scan import METHODS as SCAN_METHODS  # lists "native" when the kernel is built
 
 __all__ = ["applies", "native_mingru", "register"]
@@ -69,7 +70,9 @@ def _mingru_bwd(candidate, residuals, cotangents):
     ct_h, ct_final = cotangents
     call = jax.ffi.ffi_call(_BWD, (jax.ShapeDtypeStruct(u.shape, u.dtype), jax.ShapeDtypeStruct(h0.shape, h0.dtype)),
                             vmap_method="broadcast_all")
-    return call(u, h, h0, ct_h.astype(h.dtype), ct_final.astype(h.dtype), candidate=np.int32(candidate))
+    kernel = first_order_only(lambda *xs: call(*xs, candidate=np.int32(candidate)),
+                              native.fused_double_backward_message("minGRU"))
+    return kernel(u, h, h0, ct_h.astype(h.dtype), ct_final.astype(h.dtype))
 
 
 _mingru.defvjp(_mingru_fwd, _mingru_bwd)

@@ -59,6 +59,7 @@ __all__ = [
     "check_fused_shapes",
     "decay_layout",
     "describe",
+    "fused_double_backward_message",
     "glr_scan",
     "glr_scan_vjp",
     "linear_scan",
@@ -77,6 +78,12 @@ DTYPE_PAIRS = frozenset(
     [(d, d) for d in DTYPE_CODES] + [("float32", "complex64"), ("float64", "complex128")]
 )
 _STATUS = {1: "unsupported dtype pair (a, b)", 2: "inconsistent sizes"}
+
+
+def fused_double_backward_message(layer: str) -> str:
+    """Why a second derivative through a fused layer kernel raises, and which methods serve it."""
+    return (f"the fused native {layer} kernel (method='auto'/'native' on CPU) has no second derivative; for "
+            "higher-order gradients run the layer with method='chunked', 'associative' or 'sequential'")
 
 
 def available() -> bool:

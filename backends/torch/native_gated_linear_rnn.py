@@ -74,6 +74,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad_y, grad_h, grad_final):
     # grad_h: h is the residual, returned only so it can be saved; native_gated_linear_rnn never exposes it
+    if torch.is_grad_enabled():  # create_graph=True: the fused backward kernel has no derivative of its own
+        raise RuntimeError(native.fused_double_backward_message("GatedLinearRNN"))
     u, h0, h = ctx.saved_tensors
     grad_y = torch.zeros_like(h) if grad_y is None else grad_y
     grad_final = torch.zeros_like(h0) if grad_final is None else grad_final

@@ -81,6 +81,8 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_h, grad_final):
+    if torch.is_grad_enabled():  # create_graph=True: the fused backward kernel has no derivative of its own
+        raise RuntimeError(native.fused_double_backward_message("minGRU"))
     u, h0, h = ctx.saved_tensors
     grad_h = torch.zeros_like(h) if grad_h is None else grad_h
     grad_final = torch.zeros_like(h0) if grad_final is None else grad_final
