@@ -323,14 +323,17 @@ def _resolve_format(path: Any, fmt: str | None, *, reading: bool) -> str:
     name = fmt.lower()
     if name in CONTAINERS:
         return name
-    if reading:
-        from linrec.tools import originals
+    from linrec.tools import originals
 
-        if originals.canonical_name(name) is not None:
-            return originals.canonical_name(name)
+    original = originals.canonical_name(name)
+    if reading:
+        if original is not None:
+            return original
         known = [*CONTAINERS, *originals.ORIGINALS]
     else:
-        known = list(CONTAINERS)
+        if original is not None and original in originals.exportable():
+            return original
+        known = [*CONTAINERS, *originals.exportable()]
     raise CheckpointError(f"unknown {'source' if reading else 'target'} format {fmt!r}; known: {', '.join(known)}")
 
 
@@ -396,12 +399,17 @@ def _shapes(tensors: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
 
 
 def write(ckpt: Checkpoint, path: str | os.PathLike, *, format: str | None = None, force: bool = False) -> Path:
-    """Write ``ckpt`` as ``linrec`` safetensors, a ``torch`` state_dict or a ``flax`` NNX state dict."""
+    """Write ``ckpt`` as ``linrec`` safetensors, a ``torch`` state_dict, a ``flax`` NNX state dict, or in an
+    original's own format (``format=`` its name, see ``linrec.tools.originals.exportable()``)."""
     fmt = _resolve_format(path, format, reading=False)
     check_params(ckpt.model_type, ckpt.config, ckpt.params, where="the parameters to write")
     if fmt == "linrec":
         return formats.write_linrec(path, ckpt.params, model_type=ckpt.model_type,
                                     config=config_to_dict(ckpt.config), force=force)
+    if fmt not in CONTAINERS:  # an original's own format
+        from linrec.tools import originals
+
+        return originals.write_original(fmt, ckpt, path, force=force)
     named = to_names(ckpt.model_type, ckpt.params, fmt)
     writer = formats.write_torch if fmt == "torch" else formats.write_flax
     return writer(path, named, force=force)
@@ -675,7 +683,8 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("src", help="source file")
     parser.add_argument("dst", help="output file (written to a temporary file, renamed on success)")
     parser.add_argument("--from", dest="src_format", metavar="FORMAT", help=f"source format: {_format_help()}")
-    parser.add_argument("--to", dest="dst_format", metavar="FORMAT", help=f"output format: {', '.join(CONTAINERS)}")
+    parser.add_argument("--to", dest="dst_format", metavar="FORMAT",
+                        help=f"output format: {', '.join(CONTAINERS)}, or an original's name (its own format)")
     parser.add_argument("--model", help=f"model type when the source does not say: {', '.join(model_names())}")
     parser.add_argument("--config", help="config fields as a JSON object or a JSON file (what the shapes "
                                          "cannot tell, or overrides)")

@@ -1,0 +1,215 @@
+"""Import the original packages' checkpoints into linrec configs and canonical parameters.
+
+Each original has a declarative *import table* of rows ``(original name pattern, canonical name pattern,
+steps)`` and a small function that picks the linrec model type and the compat options. The steps move
+numbers only (unstack a leading layer axis, transpose a torch weight, take or place a column block,
+reorder column blocks), so an import is exact; the only arithmetic is the documented folding of
+lucidrains' RMSNorm gain into ``SimpleGateLoopLayer``'s projections.
+
+Everything the shapes tell (widths, tied/untied gates, true recurrence, the number of layers, biases,
+projections) is inferred; options the files cannot tell (activations, positional encoding mode, eps, ...)
+come from ``config`` overrides (linrec config fields of the target model) or take the original's defaults,
+and the checkpoint's ``notes`` list them.
+
+Originals (``--from NAME``; container; linrec target):
+
+- ``gated-linear-rnn``: PyPI ``flax-gated-linear-rnn`` ``GatedLinearRNN`` / ``GatedLinearRNNLM`` params
+  (flax msgpack) -> ``gated_linear_rnn`` / ``gated_linear_rnn_lm``.
+- ``gateloop``: ``flax_gate_loop`` ``GateLoop`` / ``GateLoopLM`` params, the same tree (flax msgpack)
+  -> ``gateloop`` / ``gated_linear_rnn_lm``.
+- ``nnx-gru``: jkyl/nnx-gru ``Model`` NNX state as a pure dict, blocks stacked (flax msgpack)
+  -> ``mingru_lm`` (``block="glu"``).
+- ``cheind-mingru``: cheind/mingru ``MinGRU`` v1.3 (``linear_gate_hidden.{l}``), v1.4 (``layers.{l}.gate_hidden``)
+  and ``MinGRUCell`` (torch) -> ``mingru`` (one plain layer) or ``mingru_stack``.
+- ``lucidrains-mingru``: ``mingru-pytorch`` ``minGRU`` / ``minLM`` (torch) -> ``mingru`` / ``mingru_lm``
+  (``block="prenorm"``).
+- ``gateloop-transformer``: ``SimpleGateLoopLayer`` (torch) -> ``gateloop_mh`` with one SISO head per channel.
+"""
+
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from linrec.tools import formats
+from linrec.tools.formats import CheckpointError
+from linrec.tools.originals.cheind import CHEIND_CELL_TABLE, CHEIND_V13_TABLE, CHEIND_V14_TABLE, _import_cheind
+from linrec.tools.originals.gateloop_transformer import SIMPLE_GATELOOP_TABLE, _import_simple_gateloop
+from linrec.tools.originals.glrnn import GLRNN_LAYER_TABLE, GLRNN_LM_TABLE, _import_glrnn
+from linrec.tools.originals.lucidrains import LUCIDRAINS_MINGRU_TABLE, LUCIDRAINS_MINLM_TABLE, _import_lucidrains
+from linrec.tools.originals.nnx_gru import NNX_GRU_TABLE, _import_nnx_gru
+from linrec.tools.originals.table import ORow, apply_table
+
+__all__ = [
+    "ORIGINALS",
+    "ORow",
+    "Original",
+    "apply_table",
+    "canonical_name",
+    "export_tensors",
+    "exportable",
+    "import_tensors",
+    "markdown",
+    "read_original",
+    "write_original",
+]
+
+
+@dataclass(frozen=True)
+class Original:
+    """An importable original: its container format and importer ``(tensors, model, overrides, source)``."""
+
+    name: str
+    container: str
+    description: str
+    importer: Callable[..., Any]
+    aliases: tuple[str, ...] = field(default=())
+    tables: tuple[tuple[str, tuple[ORow, ...]], ...] = field(default=())
+    target: str = ""
+    #: ``(checkpoint) -> {original name: array}`` (names joined with ``.``), or ``None`` if export is not offered;
+    #: raises ``CheckpointError`` naming the config option the original does not have
+    exporter: Callable[..., dict[str, np.ndarray]] | None = None
+
+
+ORIGINALS: dict[str, Original] = {
+    o.name: o
+    for o in (
+        Original("gated-linear-rnn", "flax", "flax-gated-linear-rnn `GatedLinearRNN` / `GatedLinearRNNLM` params",
+                 lambda t, m, o, s: _import_glrnn(t, m, o, s, "gated_linear_rnn"),
+                 ("flax-gated-linear-rnn", "glrnn"), (("layer", GLRNN_LAYER_TABLE), ("LM", GLRNN_LM_TABLE)),
+                 "`gated_linear_rnn` / `gated_linear_rnn_lm` (`dropout_placement='sum'`)"),
+        Original("gateloop", "flax", "flax_gate_loop `GateLoop` / `GateLoopLM` params (the same tree)",
+                 lambda t, m, o, s: _import_glrnn(t, m, o, s, "gateloop"), ("flax-gate-loop",),
+                 (("layer", GLRNN_LAYER_TABLE), ("LM", GLRNN_LM_TABLE)), "`gateloop` / `gateloop_lm`"),
+        Original("nnx-gru", "flax", "jkyl/nnx-gru `Model` NNX state (pure dict; blocks stacked on axis 0)",
+                 _import_nnx_gru, (), (("Model", NNX_GRU_TABLE),),
+                 "`mingru_lm` (`block='glu'`, `candidate='identity'`)"),
+        Original("cheind-mingru", "torch",
+                 "cheind/mingru `MinGRU` v1.3 / v1.4 or `MinGRUCell` state_dict (v1.3 with `residual=True`, "
+                 "i.e. `input_residual_align`, is refused: no linrec equivalent)",
+                 _import_cheind, ("cheind",),
+                 (("v1.3", CHEIND_V13_TABLE), ("v1.4", CHEIND_V14_TABLE), ("MinGRUCell", CHEIND_CELL_TABLE)),
+                 "`mingru` (one plain layer) or `mingru_stack` (`candidate='g'`, `default_state=0.5`)"),
+        Original("lucidrains-mingru", "torch", "minGRU-pytorch `minGRU` / `minLM` state_dict", _import_lucidrains,
+                 ("mingru-pytorch", "lucidrains"),
+                 (("minGRU", LUCIDRAINS_MINGRU_TABLE), ("minLM", LUCIDRAINS_MINLM_TABLE)),
+                 "`mingru` / `mingru_lm` (`block='prenorm'`, `candidate='g'`, no biases)"),
+        Original("gateloop-transformer", "torch", "gateloop-transformer `SimpleGateLoopLayer` state_dict",
+                 _import_simple_gateloop, ("simple-gateloop",), (("SimpleGateLoopLayer", SIMPLE_GATELOOP_TABLE),),
+                 "`gateloop_mh` with one SISO head per channel (`v_proj` = 0·x + 1, `out_proj` = identity, "
+                 "RMSNorm gain folded into the kernels)"),
+    )
+}
+
+
+def _steps(row: ORow) -> str:
+    steps = []
+    if row.stack:
+        steps.append(f"unstack `{{{row.stack}}}` (axis 0)")
+    if row.transpose:
+        steps.append("transpose")
+    if row.take:
+        steps.append(f"take column block {row.take[0] + 1} of {row.take[1]}")
+    if row.order:
+        steps.append(f"reorder column blocks {tuple(i + 1 for i in row.order)}")
+    if row.place:
+        steps.append(f"is column block {row.place[0] + 1} of {row.place[1]}")
+    return ", ".join(steps) or "identity"
+
+
+def markdown() -> str:
+    """The import tables as a section of ``spec/layout.md``."""
+    parts = ["## Importing the originals\n",
+             "`linrec convert SRC DST --from NAME` (or `convert(..., src_format=NAME)`) reads an original's checkpoint "
+             "and maps it by these tables (original name, with nested keys joined by `.`; canonical name; steps, "
+             "which only move numbers). Everything the shapes tell is inferred; options no file stores come from "
+             "`--config` (fields of the linrec config) or the original's defaults, and the summary lists them.\n"]
+    seen: dict[tuple, str] = {}
+    for o in ORIGINALS.values():
+        aliases = f" (also {', '.join(f'`{a}`' for a in o.aliases)})" if o.aliases else ""
+        parts.append(f"### `{o.name}`{aliases}\n")
+        parts.append(f"{o.description}; {o.container} file → {o.target}.\n")
+        if o.tables in seen:
+            parts.append(f"Same tables as [`{seen[o.tables]}`](#{seen[o.tables]}).\n")
+            continue
+        seen[o.tables] = o.name
+        for title, table in o.tables:
+            parts.append(f"{title}:\n")
+            parts.append("| original | canonical | steps |")
+            parts.append("|---|---|---|")
+            parts.extend(f"| `{r.original}` | `{r.canonical}` | {_steps(r)} |" for r in table)
+            parts.append("")
+    return "\n".join(parts)
+
+
+def canonical_name(name: str) -> str | None:
+    """The registry name of an original (accepts aliases and ``_`` for ``-``), or ``None``."""
+    key = name.lower().replace("_", "-")
+    for original in ORIGINALS.values():
+        if key == original.name or key in original.aliases:
+            return original.name
+    return None
+
+
+def _original(name: str) -> Original:
+    key = canonical_name(name)
+    if key is None:
+        raise CheckpointError(f"unknown original {name!r}; known: {', '.join(ORIGINALS)}")
+    return ORIGINALS[key]
+
+
+def _overrides(config: Any) -> dict[str, Any]:
+    from linrec.tools.convert import parse_config
+
+    config = parse_config(config)
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        from linrec.tools.layout import config_to_dict
+
+        return config_to_dict(config)
+    return dict(config)
+
+
+def import_tensors(name: str, tensors: Mapping[str, np.ndarray], *, model: str | None = None,
+                   config: Any = None, source: str | None = None):
+    """Import an original's flat tensor dict (names joined with ``.``) -> ``Checkpoint``."""
+    original = _original(name)
+    tensors = {k: np.asarray(v) for k, v in tensors.items()}
+    return original.importer(tensors, model, _overrides(config), source or original.name)
+
+
+def read_original(name: str, path: str | Path, *, model: str | None = None, config: Any = None):
+    """Read an original's checkpoint file (its container format) and import it."""
+    original = _original(name)
+    reader = formats.read_torch if original.container == "torch" else formats.read_flax
+    tensors = reader(path)
+    ckpt = import_tensors(original.name, tensors, model=model, config=config, source=f"{path} ({original.name})")
+    ckpt.source_format = original.name
+    return ckpt
+
+
+def exportable() -> list[str]:
+    """The originals ``linrec convert ... --to NAME`` can write."""
+    return [name for name, o in ORIGINALS.items() if o.exporter is not None]
+
+
+def export_tensors(name: str, ckpt: Any) -> dict[str, np.ndarray]:
+    """A linrec ``Checkpoint`` as the original's flat tensor dict (the inverse of :func:`import_tensors`)."""
+    original = _original(name)
+    if original.exporter is None:
+        raise CheckpointError(f"export to {original.name!r} is not offered; exportable: {', '.join(exportable())}")
+    return original.exporter(ckpt)
+
+
+def write_original(name: str, ckpt: Any, path: str | Path, *, force: bool = False) -> Path:
+    """Write ``ckpt`` in the original's own checkpoint format (its container), atomically."""
+    original = _original(name)
+    tensors = export_tensors(original.name, ckpt)
+    writer = formats.write_torch if original.container == "torch" else formats.write_flax
+    return writer(path, tensors, force=force)
