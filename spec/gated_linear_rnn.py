@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from linrec.spec import checks
-from linrec.spec.state import State
+from linrec.spec.state import State, layer_h
+from linrec.spec.state import check_lengths as _check_lengths
 
 __all__ = [
     "ACTIVATIONS",
@@ -189,33 +190,16 @@ def check_batch_first(batch_first: object) -> None:
 
 
 def state_h(state: object, *, name: str = "initial_state") -> object | None:
-    """The array ``h`` of a layer's carried state: ``state`` must be ``None`` or a
-    ``linrec.spec.state.State`` (recurrence.md §0); anything else raises ``TypeError`` naming ``name``."""
-    if state is None:
-        return None
-    if not isinstance(state, State):
-        raise TypeError(f"{name} must be a linrec State(h=...) (recurrence.md §0) or None, "
-                        f"got {type(state).__name__}")
-    if state.position is not None:
-        raise ValueError(f"{name}.position must be None for a single layer (it has no positional encoding)")
-    return state.h
+    """The array ``h`` of a layer's carried ``State`` (recurrence.md §0); see ``linrec.spec.state.layer_h``."""
+    return layer_h(state, name=name)
 
 
 def check_lengths(
     shape: tuple[int, ...], dtype: str, batch: int, n_time: int, values: np.ndarray | None = None,
     *, method: str = "auto",
 ) -> None:
-    """``lengths``: ``(B,)`` integers in ``[0, T]`` (right padding, recurrence.md §0); ``values`` are checked
-    when known (eager). ``method="log"`` cannot run padding (an identity step has ``b = 0``)."""
-    if not dtype.startswith(("int", "uint")):
-        raise TypeError(f"lengths must be integers (real inputs per row), got dtype {dtype}")
-    if tuple(shape) != (batch,):
-        raise ValueError(f"lengths must have shape (B,) = {(batch,)}, got {tuple(shape)}")
-    if values is not None and batch and (values.min() < 0 or values.max() > n_time):
-        raise ValueError(f"lengths must lie in [0, T={n_time}], got {values.tolist()}")
-    if method == "log":
-        raise ValueError("lengths (right padding) makes padded positions identity steps (b = 0), outside the "
-                         "domain of method='log'; use method='chunked' (or 'associative', 'sequential')")
+    """``lengths``: ``(B,)`` integers in ``[0, T]`` (right padding); see ``linrec.spec.state.check_lengths``."""
+    _check_lengths(shape, dtype, batch, n_time, values, method=method)
 
 
 def check_step_input(x_shape: tuple[int, ...], x_dtype: str, config: GatedLinearRNNConfig) -> None:

@@ -29,6 +29,7 @@ from linrec.spec import checks
 from linrec.spec import gated_linear_rnn as layer_spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
 from linrec.spec.state import State
+from linrec.spec.state import check_lengths as _check_lengths
 
 __all__ = [
     "DROPOUT_PLACEMENTS",
@@ -397,13 +398,9 @@ def state_parts(state: Any, config: GatedLinearRNNLMConfig, *, name: str = "init
 
 
 def check_lengths(lengths: np.ndarray, batch: int, length: int, *, minimum: int = 0) -> None:
-    """``lengths``: ``(B,)`` integers in ``[minimum, T]`` (rows are right-padded)."""
-    if not _is_int(lengths.dtype.name):
-        raise TypeError(f"lengths must be integers (real inputs per row), got dtype {lengths.dtype}")
-    if lengths.shape != (batch,):
-        raise ValueError(f"lengths must have shape (B,) = {(batch,)}, got {lengths.shape}")
-    if batch and (lengths.min() < minimum or lengths.max() > length):
-        raise ValueError(f"lengths must lie in [{minimum}, T={length}], got {lengths.tolist()}")
+    """``lengths``: ``(B,)`` integers in ``[minimum, T]`` (rows are right-padded); see
+    ``linrec.spec.state.check_lengths``."""
+    _check_lengths(lengths.shape, lengths.dtype.name, batch, length, lengths, minimum=minimum)
 
 
 def check_dropout_masks(shapes: Mapping[str, tuple[int, ...]], batch: int, length: int,

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from linrec.spec import checks, reference
-from linrec.spec.state import State
+from linrec.spec.state import State, layer_h
+from linrec.spec.state import check_lengths as _check_lengths
 
 __all__ = [
     "CANDIDATES",
@@ -253,14 +254,8 @@ _INT_KINDS = ("i", "u")
 
 def check_lengths(layer: str, shape: tuple[int, ...], dtype: str, batch: int, length: int,
                   values: np.ndarray | None) -> None:
-    """``lengths (B,)``: integers in ``[0, T]``, row ``i`` holding ``lengths[i]`` real inputs followed by
-    padding (right padding, recurrence.md §0); ``values`` is ``None`` when traced (no range check then)."""
-    if np.dtype(dtype).kind not in _INT_KINDS:
-        raise TypeError(f"{layer}: lengths must be integers, got dtype {dtype}")
-    if tuple(shape) != (batch,):
-        raise ValueError(f"{layer}: lengths must have shape (B,) = ({batch},), got {tuple(shape)}")
-    if values is not None and values.size and (values.min() < 0 or values.max() > length):
-        raise ValueError(f"{layer}: lengths must lie in [0, T={length}], got {np.asarray(values).tolist()}")
+    """``lengths (B,)`` of ``layer`` (right padding); see ``linrec.spec.state.check_lengths``."""
+    _check_lengths(shape, dtype, batch, length, values, where=layer)
 
 
 def padding_mask(lengths: np.ndarray | None, batch: int, length: int) -> np.ndarray | None:
@@ -271,15 +266,8 @@ def padding_mask(lengths: np.ndarray | None, batch: int, length: int) -> np.ndar
 
 
 def state_array(layer: str, name: str, state):
-    """The array ``h`` of a single layer's :class:`State` (``None`` stays ``None``), else a clear error."""
-    if state is None:
-        return None
-    if not isinstance(state, State):
-        raise TypeError(f"{layer}: {name} must be a linrec State(h=(B, d_inner)) or None, got "
-                        f"{type(state).__name__}")
-    if state.position is not None:
-        raise ValueError(f"{layer}: {name}.position must be None (this layer has no positional encoding)")
-    return state.h
+    """The array ``h`` of a single layer's :class:`State`; see ``linrec.spec.state.layer_h``."""
+    return layer_h(state, name=name, where=layer)
 
 
 def check_step(
