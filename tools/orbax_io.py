@@ -125,8 +125,8 @@ def _metadata(ckpt_dir: Path) -> tuple[Any, dict]:
     tree = getattr(item, "tree", item)
     custom = getattr(meta, "custom_metadata", None) or {}
     if not isinstance(tree, Mapping):
-        raise CheckpointError(f"{ckpt_dir}: the Orbax checkpoint holds a {type(tree).__name__}, not a tree of "
-                              "arrays")
+        raise CheckpointError(f"{ckpt_dir}: not a readable Orbax checkpoint: its {METADATA_FILE} describes a "
+                              f"{type(tree).__name__}, not a tree of arrays")
     return tree, dict(custom) if isinstance(custom, Mapping) else {}
 
 
