@@ -223,9 +223,9 @@ def read_orbax(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Restored with ``restore_type=np.ndarray``: no device arrays, exact bytes. RNG state is skipped (it is not
     restored at all). Any failure is a ``CheckpointError``.
     """
+    ocp = _ocp()  # first: without orbax the ImportError names the extra
     import jax
 
-    ocp = _ocp()
     ckpt_dir = find_checkpoint(path)
     tree, _ = _metadata(ckpt_dir)
     where = str(ckpt_dir)
@@ -255,14 +255,13 @@ def read_orbax(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def write_orbax(path: str | os.PathLike, state: Any, *, custom_metadata: Mapping[str, Any] | None = None,
-                force: bool = False, _save=None) -> Path:
+                force: bool = False) -> Path:
     """Write the pytree ``state`` (an ``nnx.State``) as an Orbax checkpoint directory at ``path``, atomically.
 
     Orbax writes into a fresh temporary sibling directory (``.NAME.XXXX.tmp``); on success it is renamed to
     ``path``. An existing ``path`` is refused unless ``force``; with ``force`` it is renamed away first, the new
     directory renamed in, then the old one deleted (two renames: no moment with a half-written ``path``, a
     brief one with none). On any error the temporary directory is removed and ``path`` is as it was.
-    ``_save`` replaces the save step (tests inject failures through it).
     """
     ocp = _ocp()
     path = Path(path)
@@ -272,12 +271,11 @@ def write_orbax(path: str | os.PathLike, state: Any, *, custom_metadata: Mapping
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         new = tmp / path.name  # created by orbax, so its mode is the ordinary one (mkdtemp's is 0o700)
-        if _save is not None:
-            _save(new, state)
-        else:
-            with ocp.StandardCheckpointer() as checkpointer:
-                checkpointer.save(new.absolute(), state, custom_metadata=dict(custom_metadata or {}))
-                checkpointer.wait_until_finished()
+        # the synchronous Checkpointer with StandardCheckpointer's handler: the same files as
+        # StandardCheckpointer().save, without a background thread outliving this call
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
+            checkpointer.save(new.absolute(), args=ocp.args.StandardSave(state),
+                              custom_metadata=dict(custom_metadata or {}))
         if not (new / METADATA_FILE).is_file():
             raise CheckpointError(f"{path}: orbax finished without writing {METADATA_FILE}")
         if path.exists() or path.is_symlink():
