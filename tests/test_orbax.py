@@ -276,11 +276,15 @@ def test_several_checkpoints_in_one_directory_are_named(tmp_path, capsys):
 
 
 def test_missing_orbax_is_an_import_error_naming_the_extra(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)
     ckpt = _ckpt("mingru_stack", dict(MODELS)["mingru_stack"])
+    convert.write(ckpt, tmp_path / "ok", format="orbax")
+    monkeypatch.setitem(sys.modules, "orbax.checkpoint", None)
     with pytest.raises(ImportError, match=r"linrec\[orbax\]"):
         convert.write(ckpt, tmp_path / "out", format="orbax")
     assert not (tmp_path / "out").exists()
+    with pytest.raises(ImportError, match=r"pip install 'linrec\[orbax\]'"):
+        convert.load(tmp_path / "ok", "numpy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok"]
 
 
 def test_the_converter_imports_orbax_only_when_used():
