@@ -141,7 +141,7 @@ def test_cli_convert_to_and_from_orbax_and_inspect(tmp_path, capsys):
     assert "(orbax)" in capsys.readouterr().out
     assert inspect_main([str(out), "--from", "orbax", "--model", "mingru_stack"]) == 0
     text = capsys.readouterr().out
-    assert "model:  mingru_stack" in text and "(orbax" in text and "bfloat16" in text
+    assert "model:  mingru_stack" in text and f"(orbax, spec {linrec.SPEC_VERSION})" in text and "bfloat16" in text
     assert inspect_main([str(out)]) == 0  # linrec's custom metadata names the model
     assert "model:  mingru_stack" in capsys.readouterr().out
     assert convert_main([str(out), str(tmp_path / "back.pt"), "--quiet"]) == 0

@@ -449,7 +449,10 @@ def _write_orbax(ckpt: Checkpoint, path: str | os.PathLike, *, force: bool) -> P
     from flax import nnx
 
     state = nnx.state(to_module(ckpt, "jax"))
-    metadata = {"linrec_format": formats.LINREC_FORMAT, "model_type": ckpt.model_type,
+    import linrec
+
+    metadata = {"linrec_format": formats.LINREC_FORMAT, "linrec_spec_version": linrec.SPEC_VERSION,
+                "linrec_version": linrec.__version__, "model_type": ckpt.model_type,
                 "config": json.dumps(config_to_dict(ckpt.config), sort_keys=True)}
     return orbax_io.write_orbax(path, state, custom_metadata=metadata, force=force)
 
@@ -680,8 +683,8 @@ def inspect(path: str | os.PathLike, *, format: str | None = None, model: str | 
         tensors, meta = formats.read_linrec(path)
         info.update(model_type=meta["model_type"], config=meta["config"], spec_version=meta["spec_version"],
                     linrec_version=meta["version"])
-    elif fmt == "orbax" and model is None and orbax_info(path)["model_type"] is None:
-        tensors = orbax_tensors(path)
+    elif fmt == "orbax" and model is None and _orbax_info(path)["model_type"] is None:
+        tensors = _orbax_tensors(path)
         info["notes"].append("this Orbax checkpoint does not say which model it holds; pass --model to check it")
     elif fmt in ("torch", "flax") and model is None:
         tensors = formats.read_torch(path) if fmt == "torch" else formats.read_flax(path)
@@ -689,7 +692,9 @@ def inspect(path: str | os.PathLike, *, format: str | None = None, model: str | 
     else:
         ckpt = read(path, format=fmt, model=model, config=config)
         if fmt == "orbax":  # names as stored (the NNX state paths)
-            tensors = orbax_tensors(path)
+            tensors = _orbax_tensors(path)
+            stored = _orbax_info(path)
+            info.update(spec_version=stored["spec_version"], linrec_version=stored["version"])
         else:
             tensors = ckpt.params if fmt not in ("torch", "flax") else (
                 formats.read_torch(path) if fmt == "torch" else formats.read_flax(path))
@@ -702,13 +707,14 @@ def inspect(path: str | os.PathLike, *, format: str | None = None, model: str | 
     return info
 
 
-def orbax_info(path: str | os.PathLike) -> dict[str, Any]:
+def _orbax_info(path: str | os.PathLike) -> dict[str, Any]:
+    """linrec's custom metadata of an Orbax checkpoint (model type, config, versions; ``None`` if absent)."""
     from linrec.tools import orbax_io
 
     return orbax_io.read_orbax_metadata(path)[1]
 
 
-def orbax_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def _orbax_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The Orbax checkpoint's parameters by stored name, as metadata placeholders (inspect reads no data)."""
     from linrec.tools import orbax_io
 

@@ -179,7 +179,8 @@ def read_orbax_metadata(path: str | os.PathLike) -> tuple[dict[str, np.ndarray],
     """Parameter name -> a zero-cost placeholder array of the stored shape and dtype, and the linrec info.
 
     Nothing but metadata is read, so a checkpoint can be checked against a model before its data is
-    loaded. The info is ``{"model_type", "config"}`` from linrec's custom metadata (``None`` if absent).
+    loaded. The info is ``{"model_type", "config", "spec_version", "version"}`` from linrec's custom metadata
+    (each ``None`` if absent).
     """
     ckpt_dir = find_checkpoint(path)
     tree, custom = _metadata(ckpt_dir)
@@ -199,7 +200,10 @@ def read_orbax_metadata(path: str | os.PathLike) -> tuple[dict[str, np.ndarray],
 
 
 def _linrec_info(custom: Mapping, where: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"model_type": None, "config": None}
+    info: dict[str, Any] = {"model_type": None, "config": None, "spec_version": None, "version": None}
+    for key, field in (("linrec_spec_version", "spec_version"), ("linrec_version", "version")):
+        if isinstance(custom.get(key), str):
+            info[field] = custom[key]
     model_type = custom.get("model_type")
     if model_type is not None:
         if not isinstance(model_type, str):
