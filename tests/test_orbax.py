@@ -254,6 +254,9 @@ def test_missing_extra_and_misshapen_tensors_are_listed_together(tmp_path, capsy
              "layers.0.mingru.proj.bias", "layers.0.mingru.stray", extra=("--config", config))
 
 
+# after a failed restore, orbax's asyncio machinery may later report "Event loop is closed" as an unraisable
+# exception (a callback of its own, outside linrec's call); the error linrec raises is what is tested here
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_corrupt_array_data_is_one_error(tmp_path, capsys):
     _, module = _module("mingru_stack")
     src = tmp_path / "user"
