@@ -16,14 +16,16 @@ Command line (wired into ``linrec`` as ``convert`` and ``inspect``)::
     linrec inspect FILE [--from F] [--model M] [--config JSON|FILE] [--json]
 
 Formats: ``linrec`` (``.safetensors``, canonical names + config metadata), ``torch`` (``.pt``/``.pth``/``.bin``
-state_dict of the linrec ``nn.Module``), ``flax`` (``.msgpack``/``.flax``, the NNX state as a nested dict), and,
+state_dict of the linrec ``nn.Module``), ``flax`` (``.msgpack``/``.flax``, the NNX state as a nested dict),
+``orbax`` (a checkpoint directory holding the NNX state, ``linrec.tools.orbax_io``; an existing directory is
+read as one, a new one needs ``format="orbax"``), and,
 as sources, the originals by name (``linrec.tools.originals.ORIGINALS``). The renaming between formats is the
 declarative table of ``linrec.tools.layout`` (``spec/layout.md``). Files without a config (torch, flax,
 originals) need ``model`` (except originals, which know theirs); every config field the tensor shapes
 determine is inferred, the others come from ``config`` or take their defaults (listed in the summary's notes).
 
 Safety: ``.pt`` files are read only with ``torch.load(weights_only=True)``; every output is written to a
-temporary file and renamed on success (no output file on any error); an existing output is replaced only
+temporary file (or directory) and renamed on success (no output on any error); an existing output is replaced only
 with ``force=True`` (``--force``). Missing, unexpected and misshapen tensors are reported together in one
 ``CheckpointError``.
 """
@@ -362,6 +364,8 @@ def _read(path: str | os.PathLike, format: str | None, model: str | None, config
         cfg, notes = build_config(layout, _shapes(tensors), config, stored=info["config"])
         check_params(model_type, cfg, tensors, where=str(path))
         return Checkpoint(model_type, cfg, tensors, fmt, notes)
+    if fmt == "orbax":
+        return _read_orbax(path, model, config)
     if fmt in ("torch", "flax"):
         tensors = formats.read_torch(path) if fmt == "torch" else formats.read_flax(path)
         if model is None:
@@ -379,9 +383,25 @@ def _read(path: str | os.PathLike, format: str | None, model: str | None, config
     return ckpt
 
 
-def _pick_model(stored: str | None, given: str | None, path: Any) -> str:
+def _read_orbax(path: str | os.PathLike, model: str | None, config: Any) -> Checkpoint:
+    """An Orbax checkpoint directory (``linrec.tools.orbax_io``): checked against the model from the metadata
+    alone (shapes, dtypes, names), then its arrays are restored and renamed through the flax table."""
+    from linrec.tools import orbax_io
+
+    placeholders, info = orbax_io.read_orbax_metadata(path)
+    model_type = _pick_model(info["model_type"], model, path, what="Orbax checkpoint")
+    layout = get_layout(model_type)
+    shaped, unknown = from_names(layout.model, placeholders, "flax")
+    cfg, notes = build_config(layout, _shapes(shaped), config, stored=info["config"])
+    check_params(layout.model, cfg, shaped, unknown=unknown, source="flax", where=str(path))
+    params, unknown = from_names(layout.model, orbax_io.read_orbax(path), "flax")
+    check_params(layout.model, cfg, params, unknown=unknown, source="flax", where=str(path))
+    return Checkpoint(layout.model, cfg, params, "orbax", notes)
+
+
+def _pick_model(stored: str | None, given: str | None, path: Any, *, what: str = "safetensors file") -> str:
     if stored is None and given is None:
-        raise CheckpointError(f"{path}: the safetensors file has no linrec 'model_type' metadata; pass model= "
+        raise CheckpointError(f"{path}: the {what} has no linrec 'model_type' metadata; pass model= "
                               f"(--model), one of: {', '.join(model_names())}")
     if stored is None or given is None:
         return get_layout(stored or given).model
@@ -399,13 +419,16 @@ def _shapes(tensors: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
 
 
 def write(ckpt: Checkpoint, path: str | os.PathLike, *, format: str | None = None, force: bool = False) -> Path:
-    """Write ``ckpt`` as ``linrec`` safetensors, a ``torch`` state_dict, a ``flax`` NNX state dict, or in an
-    original's own format (``format=`` its name, see ``linrec.tools.originals.exportable()``)."""
+    """Write ``ckpt`` as ``linrec`` safetensors, a ``torch`` state_dict, a ``flax`` NNX state dict, an ``orbax``
+    checkpoint directory (the NNX state), or in an original's own format (``format=`` its name, see
+    ``linrec.tools.originals.exportable()``)."""
     fmt = _resolve_format(path, format, reading=False)
     check_params(ckpt.model_type, ckpt.config, ckpt.params, where="the parameters to write")
     if fmt == "linrec":
         return formats.write_linrec(path, ckpt.params, model_type=ckpt.model_type,
                                     config=config_to_dict(ckpt.config), force=force)
+    if fmt == "orbax":
+        return _write_orbax(ckpt, path, force=force)
     if fmt not in CONTAINERS:  # an original's own format
         from linrec.tools import originals
 
@@ -413,6 +436,25 @@ def write(ckpt: Checkpoint, path: str | os.PathLike, *, format: str | None = Non
     named = to_names(ckpt.model_type, ckpt.params, fmt)
     writer = formats.write_torch if fmt == "torch" else formats.write_flax
     return writer(path, named, force=force)
+
+
+def _write_orbax(ckpt: Checkpoint, path: str | os.PathLike, *, force: bool) -> Path:
+    """The NNX module's full ``nnx.state`` (what ``StandardCheckpointer().save(dir, nnx.state(model))`` writes),
+    with the model type and config in Orbax's custom metadata; a directory renamed into place on success."""
+    from linrec.tools import orbax_io
+
+    orbax_io._ocp()  # the ImportError naming the extra comes before any module is built
+    if (Path(path).exists() or Path(path).is_symlink()) and not force:
+        raise FileExistsError(f"{path} exists; pass force=True (--force) to overwrite it")
+    from flax import nnx
+
+    state = nnx.state(to_module(ckpt, "jax"))
+    import linrec
+
+    metadata = {"linrec_format": formats.LINREC_FORMAT, "linrec_spec_version": linrec.SPEC_VERSION,
+                "linrec_version": linrec.__version__, "model_type": ckpt.model_type,
+                "config": json.dumps(config_to_dict(ckpt.config), sort_keys=True)}
+    return orbax_io.write_orbax(path, state, custom_metadata=metadata, force=force)
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, src_format: str | None = None,
@@ -623,7 +665,8 @@ def load(path: str | os.PathLike, backend: str = "jax", *, format: str | None = 
 
 def save(model: Any, path: str | os.PathLike, *, force: bool = False, format: str | None = None,
          model_type: str | None = None) -> Path:
-    """Write a linrec module (NNX or torch) or a ``(config, params)`` pair; the format follows the extension."""
+    """Write a linrec module (NNX or torch) or a ``(config, params)`` pair; the format follows the extension
+    (``format="orbax"`` writes an Orbax checkpoint directory)."""
     return write(module_to_checkpoint(model, model=model_type), path, format=format, force=force)
 
 
@@ -640,13 +683,21 @@ def inspect(path: str | os.PathLike, *, format: str | None = None, model: str | 
         tensors, meta = formats.read_linrec(path)
         info.update(model_type=meta["model_type"], config=meta["config"], spec_version=meta["spec_version"],
                     linrec_version=meta["version"])
+    elif fmt == "orbax" and model is None and _orbax_info(path)["model_type"] is None:
+        tensors = _orbax_tensors(path)
+        info["notes"].append("this Orbax checkpoint does not say which model it holds; pass --model to check it")
     elif fmt in ("torch", "flax") and model is None:
         tensors = formats.read_torch(path) if fmt == "torch" else formats.read_flax(path)
         info["notes"].append(f"a {fmt} file does not say which model it holds; pass --model to check it")
     else:
         ckpt = read(path, format=fmt, model=model, config=config)
-        tensors = ckpt.params if fmt not in ("torch", "flax") else (
-            formats.read_torch(path) if fmt == "torch" else formats.read_flax(path))
+        if fmt == "orbax":  # names as stored (the NNX state paths)
+            tensors = _orbax_tensors(path)
+            stored = _orbax_info(path)
+            info.update(spec_version=stored["spec_version"], linrec_version=stored["version"])
+        else:
+            tensors = ckpt.params if fmt not in ("torch", "flax") else (
+                formats.read_torch(path) if fmt == "torch" else formats.read_flax(path))
         info.update(model_type=ckpt.model_type, config=config_to_dict(ckpt.config), notes=list(ckpt.notes))
     rows = [{"name": k, "dtype": np.asarray(v).dtype.name, "shape": list(np.shape(v))} for k, v in tensors.items()]
     info["tensors"] = rows
@@ -654,6 +705,20 @@ def inspect(path: str | os.PathLike, *, format: str | None = None, model: str | 
     info["parameters"] = int(sum(np.size(v) for v in tensors.values()))
     info["bytes"] = int(sum(np.asarray(v).nbytes for v in tensors.values()))
     return info
+
+
+def _orbax_info(path: str | os.PathLike) -> dict[str, Any]:
+    """linrec's custom metadata of an Orbax checkpoint (model type, config, versions; ``None`` if absent)."""
+    from linrec.tools import orbax_io
+
+    return orbax_io.read_orbax_metadata(path)[1]
+
+
+def _orbax_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The Orbax checkpoint's parameters by stored name, as metadata placeholders (inspect reads no data)."""
+    from linrec.tools import orbax_io
+
+    return orbax_io.read_orbax_metadata(path)[0]
 
 
 # --- command line -------------------------------------------------------------------------------------
@@ -677,11 +742,13 @@ def convert_main(argv: Sequence[str] | None = None) -> int:
     """``linrec convert SRC DST``: returns the exit status (0 on success, 1 on a reported error)."""
     parser = argparse.ArgumentParser(
         prog="linrec convert",
-        description="Convert a checkpoint between linrec safetensors, torch state_dicts and flax msgpack "
-                    "(formats from the extensions: .safetensors, .pt/.pth/.bin, .msgpack/.flax), or import "
-                    "an original's checkpoint.")
-    parser.add_argument("src", help="source file")
-    parser.add_argument("dst", help="output file (written to a temporary file, renamed on success)")
+        description="Convert a checkpoint between linrec safetensors, torch state_dicts, flax msgpack and "
+                    "Orbax checkpoint directories (formats from the extensions: .safetensors, .pt/.pth/.bin, "
+                    ".msgpack/.flax; an existing directory is orbax; a new directory needs --to orbax), import "
+                    "an original's checkpoint, or export into an original's format.")
+    parser.add_argument("src", help="source file or Orbax checkpoint directory")
+    parser.add_argument("dst", help="output file or directory (written beside as a temporary file or "
+                                    "directory, renamed on success)")
     parser.add_argument("--from", dest="src_format", metavar="FORMAT", help=f"source format: {_format_help()}")
     parser.add_argument("--to", dest="dst_format", metavar="FORMAT",
                         help=f"output format: {', '.join(CONTAINERS)}, or an original's name (its own format)")
@@ -709,9 +776,9 @@ def inspect_main(argv: Sequence[str] | None = None) -> int:
     """``linrec inspect FILE``: prints the model, the config and the tensor table."""
     parser = argparse.ArgumentParser(prog="linrec inspect", description="Show a checkpoint's model, config and "
                                                                           "tensors.")
-    parser.add_argument("file")
+    parser.add_argument("file", help="checkpoint file or Orbax checkpoint directory")
     parser.add_argument("--from", dest="src_format", metavar="FORMAT", help=f"format: {_format_help()}")
-    parser.add_argument("--model", help="model type, for torch/flax files")
+    parser.add_argument("--model", help="model type, for torch/flax files and Orbax checkpoints")
     parser.add_argument("--config", help="config fields as a JSON object or a JSON file")
     parser.add_argument("--json", action="store_true", help="print the description as JSON")
     args = parser.parse_args(argv)

@@ -52,8 +52,9 @@ __all__ = [
     "write_torch",
 ]
 
-#: The container formats (the originals' importers read one of these too).
-CONTAINERS = ("linrec", "torch", "flax")
+#: The container formats (the originals' importers read one of these too). ``orbax`` is a directory
+#: (``linrec.tools.orbax_io``), named like ``flax``.
+CONTAINERS = ("linrec", "torch", "flax", "orbax")
 #: File extension -> container format.
 EXTENSIONS = {".safetensors": "linrec", ".pt": "torch", ".pth": "torch", ".bin": "torch", ".msgpack": "flax",
               ".flax": "flax"}
@@ -67,12 +68,15 @@ MAX_DEPTH = 64
 
 
 def format_from_path(path: str | os.PathLike) -> str:
-    """The container format implied by the file extension; ``CheckpointError`` for an unknown one."""
+    """The container format implied by the file extension (an existing directory: ``orbax``);
+    ``CheckpointError`` for an unknown one."""
+    if Path(path).is_dir():
+        return "orbax"
     suffix = Path(path).suffix.lower()
     if suffix not in EXTENSIONS:
         known = ", ".join(f"{ext} ({fmt})" for ext, fmt in EXTENSIONS.items())
-        raise CheckpointError(f"{path}: cannot tell the format from the extension {suffix!r}; known: {known}; "
-                              "or name it with --from/--to")
+        raise CheckpointError(f"{path}: cannot tell the format from the extension {suffix!r}; known: {known}, "
+                              "a directory (orbax); or name it with --from/--to")
     return EXTENSIONS[suffix]
 
 

@@ -5,7 +5,8 @@ The format: 8 bytes little-endian header length ``n``, ``n`` bytes of JSON
 the raw little-endian tensor bytes. Written here rather than through ``safetensors.numpy``
 because that cannot hold bfloat16 arrays, and because a reader that checks every offset against
 the file size turns a lying header into a clear error instead of a crash or garbage.
-Writes go to a temporary file that is renamed into place, so a failed write leaves nothing.
+Writes go to a temporary file that is renamed into place, so a failed write leaves nothing; the file gets
+the permissions an ordinary write would (``0o666`` minus the umask), not ``mkstemp``'s ``0o600``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from linrec.backends.numpy.arrays import np_dtype
 
-__all__ = ["CheckpointError", "atomic_write", "read_safetensors", "write_safetensors"]
+__all__ = ["CheckpointError", "atomic_write", "current_umask", "read_safetensors", "write_safetensors"]
 
 _TO_ST = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
           "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
@@ -35,6 +36,27 @@ _MAX_DIMS = 64  # NumPy's limit
 
 class CheckpointError(ValueError):
     """A checkpoint file is unreadable, corrupt, or does not match what was expected."""
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows.
+
+    ``os.umask`` can only be read by setting it, and the umask is process-global: between a set and the
+    restore another thread creating a file would get the temporary value. Linux reports the umask in
+    ``/proc/self/status`` (``Umask:`` line, kernel 4.7+), which reads it without a window; elsewhere the
+    set-and-restore idiom is used, with the value ``0o077`` set meanwhile (the most restrictive common
+    umask, so a file created by another thread in that instant is never more open than intended).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, data_writer, *, force: bool = False) -> Path:
@@ -52,6 +74,8 @@ def atomic_write(path: str | os.PathLike, data_writer, *, force: bool = False) -
         with os.fdopen(fd, "wb") as fh:
             data_writer(fh)
             fh.flush()
+            # mkstemp makes the file 0o600; give it the mode an ordinary open() would (0o666 minus the umask)
+            os.fchmod(fh.fileno(), 0o666 & ~current_umask())
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
