@@ -131,8 +131,9 @@ def test_lm_exports_into_the_original(fglrnn, tmp_path):
 
     # a decode step with the carry: the original re-adds position 0, as compat_step_position_zero=True does
     h1, step_logits = lm.apply({"params": restored}, tokens[:, :1], training=False, carry=h)
-    ref1, _ = lm_spec.step(p64, tokens[:, 0], state, config)
+    ref1, state1 = lm_spec.step(p64, tokens[:, 0], state, config)
     _assert_close(step_logits[:, 0], ref1, 10)
+    _assert_close(h1, np.stack(state1.h, axis=1), 10)
 
     back = convert.read(tmp_path / "lm.msgpack", format="gated-linear-rnn", config={
         "eps": 1e-5, "positional_encoding_mode": "sinusoidal", "max_seq_length": 16, "embedding_dropout": 0.1,
