@@ -106,15 +106,20 @@ def check_params(params: Mapping[str, Any], config: MinGRUStackLMConfig) -> None
     mingru_spec.check_params("mingru_stack_lm", params, param_shapes(config))
 
 
-def check_tokens(name: str, tokens: np.ndarray, ndim: int, config: MinGRUStackLMConfig) -> None:
-    """``tokens (B, T)`` (``ndim=2``) or ``token (B,)`` integer ids in ``[0, V)``."""
-    if tokens.ndim != ndim or tokens.dtype.kind not in "iu":
+def check_tokens(name: str, shape: tuple[int, ...], dtype: str, ndim: int, config: MinGRUStackLMConfig,
+                 values: np.ndarray | None) -> None:
+    """``tokens (B, T)`` (``ndim=2``) / ``token (B,)``: integer ids in ``[0, V)``; ``values`` is ``None`` when
+    traced (shape and dtype are still checked)."""
+    if np.dtype(dtype).kind not in "iu":
+        raise TypeError(f"mingru_stack_lm: {name} must hold integer token ids, got dtype {dtype}")
+    if len(shape) != ndim:
         want = "(B, T)" if ndim == 2 else "(B,)"
-        raise ValueError(f"mingru_stack_lm: {name} must be integer token ids of shape {want}, got "
-                         f"{tokens.dtype} {tuple(tokens.shape)}")
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
-        raise ValueError(f"mingru_stack_lm: {name} must be in [0, vocab_size={config.vocab_size}), got "
-                         f"[{tokens.min()}, {tokens.max()}]")
+        raise ValueError(f"mingru_stack_lm: {name} must have shape {want}, got {tuple(shape)}")
+    if values is not None and values.size:
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi >= config.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"mingru_stack_lm: {name} contains id {bad}, outside [0, vocab_size={config.vocab_size})")
 
 
 def forward(
@@ -130,7 +135,7 @@ def forward(
     head's bias (the stack outputs zeros there).
     """
     tokens = np.asarray(tokens)
-    check_tokens("tokens", tokens, 2, config)
+    check_tokens("tokens", tokens.shape, tokens.dtype.name, 2, config, tokens)
     check_params(params, config)
     x = np.asarray(params["embed.embedding"])[tokens]
     y, state = stack_spec.forward(stack_spec.sub_params(params, "rnn."), x, config.stack, initial_state, lengths)
@@ -142,6 +147,6 @@ def step(
 ) -> tuple[np.ndarray, State]:
     """One step: ``token (B,)`` and the ``State`` (``None``: default) -> ``(logits (B, V), State)``."""
     token = np.asarray(token)
-    check_tokens("token", token, 1, config)
+    check_tokens("token", token.shape, token.dtype.name, 1, config, token)
     logits, state = forward(params, token[:, None], config, state)
     return logits[:, 0], state

@@ -154,3 +154,16 @@ def test_config_is_checked():
         spec.MinGRUStackLMConfig(vocab_size=0, input_size=3, hidden_sizes=(4,))
     with pytest.raises(ValueError, match="dropout"):
         spec.MinGRUStackLMConfig(vocab_size=3, input_size=3, hidden_sizes=(4,), dropout=1.5)
+
+
+def test_bad_tokens_are_refused_by_name():
+    from linrec.backends.numpy.mingru_stack_lm import mingru_stack_lm
+
+    config = spec.MinGRUStackLMConfig(vocab_size=4, input_size=2, hidden_sizes=(3,))
+    params = spec.init_params(config)
+    with pytest.raises(TypeError, match="tokens must hold integer"):
+        mingru_stack_lm(params, np.zeros((1, 2), np.float32), config=config)
+    with pytest.raises(ValueError, match="tokens must have shape"):
+        mingru_stack_lm(params, np.zeros((1, 2, 1), np.int64), config=config)
+    with pytest.raises(ValueError, match=r"id -1, outside \[0, vocab_size=4\)"):
+        mingru_stack_lm(params, np.array([[0, -1]]), config=config)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from linrec.backends.jax.arrays import to_jax
+from linrec.backends.jax.arrays import dtype_name, to_jax
 from linrec.backends.jax.mingru_stack import MinGRUStack, mingru_stack, mingru_stack_initial_state, mingru_stack_step
 from linrec.spec import mingru_stack_lm as spec
 from linrec.spec.mingru_stack import sub_params
@@ -28,8 +28,10 @@ Array = jax.Array
 
 
 def _tokens(tokens: Any, name: str, ndim: int, config: MinGRUStackLMConfig) -> Array:
-    spec.check_tokens(name, np.asarray(tokens), ndim, config)
-    return to_jax(tokens, name)
+    tokens = to_jax(tokens, name)
+    values = None if isinstance(tokens, jax.core.Tracer) else np.asarray(tokens)  # ids are checked when concrete
+    spec.check_tokens(name, tuple(tokens.shape), dtype_name(tokens), ndim, config, values)
+    return tokens
 
 
 def mingru_stack_lm(

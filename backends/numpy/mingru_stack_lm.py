@@ -33,7 +33,7 @@ def mingru_stack_lm(
 ) -> tuple[np.ndarray, State]:
     """``tokens (B, T)`` -> ``(logits (B, T, V), State(h=(B, H_l) per layer))``; the stack's keywords."""
     tokens = np.asarray(tokens)
-    spec.check_tokens("tokens", tokens, 2, config)
+    spec.check_tokens("tokens", tokens.shape, tokens.dtype.name, 2, config, tokens)
     spec.check_params(params, config)
     x = np.asarray(params["embed.embedding"])[tokens]
     y, state = mingru_stack(sub_params(params, "rnn."), x, config=config.stack, initial_state=initial_state,
@@ -46,7 +46,7 @@ def mingru_stack_lm_step(
 ) -> tuple[np.ndarray, State]:
     """One step: ``token (B,)``, the ``State`` (``None``: default) -> ``(logits (B, V), State)``."""
     token = np.asarray(token)
-    spec.check_tokens("token", token, 1, config)
+    spec.check_tokens("token", token.shape, token.dtype.name, 1, config, token)
     spec.check_params(params, config)
     x_t = np.asarray(params["embed.embedding"])[token]
     y, state = mingru_stack_step(sub_params(params, "rnn."), x_t, state, config=config.stack)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from linrec.backends.torch.arrays import to_numpy
+from linrec.backends.torch.arrays import dtype_name, to_numpy
 from linrec.backends.torch.mingru_stack import MinGRUStack, mingru_stack, mingru_stack_initial_state, mingru_stack_step
 from linrec.spec import mingru_stack_lm as spec
 from linrec.spec.mingru_stack import sub_params
@@ -30,7 +30,7 @@ def _as_tensor(x) -> Tensor:
 
 def _tokens(tokens: Any, name: str, ndim: int, config: MinGRUStackLMConfig) -> Tensor:
     tokens = _as_tensor(tokens)
-    spec.check_tokens(name, to_numpy(tokens), ndim, config)
+    spec.check_tokens(name, tuple(tokens.shape), dtype_name(tokens), ndim, config, to_numpy(tokens))
     return tokens.long()
 
 
