@@ -6,7 +6,8 @@ noise token ``0``; then come ``M`` marker tokens ``A-1``. The model reads the ``
 the ``M`` marker positions, must output the data tokens in their order. Defaults are cheind's: ``L = 64``,
 ``M = 4``, ``A = 6`` (noise, four data tokens, marker). Accuracy is per target token.
 
-Everything here is framework-neutral (NumPy): the data, the two model definitions (their canonical
+Everything here is framework-neutral (NumPy): the data, the two model definitions (linrec model types
+``mingru_stack_lm`` and ``mingru_lm``, see :meth:`CopyModelConfig.linrec_model`; their canonical
 parameters and initialisation), validation bookkeeping, the progress line, the checkpoint and the CLI.
 The training loops are twins: ``linrec.backends.jax.train`` and ``linrec.backends.torch.train``, both
 started from the same NumPy initial parameters and fed the same batches.
