@@ -195,3 +195,16 @@ def test_original_activation_spellings_and_the_compat_note(fglrnn, tmp_path):
         "eps": 1e-5, "positional_encoding_mode": "sinusoidal", "max_seq_length": 16})
     assert any("compat_step_position_zero" in note for note in lm.notes)
     assert lm.config.compat_step_position_zero is False  # a note, not a silent change
+
+
+def test_bfloat16_export_round_trips_bit_for_bit(tmp_path):
+    pytest.importorskip("flax")
+    config = layer_spec.GatedLinearRNNConfig(d_model=3, d_h=2, use_tied_gates=False, use_true_recurrence=True)
+    params = layer_spec.init_params(config, seed=4, dtype="bfloat16")
+    params = {k: (v.astype(np.float32) + 0.25).astype(v.dtype) for k, v in params.items()}
+    convert.write(convert.Checkpoint("gated_linear_rnn", config, params), tmp_path / "b.msgpack",
+                  format="gated-linear-rnn")
+    back = convert.read(tmp_path / "b.msgpack", format="gated-linear-rnn")
+    assert back.config == config
+    assert all(back.params[k].dtype == params[k].dtype and back.params[k].tobytes() == params[k].tobytes()
+               for k in params)
