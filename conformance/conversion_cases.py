@@ -84,6 +84,10 @@ CONFIGS: dict[str, dict[str, Callable[[], Any]]] = {
         "norm-residual": _cfg("mingru_stack", input_size=3, hidden_sizes=(4, 4, 5), residual=True, norm=True,
                               bias=False),
     },
+    "mingru_stack_lm": {
+        "norm-residual": _cfg("mingru_stack_lm", vocab_size=6, input_size=3, hidden_sizes=(4, 5), residual=True,
+                              norm=True),
+    },
 }
 
 
@@ -104,7 +108,7 @@ def random_params(model: str, config: Any, dtype: str, seed: int = 0) -> dict[st
 
 
 def _takes_tokens(model: str, config: Any) -> bool:
-    if model in ("mingru_lm",):
+    if model in ("mingru_lm", "mingru_stack_lm"):
         return True
     if model in ("gated_linear_rnn_lm", "gateloop_lm"):
         return config.use_word_embedding
@@ -115,7 +119,7 @@ def example_input(model: str, config: Any, dtype: str, seed: int = 1) -> np.ndar
     """A small input: token ids for language models, features ``(B, T, D_in)`` (in ``dtype``) otherwise."""
     rng = np.random.default_rng(seed)
     if _takes_tokens(model, config):
-        vocab = config.vocab_size if model == "mingru_lm" else config.input_vocab_size
+        vocab = config.vocab_size if model in ("mingru_lm", "mingru_stack_lm") else config.input_vocab_size
         return rng.integers(0, vocab, (BATCH, LENGTH)).astype(np.int32)
     width = {"gated_linear_rnn": "d_in", "gateloop": "d_in", "mingru_stack": "input_size",
              "gated_linear_rnn_lm": "d_input", "gateloop_lm": "d_input"}.get(model, "d_model")

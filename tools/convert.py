@@ -649,7 +649,10 @@ def _layout_for_module(module: Any, model: str | None) -> tuple[Layout, str]:
 def load(path: str | os.PathLike, backend: str = "jax", *, format: str | None = None, model: str | None = None,
          config: Any = None, dtype: Any = None):
     """Read a checkpoint and return a ready model: a Flax NNX module (``"jax"``), an ``nn.Module`` (``"torch"``),
-    or ``(config, params)`` (``"numpy"``). ``dtype`` casts the parameters first.
+    or for ``"numpy"`` a :class:`~linrec.tools.numpy_model.NumpyModel`: the pair ``(config, params)`` (so
+    ``config, params = load(path, "numpy")`` works) that also says what runs it — ``.forward(inputs, **kw)`` /
+    ``.step(input_t, state)`` call the NumPy backend's pure functions for its ``.model_type`` (``.function`` names
+    them, e.g. ``linrec.backends.numpy.mingru_lm.mingru_lm``). ``dtype`` casts the parameters first.
 
     Modules come back in evaluation mode (``.eval()``: no dropout), like a model loaded for inference; call
     ``.train()`` to train them.
@@ -657,7 +660,9 @@ def load(path: str | os.PathLike, backend: str = "jax", *, format: str | None = 
     ckpt = read(path, format=format, model=model, config=config)
     ckpt.params = _cast(ckpt.params, _dtype_name(dtype))
     if backend == "numpy":
-        return ckpt.config, ckpt.params
+        from linrec.tools.numpy_model import NumpyModel
+
+        return NumpyModel(ckpt.config, ckpt.params, ckpt.model_type)
     module = to_module(ckpt, backend)
     module.eval()  # ready for inference (no dropout); call .train() to train
     return module

@@ -519,6 +519,31 @@ _MODEL_LAYOUTS: tuple[Layout, ...] = (
     ),
 )
 
+# --- mingru_stack_lm: embedding -> minGRU stack -> head (the selective-copy model) ------------------------------
+# Its config has the stack's fields and derived names, so the stack's rows apply unchanged under ``rnn.``.
+
+MINGRU_STACK_LM_ROWS: tuple[Row, ...] = (
+    _embedding("embed", "(vocab_size, input_size)", meaning="token embedding"),
+    *prefixed(MINGRU_STACK_ROWS, "rnn."),
+    *dense("head", "output_size", "vocab_size", meaning="output head H_{L-1} -> V"),
+)
+
+
+def _infer_mingru_stack_lm(shapes: Mapping[str, tuple[int, ...]], given: Mapping[str, Any]) -> dict:
+    vocab, _ = _shape(shapes, "embed.embedding", 2)
+    return dict(vocab_size=vocab, **_infer_mingru_stack(_sub(shapes, "rnn."), given))
+
+
+_MODEL_LAYOUTS += (
+    Layout(
+        "mingru_stack_lm", "token model: embedding, a minGRU stack, a dense head (`linrec train selective-copy`'s "
+        "`stack` model, cheind/mingru's selective-copy example)",
+        "linrec.spec.mingru_stack_lm", "MinGRUStackLMConfig",
+        "linrec.backends.jax.mingru_stack_lm:MinGRUStackLM", "linrec.backends.torch.mingru_stack_lm:MinGRUStackLM",
+        MINGRU_STACK_LM_ROWS, repeat={"l": "num_layers"}, infer=_infer_mingru_stack_lm,
+    ),
+)
+
 #: Every table by model type, layers first.
 LAYOUTS: dict[str, Layout] = {layout.model: layout for layout in (*_LAYER_LAYOUTS, *_MODEL_LAYOUTS)}
 

@@ -6,7 +6,8 @@ noise token ``0``; then come ``M`` marker tokens ``A-1``. The model reads the ``
 the ``M`` marker positions, must output the data tokens in their order. Defaults are cheind's: ``L = 64``,
 ``M = 4``, ``A = 6`` (noise, four data tokens, marker). Accuracy is per target token.
 
-Everything here is framework-neutral (NumPy): the data, the two model definitions (their canonical
+Everything here is framework-neutral (NumPy): the data, the two model definitions (linrec model types
+``mingru_stack_lm`` and ``mingru_lm``, see :meth:`CopyModelConfig.linrec_model`; their canonical
 parameters and initialisation), validation bookkeeping, the progress line, the checkpoint and the CLI.
 The training loops are twins: ``linrec.backends.jax.train`` and ``linrec.backends.torch.train``, both
 started from the same NumPy initial parameters and fed the same batches.
@@ -31,9 +32,10 @@ from typing import Any
 import numpy as np
 
 from linrec.spec import mingru_lm as lm_spec
-from linrec.spec import mingru_stack as stack_spec
+from linrec.spec import mingru_stack_lm as stack_lm_spec
 from linrec.spec.mingru_lm import MinGRULMConfig
 from linrec.spec.mingru_stack import MinGRUStackConfig
+from linrec.spec.mingru_stack_lm import MinGRUStackLMConfig
 
 __all__ = [
     "CopyModelConfig",
@@ -131,6 +133,13 @@ class CopyModelConfig:
             out["lm"] = asdict(self.lm)
         return out
 
+    def linrec_model(self) -> tuple[str, MinGRUStackLMConfig | MinGRULMConfig]:
+        """The linrec model type and config this model is: ``("mingru_stack_lm", ...)`` for ``kind="stack"``,
+        ``("mingru_lm", ...)`` for ``kind="lm"`` (what the checkpoint stores, so ``linrec.load`` reads it)."""
+        if self.kind == "stack":
+            return "mingru_stack_lm", MinGRUStackLMConfig.from_stack(self.vocab_size, self.stack)
+        return "mingru_lm", self.lm
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> CopyModelConfig:
         data = dict(data)
@@ -144,27 +153,20 @@ class CopyModelConfig:
 
 
 def param_shapes(config: CopyModelConfig) -> dict[str, tuple[int, ...]]:
-    """Canonical names: ``embed.embedding``, ``rnn.<stack names>``, ``head.{kernel,bias}`` (stack), or the LM's."""
-    if config.kind == "lm":
-        return lm_spec.param_shapes(config.lm)
-    shapes = {"embed.embedding": (config.vocab_size, config.emb_dims)}
-    shapes.update({f"rnn.{k}": v for k, v in stack_spec.param_shapes(config.stack).items()})
-    shapes.update({"head.kernel": (config.stack.output_size, config.vocab_size), "head.bias": (config.vocab_size,)})
-    return shapes
+    """Canonical names of the linrec model (:meth:`CopyModelConfig.linrec_model`): ``embed.embedding``,
+    ``rnn.<stack names>``, ``head.{kernel,bias}`` (``mingru_stack_lm``), or the LM's (``mingru_lm``)."""
+    model, cfg = config.linrec_model()
+    return _spec(model).param_shapes(cfg)
 
 
 def init_copy_model(config: CopyModelConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """float32 initial parameters (the spec initialisers; embedding ``N(0, 1)``), shared by both backends."""
-    if config.kind == "lm":
-        return lm_spec.init_params(config.lm, seed)
-    params = {f"rnn.{k}": v for k, v in stack_spec.init_params(config.stack, seed).items()}
-    rng = np.random.default_rng([seed, 1])
-    params["embed.embedding"] = rng.standard_normal((config.vocab_size, config.emb_dims)).astype(np.float32)
-    bound = 1.0 / math.sqrt(config.stack.output_size)
-    params["head.kernel"] = rng.uniform(-bound, bound, (config.stack.output_size, config.vocab_size)).astype(
-        np.float32)
-    params["head.bias"] = np.zeros(config.vocab_size, np.float32)
-    return params
+    model, cfg = config.linrec_model()
+    return _spec(model).init_params(cfg, seed)
+
+
+def _spec(model: str):
+    return stack_lm_spec if model == "mingru_stack_lm" else lm_spec
 
 
 # --- training settings, progress, results ---------------------------------------------------------------
@@ -262,23 +264,36 @@ def train(backend: str, task: SelectiveCopyTask, model: CopyModelConfig, setting
 
 def save_checkpoint(path: Path, params: dict[str, np.ndarray], model: CopyModelConfig, task: SelectiveCopyTask,
                     extra: dict[str, Any], *, force: bool = True) -> tuple[Path, Path]:
-    """``path`` (safetensors: canonical params, config in the metadata) and ``path`` with ``.json`` (config)."""
+    """``path``: a linrec safetensors checkpoint of the model (:meth:`CopyModelConfig.linrec_model`, so
+    ``linrec inspect`` names it and ``linrec.load`` loads it in every backend) whose ``selective_copy`` metadata
+    holds the task, the copy-model config and ``extra``; and ``path`` with ``.json`` (the same, readable)."""
+    import linrec
+    from linrec.tools import formats
+    from linrec.tools.layout import config_to_dict
     from linrec.tools.safetensors_io import write_safetensors
 
+    model_type, linrec_config = model.linrec_model()
     config = {"task": asdict(task), "model": model.to_json(), **extra}
-    st = write_safetensors(path, params, {"linrec_model": f"selective_copy/{model.kind}",
-                                          "config": json.dumps(config)}, force=force)
+    metadata = {  # formats.write_linrec's metadata, plus the task
+        "linrec_format": formats.LINREC_FORMAT,
+        "linrec_spec_version": linrec.SPEC_VERSION,
+        "linrec_version": linrec.__version__,
+        "model_type": model_type,
+        "config": json.dumps(config_to_dict(linrec_config), sort_keys=True),
+        "selective_copy": json.dumps(config),
+    }
+    st = write_safetensors(path, params, metadata, force=force)
     js = path.with_suffix(".json")
     js.write_text(json.dumps(config, indent=2) + "\n")
     return st, js
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], CopyModelConfig, SelectiveCopyTask]:
-    """The inverse of :func:`save_checkpoint`."""
+    """The inverse of :func:`save_checkpoint` (also reads the earlier files with ``linrec_model`` metadata)."""
     from linrec.tools.safetensors_io import read_safetensors
 
     params, meta = read_safetensors(path)
-    config = json.loads(meta["config"])
+    config = json.loads(meta["selective_copy"] if "selective_copy" in meta else meta["config"])
     return params, CopyModelConfig.from_json(config["model"]), SelectiveCopyTask(**config["task"])
 
 

@@ -40,7 +40,7 @@ from linrec.tools import formats
 from linrec.tools.formats import CheckpointError
 from linrec.tools.originals.cheind import CHEIND_CELL_TABLE, CHEIND_V13_TABLE, CHEIND_V14_TABLE, _import_cheind
 from linrec.tools.originals.gateloop_transformer import SIMPLE_GATELOOP_TABLE, _import_simple_gateloop
-from linrec.tools.originals.glrnn import GLRNN_LAYER_TABLE, GLRNN_LM_TABLE, _import_glrnn
+from linrec.tools.originals.glrnn import GLRNN_LAYER_TABLE, GLRNN_LM_TABLE, _import_glrnn, export_glrnn
 from linrec.tools.originals.lucidrains import LUCIDRAINS_MINGRU_TABLE, LUCIDRAINS_MINLM_TABLE, _import_lucidrains
 from linrec.tools.originals.nnx_gru import NNX_GRU_TABLE, _import_nnx_gru
 from linrec.tools.originals.table import ORow, apply_table
@@ -82,10 +82,12 @@ ORIGINALS: dict[str, Original] = {
         Original("gated-linear-rnn", "flax", "flax-gated-linear-rnn `GatedLinearRNN` / `GatedLinearRNNLM` params",
                  lambda t, m, o, s: _import_glrnn(t, m, o, s, "gated_linear_rnn"),
                  ("flax-gated-linear-rnn", "glrnn"), (("layer", GLRNN_LAYER_TABLE), ("LM", GLRNN_LM_TABLE)),
-                 "`gated_linear_rnn` / `gated_linear_rnn_lm` (`dropout_placement='sum'`)"),
+                 "`gated_linear_rnn` / `gated_linear_rnn_lm` (`dropout_placement='sum'`)",
+                 exporter=lambda ckpt: export_glrnn(ckpt, "gated-linear-rnn")),
         Original("gateloop", "flax", "flax_gate_loop `GateLoop` / `GateLoopLM` params (the same tree)",
                  lambda t, m, o, s: _import_glrnn(t, m, o, s, "gateloop"), ("flax-gate-loop",),
-                 (("layer", GLRNN_LAYER_TABLE), ("LM", GLRNN_LM_TABLE)), "`gateloop` / `gateloop_lm`"),
+                 (("layer", GLRNN_LAYER_TABLE), ("LM", GLRNN_LM_TABLE)), "`gateloop` / `gateloop_lm`",
+                 exporter=lambda ckpt: export_glrnn(ckpt, "gateloop")),
         Original("nnx-gru", "flax", "jkyl/nnx-gru `Model` NNX state (pure dict; blocks stacked on axis 0)",
                  _import_nnx_gru, (), (("Model", NNX_GRU_TABLE),),
                  "`mingru_lm` (`block='glu'`, `candidate='identity'`)"),
