@@ -269,7 +269,8 @@ class GateLoopMH(nnx.Module):
     (``(T, B, D)`` in and out with ``batch_first=False``); the state is ``State(h=(B, H, K, V))``.
     Submodules ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj`` (real) or ``a_mag_proj``/``a_phase_proj`` (complex;
     ``a_re_proj``/``a_im_proj`` with ``gate_parametrization="cartesian"``), ``output_gate_proj`` (``output_gate``),
-    ``out_proj`` are ``nnx.Linear``, ``sub_norm`` (``sub_norm="layernorm"``) an ``nnx.LayerNorm``: their state paths are the canonical names (``q_proj.kernel``, ...).
+    ``out_proj`` are ``nnx.Linear``, ``sub_norm`` (``sub_norm="layernorm"``) an ``nnx.LayerNorm``: their state paths
+    are the canonical names (``q_proj.kernel``, ...).
     ``dtype`` is the compute dtype (``None``: the input's), ``param_dtype`` the storage dtype; ``remat=True``
     recomputes the scan in the backward pass.
     """
@@ -399,7 +400,8 @@ class GateLoopMH(nnx.Module):
             gate_granularity=config.gate_granularity, phase_activation=config.phase_activation,
             complex_output=config.complex_output, qkv_bias=config.qkv_bias, chunk_size=config.chunk_size,
             gate_parametrization=config.gate_parametrization, input_norm=config.input_norm,
-            sub_norm=config.sub_norm, output_gate=config.output_gate, rngs=rngs or nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, remat=remat, batch_first=batch_first,
+            sub_norm=config.sub_norm, output_gate=config.output_gate, rngs=rngs or nnx.Rngs(0),
+            dtype=dtype, param_dtype=param_dtype, remat=remat, batch_first=batch_first,
         )
         for name, lin in module._linears().items():
             lin.kernel[...] = jnp.asarray(params[f"{name}.kernel"], param_dtype)

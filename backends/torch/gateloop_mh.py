@@ -274,7 +274,8 @@ class GateLoopMH(nn.Module):
     (``(T, B, D)`` in and out with ``batch_first=False``); the state is ``State(h=(B, H, K, V))``.
     Submodules ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj`` (real) or ``a_mag_proj``/``a_phase_proj`` (complex;
     ``a_re_proj``/``a_im_proj`` with ``gate_parametrization="cartesian"``), ``output_gate_proj`` (``output_gate``),
-    ``out_proj`` are ``nn.Linear``; ``sub_norm`` (``sub_norm="layernorm"``) is an ``nn.LayerNorm`` (``state_dict`` keys ``q_proj.weight``, ...; ``weight`` is the canonical
+    ``out_proj`` are ``nn.Linear``; ``sub_norm`` (``sub_norm="layernorm"``) is an ``nn.LayerNorm``
+    (``state_dict`` keys ``q_proj.weight``, ...; ``weight`` is the canonical
     ``kernel`` transposed). ``remat=True`` recomputes the layer in the backward pass.
     """
 
@@ -391,7 +392,8 @@ class GateLoopMH(nn.Module):
             gate_granularity=config.gate_granularity, phase_activation=config.phase_activation,
             complex_output=config.complex_output, qkv_bias=config.qkv_bias, chunk_size=config.chunk_size,
             gate_parametrization=config.gate_parametrization, input_norm=config.input_norm,
-            sub_norm=config.sub_norm, output_gate=config.output_gate, batch_first=batch_first, remat=remat, device=device, dtype=dtype,
+            sub_norm=config.sub_norm, output_gate=config.output_gate, batch_first=batch_first,
+            remat=remat, device=device, dtype=dtype,
         )
         with torch.no_grad():
             for name, lin in module._linears().items():

@@ -75,7 +75,8 @@ def import_gateloop_transformer(tensors: Mapping[str, np.ndarray], model: str | 
         raise CheckpointError(f"{source}: a gateloop-transformer `Transformer` LM state_dict; only its layers "
                               "(`SimpleGateLoopLayer`, `GateLoopedAttention`) import, not the whole LM")
     raise CheckpointError(f"{source}: neither a SimpleGateLoopLayer state_dict (no 'to_qkva.0.weight') nor a "
-                          f"GateLoopedAttention one (no 'to_qkv.weight' + 'to_a.0.weight'); found {sorted(tensors)[:8]}")
+                          f"GateLoopedAttention one (no 'to_qkv.weight' + 'to_a.0.weight'); "
+                          f"found {sorted(tensors)[:8]}")
 
 
 def _import_simple(tensors, overrides, source):
