@@ -235,6 +235,22 @@ def test_import_refusals(tmp_path):
         originals.import_tensors("gateloop-transformer", {k: v for k, v in attn.items() if k != "to_out.weight"})
 
 
+def test_config_accepts_the_originals_constructor_arguments():
+    attn = {k: v.numpy() for k, v in gtl.GateLoopedAttention(4, heads=2, sub_ln=True).state_dict().items()}
+    given = dict(dim=4, heads=2, dim_inner=4, sub_ln=True, add_swish_gating=True, frac_gradient_state_transition=0.5,
+                 checkpoint_gate_looped_attn=False, chunk_size=8)
+    ckpt = originals.import_tensors("gateloop-transformer", attn, config=given)
+    assert (ckpt.config.num_heads, ckpt.config.chunk_size) == (2, 8)  # linrec fields pass through
+    with pytest.raises(CheckpointError, match="heads=3 contradicts"):
+        originals.import_tensors("gateloop-transformer", attn, config={"heads": 3})
+    simple = {k: v.numpy() for k, v in sgl.SimpleGateLoopLayer(4, post_ln=True).state_dict().items()}
+    ckpt = originals.import_tensors("gateloop-transformer", simple,
+                                    config=dict(dim=4, prenorm=True, post_ln=True, use_heinsen=True, reverse=False))
+    assert (ckpt.config.input_norm, ckpt.config.sub_norm) == ("rms", "layernorm")
+    with pytest.raises(CheckpointError, match="prenorm=False contradicts"):
+        originals.import_tensors("gateloop-transformer", simple, config={"prenorm": False})
+
+
 def test_registry_entry():
     assert "gateloop-transformer" in originals.exportable()
     md = originals.markdown()

@@ -79,16 +79,40 @@ def import_gateloop_transformer(tensors: Mapping[str, np.ndarray], model: str | 
                           f"found {sorted(tensors)[:8]}")
 
 
+#: constructor arguments of the originals that change gradients, memory or the scan's numerics only, not the
+#: function the layer computes: accepted in ``--config`` and ignored
+_NO_EFFECT = frozenset({"use_heinsen", "use_jax_associative_scan", "checkpoint_gate_looped_attn",
+                        "frac_gradient_state_transition"})
+
+
+def _original_args(overrides: Mapping[str, Any], told: Mapping[str, Any], layer: str, source: str) -> dict:
+    """Accept the original's own constructor arguments in ``--config``: those the file tells must agree with it,
+    those without effect on the outputs are dropped; the rest (linrec fields) pass through."""
+    rest = {}
+    for name, value in overrides.items():
+        if name in told:
+            if value != told[name]:
+                raise CheckpointError(f"{source}: --config {name}={value!r} contradicts the file, which holds a "
+                                      f"{layer} with {name}={told[name]!r}")
+        elif name not in _NO_EFFECT:
+            rest[name] = value
+    return rest
+
+
 def _import_simple(tensors, overrides, source):
     if overrides.get("reverse"):
         raise CheckpointError(f"{source}: SimpleGateLoopLayer(reverse=True) (the sequence run backwards) is not "
                               "offered by gateloop_mh")
-    overrides = {k: v for k, v in overrides.items() if k != "reverse"}
     params, unknown = apply_table(SIMPLE_GATELOOP_TABLE, tensors)
+    if "q_proj.kernel" not in params:
+        raise CheckpointError(f"{source}: 'to_qkva.0.weight' does not split into the q, kv and a blocks")
     dim = params["q_proj.kernel"].shape[0]
+    told = dict(dim=dim, prenorm="_prenorm.gamma" in params, post_ln="sub_norm.scale" in params, reverse=False)
+    overrides = _original_args(overrides, told, "SimpleGateLoopLayer", source)
     dtype = params["q_proj.kernel"].dtype
     notes = [f"SimpleGateLoopLayer({dim}) as gateloop_mh with {dim} SISO heads: kv from k_proj, "
-             "v_proj = 0·x + 1, out_proj = identity; reverse=True is not stored in the file (refused if given)"]
+             "v_proj = 0·x + 1, out_proj = identity; reverse=True is not stored in the file (refused if given); "
+             "use_heinsen/use_jax_associative_scan are other scans of the same function"]
     fields = dict(num_heads=dim, d_key=1, d_value=1, qkv_bias=True, gate="real", gate_granularity="key",
                   input_norm="none", sub_norm="none")
     gamma = params.pop("_prenorm.gamma", None)
@@ -128,6 +152,8 @@ def _import_attention(tensors, overrides, source):
         raise CheckpointError(f"{source}: to_a.0.weight gives {heads} heads, which does not divide "
                               f"dim_inner={inner} (to_qkv.weight)")
     gating = "output_gate_proj.kernel" in params
+    told = dict(dim=dim, heads=heads, dim_inner=inner, sub_ln="sub_norm.scale" in params, add_swish_gating=gating)
+    overrides = _original_args(overrides, told, "GateLoopedAttention", source)
     notes = [f"GateLoopedAttention(dim={dim}, heads={heads}, dim_inner={inner}) as gateloop_mh: "
              "gate='complex', gate_parametrization='cartesian' (a = σ(|z|)·z/|z|), one gate per head, Re(S)ᵀq read-out"
              + (", sub_norm='layernorm'" if "sub_norm.scale" in params else "")
