@@ -36,6 +36,7 @@ __all__ = [
     "SUB_NORM_EPS",
     "GateLoopMHConfig",
     "State",
+    "cartesian_gate",
     "check_batch_first",
     "check_lengths",
     "check_mode",
@@ -47,8 +48,10 @@ __all__ = [
     "init_params",
     "initial_state",
     "input_norm",
+    "layer_norm",
     "param_shapes",
     "project",
+    "silu",
     "state_dtype",
     "state_h",
     "state_shape",
@@ -371,11 +374,13 @@ def project(params: Mapping[str, np.ndarray], x: np.ndarray, config: GateLoopMHC
     return q, k, v, a.reshape(*lead, h, r, 1)
 
 
-def _silu(z: np.ndarray) -> np.ndarray:
+def silu(z: np.ndarray) -> np.ndarray:
+    """``z σ(z)``: the output gate's activation."""
     return z * _sigmoid(z)
 
 
-def _layer_norm(u: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+def layer_norm(u: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``sub_norm="layernorm"`` over the last axis (``H·V``): biased variance, eps ``SUB_NORM_EPS``."""
     mean = u.mean(axis=-1, keepdims=True)
     var = np.square(u - mean).mean(axis=-1, keepdims=True)  # biased, as torch nn.LayerNorm
     return (u - mean) / np.sqrt(var + SUB_NORM_EPS) * scale + bias
@@ -389,9 +394,9 @@ def _read_out(params: Mapping[str, np.ndarray], o: np.ndarray, config: GateLoopM
         o = o.real
     u = o.reshape(*o.shape[:-2], -1)
     if config.sub_norm == "layernorm":
-        u = _layer_norm(u, params["sub_norm.scale"], params["sub_norm.bias"])
+        u = layer_norm(u, params["sub_norm.scale"], params["sub_norm.bias"])
     if config.output_gate == "silu":
-        u = u * _silu(_dense(params, "output_gate_proj", x))
+        u = u * silu(_dense(params, "output_gate_proj", x))
     return _dense(params, "out_proj", u)
 
 
@@ -515,10 +520,10 @@ def vjp(
     states, _ = reference.linear_scan(a, kv, initial_state=s0)
     o = np.einsum("bthkv,bthk->bthv", states, q)
     u0 = (o.real if config.is_complex and config.complex_output == "real" else o).reshape(n_batch, n_time, h_ * v_)
-    u1 = _layer_norm(u0, p["sub_norm.scale"], p["sub_norm.bias"]) if config.sub_norm == "layernorm" else u0
+    u1 = layer_norm(u0, p["sub_norm.scale"], p["sub_norm.bias"]) if config.sub_norm == "layernorm" else u0
     gated = config.output_gate == "silu"
     pre_g = _dense(p, "output_gate_proj", xn) if gated else None
-    u = u1 * _silu(pre_g) if gated else u1
+    u = u1 * silu(pre_g) if gated else u1
     # backward
     grads: dict[str, np.ndarray] = {}
     y_bar = np.asarray(cotangent_y)
@@ -530,7 +535,7 @@ def vjp(
         sig = _sigmoid(pre_g)
         pre_g_bar = np.real(u_bar * u1) * sig * (1 + pre_g * (1 - sig))  # silu'(z) = σ(z)(1 + z(1 − σ(z)))
         xn_bar = xn_bar + _dense_vjp(grads, "output_gate_proj", xn, pre_g_bar, p)
-        u_bar = u_bar * _silu(pre_g)
+        u_bar = u_bar * silu(pre_g)
     if config.sub_norm == "layernorm":
         u_bar = np.real(u_bar)
         mean = u0.mean(axis=-1, keepdims=True)

@@ -58,10 +58,10 @@ def _read_out(params, o: np.ndarray, x_dtype: np.dtype, config: GateLoopMHConfig
     u = o.real if config.is_complex else o
     u = u.reshape(*u.shape[:-2], width)
     if config.sub_norm == "layernorm":  # in the state's real dtype, before the one rounding to x's dtype
-        u = spec._layer_norm(u, params["sub_norm.scale"].astype(u.dtype), params["sub_norm.bias"].astype(u.dtype))
+        u = spec.layer_norm(u, params["sub_norm.scale"].astype(u.dtype), params["sub_norm.bias"].astype(u.dtype))
     if config.output_gate == "silu":
         g = (xn @ params["output_gate_proj.kernel"]).astype(u.dtype)  # projection in x's dtype
-        u = u * spec._silu(g)
+        u = u * spec.silu(g)
     u = u.astype(x_dtype)  # rounded once to x's dtype before out_proj
     y = u @ params["out_proj.kernel"] + params["out_proj.bias"]
     return y.astype(x_dtype)
