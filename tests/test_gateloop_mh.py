@@ -450,7 +450,8 @@ def test_lucidrains_simple_gateloop_layer(tt):
     torch.manual_seed(0)
     theirs = simplified.SimpleGateLoopLayer(dim).eval()
     weight = theirs.to_qkva[0].weight.detach().numpy().astype(np.float64)  # (3·dim, dim): rows [q | kv | a]
-    config = GateLoopMHConfig(d_model=dim, num_heads=dim, d_key=1, d_value=1, qkv_bias=True)
+    # its RMSNorm (gain γ = 1 at init) is the layer's parameter-free input_norm="rms": no step outside the layer
+    config = GateLoopMHConfig(d_model=dim, num_heads=dim, d_key=1, d_value=1, qkv_bias=True, input_norm="rms")
     zeros = np.zeros(dim)
     params = {
         "q_proj.kernel": weight[:dim].T, "q_proj.bias": zeros,
@@ -462,9 +463,8 @@ def test_lucidrains_simple_gateloop_layer(tt):
     x = torch.randn(batch, length, dim)
     with torch.no_grad():
         y_theirs, (_, state_theirs) = theirs(x, return_cache=True)
-        normed = theirs.norm(x)  # their pre-norm is outside this layer
     ours = tt.mod.GateLoopMH.from_canonical(config, params, dtype=torch.float32)
-    y, state = ours(normed)
+    y, state = ours(x)
     np.testing.assert_allclose(y.detach().numpy(), y_theirs.numpy(), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(state.h.detach().numpy().reshape(batch, dim),
                                state_theirs.numpy().reshape(batch, dim), atol=1e-5, rtol=1e-5)
