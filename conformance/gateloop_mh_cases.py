@@ -57,6 +57,19 @@ VARIANTS: dict[str, tuple[GateLoopMHConfig, str]] = {
         replace(_BASE, gate="complex", complex_output="complex", phase_activation="relu", gate_granularity="head"),
         "complex gate per head with relu phase, complex output through out_proj",
     ),
+    "rms-input": (
+        replace(_BASE, input_norm="rms"),
+        "real gate on the parameter-free RMS-normalised input x / max(‖x‖, 1e-12) · √D",
+    ),
+    "cartesian-subnorm-silu": (
+        replace(_BASE, gate="complex", gate_parametrization="cartesian", gate_granularity="head",
+                sub_norm="layernorm", output_gate="silu"),
+        "complex gate σ(|z|)·z/|z| per head, LayerNorm on the read-out, silu output gate (GateLoopedAttention)",
+    ),
+    "cartesian-rms-subnorm": (
+        replace(_BASE, gate="complex", gate_parametrization="cartesian", input_norm="rms", sub_norm="layernorm"),
+        "complex cartesian gate per key row, RMS-normalised input, LayerNorm on the read-out",
+    ),
 }
 #: Variants run on every path; the others on parallel-auto and method="chunked" only (keeps compile time down).
 FULL_PATH_VARIANTS = ("real", "complex")
@@ -95,8 +108,10 @@ def _draw_params(config: GateLoopMHConfig, rng: np.random.Generator) -> dict[str
     for name, shape in spec.param_shapes(config).items():
         if name.endswith(".kernel"):
             out[name] = rng.standard_normal(shape) / np.sqrt(shape[0])
-        elif name in ("a_proj.bias", "a_mag_proj.bias"):
+        elif name in ("a_proj.bias", "a_mag_proj.bias", "a_re_proj.bias"):
             out[name] = 1.0 + 0.5 * rng.standard_normal(shape)
+        elif name == "sub_norm.scale":
+            out[name] = 1.0 + 0.3 * rng.standard_normal(shape)
         else:
             out[name] = 0.5 * rng.standard_normal(shape)
     return out
@@ -386,7 +401,9 @@ BAD_INPUTS = (
 def _bad_config(_backend: ModuleType, field: str) -> Outcome:
     bad = {"gate": {"gate": "imaginary"}, "gate_granularity": {"gate_granularity": "value"},
            "complex_output": {"complex_output": "imag"}, "d_key": {"d_model": 5, "num_heads": 2},
-           "chunk_size": {"chunk_size": 0}, "num_heads": {"num_heads": 0}}[field]
+           "chunk_size": {"chunk_size": 0}, "num_heads": {"num_heads": 0},
+           "input_norm": {"input_norm": "layer"}, "sub_norm": {"sub_norm": "rms"},
+           "output_gate": {"output_gate": "sigmoid"}, "gate_parametrization": {"gate_parametrization": "polar"}}[field]
     kwargs = {"d_model": D_MODEL, **bad}
     return expect_error(lambda: GateLoopMHConfig(**kwargs), ValueError, field)
 
@@ -502,7 +519,8 @@ def cases(backend: ModuleType) -> list[Case]:
     for what in BAD_INPUTS:
         add(f"bad-input/{what}[float32]", "bad-input", f"{what.replace('-', ' ')} raises a clear error.",
             lambda be, w=what: _bad_input(be, w), req_step if what.startswith("step") else req)
-    for field in ("gate", "gate_granularity", "complex_output", "d_key", "chunk_size", "num_heads"):
+    for field in ("gate", "gate_granularity", "complex_output", "d_key", "chunk_size", "num_heads", "input_norm",
+                  "sub_norm", "output_gate", "gate_parametrization"):
         add(f"bad-config/{field}", "bad-input", f"an invalid GateLoopMHConfig.{field} raises ValueError naming it.",
             lambda be, f=field: _bad_config(be, f), ())
 

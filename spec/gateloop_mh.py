@@ -25,11 +25,18 @@ __all__ = [
     "GATES",
     "GATE_BIAS_RANGE",
     "GATE_GRANULARITIES",
+    "GATE_PARAMETRIZATIONS",
+    "INPUT_NORMS",
     "MODES",
+    "OUTPUT_GATES",
     "PHASE_ACTIVATIONS",
+    "RMS_EPS",
     "SCAN_METHODS",
+    "SUB_NORMS",
+    "SUB_NORM_EPS",
     "GateLoopMHConfig",
     "State",
+    "cartesian_gate",
     "check_batch_first",
     "check_lengths",
     "check_mode",
@@ -40,8 +47,11 @@ __all__ = [
     "gate_bias_init",
     "init_params",
     "initial_state",
+    "input_norm",
+    "layer_norm",
     "param_shapes",
     "project",
+    "silu",
     "state_dtype",
     "state_h",
     "state_shape",
@@ -52,6 +62,18 @@ __all__ = [
 GATES = ("real", "complex")
 GATE_GRANULARITIES = ("key", "head")
 PHASE_ACTIVATIONS = ("identity", "relu")
+#: complex gate from a magnitude and a phase projection, or from one complex logit z (``σ(|z|)·z/|z|``).
+GATE_PARAMETRIZATIONS = ("mag_phase", "cartesian")
+#: parameter-free normalisation of x before every projection (``gateloop_mh.md`` §2).
+INPUT_NORMS = ("none", "rms")
+#: LayerNorm over the concatenated heads' read-out (``u``), before the output gate.
+SUB_NORMS = ("none", "layernorm")
+#: multiplicative output gate ``u ⊙ silu(x̃ W_g)``.
+OUTPUT_GATES = ("none", "silu")
+#: ``input_norm="rms"``: ``x / max(‖x‖₂, RMS_EPS) · √D`` (torch ``F.normalize``'s eps).
+RMS_EPS = 1e-12
+#: ``sub_norm="layernorm"`` epsilon (torch ``nn.LayerNorm``'s default).
+SUB_NORM_EPS = 1e-5
 COMPLEX_OUTPUTS = ("real", "complex")
 #: ``"auto"`` (the default) is ``"parallel"`` (recurrence.md §0); the memory-lean path is ``method="chunked"`` (§6).
 MODES = ("auto", "parallel", "sequential")
@@ -86,6 +108,10 @@ class GateLoopMHConfig:
     complex_output: str = "real"
     qkv_bias: bool = False
     chunk_size: int = 64
+    gate_parametrization: str = "mag_phase"
+    input_norm: str = "none"
+    sub_norm: str = "none"
+    output_gate: str = "none"
 
     def __post_init__(self) -> None:
         _positive_int("d_model", self.d_model)
@@ -108,6 +134,22 @@ class GateLoopMHConfig:
         if not isinstance(self.qkv_bias, (bool, np.bool_)):
             raise ValueError(f"GateLoopMHConfig.qkv_bias must be a bool, got {self.qkv_bias!r}")
         _positive_int("chunk_size", self.chunk_size)
+        _choice("gate_parametrization", self.gate_parametrization, GATE_PARAMETRIZATIONS)
+        _choice("input_norm", self.input_norm, INPUT_NORMS)
+        _choice("sub_norm", self.sub_norm, SUB_NORMS)
+        _choice("output_gate", self.output_gate, OUTPUT_GATES)
+        if self.gate_parametrization == "cartesian":
+            if self.gate != "complex":
+                raise ValueError("GateLoopMHConfig.gate_parametrization='cartesian' is a complex gate; "
+                                 f"it needs gate='complex', got gate={self.gate!r}")
+            if self.phase_activation != "identity":
+                raise ValueError("GateLoopMHConfig.phase_activation must be 'identity' with "
+                                 "gate_parametrization='cartesian' (the phase is arg z)")
+        if self.gate == "complex" and self.complex_output == "complex":
+            for field in ("sub_norm", "output_gate"):
+                if getattr(self, field) != "none":
+                    raise ValueError(f"GateLoopMHConfig.{field}={getattr(self, field)!r} needs a real read-out "
+                                     "(complex_output='real')")
 
     @property
     def gate_rows(self) -> int:
@@ -121,7 +163,10 @@ class GateLoopMHConfig:
     @property
     def gate_names(self) -> tuple[str, ...]:
         """Canonical prefixes of the gate projections."""
-        return ("a_mag_proj", "a_phase_proj") if self.is_complex else ("a_proj",)
+        if not self.is_complex:
+            return ("a_proj",)
+        return ("a_re_proj", "a_im_proj") if self.gate_parametrization == "cartesian" else ("a_mag_proj",
+                                                                                            "a_phase_proj")
 
 
 # ---------------------------------------------------------------- parameters
@@ -138,6 +183,11 @@ def param_shapes(config: GateLoopMHConfig) -> dict[str, tuple[int, ...]]:
     for name in config.gate_names:
         shapes[f"{name}.kernel"] = (d, h * r)
         shapes[f"{name}.bias"] = (h * r,)
+    if config.sub_norm == "layernorm":
+        shapes["sub_norm.scale"] = (h * v,)
+        shapes["sub_norm.bias"] = (h * v,)
+    if config.output_gate != "none":
+        shapes["output_gate_proj.kernel"] = (d, h * v)
     shapes["out_proj.kernel"] = (h * v, d)
     shapes["out_proj.bias"] = (d,)
     return shapes
@@ -172,8 +222,10 @@ def init_params(config: GateLoopMHConfig, seed: int = 0, dtype: str = "float32")
     for name, shape in param_shapes(config).items():
         if name.endswith(".kernel"):
             value = _lecun_normal(rng, shape)
-        elif name in ("a_proj.bias", "a_mag_proj.bias"):
+        elif name in ("a_proj.bias", "a_mag_proj.bias", "a_re_proj.bias"):
             value = gate_bias_init(config)
+        elif name == "sub_norm.scale":
+            value = np.ones(shape)
         else:
             value = np.zeros(shape)
         params[name] = value.astype(np_dtype(dtype))
@@ -286,14 +338,33 @@ def _compute_dtype(x: np.ndarray, params: Mapping[str, np.ndarray]) -> np.dtype:
     return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
 
 
+def input_norm(x: np.ndarray, config: GateLoopMHConfig) -> np.ndarray:
+    """``x̃``: ``x`` (``input_norm="none"``) or ``x / max(‖x‖₂, RMS_EPS) · √D`` over the last axis (``"rms"``)."""
+    if config.input_norm == "none":
+        return x
+    norm = np.sqrt(np.sum(np.square(x), axis=-1, keepdims=True))
+    return x / np.maximum(norm, RMS_EPS) * np.sqrt(config.d_model)
+
+
+def cartesian_gate(re: np.ndarray, im: np.ndarray) -> np.ndarray:
+    """``a = σ(|z|) · z / |z|`` for ``z = re + i·im`` (``z / |z| := 1`` at ``z = 0``, torch's ``angle(0) = 0``)."""
+    r = np.hypot(re, im)
+    safe = np.where(r > 0, r, 1)
+    unit = np.where(r > 0, re / safe, 1) + 1j * np.where(r > 0, im / safe, 0)
+    return _sigmoid(r) * unit
+
+
 def project(params: Mapping[str, np.ndarray], x: np.ndarray, config: GateLoopMHConfig):
-    """``x: (..., D)`` -> ``q: (..., H, K)``, ``k: (..., H, K)``, ``v: (..., H, V)``, ``a: (..., H, R, 1)``."""
+    """``x̃: (..., D)`` (after ``input_norm``) -> ``q: (..., H, K)``, ``k: (..., H, K)``, ``v: (..., H, V)``,
+    ``a: (..., H, R, 1)``."""
     h, r = config.num_heads, config.gate_rows
     lead = x.shape[:-1]
     q = _dense(params, "q_proj", x).reshape(*lead, h, config.d_key)
     k = _dense(params, "k_proj", x).reshape(*lead, h, config.d_key)
     v = _dense(params, "v_proj", x).reshape(*lead, h, config.d_value)
-    if config.is_complex:
+    if config.is_complex and config.gate_parametrization == "cartesian":
+        a = cartesian_gate(_dense(params, "a_re_proj", x), _dense(params, "a_im_proj", x))
+    elif config.is_complex:
         phase = _dense(params, "a_phase_proj", x)
         if config.phase_activation == "relu":
             phase = np.maximum(phase, 0)
@@ -303,11 +374,30 @@ def project(params: Mapping[str, np.ndarray], x: np.ndarray, config: GateLoopMHC
     return q, k, v, a.reshape(*lead, h, r, 1)
 
 
-def _read_out(params: Mapping[str, np.ndarray], o: np.ndarray, config: GateLoopMHConfig) -> np.ndarray:
-    """``o: (..., H, V)`` -> ``y: (..., D)``: the complex-output convention, then ``out_proj``."""
+def silu(z: np.ndarray) -> np.ndarray:
+    """``z σ(z)``: the output gate's activation."""
+    return z * _sigmoid(z)
+
+
+def layer_norm(u: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``sub_norm="layernorm"`` over the last axis (``H·V``): biased variance, eps ``SUB_NORM_EPS``."""
+    mean = u.mean(axis=-1, keepdims=True)
+    var = np.square(u - mean).mean(axis=-1, keepdims=True)  # biased, as torch nn.LayerNorm
+    return (u - mean) / np.sqrt(var + SUB_NORM_EPS) * scale + bias
+
+
+def _read_out(params: Mapping[str, np.ndarray], o: np.ndarray, config: GateLoopMHConfig,
+              x: np.ndarray) -> np.ndarray:
+    """``o: (..., H, V)`` -> ``y: (..., D)``: the complex-output convention, ``sub_norm``, the output gate on
+    ``x̃: (..., D)``, then ``out_proj``."""
     if config.is_complex and config.complex_output == "real":
         o = o.real
-    return _dense(params, "out_proj", o.reshape(*o.shape[:-2], -1))
+    u = o.reshape(*o.shape[:-2], -1)
+    if config.sub_norm == "layernorm":
+        u = layer_norm(u, params["sub_norm.scale"], params["sub_norm.bias"])
+    if config.output_gate == "silu":
+        u = u * silu(_dense(params, "output_gate_proj", x))
+    return _dense(params, "out_proj", u)
 
 
 def _prepare(params, x, config, state, *, ndim: int, state_name: str):
@@ -365,9 +455,10 @@ def forward(
         return y.astype(_out_dtype(config, x_dtype, state)), State(np.stack(states))
     ys = []
     for t in range(n_time):
-        q, k, v, a = project(params, x[:, t], config)
+        xn = input_norm(x[:, t], config)
+        q, k, v, a = project(params, xn, config)
         state = a * state + k[..., :, None] * v[..., None, :]  # rows of S decayed by a
-        ys.append(_read_out(params, np.einsum("bhkv,bhk->bhv", state, q), config))
+        ys.append(_read_out(params, np.einsum("bhkv,bhk->bhv", state, q), config, xn))
     y = np.stack(ys, axis=1) if ys else np.zeros((n_batch, 0, config.d_model), x.dtype)
     return y.astype(_out_dtype(config, x_dtype, state)), State(state)
 
@@ -378,9 +469,10 @@ def step(
     """One iteration of the loop: ``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` -> ``(y_t: (B, D), State)``."""
     x_dtype = np.asarray(x_t).dtype
     params, x_t, state = _prepare(params, x_t, config, state_h(state, name="state"), ndim=2, state_name="state")
-    q, k, v, a = project(params, x_t, config)
+    xn = input_norm(x_t, config)
+    q, k, v, a = project(params, xn, config)
     state = a * state + k[..., :, None] * v[..., None, :]
-    y = _read_out(params, np.einsum("bhkv,bhk->bhv", state, q), config)
+    y = _read_out(params, np.einsum("bhkv,bhk->bhv", state, q), config, xn)
     return y.astype(_out_dtype(config, x_dtype, state)), State(state)
 
 
@@ -422,17 +514,37 @@ def vjp(
     h0 = state_h(initial_state)
     s0 = np.zeros(state_shape(config, n_batch), sdt) if h0 is None else np.asarray(h0, sdt)
     # forward, keeping what the backward needs
-    q, k, v, a = project(p, x, config)
+    xn = input_norm(x, config)
+    q, k, v, a = project(p, xn, config)
     kv = (k[..., :, None] * v[..., None, :]).astype(sdt)
     states, _ = reference.linear_scan(a, kv, initial_state=s0)
     o = np.einsum("bthkv,bthk->bthv", states, q)
-    u = o.real if config.is_complex and config.complex_output == "real" else o
+    u0 = (o.real if config.is_complex and config.complex_output == "real" else o).reshape(n_batch, n_time, h_ * v_)
+    u1 = layer_norm(u0, p["sub_norm.scale"], p["sub_norm.bias"]) if config.sub_norm == "layernorm" else u0
+    gated = config.output_gate == "silu"
+    pre_g = _dense(p, "output_gate_proj", xn) if gated else None
+    u = u1 * silu(pre_g) if gated else u1
     # backward
     grads: dict[str, np.ndarray] = {}
     y_bar = np.asarray(cotangent_y)
     u_bar = y_bar @ p["out_proj.kernel"].T
     grads["out_proj.kernel"] = np.real(u.reshape(-1, h_ * v_).T @ y_bar.reshape(-1, config.d_model))
     grads["out_proj.bias"] = np.real(y_bar.reshape(-1, config.d_model).sum(axis=0))
+    xn_bar = np.zeros_like(xn)
+    if gated:
+        sig = _sigmoid(pre_g)
+        pre_g_bar = np.real(u_bar * u1) * sig * (1 + pre_g * (1 - sig))  # silu'(z) = σ(z)(1 + z(1 − σ(z)))
+        xn_bar = xn_bar + _dense_vjp(grads, "output_gate_proj", xn, pre_g_bar, p)
+        u_bar = u_bar * silu(pre_g)
+    if config.sub_norm == "layernorm":
+        u_bar = np.real(u_bar)
+        mean = u0.mean(axis=-1, keepdims=True)
+        rstd = 1 / np.sqrt(np.square(u0 - mean).mean(axis=-1, keepdims=True) + SUB_NORM_EPS)
+        hat = (u0 - mean) * rstd
+        grads["sub_norm.scale"] = (u_bar * hat).reshape(-1, h_ * v_).sum(axis=0)
+        grads["sub_norm.bias"] = u_bar.reshape(-1, h_ * v_).sum(axis=0)
+        d = u_bar * p["sub_norm.scale"]
+        u_bar = rstd * (d - d.mean(axis=-1, keepdims=True) - hat * (d * hat).mean(axis=-1, keepdims=True))
     o_bar = u_bar.reshape(n_batch, n_time, h_, v_)
     if not (config.is_complex and config.complex_output == "complex"):
         o_bar = np.real(o_bar)  # a real output (or Re(o)) pulls back a real cotangent
@@ -442,19 +554,37 @@ def vjp(
     a_bar, kv_bar, s0_bar = reference.linear_scan_vjp(a, kv, h_bar, ct_state, initial_state=s0)
     k_bar = np.real(np.einsum("bthkv,bthv->bthk", kv_bar, v))
     v_bar = np.real(np.einsum("bthkv,bthk->bthv", kv_bar, k))
-    x_bar = _dense_vjp(grads, "q_proj", x, q_bar.reshape(n_batch, n_time, -1), p)
-    x_bar = x_bar + _dense_vjp(grads, "k_proj", x, k_bar.reshape(n_batch, n_time, -1), p)
-    x_bar = x_bar + _dense_vjp(grads, "v_proj", x, v_bar.reshape(n_batch, n_time, -1), p)
+    xn_bar = xn_bar + _dense_vjp(grads, "q_proj", xn, q_bar.reshape(n_batch, n_time, -1), p)
+    xn_bar = xn_bar + _dense_vjp(grads, "k_proj", xn, k_bar.reshape(n_batch, n_time, -1), p)
+    xn_bar = xn_bar + _dense_vjp(grads, "v_proj", xn, v_bar.reshape(n_batch, n_time, -1), p)
     a_bar = a_bar.reshape(n_batch, n_time, h_ * r_)
     a = a.reshape(n_batch, n_time, h_ * r_)
-    if config.is_complex:
-        mag = _sigmoid(_dense(p, "a_mag_proj", x))
+    if config.is_complex and config.gate_parametrization == "cartesian":
+        re, im = _dense(p, "a_re_proj", xn), _dense(p, "a_im_proj", xn)
+        r = np.hypot(re, im)
+        r_bar = np.real(a_bar * a) * (1 - _sigmoid(r))  # a = σ(r) e^{iθ}: ∂a/∂r = a(1 − σ(r)), ∂a/∂θ = i a
+        theta_bar = np.real(a_bar * 1j * a)
+        safe = np.where(r > 0, r, 1)  # at z = 0 the gradient is taken as 0 (torch's abs/angle at 0)
+        re_bar = np.where(r > 0, r_bar * re / safe - theta_bar * im / safe**2, 0)
+        im_bar = np.where(r > 0, r_bar * im / safe + theta_bar * re / safe**2, 0)
+        xn_bar = xn_bar + _dense_vjp(grads, "a_re_proj", xn, re_bar, p)
+        xn_bar = xn_bar + _dense_vjp(grads, "a_im_proj", xn, im_bar, p)
+    elif config.is_complex:
+        mag = _sigmoid(_dense(p, "a_mag_proj", xn))
         mag_bar = np.real(a_bar * a) * (1 - mag)  # d|a|/dm = σ'(m) = σ(1-σ); a·(1-σ) = σ' e^{iφ}
         phase_bar = np.real(a_bar * 1j * a)
         if config.phase_activation == "relu":
-            phase_bar = phase_bar * (_dense(p, "a_phase_proj", x) > 0)
-        x_bar = x_bar + _dense_vjp(grads, "a_mag_proj", x, mag_bar, p)
-        x_bar = x_bar + _dense_vjp(grads, "a_phase_proj", x, phase_bar, p)
+            phase_bar = phase_bar * (_dense(p, "a_phase_proj", xn) > 0)
+        xn_bar = xn_bar + _dense_vjp(grads, "a_mag_proj", xn, mag_bar, p)
+        xn_bar = xn_bar + _dense_vjp(grads, "a_phase_proj", xn, phase_bar, p)
     else:
-        x_bar = x_bar + _dense_vjp(grads, "a_proj", x, np.real(a_bar) * a * (1 - a), p)
+        xn_bar = xn_bar + _dense_vjp(grads, "a_proj", xn, np.real(a_bar) * a * (1 - a), p)
+    if config.input_norm == "rms":  # x̃ = x·s/n, n = max(‖x‖, eps): J = s/n (I − x̂x̂ᵀ) when ‖x‖ > eps
+        norm = np.sqrt(np.sum(np.square(x), axis=-1, keepdims=True))
+        n = np.maximum(norm, RMS_EPS)
+        unit = x / n
+        proj = np.where(norm > RMS_EPS, np.sum(unit * xn_bar, axis=-1, keepdims=True), 0)
+        x_bar = np.sqrt(config.d_model) / n * (xn_bar - unit * proj)
+    else:
+        x_bar = xn_bar
     return grads, x_bar, s0_bar

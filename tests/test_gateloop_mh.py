@@ -26,6 +26,12 @@ CONFIGS = {
     "complex": GateLoopMHConfig(d_model=4, num_heads=2, d_key=2, d_value=2, gate="complex"),
     "complex-out": GateLoopMHConfig(d_model=4, num_heads=2, d_key=2, d_value=2, gate="complex",
                                     complex_output="complex", phase_activation="relu", gate_granularity="head"),
+    # lucidrains' options (gateloop_mh.md §2, §9): cartesian complex gate, sub-LayerNorm, silu output gate, RMS input
+    "cartesian-gated": GateLoopMHConfig(d_model=4, num_heads=2, d_key=2, d_value=2, gate="complex",
+                                        gate_parametrization="cartesian", gate_granularity="head",
+                                        sub_norm="layernorm", output_gate="silu", input_norm="rms"),
+    "rms-subnorm": GateLoopMHConfig(d_model=4, num_heads=2, d_key=3, d_value=2, input_norm="rms",
+                                    sub_norm="layernorm"),
 }
 
 
@@ -159,7 +165,7 @@ def jx():
     return SimpleNamespace(jax=jax, jnp=jnp, nnx=nnx, mod=mod)
 
 
-@pytest.mark.parametrize("name", ["real", "complex-out"])
+@pytest.mark.parametrize("name", ["real", "complex-out", "cartesian-gated"])
 def test_nnx_module_matches_reference(jx, name):
     config = CONFIGS[name]
     params, x, s0 = _problem(config)
@@ -288,7 +294,7 @@ def tt():
     return SimpleNamespace(torch=torch, mod=mod)
 
 
-@pytest.mark.parametrize("name", ["real-head", "complex"])
+@pytest.mark.parametrize("name", ["real-head", "complex", "cartesian-gated", "rms-subnorm"])
 def test_torch_module_matches_reference(tt, name):
     torch = tt.torch
     config = CONFIGS[name]
@@ -298,7 +304,7 @@ def test_torch_module_matches_reference(tt, name):
     module = tt.mod.GateLoopMH.from_canonical(config, params)
     assert module.config == config
     keys = set(module.state_dict())
-    assert keys == {k.replace(".kernel", ".weight") for k in params}
+    assert keys == {k.replace(".kernel", ".weight").replace(".scale", ".weight") for k in params}
     np.testing.assert_array_equal(module.q_proj.weight.detach().numpy(), params["q_proj.kernel"].T)
     for mode, method, size in PATHS:
         y, final = module(torch.as_tensor(x), State(torch.as_tensor(s0)), mode=mode, method=method, chunk_size=size)
@@ -444,7 +450,8 @@ def test_lucidrains_simple_gateloop_layer(tt):
     torch.manual_seed(0)
     theirs = simplified.SimpleGateLoopLayer(dim).eval()
     weight = theirs.to_qkva[0].weight.detach().numpy().astype(np.float64)  # (3·dim, dim): rows [q | kv | a]
-    config = GateLoopMHConfig(d_model=dim, num_heads=dim, d_key=1, d_value=1, qkv_bias=True)
+    # its RMSNorm (gain γ = 1 at init) is the layer's parameter-free input_norm="rms": no step outside the layer
+    config = GateLoopMHConfig(d_model=dim, num_heads=dim, d_key=1, d_value=1, qkv_bias=True, input_norm="rms")
     zeros = np.zeros(dim)
     params = {
         "q_proj.kernel": weight[:dim].T, "q_proj.bias": zeros,
@@ -456,9 +463,8 @@ def test_lucidrains_simple_gateloop_layer(tt):
     x = torch.randn(batch, length, dim)
     with torch.no_grad():
         y_theirs, (_, state_theirs) = theirs(x, return_cache=True)
-        normed = theirs.norm(x)  # their pre-norm is outside this layer
     ours = tt.mod.GateLoopMH.from_canonical(config, params, dtype=torch.float32)
-    y, state = ours(normed)
+    y, state = ours(x)
     np.testing.assert_allclose(y.detach().numpy(), y_theirs.numpy(), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(state.h.detach().numpy().reshape(batch, dim),
                                state_theirs.numpy().reshape(batch, dim), atol=1e-5, rtol=1e-5)
@@ -479,3 +485,72 @@ def test_lucidrains_gate_looped_attention_operator(tt):
     ours, _ = tt.mod._scan_part(q[:, :, None], k[:, :, None], v[:, :, None], a[:, :, None],
                                 torch.zeros(bh, 1, d, d, dtype=torch.complex128), "auto")
     np.testing.assert_allclose(ours.real[:, :, 0].numpy(), theirs.numpy(), atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# lucidrains' options: input_norm, the cartesian gate, sub_norm, output_gate (gateloop_mh.md §2)
+
+
+def test_new_option_validation():
+    with pytest.raises(ValueError, match="gate_parametrization"):
+        GateLoopMHConfig(d_model=4, gate_parametrization="cartesian")  # a real gate
+    with pytest.raises(ValueError, match="phase_activation"):
+        GateLoopMHConfig(d_model=4, gate="complex", gate_parametrization="cartesian", phase_activation="relu")
+    for field in ("sub_norm", "output_gate"):
+        value = {"sub_norm": "layernorm", "output_gate": "silu"}[field]
+        with pytest.raises(ValueError, match=field):
+            GateLoopMHConfig(d_model=4, gate="complex", complex_output="complex", **{field: value})
+    for field, bad in (("input_norm", "layer"), ("sub_norm", "rms"), ("output_gate", "relu")):
+        with pytest.raises(ValueError, match=field):
+            GateLoopMHConfig(d_model=4, **{field: bad})
+    shapes = spec.param_shapes(CONFIGS["cartesian-gated"])
+    assert {"a_re_proj.kernel", "a_im_proj.bias", "sub_norm.scale", "output_gate_proj.kernel"} <= set(shapes)
+    assert not {"a_mag_proj.kernel", "output_gate_proj.bias"} & set(shapes)
+    init = spec.init_params(CONFIGS["cartesian-gated"], 0, "float64")
+    np.testing.assert_array_equal(init["sub_norm.scale"], np.ones(4))
+    np.testing.assert_allclose(spec.cartesian_gate(init["a_re_proj.bias"], init["a_im_proj.bias"]),
+                               np.linspace(0.9, 0.999, 2))  # σ(|z|) in the decay range, phase 0
+
+
+def test_input_norm_and_cartesian_gate_values():
+    config = CONFIGS["rms-subnorm"]
+    x = np.array([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [1e-13, 0.0, 0.0, 0.0]])
+    # x / max(‖x‖, 1e-12) · √4, as torch F.normalize(x, dim=-1) * 2
+    np.testing.assert_allclose(spec.input_norm(x, config), [[1.2, 1.6, 0, 0], [0, 0, 0, 0], [0.2, 0, 0, 0]])
+    a = spec.cartesian_gate(np.array([0.0, 3.0, -1.0]), np.array([0.0, 4.0, 0.0]))
+    sig = 1 / (1 + np.exp(-np.array([0.0, 5.0, 1.0])))
+    np.testing.assert_allclose(a, sig * np.array([1, 0.6 + 0.8j, -1]))  # z = 0 gives 1/2 (angle 0)
+
+
+def test_zero_inputs_give_finite_gradients(jx, tt):
+    """x = 0 (the RMS norm's eps branch) and z = 0 (the cartesian gate's origin) keep gradients finite and equal to
+    the reference's in both autodiff backends."""
+    config = CONFIGS["cartesian-gated"]
+    params, x, s0 = _problem(config, length=3)
+    params = {**params, "a_re_proj.bias": np.zeros(2), "a_im_proj.bias": np.zeros(2)}
+    x[:, 1] = 0.0  # z = 0 and ‖x‖ = 0 at step 1
+    rng = np.random.default_rng(2)
+    y, final = spec.forward(params, x, config, State(s0))
+    ct_y = rng.standard_normal(y.shape)
+    ct_s = rng.standard_normal(final.h.shape) + 1j * rng.standard_normal(final.h.shape)
+    p_bar, x_bar, _ = spec.vjp(params, x, config, ct_y, ct_s, initial_state=State(s0))
+    assert np.isfinite(x_bar).all() and all(np.isfinite(v).all() for v in p_bar.values())
+
+    def loss_jax(p, xx):
+        yy, ff = jx.mod.gateloop_mh(p, xx, config=config, initial_state=State(jx.jnp.asarray(s0)))
+        return jx.jnp.real(jx.jnp.sum(ct_y * yy) + jx.jnp.sum(ct_s * ff.h))
+
+    gp, gx = jx.jax.grad(loss_jax, argnums=(0, 1))({k: jx.jnp.asarray(v) for k, v in params.items()},
+                                                 jx.jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(gx), x_bar, atol=1e-9)
+    for name, want in p_bar.items():
+        np.testing.assert_allclose(np.asarray(gp[name]), want, atol=1e-9, err_msg=name)
+    torch = tt.torch
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    tx = torch.tensor(x, requires_grad=True)
+    yy, ff = tt.mod.gateloop_mh(tp, tx, config=config, initial_state=State(torch.tensor(s0)))
+    loss = (yy * torch.tensor(ct_y)).sum() + (ff.h * torch.tensor(ct_s)).sum().real
+    loss.backward()
+    np.testing.assert_allclose(tx.grad.numpy(), x_bar, atol=1e-9)
+    for name, want in p_bar.items():
+        np.testing.assert_allclose(tp[name].grad.numpy(), want, atol=1e-9, err_msg=name)

@@ -266,10 +266,22 @@ GATELOOP_MH_ROWS: tuple[Row, ...] = (
     *dense("k_proj", "d_model", "num_heads * d_key", bias="qkv_bias", meaning="keys, heads-major (H, K)"),
     *dense("v_proj", "d_model", "num_heads * d_value", bias="qkv_bias", meaning="values, heads-major (H, V)"),
     *dense("a_proj", "d_model", "num_heads * gate_rows", when="gate == 'real'", meaning="real decay logits"),
-    *dense("a_mag_proj", "d_model", "num_heads * gate_rows", when="gate == 'complex'",
-           meaning="complex decay: magnitude logits"),
-    *dense("a_phase_proj", "d_model", "num_heads * gate_rows", when="gate == 'complex'",
-           meaning="complex decay: phase"),
+    *dense("a_mag_proj", "d_model", "num_heads * gate_rows",
+           when="gate == 'complex' and gate_parametrization == 'mag_phase'", meaning="complex decay: magnitude logits"),
+    *dense("a_phase_proj", "d_model", "num_heads * gate_rows",
+           when="gate == 'complex' and gate_parametrization == 'mag_phase'", meaning="complex decay: phase"),
+    *dense("a_re_proj", "d_model", "num_heads * gate_rows",
+           when="gate == 'complex' and gate_parametrization == 'cartesian'",
+           meaning="complex decay logit z: real part (a = σ(|z|)·z/|z|)"),
+    *dense("a_im_proj", "d_model", "num_heads * gate_rows",
+           when="gate == 'complex' and gate_parametrization == 'cartesian'",
+           meaning="complex decay logit z: imaginary part"),
+    Row("sub_norm.scale", "(num_heads * d_value,)", "sub_norm.scale", "sub_norm.weight", when="sub_norm == 'layernorm'",
+        meaning="LayerNorm gain on the read-out"),
+    Row("sub_norm.bias", "(num_heads * d_value,)", "sub_norm.bias", "sub_norm.bias", when="sub_norm == 'layernorm'",
+        meaning="LayerNorm bias on the read-out"),
+    *dense("output_gate_proj", "d_model", "num_heads * d_value", bias=False, when="output_gate != 'none'",
+           meaning="output gate u ⊙ silu(x̃ W_g)"),
     *dense("out_proj", "num_heads * d_value", "d_model", meaning="output projection"),
 )
 
@@ -301,9 +313,14 @@ def _infer_minrnn(n_blocks: int) -> Callable:
 def _infer_gateloop_mh(shapes: Mapping[str, tuple[int, ...]], given: Mapping[str, Any]) -> dict:
     d_model, hk = _shape(shapes, "q_proj.kernel", 2)
     _, hv = _shape(shapes, "v_proj.kernel", 2)
-    complex_gate = "a_mag_proj.kernel" in shapes
-    _, hr = _shape(shapes, "a_mag_proj.kernel" if complex_gate else "a_proj.kernel", 2)
-    out = dict(d_model=d_model, gate="complex" if complex_gate else "real", qkv_bias="q_proj.bias" in shapes)
+    cartesian = "a_re_proj.kernel" in shapes
+    complex_gate = cartesian or "a_mag_proj.kernel" in shapes
+    gate_name = "a_re_proj.kernel" if cartesian else "a_mag_proj.kernel" if complex_gate else "a_proj.kernel"
+    _, hr = _shape(shapes, gate_name, 2)
+    out = dict(d_model=d_model, gate="complex" if complex_gate else "real", qkv_bias="q_proj.bias" in shapes,
+               gate_parametrization="cartesian" if cartesian else "mag_phase",
+               sub_norm="layernorm" if "sub_norm.scale" in shapes else "none",
+               output_gate="silu" if "output_gate_proj.kernel" in shapes else "none")
     if hr < hk:  # one gate per head (R = 1): the gate width is the number of heads
         heads, granularity = hr, "head"
     else:  # per-key gates: H·K = H·R, so the shapes cannot tell H from K

@@ -47,7 +47,10 @@ def _project(params: Mapping[str, Array], x: Array, config: GateLoopMHConfig, sd
     q = _dense(params, "q_proj", x).reshape(*lead, h, config.d_key).astype(real)
     k = _dense(params, "k_proj", x).reshape(*lead, h, config.d_key).astype(real)
     v = _dense(params, "v_proj", x).reshape(*lead, h, config.d_value).astype(real)
-    if config.is_complex:
+    if config.is_complex and config.gate_parametrization == "cartesian":
+        a = _cartesian_gate(_dense(params, "a_re_proj", x).astype(real),
+                            _dense(params, "a_im_proj", x).astype(real)).astype(sdt)
+    elif config.is_complex:
         mag = jax.nn.sigmoid(_dense(params, "a_mag_proj", x).astype(real))
         phase = _dense(params, "a_phase_proj", x).astype(real)
         if config.phase_activation == "relu":
@@ -58,15 +61,44 @@ def _project(params: Mapping[str, Array], x: Array, config: GateLoopMHConfig, sd
     return q, k, v, a.reshape(*lead, h, r, 1)
 
 
-def _read_out(params: Mapping[str, Array], o: Array, x_dtype, config: GateLoopMHConfig) -> Array:
-    """``o: (..., H, V)`` in the state dtype -> ``y: (..., D)`` (§2 output convention, then ``out_proj``)."""
+def _cartesian_gate(re: Array, im: Array) -> Array:
+    """``σ(|z|) · z/|z|`` (``z/|z| := 1`` at ``z = 0``, gradient 0 there): ``gateloop_mh.md`` §2."""
+    sq = re * re + im * im
+    nonzero = sq > 0
+    r = jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1)), 0)  # double where: finite gradients at z = 0
+    scale = jax.nn.sigmoid(r) / jnp.where(nonzero, r, 1)
+    return lax.complex(jnp.where(nonzero, re * scale, jax.nn.sigmoid(r)), jnp.where(nonzero, im * scale, 0))
+
+
+def _input_norm(x: Array, config: GateLoopMHConfig) -> Array:
+    """``x̃ = x / max(‖x‖₂, 1e-12) · √D`` (``input_norm="rms"``), in at least float32, returned in x's dtype."""
+    if config.input_norm == "none":
+        return x
+    z = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    sq = jnp.sum(z * z, axis=-1, keepdims=True)
+    # max(‖x‖, eps) with a finite gradient at x = 0 (sqrt' is infinite there)
+    norm = jnp.sqrt(jnp.maximum(sq, spec.RMS_EPS**2))
+    return (z / norm * np.sqrt(config.d_model)).astype(x.dtype)
+
+
+def _read_out(params: Mapping[str, Array], o: Array, x_dtype, config: GateLoopMHConfig, xn: Array) -> Array:
+    """``o: (..., H, V)`` in the state dtype -> ``y: (..., D)`` (§2 output convention, ``sub_norm``, the output gate
+    on ``xn: (..., D)``, then ``out_proj``)."""
     width = config.num_heads * config.d_value
     if config.is_complex and config.complex_output == "complex":
         real = jnp.real(o).dtype
         u = o.reshape(*o.shape[:-2], width)
         return dense(u, params["out_proj.kernel"].astype(real), params["out_proj.bias"].astype(real))
-    u = (jnp.real(o) if config.is_complex else o).astype(x_dtype)  # rounded once to x's dtype
-    return _dense(params, "out_proj", u.reshape(*u.shape[:-2], width))
+    u = jnp.real(o) if config.is_complex else o
+    u = u.reshape(*u.shape[:-2], width)
+    if config.sub_norm == "layernorm":  # in the state's real dtype, before the one rounding to x's dtype
+        mean = u.mean(axis=-1, keepdims=True)
+        var = jnp.square(u - mean).mean(axis=-1, keepdims=True)
+        u = ((u - mean) * lax.rsqrt(var + spec.SUB_NORM_EPS) * params["sub_norm.scale"].astype(u.dtype)
+             + params["sub_norm.bias"].astype(u.dtype))
+    if config.output_gate == "silu":
+        u = u * jax.nn.silu(_dense(params, "output_gate_proj", xn).astype(u.dtype))
+    return _dense(params, "out_proj", u.astype(x_dtype))  # rounded once to x's dtype
 
 
 def _outer(k: Array, v: Array, sdt) -> Array:
@@ -118,9 +150,10 @@ def _prepare(params, x, state, config: GateLoopMHConfig, *, ndim: int, state_nam
 
 
 def _step(params, x_t: Array, state: Array, config: GateLoopMHConfig) -> tuple[Array, Array]:
-    q, k, v, a = _project(params, x_t, config, state.dtype)
+    xn = _input_norm(x_t, config)
+    q, k, v, a = _project(params, xn, config, state.dtype)
     state = a * state + _outer(k, v, state.dtype)  # rows of S decayed by a
-    return _read_out(params, jnp.einsum("bhkv,bhk->bhv", state, q), x_t.dtype, config), state
+    return _read_out(params, jnp.einsum("bhkv,bhk->bhv", state, q), x_t.dtype, config, xn), state
 
 
 _step_jit = jax.jit(_step, static_argnames=("config",))
@@ -186,7 +219,8 @@ def _forward(params, x: Array, state: Array, valid: Array | None, *, config: Gat
             state, y = lax.scan(one, state, (jnp.moveaxis(x, 1, 0), jnp.moveaxis(keep, 1, 0)))
             y = jnp.moveaxis(y, 0, 1)
         else:
-            q, k, v, a = _project(params, x, config, state.dtype)
+            xn = _input_norm(x, config)
+            q, k, v, a = _project(params, xn, config, state.dtype)
             if valid is not None:  # padding: identity steps (a = 1, k ⊗ v = 0) inside the scan
                 a = jnp.where(valid[:, :, None, None, None], a, jnp.ones((), a.dtype))
                 k = jnp.where(valid[:, :, None, None], k, jnp.zeros((), k.dtype))
@@ -194,7 +228,7 @@ def _forward(params, x: Array, state: Array, valid: Array | None, *, config: Gat
                 o, state = _chunked(q, k, v, a, state, "auto", size)
             else:
                 o, state = _scan_part(q, k, v, a, state, method)
-            y = _read_out(params, o, x.dtype, config)
+            y = _read_out(params, o, x.dtype, config, xn)
         if valid is not None:  # outputs at padded positions are zero
             y = jnp.where(valid[..., None], y, jnp.zeros((), y.dtype))
         return y, state
@@ -233,8 +267,10 @@ class GateLoopMH(nnx.Module):
 
     ``__call__(x: (B, T, D), initial_state: State | None, *, lengths=None) -> (y: (B, T, D), final_state: State)``
     (``(T, B, D)`` in and out with ``batch_first=False``); the state is ``State(h=(B, H, K, V))``.
-    Submodules ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj`` (real) or ``a_mag_proj``/``a_phase_proj`` (complex),
-    ``out_proj`` are ``nnx.Linear``: their state paths are the canonical names (``q_proj.kernel``, ...).
+    Submodules ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj`` (real) or ``a_mag_proj``/``a_phase_proj`` (complex;
+    ``a_re_proj``/``a_im_proj`` with ``gate_parametrization="cartesian"``), ``output_gate_proj`` (``output_gate``),
+    ``out_proj`` are ``nnx.Linear``, ``sub_norm`` (``sub_norm="layernorm"``) an ``nnx.LayerNorm``: their state paths
+    are the canonical names (``q_proj.kernel``, ...).
     ``dtype`` is the compute dtype (``None``: the input's), ``param_dtype`` the storage dtype; ``remat=True``
     recomputes the scan in the backward pass.
     """
@@ -252,6 +288,10 @@ class GateLoopMH(nnx.Module):
         complex_output: str = "real",
         qkv_bias: bool = False,
         chunk_size: int = 64,
+        gate_parametrization: str = "mag_phase",
+        input_norm: str = "none",
+        sub_norm: str = "none",
+        output_gate: str = "none",
         batch_first: bool = True,
         rngs: nnx.Rngs,
         dtype=None,
@@ -261,7 +301,8 @@ class GateLoopMH(nnx.Module):
         cfg = GateLoopMHConfig(
             d_model=d_model, num_heads=num_heads, d_key=d_key, d_value=d_value, gate=gate,
             gate_granularity=gate_granularity, phase_activation=phase_activation, complex_output=complex_output,
-            qkv_bias=qkv_bias, chunk_size=chunk_size,
+            qkv_bias=qkv_bias, chunk_size=chunk_size, gate_parametrization=gate_parametrization,
+            input_norm=input_norm, sub_norm=sub_norm, output_gate=output_gate,
         )
         spec.check_batch_first(batch_first)
         self._config = cfg
@@ -280,11 +321,19 @@ class GateLoopMH(nnx.Module):
         self.k_proj = linear("k_proj")
         self.v_proj = linear("v_proj")
         decay_bias = _constant_init(spec.gate_bias_init(cfg))
-        if cfg.is_complex:
+        if cfg.is_complex and cfg.gate_parametrization == "cartesian":
+            self.a_re_proj = linear("a_re_proj", decay_bias)
+            self.a_im_proj = linear("a_im_proj")
+        elif cfg.is_complex:
             self.a_mag_proj = linear("a_mag_proj", decay_bias)
             self.a_phase_proj = linear("a_phase_proj")
         else:
             self.a_proj = linear("a_proj", decay_bias)
+        if cfg.output_gate != "none":
+            self.output_gate_proj = linear("output_gate_proj")
+        if cfg.sub_norm == "layernorm":
+            self.sub_norm = nnx.LayerNorm(cfg.num_heads * cfg.d_value, epsilon=spec.SUB_NORM_EPS,
+                                          param_dtype=param_dtype, rngs=rngs)
         self.out_proj = linear("out_proj")
 
     @property
@@ -292,7 +341,8 @@ class GateLoopMH(nnx.Module):
         return self._config
 
     def _linears(self) -> dict[str, nnx.Linear]:
-        names = ("q_proj", "k_proj", "v_proj", *self._config.gate_names, "out_proj")
+        gate = ("output_gate_proj",) if self._config.output_gate != "none" else ()
+        names = ("q_proj", "k_proj", "v_proj", *self._config.gate_names, *gate, "out_proj")
         return {name: getattr(self, name) for name in names}
 
     def _params(self) -> dict[str, Array]:
@@ -301,6 +351,8 @@ class GateLoopMH(nnx.Module):
             params[f"{name}.kernel"] = lin.kernel[...]
             if lin.bias is not None:
                 params[f"{name}.bias"] = lin.bias[...]
+        if self._config.sub_norm == "layernorm":
+            params["sub_norm.scale"], params["sub_norm.bias"] = self.sub_norm.scale[...], self.sub_norm.bias[...]
         return params
 
     def _cast(self, x: Array) -> Array:
@@ -347,12 +399,17 @@ class GateLoopMH(nnx.Module):
             config.d_model, config.num_heads, config.d_key, config.d_value, gate=config.gate,
             gate_granularity=config.gate_granularity, phase_activation=config.phase_activation,
             complex_output=config.complex_output, qkv_bias=config.qkv_bias, chunk_size=config.chunk_size,
-            rngs=rngs or nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype, remat=remat, batch_first=batch_first,
+            gate_parametrization=config.gate_parametrization, input_norm=config.input_norm,
+            sub_norm=config.sub_norm, output_gate=config.output_gate, rngs=rngs or nnx.Rngs(0),
+            dtype=dtype, param_dtype=param_dtype, remat=remat, batch_first=batch_first,
         )
         for name, lin in module._linears().items():
             lin.kernel[...] = jnp.asarray(params[f"{name}.kernel"], param_dtype)
             if lin.bias is not None:
                 lin.bias[...] = jnp.asarray(params[f"{name}.bias"], param_dtype)
+        if config.sub_norm == "layernorm":
+            module.sub_norm.scale[...] = jnp.asarray(params["sub_norm.scale"], param_dtype)
+            module.sub_norm.bias[...] = jnp.asarray(params["sub_norm.bias"], param_dtype)
         return module
 
     def canonical_params(self) -> dict[str, np.ndarray]:

@@ -41,15 +41,29 @@ def _prepare(params: Mapping[str, np.ndarray], x: np.ndarray, state, config: Gat
     return params, x, state
 
 
-def _read_out(params, o: np.ndarray, x_dtype: np.dtype, config: GateLoopMHConfig) -> np.ndarray:
-    """``o: (..., H, V)`` in the state dtype -> ``y: (..., D)``."""
+def _input_norm(x: np.ndarray, config: GateLoopMHConfig) -> np.ndarray:
+    """``x̃`` (``spec.input_norm``) computed in at least float32, returned in x's dtype."""
+    if config.input_norm == "none":
+        return x
+    return spec.input_norm(x.astype(np.promote_types(x.dtype, np.float32)), config).astype(x.dtype)
+
+
+def _read_out(params, o: np.ndarray, x_dtype: np.dtype, config: GateLoopMHConfig, xn: np.ndarray) -> np.ndarray:
+    """``o: (..., H, V)`` in the state dtype -> ``y: (..., D)``; ``xn: (..., D)`` feeds the output gate."""
     width = config.num_heads * config.d_value
     if config.is_complex and config.complex_output == "complex":
         real = o.real.dtype
         u = o.reshape(*o.shape[:-2], width)
         return u @ params["out_proj.kernel"].astype(real) + params["out_proj.bias"].astype(real)
-    u = (o.real if config.is_complex else o).astype(x_dtype)  # rounded once to x's dtype before out_proj
-    y = u.reshape(*u.shape[:-2], width) @ params["out_proj.kernel"] + params["out_proj.bias"]
+    u = o.real if config.is_complex else o
+    u = u.reshape(*u.shape[:-2], width)
+    if config.sub_norm == "layernorm":  # in the state's real dtype, before the one rounding to x's dtype
+        u = spec.layer_norm(u, params["sub_norm.scale"].astype(u.dtype), params["sub_norm.bias"].astype(u.dtype))
+    if config.output_gate == "silu":
+        g = (xn @ params["output_gate_proj.kernel"]).astype(u.dtype)  # projection in x's dtype
+        u = u * spec.silu(g)
+    u = u.astype(x_dtype)  # rounded once to x's dtype before out_proj
+    y = u @ params["out_proj.kernel"] + params["out_proj.bias"]
     return y.astype(x_dtype)
 
 
@@ -116,8 +130,9 @@ def _layer(params, x: np.ndarray, state: np.ndarray, valid: np.ndarray | None, c
             state = new if valid is None else np.where(valid[:, t, None, None, None], new, state)
             ys.append(y_t)
         empty = np.zeros((x.shape[0], 0, config.num_heads, config.d_value), state.dtype)
-        return (np.stack(ys, axis=1) if ys else _read_out(params, empty, x.dtype, config)), state
-    q, k, v, a = _project(params, x, config, state.dtype)
+        return (np.stack(ys, axis=1) if ys else _read_out(params, empty, x.dtype, config, x)), state
+    xn = _input_norm(x, config)
+    q, k, v, a = _project(params, xn, config, state.dtype)
     if valid is not None:  # padding: identity steps (a = 1, k ⊗ v = 0) inside the scan
         a = np.where(valid[:, :, None, None, None], a, 1).astype(a.dtype)
         k = np.where(valid[:, :, None, None], k, 0).astype(k.dtype)
@@ -131,13 +146,14 @@ def _layer(params, x: np.ndarray, state: np.ndarray, valid: np.ndarray | None, c
         outs.append(o)
     o = np.concatenate(outs, axis=1) if outs else np.zeros((*x.shape[:2], config.num_heads, config.d_value),
                                                            state.dtype)
-    return _read_out(params, o, x.dtype, config), state
+    return _read_out(params, o, x.dtype, config, xn), state
 
 
 def _step(params, x_t: np.ndarray, state: np.ndarray, config: GateLoopMHConfig) -> tuple[np.ndarray, np.ndarray]:
-    q, k, v, a = _project(params, x_t, config, state.dtype)
+    xn = _input_norm(x_t, config)
+    q, k, v, a = _project(params, xn, config, state.dtype)
     state = a * state + (k[..., :, None] * v[..., None, :]).astype(state.dtype)
-    return _read_out(params, np.einsum("bhkv,bhk->bhv", state, q), x_t.dtype, config), state
+    return _read_out(params, np.einsum("bhkv,bhk->bhv", state, q), x_t.dtype, config, xn), state
 
 
 def gateloop_mh_step(

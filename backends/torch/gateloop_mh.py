@@ -50,7 +50,9 @@ def _project(params: Mapping[str, Tensor], x: Tensor, config: GateLoopMHConfig, 
     q = cast(_dense(params, "q_proj", x).reshape(*lead, h, config.d_key), real)
     k = cast(_dense(params, "k_proj", x).reshape(*lead, h, config.d_key), real)
     v = cast(_dense(params, "v_proj", x).reshape(*lead, h, config.d_value), real)
-    if config.is_complex:
+    if config.is_complex and config.gate_parametrization == "cartesian":
+        a = _cartesian_gate(cast(_dense(params, "a_re_proj", x), real), cast(_dense(params, "a_im_proj", x), real))
+    elif config.is_complex:
         mag = torch.sigmoid(cast(_dense(params, "a_mag_proj", x), real))
         phase = cast(_dense(params, "a_phase_proj", x), real)
         if config.phase_activation == "relu":
@@ -61,14 +63,41 @@ def _project(params: Mapping[str, Tensor], x: Tensor, config: GateLoopMHConfig, 
     return q, k, v, a.reshape(*lead, h, r, 1)
 
 
-def _read_out(params: Mapping[str, Tensor], o: Tensor, x_dtype: torch.dtype, config: GateLoopMHConfig) -> Tensor:
-    """``o: (..., H, V)`` in the state dtype -> ``y: (..., D)`` (§2 output convention, then ``out_proj``)."""
+def _cartesian_gate(re: Tensor, im: Tensor) -> Tensor:
+    """``σ(|z|) · z/|z|`` (``z/|z| := 1`` at ``z = 0``, gradient 0 there): ``gateloop_mh.md`` §2."""
+    sq = re * re + im * im
+    nonzero = sq > 0
+    r = torch.where(nonzero, torch.sqrt(torch.where(nonzero, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+    safe = torch.where(nonzero, r, torch.ones_like(r))
+    scale = torch.sigmoid(r) / safe
+    return torch.complex(torch.where(nonzero, re * scale, torch.sigmoid(r)), torch.where(nonzero, im * scale, 0.0))
+
+
+def _input_norm(x: Tensor, config: GateLoopMHConfig) -> Tensor:
+    """``x̃ = x / max(‖x‖₂, 1e-12) · √D`` (``input_norm="rms"``), in at least float32, returned in x's dtype."""
+    if config.input_norm == "none":
+        return x
+    z = cast(x, torch.promote_types(x.dtype, torch.float32))
+    z = torch.nn.functional.normalize(z, dim=-1, eps=spec.RMS_EPS) * config.d_model**0.5
+    return cast(z, x.dtype)
+
+
+def _read_out(params: Mapping[str, Tensor], o: Tensor, x_dtype: torch.dtype, config: GateLoopMHConfig,
+              xn: Tensor) -> Tensor:
+    """``o: (..., H, V)`` in the state dtype -> ``y: (..., D)`` (§2 output convention, ``sub_norm``, the output gate
+    on ``xn: (..., D)``, then ``out_proj``)."""
     width = config.num_heads * config.d_value
     if config.is_complex and config.complex_output == "complex":
         u = o.reshape(*o.shape[:-2], width)
         return u @ cast(params["out_proj.kernel"], u.dtype) + cast(params["out_proj.bias"], u.dtype)
-    u = cast(o.real if config.is_complex else o, x_dtype)  # rounded once to x's dtype
-    return _dense(params, "out_proj", u.reshape(*u.shape[:-2], width))
+    u = o.real if config.is_complex else o
+    u = u.reshape(*u.shape[:-2], width)
+    if config.sub_norm == "layernorm":  # in the state's real dtype, before the one rounding to x's dtype
+        u = torch.nn.functional.layer_norm(u, (width,), cast(params["sub_norm.scale"], u.dtype),
+                                           cast(params["sub_norm.bias"], u.dtype), eps=spec.SUB_NORM_EPS)
+    if config.output_gate == "silu":
+        u = u * torch.nn.functional.silu(cast(_dense(params, "output_gate_proj", xn), u.dtype))
+    return _dense(params, "out_proj", cast(u, x_dtype))  # rounded once to x's dtype
 
 
 def _outer(k: Tensor, v: Tensor, sdt: torch.dtype) -> Tensor:
@@ -115,11 +144,12 @@ def _prepare(params, x: Tensor, state, config: GateLoopMHConfig, *, ndim: int, s
 
 
 def _step(params, x_t: Tensor, state: Tensor, config: GateLoopMHConfig) -> tuple[Tensor, Tensor]:
-    q, k, v, a = _project(params, x_t, config, state.dtype)
+    xn = _input_norm(x_t, config)
+    q, k, v, a = _project(params, xn, config, state.dtype)
     state = torch.addcmul(_outer(k, v, state.dtype), a, state)  # rows of S decayed by a, plus k v^T
     # o = q S as a product and a sum over K: two dispatched operations where einsum's parser costs ~10 µs
     o = (cast(q, state.dtype).unsqueeze(-1) * state).sum(-2)
-    return _read_out(params, o, x_t.dtype, config), state
+    return _read_out(params, o, x_t.dtype, config, xn), state
 
 
 def _core(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateLoopMHConfig, mode: str, method: str,
@@ -142,8 +172,9 @@ def _layer(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateL
         if ys:
             return torch.stack(ys, 1), state
         empty = torch.zeros((x.shape[0], 0, config.num_heads, config.d_value), dtype=state.dtype, device=x.device)
-        return _read_out(params, empty, x.dtype, config), state
-    q, k, v, a = _project(params, x, config, state.dtype)
+        return _read_out(params, empty, x.dtype, config, x), state
+    xn = _input_norm(x, config)
+    q, k, v, a = _project(params, xn, config, state.dtype)
     if valid is not None:  # padding: identity steps (a = 1, k ⊗ v = 0) inside the scan
         a = torch.where(valid[:, :, None, None, None], a, torch.ones((), dtype=a.dtype, device=a.device))
         k = torch.where(valid[:, :, None, None], k, 0.0)
@@ -151,7 +182,7 @@ def _layer(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateL
         o, state = _chunked(q, k, v, a, state, "auto", size)
     else:
         o, state = _scan_part(q, k, v, a, state, method)
-    return _read_out(params, o, x.dtype, config), state
+    return _read_out(params, o, x.dtype, config, xn), state
 
 
 # ---------------------------------------------------------------- pure functions
@@ -241,8 +272,10 @@ class GateLoopMH(nn.Module):
 
     ``forward(x: (B, T, D), initial_state: State | None, *, lengths=None) -> (y: (B, T, D), final_state: State)``
     (``(T, B, D)`` in and out with ``batch_first=False``); the state is ``State(h=(B, H, K, V))``.
-    Submodules ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj`` (real) or ``a_mag_proj``/``a_phase_proj`` (complex),
-    ``out_proj`` are ``nn.Linear`` (``state_dict`` keys ``q_proj.weight``, ...; ``weight`` is the canonical
+    Submodules ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj`` (real) or ``a_mag_proj``/``a_phase_proj`` (complex;
+    ``a_re_proj``/``a_im_proj`` with ``gate_parametrization="cartesian"``), ``output_gate_proj`` (``output_gate``),
+    ``out_proj`` are ``nn.Linear``; ``sub_norm`` (``sub_norm="layernorm"``) is an ``nn.LayerNorm``
+    (``state_dict`` keys ``q_proj.weight``, ...; ``weight`` is the canonical
     ``kernel`` transposed). ``remat=True`` recomputes the layer in the backward pass.
     """
 
@@ -259,6 +292,10 @@ class GateLoopMH(nn.Module):
         complex_output: str = "real",
         qkv_bias: bool = False,
         chunk_size: int = 64,
+        gate_parametrization: str = "mag_phase",
+        input_norm: str = "none",
+        sub_norm: str = "none",
+        output_gate: str = "none",
         batch_first: bool = True,
         remat: bool = False,
         device=None,
@@ -268,21 +305,28 @@ class GateLoopMH(nn.Module):
         cfg = GateLoopMHConfig(
             d_model=d_model, num_heads=num_heads, d_key=d_key, d_value=d_value, gate=gate,
             gate_granularity=gate_granularity, phase_activation=phase_activation, complex_output=complex_output,
-            qkv_bias=qkv_bias, chunk_size=chunk_size,
+            qkv_bias=qkv_bias, chunk_size=chunk_size, gate_parametrization=gate_parametrization,
+            input_norm=input_norm, sub_norm=sub_norm, output_gate=output_gate,
         )
         spec.check_batch_first(batch_first)
         self._config = cfg
         self.batch_first = batch_first
         self.remat = remat
         shapes = spec.param_shapes(cfg)
-        for name in ("q_proj", "k_proj", "v_proj", *cfg.gate_names, "out_proj"):
+        for name in self._linear_names():
             d_in, d_out = shapes[f"{name}.kernel"]
             setattr(self, name, nn.Linear(d_in, d_out, bias=f"{name}.bias" in shapes, device=device, dtype=dtype))
+        if cfg.sub_norm == "layernorm":
+            self.sub_norm = nn.LayerNorm(cfg.num_heads * cfg.d_value, eps=spec.SUB_NORM_EPS, device=device,
+                                         dtype=dtype)
         self.reset_parameters()
 
+    def _linear_names(self) -> tuple[str, ...]:
+        gate = ("output_gate_proj",) if self._config.output_gate != "none" else ()
+        return ("q_proj", "k_proj", "v_proj", *self._config.gate_names, *gate, "out_proj")
+
     def _linears(self) -> dict[str, nn.Linear]:
-        return {name: getattr(self, name) for name in ("q_proj", "k_proj", "v_proj", *self._config.gate_names,
-                                                        "out_proj")}
+        return {name: getattr(self, name) for name in self._linear_names()}
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -291,7 +335,10 @@ class GateLoopMH(nn.Module):
         for name, lin in self._linears().items():
             _lecun_normal_(lin.weight)
             if lin.bias is not None:
-                lin.bias.copy_(decay_bias if name in ("a_proj", "a_mag_proj") else torch.zeros_like(lin.bias))
+                lin.bias.copy_(decay_bias if name in ("a_proj", "a_mag_proj", "a_re_proj")
+                               else torch.zeros_like(lin.bias))
+        if self._config.sub_norm == "layernorm":
+            self.sub_norm.reset_parameters()
 
     @property
     def config(self) -> GateLoopMHConfig:
@@ -303,6 +350,8 @@ class GateLoopMH(nn.Module):
             params[f"{name}.kernel"] = lin.weight.t()
             if lin.bias is not None:
                 params[f"{name}.bias"] = lin.bias
+        if self._config.sub_norm == "layernorm":
+            params["sub_norm.scale"], params["sub_norm.bias"] = self.sub_norm.weight, self.sub_norm.bias
         return params
 
     def forward(
@@ -342,13 +391,18 @@ class GateLoopMH(nn.Module):
             config.d_model, config.num_heads, config.d_key, config.d_value, gate=config.gate,
             gate_granularity=config.gate_granularity, phase_activation=config.phase_activation,
             complex_output=config.complex_output, qkv_bias=config.qkv_bias, chunk_size=config.chunk_size,
-            batch_first=batch_first, remat=remat, device=device, dtype=dtype,
+            gate_parametrization=config.gate_parametrization, input_norm=config.input_norm,
+            sub_norm=config.sub_norm, output_gate=config.output_gate, batch_first=batch_first,
+            remat=remat, device=device, dtype=dtype,
         )
         with torch.no_grad():
             for name, lin in module._linears().items():
                 lin.weight.copy_(values[f"{name}.kernel"].t())
                 if lin.bias is not None:
                     lin.bias.copy_(values[f"{name}.bias"])
+            if config.sub_norm == "layernorm":
+                module.sub_norm.weight.copy_(values["sub_norm.scale"])
+                module.sub_norm.bias.copy_(values["sub_norm.bias"])
         return module
 
     def canonical_params(self) -> dict[str, np.ndarray]:

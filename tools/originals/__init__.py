@@ -23,7 +23,8 @@ Originals (``--from NAME``; container; linrec target):
   and ``MinGRUCell`` (torch) -> ``mingru`` (one plain layer) or ``mingru_stack``.
 - ``lucidrains-mingru``: ``mingru-pytorch`` ``minGRU`` / ``minLM`` (torch) -> ``mingru`` / ``mingru_lm``
   (``block="prenorm"``).
-- ``gateloop-transformer``: ``SimpleGateLoopLayer`` (torch) -> ``gateloop_mh`` with one SISO head per channel.
+- ``gateloop-transformer``: ``SimpleGateLoopLayer`` / ``GateLoopedAttention`` (torch) -> ``gateloop_mh`` (one SISO
+  head per channel / complex cartesian gate per head); exported back by ``export_gateloop_transformer``.
 """
 
 
@@ -39,7 +40,12 @@ import numpy as np
 from linrec.tools import formats
 from linrec.tools.formats import CheckpointError
 from linrec.tools.originals.cheind import CHEIND_CELL_TABLE, CHEIND_V13_TABLE, CHEIND_V14_TABLE, _import_cheind
-from linrec.tools.originals.gateloop_transformer import SIMPLE_GATELOOP_TABLE, _import_simple_gateloop
+from linrec.tools.originals.gateloop_transformer import (
+    GATELOOPED_ATTENTION_TABLE,
+    SIMPLE_GATELOOP_TABLE,
+    export_gateloop_transformer,
+    import_gateloop_transformer,
+)
 from linrec.tools.originals.glrnn import GLRNN_LAYER_TABLE, GLRNN_LM_TABLE, _import_glrnn, export_glrnn
 from linrec.tools.originals.lucidrains import LUCIDRAINS_MINGRU_TABLE, LUCIDRAINS_MINLM_TABLE, _import_lucidrains
 from linrec.tools.originals.nnx_gru import NNX_GRU_TABLE, _import_nnx_gru
@@ -101,10 +107,17 @@ ORIGINALS: dict[str, Original] = {
                  ("mingru-pytorch", "lucidrains"),
                  (("minGRU", LUCIDRAINS_MINGRU_TABLE), ("minLM", LUCIDRAINS_MINLM_TABLE)),
                  "`mingru` / `mingru_lm` (`block='prenorm'`, `candidate='g'`, no biases)"),
-        Original("gateloop-transformer", "torch", "gateloop-transformer `SimpleGateLoopLayer` state_dict",
-                 _import_simple_gateloop, ("simple-gateloop",), (("SimpleGateLoopLayer", SIMPLE_GATELOOP_TABLE),),
-                 "`gateloop_mh` with one SISO head per channel (`v_proj` = 0·x + 1, `out_proj` = identity, "
-                 "RMSNorm gain folded into the kernels)"),
+        Original("gateloop-transformer", "torch",
+                 "gateloop-transformer `SimpleGateLoopLayer` or `GateLoopedAttention` state_dict (told apart by "
+                 "the tensor names; `to_a`'s interleaved (re, im) rows are de-interleaved into two blocks first)",
+                 import_gateloop_transformer, ("simple-gateloop",),
+                 (("SimpleGateLoopLayer", SIMPLE_GATELOOP_TABLE), ("GateLoopedAttention", GATELOOPED_ATTENTION_TABLE)),
+                 "`gateloop_mh`: `SimpleGateLoopLayer` as one SISO head per channel (`v_proj` = 0·x + 1, `out_proj` "
+                 "= identity, `input_norm='rms'` with the RMSNorm gain folded into the kernels, `post_ln` as "
+                 "`sub_norm='layernorm'`); `GateLoopedAttention` as `gate='complex'`, "
+                 "`gate_parametrization='cartesian'`, `gate_granularity='head'`, `sub_ln` as `sub_norm`, swish gating "
+                 "as `output_gate='silu'`, `to_out` as `out_proj` (zero bias)",
+                 exporter=export_gateloop_transformer),
     )
 }
 
