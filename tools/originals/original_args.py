@@ -43,14 +43,14 @@ def rename_args(overrides: Mapping[str, Any], names: ArgMap, source: str, origin
         if arg not in names:
             continue
         field, convert = names[arg]
-        if not field:
-            notes.append(f"{original} argument {arg}={value!r} changes no parameter of the imported model: ignored")
-            continue
         try:
             new = convert(value)
         except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{source}: --config {arg}={value!r} ({original} argument for linrec {field}): "
-                                  f"{err}") from None
+            raise CheckpointError(f"{source}: --config {arg}={value!r} ({original} argument"
+                                  f"{f' for linrec {field}' if field else ''}): {err}") from None
+        if not field:
+            notes.append(f"{original} argument {arg}={value!r} changes no parameter of the imported model: ignored")
+            continue
         if field in out and field != arg and not _equal(out[field], new):
             raise CheckpointError(f"{source}: --config gives {original}'s {arg}={value!r} and linrec's "
                                   f"{field}={out[field]!r}, which disagree; give one of them")
