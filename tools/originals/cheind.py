@@ -127,7 +127,11 @@ def export_cheind(ckpt) -> dict[str, np.ndarray]:
         require(cfg, _NAME, candidate="g", default_state=0.5)
         params = dict(ckpt.params)
         if cfg.residual and cfg.residual_align == "first":  # v1.3: one Linear(I, H, bias=bias) on layer 0
-            require(cfg, _NAME, norm=False, residual_align_bias=cfg.bias)
+            require(cfg, _NAME, norm=False)
+            if cfg.residual_align_bias != cfg.bias:
+                raise CheckpointError(f"cannot export to {_NAME}: residual_align_bias={cfg.residual_align_bias!r} "
+                                      f"with bias={cfg.bias!r}; v1.3's input_residual_align has a bias exactly when "
+                                      "its layers do (Linear(input_dims, hidden_dims, bias=bias))")
             table = CHEIND_V13_TABLE
         else:
             require(cfg, _NAME, residual_align_bias=lambda b: not (cfg.residual and b))
