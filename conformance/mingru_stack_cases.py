@@ -37,12 +37,15 @@ BATCH, LENGTH, INPUT = 2, 7, 3
 DTYPES = ("float32", "float64")
 
 #: cheind's example (g, default state 0.5, LayerNorm, residual with res_align where sizes change), a plain
-#: identity-candidate stack without bias, and an identity residual (equal sizes, no res_align).
+#: identity-candidate stack without bias, an identity residual (equal sizes, no res_align), and cheind v1.3's
+#: residual: layer 0 aligned by a Linear with bias even though I == H_0, later layers identity.
 CONFIGS = {
     "cheind": dict(input_size=INPUT, hidden_sizes=(5, 5, 4), residual=True, norm=True),
     "plain": dict(input_size=INPUT, hidden_sizes=(4, 4), bias=False, candidate="identity", default_state=0.0),
     "residual-same": dict(input_size=INPUT, hidden_sizes=(3, 3), residual=True, candidate="identity",
                           default_state=0.0),
+    "cheind-v1.3": dict(input_size=INPUT, hidden_sizes=(INPUT, INPUT, INPUT), residual=True,
+                        residual_align="first", residual_align_bias=True),
 }
 
 

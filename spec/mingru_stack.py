@@ -8,7 +8,7 @@ Layer ``l`` maps ``x_l (B, T, in_l)`` to ``x_{l+1} (B, T, H_l)``::
 
     z = LayerNorm_l(x_l)        if norm      else x_l
     y, h_l = minGRU_l(z, h0_l)                            # linrec.spec.mingru, d_model=in_l, d_inner=H_l
-    y = y + (x_l W_align_l if in_l != H_l else x_l)       if residual
+    y = y + (x_l W_align_l [+ b_align_l] if has_align(l) else x_l)   if residual
     x_{l+1} = dropout(y)        for l < L - 1, training only
 
 The state of the stack is a ``State`` whose ``h`` is a tuple with one ``(B, H_l)`` array per layer: layer ``l``'s
@@ -38,6 +38,7 @@ __all__ = [
     "init_params",
     "layer_norm",
     "param_shapes",
+    "residual_branch",
     "resolve_hidden_sizes",
     "state_arrays",
     "step",
@@ -60,6 +61,10 @@ def resolve_hidden_sizes(hidden_sizes: int | Sequence[int], num_layers: int | No
     return sizes
 
 
+#: ``residual_align`` values: v1.4's rule (align where the widths differ) and v1.3's (align layer 0 always)
+RESIDUAL_ALIGNS = ("mismatched", "first")
+
+
 @dataclass(frozen=True)
 class MinGRUStackConfig:
     """Options of a minGRU stack (``mingru_stack.md`` §3).
@@ -73,6 +78,10 @@ class MinGRUStackConfig:
         (survivors are scaled by ``1 / (1 - dropout)``); ``0 <= dropout < 1``.
       residual: add the layer input (projected by ``res_align`` when ``in_l != H_l``) to its output.
       norm: LayerNorm (with scale and bias) on each layer's input.
+      residual_align: which layers project their input for the residual (``res_align``): ``"mismatched"``
+        (default, cheind v1.4) those with ``in_l != H_l``; ``"first"`` (cheind v1.3's ``input_residual_align``)
+        layer 0 always, even when ``I == H_0``, and no other layer (later layers then need ``in_l == H_l``).
+      residual_align_bias: ``res_align`` has a bias (cheind v1.3: ``Linear(I, H, bias=bias)``).
       candidate: minGRU candidate activation, ``"g"`` (cheind, default) or ``"identity"``.
       default_state: every entry of each layer's state when none is given (cheind: ``g(0) = 0.5``).
       norm_eps: the LayerNorm epsilon.
@@ -84,6 +93,8 @@ class MinGRUStackConfig:
     dropout: float = 0.0
     residual: bool = False
     norm: bool = False
+    residual_align: str = "mismatched"
+    residual_align_bias: bool = False
     candidate: str = "g"
     default_state: float = 0.5
     norm_eps: float = 1e-5
@@ -96,8 +107,17 @@ class MinGRUStackConfig:
         object.__setattr__(self, "hidden_sizes", tuple(int(h) for h in sizes))
         if not checks.is_real_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        for name in ("bias", "residual", "norm"):
+        for name in ("bias", "residual", "norm", "residual_align_bias"):
             checks.check_bool(name, getattr(self, name))
+        if self.residual_align not in RESIDUAL_ALIGNS:
+            raise ValueError(f"residual_align must be one of {', '.join(map(repr, RESIDUAL_ALIGNS))}, "
+                             f"got {self.residual_align!r}")
+        if self.residual and self.residual_align == "first":
+            for layer in range(1, len(self.hidden_sizes)):
+                if self.hidden_sizes[layer - 1] != self.hidden_sizes[layer]:
+                    raise ValueError(f"residual_align='first' aligns layer 0 only, so every later layer needs "
+                                     f"in_l == H_l; hidden_sizes={list(self.hidden_sizes)} changes width at "
+                                     f"layer {layer} (use residual_align='mismatched')")
         checks.check_positive_finite("norm_eps", self.norm_eps)
         self.layer_config(0)  # validates candidate and default_state through MinGRUConfig
 
@@ -119,8 +139,16 @@ class MinGRUStackConfig:
         return self.input_size if layer == 0 else self.hidden_sizes[layer - 1]
 
     def has_align(self, layer: int) -> bool:
-        """Whether layer ``layer`` projects its input for the residual (``in_l != H_l``)."""
-        return self.residual and self.layer_input_size(layer) != self.hidden_sizes[layer]
+        """Whether layer ``layer`` projects its input for the residual (``residual_align``)."""
+        if not self.residual:
+            return False
+        if self.residual_align == "first":
+            return layer == 0
+        return self.layer_input_size(layer) != self.hidden_sizes[layer]
+
+    def has_align_bias(self, layer: int) -> bool:
+        """Whether layer ``layer``'s ``res_align`` has a bias."""
+        return self.residual_align_bias and self.has_align(layer)
 
     def layer_config(self, layer: int) -> MinGRUConfig:
         return MinGRUConfig(d_model=self.layer_input_size(layer), d_inner=self.hidden_sizes[layer], bias=self.bias,
@@ -139,6 +167,8 @@ def layer_param_shapes(config: MinGRUStackConfig, layer: int) -> dict[str, tuple
     shapes.update({f"mingru.{k}": v for k, v in mingru_spec.param_shapes(config.layer_config(layer)).items()})
     if config.has_align(layer):
         shapes["res_align.kernel"] = (n_in, h)
+    if config.has_align_bias(layer):
+        shapes["res_align.bias"] = (h,)
     return shapes
 
 
@@ -228,11 +258,22 @@ def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, eps: float) -
     return (x - mean) / np.sqrt(var + eps) * scale + bias
 
 
+def residual_branch(p: Mapping[str, Any], x: Any, config: MinGRUStackConfig, layer: int) -> Any:
+    """What layer ``layer`` adds to its output when ``residual``: ``x`` or ``x @ W_align (+ b_align)``.
+
+    Written with ``@``/``+`` only, so every backend calls it on its own arrays (already in ``x``'s dtype).
+    """
+    if not config.has_align(layer):
+        return x
+    y = x @ p["res_align.kernel"]
+    return y + p["res_align.bias"] if config.has_align_bias(layer) else y
+
+
 def _layer(p: Mapping[str, np.ndarray], x: np.ndarray, h0, config: MinGRUStackConfig, layer: int, run):
     z = layer_norm(x, p["norm.scale"], p["norm.bias"], config.norm_eps) if config.norm else x
     y, h = run(sub_params(p, "mingru."), z, h0, config.layer_config(layer))
     if config.residual:
-        y = y + (x @ p["res_align.kernel"] if config.has_align(layer) else x)
+        y = y + residual_branch(p, x, config, layer)
     return y, h
 
 

@@ -385,7 +385,9 @@ def test_unknown_models_formats_and_configs(glrnn, tmp_path, capsys):
     _fails(capsys, [str(path), str(tmp_path / "o.onnx")], "cannot tell the format", "--from/--to")
     _fails(capsys, [str(path), str(tmp_path / "o.pt"), "--from", "keras"], "unknown source format 'keras'",
            "cheind-mingru")
-    _fails(capsys, [str(path), str(tmp_path / "o.pt"), "--to", "cheind-mingru"], "unknown target format")
+    _fails(capsys, [str(path), str(tmp_path / "o.pt"), "--to", "keras"], "unknown target format")
+    _fails(capsys, [str(path), str(tmp_path / "o.pt"), "--to", "cheind-mingru"],
+           "cannot export a gated_linear_rnn model to cheind-mingru")
     _fails(capsys, [str(tmp_path / "a.pt"), str(tmp_path / "o.safetensors"), "--model", "gated_linear_rnn",
                     "--config", "{not json"], "not valid JSON")
     _fails(capsys, [str(tmp_path / "a.pt"), str(tmp_path / "o.safetensors"), "--model", "gated_linear_rnn",

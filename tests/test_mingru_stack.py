@@ -302,3 +302,35 @@ def test_verify_agreement(jx, tt):
     with tt.torch.no_grad():
         report = torch_verify(tm, tt.torch.as_tensor(x))
     assert report.ok, str(report)
+
+
+def test_residual_align_first_with_bias_in_both_modules(jx, tt):
+    """cheind v1.3's residual (``residual_align='first'``, ``residual_align_bias``): the modules' own constructors
+    make ``layers.0.res_align.{kernel,bias}`` only, and both modules equal the reference (spec tolerance)."""
+    from linrec.spec.tolerances import tolerance_for
+
+    cfg = CONFIGS["cheind-v1.3"]  # 3 -> 3 -> 3 -> 3: layer 0 aligned although I == H_0
+    assert [k for k in spec.param_shapes(cfg) if "res_align" in k] == ["layers.0.res_align.kernel",
+                                                                        "layers.0.res_align.bias"]
+    params, x, h0 = _problem(cfg, seed=3)
+    params["layers.0.res_align.bias"] = np.linspace(-0.5, 0.5, 3).astype(np.float32)  # spec init is 0: make it count
+    y_ref, h_ref = spec.forward({k: v.astype(np.float64) for k, v in params.items()}, x.astype(np.float64), cfg,
+                                _f64_state(h0))
+    no_bias = {**params, "layers.0.res_align.bias": np.zeros(3, np.float32)}
+    assert not np.allclose(spec.forward(no_bias, x, cfg, h0)[0], y_ref, atol=1e-3)  # the bias is used
+    tol = tolerance_for("float32", length=x.shape[1], grad=True)  # mingru_stack.md §5
+    fresh_t = tt.mod.MinGRUStack(3, 3, num_layers=3, residual=True, residual_align="first", residual_align_bias=True)
+    assert {k for k in fresh_t.state_dict() if "res_align" in k} == {"layers.0.res_align.weight",
+                                                                    "layers.0.res_align.bias"}
+    fresh_j = jx.mod.MinGRUStack(3, 3, num_layers=3, residual=True, residual_align="first", residual_align_bias=True,
+                                 rngs=jx.nnx.Rngs(0))
+    assert set(fresh_j.canonical_params()) == set(spec.param_shapes(cfg))
+    with tt.torch.no_grad():
+        y_t, h_t = tt.mod.MinGRUStack.from_canonical(cfg, params)(tt.torch.as_tensor(x),
+                                                                  State(tuple(tt.torch.as_tensor(s) for s in h0.h)))
+    y_j, h_j = jx.mod.MinGRUStack.from_canonical(cfg, params)(x, h0)
+    for name, y, h in (("torch", y_t.numpy(), [s.numpy() for s in h_t.h]),
+                       ("jax", np.asarray(y_j), [np.asarray(s) for s in h_j.h])):
+        np.testing.assert_allclose(y, y_ref, rtol=tol.rtol, atol=tol.atol, err_msg=name)
+        for got, want in zip(h, h_ref.h):
+            np.testing.assert_allclose(got, want, rtol=tol.rtol, atol=tol.atol, err_msg=name)

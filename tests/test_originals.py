@@ -312,8 +312,20 @@ def test_cheind_v13_multilayer(tmp_path):
     sd["input_residual_align.weight"] = _uniform(rng, (h, i), i)
     sd["input_residual_align.bias"] = _uniform(rng, (h,), i)
     _save_state_dict(tmp_path / "v13r.pt", sd)
-    with pytest.raises(CheckpointError, match="residual"):
-        convert.read(tmp_path / "v13r.pt", format="cheind-mingru")
+    # residual=True: input_residual_align (with bias) on layer 0's output, identity residual on later layers
+    ckpt = convert.read(tmp_path / "v13r.pt", format="cheind-mingru")
+    assert (ckpt.config.residual, ckpt.config.residual_align, ckpt.config.residual_align_bias) == (True, "first", True)
+    convert.write(ckpt, tmp_path / "v13r.safetensors")
+    inp = x.astype(np.float64)
+    for l in range(n):
+        out = _cheind_layer(inp, sd[f"linear_gate_hidden.{l}.weight"], sd[f"linear_gate_hidden.{l}.bias"],
+                            np.full((2, h), 0.5))
+        finals[l] = out[:, -1]
+        inp = out + (inp @ sd["input_residual_align.weight"].T + sd["input_residual_align.bias"] if l == 0 else inp)
+    for backend, (y, state) in _outputs(tmp_path / "v13r.safetensors", x).items():
+        np.testing.assert_allclose(y, inp, rtol=RTOL, atol=ATOL, err_msg=backend)
+        for l in range(n):
+            np.testing.assert_allclose(state[0][l], finals[l], rtol=RTOL, atol=ATOL, err_msg=backend)
 
 
 def test_cheind_v14_norm_residual(tmp_path):

@@ -432,8 +432,9 @@ MINGRU_LM_ROWS: tuple[Row, ...] = (
 MINGRU_STACK_ROWS: tuple[Row, ...] = (
     *_norm(f"{_L}.norm", "(layer_input_size(l),)", bias=True, when="norm"),
     *prefixed(MINRNN_ROWS[2], f"{_L}.mingru.", shape_of="layer_config(l)"),
-    *dense(f"{_L}.res_align", "layer_input_size(l)", "hidden_sizes[l]", bias=False, when="has_align(l)",
-           meaning="residual projection in_l -> H_l (when they differ)"),
+    *dense(f"{_L}.res_align", "layer_input_size(l)", "hidden_sizes[l]", bias="residual_align_bias",
+           when="has_align(l)", meaning="residual projection in_l -> H_l (`residual_align`: where they differ, "
+           "or layer 0 only)"),
 )
 
 
@@ -502,6 +503,11 @@ def _infer_mingru_stack(shapes: Mapping[str, tuple[int, ...]], given: Mapping[st
                bias="layers.0.mingru.proj.bias" in shapes, norm="layers.0.norm.scale" in shapes)
     if any(k.endswith(".res_align.kernel") for k in shapes):
         out["residual"] = True
+        # an alignment where the widths match is v1.3's layer-0-only rule (the v1.4 rule never makes one)
+        if "layers.0.res_align.kernel" in shapes and sizes[0][0] == sizes[0][1] // 2:
+            out["residual_align"] = "first"
+    if any(k.endswith(".res_align.bias") for k in shapes):
+        out["residual_align_bias"] = True
     return out
 
 

@@ -39,7 +39,9 @@ def _layer(p, x, h0, config: MinGRUStackConfig, layer: int, run):
     z = _layer_norm(x, p["norm.scale"], p["norm.bias"], config.norm_eps) if config.norm else x
     y, h = run(spec.sub_params(p, "mingru."), z, h0, config.layer_config(layer))
     if config.residual:
-        y = y + (x @ p["res_align.kernel"].astype(x.dtype) if config.has_align(layer) else x)
+        # the spec's residual branch on parameters cast to the compute dtype
+        align = {k: v.astype(x.dtype) for k, v in p.items() if k.startswith("res_align.")}
+        y = y + spec.residual_branch(align, x, config, layer)
     return y, h.h
 
 
@@ -152,7 +154,8 @@ class _StackLayer(nnx.Module):
                      if config.norm else None)
         self.mingru = MinGRU(n_in, d_inner=lcfg.d_inner, bias=lcfg.bias, candidate=lcfg.candidate,
                              default_state=lcfg.default_state, param_dtype=param_dtype, rngs=rngs)
-        self.res_align = (nnx.Linear(n_in, lcfg.d_inner, use_bias=False, kernel_init=_KERNEL_INIT,
+        self.res_align = (nnx.Linear(n_in, lcfg.d_inner, use_bias=config.has_align_bias(layer),
+                                     kernel_init=_KERNEL_INIT,
                                      param_dtype=param_dtype, rngs=rngs) if config.has_align(layer) else None)
 
 
@@ -183,11 +186,12 @@ class MinGRUStack(nnx.Module):
     """A stack of minGRU layers with an ``nn.GRU``-like interface (``spec/mingru_stack.md``), Flax NNX.
 
     ``MinGRUStack(input_size, hidden_sizes, num_layers=None, *, bias=True, dropout=0.0, residual=False,
-    norm=False, batch_first=True, candidate="g", default_state=0.5, norm_eps=1e-5, rngs, dtype=None,
+    norm=False, residual_align="mismatched", residual_align_bias=False, batch_first=True, candidate="g",
+    default_state=0.5, norm_eps=1e-5, rngs, dtype=None,
     param_dtype=float32, remat=False)``. ``hidden_sizes`` is an int (repeated ``num_layers`` times, default
     once) or a list. Dropout between layers is on in training mode (the default, as ``nnx.Dropout``) and off
     after ``.eval()``. State paths ``layers.{l}.norm.{scale,bias}``, ``layers.{l}.mingru.proj.{kernel,bias}``,
-    ``layers.{l}.res_align.kernel`` equal the canonical names.
+    ``layers.{l}.res_align.{kernel,bias}`` equal the canonical names.
 
     Call: ``(x, initial_state=None, *, lengths=None, mode="auto", method="auto") -> (y, final_state)``;
     ``x (B, T, I)`` (``(T, B, I)`` with ``batch_first=False``, and ``y`` likewise), ``final_state`` a ``State``
@@ -204,6 +208,8 @@ class MinGRUStack(nnx.Module):
         dropout: float = 0.0,
         residual: bool = False,
         norm: bool = False,
+        residual_align: str = "mismatched",
+        residual_align_bias: bool = False,
         batch_first: bool = True,
         candidate: str = "g",
         default_state: float = 0.5,
@@ -214,7 +220,8 @@ class MinGRUStack(nnx.Module):
         remat: bool = False,
     ):
         config = MinGRUStackConfig.create(input_size, hidden_sizes, num_layers, bias=bias, dropout=dropout,
-                                          residual=residual, norm=norm, candidate=candidate,
+                                          residual=residual, norm=norm, residual_align=residual_align,
+                                          residual_align_bias=residual_align_bias, candidate=candidate,
                                           default_state=default_state, norm_eps=norm_eps)
         checks.check_bool("batch_first", batch_first)
         self._cfg = config

@@ -37,7 +37,9 @@ def _layer(p, x, h0, config: MinGRUStackConfig, layer: int, run):
                         config.norm_eps) if config.norm else x
     y, h = run(spec.sub_params(p, "mingru."), z, h0, config.layer_config(layer))
     if config.residual:
-        y = y + (x @ p["res_align.kernel"].astype(x.dtype) if config.has_align(layer) else x)
+        # the spec's residual branch on parameters cast to the compute dtype
+        align = {k: v.astype(x.dtype) for k, v in p.items() if k.startswith("res_align.")}
+        y = y + spec.residual_branch(align, x, config, layer)
     return y, h.h
 
 

@@ -42,7 +42,9 @@ def _layer(p, x, h0, config: MinGRUStackConfig, layer: int, run):
     z = _layer_norm(x, p["norm.scale"], p["norm.bias"], config.norm_eps) if config.norm else x
     y, h = run(spec.sub_params(p, "mingru."), z, h0, config.layer_config(layer))
     if config.residual:
-        y = y + (x @ p["res_align.kernel"].to(x.dtype) if config.has_align(layer) else x)
+        # the spec's residual branch on parameters cast to the compute dtype
+        align = {k: v.to(x.dtype) for k, v in p.items() if k.startswith("res_align.")}
+        y = y + spec.residual_branch(align, x, config, layer)
     return y, h.h
 
 
@@ -146,7 +148,8 @@ class _StackLayer(nn.Module):
         self.norm = nn.LayerNorm(n_in, eps=config.norm_eps, **factory) if config.norm else None
         self.mingru = MinGRU(n_in, d_inner=lcfg.d_inner, bias=lcfg.bias, candidate=lcfg.candidate,
                              default_state=lcfg.default_state, **factory)
-        self.res_align = nn.Linear(n_in, lcfg.d_inner, bias=False, **factory) if config.has_align(layer) else None
+        self.res_align = (nn.Linear(n_in, lcfg.d_inner, bias=config.has_align_bias(layer), **factory)
+                          if config.has_align(layer) else None)
 
 
 def _torch_name(name: str) -> tuple[str, bool]:
@@ -163,10 +166,11 @@ class MinGRUStack(nn.Module):
     """A stack of minGRU layers with an ``nn.GRU``-like interface (``spec/mingru_stack.md``).
 
     ``MinGRUStack(input_size, hidden_sizes, num_layers=None, *, bias=True, dropout=0.0, residual=False,
-    norm=False, batch_first=True, candidate="g", default_state=0.5, norm_eps=1e-5, remat=False, device=None,
+    norm=False, residual_align="mismatched", residual_align_bias=False, batch_first=True, candidate="g",
+    default_state=0.5, norm_eps=1e-5, remat=False, device=None,
     dtype=None)``. ``hidden_sizes`` is an int (repeated ``num_layers`` times, default once) or a list.
     Dropout between layers follows ``self.training``. ``state_dict`` keys: ``layers.{l}.norm.{weight,bias}``,
-    ``layers.{l}.mingru.proj.{weight,bias}``, ``layers.{l}.res_align.weight`` (kernels transposed).
+    ``layers.{l}.mingru.proj.{weight,bias}``, ``layers.{l}.res_align.{weight,bias}`` (kernels transposed).
 
     Call: ``(x, initial_state=None, *, lengths=None, mode="auto", method="auto") -> (y, final_state)``;
     ``x (B, T, I)`` (``(T, B, I)`` with ``batch_first=False``, and ``y`` likewise), ``final_state`` a ``State``
@@ -183,6 +187,8 @@ class MinGRUStack(nn.Module):
         dropout: float = 0.0,
         residual: bool = False,
         norm: bool = False,
+        residual_align: str = "mismatched",
+        residual_align_bias: bool = False,
         batch_first: bool = True,
         candidate: str = "g",
         default_state: float = 0.5,
@@ -193,7 +199,8 @@ class MinGRUStack(nn.Module):
     ):
         super().__init__()
         self._cfg = MinGRUStackConfig.create(input_size, hidden_sizes, num_layers, bias=bias, dropout=dropout,
-                                             residual=residual, norm=norm, candidate=candidate,
+                                             residual=residual, norm=norm, residual_align=residual_align,
+                                             residual_align_bias=residual_align_bias, candidate=candidate,
                                              default_state=default_state, norm_eps=norm_eps)
         checks.check_bool("batch_first", batch_first)
         self.batch_first = batch_first

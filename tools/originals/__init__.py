@@ -39,7 +39,13 @@ import numpy as np
 
 from linrec.tools import formats
 from linrec.tools.formats import CheckpointError
-from linrec.tools.originals.cheind import CHEIND_CELL_TABLE, CHEIND_V13_TABLE, CHEIND_V14_TABLE, _import_cheind
+from linrec.tools.originals.cheind import (
+    CHEIND_CELL_TABLE,
+    CHEIND_V13_TABLE,
+    CHEIND_V14_TABLE,
+    _import_cheind,
+    export_cheind,
+)
 from linrec.tools.originals.gateloop_transformer import (
     GATELOOPED_ATTENTION_TABLE,
     SIMPLE_GATELOOP_TABLE,
@@ -47,8 +53,13 @@ from linrec.tools.originals.gateloop_transformer import (
     import_gateloop_transformer,
 )
 from linrec.tools.originals.glrnn import GLRNN_LAYER_TABLE, GLRNN_LM_TABLE, _import_glrnn, export_glrnn
-from linrec.tools.originals.lucidrains import LUCIDRAINS_MINGRU_TABLE, LUCIDRAINS_MINLM_TABLE, _import_lucidrains
-from linrec.tools.originals.nnx_gru import NNX_GRU_TABLE, _import_nnx_gru
+from linrec.tools.originals.lucidrains import (
+    LUCIDRAINS_MINGRU_TABLE,
+    LUCIDRAINS_MINLM_TABLE,
+    _import_lucidrains,
+    export_lucidrains,
+)
+from linrec.tools.originals.nnx_gru import NNX_GRU_TABLE, _import_nnx_gru, export_nnx_gru
 from linrec.tools.originals.table import ORow, apply_table
 
 __all__ = [
@@ -94,19 +105,25 @@ ORIGINALS: dict[str, Original] = {
                  lambda t, m, o, s: _import_glrnn(t, m, o, s, "gateloop"), ("flax-gate-loop",),
                  (("layer", GLRNN_LAYER_TABLE), ("LM", GLRNN_LM_TABLE)), "`gateloop` / `gateloop_lm`",
                  exporter=lambda ckpt: export_glrnn(ckpt, "gateloop")),
-        Original("nnx-gru", "flax", "jkyl/nnx-gru `Model` NNX state (pure dict; blocks stacked on axis 0)",
+        Original("nnx-gru", "flax", "jkyl/nnx-gru `Model` NNX state (pure dict; blocks stacked on axis 0); "
+                 "`--config` also takes its `depth`, `dim`, `vocab_size`; exportable (`--to nnx-gru`)",
                  _import_nnx_gru, (), (("Model", NNX_GRU_TABLE),),
-                 "`mingru_lm` (`block='glu'`, `candidate='identity'`)"),
+                 "`mingru_lm` (`block='glu'`, `candidate='identity'`)", exporter=export_nnx_gru),
         Original("cheind-mingru", "torch",
-                 "cheind/mingru `MinGRU` v1.3 / v1.4 or `MinGRUCell` state_dict (v1.3 with `residual=True`, "
-                 "i.e. `input_residual_align`, is refused: no linrec equivalent)",
+                 "cheind/mingru `MinGRU` v1.3 / v1.4 or `MinGRUCell` state_dict (v1.3 `residual=True`: "
+                 "`residual_align='first'`, `residual_align_bias=bias`); `--config` also takes its v1.3 "
+                 "`input_dims`/`hidden_dims`/`num_layers` and v1.4 `input_size`/`hidden_sizes`; exportable "
+                 "(`--to cheind-mingru`: v1.3 for `residual_align='first'`, else v1.4)",
                  _import_cheind, ("cheind",),
                  (("v1.3", CHEIND_V13_TABLE), ("v1.4", CHEIND_V14_TABLE), ("MinGRUCell", CHEIND_CELL_TABLE)),
-                 "`mingru` (one plain layer) or `mingru_stack` (`candidate='g'`, `default_state=0.5`)"),
-        Original("lucidrains-mingru", "torch", "minGRU-pytorch `minGRU` / `minLM` state_dict", _import_lucidrains,
+                 "`mingru` (one plain layer) or `mingru_stack` (`candidate='g'`, `default_state=0.5`)",
+                 exporter=export_cheind),
+        Original("lucidrains-mingru", "torch", "minGRU-pytorch `minGRU` / `minLM` state_dict; `--config` also "
+                 "takes `minGRU`'s `dim`/`expansion_factor`/`proj_out` and `minLM`'s `num_tokens`/`dim`/`depth`/"
+                 "`ff_mult`/`expansion`; exportable (`--to lucidrains-mingru`)", _import_lucidrains,
                  ("mingru-pytorch", "lucidrains"),
                  (("minGRU", LUCIDRAINS_MINGRU_TABLE), ("minLM", LUCIDRAINS_MINLM_TABLE)),
-                 "`mingru` / `mingru_lm` (`block='prenorm'`, `candidate='g'`, no biases)"),
+                 "`mingru` / `mingru_lm` (`block='prenorm'`, `candidate='g'`, no biases)", exporter=export_lucidrains),
         Original("gateloop-transformer", "torch",
                  "gateloop-transformer `SimpleGateLoopLayer` or `GateLoopedAttention` state_dict (told apart by "
                  "the tensor names; `to_a`'s interleaved (re, im) rows are de-interleaved into two blocks first)",
