@@ -45,6 +45,8 @@ class MinGRUStackLMConfig:
     candidate: str = "g"
     default_state: float = 0.5
     norm_eps: float = 1e-5
+    residual_align: str = "mismatched"
+    residual_align_bias: bool = False
 
     def __post_init__(self) -> None:
         checks.check_positive_int("vocab_size", self.vocab_size)

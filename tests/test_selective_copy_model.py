@@ -167,3 +167,18 @@ def test_bad_tokens_are_refused_by_name():
         mingru_stack_lm(params, np.zeros((1, 2, 1), np.int64), config=config)
     with pytest.raises(ValueError, match=r"id -1, outside \[0, vocab_size=4\)"):
         mingru_stack_lm(params, np.array([[0, -1]]), config=config)
+
+
+def test_lm_config_has_every_stack_field():
+    """The LM config carries every stack option under the stack's name (a stack field added later must be
+    added here too, or ``from_stack`` fails for models that use it)."""
+    from dataclasses import fields
+
+    from linrec.spec.mingru_stack import MinGRUStackConfig
+    from linrec.spec.mingru_stack_lm import MinGRUStackLMConfig
+
+    stack = MinGRUStackConfig(input_size=3, hidden_sizes=(4, 4), residual=True, residual_align="first",
+                              residual_align_bias=True)
+    lm = MinGRUStackLMConfig.from_stack(7, stack)
+    assert {f.name for f in fields(MinGRUStackConfig)} <= {f.name for f in fields(MinGRUStackLMConfig)}
+    assert lm.stack == stack
