@@ -4,8 +4,10 @@ Nothing here imports a framework; ``linrec.get_backend(name)`` imports one on de
 """
 
 #: The oldest framework versions the backends work with (pyproject's extras declare the same; a test checks).
-#: jax 0.5.0 is the first with ``jax.ffi``, which the native kernel's JAX binding uses.
-MINIMUM_VERSIONS = {"jax": "0.5.0"}
+#: jax 0.8.0 is the first with the public ``jax.enable_x64`` scope that linrec's float64 rule names (§5 of the spec;
+#: ``jax.ffi``, which the native kernel's binding uses, came in 0.5.0). ``constraints-oldest.txt`` pins these minimums
+#: and ``.ci/run`` tests them.
+MINIMUM_VERSIONS = {"jax": "0.8.0"}
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

@@ -17,11 +17,12 @@ backend plus what it says it implements.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 
-__all__ = ["Case", "CaseFailure", "Outcome"]
+__all__ = ["Case", "CaseFailure", "Outcome", "log_method_of"]
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,13 @@ class Case:
     dtypes: tuple[str, ...] = ()
     methods: tuple[str, ...] = ()
     log_methods: tuple[str, ...] = ()
+
+
+_LOG_IN_ID = re.compile(r"(^|[-/\[])log([-\],\[]|$)")
+
+
+def log_method_of(case_id: str) -> tuple[str, ...]:
+    """``("log",)`` for a layer or model case whose id says it passes ``method="log"`` (``[log,float32]``,
+    ``bad-input/lengths-with-log``, ``bad-input/log-zero-state``), else ``()``: the ``methods`` of such a case,
+    so a backend that does not claim ``log`` is not held to its log-space refusals."""
+    return ("log",) if _LOG_IN_ID.search(case_id) else ()

@@ -88,6 +88,11 @@ CONFIGS: dict[str, dict[str, Callable[[], Any]]] = {
         "norm-residual": _cfg("mingru_stack_lm", vocab_size=6, input_size=3, hidden_sizes=(4, 5), residual=True,
                               norm=True),
     },
+    "gateloop_mh_lm": {
+        "prenorm": _cfg("gateloop_mh_lm", vocab_size=6, d_model=4, n_layers=2, num_heads=2, ff_mult=2),
+        "postnorm-subln": _cfg("gateloop_mh_lm", vocab_size=6, d_model=4, n_layers=1, d_inner=6, num_heads=3,
+                               block="postnorm", sub_norm="layernorm", output_gate="none"),
+    },
 }
 
 
@@ -108,7 +113,7 @@ def random_params(model: str, config: Any, dtype: str, seed: int = 0) -> dict[st
 
 
 def _takes_tokens(model: str, config: Any) -> bool:
-    if model in ("mingru_lm", "mingru_stack_lm"):
+    if model in ("mingru_lm", "mingru_stack_lm", "gateloop_mh_lm"):
         return True
     if model in ("gated_linear_rnn_lm", "gateloop_lm"):
         return config.use_word_embedding
@@ -119,7 +124,7 @@ def example_input(model: str, config: Any, dtype: str, seed: int = 1) -> np.ndar
     """A small input: token ids for language models, features ``(B, T, D_in)`` (in ``dtype``) otherwise."""
     rng = np.random.default_rng(seed)
     if _takes_tokens(model, config):
-        vocab = config.vocab_size if model in ("mingru_lm", "mingru_stack_lm") else config.input_vocab_size
+        vocab = config.input_vocab_size if model in ("gated_linear_rnn_lm", "gateloop_lm") else config.vocab_size
         return rng.integers(0, vocab, (BATCH, LENGTH)).astype(np.int32)
     width = {"gated_linear_rnn": "d_in", "gateloop": "d_in", "mingru_stack": "input_size",
              "gated_linear_rnn_lm": "d_input", "gateloop_lm": "d_input"}.get(model, "d_model")

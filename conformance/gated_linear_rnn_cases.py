@@ -22,7 +22,7 @@ from types import ModuleType
 
 import numpy as np
 
-from linrec.conformance.case import Case, CaseFailure, Outcome
+from linrec.conformance.case import Case, CaseFailure, Outcome, log_method_of
 from linrec.conformance.compare import as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
 from linrec.conformance.layer_harness import (
@@ -479,7 +479,8 @@ def cases(backend: ModuleType) -> list[Case]:
     req_step = (LAYER, f"{LAYER}_step")
 
     def add(id_: str, prop: str, doc: str, fn: Callable[[ModuleType], Outcome], requires=req) -> None:
-        out.append(Case(id=f"{LAYER}/{id_}", property=prop, doc=doc, fn=fn, requires=requires))
+        out.append(Case(id=f"{LAYER}/{id_}", property=prop, doc=doc, fn=fn, requires=requires,
+                        methods=log_method_of(f"{LAYER}/{id_}")))
 
     for variant, (config, doc) in VARIANTS.items():
         paths = _paths(backend, config) if variant in ALL_PATH_VARIANTS else _few_paths(backend, config)
@@ -564,7 +565,9 @@ def cases(backend: ModuleType) -> list[Case]:
         # every scan method's own gradient is covered by the scan cases: here one parallel path and the
         # step loop check the layer around it; float64 is the sharp test (exact reference), float32 once.
         paths = _few_paths(backend, config)
-        for path in paths[:1] if variant.startswith("act-") else paths:
+        # method="triton" takes the fused Triton kernel, whose backward is its own (triton_gated_linear_rnn.py)
+        fused = [p for p in _parallel_paths(backend) if p.method == "triton" and not config.use_true_recurrence]
+        for path in paths[:1] if variant.startswith("act-") else paths + fused:
             for dtype in DTYPES if variant == "tied" else ("float64",):
                 add(f"gradient/{variant}[{path.label},{dtype}]", "gradient",
                     "VJP w.r.t. every parameter, x and initial_state equals the complex-step reference.",

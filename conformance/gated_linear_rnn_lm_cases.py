@@ -20,7 +20,7 @@ from types import ModuleType
 
 import numpy as np
 
-from linrec.conformance.case import Case, CaseFailure, Outcome
+from linrec.conformance.case import Case, CaseFailure, Outcome, log_method_of
 from linrec.conformance.compare import as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
 from linrec.conformance.layer_harness import (
@@ -522,7 +522,8 @@ def cases(backend: ModuleType) -> list[Case]:
     req, req_step = (LM,), (LM, f"{LM}_step")
 
     def add(id_: str, prop: str, doc: str, fn: Callable[[ModuleType], Outcome], requires=req) -> None:
-        out.append(Case(id=f"{LM}/{id_}", property=prop, doc=doc, fn=fn, requires=requires))
+        out.append(Case(id=f"{LM}/{id_}", property=prop, doc=doc, fn=fn, requires=requires,
+                        methods=log_method_of(f"{LM}/{id_}")))
 
     for variant, (config, doc) in VARIANTS.items():
         for path in _paths(backend, config, all_methods=variant == "default"):

@@ -21,7 +21,7 @@ from types import ModuleType
 
 import numpy as np
 
-from linrec.conformance.case import Case, CaseFailure, Outcome
+from linrec.conformance.case import Case, CaseFailure, Outcome, log_method_of
 from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
 from linrec.conformance.layer_harness import Path, backend_params, backend_vjp, case_seed, expect_error
@@ -160,6 +160,12 @@ SEQUENTIAL_MODE = Path("mode-sequential", "sequential")
 def _chunked_path(size: int = CHUNK) -> Path:
     """The memory-lean path (``gateloop_mh.md`` §6): ``mode="parallel", method="chunked"`` with chunks of ``size``."""
     return Path(f"method-chunked-{size}", "parallel", "chunked", size)
+
+
+def _kernel_paths(backend: ModuleType) -> list[Path]:
+    """``method="triton"`` (the fused outer-product kernel, ``backends/torch/triton_gateloop_mh.py``) where the
+    backend lists it: its own backward, so it gets the gradient and padding cases too."""
+    return [Path("parallel-triton", "parallel", "triton")] if "triton" in _methods(backend) else []
 
 
 def _methods(backend: ModuleType) -> list[str]:
@@ -444,11 +450,13 @@ def _gradient(backend: ModuleType, variant: str, path: Path, dtype: str) -> Outc
     ])
 
 
-def _grad_paths(variant: str, dtype: str) -> list[Path]:
-    """Each mode in float64 for the main variants; the default path otherwise."""
+def _grad_paths(variant: str, dtype: str, backend: ModuleType | None = None) -> list[Path]:
+    """Each mode in float64 for the main variants (and the Pallas kernel's own VJP where the backend has it); the
+    default path otherwise."""
     if variant not in FULL_PATH_VARIANTS or dtype != "float64":
         return [AUTO]
-    return [AUTO, _chunked_path(), SEQUENTIAL_MODE]
+    kernels = [Path("parallel-pallas", "parallel", "pallas")] if backend and "pallas" in _methods(backend) else []
+    return [AUTO, _chunked_path(), SEQUENTIAL_MODE, *kernels]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,7 +468,8 @@ def cases(backend: ModuleType) -> list[Case]:
     req_step = (LAYER, f"{LAYER}_step")
 
     def add(id_: str, prop: str, doc: str, fn: Callable[[ModuleType], Outcome], requires=req) -> None:
-        out.append(Case(id=f"{LAYER}/{id_}", property=prop, doc=doc, fn=fn, requires=requires))
+        out.append(Case(id=f"{LAYER}/{id_}", property=prop, doc=doc, fn=fn, requires=requires,
+                        methods=log_method_of(f"{LAYER}/{id_}")))
 
     for variant, (_, doc) in VARIANTS.items():
         for dtype in DTYPES:
@@ -503,7 +512,7 @@ def cases(backend: ModuleType) -> list[Case]:
                 lambda be, v=variant, d=dtype: _initial_state_fn(be, v, d), (f"{LAYER}_initial_state",))
 
     for variant in FULL_PATH_VARIANTS:
-        for path in (AUTO, _chunked_path(), SEQUENTIAL_MODE):
+        for path in (AUTO, _chunked_path(), SEQUENTIAL_MODE, *_kernel_paths(backend)):
             for dtype in DTYPES:
                 add(f"padding/{variant}[{path.label},{dtype}]", "padding",
                     "right padding (lengths): each row equals that row alone on its real inputs, outputs at pads "
@@ -526,7 +535,8 @@ def cases(backend: ModuleType) -> list[Case]:
 
     for variant in GRAD_VARIANTS:
         for dtype in DTYPES:
-            for path in _grad_paths(variant, dtype):
+            kernel = _kernel_paths(backend) if dtype == "float64" else []
+            for path in (*_grad_paths(variant, dtype, backend), *kernel):
                 add(f"gradient/{variant}[{path.label},{dtype}]", "gradient",
                     "VJP w.r.t. every parameter, x and initial_state (cotangents on y and final_state) equals "
                     "the reference's analytic VJP.",

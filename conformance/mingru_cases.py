@@ -19,7 +19,7 @@ from types import ModuleType
 
 import numpy as np
 
-from linrec.conformance.case import Case, CaseFailure, Outcome
+from linrec.conformance.case import Case, CaseFailure, Outcome, log_method_of
 from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
 from linrec.conformance.layer_harness import assert_raises, backend_params, backend_vjp, scan_and_step_paths
@@ -32,8 +32,8 @@ BATCH, LENGTH, D_MODEL = 2, 9, 3
 DTYPES = ("float32", "float64")
 #: Paths whose gradients are checked: every linear scan method shares the scan's own VJP (checked by the
 #: scan cases), so ``auto`` stands for them; ``log`` differentiates through log space, the step loop through
-#: the step.
-GRADIENT_PATHS = ("auto", "log", "mode=sequential")
+#: the step; ``triton`` is the fused Triton kernel with its own backward (``backends/torch/triton_mingru.py``).
+GRADIENT_PATHS = ("auto", "log", "mode=sequential", "triton")
 
 
 @dataclass(frozen=True)
@@ -375,7 +375,8 @@ def layer_cases(backend: ModuleType, layer: LayerUnderTest) -> list[Case]:
     out: list[Case] = []
 
     def add(case_id, prop, doc, fn, requires=req):
-        out.append(Case(id=f"{name}/{prop}/{case_id}", property=prop, doc=doc, fn=fn, requires=requires))
+        out.append(Case(id=f"{name}/{prop}/{case_id}", property=prop, doc=doc, fn=fn, requires=requires,
+                        methods=log_method_of(f"{name}/{prop}/{case_id}")))
 
     for which in layer.configs:
         log_ok = _in_log_domain(layer.config(which))

@@ -19,7 +19,7 @@ from types import ModuleType
 
 import numpy as np
 
-from linrec.conformance.case import Case, CaseFailure, Outcome
+from linrec.conformance.case import Case, CaseFailure, Outcome, log_method_of
 from linrec.conformance.compare import as_backend, as_numpy, compare, compare_many, to_reference_precision
 from linrec.conformance.inputs import rounded
 from linrec.conformance.layer_harness import (
@@ -400,7 +400,8 @@ def cases(backend: ModuleType) -> list[Case]:
     out: list[Case] = []
 
     def add(case_id, prop, doc, fn, requires=req):
-        out.append(Case(id=f"mingru_lm/{prop}/{case_id}", property=prop, doc=doc, fn=fn, requires=requires))
+        out.append(Case(id=f"mingru_lm/{prop}/{case_id}", property=prop, doc=doc, fn=fn, requires=requires,
+                        methods=log_method_of(f"mingru_lm/{prop}/{case_id}")))
 
     for which in CONFIGS:
         for label, mode, method in scan_and_step_paths(backend):

@@ -78,7 +78,7 @@ COMPLEX_OUTPUTS = ("real", "complex")
 #: ``"auto"`` (the default) is ``"parallel"`` (recurrence.md §0); the memory-lean path is ``method="chunked"`` (§6).
 MODES = ("auto", "parallel", "sequential")
 #: scan methods a layer may request (recurrence.md §7); ``"log"`` is outside this layer's domain.
-SCAN_METHODS = ("auto", "sequential", "associative", "chunked", "native")
+SCAN_METHODS = ("auto", "sequential", "associative", "chunked", "native", "pallas", "triton")
 #: decays at initialisation are spread over this interval (``gateloop_mh.md`` §5).
 GATE_BIAS_RANGE = (0.9, 0.999)
 

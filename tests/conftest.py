@@ -14,8 +14,15 @@ user has — so a float32 path that silently depends on 64-bit mode fails here.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+
+# Triton reads TRITON_INTERPRET once, when triton.language is first imported (torch._dynamo may import it before any
+# kernel is defined). The kernels under test (linrec's and the peers' in linrec.conformance.adapters) run on CPU
+# tensors only in the interpreter, so it is set before any test can import triton; an explicit value is kept.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 #: Modules (file names) whose tests give JAX float64 without naming it in their parameters.
 X64_MODULES = frozenset({

@@ -558,7 +558,7 @@ def test_float64_checkpoint_into_flax_needs_x64():
 def test_module_surface():
     assert J.NAME == "jax"
     assert J.METHODS[:4] == ("sequential", "associative", "chunked", "log")
-    assert set(J.METHODS[4:]) <= {"native"}
+    assert set(J.METHODS[4:]) <= {"native", "pallas"} and J.METHODS[-1] == "pallas"
     assert J.LOG_METHODS == ("sequential", "heinsen")
     assert set(J.__all__) >= {"linear_scan", "log_scan", "linear_scan_vjp", "cu_seqlens_to_resets", "asarray",
                               "to_numpy", "dtype_name", "NAME", "METHODS", "LOG_METHODS"}

@@ -28,13 +28,33 @@ def test_numpy_conforms_through_the_cli_entry_point():
     assert h["examples"] == h["property_cases"] * h["examples_per_case"]
 
 
+#: The accelerator kernels' methods, run in their interpreters on CPU: their cases (every group's) are the slow tier's
+#: (``test_accelerator_kernels_conform``); ``linrec conformance`` runs them with the rest.
+INTERPRETED = {"jax": "*pallas*", "torch": "*triton*"}
+
+
 @pytest.mark.parametrize("module", CASE_MODULES, ids=lambda m: m.rsplit(".", 1)[-1])
 @pytest.mark.parametrize("name", [b for b in linrec.BUNDLED_BACKENDS if b != "numpy"])
 def test_backend_conforms(name, module):
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"{name} is not installed")
-    report = run_backend(name, modules=[module])
+    report = run_backend(name, modules=[module], exclude=[INTERPRETED[name]])
     assert report.results, f"no cases were collected from {module}"
+    assert report.ok, to_text([report])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(INTERPRETED))
+def test_accelerator_kernels_conform(name):
+    """Every case of ``method="pallas"`` (jax) / ``method="triton"`` (torch), kernels in their interpreters."""
+    if importlib.util.find_spec(name) is None:
+        pytest.skip(f"{name} is not installed")
+    backend = linrec.get_backend(name)
+    kernel = INTERPRETED[name].strip("*")
+    if kernel not in backend.METHODS:
+        pytest.skip(f"{name} has no method={kernel!r} here ({kernel} is not installed)")
+    report = run_backend(name, select=INTERPRETED[name])
+    assert len(report.results) > 20, f"only {len(report.results)} {kernel} cases were collected"
     assert report.ok, to_text([report])
 
 

@@ -223,9 +223,10 @@ def test_import_refusals(tmp_path):
     with pytest.raises(CheckpointError, match="reverse=True"):
         originals.import_tensors("gateloop-transformer", {k: v.numpy() for k, v in layer.state_dict().items()},
                                  config={"reverse": True})
-    lm = gtl.Transformer(8, num_tokens=11, depth=1)
-    with pytest.raises(CheckpointError, match="Transformer` LM"):
-        originals.import_tensors("gateloop-transformer", {k: v.numpy() for k, v in lm.state_dict().items()})
+    lm = gtl.Transformer(8, num_tokens=11, depth=1)  # the whole LM imports as gateloop_mh_lm, not as a layer
+    with pytest.raises(CheckpointError, match="gateloop_mh_lm"):
+        originals.import_tensors("gateloop-transformer", {k: v.numpy() for k, v in lm.state_dict().items()},
+                                 model="gateloop_mh")
     with pytest.raises(CheckpointError, match="neither a SimpleGateLoopLayer"):
         originals.import_tensors("gateloop-transformer", {"w": np.zeros((2, 2), np.float32)})
     attn = {k: v.numpy() for k, v in gtl.GateLoopedAttention(4, heads=2).state_dict().items()}

@@ -74,22 +74,22 @@ def _pyproject() -> dict:
 
 
 def test_declared_jax_minimum_is_the_one_the_import_guard_enforces():
-    """pyproject's `jax>=` is what linrec.backends.MINIMUM_VERSIONS says (jax 0.5.0: the first with jax.ffi)."""
+    """pyproject's `jax>=` is what linrec.backends.MINIMUM_VERSIONS says (jax 0.8.0: the first with jax.enable_x64)."""
     from linrec.backends import MINIMUM_VERSIONS
 
     (declared,) = [r for r in _pyproject()["project"]["optional-dependencies"]["jax"] if r.startswith("jax>=")]
-    assert declared == f"jax>={MINIMUM_VERSIONS['jax']}" == "jax>=0.5.0"
+    assert declared == f"jax>={MINIMUM_VERSIONS['jax']}" == "jax>=0.8.0"
 
 
 def test_an_older_jax_is_refused_on_import_naming_the_minimum(monkeypatch):
     jax = pytest.importorskip("jax")
     from linrec.backends import _minimum_jax, require_version, version_tuple
 
-    assert version_tuple("0.10.2") > version_tuple("0.5.0") > version_tuple("0.4.38")
+    assert version_tuple("0.10.2") > version_tuple("0.8.0") > version_tuple("0.7.2") > version_tuple("0.4.38")
     assert version_tuple("2.13.0+cpu") == (2, 13, 0) and version_tuple("0.5.0rc1") == (0, 5)
-    require_version("jax", "0.5.0")
-    monkeypatch.setattr(jax, "__version__", "0.4.35")
-    with pytest.raises(ImportError, match=r"jax>=0\.5\.0, found jax 0\.4\.35"):
+    require_version("jax", "0.8.0")
+    monkeypatch.setattr(jax, "__version__", "0.7.2")
+    with pytest.raises(ImportError, match=r"jax>=0\.8\.0, found jax 0\.7\.2"):
         importlib.reload(_minimum_jax)
     # the guard is the first thing linrec.backends.jax imports, before anything touches jax.ffi
     init = (ROOT / "backends" / "jax" / "__init__.py").read_text()

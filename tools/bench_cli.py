@@ -1,5 +1,8 @@
 """``linrec bench [scan|layers|memory|decode|all] [--quick] [--out DIR]``: run the benchmark scripts of ``benchmarks/``.
 
+``linrec bench scan --device cuda`` (``--dry-run``: interpreted on CPU, tiny shapes; ``--model``: the H100/H200
+roofline model) times the Triton kernels instead: ``linrec.tools.bench_device``, which needs no checkout.
+
 The scripts live in the source tree (they are not installed with the package); this command finds them next to
 the package (``linrec.tools.bench.benchmarks_dir``) and calls their ``main``. From an installed wheel it says so and
 how to get a checkout, and exits with status 2. Without a subcommand it runs ``all``. A full run writes
@@ -38,8 +41,26 @@ def _help() -> str:
     lines += [f"  {name:<8} {text}" for name, (_, text) in SUBCOMMANDS.items()]
     lines += ["", "options (each subcommand's --help lists its own):",
               "  --quick    tiny sizes (all of them: about 9 minutes on 2 cores); writes nothing unless --out is given",
-              "  --out DIR  where to write the Markdown tables, plots and machine.json"]
+              "  --out DIR  where to write the Markdown tables, plots and machine.json",
+              "  scan --device cuda [--dry-run] [--model]: the Triton kernels vs the device roofline "
+              "(--dry-run: CPU, interpreted, tiny shapes; --model: the H100/H200 model)"]
     return "\n".join(lines)
+
+
+def _device_run(argv: Sequence[str]) -> bool:
+    """``scan --device cuda``, ``--dry-run`` or ``--model``: ``linrec.tools.bench_device`` (``--device cpu`` is the
+    plain CPU benchmark)."""
+    if "--dry-run" in argv or "--model" in argv:
+        return True
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--device=") else (
+            argv[i + 1] if arg == "--device" and i + 1 < len(argv) else None)
+        if value is not None and value != "cpu":
+            return True
+    if "--device" in argv or any(a.startswith("--device=") for a in argv):
+        argv[:] = [a for i, a in enumerate(argv) if not (a.startswith("--device") or
+                                                         (i and argv[i - 1] == "--device"))]
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{_USAGE}\nlinrec bench: unknown benchmark {name!r} (choose from {', '.join(SUBCOMMANDS)})",
                   file=sys.stderr)
             return 2
+    if name == "scan" and _device_run(argv):
+        from linrec.tools import bench_device  # the Triton kernels on a GPU (or interpreted: --dry-run)
+
+        return bench_device.main(argv)
     from linrec.tools import bench
 
     if bench.benchmarks_dir() is None:

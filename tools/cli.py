@@ -1,5 +1,5 @@
 """The ``linrec`` command: ``conformance``, ``info``, ``golden`` and the delegated ``convert``, ``inspect``, ``bench``,
-``train``. Also ``python -m linrec``."""
+``train``, ``docs``. Also ``python -m linrec``."""
 
 from __future__ import annotations
 
@@ -52,7 +52,15 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
         sys.path.insert(0, os.getcwd())
     xfails = _load_xfails(args.xfails) if args.xfails else None
     progress = None if args.quiet else _progress(sys.stderr)
-    reports = run(args.backend, thorough=args.thorough, xfails=xfails, select=args.select, progress=progress)
+    if args.devices is not None:  # the distributed group (recurrence.md §12): sharded == one device
+        from linrec.conformance import distributed_cases
+
+        try:
+            reports = distributed_cases.run(args.backend, args.devices, args.select)
+        except ValueError as err:
+            raise SystemExit(f"linrec conformance: {err}") from None
+    else:
+        reports = run(args.backend, thorough=args.thorough, xfails=xfails, select=args.select, progress=progress)
     print(to_text(reports, verbose=args.verbose))
     if args.json:
         Path(args.json).write_text(to_json(reports))
@@ -133,6 +141,7 @@ _DELEGATED = {
     "inspect": ("linrec.tools.convert", "inspect_main", "print a checkpoint's model, config and tensor table"),
     "bench": ("linrec.tools.bench_cli", "main", "benchmarks (scan, layers, memory) as ratios measured in one run"),
     "train": ("linrec.tools.cli", "_train_main", "train a model on a task: linrec train selective-copy --backend jax"),
+    "docs": ("linrec.tools.docs", "main", "build or serve the documentation site: linrec docs build [DIR] --strict"),
 }
 _TASKS = {"selective-copy": "linrec.tools.selective_copy"}
 
@@ -165,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     conf.add_argument("--xfails", help="JSON xfail manifest {case id or pattern: reason} for your backend")
     conf.add_argument("--json", help="also write the report as JSON to this file")
     conf.add_argument("--verbose", action="store_true", help="list every case, not only those that did not pass")
+    conf.add_argument("--devices", type=int, metavar="N",
+                      help="run the distributed group instead: sequence-parallel == one device on N devices "
+                           "(jax: N CPU host devices in a subprocess; torch: N processes on loopback)")
     conf.add_argument("--quiet", action="store_true", help="no progress on stderr")
     conf.set_defaults(func=_cmd_conformance)
 

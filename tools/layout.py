@@ -170,7 +170,11 @@ def _scoped(expr: str, scope: str) -> str:
     """Prefix every free name of ``expr`` with ``scope.`` (``"(d_in, d_h)"`` -> ``"(layer.d_in, layer.d_h)"``)."""
     if not scope:
         return expr
-    return _IDENT.sub(lambda m: m.group(1) if m.group(1) in _KEYWORDS else f"{scope}.{m.group(1)}", expr)
+    # string literals ('complex') are left alone: only the code between them is scoped
+    parts = re.split(r"""('[^']*'|"[^"]*")""", expr)
+    return "".join(part if i % 2 else _IDENT.sub(
+        lambda m: m.group(1) if m.group(1) in _KEYWORDS else f"{scope}.{m.group(1)}", part)
+        for i, part in enumerate(parts))
 
 
 @dataclass(frozen=True)
@@ -564,6 +568,54 @@ _MODEL_LAYOUTS += (
         "linrec.spec.mingru_stack_lm", "MinGRUStackLMConfig",
         "linrec.backends.jax.mingru_stack_lm:MinGRUStackLM", "linrec.backends.torch.mingru_stack_lm:MinGRUStackLM",
         MINGRU_STACK_LM_ROWS, repeat={"l": "num_layers"}, infer=_infer_mingru_stack_lm,
+    ),
+)
+
+# --- gateloop_mh_lm: embedding -> [GateLoop, feed-forward] blocks -> head (gateloop-transformer's Transformer) ----
+
+GATELOOP_MH_LM_ROWS: tuple[Row, ...] = (
+    _embedding("embed", "(vocab_size, d_model)", meaning="token embedding"),
+    Row(f"{_L}.norm.scale", "(d_model,)", f"{_L}.norm.scale", f"{_L}.norm.weight",
+        meaning="time-mixing norm gain (RMSNorm γ, or LayerNorm with block='postnorm')"),
+    Row(f"{_L}.norm.bias", "(d_model,)", f"{_L}.norm.bias", f"{_L}.norm.bias", when="block == 'postnorm'",
+        meaning="time-mixing LayerNorm bias"),
+    *prefixed(GATELOOP_MH_ROWS, f"{_L}.mixer.", shape_of="layer"),
+    Row(f"{_L}.ff_norm.scale", "(d_model,)", f"{_L}.ff_norm.scale", f"{_L}.ff_norm.weight",
+        meaning="feed-forward norm gain"),
+    Row(f"{_L}.ff_norm.bias", "(d_model,)", f"{_L}.ff_norm.bias", f"{_L}.ff_norm.bias", when="block == 'postnorm'",
+        meaning="feed-forward LayerNorm bias"),
+    *dense(f"{_L}.ff.fc1", "d_model", "d_ff", meaning="feed-forward D -> F (then exact GELU)"),
+    *dense(f"{_L}.ff.fc2", "d_ff", "d_model", meaning="feed-forward F -> D"),
+    Row("final_norm.scale", "(d_model,)", "final_norm.scale", "final_norm.weight", when="block == 'prenorm'",
+        meaning="final RMSNorm gain"),
+    *dense("head", "d_model", "vocab_size", bias=False, meaning="output head D -> V (no bias)"),
+)
+
+
+def _infer_gateloop_mh_lm(shapes: Mapping[str, tuple[int, ...]], given: Mapping[str, Any]) -> dict:
+    vocab, d_model = _shape(shapes, "embed.embedding", 2)
+    n_layers = _count(shapes, r"layers\.(\d+)\.mixer\.q_proj\.kernel")
+    if n_layers == 0:
+        raise LayoutError("no 'layers.0.mixer.q_proj.kernel': not a GateLoop LM")
+    _, d_inner = _shape(shapes, "layers.0.mixer.q_proj.kernel", 2)
+    _, heads = _shape(shapes, "layers.0.mixer.a_re_proj.kernel", 2)  # one complex gate per head
+    d_ff = _shape(shapes, "layers.0.ff.fc1.kernel", 2)[1]
+    if d_ff % d_model:
+        raise LayoutError(f"layers.0.ff.fc1.kernel has {d_ff} columns, not a multiple of d_model={d_model} (ff_mult)")
+    return dict(vocab_size=vocab, d_model=d_model, n_layers=n_layers, num_heads=heads, d_inner=d_inner,
+                ff_mult=d_ff // d_model, block="postnorm" if "layers.0.norm.bias" in shapes else "prenorm",
+                output_gate="silu" if "layers.0.mixer.output_gate_proj.kernel" in shapes else "none",
+                sub_norm="layernorm" if "layers.0.mixer.sub_norm.scale" in shapes else "none")
+
+
+_MODEL_LAYOUTS += (
+    Layout(
+        "gateloop_mh_lm", "GateLoop language model (lucidrains' gateloop-transformer `Transformer`): embedding, "
+        "pre-RMSNorm or post-LayerNorm blocks of multi-head GateLoop (complex cartesian gate per head) and a GELU "
+        "feed-forward, final RMSNorm, head without bias",
+        "linrec.spec.gateloop_mh_lm", "GateLoopMHLMConfig",
+        "linrec.backends.jax.gateloop_mh_lm:GateLoopMHLM", "linrec.backends.torch.gateloop_mh_lm:GateLoopMHLM",
+        GATELOOP_MH_LM_ROWS, repeat={"l": "n_layers"}, infer=_infer_gateloop_mh_lm,
     ),
 )
 

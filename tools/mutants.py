@@ -1,7 +1,8 @@
 """Mutation check of the conformance suite: break the scan on purpose and count how often the suite notices.
 
 Each :class:`Mutant` is one small source edit — flip an operator, drop a term, shift an index — to the
-reference loop (``spec/reference.py``), the NumPy backend's scan (``backends/numpy/scan.py``) or the C++
+reference loop (``spec/reference.py``), the NumPy backend's scan (``backends/numpy/scan.py``), the Pallas kernel
+(``backends/jax/pallas_scan.py``, through the JAX backend's ``method="pallas"``) or the C++
 kernel (``backends/native/linrec_scan.cc``). For every mutant a fresh interpreter loads the edited file in
 place of the original (Python: a meta-path hook for that one module; C++: the kernel compiled from the edited
 source into a temporary ``LINREC_CACHE``) and runs the conformance cases the mutant can affect. A mutant is
@@ -32,17 +33,34 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["EXPECTED_SURVIVORS", "MUTANTS", "Mutant", "MutantResult", "apply", "main", "run_mutant"]
+__all__ = ["EXPECTED_SURVIVORS", "MUTANTS", "PALLAS_MUTANTS", "TRITON_MUTANTS", "Mutant", "MutantResult",
+           "all_mutants", "apply", "main", "run_mutant"]
 
 #: The repository root (the folders of the ``linrec`` package live side by side there).
 ROOT = Path(__file__).resolve().parents[1]
 #: Source file (relative to ``ROOT``) -> the module it is imported as.
-MODULES = {"spec/reference.py": "linrec.spec.reference", "backends/numpy/scan.py": "linrec.backends.numpy.scan"}
+MODULES = {"spec/reference.py": "linrec.spec.reference", "backends/numpy/scan.py": "linrec.backends.numpy.scan",
+           "backends/torch/triton_scan_kernels.py": "linrec.backends.torch.triton_scan_kernels",
+           "backends/torch/triton_gated_linear_rnn_kernels.py": "linrec.backends.torch.triton_gated_linear_rnn_kernels",
+           "backends/torch/triton_gateloop_mh_kernels.py": "linrec.backends.torch.triton_gateloop_mh_kernels",
+           "backends/jax/pallas_scan.py": "linrec.backends.jax.pallas_scan",
+           "backends/jax/pallas_gateloop_mh.py": "linrec.backends.jax.pallas_gateloop_mh"}
 KERNEL = "backends/native/linrec_scan.cc"
 #: The conformance runs per target: ``(backend, case selection)``. The torch backend is the one whose scan
 #: gradient goes through the kernel's ``scan_bwd`` (NumPy's VJP is a second forward scan).
 NUMPY_SCAN = (("numpy", "scan/*"),)
 TORCH_SCAN = (("torch", "scan/*"),)
+#: The torch backend's scan cases of ``method="triton"`` (Triton's interpreter on CPU; ids end in ``[triton]``).
+TRITON_SCAN = (("torch", "scan/*[[]triton[]]"),)
+#: The layer cases of ``method="triton"`` (the fused minGRU and GatedLinearRNN kernels; ids ``...[triton,<dtype>]``).
+TRITON_MINGRU = (("torch", "mingru/*[[]triton,*"),)
+TRITON_GLR = (("torch", "gated_linear_rnn/*[[]triton,*"),)
+#: The fused outer-product GateLoop kernel (``gateloop_mh`` cases of ``method="triton"``: values, padding, gradients).
+TRITON_GATELOOP = (("torch", "gateloop_mh/*[[]parallel-triton,*"),)
+#: The Pallas kernel (interpreted on CPU) is reached through the JAX backend's ``method="pallas"`` cases.
+JAX_PALLAS_SCAN = (("jax", "scan/*pallas*"),)
+#: The fused GateLoop kernel (``pallas_gateloop_mh.py``) through the layer's ``method="pallas"`` cases.
+JAX_PALLAS_GATELOOP = (("jax", "gateloop_mh/*pallas*"),)
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,29 @@ class MutantResult:
 
 
 _REF, _NP, _CC = "spec/reference.py", "backends/numpy/scan.py", KERNEL
+_PALLAS = "backends/jax/pallas_scan.py"
+_PALLAS_GL = "backends/jax/pallas_gateloop_mh.py"
+
+#: Mutants of the Pallas kernel (``method="pallas"`` of the JAX backend, run in Pallas's interpreter). The
+#: off-by-one carry restarts the second time block from the initial state instead of the carry of the first
+#: (visible only when T spans several blocks: the interpreter's block is 8 steps for that reason); the dropped
+#: reset ignores the cut mask (the kernel receives ``a`` unzeroed at the cuts, so nothing else restarts a segment).
+PALLAS_MUTANTS: tuple[Mutant, ...] = (
+    Mutant("pallas-carry-off-by-one", _PALLAS, "_scan_kernel", "@pl.when(j == 0)", "@pl.when(j <= 1)",
+           "index-shift", JAX_PALLAS_SCAN),
+    Mutant("pallas-drop-reset", _PALLAS, "_scan_kernel", "state = out = h if cut is None else _select(cut, b, h)",
+           "state = out = h", "branch", JAX_PALLAS_SCAN),
+    # the fused GateLoop kernel: chunk 2 restarts from the initial state (the interpreter's chunk is 4 steps, the
+    # cases' T = 5-7), the read-out drops the inter-chunk term S₀ᵀ(P_t ⊙ q_t), and the backward kernel forgets the
+    # decay diag(P_{C-1}) of the state cotangent it hands to the previous chunk
+    Mutant("pallas-gateloop-carry-off-by-one", _PALLAS_GL, "_forward_kernel", "@pl.when(pl.program_id(2) == 0)",
+           "@pl.when(pl.program_id(2) <= 1)", "index-shift", JAX_PALLAS_GATELOOP),
+    Mutant("pallas-gateloop-drop-inter-chunk", _PALLAS_GL, "_forward_kernel", "r[...] = (x + y).astype(r.dtype)",
+           "r[...] = x.astype(r.dtype)", "drop-term", JAX_PALLAS_GATELOOP),
+    Mutant("pallas-gateloop-adjoint-drop-decay", _PALLAS_GL, "_backward_kernel",
+           "zip(g_prev, _cmul(_conj(tuple(pp[last][:, None] for pp in p)), g),", "zip(g_prev, g,", "drop-term",
+           JAX_PALLAS_GATELOOP),
+)
 
 MUTANTS: tuple[Mutant, ...] = (
     # --- the reference loop (the oracle every property compares with) ---------------------------------------
@@ -159,7 +200,48 @@ MUTANTS: tuple[Mutant, ...] = (
            "ab[d] = project<A>(mul(g[d], prev[d]));", "operator", TORCH_SCAN),
     Mutant("cc-bwd-h0bar-ignores-cut", _CC, "void scan_bwd(", "} else if (cut_next) {\n      std::fill(out,",
            "} else if (false) {\n      std::fill(out,", "branch", TORCH_SCAN),
+    *PALLAS_MUTANTS,
 )
+
+_TK = "backends/torch/triton_scan_kernels.py"
+_TG = "backends/torch/triton_gateloop_mh_kernels.py"
+
+#: Mutants of the Triton kernels (``method="triton"``), run only where triton is installed (:func:`all_mutants`).
+TRITON_MUTANTS: tuple[Mutant, ...] = (
+    Mutant("triton-chunk-carry-off-by-one", _TK, "_last_row", "BLOCK_T - 1, tl.int32", "BLOCK_T - 2, tl.int32",
+           "index-shift", TRITON_SCAN),
+    Mutant("triton-fwd-drop-reset", _TK, "scan_fwd_kernel", "f = tl.broadcast_to(c[:, None], (BLOCK_T, BLOCK_N))",
+           "f = tl.broadcast_to(0 * c[:, None], (BLOCK_T, BLOCK_N))", "branch", TRITON_SCAN),
+    Mutant("triton-bwd-drop-reset", _TK, "scan_bwd_kernel",
+           "f = tl.broadcast_to(c_next[:, None], (BLOCK_T, BLOCK_N))",
+           "f = tl.broadcast_to(0 * c_next[:, None], (BLOCK_T, BLOCK_N))", "branch", TRITON_SCAN),
+    Mutant("triton-bwd-prev-shift", _TK, "scan_bwd_kernel", "prv = (t + 1) if REVERSE else (t - 1)",
+           "prv = t", "index-shift", TRITON_SCAN),
+    Mutant("triton-scan-stride", _TK, "_block_scan", "step: tl.constexpr = 1 << k", "step: tl.constexpr = 2 << k",
+           "constant", TRITON_SCAN),
+    Mutant("triton-mingru-bwd-drop-abar", _TK, "scan_bwd_kernel", "s * a_t * (gr * c - gr * hr)", "s * a_t * gr * c",
+           "drop-term", TRITON_MINGRU),
+    Mutant("triton-glr-tied-bwd-drop-abar", "backends/torch/triton_gated_linear_rnn_kernels.py", "glr_bwd_kernel",
+           "(g * cand - a_bar) * i * not_i", "g * cand * i * not_i", "drop-term", TRITON_GLR),
+    Mutant("triton-gateloop-drop-chunk-carry", _TG, "gateloop_fwd_kernel",
+           "tl.store(ck_ptr + c_off, s_r, mask=kv_ok)",
+           "s_r = tl.where(c > 0, 0.0 * s_r, s_r)\n        tl.store(ck_ptr + c_off, s_r, mask=kv_ok)",
+           "drop-term", TRITON_GATELOOP),
+    Mutant("triton-gateloop-bwd-stale-checkpoint", _TG, "gateloop_bwd_kernel",
+           "c * sc_c + kk[:, None] * sc_k", "tl.maximum(c - 1, 0) * sc_c + kk[:, None] * sc_k", "index-shift",
+           TRITON_GATELOOP),
+    Mutant("triton-gateloop-bwd-unconjugated-decay", _TG, "gateloop_bwd_kernel",
+           "new_r = ar[:, None] * g_r + ai[:, None] * g_i", "new_r = ar[:, None] * g_r - ai[:, None] * g_i",
+           "operator", TRITON_GATELOOP),
+)
+
+
+def all_mutants() -> tuple[Mutant, ...]:
+    """:data:`MUTANTS`, plus :data:`TRITON_MUTANTS` where triton is installed (found without importing it)."""
+    import importlib.util
+
+    return MUTANTS + (TRITON_MUTANTS if importlib.util.find_spec("triton") is not None else ())
+
 
 #: Mutants that may survive, each with the reason no conformance case can or should kill it.
 EXPECTED_SURVIVORS: dict[str, str] = {
@@ -363,15 +445,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(json.loads(args.worker))
-    by_name = {m.name: m for m in MUTANTS}
+    by_name = {m.name: m for m in all_mutants()}
     if args.list:
-        for m in MUTANTS:
+        for m in all_mutants():
             print(f"{m.name:28} {m.file}:{m.scope.strip('( ')} [{m.kind}] {m.old!r} -> {m.new!r}")
         return 0
     unknown = [n for n in args.only or () if n not in by_name]
     if unknown:
         parser.error(f"unknown mutants {unknown}; see --list")
-    chosen = [by_name[n] for n in args.only] if args.only else list(MUTANTS)
+    chosen = [by_name[n] for n in args.only] if args.only else list(all_mutants())
     runs = ((args.backend or "numpy", args.select),) if args.select else None
     start = time.perf_counter()
     base = run_mutant(None, runs=runs, timeout=args.timeout)

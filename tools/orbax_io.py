@@ -24,6 +24,7 @@ Orbax (and with it JAX) is imported only when a checkpoint is read or written: `
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -37,13 +38,19 @@ import numpy as np
 from linrec.tools.formats import FLOAT_DTYPES, flatten
 from linrec.tools.safetensors_io import CheckpointError
 
-__all__ = ["METADATA_FILE", "find_checkpoint", "is_orbax_dir", "read_orbax", "read_orbax_metadata", "write_orbax"]
+__all__ = ["MAX_ARRAY_ELEMENTS", "MAX_TOTAL_BYTES", "METADATA_FILE", "find_checkpoint", "is_orbax_dir", "read_orbax",
+           "read_orbax_metadata", "write_orbax"]
 
 #: The file every Orbax PyTree checkpoint directory holds (the tree structure and array metadata).
 METADATA_FILE = "_METADATA"
 _VALUE_KEYS = ("value", "raw_value")  # the Variable field an NNX state leaf is saved under (old flax: raw_value)
 _RNG_LEAVES = ("key", "count")
 _ORBAX_TMP = re.compile(r".*\.orbax-checkpoint-tmp-.*")
+#: A checkpoint whose metadata declares an array of more elements than this (2**36: 256 GiB of float32) is
+#: refused before any array is read: such sizes come from a corrupt or hostile file, never from a linrec model.
+MAX_ARRAY_ELEMENTS = 2**36
+#: ... and so is one declaring more bytes than this in all its arrays together (2**40: 1 TiB).
+MAX_TOTAL_BYTES = 2**40
 
 
 def _ocp():
@@ -175,6 +182,28 @@ def _shape(meta: Any, name: str, where: str) -> tuple[int, ...]:
     return tuple(int(d) for d in shape)
 
 
+def _check_sizes(tree: Mapping, where: str) -> None:
+    """Refuse metadata declaring absurd sizes (:data:`MAX_ARRAY_ELEMENTS` per array, :data:`MAX_TOTAL_BYTES` in
+    all) before anything is read. Every leaf counts, RNG state included (it is restored too)."""
+    total = 0
+    for key, meta in flatten(tree, what=where).items():
+        if getattr(meta, "shape", None) is None:
+            continue  # not an array (a scalar or string leaf)
+        count = math.prod(_shape(meta, key, where))
+        if count > MAX_ARRAY_ELEMENTS:
+            raise CheckpointError(f"{where}: {key!r} declares shape {_shape(meta, key, where)} ({count} elements), "
+                                  f"more than the {MAX_ARRAY_ELEMENTS} (2**36) any array may have; corrupt or "
+                                  "hostile metadata, nothing was read")
+        try:
+            itemsize = np.dtype(meta.dtype).itemsize
+        except (TypeError, AttributeError):
+            itemsize = 16  # a PRNG key or other non-NumPy dtype: counted generously
+        total += count * itemsize
+        if total > MAX_TOTAL_BYTES:
+            raise CheckpointError(f"{where}: its arrays declare more than {MAX_TOTAL_BYTES} bytes (2**40) in all "
+                                  f"(reached at {key!r}); corrupt or hostile metadata, nothing was read")
+
+
 def read_orbax_metadata(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Parameter name -> a zero-cost placeholder array of the stored shape and dtype, and the linrec info.
 
@@ -185,6 +214,7 @@ def read_orbax_metadata(path: str | os.PathLike) -> tuple[dict[str, np.ndarray],
     ckpt_dir = find_checkpoint(path)
     tree, custom = _metadata(ckpt_dir)
     where = str(ckpt_dir)
+    _check_sizes(tree, where)
     placeholders = {}
     for key, (name, meta) in _leaf_names(tree, where).items():
         shape = _shape(meta, key, where)
@@ -233,6 +263,7 @@ def read_orbax(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ckpt_dir = find_checkpoint(path)
     tree, _ = _metadata(ckpt_dir)
     where = str(ckpt_dir)
+    _check_sizes(tree, where)
     names = _leaf_names(tree, where)
     flat = flatten(tree, what=where)
     for key in names:

@@ -27,6 +27,12 @@ from linrec.backends.jax.gateloop_mh import (
     gateloop_mh_initial_state,
     gateloop_mh_step,
 )
+from linrec.backends.jax.gateloop_mh_lm import (
+    GateLoopMHLM,
+    gateloop_mh_lm,
+    gateloop_mh_lm_initial_state,
+    gateloop_mh_lm_step,
+)
 from linrec.backends.jax.mingru import (
     MinGRU,
     mingru,
@@ -73,8 +79,10 @@ NAME = "jax"
 def describe() -> dict:
     """What ``linrec info`` and the conformance report show about this backend."""
     from linrec.backends import native
+    from linrec.backends.jax.pallas_scan import describe_pallas
 
-    return {"native_kernel": "built" if native.available() else f"not built ({native.build_error()})"}
+    return {"native_kernel": "built" if native.available() else f"not built ({native.build_error()})",
+            "pallas": describe_pallas()}
 
 
 __all__ = [
@@ -85,6 +93,7 @@ __all__ = [
     "GateLoop",
     "GateLoopLM",
     "GateLoopMH",
+    "GateLoopMHLM",
     "GatedLinearRNN",
     "GatedLinearRNNLM",
     "MinGRU",
@@ -104,6 +113,9 @@ __all__ = [
     "gated_linear_rnn_step",
     "gateloop_mh",
     "gateloop_mh_initial_state",
+    "gateloop_mh_lm",
+    "gateloop_mh_lm_initial_state",
+    "gateloop_mh_lm_step",
     "gateloop_mh_step",
     "linear_scan",
     "linear_scan_vjp",

@@ -22,6 +22,7 @@ from flax import nnx
 from jax import lax
 
 from linrec.backends.jax import native_gated_linear_rnn as _fused
+from linrec.backends.jax import pallas_gated_linear_rnn as _pallas
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
 from linrec.backends.jax.scan import linear_scan
@@ -138,6 +139,10 @@ def _parallel(
         h0 = jnp.zeros((x.shape[0], config.d_h), u.dtype) if h0 is None else h0
         y, final = _fused.native_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed)
         return dense(y.astype(x.dtype), p["out_proj.kernel"], p["out_proj.bias"]), final
+    if valid is None and spec.fusable(config) and _pallas.applies(method):  # gates fused into the Pallas scan
+        h0 = jnp.zeros((x.shape[0], config.d_h), u.dtype) if h0 is None else h0
+        h, final = _pallas.pallas_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed)
+        return _readout(p, h, _split(u, config)[3], x, config), final
     candidate, i, f, o = _split(u, config)
     a, b = f, i * candidate
     if valid is not None:  # padding: identity steps (a = 1, b = 0) inside the one scan

@@ -4,10 +4,12 @@ Shape legend: ``B`` batch, ``T`` time, ``D`` d_model, ``H`` heads, ``K`` d_key, 
 ``R`` gate rows per head (``K`` or 1), ``C`` chunk size.
 
 Per head ``S_t = diag(a_t) S_{t-1} + k_t v_tᵀ``, ``o_t = S_tᵀ q_t``. ``mode="parallel"`` is one
-``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``method="chunked"`` runs that scan per chunk of ``C`` steps inside
-``lax.scan`` with the chunk body under ``jax.checkpoint``, so neither the forward nor the backward pass holds more
-than one chunk's states; ``mode="sequential"`` is ``lax.scan`` over the step. The pure functions work under
-``jit``/``grad``/``vmap`` (config, mode, method and chunk size are static).
+``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``method="pallas"`` is one Pallas kernel in the chunked form
+(intra-chunk attention-like product + inter-chunk state; ``k⊗v`` never written: ``pallas_gateloop_mh.py``);
+``method="chunked"`` runs that scan per chunk of ``C`` steps inside ``lax.scan`` with the chunk body under
+``jax.checkpoint``, so neither the forward nor the backward pass holds more than one chunk's states;
+``mode="sequential"`` is ``lax.scan`` over the step. The pure functions work under ``jit``/``grad``/``vmap``
+(config, mode, method and chunk size are static).
 """
 
 from __future__ import annotations
@@ -183,7 +185,8 @@ def gateloop_mh(
       lengths: ``(B,)`` right-padded rows (recurrence.md §0): padded positions are identity steps of the scan
         (``a = 1``, ``k ⊗ v = 0``), their outputs zero; works under ``jit`` (values checked when concrete).
       mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` or ``"sequential"`` (``lax.scan`` of the step).
-      method: scan method of the parallel mode (recurrence.md §7); ``"chunked"`` is the memory-lean path (§6).
+      method: scan method of the parallel mode (recurrence.md §7); ``"chunked"`` is the memory-lean path (§6);
+        ``"pallas"`` the fused GateLoop kernel (``pallas_gateloop_mh.py``; interpreted on CPU).
       chunk_size: steps per chunk for ``method="chunked"`` (default ``config.chunk_size``).
       remat: recompute the scan and read-out in the backward pass (``jax.checkpoint``) instead of storing them.
 
@@ -192,6 +195,11 @@ def gateloop_mh(
     """
     mode = spec.check_mode(mode, method, chunk_size)
     params, x, state = _prepare(params, x, initial_state, config, ndim=3, state_name="initial_state")
+    if mode == "parallel" and method == "pallas":
+        from linrec.backends.jax import pallas_scan
+
+        pallas_scan.check_pallas_dtype("initial_state", dtype_name(state))
+        pallas_scan.notice_interpreted()
     valid = None
     if lengths is not None:
         lengths = jnp.asarray(lengths)
@@ -226,6 +234,10 @@ def _forward(params, x: Array, state: Array, valid: Array | None, *, config: Gat
                 k = jnp.where(valid[:, :, None, None], k, jnp.zeros((), k.dtype))
             if method == "chunked":  # the memory-lean path (§6): chunks scanned by the backend's default method
                 o, state = _chunked(q, k, v, a, state, "auto", size)
+            elif method == "pallas" and x.shape[1]:  # the chunked kernel: k ⊗ v and the states stay in the kernel
+                from linrec.backends.jax.pallas_gateloop_mh import pallas_gateloop_mh
+
+                o, state = pallas_gateloop_mh(q, k, v, a, state)
             else:
                 o, state = _scan_part(q, k, v, a, state, method)
             y = _read_out(params, o, x.dtype, config, xn)

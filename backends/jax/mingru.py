@@ -23,6 +23,7 @@ from flax import nnx
 from jax import lax
 
 from linrec.backends.jax import native_mingru as _fused
+from linrec.backends.jax import pallas_mingru as _pallas
 from linrec.backends.jax import scan as _scan
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
@@ -136,6 +137,9 @@ def _sequence(params, x, h0, log_h0, lengths, *, gates: Gates, log_gates: Gates,
     elif mask is None and gates is mingru_gates and _fused.applies(u, method):  # gates fused into the native scan
         h = jnp.full((n_batch, config.d_inner), config.default_state, acc) if h0 is None else h0
         states, final = _fused.native_mingru(u, h, config.candidate)
+    elif mask is None and gates is mingru_gates and _pallas.applies(method):  # gates fused into the Pallas scan
+        h = jnp.full((n_batch, config.d_inner), config.default_state, acc) if h0 is None else h0
+        states, final = _pallas.pallas_mingru(u, h, config.candidate)
     else:
         a, b = gates(u, config)
         if mask is not None:

@@ -21,6 +21,7 @@ from linrec.backends import native
 from linrec.backends.jax import native as scan_native
 from linrec.backends.jax.autodiff import first_order_only
 from linrec.backends.jax.scan import METHODS as SCAN_METHODS  # lists "native" when the kernel is built
+from linrec.backends.jax.scan import SEQUENCE_PARALLEL
 
 __all__ = ["applies", "native_mingru", "register"]
 
@@ -46,6 +47,8 @@ def applies(u: Array, method: str) -> bool:
     """Whether the layer's scan ``method`` on projections ``u`` runs here: ``"auto"`` or ``"native"``, the CPU
     backend, float32/float64 and the kernel built (otherwise the layer takes the unfused path, which raises for an
     unservable ``"native"``)."""
+    if SEQUENCE_PARALLEL.get() is not None:  # sequence-parallel: the unfused path, whose linear_scan is sharded
+        return False
     return (method in ("auto", "native") and jax.default_backend() == "cpu"
             and jnp.dtype(u.dtype).name in native.FUSED_DTYPES and "native" in SCAN_METHODS)
 

@@ -15,6 +15,7 @@ float64/complex128 inputs need JAX's 64-bit mode (``with jax.enable_x64(True):``
 
 from __future__ import annotations
 
+import contextvars
 from functools import partial
 
 import jax
@@ -38,8 +39,9 @@ __all__ = [
     "log_scan",
 ]
 
-#: ``"native"`` (the C++ kernel of ``linrec.backends.native``) is listed only where it is built.
-METHODS = native.with_native(("sequential", "associative", "chunked", "log"))
+#: ``"native"`` (the C++ kernel of ``linrec.backends.native``) is listed only where it is built; ``"pallas"`` (the
+#: Pallas kernel, ``pallas_scan.py``; interpreted on CPU) comes last.
+METHODS = (*native.with_native(("sequential", "associative", "chunked", "log")), "pallas")
 LOG_METHODS = ("sequential", "heinsen")
 #: Steps per chunk of ``method="chunked"``. Measured on 2 shared CPU cores (float32, jit, forward, best of 7, ms):
 #: B=8, D=512, T=4096: chunk 8: 408-444, 16: 429-484, 32: 478-611, 64: 426-480, 128: 402-483;
@@ -52,6 +54,10 @@ _HEINSEN_RESETS = (
 )
 
 Array = jax.Array
+
+#: Set by ``linrec.backends.jax.distributed.sequence_parallel`` (recurrence.md §12): while it holds a function,
+#: :func:`linear_scan` calls it instead (the sequence-parallel scan) and :func:`log_scan` refuses.
+SEQUENCE_PARALLEL: contextvars.ContextVar = contextvars.ContextVar("linrec_jax_sequence_parallel", default=None)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -385,7 +391,7 @@ def _check_linear_args(a: Array, b: Array, h0: Array | None, resets: Array | Non
     )
 
 
-def _pick_method(method: str) -> str:
+def _pick_method(method: str, dtype: str | None = None) -> str:
     """Resolve ``"auto"`` (never ``"log"``, whose domain depends on values).
 
     On CPU the loop wins at every shape measured: 2 CPU cores (shared), float32, jit, best of 5, ms, forward / grad
@@ -401,14 +407,17 @@ def _pick_method(method: str) -> str:
         64, 1024, 16     2.05 / 6.74       4.28 / 11.1        5.55 / 15.7
 
     XLA's CPU loop touches each element once; the parallel forms make O(log T) (or O(log chunk)) passes over
-    memory on a machine with only two cores to spread them over. Accelerators (not measured here) reward
-    parallel depth instead, so there ``auto`` takes ``chunked``.
+    memory on a machine with only two cores to spread them over. Accelerators (not measured here) take the Pallas
+    kernel (one pass over memory, ``pallas_scan.py``) for the dtypes it compiles for, else ``chunked`` (parallel
+    depth). On CPU ``auto`` never picks ``pallas``: there it runs in the interpreter.
     """
     checks.check_method(method, METHODS)
     if method != "auto":
         return method
     if jax.default_backend() != "cpu":
-        return "chunked"
+        from linrec.backends.jax.pallas_scan import DEVICE_DTYPES
+
+        return "pallas" if dtype in DEVICE_DTYPES else "chunked"
     # the native kernel streams at memory bandwidth (benchmarks/), the XLA loop allocates and copies more
     return "native" if "native" in METHODS else "sequential"
 
@@ -421,7 +430,14 @@ def _validate(a, b, initial_state, resets, method: str, chunk_size: int | None, 
     a, b, h0, resets = (_as_array(a, "a"), _as_array(b, "b"), _as_array(initial_state, "initial_state"),
                         _as_array(resets, "resets"))
     _check_linear_args(a, b, h0, resets)
-    method = _pick_method(method)
+    method = _pick_method(method, dtype_name(b))
+    if method == "pallas":
+        from linrec.backends.jax import pallas_scan
+
+        for name, x in (("a", a), ("b", b), ("initial_state", h0)):
+            if x is not None:
+                pallas_scan.check_pallas_dtype(name, dtype_name(x))
+        pallas_scan.notice_interpreted()
     if method == "log":
         if resets is not None:
             raise ValueError(checks.log_domain_message("resets", "method='log' cannot carry a reset (log 0 = -inf)"))
@@ -432,7 +448,11 @@ def _validate(a, b, initial_state, resets, method: str, chunk_size: int | None, 
         _check_values({"a": a, "b": b, "initial_state": h0}, _positive_finite,
                       "method='log' needs every value > 0 and finite (no NaN or ±inf)")
     # chunk_size is a static jit argument: normalise it where unused, so it never causes a recompile
-    chunk_size = (chunk_size or DEFAULT_CHUNK_SIZE) if method == "chunked" else DEFAULT_CHUNK_SIZE
+    # (pallas: the time block of the kernel's grid, 0 for the kernel's default)
+    if method == "pallas":
+        chunk_size = chunk_size or 0
+    else:
+        chunk_size = (chunk_size or DEFAULT_CHUNK_SIZE) if method == "chunked" else DEFAULT_CHUNK_SIZE
     return a, b, h0, resets, method, chunk_size
 
 
@@ -443,6 +463,11 @@ def _linear_scan(a, b, h0, resets, *, reverse: bool, method: str, chunk_size: in
     b_acc = b.astype(acc)
     h0_acc = jnp.zeros((b.shape[0], *b.shape[2:]), acc) if h0 is None else h0.astype(acc)
     cut = _cut_mask(resets, reverse)
+    if method == "pallas" and b.shape[1]:  # reads 16-bit inputs as they are; the cut is a select in the kernel
+        from linrec.backends.jax.pallas_scan import pallas_linear_scan
+
+        h = pallas_linear_scan(a, b, h0_acc, cut, reverse, block_t=chunk_size or None)
+        return h, (h[:, 0] if reverse else h[:, -1])
     if cut is not None:
         a_acc = jnp.where(_expand(cut, a.ndim), jnp.zeros((), a_acc.dtype), a_acc)
     if b.shape[1] == 0:
@@ -483,12 +508,18 @@ def linear_scan(
       initial_state: ``(B, *S)`` or ``None`` (zeros).
       reverse: scan from the last step to the first.
       resets: ``(B, T)`` bool segment starts.
-      method: ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"`` or ``"log"``.
-      chunk_size: steps per chunk for ``"chunked"`` (default :data:`DEFAULT_CHUNK_SIZE`).
+      method: ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"``, ``"log"``, ``"native"`` (where
+        built) or ``"pallas"`` (the Pallas kernel; interpreted, and slow, when JAX's default device is a CPU).
+      chunk_size: steps per chunk for ``"chunked"`` (default :data:`DEFAULT_CHUNK_SIZE`); for ``"pallas"`` the
+        time steps per grid block (default ``pallas_scan.DEVICE_BLOCK_T``, or ``INTERPRET_BLOCK_T`` on CPU).
 
     Returns:
       ``(h, final_state)``: ``(B, T, *S)`` and ``(B, *S)`` in the dtype of ``b``.
     """
+    sharded = SEQUENCE_PARALLEL.get()
+    if sharded is not None:  # inside distributed.sequence_parallel: the time axis is split over devices (§12)
+        return sharded(a, b, initial_state=initial_state, reverse=reverse, resets=resets, method=method,
+                       chunk_size=chunk_size)
     a, b, h0, resets, method, chunk_size = _validate(a, b, initial_state, resets, method, chunk_size, reverse)
     return _linear_scan(a, b, h0, resets, reverse=reverse, method=method, chunk_size=chunk_size)
 
@@ -573,6 +604,9 @@ def log_scan(
     """
     checks.check_method(method, LOG_METHODS, function="log_scan")
     checks.check_reverse(reverse)
+    if SEQUENCE_PARALLEL.get() is not None:
+        raise ValueError("log_scan cannot run sequence-parallel (recurrence.md §12): inside sequence_parallel use "
+                         "linear_scan, or a layer's method='sequential', 'associative' or 'chunked' (not 'log')")
     log_a, log_b, log_h0, resets = (_as_array(x, n) for x, n in ((log_a, "log_a"), (log_b, "log_b"),
                                     (log_initial_state, "log_initial_state"), (resets, "resets")))
     checks.check_log_scan_args(

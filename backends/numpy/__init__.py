@@ -16,6 +16,11 @@ from linrec.backends.numpy.gateloop_mh import (
     gateloop_mh_initial_state,
     gateloop_mh_step,
 )
+from linrec.backends.numpy.gateloop_mh_lm import (
+    gateloop_mh_lm,
+    gateloop_mh_lm_initial_state,
+    gateloop_mh_lm_step,
+)
 from linrec.backends.numpy.mingru import (
     mingru,
     mingru_gates,
@@ -78,6 +83,9 @@ __all__ = [
     "gated_linear_rnn_step",
     "gateloop_mh",
     "gateloop_mh_initial_state",
+    "gateloop_mh_lm",
+    "gateloop_mh_lm_initial_state",
+    "gateloop_mh_lm_step",
     "gateloop_mh_step",
     "linear_scan",
     "linear_scan_vjp",

@@ -23,6 +23,12 @@ from linrec.backends.torch.gateloop_mh import (
     gateloop_mh_initial_state,
     gateloop_mh_step,
 )
+from linrec.backends.torch.gateloop_mh_lm import (
+    GateLoopMHLM,
+    gateloop_mh_lm,
+    gateloop_mh_lm_initial_state,
+    gateloop_mh_lm_step,
+)
 from linrec.backends.torch.mingru import (
     MinGRU,
     mingru,
@@ -81,6 +87,7 @@ __all__ = [
     "GateLoop",
     "GateLoopLM",
     "GateLoopMH",
+    "GateLoopMHLM",
     "GatedLinearRNN",
     "GatedLinearRNNLM",
     "MinGRU",
@@ -100,6 +107,9 @@ __all__ = [
     "gated_linear_rnn_step",
     "gateloop_mh",
     "gateloop_mh_initial_state",
+    "gateloop_mh_lm",
+    "gateloop_mh_lm_initial_state",
+    "gateloop_mh_lm_step",
     "gateloop_mh_step",
     "linear_scan",
     "linear_scan_vjp",

@@ -22,9 +22,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch import native_gated_linear_rnn as _fused
+from linrec.backends.torch import triton_gated_linear_rnn as _triton_fused
 from linrec.backends.torch.arrays import asarray, cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.dense import dense
-from linrec.backends.torch.scan import linear_scan
+from linrec.backends.torch.scan import linear_scan, refuse_sequence_parallel
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
 from linrec.spec.state import State
@@ -145,7 +146,9 @@ def gated_linear_rnn(
     p = _prepare_params(params, x.dtype, config)
     h0 = _state(initial_state, x, config, "initial_state")
     u = dense(x, p["proj.kernel"], p["proj.bias"]).to(h0.dtype)
-    if mode == "parallel" and valid is None and spec.fusable(config) and _fused.applies(u, method):
+    if mode == "parallel" and valid is None and spec.fusable(config) and _triton_fused.applies(u, method):
+        y, final = _triton_fused.triton_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed, chunk_size)
+    elif mode == "parallel" and valid is None and spec.fusable(config) and _fused.applies(u, method):
         y, final = _fused.native_gated_linear_rnn(u, h0, config.use_tied_gates, config.reversed)  # gates fused
     elif mode == "parallel":
         candidate, i, f, o = _split(u, config)
@@ -158,6 +161,8 @@ def gated_linear_rnn(
         )
         y = _ACTIVATIONS[config.hidden_activation](h) * o
     else:
+        refuse_sequence_parallel("gated_linear_rnn's step loop (mode='sequential', or use_true_recurrence=True)",
+                                 "use mode='parallel' with use_true_recurrence=False")
         n_time = x.shape[1]
         ys: list[Tensor] = [u.new_empty(0)] * n_time
         final = h0

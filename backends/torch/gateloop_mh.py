@@ -3,10 +3,11 @@
 Shape legend: ``B`` batch, ``T`` time, ``D`` d_model, ``H`` heads, ``K`` d_key, ``V`` d_value,
 ``R`` gate rows per head (``K`` or 1), ``C`` chunk size.
 
-Per head ``S_t = diag(a_t) S_{t-1} + k_t v_tᵀ``, ``o_t = S_tᵀ q_t``. ``mode="parallel"`` is one
-``linear_scan(a: (B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``method="chunked"`` scans chunk by chunk carrying only ``S``, each
-chunk under ``torch.utils.checkpoint`` when gradients are recorded, so the backward pass recomputes one chunk's
-states at a time; ``mode="sequential"`` is the step loop. The pure functions take canonical parameters
+Per head ``S_t = diag(a_t) S_{t-1} + k_t v_tᵀ``, ``o_t = S_tᵀ q_t``. ``mode="parallel"`` is one ``linear_scan(a:
+(B,T,H,R,1), k⊗v: (B,T,H,K,V))``; ``method="triton"`` is the fused Triton kernel (``triton_gateloop_mh``: ``S`` in
+registers, ``k⊗v`` never in memory; interpreted on CPU); ``method="chunked"`` scans chunk by chunk carrying only
+``S``, each chunk under ``torch.utils.checkpoint`` when gradients are recorded, so the backward pass recomputes one
+chunk's states at a time; ``mode="sequential"`` is the step loop. The pure functions take canonical parameters
 (kernels ``(in, out)``); the module stores ``nn.Linear`` weights (``(out, in)``) and passes their transposes.
 """
 
@@ -21,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch.arrays import cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.dense import dense
-from linrec.backends.torch.scan import linear_scan
+from linrec.backends.torch.scan import linear_scan, refuse_sequence_parallel
+from linrec.backends.torch.triton_gateloop_mh import triton_gateloop_mh
 from linrec.spec import gateloop_mh as spec
 from linrec.spec.gateloop_mh import GateLoopMHConfig
 from linrec.spec.state import State
@@ -164,6 +166,7 @@ def _core(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateLo
 def _layer(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateLoopMHConfig, mode: str,
            method: str, size: int):
     if mode == "sequential":
+        refuse_sequence_parallel("gateloop_mh(mode='sequential'), the step loop,", "use mode='parallel'")
         ys = []
         for t in range(x.shape[1]):
             y_t, new = _step(params, x[:, t], state, config)
@@ -179,7 +182,13 @@ def _layer(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateL
         a = torch.where(valid[:, :, None, None, None], a, torch.ones((), dtype=a.dtype, device=a.device))
         k = torch.where(valid[:, :, None, None], k, 0.0)
     if method == "chunked":  # the memory-lean path (§6): chunks scanned by the backend's default method
+        refuse_sequence_parallel("gateloop_mh(method='chunked'), the memory-lean path,",
+                                 "use method='auto' (or 'associative', 'sequential')")
         o, state = _chunked(q, k, v, a, state, "auto", size)
+    elif method == "triton":  # the fused kernel: S in registers, neither k ⊗ v nor the states in memory
+        refuse_sequence_parallel("gateloop_mh(method='triton'), the fused Triton kernel,",
+                                 "use method='auto' (or 'associative', 'sequential')")
+        o, state = triton_gateloop_mh(q, k, v, a, state, size)  # chunks of config.chunk_size: its checkpoints
     else:
         o, state = _scan_part(q, k, v, a, state, method)
     return _read_out(params, o, x.dtype, config, xn), state
@@ -209,7 +218,9 @@ def gateloop_mh(
       lengths: ``(B,)`` right-padded rows (recurrence.md §0): padded positions are identity steps of the scan
         (``a = 1``, ``k ⊗ v = 0``), their outputs zero.
       mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` or ``"sequential"`` (step loop).
-      method: scan method of the parallel mode (recurrence.md §7); ``"chunked"`` is the memory-lean path (§6).
+      method: scan method of the parallel mode (recurrence.md §7); ``"chunked"`` is the memory-lean path (§6);
+        ``"triton"`` the fused Triton kernel (``S`` in registers, one state kept per ``config.chunk_size`` steps;
+        interpreted on CPU tensors).
       chunk_size: steps per chunk for ``method="chunked"`` (default ``config.chunk_size``).
       remat: recompute the whole layer in the backward pass (``torch.utils.checkpoint``) instead of storing it.
 

@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch import native_mingru as _fused
 from linrec.backends.torch import scan as _scan
+from linrec.backends.torch import triton_mingru as _triton_fused
 from linrec.backends.torch.arrays import asarray, cast, dtype_name, torch_dtype
 from linrec.backends.torch.dense import dense
 from linrec.spec import checks
@@ -166,6 +167,7 @@ def run_sequence(
     u = _project(params, x).to(_state_dtype(x.dtype))  # projections in x's dtype; gates and state in float32+
     h0 = None if h0 is None else h0.to(u.dtype)
     if mode == "sequential":
+        _scan.refuse_sequence_parallel(f"{layer}(mode='sequential'), the step loop,", "use mode='parallel'")
         h = _default(config, x.shape[0], u) if h0 is None else h0
         states = []
         for t in range(x.shape[1]):
@@ -179,6 +181,9 @@ def run_sequence(
         log_h0 = _log_initial_state(layer, config, h0, u)
         log_h, log_final = _scan.log_scan(log_a, log_b, log_initial_state=log_h0)
         states, final = torch.exp(log_h), torch.exp(log_final)
+    elif mask is None and gates is mingru_gates and _triton_fused.applies(u, method):  # gates fused into Triton's
+        h = _default(config, x.shape[0], u) if h0 is None else h0
+        states, final = _triton_fused.triton_mingru(u, h, config.candidate)
     elif mask is None and gates is mingru_gates and _fused.applies(u, method):  # gates fused into the native scan
         h = _default(config, x.shape[0], u) if h0 is None else h0
         states, final = _fused.native_mingru(u, h, config.candidate)

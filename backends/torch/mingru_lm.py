@@ -130,6 +130,7 @@ def _run(params, tokens: Tensor, h0: tuple[Tensor, ...] | None, lengths: Tensor 
         lengths = lengths.to(tokens.device)
         mask = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < lengths[:, None]
     if mode == "sequential":
+        _scan.refuse_sequence_parallel("mingru_lm(mode='sequential'), the step loop,", "use mode='parallel'")
         h = _default(config, tokens.shape[0], x.dtype, x.device) if h0 is None else h0
         logits, layers = [], _layers(params, config)
         for t in range(tokens.shape[1]):

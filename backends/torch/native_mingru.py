@@ -20,6 +20,7 @@ from torch import Tensor
 from linrec.backends import native
 from linrec.backends.torch.native import _empty, _empty_shaped, _ptr, _ready, _status
 from linrec.backends.torch.scan import METHODS as SCAN_METHODS  # lists "native" when the kernel is built
+from linrec.backends.torch.scan import sequence_parallel_hook
 
 __all__ = ["applies", "mingru_bwd", "mingru_fwd", "native_mingru"]
 
@@ -31,7 +32,7 @@ def applies(u: Tensor, method: str) -> bool:
     float32/float64 and the kernel built (otherwise the layer takes the unfused path, which raises for an
     unservable ``"native"``)."""
     return (method in ("auto", "native") and u.device.type == "cpu" and u.dtype in _DTYPES
-            and "native" in SCAN_METHODS)
+            and "native" in SCAN_METHODS and sequence_parallel_hook() is None)  # sharded: linear_scan
 
 
 @torch.library.custom_op("linrec::mingru_fwd", mutates_args=())

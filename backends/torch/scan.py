@@ -14,6 +14,7 @@ only ``a``, ``h`` and ``h0``: ``O(B·T·D)`` memory for every method.
 from __future__ import annotations
 
 import math
+from contextvars import ContextVar
 
 import numpy as np
 import torch
@@ -22,6 +23,8 @@ from torch import Tensor
 from linrec.backends import native
 from linrec.backends.torch.arrays import asarray, dtype_name
 from linrec.backends.torch.native import native_linear_scan
+from linrec.backends.torch.triton_scan import available as _triton_available
+from linrec.backends.torch.triton_scan import require_triton, triton_linear_scan
 from linrec.spec import checks, reference
 
 __all__ = [
@@ -33,8 +36,11 @@ __all__ = [
     "log_scan",
 ]
 
-#: ``"native"`` (the C++ kernel of ``linrec.backends.native``) is listed only where it is built.
-METHODS = native.with_native(("sequential", "associative", "chunked", "log"))
+#: ``"native"`` (the C++ kernel of ``linrec.backends.native``) is listed only where it is built; ``"triton"``
+#: (``linrec.backends.torch.triton_scan``; interpreted on CPU tensors) only where triton is installed.
+METHODS = native.with_native(("sequential", "associative", "chunked", "log")) + (
+    ("triton",) if _triton_available() else ()
+)
 LOG_METHODS = ("sequential", "heinsen")
 #: ``chunk_size=None``: chunks of about this many elements (``B·chunk·N``; 2 MiB of float32), at least ``_MIN_CHUNK``
 #: steps (see ``_default_chunk_size``).
@@ -42,6 +48,37 @@ _CHUNK_ELEMENTS = 2**19
 _MIN_CHUNK = 256
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+#: Set by ``linrec.backends.torch.distributed.sequence_parallel(group)``: the callable that runs :func:`linear_scan`
+#: sharded along T over the group (``None``: the scan is local). ``_SEQUENCE_PARALLEL_DEPTH`` counts the open
+#: contexts so that compiled code (which cannot read a ``ContextVar``) knows to leave the graph for the exchange.
+SEQUENCE_PARALLEL: ContextVar = ContextVar("linrec_torch_sequence_parallel", default=None)
+_SEQUENCE_PARALLEL_DEPTH = 0
+#: ``SEQUENCE_PARALLEL.get`` behind ``torch.compiler.disable`` (a graph break), made by the first
+#: ``sequence_parallel`` context: wrapping it at import would load torch._dynamo (and triton) with every backend import.
+_COMPILED_HOOK = None
+
+
+def compiled_sequence_parallel_hook():
+    """The graph-breaking reader of :data:`SEQUENCE_PARALLEL` that compiled code calls (made once, outside a trace)."""
+    global _COMPILED_HOOK
+    if _COMPILED_HOOK is None:
+        _COMPILED_HOOK = torch.compiler.disable(SEQUENCE_PARALLEL.get)
+    return _COMPILED_HOOK
+
+
+def sequence_parallel_hook():
+    """The sharded scan of the enclosing ``sequence_parallel`` context, or ``None`` (a graph break when compiled)."""
+    if torch.compiler.is_compiling():
+        return _COMPILED_HOOK() if _SEQUENCE_PARALLEL_DEPTH else None
+    return SEQUENCE_PARALLEL.get()
+
+
+def refuse_sequence_parallel(what: str, fix: str) -> None:
+    """Raise ``ValueError`` inside ``sequence_parallel``: ``what`` has no sharded form; ``fix`` names what has."""
+    if sequence_parallel_hook() is not None:
+        raise ValueError(f"{what} cannot run sequence-parallel (inside linrec.backends.torch.distributed."
+                         f"sequence_parallel): {fix}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,6 +370,16 @@ def _auto_method(b: Tensor) -> str:
     return "associative" if b.shape[1] * per_step <= 2**20 else "chunked"
 
 
+def _auto_for_device(b: Tensor) -> str:
+    """``method="auto"``: the CPU kernel on CPU (it streams at memory bandwidth, benchmarks/), the Triton kernel on
+    CUDA (compiled there; on CPU it would run interpreted, so it is never chosen there), else :func:`_auto_method`."""
+    if b.device.type == "cpu" and "native" in METHODS:
+        return "native"
+    if b.device.type == "cuda" and "triton" in METHODS:
+        return "triton"
+    return _auto_method(b)
+
+
 class _LinearScanFn(torch.autograd.Function):
     """``(h, final_state)`` of a cut-masked, compute-dtype scan; backward is the reverse scan of §10.
 
@@ -434,13 +481,21 @@ def linear_scan(
       initial_state: ``(B, *S)``; ``None`` means zeros.
       reverse: scan from ``t = T-1`` down to 0 (§3).
       resets: ``(B, T)`` bool segment starts (§4).
-      method: ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"`` or ``"log"`` (§7).
-      chunk_size: steps per chunk for ``"chunked"`` (default: cache-sized, ``_default_chunk_size``).
+      method: ``"auto"``, ``"sequential"``, ``"associative"``, ``"chunked"``, ``"log"`` (§7), ``"native"`` (CPU
+        kernel) or ``"triton"`` (the Triton kernel: compiled on CUDA, interpreted on CPU tensors; ``"auto"`` picks it
+        on CUDA only).
+      chunk_size: steps per chunk for ``"chunked"`` (default: cache-sized, ``_default_chunk_size``); for ``"triton"``
+        the kernel's time block (rounded up to a power of two).
 
     Returns:
       ``(h, final_state)``: ``(B, T, *S)`` and ``(B, *S)`` in the dtype of ``b``.
     """
+    sharded = sequence_parallel_hook()
+    if sharded is not None:  # inside distributed.sequence_parallel(group): a and b are this rank's chunk of T
+        return sharded(a, b, initial_state=initial_state, reverse=reverse, resets=resets, method=method,
+                       chunk_size=chunk_size)
     native.require_native(method)
+    require_triton(method)
     checks.check_method(method, METHODS)
     checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)
@@ -454,10 +509,13 @@ def linear_scan(
         raise ValueError(f"method='native' is a CPU kernel; b is on {b.device}: use 'chunked' or 'associative'")
     if method == "auto":
         # on CPU the kernel streams at memory bandwidth (benchmarks/) and beats every tensor-op method
-        method = "native" if "native" in METHODS and b.device.type == "cpu" else _auto_method(b)
+        method = _auto_for_device(b)
     a_c, b_c = _compute(a), _compute(b)
     h0 = None if initial_state is None else initial_state.to(b_c.dtype)
     cut = _cut_mask(resets, reverse)
+    if method == "triton":  # its own autograd.Function; reads bf16/fp16 a, b as they are (the state is float32)
+        h, final = triton_linear_scan(a, b, h0, cut, bool(reverse), chunk_size)
+        return h.to(b.dtype), final.to(b.dtype)
     if method == "native":  # a custom op with its own autograd formula (the backward kernel)
         h, final = native_linear_scan(a_c, b_c, h0, cut, bool(reverse))
         return h.to(b.dtype), final.to(b.dtype)
@@ -492,6 +550,7 @@ def log_scan(
     """
     checks.check_method(method, LOG_METHODS, function="log_scan")
     checks.check_reverse(reverse)
+    refuse_sequence_parallel("log_scan (the method='log' path)", "use method='chunked' (or 'auto') instead of 'log'")
     log_a, log_b = _tensor(log_a), _tensor(log_b)
     log_h0 = None if log_initial_state is None else _tensor(log_initial_state)
     resets = None if resets is None else _tensor(resets)
@@ -555,6 +614,7 @@ def linear_scan_vjp(
       ``(a_bar, b_bar, initial_state_bar)`` shaped like ``a``, ``b`` and ``(B, *S)``; with
       ``initial_state=None`` the last is the cotangent of a zero initial state.
     """
+    require_triton(method)
     checks.check_method(method, METHODS)
     checks.check_reverse(reverse)
     checks.check_chunk_size(chunk_size)

@@ -24,7 +24,8 @@ Originals (``--from NAME``; container; linrec target):
 - ``lucidrains-mingru``: ``mingru-pytorch`` ``minGRU`` / ``minLM`` (torch) -> ``mingru`` / ``mingru_lm``
   (``block="prenorm"``).
 - ``gateloop-transformer``: ``SimpleGateLoopLayer`` / ``GateLoopedAttention`` (torch) -> ``gateloop_mh`` (one SISO
-  head per channel / complex cartesian gate per head); exported back by ``export_gateloop_transformer``.
+  head per channel / complex cartesian gate per head), ``Transformer`` -> ``gateloop_mh_lm``; exported back by
+  ``export_gateloop_transformer``.
 """
 
 
@@ -52,6 +53,7 @@ from linrec.tools.originals.gateloop_transformer import (
     export_gateloop_transformer,
     import_gateloop_transformer,
 )
+from linrec.tools.originals.gateloop_transformer_lm import TRANSFORMER_POSTNORM_TABLE, TRANSFORMER_PRENORM_TABLE
 from linrec.tools.originals.glrnn import GLRNN_LAYER_TABLE, GLRNN_LM_TABLE, _import_glrnn, export_glrnn
 from linrec.tools.originals.lucidrains import (
     LUCIDRAINS_MINGRU_TABLE,
@@ -125,15 +127,21 @@ ORIGINALS: dict[str, Original] = {
                  (("minGRU", LUCIDRAINS_MINGRU_TABLE), ("minLM", LUCIDRAINS_MINLM_TABLE)),
                  "`mingru` / `mingru_lm` (`block='prenorm'`, `candidate='g'`, no biases)", exporter=export_lucidrains),
         Original("gateloop-transformer", "torch",
-                 "gateloop-transformer `SimpleGateLoopLayer` or `GateLoopedAttention` state_dict (told apart by "
-                 "the tensor names; `to_a`'s interleaved (re, im) rows are de-interleaved into two blocks first)",
+                 "gateloop-transformer `SimpleGateLoopLayer`, `GateLoopedAttention` or `Transformer` (the LM) "
+                 "state_dict (told apart by the tensor names; `to_a`'s interleaved (re, im) rows are de-interleaved "
+                 "into two blocks first); `--config` also takes the `Transformer`'s `num_tokens`/`dim`/`depth`/"
+                 "`gate_loop_heads`/`dim_gate_looped_attn`/`ff_mult`/`attn_add_swish_gating`/`sub_ln`/"
+                 "`post_ln_norm`/`ablate_complex` (`use_gate_looped_attn=False` and `ablate_state_transition=True` "
+                 "are refused); exportable (`--to gateloop-transformer`)",
                  import_gateloop_transformer, ("simple-gateloop",),
-                 (("SimpleGateLoopLayer", SIMPLE_GATELOOP_TABLE), ("GateLoopedAttention", GATELOOPED_ATTENTION_TABLE)),
+                 (("SimpleGateLoopLayer", SIMPLE_GATELOOP_TABLE), ("GateLoopedAttention", GATELOOPED_ATTENTION_TABLE),
+                  ("Transformer", TRANSFORMER_PRENORM_TABLE),
+                  ("Transformer(post_ln_norm=True)", TRANSFORMER_POSTNORM_TABLE)),
                  "`gateloop_mh`: `SimpleGateLoopLayer` as one SISO head per channel (`v_proj` = 0·x + 1, `out_proj` "
                  "= identity, `input_norm='rms'` with the RMSNorm gain folded into the kernels, `post_ln` as "
                  "`sub_norm='layernorm'`); `GateLoopedAttention` as `gate='complex'`, "
                  "`gate_parametrization='cartesian'`, `gate_granularity='head'`, `sub_ln` as `sub_norm`, swish gating "
-                 "as `output_gate='silu'`, `to_out` as `out_proj` (zero bias)",
+                 "as `output_gate='silu'`, `to_out` as `out_proj` (zero bias); `Transformer` as `gateloop_mh_lm`",
                  exporter=export_gateloop_transformer),
     )
 }

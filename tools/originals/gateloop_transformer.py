@@ -64,16 +64,20 @@ def _interleave(a: np.ndarray) -> np.ndarray:
 
 def import_gateloop_transformer(tensors: Mapping[str, np.ndarray], model: str | None, overrides: Mapping[str, Any],
                                 source: str):
-    """A ``SimpleGateLoopLayer`` or ``GateLoopedAttention`` state_dict -> ``gateloop_mh`` ``Checkpoint``."""
-    if model not in (None, "gateloop_mh"):
-        raise CheckpointError(f"{source}: gateloop-transformer layers import as model 'gateloop_mh', not {model!r}")
+    """A ``SimpleGateLoopLayer`` or ``GateLoopedAttention`` state_dict -> ``gateloop_mh`` ``Checkpoint``; a whole
+    ``Transformer`` LM -> ``gateloop_mh_lm`` (``linrec.tools.originals.gateloop_transformer_lm``)."""
+    if "to_qkva.0.weight" in tensors or ("to_qkv.weight" in tensors and "to_a.0.weight" in tensors):
+        if model not in (None, "gateloop_mh"):
+            raise CheckpointError(f"{source}: gateloop-transformer layers import as model 'gateloop_mh', not "
+                                  f"{model!r}")
     if "to_qkva.0.weight" in tensors:
         return _import_simple(tensors, overrides, source)
     if "to_qkv.weight" in tensors and "to_a.0.weight" in tensors:
         return _import_attention(tensors, overrides, source)
-    if any(k.startswith("layers.") for k in tensors) and "token_emb.weight" in tensors:
-        raise CheckpointError(f"{source}: a gateloop-transformer `Transformer` LM state_dict; only its layers "
-                              "(`SimpleGateLoopLayer`, `GateLoopedAttention`) import, not the whole LM")
+    from linrec.tools.originals.gateloop_transformer_lm import import_transformer, is_transformer
+
+    if is_transformer(tensors):
+        return import_transformer(tensors, model, overrides, source)
     raise CheckpointError(f"{source}: neither a SimpleGateLoopLayer state_dict (no 'to_qkva.0.weight') nor a "
                           f"GateLoopedAttention one (no 'to_qkv.weight' + 'to_a.0.weight'); "
                           f"found {sorted(tensors)[:8]}")
@@ -136,40 +140,56 @@ def _import_simple(tensors, overrides, source):
     return _checkpoint("gateloop_mh", params, fields, overrides, source, notes, unknown)
 
 
-def _import_attention(tensors, overrides, source):
+def _attention_canonical(tensors: Mapping[str, np.ndarray], source: str, where: str = ""):
+    """A ``GateLoopedAttention`` state_dict -> ``(canonical gateloop_mh params, unknown names, the constructor
+    arguments the file tells, notes)``; ``where`` prefixes the names in messages (an LM's block)."""
     tensors = dict(tensors)
     for name in _TO_A:
         if name in tensors:
             value = np.asarray(tensors[name])
             if value.ndim == 0 or value.shape[0] % 2:
-                raise CheckpointError(f"{source}: {name} has shape {value.shape}; its rows must be (re, im) pairs")
+                raise CheckpointError(f"{source}: {where}{name} has shape {value.shape}; its rows must be "
+                                      "(re, im) pairs")
             tensors[name] = _deinterleave(value)
     params, unknown = apply_table(GATELOOPED_ATTENTION_TABLE, tensors)
+    for name in ("q_proj.kernel", "a_re_proj.kernel", "a_re_proj.bias"):
+        if name not in params:
+            raise CheckpointError(f"{source}: {where}GateLoopedAttention needs 'to_qkv.weight' and "
+                                  f"'to_a.0.weight'/'to_a.0.bias'; found {sorted(tensors)[:8]}")
     dim, inner = params["q_proj.kernel"].shape
     heads = params["a_re_proj.kernel"].shape[1]
     dtype = params["q_proj.kernel"].dtype
     if heads < 1 or inner % heads:
-        raise CheckpointError(f"{source}: to_a.0.weight gives {heads} heads, which does not divide "
-                              f"dim_inner={inner} (to_qkv.weight)")
+        raise CheckpointError(f"{source}: {where}to_a.0.weight gives {heads} heads, which does not divide "
+                              f"dim_inner={inner} ({where}to_qkv.weight)")
     gating = "output_gate_proj.kernel" in params
-    told = dict(dim=dim, heads=heads, dim_inner=inner, sub_ln="sub_norm.scale" in params, add_swish_gating=gating)
-    overrides = _original_args(overrides, told, "GateLoopedAttention", source)
-    notes = [f"GateLoopedAttention(dim={dim}, heads={heads}, dim_inner={inner}) as gateloop_mh: "
-             "gate='complex', gate_parametrization='cartesian' (a = σ(|z|)·z/|z|), one gate per head, Re(S)ᵀq read-out"
-             + (", sub_norm='layernorm'" if "sub_norm.scale" in params else "")
-             + (", output_gate='silu'" if gating else ""),
-             "frac_gradient_state_transition and checkpoint_gate_looped_attn change gradients or memory only, "
-             "not outputs (not stored in the file); ablate_complex/ablate_state_transition are not offered"]
+    notes = []
     if "out_proj.kernel" not in params:
         if inner != dim or gating:
-            raise CheckpointError(f"{source}: no 'to_out.weight', but GateLoopedAttention has one when "
+            raise CheckpointError(f"{source}: no '{where}to_out.weight', but GateLoopedAttention has one when "
                                   f"dim_inner != dim ({inner} vs {dim}) or add_swish_gating=True")
         params["out_proj.kernel"] = np.eye(dim, dtype=dtype)
         notes.append("no to_out (dim_inner == dim, add_swish_gating=False): out_proj = identity")
     params["out_proj.bias"] = np.zeros(dim, dtype)
+    told = dict(dim=dim, heads=heads, dim_inner=inner, sub_ln="sub_norm.scale" in params, add_swish_gating=gating)
+    return params, unknown, told, notes
+
+
+def _import_attention(tensors, overrides, source):
+    params, unknown, told, extra_notes = _attention_canonical(tensors, source)
+    overrides = _original_args(overrides, told, "GateLoopedAttention", source)
+    dim, heads, inner, gating, sub_ln = (told[k] for k in ("dim", "heads", "dim_inner", "add_swish_gating",
+                                                            "sub_ln"))
+    notes = [f"GateLoopedAttention(dim={dim}, heads={heads}, dim_inner={inner}) as gateloop_mh: "
+             "gate='complex', gate_parametrization='cartesian' (a = σ(|z|)·z/|z|), one gate per head, Re(S)ᵀq read-out"
+             + (", sub_norm='layernorm'" if sub_ln else "")
+             + (", output_gate='silu'" if gating else ""),
+             "frac_gradient_state_transition and checkpoint_gate_looped_attn change gradients or memory only, "
+             "not outputs (not stored in the file); ablate_complex/ablate_state_transition are not offered",
+             *extra_notes]
     fields = dict(num_heads=heads, d_key=inner // heads, d_value=inner // heads, qkv_bias=False, gate="complex",
                   gate_parametrization="cartesian", gate_granularity="head", complex_output="real",
-                  input_norm="none", sub_norm="layernorm" if "sub_norm.scale" in params else "none",
+                  input_norm="none", sub_norm="layernorm" if sub_ln else "none",
                   output_gate="silu" if gating else "none")
     return _checkpoint("gateloop_mh", params, fields, overrides, source, notes, unknown)
 
@@ -201,9 +221,14 @@ def export_gateloop_transformer(ckpt: Any) -> dict[str, np.ndarray]:
 
     Raises ``CheckpointError`` naming the config option or parameter the original does not have.
     """
+    if ckpt.model_type == "gateloop_mh_lm":
+        from linrec.tools.originals.gateloop_transformer_lm import export_transformer
+
+        return export_transformer(ckpt)
     if ckpt.model_type != "gateloop_mh":
         raise CheckpointError(f"gateloop-transformer export: the model is {ckpt.model_type!r}; only 'gateloop_mh' "
-                              "maps onto SimpleGateLoopLayer / GateLoopedAttention")
+                              "(SimpleGateLoopLayer / GateLoopedAttention) and 'gateloop_mh_lm' (Transformer) map "
+                              "onto it")
     cfg, params = ckpt.config, {k: np.asarray(v) for k, v in ckpt.params.items()}
     if cfg.gate == "real":
         return _export_simple(cfg, params)
