@@ -83,8 +83,8 @@ def measure(n_batch: int, n_time: int, width: int, n_dev: int, repeat: int) -> d
     grad_one = loss(lambda a, b: linear_scan(a, b, method="sequential")[0])
     row = {
         "T": n_time, "N": n_dev,
-        "bytes/device fwd": exchange_bytes(a.shape, b.shape, n_dev, 4),
-        "bytes/device bwd": exchange_bytes(a.shape, b.shape, n_dev, 4),
+        "bytes/device fwd": exchange_bytes(a, b, devices=n_dev),
+        "bytes/device bwd": exchange_bytes(a, b, devices=n_dev, backward=True) - exchange_bytes(a, b, devices=n_dev),
         "one device ms": _best(lambda: one(a, b), repeat),
         "local scan ms": _best(lambda: one(a_loc, b_loc), repeat),
         "exchange ms": _best(lambda: gather(maps), repeat),

@@ -5,7 +5,7 @@ float32, ``a`` and ``b`` of shape ``(B, T / N, D)`` per rank.
 
 ``N`` gloo processes on loopback (``torch.multiprocessing`` spawn, one thread each). Per training step of one
 scan (forward + backward) every rank: runs the local scan of its chunk (``linear_scan`` forward + backward on
-``T / N`` steps), exchanges the chunk maps (one ``all_gather`` forward, one backward; ``exchanged_bytes``) and
+``T / N`` steps), exchanges the chunk maps (one ``all_gather`` forward, one backward; ``exchange_bytes``) and
 fixes its chunk up. The table gives the bytes one rank receives, the time of the two ``all_gather`` s alone (same
 buffer sizes), the local scan's time, the whole sharded step and the one-device step on all ``T``. On this
 2-core machine the ranks share two cores, so the times show the exchange's cost, not a speed-up.
@@ -49,7 +49,7 @@ def _worker(rank: int, size: int, port: int, shapes, out: str) -> None:
     import torch.distributed as dist
 
     from linrec.backends.torch import linear_scan
-    from linrec.backends.torch.distributed import _HEADER, exchanged_bytes, linear_scan_sharded
+    from linrec.backends.torch.distributed import _HEADER, exchange_bytes, linear_scan_sharded
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
@@ -75,7 +75,7 @@ def _worker(rank: int, size: int, port: int, shapes, out: str) -> None:
 
         row = {
             "N": size, "B": n_batch, "T": length, "D": width,
-            "bytes/rank/step": exchanged_bytes(a, b, devices=size),
+            "bytes/rank/step": exchange_bytes(a, b, devices=size, backward=True),
             "exchange ms": _best(exchange),
             "local scan ms": _best(lambda: step(lambda a_, b_: linear_scan(a_, b_))),
             "sharded step ms": _best(lambda: step(lambda a_, b_: linear_scan_sharded(a_, b_))),
@@ -159,7 +159,7 @@ _REPORT = """# Sequence-parallel scan on torch.distributed (gloo, CPU)
 `python benchmarks/distributed_torch.py`: N gloo processes on loopback, one thread each, on the 2-core machine of
 `machine.json` (so N = 4 oversubscribes the cores). float32, `a` and `b` of shape `(B, T/N, D)` per rank. One
 step = forward + backward of one scan. *bytes/rank/step*: what one rank receives in the two `all_gather` s
-(`linrec.backends.torch.distributed.exchanged_bytes`: `(N-1)·(4 + B·(2D + 2) + 2·B·D)` float32 values, independent
+(`linrec.backends.torch.distributed.exchange_bytes`: `(N-1)·(4 + B·(2D + 2) + 2·B·D)` float32 values, independent
 of T). *exchange ms*: the two `all_gather` s alone; *local scan ms*: `linear_scan` forward + backward on the rank's
 `T/N` steps; *sharded step ms*: `linear_scan_sharded` forward + backward (local scan + exchange + fix-up); the slowest
 rank is reported. *one-device step ms*: `linear_scan` on all T in one process.

@@ -157,3 +157,20 @@ def test_jax_and_torch_are_twins():
             t = [p for p in inspect.signature(getattr(tt, fn)).parameters if p not in ("remat", "dropout_rng",
                                                                                          "training", "device")]
             assert j == t, (fn, j, t)
+
+
+def test_distributed_modules_are_twins():
+    """The functions the JAX and torch ``distributed`` modules share have the same argument names (the torch side
+    adds its own ``group``/``SequenceParallel`` machinery; the JAX side takes a ``mesh``)."""
+    if any(importlib.util.find_spec(f) is None for f in ("jax", "torch")):
+        pytest.skip("needs both frameworks")
+    import linrec.backends.jax.distributed as jd
+    import linrec.backends.numpy.distributed as nd
+    import linrec.backends.torch.distributed as td
+
+    assert {"exchange_bytes", "linear_scan_sharded", "sequence_parallel"} <= set(jd.__all__) & set(td.__all__)
+    args = [list(inspect.signature(m.exchange_bytes).parameters) for m in (nd, jd, td)]
+    assert args[0] == args[1] == args[2] == ["a", "b", "devices", "resets", "backward"], args
+    scan_args = [set(inspect.signature(m.linear_scan_sharded).parameters) for m in (jd, td)]
+    common = {"a", "b", "initial_state", "resets", "reverse", "method", "chunk_size"}
+    assert common <= scan_args[0] and common <= scan_args[1], scan_args

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -112,7 +113,13 @@ def test_errors():
 
 
 def test_exchange_bytes_is_independent_of_t():
-    small = exchange_bytes((8, 16, 1024), (8, 16, 1024), 8, 4)
-    large = exchange_bytes((8, 4096, 1024), (8, 4096, 1024), 8, 4)
-    assert small == large == 7 * 8 * 2048 * 4
-    assert exchange_bytes((2, 5, 4, 8, 1), (2, 5, 4, 8, 8), 4, 8, resets=True) == 3 * (2 * (32 + 256) * 8 + 2)
+    small = exchange_bytes(np.zeros((8, 16, 1024), np.float32), np.zeros((8, 16, 1024), np.float32), devices=8)
+    large = exchange_bytes(np.zeros((8, 4096, 1024), np.float32), np.zeros((8, 4096, 1024), np.float32), devices=8)
+    assert small == large == 7 * 8 * 2048 * 4  # the README's 459 KB example of spec §12
+    a, b = np.zeros((2, 5, 4, 8, 1)), np.zeros((2, 5, 4, 8, 8))  # float64: 8 bytes per value
+    assert exchange_bytes(a, b, devices=4, resets=True) == 3 * (2 * (32 + 256) * 8 + 2)
+    assert exchange_bytes(a, b, devices=4, backward=True) == 2 * 3 * 2 * (32 + 256) * 8
+    bf16 = np.zeros((8, 16, 1024), ml_dtypes.bfloat16)  # maps travel in the float32 compute dtype
+    assert exchange_bytes(bf16, bf16, devices=8) == small
+    with pytest.raises(ValueError, match="devices"):
+        exchange_bytes(a, b, devices=1)

@@ -46,17 +46,17 @@ def test_without_process_group_names_the_fix():
         pass
 
 
-def test_exchanged_bytes_is_per_rank_state_sized():
-    from linrec.backends.torch.distributed import exchanged_bytes
+def test_exchange_bytes_is_per_rank_state_sized():
+    from linrec.backends.torch.distributed import exchange_bytes
 
     a, b = torch.rand(2, 100, 8), torch.rand(2, 100, 8)
-    fwd = exchanged_bytes(a, b, devices=4, backward=False)
+    fwd = exchange_bytes(a, b, devices=4)
     assert fwd == 3 * (4 + 2 * (8 + 8 + 2)) * 4  # 3 peers x (header + B·(Sa + S + 2 flags)) float32 values
-    assert exchanged_bytes(a, b, devices=4) == fwd + 3 * 2 * 2 * 8 * 4  # backward: two (B, S) cotangents
-    longer = exchanged_bytes(torch.rand(2, 10_000, 8), torch.rand(2, 10_000, 8), devices=4)
-    assert longer == exchanged_bytes(a, b, devices=4)  # independent of T
+    assert exchange_bytes(a, b, devices=4, backward=True) == fwd + 3 * 2 * 2 * 8 * 4  # backward: two (B, S) cotangents
+    longer = exchange_bytes(torch.rand(2, 10_000, 8), torch.rand(2, 10_000, 8), devices=4)
+    assert longer == exchange_bytes(a, b, devices=4)  # independent of T
     with pytest.raises(ValueError, match="devices"):
-        exchanged_bytes(a, b, devices=1)
+        exchange_bytes(a, b, devices=1)
 
 
 @pytest.mark.slow

@@ -219,15 +219,17 @@ def linear_scan_sharded(
                     chunk_size=chunk_size)
 
 
-def exchange_bytes(a_shape: tuple[int, ...], b_shape: tuple[int, ...], n_devices: int, itemsize: int, *,
-                   resets: bool = False) -> int:
-    """Bytes one device receives per scan in the forward ``all_gather`` (the backward moves as many).
+def exchange_bytes(a: jax.Array, b: jax.Array, *, devices: int, resets: bool = False, backward: bool = False) -> int:
+    """Bytes one device receives in one :func:`linear_scan_sharded` of ``a (B, T, *Sa)``, ``b (B, T, *S)``.
 
-    ``a_shape``, ``b_shape``: the global ``(B, T, *Sa)``, ``(B, T, *S)``; ``itemsize``: of the compute dtype.
+    The ``all_gather`` carries the maps in the compute dtype (float32 for bfloat16/float16 inputs) and, with
+    ``resets``, one cut flag byte per row, exactly §12's volume table
+    (:func:`linrec.backends.numpy.distributed.exchange_bytes`); ``backward=True`` adds the backward pass's gather.
+    Independent of ``T``; global or per-device arrays give the same count.
     """
     from linrec.backends.numpy.distributed import exchange_bytes as _bytes
 
-    return _bytes(a_shape, b_shape, n_devices, itemsize, resets=resets)
+    return _bytes(a, b, devices=devices, resets=resets, backward=backward)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ PyTorch backends (and a reader) can follow them one by one:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -109,17 +110,22 @@ def fix_up(h0: np.ndarray, prefix: np.ndarray, seen: np.ndarray, incoming: np.nd
     return np.where(_expand(seen, h0.ndim), h0, h0 + prefix * incoming[:, None])
 
 
-def exchange_bytes(a_chunk_shape: Sequence[int], b_chunk_shape: Sequence[int], n_devices: int, itemsize: int,
-                   *, resets: bool = False) -> int:
-    """Bytes one device receives in the ``all_gather`` of §12 (forward pass; the backward pass moves as many).
+def exchange_bytes(a, b, *, devices: int, resets: bool = False, backward: bool = False) -> int:
+    """Bytes one device receives in one sharded scan of ``a (B, T, *Sa)``, ``b (B, T, *S)`` (§12's volume table).
 
-    ``a_chunk_shape``: ``(B, T_k, *Sa)``; ``b_chunk_shape``: ``(B, T_k, *S)``; ``itemsize``: of the compute dtype.
+    Forward: one ``all_gather`` of every other device's map ``(A, H)`` (``B·(|Sa| + |S|)`` values of the compute
+    dtype of §5) plus, with ``resets``, one cut flag byte per row; ``backward=True`` adds the backward pass's gather,
+    which moves as many. Only ``B`` and the state shapes matter: the count is the same for global or per-device
+    arrays, and independent of ``T``. Anything with ``.shape`` and ``.dtype`` works (the twins of this function in
+    the JAX and PyTorch backends count their own transports).
     """
-    n_batch = int(b_chunk_shape[0])
-    per_map = n_batch * (int(np.prod(a_chunk_shape[2:], dtype=np.int64)) + int(np.prod(b_chunk_shape[2:],
-                                                                                        dtype=np.int64))) * itemsize
+    if devices < 2:
+        raise ValueError(f"devices must be >= 2 (a group of one exchanges nothing), got {devices}")
+    itemsize = np.result_type(np.dtype(a.dtype), np.dtype(b.dtype), np.float32).itemsize
+    n_batch = int(b.shape[0])
+    per_map = n_batch * (math.prod(a.shape[2:]) + math.prod(b.shape[2:])) * itemsize
     per_map += n_batch if resets else 0  # the cut flags, one byte per row
-    return (n_devices - 1) * per_map
+    return (devices - 1) * per_map * (2 if backward else 1)
 
 
 def linear_scan_sharded(

@@ -43,7 +43,7 @@ from linrec.spec.state import State
 
 __all__ = [
     "SequenceParallel",
-    "exchanged_bytes",
+    "exchange_bytes",
     "linear_scan_sharded",
     "local_lengths",
     "reduce_gradients",
@@ -330,13 +330,15 @@ def linear_scan_sharded(
     return h.to(b.dtype), final.to(b.dtype)
 
 
-def exchanged_bytes(a: Tensor, b: Tensor, *, devices: int, backward: bool = True) -> int:
+def exchange_bytes(a: Tensor, b: Tensor, *, devices: int, resets: bool = False, backward: bool = False) -> int:
     """Bytes one rank receives in one :func:`linear_scan_sharded` call on local ``a (B, T, *Sa)``, ``b (B, T, *S)``.
 
     Forward: one ``all_gather`` of ``(∏ a, h_last, two flags)`` per rank, ``B·(Sa + S + 2)`` compute-dtype values
-    plus a 4-value header; backward (``backward=True``): one ``all_gather`` of two ``(B, *S)`` cotangents. Each
-    rank receives ``devices - 1`` such buffers per gather (and sends its own once on a ring/tree transport).
+    plus a 4-value header (one packed buffer: the flags travel with or without ``resets``, so ``resets`` does not
+    change the count); backward (``backward=True``): one ``all_gather`` of two ``(B, *S)`` cotangents. Each rank
+    receives ``devices - 1`` such buffers per gather (and sends its own once on a ring/tree transport).
     """
+    del resets  # same packed buffer either way; the argument keeps the twins' signature
     if devices < 2:
         raise ValueError(f"devices must be >= 2 (a group of one exchanges nothing), got {devices}")
     compute = _scan._compute(b[:0]).dtype
