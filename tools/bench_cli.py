@@ -1,7 +1,9 @@
 """``linrec bench [scan|layers|memory|decode|all] [--quick] [--out DIR]``: run the benchmark scripts of ``benchmarks/``.
 
 ``linrec bench scan --device cuda`` (``--dry-run``: interpreted on CPU, tiny shapes; ``--model``: the H100/H200
-roofline model) times the Triton kernels instead: ``linrec.tools.bench_device``, which needs no checkout.
+roofline model) times the Triton kernels instead: ``linrec.tools.bench_device``, which needs no checkout;
+``linrec bench layers --device cuda`` (same options) the PyTorch layers with Triton kernels:
+``linrec.tools.bench_device_layers``.
 
 The scripts live in the source tree (they are not installed with the package); this command finds them next to
 the package (``linrec.tools.bench.benchmarks_dir``) and calls their ``main``. From an installed wheel it says so and
@@ -43,13 +45,15 @@ def _help() -> str:
               "  --quick    tiny sizes (all of them: about 9 minutes on 2 cores); writes nothing unless --out is given",
               "  --out DIR  where to write the Markdown tables, plots and machine.json",
               "  scan --device cuda [--dry-run] [--model]: the Triton kernels vs the device roofline "
-              "(--dry-run: CPU, interpreted, tiny shapes; --model: the H100/H200 model)"]
+              "(--dry-run: CPU, interpreted, tiny shapes; --model: the H100/H200 model)",
+              "  layers --device cuda [--dry-run] [--model]: the layers with Triton kernels (minGRU, GatedLinearRNN, "
+              "GateLoop) vs the device roofline"]
     return "\n".join(lines)
 
 
 def _device_run(argv: Sequence[str]) -> bool:
-    """``scan --device cuda``, ``--dry-run`` or ``--model``: ``linrec.tools.bench_device`` (``--device cpu`` is the
-    plain CPU benchmark)."""
+    """``--device cuda``, ``--dry-run`` or ``--model`` (of ``scan`` or ``layers``): the device benchmark
+    (``--device cpu`` is the plain CPU benchmark)."""
     if "--dry-run" in argv or "--model" in argv:
         return True
     for i, arg in enumerate(argv):
@@ -79,6 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from linrec.tools import bench_device  # the Triton kernels on a GPU (or interpreted: --dry-run)
 
         return bench_device.main(argv)
+    if name == "layers" and _device_run(argv):
+        from linrec.tools import bench_device_layers  # the layers' Triton kernels on a GPU (or interpreted)
+
+        return bench_device_layers.main(argv)
     from linrec.tools import bench
 
     if bench.benchmarks_dir() is None:
