@@ -50,6 +50,7 @@ def test_model_bytes_and_flops_by_hand(capsys):
     assert "layers --device cuda [--dry-run] [--model]" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # ~30 s of interpreted Triton; the slow tier of .ci/run runs it
 def test_bench_layers_device_dry_run(capsys):
     """``--dry-run``: every layer, triton and chunked, on CPU tensors in the interpreter; fla named and skipped."""
     assert bench_cli.main(["layers", "--device", "cuda", "--dry-run"]) == 0
