@@ -2,7 +2,8 @@
 
 Tiny sizes, in process: they check the table's rows and columns, the report files, the CLI wiring and that the
 benchmark's linrec configs are what the importers make of the originals, never a speed (speed is a ratio measured
-within one run by the full benchmark, ``benchmarks/README.md``).
+within one run by the full benchmark, ``benchmarks/README.md``). The slow tier: every implementation is built and
+compiled once (about 30 s).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from _bench_helpers import check_ceilings, has, table
 
 from linrec.tools import bench, bench_cli
 
-pytestmark = pytest.mark.skipif(bench.benchmarks_dir() is None or not (bench.benchmarks_dir() / "decode.py").is_file(),
-                                reason="benchmarks/decode.py is not in this installation")
+_MISSING = bench.benchmarks_dir() is None or not (bench.benchmarks_dir() / "decode.py").is_file()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_MISSING, reason="benchmarks/decode.py is not in this installation")]
 
 TINY = {"V": 11, "D": 8, "L": 2, "prompt": 3, "decode_tokens": 2}
 

@@ -54,6 +54,7 @@ def test_decoder_equals_decode_step(framework, model):
         decode(arrays.asarray(np.array([11, 0], np.int32)), s2)  # outside the vocabulary: an error, not a clamp
 
 
+@pytest.mark.slow  # Inductor compiles a C++ graph per model: ~20 s each
 @pytest.mark.parametrize("model", list(MODELS))
 def test_torch_compiled_decoder_matches_decode_step(model):
     """``decoder(compile=True)``: one ``torch.compile(fullgraph=True)`` graph per step, the eager step's values
