@@ -1,7 +1,8 @@
 """``method="triton"`` of the PyTorch ``gateloop_mh``: the fused outer-product kernel, in Triton's interpreter on CPU.
 
-The conformance suite holds the layer's ``[parallel-triton,*]`` paths to the spec; these tests pin the kernel across
-its chunk boundaries (``T`` not a multiple of ``C``, ``C = 1``, ``C > T``), against the NumPy reference layer
+The conformance suite holds the layer's ``[parallel-triton,*]`` paths to the spec; these tests pin the chunked kernel
+(intra-chunk scores, inter-chunk state) across its chunk boundaries (``T`` not a multiple of ``C``, ``C = 1``,
+``C > T``, ``C`` not a power of two, tiles padded to 16), against the NumPy reference layer
 (values, with ``initial_state`` and ``lengths``) and against the autograd of the step loop (gradients w.r.t.
 ``q, k, v, a`` and the initial state at the kernel level; w.r.t. every parameter, ``x`` and the initial state at the
 layer level), and the errors that name ``method='chunked'``.
@@ -60,9 +61,9 @@ def _loop(q, k, v, a, s0):
     return (torch.stack(outs, 1) if outs else s.new_zeros((*q.shape[:3], v.shape[-1]))), s
 
 
-def _operands(complex_gate, rows, dtype, length=11, seed=0):
+def _operands(complex_gate, rows, dtype, length=11, seed=0, d_k=3, d_v=5):
     g = torch.Generator().manual_seed(seed)
-    batch, heads, d_k, d_v = 2, 2, 3, 5
+    batch, heads = 2, 2
     q, k, v = (torch.randn((batch, length, heads, n), generator=g, dtype=dtype) for n in (d_k, d_k, d_v))
     mag = torch.rand((batch, length, heads, rows, 1), generator=g, dtype=dtype)
     s0 = torch.randn((batch, heads, d_k, d_v), generator=g, dtype=dtype)
@@ -74,15 +75,7 @@ def _operands(complex_gate, rows, dtype, length=11, seed=0):
     return [x.requires_grad_(True) for x in (q, k, v, a, s0)]
 
 
-@pytest.mark.parametrize(("complex_gate", "rows", "dtype", "chunk", "block_v"), [
-    (False, 3, torch.float32, 4, 64), (False, 1, torch.float64, 1, 2), (True, 3, torch.float64, 4, 2),
-    (True, 1, torch.float32, 16, 64),
-])
-def test_kernel_equals_the_loop_values_and_gradients(complex_gate, rows, dtype, chunk, block_v, monkeypatch):
-    """o, S_T and the gradients w.r.t. q, k, v, a, S_0 across chunk boundaries (T = 11: 4 does not divide it),
-    with V = 5 in one column tile or in tiles of 2 (the last one partial; q̄, k̄, ā summed over the tiles)."""
-    monkeypatch.setattr(tgk, "_MAX_BLOCK_V", block_v)
-    leaves = _operands(complex_gate, rows, dtype)
+def _check_against_loop(leaves, chunk, dtype, length=11):
     got = tgk.triton_gateloop_mh(*leaves, chunk_size=chunk)
     want = _loop(*leaves)
     g = torch.Generator().manual_seed(3)
@@ -92,10 +85,46 @@ def test_kernel_equals_the_loop_values_and_gradients(complex_gate, rows, dtype, 
     name = "float32" if dtype == torch.float32 else "float64"
     for label, x, y in zip(("o", "S_T"), got, want):
         assert x.dtype == y.dtype and x.shape == y.shape, label
-        _close(label, _np(x), _np(y), name, 11)
+        _close(label, _np(x), _np(y), name, length)
     for label, x, y in zip(("q", "k", "v", "a", "S_0"), grads_got, grads_want):
         assert x.dtype == y.dtype and x.shape == y.shape, label
-        _close(label, _np(x), _np(y), name, 11, grad=True)
+        _close(label, _np(x), _np(y), name, length, grad=True)
+
+
+@pytest.mark.parametrize(("complex_gate", "rows", "dtype", "chunk", "d_v"), [
+    (False, 3, torch.float32, 4, 5), (False, 1, torch.float64, 1, 20), (True, 3, torch.float64, 4, 20),
+    (True, 1, torch.float32, 16, 5), (False, 3, torch.float64, 3, 5), (True, 1, torch.float64, 5, 5),
+])
+def test_kernel_equals_the_loop_values_and_gradients(complex_gate, rows, dtype, chunk, d_v, monkeypatch):
+    """o, S_T and the gradients w.r.t. q, k, v, a, S_0 across chunk boundaries (T = 11: 3, 4, 5 do not divide it;
+    chunks of 3 and 5 sit in 16-row tiles with the rows past C masked), per key row (the (C, C, K) decay tile) and
+    per head (the (q · kᵀ) ⊙ L dot), with V = 5 in one column tile or V = 20 in tiles of 16 (the last one partial;
+    q̄, k̄, ā summed over the tiles)."""
+    monkeypatch.setattr(tgk, "_MAX_BLOCK_V", 16)
+    _check_against_loop(_operands(complex_gate, rows, dtype, d_v=d_v), chunk, dtype)
+
+
+@pytest.mark.parametrize("rows", [17, 1])
+def test_kernel_pads_key_rows_past_a_tile(rows):
+    """K = 17 (a 32-row key tile, 15 rows masked), per key row and per head, chunks of 4 over T = 6."""
+    _check_against_loop(_operands(False, rows, torch.float64, length=6, d_k=17), 4, torch.float64, length=6)
+
+
+def test_real_gate_of_a_complex_state():
+    """A real decay of a complex state (real W, P; complex S, o and cotangents; ā real)."""
+    q, k, v, a, s0 = _operands(True, 3, torch.float64)
+    _check_against_loop([q, k, v, a.detach().abs().requires_grad_(True), s0], 4, torch.float64)
+
+
+@pytest.mark.parametrize(("complex_gate", "rows"), [(False, 3), (True, 1)])
+def test_zero_decay_gradients_are_exact(complex_gate, rows):
+    """a = 0 at a chunk's interior step and at a chunk's first step: the running products (no division by a decay)
+    keep the values and the gradients, ā included, equal to the loop's."""
+    q, k, v, a, s0 = (x.detach() for x in _operands(complex_gate, rows, torch.float64))
+    a = a.clone()
+    a[:, 5] = 0.0
+    a[:, 8] = 0.0
+    _check_against_loop([x.requires_grad_(True) for x in (q, k, v, a, s0)], 4, torch.float64)
 
 
 def test_zero_decay_is_exact_and_empty_sequence_keeps_the_state():
@@ -178,10 +207,15 @@ def test_layer_gradients_equal_the_step_loop(variant):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["triton-gateloop-drop-chunk-carry", "triton-gateloop-bwd-stale-checkpoint",
-                                  "triton-gateloop-bwd-unconjugated-decay"])
+@pytest.mark.parametrize("name", [
+    "triton-gateloop-drop-chunk-carry", "triton-gateloop-carry-off-by-one", "triton-gateloop-drop-inter-chunk",
+    "triton-gateloop-bwd-stale-checkpoint", "triton-gateloop-bwd-unconjugated-decay",
+    "triton-gateloop-bwd-abar-drop-decay",
+])
 def test_the_suite_kills_the_kernel_mutants(name):
-    """The gateloop_mh conformance cases of method='triton' fail on each mutant of the fused kernel."""
+    """The gateloop_mh conformance cases of method='triton' fail on each mutant of the chunked kernel (a dropped or
+    off-by-one chunk carry, a dropped inter-chunk read-out, a stale checkpoint or a wrong adjoint decay in the
+    backward kernel)."""
     from linrec.tools import mutants
 
     mutant = {m.name: m for m in mutants.TRITON_MUTANTS}[name]

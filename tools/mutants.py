@@ -223,16 +223,28 @@ TRITON_MUTANTS: tuple[Mutant, ...] = (
            "drop-term", TRITON_MINGRU),
     Mutant("triton-glr-tied-bwd-drop-abar", "backends/torch/triton_gated_linear_rnn_kernels.py", "glr_bwd_kernel",
            "(g * cand - a_bar) * i * not_i", "g * cand * i * not_i", "drop-term", TRITON_GLR),
+    # the chunked GateLoop kernel (intra-chunk scores, inter-chunk state): chunk c > 0 restarts from zero; the
+    # chunk-end state decays each written k_s v_sᵀ by one gate too many (an off-by-one in the carried L = W[C-1]);
+    # the read-out drops the inter-chunk term (P ⊙ q) · S₀; the backward kernel recomputes a chunk from the previous
+    # chunk's checkpoint, hands the previous chunk an unconjugated decay conj(P_{C-1}) Ḡ of the state cotangent,
+    # and pulls ā back through the running products without the factor a_t (real gates)
     Mutant("triton-gateloop-drop-chunk-carry", _TG, "gateloop_fwd_kernel",
            "tl.store(ck_ptr + c_off, s_r, mask=kv_ok)",
            "s_r = tl.where(c > 0, 0.0 * s_r, s_r)\n        tl.store(ck_ptr + c_off, s_r, mask=kv_ok)",
            "drop-term", TRITON_GATELOOP),
+    Mutant("triton-gateloop-carry-off-by-one", _TG, "_decays", "ml = jj[:, None] < r", "ml = jj[:, None] <= r",
+           "index-shift", TRITON_GATELOOP),
+    Mutant("triton-gateloop-drop-inter-chunk", _TG, "gateloop_fwd_kernel",
+           "o_r = _dot(_scores(q, k, w_r, HEAD_GATE), v) + _dot(pq_r, s_r)",
+           "o_r = _dot(_scores(q, k, w_r, HEAD_GATE), v)", "drop-term", TRITON_GATELOOP),
     Mutant("triton-gateloop-bwd-stale-checkpoint", _TG, "gateloop_bwd_kernel",
            "c * sc_c + kk[:, None] * sc_k", "tl.maximum(c - 1, 0) * sc_c + kk[:, None] * sc_k", "index-shift",
            TRITON_GATELOOP),
     Mutant("triton-gateloop-bwd-unconjugated-decay", _TG, "gateloop_bwd_kernel",
-           "new_r = ar[:, None] * g_r + ai[:, None] * g_i", "new_r = ar[:, None] * g_r - ai[:, None] * g_i",
+           "n_r += _dot(pq_i, go_i) + e_i[:, None] * g_i", "n_r += _dot(pq_i, go_i) - e_i[:, None] * g_i",
            "operator", TRITON_GATELOOP),
+    Mutant("triton-gateloop-bwd-abar-drop-decay", _TG, "gateloop_bwd_kernel", "cp_r = ar * pb_r", "cp_r = pb_r",
+           "drop-term", TRITON_GATELOOP),
 )
 
 

@@ -185,7 +185,7 @@ def _layer(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateL
         refuse_sequence_parallel("gateloop_mh(method='chunked'), the memory-lean path,",
                                  "use method='auto' (or 'associative', 'sequential')")
         o, state = _chunked(q, k, v, a, state, "auto", size)
-    elif method == "triton":  # the fused kernel: S in registers, neither k ⊗ v nor the states in memory
+    elif method == "triton":  # the chunked kernel: intra-chunk scores, inter-chunk S; no k ⊗ v or states in memory
         refuse_sequence_parallel("gateloop_mh(method='triton'), the fused Triton kernel,",
                                  "use method='auto' (or 'associative', 'sequential')")
         o, state = triton_gateloop_mh(q, k, v, a, state, size)  # chunks of config.chunk_size: its checkpoints
@@ -219,8 +219,8 @@ def gateloop_mh(
         (``a = 1``, ``k ⊗ v = 0``), their outputs zero.
       mode: ``"auto"`` (= ``"parallel"``), ``"parallel"`` or ``"sequential"`` (step loop).
       method: scan method of the parallel mode (recurrence.md §7); ``"chunked"`` is the memory-lean path (§6);
-        ``"triton"`` the fused Triton kernel (``S`` in registers, one state kept per ``config.chunk_size`` steps;
-        interpreted on CPU tensors).
+        ``"triton"`` the chunked Triton kernel (intra-chunk attention-like product plus inter-chunk state, chunks
+        of ``config.chunk_size`` steps, one state kept per chunk; interpreted on CPU tensors).
       chunk_size: steps per chunk for ``method="chunked"`` (default ``config.chunk_size``).
       remat: recompute the whole layer in the backward pass (``torch.utils.checkpoint``) instead of storing it.
 
