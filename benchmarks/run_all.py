@@ -4,8 +4,11 @@ Writes ``scan.md``, ``layers.md``, ``memory.md``, ``decode.md``, their ``.png`` 
 cores, versions, bandwidth) and ``suite.json`` (every number), and refreshes the measured-status table of
 ``benchmarks/README.md`` (between its ``status`` markers) when writing to the default directory.
 
-Run: ``python benchmarks/run_all.py [--quick] [--out DIR] [--only scan,layers,memory,decode]`` or
-``linrec bench all``.
+Run: ``python benchmarks/run_all.py [--quick] [--out DIR] [--only scan,layers,memory,decode]
+[--compare SUITE.json [--threshold 0.25] [--fail-on-regression]]`` or ``linrec bench all``. ``--compare`` prints,
+after the tables, each ratio against the recorded run's and flags those that got more than 25 % worse
+(``linrec.tools.bench_compare``; compare a ``--quick`` run with ``results/suite-quick.json``, a full run with
+``results/suite.json``).
 A full run takes about 10 minutes on 2 idle cores; ``--quick`` about a minute, and it writes nothing unless
 ``--out`` is given.
 """
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from linrec.tools import bench
+from linrec.tools import bench, bench_compare
 
 NAMES = ("scan", "layers", "memory", "decode")
 HERE = Path(__file__).resolve().parent
@@ -96,11 +99,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results directory (default: benchmarks/results for a full run, "
                                                  "nothing written for --quick)")
     parser.add_argument("--only", default=",".join(NAMES), help="comma-separated subset of " + ",".join(NAMES))
+    parser.add_argument("--compare", type=Path, metavar="SUITE.json",
+                        help="after the run, compare its ratios with this recorded suite.json (a report: exit 0)")
+    bench_compare.add_arguments(parser)
     args = parser.parse_args(argv)
     only = tuple(n for n in args.only.split(",") if n)
     unknown = [n for n in only if n not in NAMES]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(NAMES)}")
+    if args.threshold < 0:
+        parser.error("--threshold must be >= 0")
+    recorded = None
+    if args.compare is not None:
+        try:  # before the run: a wrong path should not cost a whole suite
+            recorded = bench_compare.load(args.compare)
+        except (OSError, ValueError) as err:
+            parser.error(f"--compare: {err}")
     results = run(args.quick, only, progress=lambda s: print(s, file=sys.stderr, flush=True))
     for name in only:
         print(bench.load_benchmark(name).report(results[name]))
@@ -111,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         for p in write(results, out, update_readme=out.resolve() == RESULTS and not args.quick
                                                  and set(only) == set(NAMES)):
             print(f"wrote {p}", file=sys.stderr)
+    if recorded is not None:
+        # the sections not run (--only) are reported as such; the JSON form is what a recorded suite.json holds
+        print()
+        return bench_compare.report(recorded, _jsonable(results), args.threshold,
+                                    fail_on_regression=args.fail_on_regression, recorded_name=str(args.compare),
+                                    now_name="this run" + (" (--quick)" if args.quick else ""))
     return 0
 
 

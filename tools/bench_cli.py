@@ -1,5 +1,9 @@
 """``linrec bench [scan|layers|memory|decode|all] [--quick] [--out DIR]``: run the benchmark scripts of ``benchmarks/``.
 
+``linrec bench [all] --compare suite.json`` runs the suite and then compares its ratios with a recorded run's, and
+``linrec bench compare OLD.json NEW.json`` compares two recorded runs without running anything
+(``linrec.tools.bench_compare``; a report that exits 0 unless ``--fail-on-regression``).
+
 ``linrec bench scan --device cuda`` (``--dry-run``: interpreted on CPU, tiny shapes; ``--model``: the H100/H200
 roofline model) times the Triton kernels instead: ``linrec.tools.bench_device``, which needs no checkout;
 ``linrec bench layers --device cuda`` (same options) the PyTorch layers with Triton kernels:
@@ -27,9 +31,12 @@ SUBCOMMANDS = {
     "memory": ("memory", "peak memory of a minGRU training step against T, growth exponent"),
     "decode": ("decode", "per-token decode latency of the language models vs the originals' step paths"),
     "all": ("run_all", "all of them, writing benchmarks/results/ and machine.json"),
+    "compare": ("", "compare the ratios of two recorded runs: compare OLD.json NEW.json (runs nothing)"),
 }
 
-_USAGE = "usage: linrec bench [{" + ",".join(SUBCOMMANDS) + "}] [--quick] [--out DIR]"
+_USAGE = ("usage: linrec bench [{" + ",".join(n for n in SUBCOMMANDS if n != "compare")
+          + "}] [--quick] [--out DIR] [--compare SUITE.json]\n"
+          "       linrec bench compare OLD.json NEW.json [--threshold 0.25] [--fail-on-regression]")
 
 NEEDS_CHECKOUT = (
     "linrec bench: the benchmark scripts (benchmarks/*.py) are part of linrec's source tree, not of the installed "
@@ -44,6 +51,9 @@ def _help() -> str:
     lines += ["", "options (each subcommand's --help lists its own):",
               "  --quick    tiny sizes (all of them: about 9 minutes on 2 cores); writes nothing unless --out is given",
               "  --out DIR  where to write the Markdown tables, plots and machine.json",
+              "  all --compare SUITE.json [--threshold 0.25] [--fail-on-regression]: after the run, compare each",
+              "             ratio with the recorded run's, flag those more than 25 % worse (a report: exit 0);",
+              "             a --quick run compares with benchmarks/results/suite-quick.json (same sizes)",
               "  scan --device cuda [--dry-run] [--model]: the Triton kernels vs the device roofline "
               "(--dry-run: CPU, interpreted, tiny shapes; --model: the H100/H200 model)",
               "  layers --device cuda [--dry-run] [--model]: the layers with Triton kernels (minGRU, GatedLinearRNN, "
@@ -79,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{_USAGE}\nlinrec bench: unknown benchmark {name!r} (choose from {', '.join(SUBCOMMANDS)})",
                   file=sys.stderr)
             return 2
+    if name == "compare":  # two recorded files: needs neither the scripts nor a framework
+        from linrec.tools import bench_compare
+
+        return bench_compare.main(argv)
     if name == "scan" and _device_run(argv):
         from linrec.tools import bench_device  # the Triton kernels on a GPU (or interpreted: --dry-run)
 
