@@ -9,6 +9,10 @@ the best streaming bandwidth of ``linrec.tools.bench.best_bandwidth``. Both pass
 forward roofline. The *C loop* row is the native kernel called through its C ABI with a preallocated output
 (``linrec.tools.bench.c_loop_scan``): what a plain loop costs without any framework around it.
 
+The *bf16* rows (``method="native"`` on bfloat16 ``a``, ``b``, cotangent) time the kernel reading and writing
+bfloat16 around a float32 state: their roofline is ``6·B·T·D`` bytes (bf16 ``a``, ``b``, ``h``: half of float32's),
+and *bf16/fp32 fwd* is their forward time over the float32 ``native`` forward of the same backend and ``T``.
+
 Run: ``python benchmarks/scan.py [--quick] [--out DIR]`` or ``linrec bench scan``.
 """
 
@@ -26,7 +30,10 @@ import numpy as np
 from linrec.tools import bench
 
 COLUMNS = ["backend", "method", "T", "probe GB/s", "fwd ms", "fwd/roofline", "fwd+bwd ms", "(fwd+bwd)/roofline",
-           "fwd/C loop", "note"]
+           "fwd/C loop", "bf16/fp32 fwd", "note"]
+#: Method labels of the bfloat16 rows (``method="native"`` on bf16 inputs; roofline: 6 bytes per element).
+BF16 = "native, bf16"
+BF16_BYTES, FP32_BYTES = 6, 12
 FULL = {"B": 8, "D": 512, "T": (1024, 4096, 16384)}
 QUICK = {"B": 2, "D": 64, "T": (128, 512)}
 #: Targets (benchmarks/README.md), for T >= TARGET_MIN_T, in jax and torch, best method.
@@ -63,6 +70,9 @@ def _jax_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callable]
         fwd = _Compiled(jax.jit(h_of), aj, bj)
         fwd_bwd = _Compiled(jax.jit(lambda a, b, ct, h_of=h_of: jax.vjp(h_of, a, b)[1](ct)), aj, bj, ctj)
         cases[m] = (fwd, fwd_bwd, bench.jax_sync)
+        if m == "native":  # the same calls on bfloat16 inputs: the kernel reads and writes bf16
+            a16, b16, ct16 = (x.astype(jax.numpy.bfloat16) for x in (aj, bj, ctj))
+            cases[BF16] = (_Compiled(fwd.fn, a16, b16), _Compiled(fwd_bwd.fn, a16, b16, ct16), bench.jax_sync)
     return cases
 
 
@@ -89,15 +99,20 @@ def _torch_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callabl
     at, bt, ctt = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(ct)
     ag, bg = at.clone().requires_grad_(True), bt.clone().requires_grad_(True)
 
-    def fwd(m):
+    def fwd(m, a=at, b=bt):
         with torch.no_grad():
-            return backend.linear_scan(at, bt, method=m)[0]
+            return backend.linear_scan(a, b, method=m)[0]
 
-    def fwd_bwd(m):
-        return torch.autograd.grad(backend.linear_scan(ag, bg, method=m)[0], (ag, bg), ctt)
+    def fwd_bwd(m, a=ag, b=bg, ct=ctt):
+        return torch.autograd.grad(backend.linear_scan(a, b, method=m)[0], (a, b), ct)
 
     # "triton" would run in Triton's interpreter here: it is timed on a GPU by `linrec bench scan --device cuda`
-    return {m: (lambda m=m: fwd(m), lambda m=m: fwd_bwd(m), lambda x: x) for m in backend.METHODS if m != "triton"}
+    cases = {m: (lambda m=m: fwd(m), lambda m=m: fwd_bwd(m), lambda x: x) for m in backend.METHODS if m != "triton"}
+    if "native" in cases:  # the same calls on bfloat16 inputs: the kernel reads and writes bf16
+        a16, b16, ct16 = (x.to(torch.bfloat16) for x in (at, bt, ctt))
+        ag16, bg16 = a16.clone().requires_grad_(True), b16.clone().requires_grad_(True)
+        cases[BF16] = (lambda: fwd("native", a16, b16), lambda: fwd_bwd("native", ag16, bg16, ct16), lambda x: x)
+    return cases
 
 
 def native_available() -> bool:
@@ -129,8 +144,14 @@ def _available(name: str) -> bool:
     return name == "numpy" or importlib.util.find_spec(name) is not None
 
 
-#: Method label of the rows timed after ``linrec.backends.native.malloc.retain_freed_memory()``.
+#: Method labels of the rows timed after ``linrec.backends.native.malloc.retain_freed_memory()``.
 RETAINED = "native, malloc retained"
+RETAINED_BF16 = "native, bf16, malloc retained"
+
+
+def _bytes_per_element(method: str) -> int:
+    """The roofline's bytes per state element: bf16 rows move half of float32's."""
+    return BF16_BYTES if "bf16" in method else FP32_BYTES
 
 
 def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -163,6 +184,7 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
         probe = (spec.get("probe_elements") or 8 * 4096 * 512, 5)
         bandwidth = max(bench.bandwidth_probe(*probe), bench.threaded_bandwidth_probe(*probe))
         roof = bench.roofline_seconds(B * T * D, bandwidth)
+        roof16 = bench.roofline_seconds(B * T * D, bandwidth, BF16_BYTES)
         c_loop = spec.get("c_loop_s", {}).get(str(T))
         if spec.get("c_loop") and native_available():
             h, final, h0 = np.empty_like(b), np.empty((B, D), np.float32), np.zeros((B, D), np.float32)
@@ -173,11 +195,22 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
                          "probe GB/s": bandwidth / 1e9, "fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof,
                          "fwd/C loop": 1.0})
             say(f"T={T} C loop: {1e3 * t.best:.2f} ms ({t.best / roof:.2f}x roofline)")
-            del h, final
+            # the same call on bf16 a, b, h (uint16 bits; float32 state): its own 6-byte roofline
+            a16, b16 = (bench.to_bf16_bits(x) for x in (a, b))
+            h16 = np.empty_like(b16)
+            t16 = bench.time_call(lambda a=a16, b=b16, h=h16, final=final, h0=h0: bench.c_loop_scan(a, b, h0, h, final),
+                                  repeat=repeat, budget=budget)
+            rows.append({"backend": "C loop", "method": "native kernel, preallocated, bf16", "T": T,
+                         "probe GB/s": bandwidth / 1e9, "fwd ms": 1e3 * t16.best, "fwd/roofline": t16.best / roof16,
+                         "bf16/fp32 fwd": t16.best / t.best})
+            say(f"T={T} C loop bf16: {1e3 * t16.best:.2f} ms ({t16.best / roof16:.2f}x bf16 roofline)")
+            del h, final, a16, b16, h16
         cases = BACKENDS[name](a, b, ct)
         if retained:
-            cases = {RETAINED: cases["native"]} if "native" in cases else {}
+            cases = {RETAINED: cases["native"], RETAINED_BF16: cases[BF16]} if "native" in cases else {}
+        fp32_fwd = None  # the float32 native forward of this T, for the bf16 rows' ratio
         for method, (fwd, fwd_bwd, sync) in cases.items():
+            roof_m = roof16 if "bf16" in method else roof
             row: dict[str, Any] = {"backend": name, "method": method, "T": T, "probe GB/s": bandwidth / 1e9}
             if method in too_slow:
                 row["note"] = too_slow[method]
@@ -187,13 +220,17 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
             try:
                 getattr(fwd, "prepare", lambda: None)()
                 t = bench.time_call(fwd, sync=sync, repeat=repeat, budget=budget, warmup=warmup)
-                row.update({"fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof,
+                row.update({"fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof_m,
                             "fwd/C loop": None if c_loop is None else t.best / c_loop})
+                if method in ("native", RETAINED):
+                    fp32_fwd = t.best
+                elif "bf16" in method and fp32_fwd is not None:
+                    row["bf16/fp32 fwd"] = t.best / fp32_fwd
                 slowest = t.best
                 if fwd_bwd is not None:
                     getattr(fwd_bwd, "prepare", lambda: None)()
                     t = bench.time_call(fwd_bwd, sync=sync, repeat=repeat, budget=budget, warmup=warmup)
-                    row.update({"fwd+bwd ms": 1e3 * t.best, "(fwd+bwd)/roofline": t.best / roof})
+                    row.update({"fwd+bwd ms": 1e3 * t.best, "(fwd+bwd)/roofline": t.best / roof_m})
                     slowest = max(slowest, t.best)
                 if slowest > skip_after:
                     too_slow[method] = f"not run: {slowest:.1f} s per call at T={T}"
@@ -252,7 +289,7 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: t
                 c_loop_s[str(row["T"])] = row["fwd ms"] / 1e3
         rows += result["rows"]
     rows.sort(key=lambda r: (r["T"], r["backend"] != "C loop"))  # stable: backends in run order within a T
-    meta = {"B": B, "D": D, "T": list(Ts), "dtype": "float32",
+    meta = {"B": B, "D": D, "T": list(Ts), "dtype": "float32; bfloat16 for the bf16 rows",
             "bandwidth_GBps": {k: v / 1e9 for k, v in bandwidth.items()},
             "timing": f"best of up to {repeat} runs after 1 warm-up call (stopping once the runs took {budget} s, "
                       "so a slow call is timed once); JAX compiled ahead of time, untimed; each backend in its own "
@@ -266,7 +303,7 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name in ("jax", "torch"):
         for retained in (False, True):
             mine = [r for r in rows if r["backend"] == name and r["T"] >= TARGET_MIN_T and "error" not in r
-                    and (r["method"] == RETAINED) == retained]
+                    and (r["method"] == RETAINED) == retained and "bf16" not in r["method"]]
             if not mine:
                 continue
             setting = "retain_freed_memory()" if retained else "default allocator"
@@ -296,6 +333,10 @@ def report(result: dict[str, Any]) -> str:
         "cores) in the same process just before that T's timings (column *probe GB/s*). NumPy: forward only; "
         "JAX: jitted; PyTorch: eager. "
         "fwd+bwd is the VJP of `h` for a fixed cotangent, divided by the same (forward) roofline. "
+        "The *bf16* rows run `method=\"native\"` on bfloat16 `a`, `b` (and cotangent): the kernel reads and writes "
+        "bf16 around a float32 state, so their roofline is 6 bytes/element (half of float32's); *bf16/fp32 fwd* is "
+        "their forward time over the float32 native forward of the same backend, allocator and T. The targets are "
+        "float32's. "
         f"Timing: {meta['timing']}.\n",
         bench.markdown_table(COLUMNS, result["rows"]),
     ]
@@ -312,7 +353,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     if plt is None:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
-    colors = dict(zip(("sequential", "associative", "chunked", "log", "native", RETAINED),
+    colors = dict(zip(("sequential", "associative", "chunked", "log", "native", RETAINED, BF16, RETAINED_BF16),
                       plt.get_cmap("tab10").colors))
     styles = {"numpy": (":", "s"), "jax": ("-", "o"), "torch": ("--", "^")}
     for ax, key, goal, title in ((axes[0], "fwd/roofline", FWD_TARGET, "forward"),
@@ -324,7 +365,9 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         for (backend, method), pts in sorted(series.items()):
             xs, ys = zip(*sorted(pts))
             if backend == "C loop":
-                ax.plot(xs, ys, color="black", linestyle="-", linewidth=2.5, label="C loop (preallocated)")
+                bf16 = "bf16" in method
+                ax.plot(xs, ys, color="dimgrey" if bf16 else "black", linestyle=":" if bf16 else "-", linewidth=2.5,
+                        label=f"C loop (preallocated{', bf16' if bf16 else ''})")
                 continue
             line, marker = styles.get(backend, ("-", "o"))
             ax.plot(xs, ys, color=colors.get(method, "grey"), linestyle=line, marker=marker, markersize=4,

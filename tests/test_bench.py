@@ -49,17 +49,22 @@ def test_scan_table(scan_result):
     for T in (8,):
         if bench.load_benchmark("scan").native_available():
             expected.append(("C loop", "native kernel, preallocated", str(T)))
+            expected.append(("C loop", "native kernel, preallocated, bf16", str(T)))
         for name in ("numpy", "jax", "torch"):
             if name == "numpy" or has(name):
                 methods = [m for m in __import__(f"linrec.backends.{name}", fromlist=["METHODS"]).METHODS
                            if m != "triton"]  # interpreted on CPU: timed by `linrec bench scan --device cuda`
-                expected += [(name, m, str(T)) for m in methods]
+                for m in methods:
+                    expected.append((name, m, str(T)))
+                    if m == "native" and name != "numpy":  # the same call on bfloat16 inputs follows it
+                        expected.append((name, scan.BF16, str(T)))
     rows = table(scan.report(scan_result), scan.COLUMNS)
     assert [tuple(r[:3]) for r in rows] == expected
     by_key = {(r["backend"], r["method"], r["T"]): r for r in scan_result["rows"]}
     for (backend, method, T), r in by_key.items():
         assert "error" not in r, (backend, method, T, r.get("error"))
         assert r["fwd ms"] > 0 and r["fwd/roofline"] > 0
+        assert (r.get("bf16/fp32 fwd") is not None) == ("bf16" in method), (backend, method)
         has_bwd = backend in ("jax", "torch")
         assert (r.get("(fwd+bwd)/roofline") is not None) == has_bwd, (backend, method)
     assert scan_result["meta"]["bandwidth_GBps"]["best"] > 0
@@ -166,9 +171,10 @@ def test_scan_worker_in_a_fresh_process_with_retained_malloc():
             "skip_after": 3.0, "malloc": "retain"}
     result = bench.run_json_subprocess([scan.__file__, "--worker", json.dumps(spec)], timeout=300)
     assert "error" not in result, result
-    [row] = result["rows"]
+    row, row16 = result["rows"]
     assert (row["backend"], row["method"], row["T"]) == (backend, scan.RETAINED, 8)
     assert row["fwd ms"] > 0 and row["(fwd+bwd)/roofline"] > 0
+    assert (row16["method"], row16["T"]) == (scan.RETAINED_BF16, 8) and row16["bf16/fp32 fwd"] > 0
 
 
 def test_retain_freed_memory_applies_on_glibc():

@@ -47,6 +47,7 @@ __all__ = [
     "save_figure",
     "threaded_bandwidth_probe",
     "time_call",
+    "to_bf16_bits",
     "torch_bandwidth_probe",
 ]
 
@@ -151,11 +152,21 @@ def fit_exponent(xs: list[float], ys: list[float]) -> float:
 # --- the plain C loop ---------------------------------------------------------------------------------------
 
 
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> the bits of bfloat16 (uint16), round to nearest even; for :func:`c_loop_scan`'s bf16 streams.
+
+    Finite values only (the benchmark's inputs): a NaN's rounding is not handled here.
+    """
+    u = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+
+
 def c_loop_scan(a: np.ndarray, b: np.ndarray, h0: np.ndarray, h: np.ndarray, final: np.ndarray) -> None:
     """The native kernel (``linrec.backends.native``) straight through its C ABI, writing into preallocated
     ``h (N, T, D)`` and ``final (N, D)``: the plain C loop baseline, with no allocation and no Python per step.
 
-    ``a (N, T, Da)``, ``b (N, T, D)``, ``h0 (N, D)``: C-contiguous, same float dtype. Raises
+    ``a (N, T, Da)``, ``b (N, T, D)``, ``h0 (N, D)``: C-contiguous, same float dtype; or ``a``, ``b``, ``h`` uint16
+    bfloat16 bits (:func:`to_bf16_bits`) with float32 ``h0``, ``final``. Raises
     ``linrec.backends.native.NativeBuildError`` when the kernel cannot be built.
     """
     from linrec.backends import native
@@ -164,7 +175,8 @@ def c_loop_scan(a: np.ndarray, b: np.ndarray, h0: np.ndarray, h: np.ndarray, fin
     arrays = (a, b, h0, h, final)
     if not all(x.flags.c_contiguous for x in arrays):
         raise ValueError("c_loop_scan needs C-contiguous arrays")
-    codes = native.DTYPE_CODES[a.dtype.name], native.DTYPE_CODES[b.dtype.name]
+    # uint16 arrays carry bfloat16 bits (NumPy has no bfloat16): the kernel's bf16 streams, h0/final in float32
+    codes = tuple(native.DTYPE_CODES["bfloat16" if x.dtype == np.uint16 else x.dtype.name] for x in (a, b))
     n, t, d = b.shape
     status = lib.linrec_scan_fwd(*codes, n, t, d, a.shape[2], a.ctypes.data, b.ctypes.data, h0.ctypes.data, None,
                                  0, h.ctypes.data, final.ctypes.data)

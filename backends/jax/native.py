@@ -8,7 +8,9 @@ Both are differentiable through a ``jax.custom_vjp`` whose backward is a second 
 kernel, JAX complex convention, recurrence.md §10), and work under ``jit`` and ``vmap`` (``vmap_method=
 "broadcast_all"``: the kernel folds the extra leading axes into its batch). Differentiating the backward itself
 (grad of grad) goes through :func:`_composite_vjp`, the same VJP written as a scan in the opposite direction plus
-elementwise ops, so every order of derivative is again native scans. Resets are passed as the cut mask, a select
+elementwise ops, so every order of derivative is again native scans. bfloat16 ``a``, ``b`` reach the kernel as
+bfloat16 buffers (it reads and writes bf16 around a float32 state, recurrence.md §5): ``h``, ``a_bar``, ``b_bar``
+are then bfloat16 and ``h0``, ``final`` and their cotangents float32. Resets are passed as the cut mask, a select
 in the kernel: a NaN or inf never crosses into the next segment (``a := 0`` times NaN would). CPU only; the library
 is compiled on first use (``linrec.backends.native.build``).
 """
@@ -80,7 +82,7 @@ def _scan3_fwd(a3, b3, h03, cut2, reverse):
 def _scan3_bwd(reverse, residuals, cotangents):
     a3, h03, cut2, h = residuals
     ct_h, ct_final = cotangents
-    a_bar, b_bar, h0_bar = _scan3_vjp(a3, h, h03, ct_h.astype(h.dtype), ct_final.astype(h.dtype), cut2, reverse)
+    a_bar, b_bar, h0_bar = _scan3_vjp(a3, h, h03, ct_h.astype(h.dtype), ct_final.astype(h03.dtype), cut2, reverse)
     return a_bar, b_bar, h0_bar, None  # no cotangent for the boolean cut mask
 
 
@@ -112,7 +114,8 @@ def _composite_vjp(a3: Array, h: Array, h03: Array, ct_h: Array, ct_final: Array
     """What the backward kernel computes (JAX convention, recurrence.md §10), from differentiable pieces: the
     adjoint recurrence is a scan in the opposite direction (:func:`_scan3`), the rest elementwise.
 
-    ``a3 (N, T, Da)``, ``h``/``ct_h (N, T, D)``, ``h03``/``ct_final (N, D)``, ``cut2 (N, T)`` or ``(N, 0)``.
+    ``a3 (N, T, Da)``, ``h``/``ct_h (N, T, D)``, ``h03``/``ct_final (N, D)``, ``cut2 (N, T)`` or ``(N, 0)``. With
+    bfloat16 ``a3``, ``h`` (float32 ``h03``) the elementwise products are taken in float32, as the kernel does.
     """
     n, t, da = a3.shape
     d = h.shape[-1]
@@ -128,12 +131,15 @@ def _composite_vjp(a3: Array, h: Array, h03: Array, ct_h: Array, ct_final: Array
     a_next = jnp.concatenate([a3[:, 1:], jnp.ones_like(a3[:, :1])], 1)
     cut_next = jnp.concatenate([cut[:, 1:], jnp.zeros((n, 1), jnp.bool_)], 1)
     g, _ = _scan3(a_next, ct_h, ct_final, cut_next, True)
-    h_prev = jnp.concatenate([h03[:, None], h[:, :-1]], 1)
-    a_bar = (g * h_prev).reshape(n, t, da, r).sum(-1)
+    # astype(h03.dtype): a no-op except for bfloat16 streams, whose products the kernel forms in float32
+    h_prev = jnp.concatenate([h03[:, None], h[:, :-1].astype(h03.dtype)], 1)
+    a_bar = (g.astype(h03.dtype) * h_prev).reshape(n, t, da, r).sum(-1)
     if not jnp.iscomplexobj(a3):
         a_bar = jnp.real(a_bar)  # a real decay of a complex state: the imaginary direction does not exist
     a_bar = jnp.where(cut[..., None], jnp.zeros((), a_bar.dtype), a_bar)  # cut steps: where, not times 0
-    h0_bar = (g[:, 0].reshape(n, da, r) * a3[:, 0, :, None]).reshape(n, d)
+    a_first = a3[:, 0, :, None]
+    a_first = a_first.astype(jnp.float32) if a_first.dtype == jnp.bfloat16 else a_first  # a real decay stays real
+    h0_bar = (g[:, 0].astype(h03.dtype).reshape(n, da, r) * a_first).reshape(n, d)
     h0_bar = jnp.where(cut[:, :1], jnp.zeros((), h0_bar.dtype), h0_bar)
     return a_bar.astype(a3.dtype), g, h0_bar
 
@@ -144,9 +150,11 @@ def native_linear_scan(
     """``(h, final_state)`` of ``h_t = a_t h_{t-1} + b_t`` on validated inputs in the compute dtype, time order.
 
     Args:
-      a: ``(B, T, *Sa)`` float32/float64/complex64/complex128 (real ``a`` with complex ``b`` allowed).
+      a: ``(B, T, *Sa)`` float32/float64/complex64/complex128 (real ``a`` with complex ``b`` allowed), or bfloat16
+        with bfloat16 ``b``: read as it is, the state carried in float32 and ``h`` rounded to bfloat16 on store.
       b: ``(B, T, *S)``.
-      h0: ``(B, *S)`` (pass zeros for no initial state).
+      h0: ``(B, *S)`` in the dtype of ``b``, float32 for bfloat16 ``b`` (then ``final_state`` is float32 too, for the
+        caller to round); pass zeros for no initial state.
       cut: ``(B, T)`` bool, ``linrec.spec.reference.cut_mask(resets, reverse)``: the step ignores the carried state.
       reverse: run from ``t = T-1`` down to 0.
 
@@ -154,9 +162,10 @@ def native_linear_scan(
     materialised up to its last full axis (see ``linrec.backends.native.decay_layout``).
     """
     pair = (jnp.dtype(a.dtype).name, jnp.dtype(b.dtype).name)
-    if pair not in native.DTYPE_PAIRS or h0.dtype != b.dtype:
-        raise TypeError(f"method='native' supports the (a, b) dtype pairs {sorted(native.DTYPE_PAIRS)} with h0 in the "
-                        f"dtype of b; got a={pair[0]}, b={pair[1]}, h0={jnp.dtype(h0.dtype).name}")
+    if pair not in native.KERNEL_PAIRS or jnp.dtype(h0.dtype).name != native.state_dtype(pair[1]):
+        raise TypeError(f"method='native' supports the (a, b) dtype pairs {sorted(native.KERNEL_PAIRS)} with h0 in the "
+                        f"dtype of b (float32 for bfloat16); got a={pair[0]}, b={pair[1]}, "
+                        f"h0={jnp.dtype(h0.dtype).name}")
     register()
     n, t, state = b.shape[0], b.shape[1], tuple(b.shape[2:])
     target, da, _ = native.decay_layout(tuple(a.shape[2:]), state)

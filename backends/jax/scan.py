@@ -473,7 +473,10 @@ def _linear_scan(a, b, h0, resets, *, reverse: bool, method: str, chunk_size: in
     if b.shape[1] == 0:
         return jnp.zeros(b.shape, b.dtype), h0_acc.astype(b.dtype)
     if method == "native":  # its own custom_vjp runs the backward kernel; the cut mask keeps segments apart
-        h, final = native_linear_scan(a_acc, b_acc, h0_acc, cut, reverse)
+        # bfloat16 a, b go in as they are: the kernel reads and writes bf16 around the float32 state (no fp32 copies
+        # of a, b, h); float16 is converted to float32 here
+        direct = a.dtype == b.dtype == jnp.bfloat16
+        h, final = native_linear_scan(a if direct else a_acc, b if direct else b_acc, h0_acc, cut, reverse)
         return h.astype(b.dtype), final.astype(b.dtype)
     h = _scan(a_acc, b_acc, h0_acc, None if cut is None else _expand(cut, b.ndim), method, chunk_size, reverse)
     final = h[:, 0] if reverse else h[:, -1]

@@ -53,6 +53,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "DTYPE_CODES",
+    "KERNEL_PAIRS",
     "NativeBuildError",
     "available",
     "build_error",
@@ -69,14 +70,26 @@ __all__ = [
     "retain_freed_memory",
     "scan_3d",
     "scan_vjp_3d",
+    "state_dtype",
 ]
 
 #: dtype name -> the kernel's dtype code (``enum Dtype`` in ``linrec_scan.cc``).
-DTYPE_CODES = {"float32": 0, "float64": 1, "complex64": 2, "complex128": 3}
-#: Supported ``(a, state)`` dtype pairs: same dtype, or a real decay of a complex state of the same precision.
+DTYPE_CODES = {"float32": 0, "float64": 1, "complex64": 2, "complex128": 3, "bfloat16": 4}
+#: Supported ``(a, state)`` dtype pairs of the NumPy helpers: same dtype, or a real decay of a complex state of the
+#: same precision. The state (``h0``, ``final``) has the dtype of ``b``.
 DTYPE_PAIRS = frozenset(
-    [(d, d) for d in DTYPE_CODES] + [("float32", "complex64"), ("float64", "complex128")]
+    [(d, d) for d in ("float32", "float64", "complex64", "complex128")]
+    + [("float32", "complex64"), ("float64", "complex128")]
 )
+#: The pairs the torch and JAX wrappers pass: also bfloat16 ``a``, ``b`` (read and written as bfloat16 by the
+#: kernel, recurrence.md §5) with a float32 state: ``h0``/``final`` (and their cotangents) are float32.
+KERNEL_PAIRS = DTYPE_PAIRS | {("bfloat16", "bfloat16")}
+
+
+def state_dtype(stream: str) -> str:
+    """The dtype name of the kernel's ``h0``/``final`` for ``b`` of dtype ``stream``: float32 for bfloat16."""
+    return "float32" if stream == "bfloat16" else stream
+
 _STATUS = {1: "unsupported dtype pair (a, b)", 2: "inconsistent sizes"}
 
 

@@ -47,7 +47,7 @@ __all__ = ["ABI_VERSION", "NativeBuildError", "available", "build", "build_error
            "load", "stamp_path", "verify"]
 
 #: Must equal ``linrec_abi_version()`` in the C++ source.
-ABI_VERSION = 3
+ABI_VERSION = 4
 #: Bumped when the cache layout changes (here: the stamp beside the library); part of the key.
 CACHE_LAYOUT = 2
 SOURCE = Path(__file__).with_name("linrec_scan.cc")

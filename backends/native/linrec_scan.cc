@@ -8,7 +8,8 @@
 //   cut[n, t] != 0: step t ignores the carried state (h_t = b_t), i.e. `linrec.spec.reference.cut_mask` in time order.
 //   reverse: steps run t = T-1 .. 0, so "the previous step" of t is t+1.
 // Supported (a, state) dtypes: (f32, f32), (f64, f64), (c64, c64), (c128, c128), and a real decay of a complex state
-// (f32, c64), (f64, c128). IEEE semantics: build without -ffast-math; the state is never rounded to another type.
+// (f32, c64), (f64, c128); and (bf16, bf16) streams with a float32 state (h0, final in float32; h rounded to bf16 as
+// it is stored, see "bfloat16 streams"). IEEE semantics: build without -ffast-math; the carried state is never rounded.
 //
 // Two bindings of the same templates: a plain C ABI (ctypes: torch, numpy) and, when compiled with
 // -DLINREC_WITH_XLA_FFI, XLA FFI handlers (jax.ffi.ffi_call).
@@ -220,42 +221,130 @@ inline void store_fence(bool stream) {
 }
 
 // ------------------------------------------------------------------------------------------------------------------
-// Forward: h_t = a_t * h_{t-1} + b_t over state units [i0, i1), updating the carried row in place. Restrict-qualified
-// so the compiler vectorises without runtime alias checks (the carry is private scratch memory).
+// bfloat16 streams (recurrence.md §5: low-precision inputs accumulate in float32 and are rounded once on output).
+// With bf16 a, b the kernel reads them as 16-bit values, widens them exactly (bf16 is the top half of a float32),
+// keeps the carried state in float32 and rounds each h (and, in the backward, each a_bar, b_bar) to bf16 as it is
+// stored: the bytes moved are half those of float32, and the arithmetic is exactly the float32 kernel's on the
+// widened values. The state that enters or leaves the kernel (h0, final, ct_final, h0_bar) stays float32.
 
-template <class A, class S>
-inline void fwd_step(int64_t units, int64_t r, const A* __restrict a, const S* __restrict b, S* __restrict carry) {
-  if (r == 1) {
-    for (int64_t d = 0; d < units; ++d) carry[d] = mul(a[d], carry[d]) + b[d];
+struct bf16 {
+  uint16_t bits;
+};
+
+// The arithmetic type of an element stored as M: float for bf16, M itself otherwise.
+template <class M>
+struct ComputeOf {
+  using type = M;
+};
+template <>
+struct ComputeOf<bf16> {
+  using type = float;
+};
+template <class M>
+using compute_t = typename ComputeOf<M>::type;
+
+template <class T>
+inline T ld(T x) { return x; }
+inline float ld(bf16 x) {
+  const uint32_t u = uint32_t{x.bits} << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// float32 -> bf16, round to nearest even. A NaN keeps its sign and top payload bits with the quiet bit set (plain
+// rounding could carry a NaN's payload into the exponent and turn it into inf). Branch-free so the loop vectorises.
+inline bf16 to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet = (u >> 16) | 0x40u;
+  const bool nan = (u & 0x7fffffffu) > 0x7f800000u;
+  return bf16{static_cast<uint16_t>(nan ? quiet : rounded)};
+}
+
+// Stores `count` computed values (type S) to memory of type M: straight from the row when M is S, else through
+// `scratch` (count elements of M) rounded, so the streaming-store path sees the final bytes.
+template <class M, class S>
+inline void store_row_as(M* dst, const S* __restrict src, int64_t count, M* __restrict scratch, bool stream) {
+  if constexpr (std::is_same<M, S>::value) {
+    (void)scratch;
+    store_row(dst, src, sizeof(M) * count, stream);
+  } else {
+    for (int64_t i = 0; i < count; ++i) scratch[i] = to_bf16(src[i]);
+    store_row(dst, scratch, sizeof(M) * count, stream);
+  }
+}
+
+// A computed value as stored in memory of type M.
+template <class M, class S>
+inline M to_mem(S x) {
+  if constexpr (std::is_same<M, S>::value) {
+    return x;
+  } else {
+    return to_bf16(x);
+  }
+}
+
+// Scratch for store_row_as: empty when no rounding is needed.
+template <class M, class S>
+std::vector<M> rounding_scratch(int64_t count) {
+  return std::vector<M>(std::is_same<M, S>::value ? 0 : count);
+}
+
+// ------------------------------------------------------------------------------------------------------------------
+// Forward: h_t = a_t * h_{t-1} + b_t over state units [i0, i1), updating the carried row in place. Restrict-qualified
+// so the compiler vectorises without runtime alias checks (the carry is private scratch memory). AM, SM: the types of
+// a and of b/h in memory; the carry is compute_t<SM>.
+
+template <class AM, class SM, class S>
+inline void fwd_step(int64_t units, int64_t r, const AM* __restrict a, const SM* __restrict b, S* __restrict carry,
+                     SM* __restrict rounded) {
+  if (r == 1 && !std::is_same<SM, S>::value) {
+    // bf16: the rounded row is written in the same pass (one read of the carry, not two)
+    for (int64_t d = 0; d < units; ++d) {
+      const S c = mul(ld(a[d]), carry[d]) + ld(b[d]);
+      carry[d] = c;
+      rounded[d] = to_mem<SM>(c);
+    }
+  } else if (r == 1) {
+    (void)rounded;
+    for (int64_t d = 0; d < units; ++d) carry[d] = mul(ld(a[d]), carry[d]) + ld(b[d]);
   } else {
     for (int64_t i = 0; i < units; ++i) {
-      const A ai = a[i];
-      for (int64_t d = i * r; d < (i + 1) * r; ++d) carry[d] = mul(ai, carry[d]) + b[d];
+      const auto ai = ld(a[i]);
+      for (int64_t d = i * r; d < (i + 1) * r; ++d) carry[d] = mul(ai, carry[d]) + ld(b[d]);
     }
   }
 }
 
-template <class A, class S>
-void scan_fwd(const Shape& s, const A* a, const S* b, const S* h0, const uint8_t* cut, bool reverse, S* h,
+template <class AM, class SM, class S = compute_t<SM>>
+void scan_fwd(const Shape& s, const AM* a, const SM* b, const S* h0, const uint8_t* cut, bool reverse, SM* h,
               S* fin) {
-  const bool stream = stream_enabled(sizeof(S) * s.n * s.t * s.d);
+  const bool stream = stream_enabled(sizeof(SM) * s.n * s.t * s.d);
   parallel_blocks(s, [&](int64_t n, int64_t i0, int64_t i1) {
     const int64_t d0 = i0 * s.r, d1 = i1 * s.r, width = d1 - d0;
     std::vector<S> carry(h0 + n * s.d + d0, h0 + n * s.d + d1);
+    std::vector<SM> h_mem = rounding_scratch<SM, S>(width);
     for (int64_t k = 0; k < s.t; ++k) {
       const int64_t row = n * s.t + (reverse ? s.t - 1 - k : k);
-      const S* b_row = b + row * s.d + d0;
+      const SM* b_row = b + row * s.d + d0;
       if (reverse && k + kPrefetchRows < s.t) {
-        prefetch_span(b_row - kPrefetchRows * s.d, sizeof(S) * width);
-        prefetch_span(a + (row - kPrefetchRows) * s.da + i0, sizeof(A) * (i1 - i0));
+        prefetch_span(b_row - kPrefetchRows * s.d, sizeof(SM) * width);
+        prefetch_span(a + (row - kPrefetchRows) * s.da + i0, sizeof(AM) * (i1 - i0));
       }
       if (cut && cut[row]) {
         // A segment start: the carried state is dropped, as in the reference (h_t = a_t * 0 + b_t).
-        std::copy(b_row, b_row + width, carry.data());
+        S* __restrict c = carry.data();
+        for (int64_t d = 0; d < width; ++d) c[d] = ld(b_row[d]);
       } else {
-        fwd_step(i1 - i0, s.r, a + row * s.da + i0, b_row, carry.data());
+        fwd_step(i1 - i0, s.r, a + row * s.da + i0, b_row, carry.data(), h_mem.data());
+        if (s.r == 1 && !std::is_same<SM, S>::value) {  // rounded by fwd_step already
+          store_row(h + row * s.d + d0, h_mem.data(), sizeof(SM) * width, stream);
+          continue;
+        }
       }
-      store_row(h + row * s.d + d0, carry.data(), sizeof(S) * width, stream);
+      store_row_as(h + row * s.d + d0, carry.data(), width, h_mem.data(), stream);
     }
     std::copy(carry.begin(), carry.end(), fin + n * s.d + d0);
     store_fence(stream);
@@ -267,58 +356,69 @@ void scan_fwd(const Shape& s, const A* a, const S* b, const S* h0, const uint8_t
 //   g_last = ct_h_last + ct_final,  g_k = ct_h_k + a_{k+1} g_{k+1}  (0 when step k+1 is cut),
 //   a_bar_k = sum_R g_k h_{k-1}  (0 at cut steps),  b_bar_k = g_k,  h0_bar = a_0 g_0 (0 when step 0 is cut).
 // g is carried in per-thread scratch (as the forward's h) and stored to b_bar; a_bar goes through a second row.
+// With bf16 streams (AM = SM = bf16) a, h, ct_h are read as bf16, g and the a_bar sums are float32, a_bar and b_bar
+// are rounded on store; h0, ct_final and h0_bar are float32.
 
-template <bool kConj, class A, class S>
-void scan_bwd(const Shape& s, const A* a, const S* h, const S* h0, const S* ct_h, const S* ct_final,
-              const uint8_t* cut, bool reverse, A* a_bar, S* b_bar, S* h0_bar) {
-  const bool stream = stream_enabled(sizeof(S) * s.n * s.t * s.d);
+// a_bar of one step from g and the previous state `prev` (h of the previous step, or h0 at the first).
+template <bool kConj, class A, class S, class P>
+inline void abar_row(int64_t units, int64_t r, const S* __restrict g, const P* __restrict prev, A* __restrict ab) {
+  if (r == 1) {
+    for (int64_t d = 0; d < units; ++d) ab[d] = project<A>(mul(g[d], cj<kConj>(S(ld(prev[d])))));
+  } else {
+    for (int64_t i = 0; i < units; ++i) {
+      S acc(0);
+      for (int64_t d = i * r; d < (i + 1) * r; ++d) acc += mul(g[d], cj<kConj>(S(ld(prev[d]))));
+      ab[i] = project<A>(acc);
+    }
+  }
+}
+
+template <bool kConj, class AM, class SM, class A = compute_t<AM>, class S = compute_t<SM>>
+void scan_bwd(const Shape& s, const AM* a, const SM* h, const S* h0, const SM* ct_h, const S* ct_final,
+              const uint8_t* cut, bool reverse, AM* a_bar, SM* b_bar, S* h0_bar) {
+  const bool stream = stream_enabled(sizeof(SM) * s.n * s.t * s.d);
   parallel_blocks(s, [&](int64_t n, int64_t i0, int64_t i1) {
     const int64_t d0 = i0 * s.r, d1 = i1 * s.r, width = d1 - d0, units = i1 - i0;
     auto row_of = [&](int64_t k) { return n * s.t + (reverse ? s.t - 1 - k : k); };
     std::vector<S> g_row(width);
     std::vector<A> ab_row(units);
+    std::vector<SM> g_mem = rounding_scratch<SM, S>(width);
+    std::vector<AM> ab_mem = rounding_scratch<AM, A>(units);
     S* __restrict g = g_row.data();
     A* __restrict ab = ab_row.data();
-    const A* a_next = nullptr;  // a of the step processed after this one (forward order), from unit i0
+    const AM* a_next = nullptr;  // a of the step processed after this one (forward order), from unit i0
     bool cut_next = false;
     for (int64_t k = s.t - 1; k >= 0; --k) {
       const int64_t row = row_of(k);
-      const S* __restrict ct = ct_h + row * s.d + d0;
+      const SM* __restrict ct = ct_h + row * s.d + d0;
       if (!reverse && k > kPrefetchRows) {
-        prefetch_span(ct - kPrefetchRows * s.d, sizeof(S) * width);
-        prefetch_span(h + (row - 1 - kPrefetchRows) * s.d + d0, sizeof(S) * width);
-        prefetch_span(a + (row - kPrefetchRows) * s.da + i0, sizeof(A) * units);
+        prefetch_span(ct - kPrefetchRows * s.d, sizeof(SM) * width);
+        prefetch_span(h + (row - 1 - kPrefetchRows) * s.d + d0, sizeof(SM) * width);
+        prefetch_span(a + (row - kPrefetchRows) * s.da + i0, sizeof(AM) * units);
       }
       if (a_next == nullptr) {
         const S* __restrict cf = ct_final + n * s.d + d0;
-        for (int64_t d = 0; d < width; ++d) g[d] = ct[d] + cf[d];
+        for (int64_t d = 0; d < width; ++d) g[d] = ld(ct[d]) + cf[d];
       } else if (cut_next) {
-        std::copy(ct, ct + width, g);
+        for (int64_t d = 0; d < width; ++d) g[d] = ld(ct[d]);
       } else if (s.r == 1) {
-        for (int64_t d = 0; d < width; ++d) g[d] = ct[d] + mul(cj<kConj>(a_next[d]), g[d]);
+        for (int64_t d = 0; d < width; ++d) g[d] = ld(ct[d]) + mul(cj<kConj>(ld(a_next[d])), g[d]);
       } else {
         for (int64_t i = 0; i < units; ++i) {
-          const A ai = cj<kConj>(a_next[i]);
-          for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) g[d] = ct[d] + mul(ai, g[d]);
+          const A ai = cj<kConj>(ld(a_next[i]));
+          for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) g[d] = ld(ct[d]) + mul(ai, g[d]);
         }
       }
-      store_row(b_bar + row * s.d + d0, g, sizeof(S) * width, stream);
+      store_row_as(b_bar + row * s.d + d0, g, width, g_mem.data(), stream);
       const bool is_cut = cut && cut[row];
       if (is_cut) {
         std::fill(ab, ab + units, A(0));
+      } else if (k == 0) {
+        abar_row<kConj>(units, s.r, g, h0 + n * s.d + d0, ab);
       } else {
-        const S* __restrict prev = (k == 0 ? h0 + n * s.d : h + row_of(k - 1) * s.d) + d0;
-        if (s.r == 1) {
-          for (int64_t d = 0; d < width; ++d) ab[d] = project<A>(mul(g[d], cj<kConj>(prev[d])));
-        } else {
-          for (int64_t i = 0; i < units; ++i) {
-            S acc(0);
-            for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) acc += mul(g[d], cj<kConj>(prev[d]));
-            ab[i] = project<A>(acc);
-          }
-        }
+        abar_row<kConj>(units, s.r, g, h + row_of(k - 1) * s.d + d0, ab);
       }
-      store_row(a_bar + row * s.da + i0, ab, sizeof(A) * units, stream);
+      store_row_as(a_bar + row * s.da + i0, ab, units, ab_mem.data(), stream);
       a_next = a + row * s.da + i0;
       cut_next = is_cut;
     }
@@ -329,7 +429,7 @@ void scan_bwd(const Shape& s, const A* a, const S* h, const S* h0, const S* ct_h
       std::fill(out, out + width, S(0));
     } else {
       for (int64_t i = 0; i < units; ++i) {
-        const A ai = cj<kConj>(a_next[i]);
+        const A ai = cj<kConj>(ld(a_next[i]));
         for (int64_t d = i * s.r; d < (i + 1) * s.r; ++d) out[d] = mul(ai, g[d]);
       }
     }
@@ -627,7 +727,11 @@ void glr_bwd(const Shape& s, const S* u, const S* h, const S* h0, const S* ct_y,
 // ------------------------------------------------------------------------------------------------------------------
 // dtype dispatch shared by both bindings.
 
-enum Dtype : int { kF32 = 0, kF64 = 1, kC64 = 2, kC128 = 3 };
+// kBF16: bfloat16 a, b, h (and a_bar, b_bar) with a float32 state: h0, final, ct_final, h0_bar are float32.
+enum Dtype : int { kF32 = 0, kF64 = 1, kC64 = 2, kC128 = 3, kBF16 = 4 };
+
+// The dtype code of h0 / final for a state stream of code `s_dtype`.
+int state_code(int s_dtype) { return s_dtype == kBF16 ? kF32 : s_dtype; }
 
 enum Status : int { kOk = 0, kBadDtype = 1, kBadShape = 2 };
 
@@ -646,6 +750,7 @@ int dispatch(int a_dtype, int s_dtype, F&& f) {
   if (a_dtype == kC128 && s_dtype == kC128) return f(static_cast<c128*>(nullptr), static_cast<c128*>(nullptr));
   if (a_dtype == kF32 && s_dtype == kC64) return f(static_cast<float*>(nullptr), static_cast<c64*>(nullptr));
   if (a_dtype == kF64 && s_dtype == kC128) return f(static_cast<double*>(nullptr), static_cast<c128*>(nullptr));
+  if (a_dtype == kBF16 && s_dtype == kBF16) return f(static_cast<bf16*>(nullptr), static_cast<bf16*>(nullptr));
   return kBadDtype;
 }
 
@@ -654,11 +759,12 @@ int run_fwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t d
   if (int st = check_shape(n, t, d, da)) return st;
   const Shape s{n, t, d, da, da ? d / da : 1};
   return dispatch(a_dtype, s_dtype, [&](auto* at, auto* st) {
-    using A = std::remove_pointer_t<decltype(at)>;
-    using S = std::remove_pointer_t<decltype(st)>;
-    advise_output(h, sizeof(S) * n * t * d);
-    scan_fwd<A, S>(s, static_cast<const A*>(a), static_cast<const S*>(b), static_cast<const S*>(h0), cut, reverse,
-                   static_cast<S*>(h), static_cast<S*>(fin));
+    using AM = std::remove_pointer_t<decltype(at)>;
+    using SM = std::remove_pointer_t<decltype(st)>;
+    using S = compute_t<SM>;
+    advise_output(h, sizeof(SM) * n * t * d);
+    scan_fwd<AM, SM>(s, static_cast<const AM*>(a), static_cast<const SM*>(b), static_cast<const S*>(h0), cut, reverse,
+                     static_cast<SM*>(h), static_cast<S*>(fin));
     return int{kOk};
   });
 }
@@ -669,19 +775,20 @@ int run_bwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t d
   if (int st = check_shape(n, t, d, da)) return st;
   const Shape s{n, t, d, da, da ? d / da : 1};
   return dispatch(a_dtype, s_dtype, [&](auto* at, auto* st) {
-    using A = std::remove_pointer_t<decltype(at)>;
-    using S = std::remove_pointer_t<decltype(st)>;
-    advise_output(a_bar, sizeof(A) * n * t * da);
-    advise_output(b_bar, sizeof(S) * n * t * d);
+    using AM = std::remove_pointer_t<decltype(at)>;
+    using SM = std::remove_pointer_t<decltype(st)>;
+    using S = compute_t<SM>;
+    advise_output(a_bar, sizeof(AM) * n * t * da);
+    advise_output(b_bar, sizeof(SM) * n * t * d);
     auto call = [&](auto kernel) {
-      kernel(s, static_cast<const A*>(a), static_cast<const S*>(h), static_cast<const S*>(h0),
-             static_cast<const S*>(ct_h), static_cast<const S*>(ct_final), cut, reverse, static_cast<A*>(a_bar),
-             static_cast<S*>(b_bar), static_cast<S*>(h0_bar));
+      kernel(s, static_cast<const AM*>(a), static_cast<const SM*>(h), static_cast<const S*>(h0),
+             static_cast<const SM*>(ct_h), static_cast<const S*>(ct_final), cut, reverse, static_cast<AM*>(a_bar),
+             static_cast<SM*>(b_bar), static_cast<S*>(h0_bar));
     };
     if (conjugate) {
-      call(scan_bwd<true, A, S>);
+      call(scan_bwd<true, AM, SM>);
     } else {
-      call(scan_bwd<false, A, S>);
+      call(scan_bwd<false, AM, SM>);
     }
     return int{kOk};
   });
@@ -771,7 +878,7 @@ int run_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const
 extern "C" {
 
 // Bumped whenever a signature below changes; the Python loader checks it.
-int linrec_abi_version() { return 3; }
+int linrec_abi_version() { return 4; }
 
 int linrec_has_ffi() {
 #ifdef LINREC_WITH_XLA_FFI
@@ -844,6 +951,7 @@ int code_of(ffi::DataType t) {
     case ffi::DataType::F64: return kF64;
     case ffi::DataType::C64: return kC64;
     case ffi::DataType::C128: return kC128;
+    case ffi::DataType::BF16: return kBF16;
     default: return -1;
   }
 }
@@ -888,6 +996,9 @@ ffi::Error FwdImpl(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer h0, ffi::A
                    ffi::Result<ffi::AnyBuffer> h, ffi::Result<ffi::AnyBuffer> fin) {
   auto g = geometry(a, b, h0, cut);
   if (g.has_error()) return g.error();
+  const int sc = state_code(code_of(b.element_type()));
+  if (code_of(h0.element_type()) != sc || h->element_type() != b.element_type() || code_of(fin->element_type()) != sc)
+    return ffi::Error::InvalidArgument("linrec: h must have the dtype of b; h0 and final the state dtype");
   const uint8_t* c = g->has_cut ? static_cast<const uint8_t*>(cut.untyped_data()) : nullptr;
   return status_error(run_fwd(code_of(a.element_type()), code_of(b.element_type()), g->n, g->t, g->d, g->da,
                               a.untyped_data(), b.untyped_data(), h0.untyped_data(), c, reverse, h->untyped_data(),
@@ -899,6 +1010,12 @@ ffi::Error BwdImpl(ffi::AnyBuffer a, ffi::AnyBuffer h, ffi::AnyBuffer h0, ffi::A
                    ffi::Result<ffi::AnyBuffer> b_bar, ffi::Result<ffi::AnyBuffer> h0_bar) {
   auto g = geometry(a, h, h0, cut);
   if (g.has_error()) return g.error();
+  const int sc = state_code(code_of(h.element_type()));
+  if (ct_h.element_type() != h.element_type() || b_bar->element_type() != h.element_type() ||
+      a_bar->element_type() != a.element_type() || code_of(h0.element_type()) != sc ||
+      code_of(ct_final.element_type()) != sc || code_of(h0_bar->element_type()) != sc)
+    return ffi::Error::InvalidArgument("linrec: ct_h, b_bar in the dtype of h, a_bar of a; h0, ct_final, h0_bar in "
+                                       "the state dtype");
   const uint8_t* c = g->has_cut ? static_cast<const uint8_t*>(cut.untyped_data()) : nullptr;
   return status_error(run_bwd(code_of(a.element_type()), code_of(h.element_type()), g->n, g->t, g->d, g->da,
                               a.untyped_data(), h.untyped_data(), h0.untyped_data(), ct_h.untyped_data(),

@@ -8,7 +8,9 @@ Two ``torch.library`` custom ops on the kernel layout (``N`` batch, ``T`` time, 
 - ``linrec::scan_bwd(a, h, h0, grad_h, grad_final, cut, reverse) -> (a_bar, b_bar, h0_bar)``
 
 with fake (meta) implementations, so ``torch.compile(fullgraph=True)`` sees one opaque node each, and autograd
-registered as the second op. Gradients follow PyTorch's complex convention (the kernel's ``conjugate=1`` mode,
+registered as the second op. bfloat16 ``a``, ``b`` go to the kernel as they are (it reads and writes bfloat16 and
+carries a float32 state, recurrence.md §5): ``h``, ``a_bar``, ``b_bar`` are then bfloat16 and ``h0``, ``final`` and
+their gradients float32. Gradients follow PyTorch's complex convention (the kernel's ``conjugate=1`` mode,
 recurrence.md §10). The ops run the C function on contiguous CPU tensors through ctypes (the GIL is released).
 A backward run with ``create_graph=True`` (double backward) computes the same VJP from differentiable pieces
 (:func:`_differentiable_backward`: a ``scan_fwd`` in the opposite direction plus elementwise ops), so every order of
@@ -28,7 +30,7 @@ from torch import Tensor
 
 from linrec.backends import native
 
-__all__ = ["native_linear_scan", "native_scan", "scan_bwd", "scan_fwd"]
+__all__ = ["native_linear_scan", "native_scan", "scan_bwd", "scan_fwd", "state_dtype"]
 
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64, torch.complex64: np.complex64,
@@ -42,12 +44,21 @@ def _ready(x: Tensor) -> Tensor:
     return x.detach().resolve_conj().resolve_neg().contiguous()
 
 
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def _codes(a: Tensor, s: Tensor) -> tuple[int, int]:
-    names = (str(a.dtype).removeprefix("torch."), str(s.dtype).removeprefix("torch."))
-    if names not in native.DTYPE_PAIRS:
-        raise TypeError(f"method='native' supports the (a, state) dtype pairs {sorted(native.DTYPE_PAIRS)}, "
+    names = (_name(a.dtype), _name(s.dtype))
+    if names not in native.KERNEL_PAIRS:
+        raise TypeError(f"method='native' supports the (a, state) dtype pairs {sorted(native.KERNEL_PAIRS)}, "
                         f"got {names}")
     return native.DTYPE_CODES[names[0]], native.DTYPE_CODES[names[1]]
+
+
+def state_dtype(b_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the kernel's ``h0``/``final`` for ``b`` of ``b_dtype``: float32 for bfloat16, else ``b_dtype``."""
+    return torch.float32 if b_dtype == torch.bfloat16 else b_dtype
 
 
 def _empty(like: Tensor) -> Tensor:
@@ -61,6 +72,8 @@ def _empty(like: Tensor) -> Tensor:
 
 def _empty_shaped(shape, dtype: torch.dtype) -> Tensor:
     """:func:`_empty` for a given shape and dtype."""
+    if dtype == torch.bfloat16:  # NumPy has no bfloat16: the same 16-bit buffer, viewed
+        return torch.from_numpy(np.empty(tuple(shape), dtype=np.uint16)).view(torch.bfloat16)
     return torch.from_numpy(np.empty(tuple(shape), dtype=_NUMPY_DTYPES[dtype]))
 
 
@@ -80,6 +93,8 @@ def scan_fwd(a: Tensor, b: Tensor, h0: Tensor, cut: Tensor | None, reverse: bool
     a, b, h0 = _ready(a), _ready(b), _ready(h0)
     cut = None if cut is None else _ready(cut.to(torch.bool))
     codes, (n, t, d) = _codes(a, b), b.shape
+    if h0.dtype != state_dtype(b.dtype):
+        raise TypeError(f"linrec::scan_fwd needs h0 in {state_dtype(b.dtype)} for b in {b.dtype}, got {h0.dtype}")
     h, final = _empty(b), _empty(h0)
     _status(lib.linrec_scan_fwd(*codes, n, t, d, a.shape[2], _ptr(a), _ptr(b), _ptr(h0), _ptr(cut),
                                 int(reverse), _ptr(h), _ptr(final)))
@@ -97,9 +112,11 @@ def scan_bwd(a: Tensor, h: Tensor, h0: Tensor, grad_h: Tensor, grad_final: Tenso
     """The backward kernel in PyTorch's convention: ``(a_bar (N, T, Da), b_bar (N, T, D), h0_bar (N, D))``."""
     lib = native._builder().load()
     a, h, h0 = _ready(a), _ready(h), _ready(h0)
-    grad_h, grad_final = _ready(grad_h.to(h.dtype)), _ready(grad_final.to(h.dtype))
+    grad_h, grad_final = _ready(grad_h.to(h.dtype)), _ready(grad_final.to(h0.dtype))
     cut = None if cut is None else _ready(cut.to(torch.bool))
     codes, (n, t, d) = _codes(a, h), h.shape
+    if h0.dtype != state_dtype(h.dtype):
+        raise TypeError(f"linrec::scan_bwd needs h0 in {state_dtype(h.dtype)} for h in {h.dtype}, got {h0.dtype}")
     a_bar, b_bar, h0_bar = _empty(a), _empty(h), _empty(h0)
     _status(lib.linrec_scan_bwd(*codes, n, t, d, a.shape[2], _ptr(a), _ptr(h), _ptr(h0), _ptr(grad_h),
                                 _ptr(grad_final), _ptr(cut), int(reverse), 1, _ptr(a_bar), _ptr(b_bar),
@@ -137,7 +154,8 @@ def _differentiable_backward(a: Tensor, h: Tensor, h0: Tensor, grad_h: Tensor, g
 
     ``a (N, T, Da)``, ``h``/``grad_h (N, T, D)``, ``h0``/``grad_final (N, D)``, ``cut (N, T)``; PyTorch's complex
     convention (the Jacobian conjugated, recurrence.md §10). ``h`` is the forward's output, so the second
-    derivative flows through it back into ``a``, ``b`` and ``h0``.
+    derivative flows through it back into ``a``, ``b`` and ``h0``. With bfloat16 ``a``, ``h`` (float32 ``h0``) the
+    elementwise products are taken in float32, as the kernel does.
     """
     if reverse:  # the same computation in processing order
         flip = lambda x: None if x is None else x.flip(1)  # noqa: E731
@@ -156,13 +174,16 @@ def _differentiable_backward(a: Tensor, h: Tensor, h0: Tensor, grad_h: Tensor, g
     # a reverse scan of grad_h whose decays are a shifted one step (the last one multiplies grad_final).
     a_next = torch.cat([a_conj[:, 1:], torch.ones_like(a_conj[:, :1])], 1)
     cut_next = torch.cat([cut[:, 1:], no_cut], 1)
-    g, _ = scan_fwd(a_next, grad_h.to(h.dtype), grad_final.to(h.dtype), cut_next, True)
-    h_prev = torch.cat([h0[:, None], h[:, :-1]], 1)
-    a_bar = (g * h_prev.conj()).reshape(n, t, da, r).sum(-1)
+    g, _ = scan_fwd(a_next, grad_h.to(h.dtype), grad_final.to(h0.dtype), cut_next, True)
+    # .to(h0.dtype): a no-op except for bfloat16 streams, whose products the kernel forms in float32
+    h_prev = torch.cat([h0[:, None], h[:, :-1].to(h0.dtype)], 1)
+    a_bar = (g.to(h0.dtype) * h_prev.conj()).reshape(n, t, da, r).sum(-1)
     if not a.is_complex() and a_bar.is_complex():
         a_bar = a_bar.real  # a real decay of a complex state: the imaginary direction does not exist
     a_bar = torch.where(cut[..., None], torch.zeros((), dtype=a_bar.dtype), a_bar)  # cut steps: where, not times 0
-    h0_bar = (g[:, 0].reshape(n, da, r) * a_conj[:, 0, :, None]).reshape(n, d)
+    a_first = a_conj[:, 0, :, None]
+    a_first = a_first.float() if a_first.dtype == torch.bfloat16 else a_first  # a real decay stays real
+    h0_bar = (g[:, 0].to(h0.dtype).reshape(n, da, r) * a_first).reshape(n, d)
     h0_bar = torch.where(cut[:, :1], torch.zeros((), dtype=h0_bar.dtype), h0_bar)
     return a_bar.to(a.dtype), g, h0_bar
 
@@ -176,9 +197,11 @@ def native_linear_scan(
     """``(h, final_state)`` of ``h_t = a_t h_{t-1} + b_t`` on validated inputs in the compute dtype, time order.
 
     Args:
-      a: ``(B, T, *Sa)`` float32/float64/complex64/complex128 (real ``a`` with complex ``b`` allowed).
+      a: ``(B, T, *Sa)`` float32/float64/complex64/complex128 (real ``a`` with complex ``b`` allowed), or bfloat16
+        with bfloat16 ``b``: read as it is, the state carried in float32 and ``h`` rounded to bfloat16 on store.
       b: ``(B, T, *S)``.
-      h0: ``(B, *S)`` or ``None`` (zeros).
+      h0: ``(B, *S)`` in the dtype of ``b`` (float32 for bfloat16 ``b``: then ``final_state`` is float32 too, for
+        the caller to round), or ``None`` (zeros).
       cut: ``(B, T)`` bool, ``linrec.spec.reference.cut_mask(resets, reverse)``: the step ignores the carried state.
       reverse: run from ``t = T-1`` down to 0.
 
@@ -188,10 +211,11 @@ def native_linear_scan(
     n, t, state = b.shape[0], b.shape[1], tuple(b.shape[2:])
     d = math.prod(state)
     _codes(a, b)
-    if h0 is not None and h0.dtype != b.dtype:
-        raise TypeError(f"method='native' needs h0 in the dtype of b ({b.dtype}), got {h0.dtype}")
+    state_type = state_dtype(b.dtype)
+    if h0 is not None and h0.dtype != state_type:
+        raise TypeError(f"method='native' needs h0 in {state_type} for b in {b.dtype}, got {h0.dtype}")
     if h0 is None:
-        h0 = b.new_zeros((n, *state))
+        h0 = b.new_zeros((n, *state), dtype=state_type)
     target, da, _ = native.decay_layout(tuple(a.shape[2:]), state)
     a3 = a.expand(n, t, *target).reshape(n, t, da)
     h, final = scan_fwd(a3, b.reshape(n, t, d), h0.reshape(n, d), cut, bool(reverse))

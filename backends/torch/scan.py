@@ -510,15 +510,20 @@ def linear_scan(
     if method == "auto":
         # on CPU the kernel streams at memory bandwidth (benchmarks/) and beats every tensor-op method
         method = _auto_for_device(b)
-    a_c, b_c = _compute(a), _compute(b)
-    h0 = None if initial_state is None else initial_state.to(b_c.dtype)
+    state_dtype = torch.float32 if b.dtype in _LOW_PRECISION else b.dtype  # §5: low precision accumulates in fp32
+    h0 = None if initial_state is None else initial_state.to(state_dtype)
     cut = _cut_mask(resets, reverse)
     if method == "triton":  # its own autograd.Function; reads bf16/fp16 a, b as they are (the state is float32)
         h, final = triton_linear_scan(a, b, h0, cut, bool(reverse), chunk_size)
         return h.to(b.dtype), final.to(b.dtype)
     if method == "native":  # a custom op with its own autograd formula (the backward kernel)
-        h, final = native_linear_scan(a_c, b_c, h0, cut, bool(reverse))
+        # bfloat16 a, b go in as they are: the kernel reads and writes bf16 around a float32 state (no fp32 copies);
+        # float16 is converted to float32 here
+        direct = a.dtype == b.dtype == torch.bfloat16
+        h, final = native_linear_scan(a if direct else _compute(a), b if direct else _compute(b), h0, cut,
+                                      bool(reverse))
         return h.to(b.dtype), final.to(b.dtype)
+    a_c, b_c = _compute(a), _compute(b)
     if cut is not None:
         a_c = a_c.masked_fill(_expand(cut, a_c.ndim), 0)  # a cut link is a = 0 (its gradient is then 0 too)
     chunk_size = chunk_size or _default_chunk_size(b)
