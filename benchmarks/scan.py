@@ -289,7 +289,7 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: t
                 c_loop_s[str(row["T"])] = row["fwd ms"] / 1e3
         rows += result["rows"]
     rows.sort(key=lambda r: (r["T"], r["backend"] != "C loop"))  # stable: backends in run order within a T
-    meta = {"B": B, "D": D, "T": list(Ts), "dtype": "float32; bfloat16 for the bf16 rows",
+    meta = {"B": B, "D": D, "T": list(Ts), "dtype": "float32", "bf16 rows": "bfloat16 a, b, h (float32 state)",
             "bandwidth_GBps": {k: v / 1e9 for k, v in bandwidth.items()},
             "timing": f"best of up to {repeat} runs after 1 warm-up call (stopping once the runs took {budget} s, "
                       "so a slow call is timed once); JAX compiled ahead of time, untimed; each backend in its own "

@@ -208,6 +208,14 @@ COLUMNS = ["op", "T", "roofline fwd ms", "fwd ms", "fwd/roofline", "fwd+bwd ms",
            "H100 model fwd ms"]
 
 
+def _fla_note(result: dict[str, Any]) -> str:
+    if not result["fla"]:
+        return "not installed (no fla rows)"
+    if result["device"] != "cuda":
+        return "installed, not timed (its kernels do not run on CPU tensors)"
+    return "fused_recurrent_hgrn timed"
+
+
 def report(result: dict[str, Any]) -> str:
     from linrec.tools import bench
 
@@ -216,12 +224,17 @@ def report(result: dict[str, Any]) -> str:
     head = (f"# Scan kernels on {kind}\n\nfloat32, B={result['B']}, D={result['D']}; roofline = bytes the kernel "
             f"must move / {result['bandwidth_GBps']:.1f} GB/s measured in this run (fwd: 12 B/element; fwd+bwd: "
             "32 B/element). flash-linear-attention: "
-            f"{'fused_recurrent_hgrn timed' if result['fla'] else 'not installed (no fla rows)'}.\n\n")
+            f"{_fla_note(result)}.\n\n")
     return head + bench.markdown_table(COLUMNS, result["rows"])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="linrec bench scan --device cuda", description=__doc__.split("\n\n")[0])
+def device_main(argv: Sequence[str] | None, *, what: str, cpu_alternative: str, model: Callable[[], str],
+                run: Callable[..., dict[str, Any]], report: Callable[[dict[str, Any]], str],
+                full: dict[str, Any], dry: dict[str, Any]) -> int:
+    """The command line shared by ``linrec bench scan|layers --device cuda``: ``--model`` prints the roofline model,
+    ``--dry-run`` runs ``run`` on CPU tensors in Triton's interpreter at ``dry`` sizes, else CUDA at ``full``
+    sizes (status 2 without CUDA or triton)."""
+    parser = argparse.ArgumentParser(prog=f"linrec bench {what} --device cuda", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                         help="cuda: compiled kernels; cpu: only with --dry-run (Triton's interpreter)")
     parser.add_argument("--dry-run", action="store_true",
@@ -230,24 +243,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the table to this Markdown file")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.model:
-        print(model_table())
+        print(model())
         return 0
     from linrec.backends.torch import triton_scan
 
     if not triton_scan.available():
-        print("linrec bench scan --device: needs triton (pip install 'linrec[triton]')", file=sys.stderr)
+        print(f"linrec bench {what} --device: needs triton (pip install 'linrec[triton]')", file=sys.stderr)
         return 2
     if args.dry_run:
-        device, sizes = "cpu", DRY
+        device, sizes = "cpu", dry
     else:
         import torch
 
         if args.device != "cuda" or not torch.cuda.is_available():
-            print("linrec bench scan --device cuda: no CUDA device here; --dry-run runs the same code on CPU "
-                  "tensors in Triton's interpreter (tiny shapes), and plain 'linrec bench scan' times the CPU methods",
-                  file=sys.stderr)
+            print(f"linrec bench {what} --device cuda: no CUDA device here; --dry-run runs the same code on CPU "
+                  f"tensors in Triton's interpreter (tiny shapes), and plain 'linrec bench {what}' times "
+                  f"{cpu_alternative}", file=sys.stderr)
             return 2
-        device, sizes = "cuda", FULL
+        device, sizes = "cuda", full
     text = report(run(device, sizes, repeat=1 if args.dry_run else 5))
     print(text)
     if args.out:
@@ -256,6 +269,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.out).write_text(text)
     return 0
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return device_main(argv, what="scan", cpu_alternative="the CPU methods", model=model_table, run=run,
+                       report=report, full=FULL, dry=DRY)
 
 if __name__ == "__main__":
     raise SystemExit(main())

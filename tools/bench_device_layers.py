@@ -41,14 +41,12 @@ everything on CPU tensors in Triton's interpreter at tiny shapes (the times mean
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from linrec.tools.bench_device import DEVICES, Device
+from linrec.tools.bench_device import DEVICES, Device, device_main
 
 __all__ = ["FLA", "LAYERS", "LayerCost", "layer_costs", "main", "model_table", "run"]
 
@@ -321,41 +319,8 @@ def report(result: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="linrec bench layers --device cuda", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
-                        help="cuda: compiled kernels; cpu: only with --dry-run (Triton's interpreter)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="CPU tensors in Triton's interpreter on tiny shapes: checks the command, not the speed")
-    parser.add_argument("--model", action="store_true", help="print the H100/H200 roofline model and exit")
-    parser.add_argument("--out", help="also write the table to this Markdown file")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.model:
-        print(model_table())
-        return 0
-    from linrec.backends.torch import triton_scan
-
-    if not triton_scan.available():
-        print("linrec bench layers --device: needs triton (pip install 'linrec[triton]')", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        device, sizes = "cpu", DRY
-    else:
-        import torch
-
-        if args.device != "cuda" or not torch.cuda.is_available():
-            print("linrec bench layers --device cuda: no CUDA device here; --dry-run runs the same code on CPU "
-                  "tensors in Triton's interpreter (tiny shapes), and plain 'linrec bench layers' times the CPU "
-                  "layers", file=sys.stderr)
-            return 2
-        device, sizes = "cuda", FULL
-    text = report(run(device, sizes, repeat=1 if args.dry_run else 5))
-    print(text)
-    if args.out:
-        from pathlib import Path
-
-        Path(args.out).write_text(text)
-    return 0
-
+    return device_main(argv, what="layers", cpu_alternative="the CPU layers", model=model_table, run=run,
+                       report=report, full=FULL, dry=DRY)
 
 if __name__ == "__main__":
     raise SystemExit(main())
