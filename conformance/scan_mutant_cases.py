@@ -86,6 +86,25 @@ def _broadcast_gradient_case(method: str):
     return run
 
 
+def _complex_gradient_case(method: str):
+    def run(backend: ModuleType) -> Outcome:
+        rng = np.random.default_rng(31)
+        n, t, state = 2, 7, (4,)
+
+        def draw(*shape):
+            return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+        a = 0.9 * np.exp(1j * rng.uniform(-np.pi, np.pi, (n, t, *state)))  # a full complex decay per element
+        b, h0, ct_h, ct_f = draw(n, t, *state), draw(n, *state), draw(n, t, *state), draw(n, *state)
+        got = backend.linear_scan_vjp(*(as_backend(backend, x) for x in (a, b, ct_h, ct_f)),
+                                      initial_state=as_backend(backend, h0), method=method)
+        want = reference.linear_scan_vjp(a, b, ct_h, ct_f, initial_state=h0)
+        return compare_many([compare(name, as_numpy(backend, g), w, "complex128", method=method, length=t, grad=True)
+                             for name, g, w in zip(("a_bar", "b_bar", "initial_state_bar"), got, want)])
+
+    return run
+
+
 def cases(backend: ModuleType) -> list[Case]:
     """Each property once per method of ``backend``."""
     methods = getattr(backend, "METHODS", ("auto",))
@@ -110,5 +129,19 @@ def cases(backend: ModuleType) -> list[Case]:
             requires=("linear_scan_vjp",),
         )
         for method in methods
+    ]
+    out += [
+        Case(
+            id=f"scan/mutant/complex-gradient[{method}]",
+            property="complex-gradient",
+            doc="complex128 a (one decay per element), b, initial_state and cotangents: a_bar, b_bar and "
+                "initial_state_bar equal the reference VJP, whose a_bar conjugates the previous state "
+                "(kills cc-bwd-unconjugated whatever the property cases happen to draw).",
+            fn=_complex_gradient_case(method),
+            requires=("linear_scan_vjp",),
+            dtypes=("complex128",),
+        )
+        for method in methods
+        if method != "log"  # log space takes positive real a and b only (recurrence.md §7)
     ]
     return out
