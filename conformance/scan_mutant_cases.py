@@ -132,8 +132,8 @@ def cases(backend: ModuleType) -> list[Case]:
     ]
     out += [
         Case(
-            id=f"scan/mutant/complex-gradient[{method}]",
-            property="complex-gradient",
+            id=f"scan/mutant/gradient-complex[{method}]",
+            property="gradient-complex",
             doc="complex128 a (one decay per element), b, initial_state and cotangents: a_bar, b_bar and "
                 "initial_state_bar equal the reference VJP, whose a_bar conjugates the previous state "
                 "(kills cc-bwd-unconjugated whatever the property cases happen to draw).",
