@@ -75,7 +75,7 @@ def test_own_backend_from_the_current_directory(tmp_path, monkeypatch):
     assert "  fail:" not in first.stderr and "  error:" not in first.stderr, first.stderr
     unsupported = [line for line in out.splitlines() if "UNSUPPORTED" in line]
     # one line for the scan part of the spec, not one per case
-    assert unsupported == ["tinyscan: UNSUPPORTED scan: 7 cases need linear_scan_vjp, log_scan"], unsupported
+    assert unsupported == ["tinyscan: UNSUPPORTED scan: 8 cases need linear_scan_vjp, log_scan"], unsupported
     assert "tinyscan: FAILED" in out and " fail" not in out.split("tinyscan: FAILED")[1]
     assert not (work / ".hypothesis").exists()
     assert (tmp_path / "cache" / "hypothesis").is_dir()
