@@ -9,6 +9,7 @@ is the kernel's time block), the interpreter switch, the errors that name the me
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import sys
 
@@ -164,6 +165,64 @@ def test_importing_the_backend_loads_no_triton():
             "print(sorted(m for m in sys.modules if m == 'triton' or m.endswith('triton_scan_kernels')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+_KERNEL_MODULES = ("triton_scan_kernels", "triton_gated_linear_rnn_kernels", "triton_gateloop_mh_kernels")
+
+
+@pytest.mark.parametrize("module", _KERNEL_MODULES)
+def test_kernels_call_no_jitted_triton_language_function(module):
+    """``tl.zeros``, ``tl.sum``, ``tl.sigmoid``, ... are ``@triton.jit`` functions of ``triton.language``, defined
+    compiled when triton is imported before ``TRITON_INTERPRET=1`` is set (``linrec conformance`` does that: torch
+    imports triton on its own); the interpreter cannot call them from a kernel. Only core builtins may be used."""
+    import ast
+    import importlib
+
+    import triton.language as tl
+    from triton.runtime.jit import KernelInterface  # compiled (JITFunction) or interpreted
+
+    jitted = {n for n in dir(tl) if isinstance(getattr(tl, n), KernelInterface)}
+    mod = importlib.import_module(f"linrec.backends.torch.{module}")
+    tree = ast.parse(open(mod.__file__).read())
+    calls = {node.func.attr for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+             and node.func.value.id == "tl"}
+    assert "full" in calls or "where" in calls  # the walk sees the kernels' calls
+    assert not calls & jitted, f"{module} calls jitted triton.language functions {sorted(calls & jitted)}"
+
+
+def test_kernels_run_interpreted_when_triton_was_imported_first():
+    """The way ``linrec conformance`` runs them: triton imported before the interpreter switch, no
+    ``TRITON_INTERPRET`` in the environment; every kernel (scan, fused gates, GateLoop) runs on CPU tensors."""
+    code = """
+import warnings; warnings.simplefilter("ignore")
+import torch, triton.language
+from linrec.backends.torch import scan, triton_mingru as mingru, triton_gated_linear_rnn as gated_linear_rnn
+from linrec.backends.torch.triton_gateloop_mh import triton_gateloop_mh
+g = torch.Generator().manual_seed(0)
+a, b = torch.rand(1, 5, 3, generator=g), torch.randn(1, 5, 3, generator=g)
+h, _ = scan.linear_scan(a, b, method="triton")
+ref, _ = scan.linear_scan(a, b, method="sequential")
+assert torch.allclose(h, ref, rtol=1e-5, atol=1e-6)
+q, k = torch.randn(1, 5, 2, 3, generator=g), torch.randn(1, 5, 2, 3, generator=g)
+v, s0 = torch.randn(1, 5, 2, 4, generator=g), torch.zeros(1, 2, 3, 4)
+for rows in (3, 1):
+    gate = torch.rand(1, 5, 2, rows, 1, generator=g)
+    o, s = triton_gateloop_mh(q, k, v, gate, s0)
+    state, outs = s0, []
+    for t in range(5):  # S_t = a_t S_(t-1) + k_t v_t^T, o_t = q_t S_t
+        state = gate[:, t] * state + k[:, t, :, :, None] * v[:, t, :, None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], state))
+    assert torch.allclose(o, torch.stack(outs, 1), rtol=1e-5, atol=1e-5) and torch.allclose(s, state, atol=1e-5)
+u, h0 = torch.randn(1, 5, 6, generator=g), torch.zeros(1, 3)
+assert all(torch.isfinite(x).all() for x in mingru.triton_mingru(u, h0, "g"))
+u = torch.randn(1, 5, 12, generator=g)  # untied: input, input gate, forget gate, output gate
+assert all(torch.isfinite(x).all() for x in gated_linear_rnn.triton_gated_linear_rnn(u, h0, tied=False))
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
 @pytest.mark.slow

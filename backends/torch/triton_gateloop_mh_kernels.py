@@ -30,8 +30,10 @@ Steps past ``T`` (the tail of the last chunk) and rows past ``C`` are identity s
 Sums over an axis are ``tl.reduce(x, axis, tl.standard._sum_combine)``: Triton's interpreter maps that combine
 function to ``np.sum``, and the reduction is a core builtin, not a ``triton.language.standard`` function
 (``tl.sum`` is one: defined compiled when triton was imported before ``TRITON_INTERPRET=1`` was set, and the
-interpreter cannot call it; see ``triton_scan_kernels._last_row``). Dots use ``input_precision="ieee"`` (no TF32:
-the float32 tolerances of the spec are those of float32 arithmetic).
+interpreter cannot call it; see ``triton_scan_kernels._last_row``). For the same reason zeros are ``tl.full(shape,
+0.0, dtype)``, never ``tl.zeros`` (a ``standard`` function too; ``tests/test_triton.py`` checks every kernel
+module). Dots use ``input_precision="ieee"`` (no TF32: the float32 tolerances of the spec are those of float32
+arithmetic).
 """
 
 from __future__ import annotations
@@ -65,14 +67,14 @@ def _decays(a_base, sa_t, sa_k, t0, T, KA, A_COMPLEX: tl.constexpr, CHUNK: tl.co
     kk = tl.arange(0, BLOCK_A)
     tt = jj[:, None, None]
     ss = jj[None, :, None]
-    w_r = tl.where(ss <= tt, 1.0, 0.0).to(acc) + tl.zeros([BLOCK_C, BLOCK_C, BLOCK_A], acc)
-    w_i = tl.zeros([BLOCK_C, BLOCK_C, BLOCK_A], acc)
+    w_r = tl.where(ss <= tt, 1.0, 0.0).to(acc) + tl.full([BLOCK_C, BLOCK_C, BLOCK_A], 0.0, acc)
+    w_i = tl.full([BLOCK_C, BLOCK_C, BLOCK_A], 0.0, acc)
     p_r = tl.full([BLOCK_C, BLOCK_A], 1.0, acc)
-    p_i = tl.zeros([BLOCK_C, BLOCK_A], acc)
+    p_i = tl.full([BLOCK_C, BLOCK_A], 0.0, acc)
     l_r = tl.full([BLOCK_C, BLOCK_A], 1.0, acc)
-    l_i = tl.zeros([BLOCK_C, BLOCK_A], acc)
+    l_i = tl.full([BLOCK_C, BLOCK_A], 0.0, acc)
     e_r = tl.full([BLOCK_A], 1.0, acc)
-    e_i = tl.zeros([BLOCK_A], acc)
+    e_i = tl.full([BLOCK_A], 0.0, acc)
     for r in range(0, CHUNK):
         km = (kk < KA) & (kk * 0 + t0 + r < T)
         ar = tl.load(a_base + (t0 + r) * sa_t + kk * sa_k, mask=km, other=1.0).to(acc)
@@ -143,8 +145,8 @@ def gateloop_fwd_kernel(
     v_ok = vv < V
     kv_ok = k_ok[:, None] & v_ok[None, :]
     s_off = pid_b * ss_b + pid_h * ss_h + kk[:, None] * ss_k + vv[None, :] * ss_v
-    s_r = tl.zeros([BLOCK_K, BLOCK_V], acc)
-    s_i = tl.zeros([BLOCK_K, BLOCK_V], acc)
+    s_r = tl.full([BLOCK_K, BLOCK_V], 0.0, acc)
+    s_i = tl.full([BLOCK_K, BLOCK_V], 0.0, acc)
     if HAS_S0:
         s_r = tl.load(s0_ptr + s_off, mask=kv_ok, other=0.0).to(acc)
         if COMPLEX:
@@ -233,7 +235,7 @@ def gateloop_bwd_kernel(
     kv_ok = k_ok[:, None] & v_ok[None, :]
     s_off = pid_b * ss_b + pid_h * ss_h + kk[:, None] * ss_k + vv[None, :] * ss_v
     g_r = tl.load(gs_ptr + s_off, mask=kv_ok, other=0.0).to(acc)
-    g_i = tl.zeros([BLOCK_K, BLOCK_V], acc)
+    g_i = tl.full([BLOCK_K, BLOCK_V], 0.0, acc)
     if COMPLEX:
         g_i = tl.load(gs_ptr + s_off + 1, mask=kv_ok, other=0.0).to(acc)
     a_base = a_ptr + pid_b * sa_b + pid_h * sa_h
@@ -247,7 +249,7 @@ def gateloop_bwd_kernel(
         cv_m = row_ok[:, None] & v_ok[None, :]
         c_off = pid_b * sc_b + pid_h * sc_h + c * sc_c + kk[:, None] * sc_k + vv[None, :] * sc_v
         s_r = tl.load(ck_ptr + c_off, mask=kv_ok, other=0.0).to(acc)  # S₀ of this chunk
-        s_i = tl.zeros([BLOCK_K, BLOCK_V], acc)
+        s_i = tl.full([BLOCK_K, BLOCK_V], 0.0, acc)
         if COMPLEX:
             s_i = tl.load(ck_ptr + c_off + 1, mask=kv_ok, other=0.0).to(acc)
         q = tl.load(q_ptr + pid_b * sq_b + tj[:, None] * sq_t + pid_h * sq_h + kk[None, :] * sq_k, mask=ck_m,
@@ -258,7 +260,7 @@ def gateloop_bwd_kernel(
         v = tl.load(v_ptr + v_off, mask=cv_m, other=0.0).to(acc)
         o_off = go_ptr + pid_b * so_b + tj[:, None] * so_t + pid_h * so_h + vv[None, :] * so_v
         go_r = tl.load(o_off, mask=cv_m, other=0.0).to(acc)
-        go_i = tl.zeros([BLOCK_C, BLOCK_V], acc)
+        go_i = tl.full([BLOCK_C, BLOCK_V], 0.0, acc)
         if COMPLEX:
             go_i = tl.load(o_off + 1, mask=cv_m, other=0.0).to(acc)
         w_r, w_i, p_r, p_i, l_r, l_i, e_r, e_i = _decays(a_base, sa_t, sa_k, t0, T, KA, A_COMPLEX, CHUNK, BLOCK_C,
