@@ -249,23 +249,26 @@ def _ff(p: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     return gelu(x @ p["ff.fc1.kernel"] + p["ff.fc1.bias"]) @ p["ff.fc2.kernel"] + p["ff.fc2.bias"]
 
 
-def _blocks(params, x, states: Sequence[State | None], config: GateLoopMHLMConfig, mixer) -> tuple[np.ndarray, list]:
-    """Run the ``L`` blocks; ``mixer(layer params, x, state) -> (y, State)`` is the layer's call."""
+def run_blocks(params, x, states: Sequence[State | None], config: GateLoopMHLMConfig, mixer, *,
+               norm=_norm, ff=_ff) -> tuple[np.ndarray, list]:
+    """The ``L`` blocks, the final norm and the head on embedded ``x``: ``mixer(layer params, x, state) ->
+    (y, State)`` is the layer's call, ``norm(p, name, x)`` and ``ff(p, x)`` the block's norms and feed-forward
+    (a backend passes its own, e.g. rounded to the parameters' dtype). Returns ``(logits, [h per layer])``."""
     out = []
     for l in range(config.n_layers):
         p = sub_params(params, f"layers.{l}.")
         mix = sub_params(p, "mixer.")
         if config.block == "prenorm":
-            y, s = mixer(mix, _norm(p, "norm", x), states[l])
+            y, s = mixer(mix, norm(p, "norm", x), states[l])
             x = x + y
-            x = x + _ff(p, _norm(p, "ff_norm", x))
+            x = x + ff(p, norm(p, "ff_norm", x))
         else:
             y, s = mixer(mix, x, states[l])
-            x = _norm(p, "norm", x + y)
-            x = _norm(p, "ff_norm", x + _ff(p, x))
+            x = norm(p, "norm", x + y)
+            x = norm(p, "ff_norm", x + ff(p, x))
         out.append(s.h)
     if config.block == "prenorm":
-        x = rms_norm(x, params["final_norm.scale"])
+        x = norm(params, "final_norm", x)
     return x @ params["head.kernel"], out
 
 
@@ -303,7 +306,7 @@ def forward(
     def mixer(p, x, s):
         return layer_spec.forward(p, x, config.layer, s)
 
-    logits, hs = _blocks(params, x, states, config, mixer)
+    logits, hs = run_blocks(params, x, states, config, mixer)
     return logits, State(tuple(hs))
 
 

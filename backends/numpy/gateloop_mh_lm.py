@@ -45,23 +45,9 @@ def _ff(p: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
 
 
 def _run(params, x: np.ndarray, states, config: GateLoopMHLMConfig, mixer) -> tuple[np.ndarray, State]:
-    """The blocks, final norm and head on embedded ``x`` (``(B, T, D)`` or ``(B, D)``)."""
-    hs = []
-    for l in range(config.n_layers):
-        p = spec.sub_params(params, f"layers.{l}.")
-        mix = spec.sub_params(p, "mixer.")
-        if config.block == "prenorm":
-            y, s = mixer(mix, _norm(p, "norm", x), states[l])
-            x = x + y
-            x = x + _ff(p, _norm(p, "ff_norm", x))
-        else:
-            y, s = mixer(mix, x, states[l])
-            x = _norm(p, "norm", x + y)
-            x = _norm(p, "ff_norm", x + _ff(p, x))
-        hs.append(s.h)
-    if config.block == "prenorm":
-        x = _norm(params, "final_norm", x)
-    return x @ params["head.kernel"], State(tuple(hs))
+    """The blocks, final norm and head on embedded ``x`` (``(B, T, D)`` or ``(B, D)``), norms in this dtype."""
+    logits, hs = spec.run_blocks(params, x, states, config, mixer, norm=_norm, ff=_ff)
+    return logits, State(tuple(hs))
 
 
 def _params(params: Mapping[str, Any], config: GateLoopMHLMConfig) -> dict[str, np.ndarray]:
