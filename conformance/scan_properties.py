@@ -303,6 +303,24 @@ PROPERTIES: tuple[tuple[str, str, Callable, dict, str], ...] = (
 RELEASE_EVERY = 2000
 
 
+#: examples between checks of the process's memory maps: every compiled executable maps its own code pages, and
+#: the kernel's limit on mappings (``vm.max_map_count``, 65 530 by default) ran out before memory did in a thorough
+#: JAX run (LLVM "Cannot allocate memory" at 4 GB resident of 24 GiB); past half the limit the caches are released
+MAPS_CHECK_EVERY = 100
+
+
+def _maps_pressure() -> bool:
+    """Whether this process uses more than half of the kernel's memory-map limit (Linux only; False elsewhere)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            limit = int(f.read())
+        with open("/proc/self/maps", "rb") as f:
+            used = sum(1 for _ in f)
+    except (OSError, ValueError):
+        return False
+    return used > limit // 2
+
+
 def _release_compilations() -> None:
     """Drop JAX's compiled executables if JAX is loaded (a backend of any name may use it); nothing otherwise."""
     import sys
@@ -323,7 +341,8 @@ def _hypothesis_case(check: Callable, backend_method: str, strategy) -> Callable
         @given(strategy)
         def prop(p):
             _examples["run"] += 1
-            if _examples["run"] % RELEASE_EVERY == 0:
+            run = _examples["run"]
+            if run % RELEASE_EVERY == 0 or (run % MAPS_CHECK_EVERY == 0 and _maps_pressure()):
                 _release_compilations()
             outcome = check(backend, backend_method, p)
             worst.append(outcome)

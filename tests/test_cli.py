@@ -161,6 +161,23 @@ def test_thorough_spreads_the_example_budget_and_counts_it(monkeypatch):
     assert scan_properties.profile() == ("ci", scan_properties.PROFILES["ci"][0], False)  # restored
 
 
+def test_thorough_releases_compilations_under_memory_map_pressure(monkeypatch):
+    """A long run releases JAX's compiled executables when the process nears the kernel's limit on memory maps
+    (each executable maps its own pages; a thorough JAX run hit the limit before memory ran out)."""
+    released = []
+    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", 400)
+    monkeypatch.setattr(scan_properties, "_maps_pressure", lambda: True)
+    monkeypatch.setattr(scan_properties, "_release_compilations", lambda: released.append(1))
+    (rep,) = run(["numpy"], select="scan/property/equals-reference[sequential]", thorough=True)
+    assert rep.ok and rep.hypothesis["examples"] == 400
+    assert len(released) == 400 // scan_properties.MAPS_CHECK_EVERY
+
+
+def test_memory_map_pressure_reads_this_process():
+    """Half the kernel's limit is far above what a fresh test process maps."""
+    assert scan_properties._maps_pressure() is False
+
+
 def test_the_real_thorough_budget_is_at_least_1e5():
     assert runner.THOROUGH_EXAMPLES >= 100_000
 
