@@ -309,8 +309,9 @@ RELEASE_EVERY = 2000
 MAPS_CHECK_EVERY = 100
 
 
-def _maps_pressure() -> bool:
-    """Whether this process uses more than half of the kernel's memory-map limit (Linux only; False elsewhere)."""
+def _maps_pressure(fraction: float = 0.5) -> bool:
+    """Whether this process uses more than ``fraction`` of the kernel's memory-map limit (Linux only; False
+    elsewhere)."""
     try:
         with open("/proc/sys/vm/max_map_count") as f:
             limit = int(f.read())
@@ -318,7 +319,7 @@ def _maps_pressure() -> bool:
             used = sum(1 for _ in f)
     except (OSError, ValueError):
         return False
-    return used > limit // 2
+    return used > limit * fraction
 
 
 def _release_compilations() -> None:
