@@ -2,11 +2,17 @@
 
 Shape legend: ``B`` batch, ``T`` time, ``D`` state width; float32, ``a`` and ``b`` of shape ``(B, T, D)``.
 
-For every backend (NumPy forward only; JAX jitted; PyTorch eager) and method, the forward pass and the forward
-plus backward pass (the VJP of ``h`` for a fixed cotangent: ``jax.vjp`` / ``torch.autograd.grad``) are timed and
-divided by the *roofline* measured in the same run: ``12·B·T·D`` bytes (read ``a`` and ``b``, write ``h``) over
-the best streaming bandwidth of ``linrec.tools.bench.best_bandwidth``. Both passes are divided by the same
-forward roofline. The *C loop* row is the native kernel called through its C ABI with a preallocated output
+For every backend (NumPy forward only; JAX jitted; PyTorch eager) and method, the forward pass, the forward
+plus backward pass (the VJP of ``h`` for a fixed cotangent: ``jax.vjp`` / ``torch.autograd.grad``) and a *training
+step* of the scan are timed and divided by the *roofline* measured in the same run: ``12·B·T·D`` bytes (read ``a``
+and ``b``, write ``h``) over the best streaming bandwidth of ``linrec.tools.bench.best_bandwidth``. All three are
+divided by the same forward roofline. The training step is the scan the way training runs it: the gradient of the
+loss ``h.sum()`` with respect to ``a`` and ``b`` (JAX: ``jax.jit(jax.grad(...))``; PyTorch: ``loss.backward()``
+into leaf tensors whose ``.grad`` is set to ``None`` before each step, as ``optimizer.zero_grad()`` does). The loss
+itself (read ``h``) and its cotangent (write the ones) add 8 bytes/element, so a backward that reads ``a``, ``h``
+and the cotangent once and writes both gradients puts this step's floor at ``(12 + 8 + 20) / 12 = 3.33`` forward
+rooflines; *train - loss* subtracts the loss's own cost, timed alone on a tensor of ``h``'s size in the same run.
+The *C loop* row is the native kernel called through its C ABI with a preallocated output
 (``linrec.tools.bench.c_loop_scan``): what a plain loop costs without any framework around it.
 
 The *bf16* rows (``method="native"`` on bfloat16 ``a``, ``b``, cotangent) time the kernel reading and writing
@@ -23,14 +29,14 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from linrec.tools import bench
 
 COLUMNS = ["backend", "method", "T", "probe GB/s", "fwd ms", "fwd/roofline", "fwd+bwd ms", "(fwd+bwd)/roofline",
-           "fwd/C loop", "bf16/fp32 fwd", "note"]
+           "train ms", "train/roofline", "(train - loss)/roofline", "fwd/C loop", "bf16/fp32 fwd", "note"]
 #: Method labels of the bfloat16 rows (``method="native"`` on bf16 inputs; roofline: 6 bytes per element).
 BF16 = "native, bf16"
 BF16_BYTES, FP32_BYTES = 6, 12
@@ -50,13 +56,24 @@ def _inputs(B: int, T: int, D: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return a, b, ct
 
 
-def _numpy_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callable]]:
+class Timed(NamedTuple):
+    """What is timed for one method: the forward, the VJP for a fixed cotangent, a training step of the loss
+    ``h.sum()`` (``None``: not timed for this backend), and the backend's synchronisation of a result."""
+
+    fwd: Callable
+    fwd_bwd: Callable | None
+    train: Callable | None
+    sync: Callable
+
+
+def _numpy_cases(a, b, ct) -> dict[str, Timed]:
     from linrec.backends import numpy as backend
 
-    return {m: (lambda m=m: backend.linear_scan(a, b, method=m)[0], None, lambda x: x) for m in backend.METHODS}
+    return {m: Timed(lambda m=m: backend.linear_scan(a, b, method=m)[0], None, None, lambda x: x)
+            for m in backend.METHODS}
 
 
-def _jax_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callable]]:
+def _jax_cases(a, b, ct) -> dict[str, Timed]:
     import jax
 
     from linrec.backends import jax as backend
@@ -69,11 +86,21 @@ def _jax_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callable]
 
         fwd = _Compiled(jax.jit(h_of), aj, bj)
         fwd_bwd = _Compiled(jax.jit(lambda a, b, ct, h_of=h_of: jax.vjp(h_of, a, b)[1](ct)), aj, bj, ctj)
-        cases[m] = (fwd, fwd_bwd, bench.jax_sync)
+        train = _Compiled(jax.jit(jax.grad(lambda a, b, h_of=h_of: h_of(a, b).sum(), argnums=(0, 1))), aj, bj)
+        cases[m] = Timed(fwd, fwd_bwd, train, bench.jax_sync)
         if m == "native":  # the same calls on bfloat16 inputs: the kernel reads and writes bf16
             a16, b16, ct16 = (x.astype(jax.numpy.bfloat16) for x in (aj, bj, ctj))
-            cases[BF16] = (_Compiled(fwd.fn, a16, b16), _Compiled(fwd_bwd.fn, a16, b16, ct16), bench.jax_sync)
+            cases[BF16] = Timed(_Compiled(fwd.fn, a16, b16), _Compiled(fwd_bwd.fn, a16, b16, ct16),
+                                _Compiled(train.fn, a16, b16), bench.jax_sync)
     return cases
+
+
+def _jax_loss(x: np.ndarray, bf16: bool) -> tuple[Callable, Callable]:
+    """The loss of the training step alone: the gradient of ``x.sum()`` for ``x`` shaped like ``h``."""
+    import jax
+
+    xj = jax.device_put(x).astype(jax.numpy.bfloat16 if bf16 else jax.numpy.float32)
+    return _Compiled(jax.jit(jax.grad(lambda x: x.sum())), xj), bench.jax_sync
 
 
 class _Compiled:
@@ -91,7 +118,7 @@ class _Compiled:
         return self.compiled(*self.args)
 
 
-def _torch_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callable]]:
+def _torch_cases(a, b, ct) -> dict[str, Timed]:
     import torch
 
     from linrec.backends import torch as backend
@@ -106,13 +133,35 @@ def _torch_cases(a, b, ct) -> dict[str, tuple[Callable, Callable | None, Callabl
     def fwd_bwd(m, a=ag, b=bg, ct=ctt):
         return torch.autograd.grad(backend.linear_scan(a, b, method=m)[0], (a, b), ct)
 
+    def train(m, a=ag, b=bg):
+        a.grad = b.grad = None  # optimizer.zero_grad(): the step's gradients land in fresh .grad tensors
+        backend.linear_scan(a, b, method=m)[0].sum().backward()
+        return a.grad
+
+    def timed(m, a=ag, b=bg, f=at, ct=ctt):
+        return Timed(lambda: fwd(m, f, b.detach()), lambda: fwd_bwd(m, a, b, ct), lambda: train(m, a, b), lambda x: x)
+
     # "triton" would run in Triton's interpreter here: it is timed on a GPU by `linrec bench scan --device cuda`
-    cases = {m: (lambda m=m: fwd(m), lambda m=m: fwd_bwd(m), lambda x: x) for m in backend.METHODS if m != "triton"}
+    cases = {m: timed(m) for m in backend.METHODS if m != "triton"}
     if "native" in cases:  # the same calls on bfloat16 inputs: the kernel reads and writes bf16
         a16, b16, ct16 = (x.to(torch.bfloat16) for x in (at, bt, ctt))
         ag16, bg16 = a16.clone().requires_grad_(True), b16.clone().requires_grad_(True)
-        cases[BF16] = (lambda: fwd("native", a16, b16), lambda: fwd_bwd("native", ag16, bg16, ct16), lambda x: x)
+        cases[BF16] = timed("native", ag16, bg16, a16, ct16)
     return cases
+
+
+def _torch_loss(x: np.ndarray, bf16: bool) -> tuple[Callable, Callable]:
+    """The loss of the training step alone: ``x.sum().backward()`` into a leaf ``x`` shaped like ``h``."""
+    import torch
+
+    xt = torch.from_numpy(x).to(torch.bfloat16 if bf16 else torch.float32).requires_grad_(True)
+
+    def step():
+        xt.grad = None
+        xt.sum().backward()
+        return xt.grad
+
+    return step, lambda x: x
 
 
 def native_available() -> bool:
@@ -125,12 +174,14 @@ def native_available() -> bool:
 
 
 BACKENDS: dict[str, Callable] = {"numpy": _numpy_cases, "jax": _jax_cases, "torch": _torch_cases}
+LOSSES: dict[str, Callable] = {"jax": _jax_loss, "torch": _torch_loss}
 
 
 def _warm_up(name: str) -> None:
     """Call every method once, forward and backward, on a tiny input."""
-    for fwd, fwd_bwd, sync in BACKENDS[name](*_inputs(1, 8, 8)).values():
-        for fn in (fwd, fwd_bwd):
+    for timed in BACKENDS[name](*_inputs(1, 8, 8)).values():
+        for fn in (timed.fwd, timed.fwd_bwd, timed.train):
+            sync = timed.sync
             if fn is not None:
                 try:
                     sync(fn())
@@ -152,6 +203,21 @@ RETAINED_BF16 = "native, bf16, malloc retained"
 def _bytes_per_element(method: str) -> int:
     """The roofline's bytes per state element: bf16 rows move half of float32's."""
     return BF16_BYTES if "bf16" in method else FP32_BYTES
+
+
+_RATIO = {"fwd+bwd": "(fwd+bwd)/roofline", "train": "train/roofline"}
+
+
+def _loss_seconds(name: str, like: np.ndarray, repeat: int, budget: float) -> dict[bool, float]:
+    """The best time of the training step's loss alone (``x.sum()`` and its gradient), float32 and bfloat16, keyed
+    by ``bf16``."""
+    out = {}
+    for bf16 in (False, True):
+        fn, sync = LOSSES[name](like, bf16)
+        getattr(fn, "prepare", lambda: None)()
+        out[bf16] = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1).best
+        del fn
+    return out
 
 
 def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -209,7 +275,8 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
         if retained:
             cases = {RETAINED: cases["native"], RETAINED_BF16: cases[BF16]} if "native" in cases else {}
         fp32_fwd = None  # the float32 native forward of this T, for the bf16 rows' ratio
-        for method, (fwd, fwd_bwd, sync) in cases.items():
+        loss_s = _loss_seconds(name, b, repeat, budget) if name in LOSSES else {}
+        for method, timed in cases.items():
             roof_m = roof16 if "bf16" in method else roof
             row: dict[str, Any] = {"backend": name, "method": method, "T": T, "probe GB/s": bandwidth / 1e9}
             if method in too_slow:
@@ -218,8 +285,8 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
                 say(f"T={T} {name} {method}: skipped ({too_slow[method]})")
                 continue
             try:
-                getattr(fwd, "prepare", lambda: None)()
-                t = bench.time_call(fwd, sync=sync, repeat=repeat, budget=budget, warmup=warmup)
+                getattr(timed.fwd, "prepare", lambda: None)()
+                t = bench.time_call(timed.fwd, sync=timed.sync, repeat=repeat, budget=budget, warmup=warmup)
                 row.update({"fwd ms": 1e3 * t.best, "fwd/roofline": t.best / roof_m,
                             "fwd/C loop": None if c_loop is None else t.best / c_loop})
                 if method in ("native", RETAINED):
@@ -227,11 +294,16 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
                 elif "bf16" in method and fp32_fwd is not None:
                     row["bf16/fp32 fwd"] = t.best / fp32_fwd
                 slowest = t.best
-                if fwd_bwd is not None:
-                    getattr(fwd_bwd, "prepare", lambda: None)()
-                    t = bench.time_call(fwd_bwd, sync=sync, repeat=repeat, budget=budget, warmup=warmup)
-                    row.update({"fwd+bwd ms": 1e3 * t.best, "(fwd+bwd)/roofline": t.best / roof_m})
+                for fn, key in ((timed.fwd_bwd, "fwd+bwd"), (timed.train, "train")):
+                    if fn is None:
+                        continue
+                    getattr(fn, "prepare", lambda: None)()
+                    t = bench.time_call(fn, sync=timed.sync, repeat=repeat, budget=budget, warmup=warmup)
+                    row.update({f"{key} ms": 1e3 * t.best, _RATIO[key]: t.best / roof_m})
                     slowest = max(slowest, t.best)
+                loss = loss_s.get("bf16" in method)
+                if row.get("train ms") is not None and loss is not None:
+                    row["(train - loss)/roofline"] = (row["train ms"] / 1e3 - loss) / roof_m
                 if slowest > skip_after:
                     too_slow[method] = f"not run: {slowest:.1f} s per call at T={T}"
             except Exception as err:  # one failing method must not hide the others
@@ -239,8 +311,9 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
                 row["note"] = "failed (see below)"
             rows.append(row)
             say(f"T={T} {name} {method}: fwd {row.get('fwd ms', float('nan')):.2f} ms, "
-                f"fwd+bwd {row.get('fwd+bwd ms', float('nan')):.2f} ms {row.get('error', '')}")
-            del fwd, fwd_bwd
+                f"fwd+bwd {row.get('fwd+bwd ms', float('nan')):.2f} ms, "
+                f"train {row.get('train ms', float('nan')):.2f} ms {row.get('error', '')}")
+            del timed
         del cases
         gc.collect()
     return {"rows": rows}
@@ -308,7 +381,8 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 continue
             setting = "retain_freed_memory()" if retained else "default allocator"
             for key, goal, label in (("fwd/roofline", FWD_TARGET, "fwd"),
-                                     ("(fwd+bwd)/roofline", FWD_BWD_TARGET, "fwd+bwd")):
+                                     ("(fwd+bwd)/roofline", FWD_BWD_TARGET, "fwd+bwd"),
+                                     ("(train - loss)/roofline", FWD_BWD_TARGET, "training step (less its loss)")):
                 by_method: dict[str, float] = {}
                 for r in mine:
                     if r.get(key) is not None:
@@ -332,7 +406,11 @@ def report(result: dict[str, Any]) -> str:
         f"({bw}); the roofline of each row is 12 bytes/element at the bandwidth probed (NumPy, 1 thread and all "
         "cores) in the same process just before that T's timings (column *probe GB/s*). NumPy: forward only; "
         "JAX: jitted; PyTorch: eager. "
-        "fwd+bwd is the VJP of `h` for a fixed cotangent, divided by the same (forward) roofline. "
+        "fwd+bwd is the VJP of `h` for a fixed cotangent, divided by the same (forward) roofline. *train* is the "
+        "scan the way training runs it: the gradient of the loss `h.sum()` w.r.t. `a` and `b` (JAX: `jax.jit` of "
+        "`jax.grad`; PyTorch: `loss.backward()` into leaf tensors whose `.grad` is reset to `None` each step); "
+        "*train - loss* subtracts the loss alone (`x.sum()` and its gradient on a tensor of `h`'s size, timed in "
+        "the same process): the scan's own forward and backward, whose floor is (12 + 20) / 12 = 2.67 rooflines. "
         "The *bf16* rows run `method=\"native\"` on bfloat16 `a`, `b` (and cotangent): the kernel reads and writes "
         "bf16 around a float32 state, so their roofline is 6 bytes/element (half of float32's); *bf16/fp32 fwd* is "
         "their forward time over the float32 native forward of the same backend, allocator and T. The targets are "
