@@ -76,6 +76,33 @@ def test_torch_compiled_decoder_matches_decode_step(model):
         assert err <= allowed
     with pytest.raises(ValueError, match="token"):
         decode(arrays.asarray(np.array([11, 0], np.int32)), s2)
+    # a new batch size compiles anew: the guards on the step's arguments are kept (only those on the parameters
+    # the decoder captured are dropped, linrec.backends.torch.compiled_step)
+    _, one = lm.prefill(arrays.asarray(tokens[:1]))
+    token = arrays.asarray(np.array([2], np.int32))
+    err, allowed = max_violation(arrays.to_numpy(decode(token, one)[0]), arrays.to_numpy(lm.decode_step(token, one)[0]),
+                                 tol)
+    assert err <= allowed
+
+
+def test_torch_compiled_step_drops_only_the_guards_on_captured_parameters():
+    torch = pytest.importorskip("torch")
+    from types import SimpleNamespace
+
+    from linrec.backends.torch import compiled_step
+
+    seen = {}
+    real_compile = torch.compile
+    try:
+        torch.compile = lambda fn, **kw: seen.update(kw) or fn
+        compiled_step.compile_step(lambda x: x, ("p", "layers"))
+    finally:
+        torch.compile = real_compile
+    assert seen["fullgraph"] is True and seen["dynamic"] is False
+    names = ["p['embed.embedding']", "layers[0]['proj.kernel']", "token", "h[0]", "position", "G['torch'].mm",
+             "pe"]
+    kept = seen["options"]["guard_filter_fn"]([SimpleNamespace(name=n) for n in names])
+    assert kept == [False, False, True, True, True, True, True]
 
 
 @pytest.mark.parametrize("model", list(MODELS))

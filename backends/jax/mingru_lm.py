@@ -107,8 +107,23 @@ def _state_dtype(dtype) -> np.dtype:
     return jnp_dtype(mingru_spec.state_dtype(np.dtype(dtype).name))
 
 
+def step_tree(tree: Tree, config: MinGRULMConfig) -> Tree:
+    """``tree`` with ``tree["layers"]`` as a list of ``L`` per-layer dicts, each array its own buffer (copied once,
+    here, outside any ``jit``): what the decode step reads.
+
+    Why: a step over the stacked ``(L, ...)`` weights slices every layer's weights out of the stack, and XLA:CPU
+    materialises each slice before its matrix product, reading and writing every weight once more per token
+    (measured: 2.1x the dense-product floor, against 1.2x for per-layer buffers; benchmarks/results/decode.md).
+    """
+    if isinstance(tree["layers"], list):
+        return tree
+    layers = [{k: jnp.array(v[l]) for k, v in tree["layers"].items()} for l in range(config.n_layers)]
+    return {**{k: v for k, v in tree.items() if k != "layers"}, "layers": layers}
+
+
 def _step_core(tree: Tree, x_t: Array, h: Array, keep: Array | None, config: MinGRULMConfig):
-    """One step from embedded ``x_t (B, D)`` and ``h (L, B, H)``: a ``lax.scan`` over the layers."""
+    """One step from embedded ``x_t (B, D)`` and ``h (L, B, H)``: a ``lax.scan`` over stacked layers, or a loop
+    over the per-layer buffers of :func:`step_tree`."""
     mcfg = config.mingru
 
     def body(x_t, inp):
@@ -123,6 +138,12 @@ def _step_core(tree: Tree, x_t: Array, h: Array, keep: Array | None, config: Min
 
         return _block(p, x_t, mixer, config)
 
+    if isinstance(tree["layers"], list):
+        hs = []
+        for l, p in enumerate(tree["layers"]):
+            x_t, h_l = body(x_t, (p, h[l]))
+            hs.append(h_l)
+        return _head(tree, x_t, config), jnp.stack(hs)
     x_t, h = lax.scan(body, x_t, (tree["layers"], h))
     return _head(tree, x_t, config), h
 
@@ -230,9 +251,10 @@ def _generate(tree: Tree, prompt, config: MinGRULMConfig, max_new_tokens, temper
     prompt_np = np.asarray(prompt)
     lengths_np = None if lengths is None else np.asarray(lengths)
     spec.check_generate_args(prompt_np.shape, max_new_tokens, temperature, top_k, config, lengths_np)
+    steps = step_tree(tree, config)
     tokens, logits = spec.generate_loop(
         lambda p, n: _call(tree, p, config, None, n, "auto", "auto"),
-        lambda t, s: _step_call(tree, t, s, config),
+        lambda t, s: _step_call(steps, t, s, config),
         lambda x: np.asarray(jax.device_get(x)), prompt_np, lengths_np, max_new_tokens, temperature, top_k, seed,
     )
     tokens = jnp.asarray(tokens)
@@ -472,6 +494,7 @@ class MinGRULM(nnx.Module):
         the PyTorch ``decoder(compile=...)``, whose default is eager.
         """
         tree, cfg = self._tree(), self._cfg
+        tree = step_tree(tree, cfg)
         return eager_unless(compile, lambda token, state: _step_call(tree, token, state, cfg))
 
     def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

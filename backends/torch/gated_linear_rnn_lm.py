@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy, torch_dtype
+from linrec.backends.torch.compiled_step import compile_step
 from linrec.backends.torch.dense import dense
 from linrec.backends.torch.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, step_core
 from linrec.spec import gated_linear_rnn_lm as spec
@@ -448,7 +449,7 @@ class GatedLinearRNNLM(nn.Module):
                  ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
             return _step(p, layers, token, h, position, _pe_position(position, cfg), cfg)
 
-        step = torch.compile(core, fullgraph=True, dynamic=False) if compile else core
+        step = compile_step(core, ("p", "layers")) if compile else core
 
         @torch.no_grad()
         def decode(token: Tensor, state: State) -> tuple[Tensor, State]:

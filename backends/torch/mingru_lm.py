@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch import scan as _scan
 from linrec.backends.torch.arrays import dtype_name, to_numpy, torch_dtype
+from linrec.backends.torch.compiled_step import compile_step
 from linrec.backends.torch.dense import dense
 from linrec.backends.torch.mingru import MinGRU, mingru, mingru_gates, step_core
 from linrec.spec import mingru as mingru_spec
@@ -443,7 +444,7 @@ class MinGRULM(nn.Module):
         def core(token: Tensor, h: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
             return _token_step(p, layers, token, h, cfg)
 
-        step = torch.compile(core, fullgraph=True, dynamic=False) if compile else core
+        step = compile_step(core, ("p", "layers")) if compile else core
 
         @torch.no_grad()
         def decode(token: Tensor, state: State) -> tuple[Tensor, State]:
