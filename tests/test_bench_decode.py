@@ -57,7 +57,12 @@ def test_decode_table(decode, decode_result):
         if r["impl"] == "original" and installed:
             assert r["speedup vs original"] == pytest.approx(1.0)
     targets = decode_result["targets"]
-    assert len(targets) == len(decode.MODELS) * len(decode.TARGET_IMPLS)
+    assert len(targets) == len(decode.MODELS) * (len(decode.TARGET_IMPLS) + len(decode.FLOOR_IMPLS))
+    for r in decode_result["rows"]:  # each linrec decode path over its own framework's floor, when both ran
+        if r["impl"] in decode.FLOOR_IMPLS and r.get("µs/token"):
+            floor = "matmul floor jax" if "jax" in r["impl"] else "matmul floor torch"
+            base = next(f["µs/token"] for f in decode_result["rows"] if f["impl"] == floor and f["key"] == r["key"])
+            assert r["/ matmul floor"] == pytest.approx(r["µs/token"] / base)
     assert all(t["target"] and t["reached"] in (True, False, None) for t in targets)
     check_ceilings(decode, decode_result["rows"], targets)
 

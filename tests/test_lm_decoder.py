@@ -98,7 +98,7 @@ def test_torch_compiled_step_drops_only_the_guards_on_captured_parameters():
         compiled_step.compile_step(lambda x: x, ("p", "layers"))
     finally:
         torch.compile = real_compile
-    assert seen["fullgraph"] is True and seen["dynamic"] is False
+    assert seen["fullgraph"] is True and seen["dynamic"] is False and seen["options"]["cpp_wrapper"] is True
     names = ["p['embed.embedding']", "layers[0]['proj.kernel']", "token", "h[0]", "position", "G['torch'].mm",
              "pe"]
     kept = seen["options"]["guard_filter_fn"]([SimpleNamespace(name=n) for n in names])
