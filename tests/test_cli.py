@@ -14,6 +14,7 @@ import pytest
 import linrec
 from linrec.conformance import report as report_module
 from linrec.conformance import run, runner, scan_properties, to_json, to_text
+from linrec.tools import cli
 
 #: a user's backend: the scan only, one method, no gradient, no log_scan, no chunk_size keyword
 TINY_BACKEND = '''
@@ -178,6 +179,36 @@ def test_memory_map_pressure_reads_this_process():
     """The count is this process's real one: above zero of the limit, far below half of it."""
     assert scan_properties._maps_pressure(fraction=0.0) is True
     assert scan_properties._maps_pressure() is False
+
+
+#: a backend that dies inside "native code" on its first scan: ``os._exit(0)`` skips every Python handler, as an
+#: LLVM "Cannot allocate memory" inside XLA's compiler did (status 0, no report)
+DYING_BACKEND = TINY_BACKEND.replace("def linear_scan(", "def _unused(") + '''
+
+def linear_scan(a, b, **kwargs):
+    import os
+    os._exit(0)
+'''
+
+
+@pytest.mark.slow  # two commands, each a parent and a child process: ~15 s each
+@pytest.mark.parametrize("dies", [True, False])
+def test_thorough_run_that_dies_without_its_report_exits_non_zero(tmp_path, dies):
+    """``--thorough`` runs in a child process; a child that ends before its end (here: exit status 0 from deep
+    inside a scan) makes the command fail and say so, while a finished run keeps its own status and report."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "tinyscan.py").write_text(DYING_BACKEND if dies else TINY_BACKEND)
+    done = _console(tmp_path, "conformance", "--backend", "tinyscan", "--thorough", "--quiet", "--json", "r.json",
+                    "--select", "scan/named/decay-half*", cwd=work)
+    if dies:
+        assert done.returncode == cli.DIED, done.stdout + done.stderr
+        assert "ended before it finished (exit status 0)" in done.stderr
+        assert not (work / "r.json").exists()
+    else:
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "tinyscan: PASSED" in done.stdout and (work / "r.json").exists()
+        assert "ended before it finished" not in done.stderr
 
 
 def test_the_real_thorough_budget_is_at_least_1e5():

@@ -44,7 +44,48 @@ def _load_xfails(path: str) -> dict[str, str]:
     return manifest
 
 
+#: set in the child of a supervised run (:func:`_supervised`): the file the child creates once it has finished
+_FINISHED_ENV = "LINREC_CONFORMANCE_FINISHED_FILE"
+#: exit status of a supervised run whose child ended without finishing (EX_SOFTWARE)
+DIED = 70
+
+
+def _supervised(argv: list[str]) -> int:
+    """Run ``linrec <argv>`` in a child process and make an unfinished run fail.
+
+    Why: a ``--thorough`` run spends hours inside a framework's compiler, and a failure there (an LLVM "Cannot
+    allocate memory" in XLA's CPU compiler) has ended the process with no report and exit status 0. The child
+    creates a marker file as its very last step; a child that ends without it (any exit status, a signal) makes this
+    command print why and exit with :data:`DIED` (or the child's own non-zero status). Errors Python reports (a bad
+    argument, an exception) still count as finished: the child's own message and status stand.
+    """
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="linrec-conformance-") as tmp:
+        finished = Path(tmp) / "finished"
+        env = {**os.environ, _FINISHED_ENV: str(finished)}
+        code = subprocess.run([sys.executable, "-m", "linrec", *argv], env=env).returncode
+        if finished.exists():
+            return code
+    how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+    print(f"linrec conformance: the run ended before it finished ({how}), with no complete report: it died inside "
+          "a framework or was killed", file=sys.stderr)
+    return code if code > 0 else DIED
+
+
 def _cmd_conformance(args: argparse.Namespace) -> int:
+    if args.thorough and _FINISHED_ENV not in os.environ:  # hours inside the frameworks: watched from outside
+        return _supervised(args.argv)
+    try:
+        return _conformance(args)
+    finally:  # Python got to the end (a return, an error it reports): a death inside native code never gets here
+        if _FINISHED_ENV in os.environ:
+            sys.stdout.flush()
+            Path(os.environ[_FINISHED_ENV]).touch()
+
+
+def _conformance(args: argparse.Namespace) -> int:
     from linrec.conformance import run, to_json, to_text
 
     # like `python -m`, find a backend module in the current directory (console scripts do not put it on sys.path)
@@ -132,6 +173,7 @@ def _run(argv: list[str]) -> int:
         module, func, _ = _DELEGATED[argv[0]]
         return getattr(import_module(module), func)(argv[1:])
     args = _parser().parse_args(argv)
+    args.argv = argv  # for a command that reruns itself in a child process (conformance --thorough)
     return args.func(args)
 
 
