@@ -85,19 +85,15 @@ def test_torch_compiled_decoder_matches_decode_step(model):
     assert err <= allowed
 
 
-def test_torch_compiled_step_drops_only_the_guards_on_captured_parameters():
+def test_torch_compiled_step_drops_only_the_guards_on_captured_parameters(monkeypatch):
     torch = pytest.importorskip("torch")
     from types import SimpleNamespace
 
     from linrec.backends.torch import compiled_step
 
     seen = {}
-    real_compile = torch.compile
-    try:
-        torch.compile = lambda fn, **kw: seen.update(kw) or fn
-        compiled_step.compile_step(lambda x: x, ("p", "layers"))
-    finally:
-        torch.compile = real_compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.update(kw) or fn)
+    compiled_step.compile_step(lambda x: x, ("p", "layers"), cpp_wrapper=True)
     assert seen["fullgraph"] is True and seen["dynamic"] is False and seen["options"]["cpp_wrapper"] is True
     names = ["p['embed.embedding']", "layers[0]['proj.kernel']", "token", "h[0]", "position", "G['torch'].mm",
              "pe"]

@@ -107,7 +107,7 @@ def _state_dtype(dtype) -> np.dtype:
     return jnp_dtype(mingru_spec.state_dtype(np.dtype(dtype).name))
 
 
-def step_tree(tree: Tree, config: MinGRULMConfig) -> Tree:
+def _step_tree(tree: Tree, config: MinGRULMConfig) -> Tree:
     """``tree`` with ``tree["layers"]`` as a list of ``L`` per-layer dicts, each array its own buffer (copied once,
     here, outside any ``jit``): what the decode step reads.
 
@@ -123,7 +123,7 @@ def step_tree(tree: Tree, config: MinGRULMConfig) -> Tree:
 
 def _step_core(tree: Tree, x_t: Array, h: Array, keep: Array | None, config: MinGRULMConfig):
     """One step from embedded ``x_t (B, D)`` and ``h (L, B, H)``: a ``lax.scan`` over stacked layers, or a loop
-    over the per-layer buffers of :func:`step_tree`."""
+    over the per-layer buffers of :func:`_step_tree`."""
     mcfg = config.mingru
 
     def body(x_t, inp):
@@ -251,7 +251,7 @@ def _generate(tree: Tree, prompt, config: MinGRULMConfig, max_new_tokens, temper
     prompt_np = np.asarray(prompt)
     lengths_np = None if lengths is None else np.asarray(lengths)
     spec.check_generate_args(prompt_np.shape, max_new_tokens, temperature, top_k, config, lengths_np)
-    steps = step_tree(tree, config)
+    steps = _step_tree(tree, config)
     tokens, logits = spec.generate_loop(
         lambda p, n: _call(tree, p, config, None, n, "auto", "auto"),
         lambda t, s: _step_call(steps, t, s, config),
@@ -494,7 +494,7 @@ class MinGRULM(nnx.Module):
         the PyTorch ``decoder(compile=...)``, whose default is eager.
         """
         tree, cfg = self._tree(), self._cfg
-        tree = step_tree(tree, cfg)
+        tree = _step_tree(tree, cfg)
         return eager_unless(compile, lambda token, state: _step_call(tree, token, state, cfg))
 
     def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

@@ -9,8 +9,9 @@ Why, measured on a 4-layer LM at B=1 (benchmarks/decode.py; 17 matrix products, 
   change), so their guards can only ever pass; guards on the step's arguments (token, state) and on the code stay,
   so a new batch size, dtype or device still recompiles.
 - Inductor's default Python wrapper makes ~120 Python calls per step (kernel launches, allocations, size
-  asserts); ``cpp_wrapper=True`` makes them from C++: the step went from 1.86x to 1.42-1.61x the floor, in the
-  same runs. It costs a longer first compilation (a few seconds more).
+  asserts); ``cpp_wrapper=True`` makes them from C++. Whether that pays depends on the graph: in interleaved runs
+  (the same process, alternating) the GatedLinearRNN LM step went from 2.36-3.49x to 2.01-2.68x its matmul floor
+  with it, while the minGRU LM step went from 1.46-2.00x to 1.98-2.56x; each decoder passes what measured faster.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ import torch
 __all__ = ["compile_step"]
 
 
-def compile_step(fn: Callable, captured: Sequence[str]) -> Callable:
-    """``torch.compile(fn, fullgraph=True, dynamic=False)`` with Inductor's C++ wrapper and no guards on the
-    closure variables ``captured`` (names of dicts/lists of parameter tensors ``fn`` closes over, e.g.
-    ``("p", "layers")``)."""
+def compile_step(fn: Callable, captured: Sequence[str], *, cpp_wrapper: bool = False) -> Callable:
+    """``torch.compile(fn, fullgraph=True, dynamic=False)`` with no guards on the closure variables ``captured``
+    (names of dicts/lists of parameter tensors ``fn`` closes over, e.g. ``("p", "layers")``); ``cpp_wrapper``: run
+    the compiled graph from Inductor's C++ wrapper."""
     prefixes = tuple(f"{name}[" for name in captured)
 
     def keep(entries) -> list[bool]:
         return [not entry.name.startswith(prefixes) for entry in entries]
 
-    return torch.compile(fn, fullgraph=True, dynamic=False, options={"guard_filter_fn": keep, "cpp_wrapper": True})
+    options = {"guard_filter_fn": keep, "cpp_wrapper": cpp_wrapper}
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=options)

@@ -449,7 +449,7 @@ class GatedLinearRNNLM(nn.Module):
                  ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
             return _step(p, layers, token, h, position, _pe_position(position, cfg), cfg)
 
-        step = compile_step(core, ("p", "layers")) if compile else core
+        step = compile_step(core, ("p", "layers"), cpp_wrapper=True) if compile else core
 
         @torch.no_grad()
         def decode(token: Tensor, state: State) -> tuple[Tensor, State]:

@@ -62,8 +62,12 @@ def clear() -> None:
 def _release(buffer: np.ndarray) -> None:
     """The finalizer of a pooled output: keep its buffer for the next output of its size, within the limit."""
     size = buffer.nbytes
+    try:
+        limit = limit_bytes()
+    except ValueError:  # the setting went bad after the buffer was handed out: a finalizer must not raise
+        return
     with _lock:
-        if _held["bytes"] + size <= limit_bytes():
+        if _held["bytes"] + size <= limit:
             _free.setdefault(size, []).append(buffer)
             _held["bytes"] += size
 
@@ -76,7 +80,7 @@ def empty(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
     """
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
-    if size < MIN_BYTES:
+    if size < MIN_BYTES or limit_bytes() == 0:  # limit_bytes: a bad setting is an error here, at the call
         return np.empty(shape, dtype)
     with _lock:
         buffers = _free.get(size)
