@@ -80,7 +80,7 @@ def to_text(reports: Sequence[BackendReport], *, verbose: bool = False) -> str:
     for rep in reports:
         lines += _unsupported_lines(rep)
     for rep in reports:
-        lines += _hypothesis_lines(rep)
+        lines += _hypothesis_lines(rep) + _resumed_lines(rep)
     for rep in reports:
         if rep.skipped:
             lines.append(f"{rep.backend}: not installed, skipped")
@@ -122,6 +122,14 @@ def _hypothesis_lines(rep: BackendReport) -> list[str]:
     return [f"{rep.backend}: {h['examples']:,} Hypothesis examples ({h['profile']} profile: "
             f"{h['examples_per_case']:,} per property case x {h['property_cases']} cases, "
             f"shrinking {'on' if h['shrink'] else 'off'})"]
+
+
+def _resumed_lines(rep: BackendReport) -> list[str]:
+    resumed = rep.hypothesis.get("resumed")
+    if not resumed or not resumed["cases"]:
+        return []
+    return [f"{rep.backend}: {resumed['cases']} of {len(rep.results)} cases and {resumed['examples']:,} of those "
+            f"Hypothesis examples resumed from the journal (results as recorded there)"]
 
 
 def to_json(reports: Sequence[BackendReport]) -> str:

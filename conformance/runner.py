@@ -33,6 +33,7 @@ from types import ModuleType
 import linrec
 from linrec.conformance import scan_properties
 from linrec.conformance.case import Case, Outcome
+from linrec.conformance.journal import Journal, fingerprint
 from linrec.spec.checks import SUPPORTED_DTYPES
 
 __all__ = [
@@ -282,6 +283,7 @@ def run_backend(
     progress: Callable[[str, int, int, CaseResult], None] | None = None,
     skip_missing: bool = False,
     exclude: Sequence[str] = (),
+    journal: Journal | None = None,
 ) -> BackendReport:
     """Run every case (or those whose id matches the fnmatch pattern ``select``) on one backend.
 
@@ -290,6 +292,9 @@ def run_backend(
 
     ``skip_missing``: a bundled backend whose framework is not installed is reported as skipped rather than
     as unavailable (a failure).
+
+    ``journal``: resume from it (its finished cases are reported as recorded, not run again) and append each case
+    that finishes here (see :mod:`linrec.conformance.journal`).
     """
     module_name = f"linrec.backends.{name}" if name in linrec.BUNDLED_BACKENDS else name
     report = BackendReport(backend=name, module=module_name)
@@ -312,15 +317,27 @@ def run_backend(
     cases = [c for c in collect(backend, modules) if (select is None or _matches(c.id, select))
              and not any(_matches(c.id, pattern) for pattern in exclude)]
     report.hypothesis = _set_examples(cases)
-    before = scan_properties.examples_run()
+    before, resumed = scan_properties.examples_run(), {"cases": 0, "examples": 0}
     try:
+        expected = fingerprint(backend, report.hypothesis, xfails) if journal is not None else {}
+        finished = journal.finished(name, expected) if journal is not None else {}
         for i, case in enumerate(cases):
-            result = _run_case(backend, case, xfails)
+            if case.id in finished:
+                result = CaseResult(**finished[case.id]["result"])
+                resumed["cases"] += 1
+                resumed["examples"] += finished[case.id]["examples"]
+            else:
+                start = scan_properties.examples_run()
+                result = _run_case(backend, case, xfails)
+                if journal is not None:
+                    journal.record(name, expected, result, scan_properties.examples_run() - start)
             report.results.append(result)
             if progress is not None:
                 progress(name, i + 1, len(cases), result)
     finally:
-        report.hypothesis["examples"] = scan_properties.examples_run() - before
+        report.hypothesis["examples"] = scan_properties.examples_run() - before + resumed["examples"]
+        if journal is not None:
+            report.hypothesis["resumed"] = resumed
         scan_properties.set_profile(scan_properties.profile()[0])  # drop this backend's per-case count
     return report
 
@@ -332,8 +349,12 @@ def run(
     xfails: dict[str, str] | None = None,
     select: str | None = None,
     progress: Callable[[str, int, int, CaseResult], None] | None = None,
+    resume: str | os.PathLike | None = None,
 ) -> list[BackendReport]:
     """Run the suite on each backend; ``thorough`` switches Hypothesis to its deep profile.
+
+    ``resume``: a journal file (:mod:`linrec.conformance.journal`): cases it records as finished for the same run
+    are reported from it, and every case that finishes is appended, so an interrupted run can be continued.
 
     ``backends=None`` means every bundled backend, skipping those whose framework is not installed;
     a backend named explicitly must import, or its report fails.
@@ -343,7 +364,8 @@ def run(
     scan_properties.set_profile("thorough" if thorough else "ci")
     try:
         with hypothesis_storage():
-            return [run_backend(b, xfails=xfails, select=select, progress=progress, skip_missing=skip_missing)
-                    for b in names]
+            journal = Journal(resume) if resume is not None else None
+            return [run_backend(b, xfails=xfails, select=select, progress=progress, skip_missing=skip_missing,
+                                journal=journal) for b in names]
     finally:
         scan_properties.set_profile("ci")

@@ -71,6 +71,9 @@ def _supervised(argv: list[str]) -> int:
     how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
     print(f"linrec conformance: the run ended before it finished ({how}), with no complete report: it died inside "
           "a framework or was killed", file=sys.stderr)
+    if "--resume" in argv or any(a.startswith("--resume=") for a in argv):
+        print("linrec conformance: the cases it finished are in the journal; the same command continues the run",
+              file=sys.stderr)
     return code if code > 0 else DIED
 
 
@@ -87,12 +90,16 @@ def _cmd_conformance(args: argparse.Namespace) -> int:
 
 def _conformance(args: argparse.Namespace) -> int:
     from linrec.conformance import run, to_json, to_text
+    from linrec.conformance.journal import JournalError
 
     # like `python -m`, find a backend module in the current directory (console scripts do not put it on sys.path)
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     xfails = _load_xfails(args.xfails) if args.xfails else None
     progress = None if args.quiet else _progress(sys.stderr)
+    if args.devices is not None and args.resume:
+        raise SystemExit("linrec conformance: --resume journals the case suite; the distributed group (--devices) "
+                         "runs in one go")
     if args.devices is not None:  # the distributed group (recurrence.md §12): sharded == one device
         from linrec.conformance import distributed_cases
 
@@ -101,7 +108,11 @@ def _conformance(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise SystemExit(f"linrec conformance: {err}") from None
     else:
-        reports = run(args.backend, thorough=args.thorough, xfails=xfails, select=args.select, progress=progress)
+        try:
+            reports = run(args.backend, thorough=args.thorough, xfails=xfails, select=args.select,
+                          progress=progress, resume=args.resume)
+        except JournalError as err:
+            raise SystemExit(f"linrec conformance: {err}") from None
     print(to_text(reports, verbose=args.verbose))
     if args.json:
         Path(args.json).write_text(to_json(reports))
@@ -211,6 +222,10 @@ def _parser() -> argparse.ArgumentParser:
     conf.add_argument("--thorough", action="store_true",
                       help="deep Hypothesis profile: at least 100,000 examples per backend over its property cases, "
                            "failures shrunk to a minimal example (minutes per backend, see the README)")
+    conf.add_argument("--resume", metavar="JOURNAL",
+                      help="append each finished case to this file and skip the cases it already holds, so a long "
+                           "(--thorough) run can be stopped and continued; refused if the code, versions or profile "
+                           "changed since it was written")
     conf.add_argument("--select", help="only cases whose id matches this fnmatch pattern, e.g. 'scan/named/*' "
                                        "(a pattern that matches no case fails the run)")
     conf.add_argument("--xfails", help="JSON xfail manifest {case id or pattern: reason} for your backend")
