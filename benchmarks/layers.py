@@ -3,19 +3,24 @@
 Shape legend: ``B`` batch, ``T`` time, ``D`` ``d_model``.
 
 Layers, each on one configuration shared by linrec and the original (the mapping of ``spec/gateloop_mh.md`` §9 and
-``linrec.tools.originals``; ``tests/test_bench.py`` checks it against the importers):
+``linrec.tools.originals``; ``tests/test_bench.py`` checks it against the importers), at B=8, T=4096, D=512 in the
+full run (:data:`LAYERS`):
 
-- GatedLinearRNN ``(d_model=D, d_h=D)``: linrec (JAX, PyTorch) vs ``flax-gated-linear-rnn`` ``GatedLinearRNN`` (JAX).
-- minGRU ``(D)`` (``candidate="g"``, no bias, no output projection): linrec vs ``mingru-pytorch`` ``minGRU`` (PyTorch).
+- GatedLinearRNN ``(d_model=D, d_h=D)``, tied and untied gates: linrec (JAX, PyTorch) vs ``flax-gated-linear-rnn``
+  ``GatedLinearRNN`` (JAX).
+- minGRU and minLSTM ``(D)`` (``candidate="g"``, no bias, no output projection): linrec vs ``mingru-pytorch``
+  ``minGRU`` / ``minLSTM`` (PyTorch).
 - GateLoop, one SISO head per channel: linrec ``gateloop_mh`` (``num_heads=D, d_key=d_value=1``) vs
   ``gateloop-transformer`` ``SimpleGateLoopLayer(D, prenorm=False)`` (PyTorch). linrec computes the same function
   through its general multi-head layer, so it also runs a ``v_proj`` and an ``out_proj`` (two extra ``D×D`` products)
   that the original does not have.
+- The multi-head GateLoop: ``D/8`` complex heads of ``8×8`` states vs ``GateLoopedAttention(D, heads=D/8)``
+  (PyTorch; no step path, so no decode row).
 
 Training step: forward and backward of ``y.sum()`` with respect to every parameter and ``x`` (JAX: ``jax.grad``
-jitted, compiled ahead of time; PyTorch: eager ``torch.autograd.grad``), linrec on its default path
-(``method="auto"``), the originals on their parallel path. Peak memory: the rise of the process's peak RSS during
-one step above the RSS before it (``/proc/self/clear_refs`` resets the peak after warm-up and compilation).
+jitted, compiled ahead of time; PyTorch: eager ``torch.autograd.grad``, the originals ``.backward()``), linrec on
+its default path (``method="auto"``), the originals on their parallel path. Peak memory: the rise of the process's
+peak RSS during one step above the RSS before it (``/proc/self/clear_refs`` resets the peak after warm-up and compilation).
 Decode: one token per call at ``B=1`` (linrec: the module's ``step`` jitted in JAX, eager in PyTorch; originals:
 their ``T=1`` paths with a carried state, the flax one jitted), synchronised after every token.
 
@@ -42,55 +47,91 @@ import json
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from linrec.tools import bench
 
-COLUMNS = ["layer", "implementation", "T", "step ms", "tokens/s", "peak MB", "speedup vs original", "note"]
+COLUMNS = ["layer", "implementation", "T", "step ms", "/ floor", "tokens/s", "peak MB", "speedup vs original",
+           "note"]
 DECODE_COLUMNS = ["layer", "implementation", "decode µs/token", "speedup vs original", "note"]
 #: ``rounds``: how many times every implementation is timed, round-robin, each keeping its fastest round.
-FULL = {"B": 4, "D": 256, "T": (1024, 4096), "decode_tokens": 200, "rounds": 2}
+FULL = {"B": 8, "D": 512, "T": (4096,), "decode_tokens": 200, "rounds": 2}
 QUICK = {"B": 2, "D": 32, "T": (64,), "decode_tokens": 20, "rounds": 1}
-#: Targets (benchmarks/README.md).
-TRAIN_TARGET, TRAIN_TARGET_T, DECODE_TARGET = 10.0, 4096, 5.0
+#: Targets (benchmarks/README.md): a training step at T = ``TRAIN_TARGET_T`` within ``FLOOR_TARGET`` times its
+#: framework's matmul floor and at least as fast as the original; decode ``DECODE_TARGET`` times the original's.
+FLOOR_TARGET, TRAIN_TARGET_T, DECODE_TARGET = 1.3, 4096, 5.0
 RESULTS = Path(__file__).resolve().parent / "results"
 
+class Layer(NamedTuple):
+    """A benchmarked layer: its table title, linrec module, the original's label and the module that provides it."""
+
+    title: str
+    module: str
+    original: str
+    original_module: str
+
+
+#: GatedLinearRNN with true recurrence off (its sequential-only option has no parallel training step to compare).
+#: The multi-head GateLoop has ``D / 8`` complex heads of ``8 × 8`` states: the original (and linrec's default
+#: parallel path) hold every head's state at every step, ``B·T·D·8`` complex numbers (1 GiB at B=8, T=4096,
+#: D=512); 8 heads of 64 would need 8 GiB per tensor.
 LAYERS = {
-    "gated_linear_rnn": ("GatedLinearRNN", "flax-gated-linear-rnn GatedLinearRNN (jax)", "flax_gated_linear_rnn"),
-    "mingru": ("minGRU", "mingru-pytorch minGRU (torch)", "minGRU_pytorch"),
-    "gateloop_mh": ("GateLoop (SISO heads)", "gateloop-transformer SimpleGateLoopLayer (torch)",
-                    "gateloop_transformer"),
+    "gated_linear_rnn": Layer("GatedLinearRNN", "gated_linear_rnn", "flax-gated-linear-rnn GatedLinearRNN (jax)",
+                              "flax_gated_linear_rnn"),
+    "gated_linear_rnn_untied": Layer("GatedLinearRNN (untied gates)", "gated_linear_rnn",
+                                     "flax-gated-linear-rnn GatedLinearRNN(use_tied_gates=False) (jax)",
+                                     "flax_gated_linear_rnn"),
+    "mingru": Layer("minGRU", "mingru", "mingru-pytorch minGRU (torch)", "minGRU_pytorch"),
+    "minlstm": Layer("minLSTM", "minlstm", "mingru-pytorch minLSTM (torch)", "minGRU_pytorch"),
+    "gateloop_mh": Layer("GateLoop (SISO heads)", "gateloop_mh", "gateloop-transformer SimpleGateLoopLayer (torch)",
+                         "gateloop_transformer"),
+    "gateloop_mh_heads": Layer("GateLoop (D/8 complex heads)", "gateloop_mh",
+                               "gateloop-transformer GateLoopedAttention(heads=D/8) (torch)", "gateloop_transformer"),
 }
 #: ``FLOORS``: rows timing only the layer's dense products (``linrec.tools.dense_floor``), per linrec framework; their
 #: *speedup vs original* is the ceiling any implementation computing those products can reach (no target).
 FLOORS = {"linrec jax": "matmul floor jax", "linrec torch": "matmul floor torch"}
 IMPLS = ("linrec jax", "linrec torch", "original", *FLOORS.values())
+#: width of a key and value per head of the multi-head GateLoop (``gateloop_mh_heads``)
+HEAD_WIDTH = 8
 
 
 def linrec_config(layer: str, d: int):
-    """The linrec config equal to the original's default configuration at ``d_model = d``."""
-    if layer == "gated_linear_rnn":
+    """The linrec config equal to the original's configuration at ``d_model = d`` (its defaults, except the
+    options the layer's title names)."""
+    if layer in ("gated_linear_rnn", "gated_linear_rnn_untied"):
         from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
 
-        return GatedLinearRNNConfig(d_model=d, d_h=d)
+        return GatedLinearRNNConfig(d_model=d, d_h=d, use_tied_gates=layer == "gated_linear_rnn")
     if layer == "mingru":
         from linrec.spec.mingru import MinGRUConfig
 
         return MinGRUConfig(d_model=d, candidate="g", bias=False, default_state=0.0, out_proj=False)
+    if layer == "minlstm":
+        from linrec.spec.minlstm import MinLSTMConfig
+
+        return MinLSTMConfig(d_model=d, candidate="g", bias=False, default_state=0.0, out_proj=False)
     if layer == "gateloop_mh":
         from linrec.spec.gateloop_mh import GateLoopMHConfig
 
         return GateLoopMHConfig(d_model=d, num_heads=d, d_key=1, d_value=1, qkv_bias=True, gate="real",
                                 gate_granularity="key")
+    if layer == "gateloop_mh_heads":  # GateLoopedAttention(dim=d, heads=d // 8), as the importer reads it
+        from linrec.spec.gateloop_mh import GateLoopMHConfig
+
+        return GateLoopMHConfig(d_model=d, num_heads=d // HEAD_WIDTH, d_key=HEAD_WIDTH, d_value=HEAD_WIDTH,
+                                qkv_bias=False, gate="complex", gate_parametrization="cartesian",
+                                gate_granularity="head", complex_output="real", input_norm="none", sub_norm="none",
+                                output_gate="silu")
     raise ValueError(f"unknown layer {layer!r}")
 
 
 def _linrec_params(layer: str, cfg) -> dict[str, np.ndarray]:
     from importlib import import_module
 
-    return import_module(f"linrec.spec.{layer}").init_params(cfg, seed=0)
+    return import_module(f"linrec.spec.{LAYERS[layer].module}").init_params(cfg, seed=0)
 
 
 # --- implementations: each returns (train(x) -> (fn, sync), decode() -> (step_fn, sync)) --------------------
@@ -99,8 +140,10 @@ def _linrec_params(layer: str, cfg) -> dict[str, np.ndarray]:
 def _module_class(layer: str, backend: str):
     from importlib import import_module
 
-    name = {"gated_linear_rnn": "GatedLinearRNN", "mingru": "MinGRU", "gateloop_mh": "GateLoopMH"}[layer]
-    return getattr(import_module(f"linrec.backends.{backend}.{layer}"), name)
+    module = LAYERS[layer].module
+    name = {"gated_linear_rnn": "GatedLinearRNN", "mingru": "MinGRU", "minlstm": "MinLSTM",
+            "gateloop_mh": "GateLoopMH"}[module]
+    return getattr(import_module(f"linrec.backends.{backend}.{module}"), name)
 
 
 def _linrec_jax(layer: str, D: int):
@@ -174,11 +217,11 @@ def _linrec_torch(layer: str, D: int):
     return train, decode
 
 
-def _original_glrnn(D: int):
+def _original_glrnn(D: int, tied: bool):
     import jax
     from flax_gated_linear_rnn import GatedLinearRNN
 
-    layer = GatedLinearRNN(d_model=D, d_h=D)
+    layer = GatedLinearRNN(d_model=D, d_h=D, use_tied_gates=tied)
     variables = layer.init(jax.random.PRNGKey(0), np.zeros((1, 4, D), np.float32))
     grad = jax.jit(jax.grad(lambda v, x: layer.apply(v, x)[1].sum(), argnums=(0, 1)))
 
@@ -206,7 +249,8 @@ def _original_glrnn(D: int):
     return train, decode
 
 
-def _original_torch(make: Callable[[], Any], decode_call: Callable, state0: Callable):
+def _original_torch(make: Callable[[], Any], decode_call: Callable | None, state0: Callable):
+    """``decode_call=None``: the original has no step path (``decode`` then returns ``None``)."""
     import torch
 
     torch.manual_seed(0)
@@ -217,11 +261,17 @@ def _original_torch(make: Callable[[], Any], decode_call: Callable, state0: Call
         x = torch.from_numpy(x_np).requires_grad_(True)
 
         def run():
-            return torch.autograd.grad(layer(x).sum(), [*params, x])
+            # .backward() as training runs it (GateLoopedAttention's reentrant checkpoint refuses autograd.grad)
+            for leaf in (*params, x):
+                leaf.grad = None
+            layer(x).sum().backward()
+            return [leaf.grad for leaf in (*params, x)]
 
         return run, lambda r: r
 
     def decode(xs):
+        if decode_call is None:
+            return None
         xs = [torch.from_numpy(x[:, None]) for x in xs]
 
         def run():
@@ -237,13 +287,14 @@ def _original_torch(make: Callable[[], Any], decode_call: Callable, state0: Call
 
 
 def _original(layer: str, D: int):
-    if layer == "gated_linear_rnn":
-        return _original_glrnn(D)
-    if layer == "mingru":
+    if layer in ("gated_linear_rnn", "gated_linear_rnn_untied"):
+        return _original_glrnn(D, tied=layer == "gated_linear_rnn")
+    if layer in ("mingru", "minlstm"):
         import torch
         from minGRU_pytorch import minGRU
+        from minGRU_pytorch.minLSTM import minLSTM
 
-        return _original_torch(lambda: minGRU(D),
+        return _original_torch(lambda: (minGRU if layer == "mingru" else minLSTM)(D),
                                lambda m, x, h: m(x, prev_hidden=h, return_next_prev_hidden=True)[1],
                                lambda: torch.zeros(1, 1, D))
     if layer == "gateloop_mh":
@@ -252,6 +303,10 @@ def _original(layer: str, D: int):
         return _original_torch(lambda: SimpleGateLoopLayer(D, prenorm=False),
                                lambda m, x, cache: m(x, cache=cache, return_cache=True)[1],
                                lambda: None)
+    if layer == "gateloop_mh_heads":
+        from gateloop_transformer.gateloop_transformer import GateLoopedAttention
+
+        return _original_torch(lambda: GateLoopedAttention(D, heads=D // HEAD_WIDTH), None, lambda: None)
     raise ValueError(f"unknown layer {layer!r}")
 
 
@@ -319,9 +374,13 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         del fn, x
     if measure in ("time", "both"):
         xs = [rng.standard_normal((1, D), dtype=np.float32) for _ in range(spec["decode_tokens"])]
-        fn, sync = decode(xs)
-        timing = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1)
-        out["decode_s_per_token"] = timing.best / len(xs)
+        made = decode(xs)
+        if made is None:
+            out["decode_error"] = "no step path (it has no state to carry between calls)"
+        else:
+            fn, sync = made
+            timing = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1)
+            out["decode_s_per_token"] = timing.best / len(xs)
     return out
 
 
@@ -377,7 +436,7 @@ def _framework(layer: str, impl: str) -> str:
         return impl.split()[1]
     if impl in FLOORS.values():
         return impl.split()[-1]
-    return "jax" if layer == "gated_linear_rnn" else "torch"
+    return "jax" if LAYERS[layer].module == "gated_linear_rnn" else "torch"
 
 
 def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tuple[str, ...] | None = None,
@@ -392,7 +451,7 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tup
     rows: list[dict[str, Any]] = []
     decode: list[dict[str, Any]] = []
     for layer in layers or tuple(LAYERS):
-        title, original_name, original_module = LAYERS[layer]
+        title, _, original_name, original_module = LAYERS[layer]
 
         def measure(impl: str, first_round: bool, layer: str = layer, original_module: str = original_module):
             framework = _framework(layer, impl)
@@ -429,6 +488,10 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tup
                     if not point.get("peak_reset", True):
                         row["note"] = (row.get("note", "") + " peak includes warm-up").strip()
                 rows.append(row)
+        for row in rows:  # each linrec row over its framework's matmul floor at the same T
+            floor = _floor_row(rows, row)
+            if row["key"] == layer and row.get("step ms") and floor.get("step ms"):
+                row["/ floor"] = row["step ms"] / floor["step ms"]
         base_decode = original.get("decode_s_per_token")
         for impl in IMPLS:
             res = results[impl]
@@ -439,7 +502,7 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tup
                 if base_decode:
                     row["speedup vs original"] = base_decode / res["decode_s_per_token"]
             else:
-                row["note"] = res.get("error", "no result")
+                row["note"] = res.get("error") or res.get("decode_error", "no result")
             decode.append(row)
     meta = {**sizes, "T": list(sizes["T"]), "dtype": "float32", "quick": quick,
             "timing": f"best of up to {repeat} runs after 1 warm-up (stopping after {budget} s), in each of "
@@ -447,21 +510,32 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tup
     return {"rows": rows, "decode": decode, "meta": meta, "targets": targets(rows, decode)}
 
 
-def targets(rows: list[dict[str, Any]], decode: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One target per linrec row; ``ceiling`` is the speedup of the same framework's matmul floor (module doc)."""
-    def ceiling(table, r):
-        floor = next((f for f in table if f["impl"] == FLOORS[r["impl"]] and f["key"] == r["key"]
-                      and f.get("T") == r.get("T")), {})
-        return floor.get("speedup vs original")
+def _floor_row(table: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any]:
+    """The matmul-floor row of ``r``'s framework, layer and ``T`` (empty when it did not run)."""
+    return next((f for f in table if f["impl"] == FLOORS.get(r["impl"]) and f["key"] == r["key"]
+                 and f.get("T") == r.get("T")), {})
 
+
+def targets(rows: list[dict[str, Any]], decode: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per linrec row: the training step at ``TRAIN_TARGET_T`` within ``FLOOR_TARGET`` of its framework's matmul
+    floor and never slower than the original; decode ``DECODE_TARGET`` times the original's. ``ceiling`` is the
+    speedup of the same framework's matmul floor (module doc)."""
     def entry(name, r, table, goal):
-        ratio, top = r.get("speedup vs original"), ceiling(table, r)
+        ratio, top = r.get("speedup vs original"), _floor_row(table, r).get("speedup vs original")
         measured = "–" if ratio is None else f"{ratio:.2f}x" + ("" if top is None else f" (matmul ceiling {top:.2f}x)")
         return {"target": name, "measured": measured, "ratio": ratio, "ceiling": top,
                 "reached": None if ratio is None else ratio >= goal}
 
-    out = [entry(f"{r['layer']} {r['impl']} training step >= {TRAIN_TARGET:g}x original (T={r['T']})", r, rows,
-                 TRAIN_TARGET) for r in rows if r["impl"] in FLOORS and r["T"] == TRAIN_TARGET_T]
+    out = []
+    for r in rows:
+        if r["impl"] not in FLOORS or r["T"] != TRAIN_TARGET_T:
+            continue
+        over = r.get("/ floor")
+        out.append({"target": f"{r['layer']} {r['impl']} training step <= {FLOOR_TARGET:g}x its matmul floor "
+                              f"(T={r['T']})",
+                    "measured": "–" if over is None else f"{over:.2f}x", "ratio": over,
+                    "reached": None if over is None else over <= FLOOR_TARGET})
+        out.append(entry(f"{r['layer']} {r['impl']} training step >= 1x original (T={r['T']})", r, rows, 1.0))
     out += [entry(f"{r['layer']} {r['impl']} decode >= {DECODE_TARGET:g}x faster per token", r, decode,
                   DECODE_TARGET) for r in decode if r["impl"] in FLOORS]
     return out

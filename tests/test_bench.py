@@ -80,7 +80,7 @@ def test_layers_tables(layers_result):
     for r in layers_result["rows"]:
         framework = "jax" if r["impl"] == "linrec jax" else "torch"
         if r["impl"] == "original":
-            installed = has(layers.LAYERS[r["key"]][2])
+            installed = has(layers.LAYERS[r["key"]].original_module)
         else:
             installed = has(framework)
         if installed:
@@ -94,19 +94,21 @@ def test_layers_tables(layers_result):
 
 
 
-@pytest.mark.parametrize("layer", ["gated_linear_rnn", "mingru", "gateloop_mh"])
+@pytest.mark.parametrize("layer", ["gated_linear_rnn", "gated_linear_rnn_untied", "mingru", "gateloop_mh",
+                                   "gateloop_mh_heads"])
 def test_layer_configs_are_the_originals(layer, tmp_path):
-    """The benchmark's linrec config is what the importer makes of the original's default layer."""
+    """The benchmark's linrec config is what the importer makes of the original's layer."""
     layers = bench.load_benchmark("layers")
     from linrec.tools import convert
 
-    d = 6
-    if layer == "gated_linear_rnn":
+    d = 16
+    if layer.startswith("gated_linear_rnn"):
         fglrnn = pytest.importorskip("flax_gated_linear_rnn")
         import jax
         from flax import serialization
 
-        variables = fglrnn.GatedLinearRNN(d_model=d, d_h=d).init(jax.random.PRNGKey(0), np.zeros((1, 3, d)))
+        variables = fglrnn.GatedLinearRNN(d_model=d, d_h=d, use_tied_gates=layer == "gated_linear_rnn").init(
+            jax.random.PRNGKey(0), np.zeros((1, 3, d)))
         (tmp_path / "w.msgpack").write_bytes(serialization.to_bytes(variables))
         ckpt = convert.read(tmp_path / "w.msgpack", format="gated-linear-rnn")
     else:
@@ -114,13 +116,38 @@ def test_layer_configs_are_the_originals(layer, tmp_path):
         if layer == "mingru":
             layer_cls = pytest.importorskip("minGRU_pytorch").minGRU
             module, fmt = layer_cls(d), "lucidrains-mingru"
-        else:
+        elif layer == "gateloop_mh":
             simplified = pytest.importorskip("gateloop_transformer.simplified_gate_loop")
             module, fmt = simplified.SimpleGateLoopLayer(d, prenorm=False), "gateloop-transformer"
+        else:
+            full = pytest.importorskip("gateloop_transformer.gateloop_transformer")
+            module, fmt = full.GateLoopedAttention(d, heads=d // layers.HEAD_WIDTH), "gateloop-transformer"
         torch.save(module.state_dict(), tmp_path / "w.pt")
         ckpt = convert.read(tmp_path / "w.pt", format=fmt)
-    assert ckpt.model_type == layer
+    assert ckpt.model_type == layers.LAYERS[layer].module
     assert ckpt.config == layers.linrec_config(layer, d)
+
+
+def test_minlstm_config_computes_the_originals_function():
+    """No importer reads lucidrains' minLSTM, so the benchmark's config is checked on outputs: the original's fused
+    ``[hidden | f | i]`` weight, reordered to the canonical ``[f | i | h̃]`` columns, gives the same ``y``."""
+    torch = pytest.importorskip("torch")
+    original = pytest.importorskip("minGRU_pytorch.minLSTM").minLSTM
+    from linrec.backends.numpy.minlstm import minlstm
+    from linrec.spec.tolerances import tolerance_for
+
+    layers = bench.load_benchmark("layers")
+    d = 6
+    torch.manual_seed(0)
+    module = original(d)
+    w = module.to_hidden_and_f_i_gate.weight.detach().numpy().T.astype(np.float64)  # (D, 3H): [h̃ | f | i]
+    kernel = np.concatenate([w[:, d:2 * d], w[:, 2 * d:], w[:, :d]], axis=1)
+    x = np.random.default_rng(0).standard_normal((2, 9, d))
+    with torch.no_grad():
+        want = module(torch.from_numpy(x).float()).double().numpy()
+    y, _ = minlstm({"proj.kernel": kernel}, x, config=layers.linrec_config("minlstm", d))
+    tol = tolerance_for("float32", length=x.shape[1])  # the original runs in float32
+    np.testing.assert_allclose(y, want, rtol=tol.rtol, atol=tol.atol)
 
 
 def test_memory_table(memory_result):
@@ -202,8 +229,16 @@ def test_dense_floor_times_the_kernels_a_layer_multiplies_by():
         out = make(shapes, 3, train=False)()  # JAX: one concatenated result; PyTorch: one per product
         assert [tuple(np.shape(o)) for o in jax_leaves(out)] == (
             [(3, 17)] if framework == "jax" else [(3, 6), (3, 11)])
-        grads = make(shapes, 3, train=True)()
+        ys, grads = make(shapes, 3, train=True)()
+        xs, ws, cts = dense_floor._inputs(shapes, 3)
+        # the training call computes the forward products too (XLA would drop them from a call returning only the
+        # cotangents, and the floor would miss a third of a training step's products)
+        for y, x, w in zip(jax_leaves(ys), xs, ws):
+            np.testing.assert_allclose(np.asarray(y), x @ w, rtol=1e-5, atol=1e-5)
+        expected = [ct @ w.T for ct, w in zip(cts, ws)] + [x.T @ ct for x, ct in zip(xs, cts)]
         assert [tuple(np.shape(g)) for g in jax_leaves(grads)] == [(3, 4), (3, 4), (4, 6), (4, 11)]
+        for g, e in zip(jax_leaves(grads), expected):
+            np.testing.assert_allclose(np.asarray(g), e, rtol=1e-5, atol=1e-5)
 
 
 def jax_leaves(tree):

@@ -762,6 +762,62 @@ def test_mingru_layer_takes_the_fused_path_on_auto_and_native(framework, monkeyp
             _assert_close(arrays.to_numpy(got), arrays.to_numpy(want), "float32", what=f"{framework} {m}")
 
 
+def _minlstm_grads(framework: str, layer, params: dict, x: np.ndarray, cfg, method: str, ct: np.ndarray):
+    """``(y, final, grads of <y, ct> w.r.t. every parameter and x)`` as NumPy, in ``framework``."""
+    if framework == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss(p, x):
+            y, final = layer.minlstm(p, x, config=cfg, method=method)
+            return jnp.vdot(y, ct), (y, final.h)
+
+        grads, (y, final) = jax.grad(loss, argnums=(0, 1), has_aux=True)(
+            {k: jnp.asarray(v) for k, v in params.items()}, jnp.asarray(x))
+        return np.asarray(y), np.asarray(final), [np.asarray(grads[0][k]) for k in params] + [np.asarray(grads[1])]
+    import torch
+
+    p = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    xt = torch.tensor(x, requires_grad=True)
+    y, final = layer.minlstm(p, xt, config=cfg, method=method)
+    grads = torch.autograd.grad((y * torch.from_numpy(ct)).sum(), [*p.values(), xt])
+    return y.detach().numpy(), final.h.detach().numpy(), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("framework", ["numpy", "jax", "torch"])
+@pytest.mark.parametrize("candidate", ["g", "identity"])
+def test_minlstm_layer_runs_the_fused_mingru_kernel(framework, candidate, monkeypatch):
+    """minLSTM's gates are minGRU's of ``d = log(i/f)``: method="auto"/"native" run the fused minGRU kernel on
+    ``[d | u_h]``, with the values and (JAX, PyTorch) gradients of the unfused step loop."""
+    if framework != "numpy":
+        pytest.importorskip(framework)
+    from importlib import import_module
+
+    fused = import_module(f"linrec.backends.{framework}.native_mingru")
+    layer = import_module(f"linrec.backends.{framework}.minlstm")
+    from linrec.spec import minlstm as spec
+
+    calls = []
+    real = fused.native_mingru
+    monkeypatch.setattr(fused, "native_mingru", lambda *args: calls.append(1) or real(*args))
+    cfg = spec.MinLSTMConfig(4, candidate=candidate, out_proj=True)
+    params = spec.init_params(cfg, seed=1, dtype="float64")
+    rng = np.random.default_rng(0)
+    x = 2 * rng.standard_normal((2, 7, 4))
+    ct = rng.standard_normal((2, 7, 4))
+    if framework == "numpy":
+        results = {m: layer.minlstm(params, x, config=cfg, method=m) for m in ("auto", "native", "sequential")}
+        results = {m: (y, final.h, []) for m, (y, final) in results.items()}
+    else:
+        results = {m: _minlstm_grads(framework, layer, params, x, cfg, m, ct) for m in ("auto", "native",
+                                                                                        "sequential")}
+    assert len(calls) == 2
+    for m in ("auto", "native"):
+        for k, (got, want) in enumerate(zip((*results[m][:2], *results[m][2]), (*results["sequential"][:2],
+                                                                                   *results["sequential"][2]))):
+            _assert_close(got, want, "float64", grad=k >= 2, what=f"{framework} {m} output {k}")
+
+
 # --- GatedLinearRNN with fused gates -------------------------------------------------------------------------------
 
 

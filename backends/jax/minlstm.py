@@ -13,7 +13,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from linrec.backends.jax.mingru import MinRNNBase, candidate, initial_state, log_g, run_sequence, run_step
+from linrec.backends.jax.mingru import (
+    FUSED_AS_MINGRU,
+    MinRNNBase,
+    candidate,
+    initial_state,
+    log_g,
+    run_sequence,
+    run_step,
+)
 from linrec.spec import minlstm as spec
 from linrec.spec.minlstm import MinLSTMConfig
 from linrec.spec.state import State
@@ -24,8 +32,9 @@ Array = jax.Array
 
 
 def _log_ratio(u_f: Array, u_i: Array) -> Array:
-    """``d = log(i / f) = softplus(-u_f) - softplus(-u_i)`` (so ``f' = σ(-d)``, ``i' = σ(d)``)."""
-    return jax.nn.softplus(-u_f) - jax.nn.softplus(-u_i)
+    """``d = log(i / f) = softplus(-u_f) - softplus(-u_i)`` (so ``f' = σ(-d)``, ``i' = σ(d)``), as
+    ``log σ(u_i) - log σ(u_f)`` (the torch twin's form)."""
+    return jax.nn.log_sigmoid(u_i) - jax.nn.log_sigmoid(u_f)
 
 
 def minlstm_gates(u: Array, config: MinLSTMConfig) -> tuple[Array, Array]:
@@ -40,6 +49,16 @@ def minlstm_log_gates(u: Array, config: MinLSTMConfig) -> tuple[Array, Array]:
     u_f, u_i, u_h = jnp.split(u, 3, axis=-1)
     d = _log_ratio(u_f, u_i)
     return -jax.nn.softplus(d), -jax.nn.softplus(-d) + log_g(u_h)
+
+
+def _as_mingru(u: Array) -> Array:
+    """``u (..., 3H) = [u_f | u_i | u_h]`` -> minGRU's ``[u_z | u_h] (..., 2H)`` with ``u_z = d``: minLSTM's
+    ``(f', i' h̃) = (σ(-d), σ(d) h̃)`` are minGRU's gates of ``d``, so its fused kernel runs minLSTM."""
+    u_f, u_i, u_h = jnp.split(u, 3, axis=-1)
+    return jnp.concatenate([_log_ratio(u_f, u_i), u_h], axis=-1)
+
+
+FUSED_AS_MINGRU[minlstm_gates] = _as_mingru
 
 
 def minlstm(

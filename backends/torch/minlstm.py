@@ -13,7 +13,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from linrec.backends.torch.mingru import MinRNNBase, candidate, initial_state, log_g, run_sequence, run_step, softplus
+from linrec.backends.torch.mingru import (
+    FUSED_AS_MINGRU,
+    MinRNNBase,
+    candidate,
+    initial_state,
+    log_g,
+    run_sequence,
+    run_step,
+    softplus,
+)
 from linrec.spec import minlstm as spec
 from linrec.spec.minlstm import MinLSTMConfig
 from linrec.spec.state import State
@@ -22,8 +31,10 @@ __all__ = ["MinLSTM", "minlstm", "minlstm_gates", "minlstm_initial_state", "minl
 
 
 def _log_ratio(u_f: Tensor, u_i: Tensor) -> Tensor:
-    """``d = log(i / f) = softplus(-u_f) - softplus(-u_i)`` (so ``f' = σ(-d)``, ``i' = σ(d)``)."""
-    return softplus(-u_f) - softplus(-u_i)
+    """``d = log(i / f) = softplus(-u_f) - softplus(-u_i)`` (so ``f' = σ(-d)``, ``i' = σ(d)``), as
+    ``log σ(u_i) - log σ(u_f)``: one stable kernel per gate (``softplus`` above is five, and this runs over every
+    state element of a training step)."""
+    return torch.nn.functional.logsigmoid(u_i) - torch.nn.functional.logsigmoid(u_f)
 
 
 def minlstm_gates(u: Tensor, config: MinLSTMConfig) -> tuple[Tensor, Tensor]:
@@ -38,6 +49,16 @@ def minlstm_log_gates(u: Tensor, config: MinLSTMConfig) -> tuple[Tensor, Tensor]
     u_f, u_i, u_h = u.chunk(3, dim=-1)
     d = _log_ratio(u_f, u_i)
     return -softplus(d), -softplus(-d) + log_g(u_h)
+
+
+def _as_mingru(u: Tensor) -> Tensor:
+    """``u (..., 3H) = [u_f | u_i | u_h]`` -> minGRU's ``[u_z | u_h] (..., 2H)`` with ``u_z = d``: minLSTM's
+    ``(f', i' h̃) = (σ(-d), σ(d) h̃)`` are minGRU's gates of ``d``, so its fused kernel runs minLSTM."""
+    u_f, u_i, u_h = u.chunk(3, dim=-1)
+    return torch.cat([_log_ratio(u_f, u_i), u_h], dim=-1)
+
+
+FUSED_AS_MINGRU[minlstm_gates] = _as_mingru
 
 
 def minlstm(
