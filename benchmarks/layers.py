@@ -20,7 +20,8 @@ full run (:data:`LAYERS`):
 Training step: forward and backward of ``y.sum()`` with respect to every parameter and ``x`` (JAX: ``jax.grad``
 jitted, compiled ahead of time; PyTorch: eager ``torch.autograd.grad``, the originals ``.backward()``), linrec on
 its default path (``method="auto"``), the originals on their parallel path. Peak memory: the rise of the process's
-peak RSS during one step above the RSS before it (``/proc/self/clear_refs`` resets the peak after warm-up and compilation).
+peak RSS during one step above the RSS before it (``/proc/self/clear_refs`` resets the peak after warm-up and
+compilation).
 Decode: one token per call at ``B=1`` (linrec: the module's ``step`` jitted in JAX, eager in PyTorch; originals:
 their ``T=1`` paths with a carried state, the flax one jitted), synchronised after every token.
 
