@@ -657,20 +657,23 @@ def _mingru_reference(u, h0, ct_h, ct_f, kind):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("kind", ["identity", "g"])
+@pytest.mark.parametrize("gates", ["mingru", "minlstm"])
 @pytest.mark.parametrize(("n", "t", "hidden"), [(2, 0, 3), (2, 1, 3), (3, 9, 5), (2, 64, 600), (2, 1100, 1000)])
-def test_fused_mingru_matches_reference(dtype, kind, n, t, hidden):
+def test_fused_mingru_matches_reference(dtype, kind, gates, n, t, hidden):
     # the last sizes take the threaded path and (over 8 MiB of du) streaming stores with unaligned rows
     rng = np.random.default_rng(t + hidden)
-    u = (3 * rng.standard_normal((n, t, 2 * hidden))).astype(dtype)
+    blocks = 2 if gates == "mingru" else 3
+    u = (3 * rng.standard_normal((n, t, blocks * hidden))).astype(dtype)
     h0 = rng.standard_normal((n, hidden)).astype(dtype)
     ct_h = rng.standard_normal((n, t, hidden)).astype(dtype)
     ct_f = rng.standard_normal((n, hidden)).astype(dtype)
-    h, final = native.mingru_scan(u, h0, kind)
+    h, final = native.mingru_scan(u, h0, kind, gates=gates)
     assert h.dtype == u.dtype and h.shape == (n, t, hidden) and final.shape == (n, hidden)
-    h_ref, f_ref, u_bar_ref, h0_bar_ref = _mingru_reference(u, h0, ct_h, ct_f, kind)
+    reference_of = _mingru_reference if gates == "mingru" else _minlstm_reference
+    h_ref, f_ref, u_bar_ref, h0_bar_ref = reference_of(u, h0, ct_h, ct_f, kind)
     _assert_close(h, h_ref, dtype, what="h")
     _assert_close(final, f_ref, dtype, what="final")
-    u_bar, h0_bar = native.mingru_scan_vjp(u, h, h0, ct_h, ct_f, kind)
+    u_bar, h0_bar = native.mingru_scan_vjp(u, h, h0, ct_h, ct_f, kind, gates=gates)
     _assert_close(u_bar, u_bar_ref, dtype, grad=True, what="u_bar")
     _assert_close(h0_bar, h0_bar_ref, dtype, grad=True, what="h0_bar")
 
@@ -734,6 +737,92 @@ def test_fused_mingru_torch_autograd_opcheck_compile(tnative, kind):
     loss(u_t, h0_t).backward()
     _, _, u_bar_ones, _ = _mingru_reference(u, h0, np.ones_like(ct_h), np.ones_like(ct_f), kind)
     _assert_close(u_t.grad.numpy(), u_bar_ones, "float64", grad=True, what="compiled u_bar")
+
+
+
+# --- minLSTM through the fused minGRU kernel (gates="minlstm") ------------------------------------------------------
+
+
+def _minlstm_reference(u, h0, ct_h, ct_f, kind):
+    """float64: minLSTM's gates (spec/minlstm.md: ``f' = σ(-d)``, ``i' = σ(d)``, ``d = softplus(-u_f) -
+    softplus(-u_i)``), the reference scan and its VJP, chained back to ``u = [u_f | u_i | u_h]``."""
+    from linrec.spec import minlstm as spec
+
+    u = u.astype(np.float64)
+    u_f, u_i, u_h = np.split(u, 3, axis=-1)
+    d = spec.softplus(-u_f) - spec.softplus(-u_i)
+    z, c = spec.sigmoid(d), spec.candidate(u_h, kind)
+    a, b = spec.sigmoid(-d), z * c
+    h, final = reference.linear_scan(a, b, initial_state=h0.astype(np.float64))
+    a_bar, b_bar, h0_bar = reference.linear_scan_vjp(a, b, ct_h, ct_f, initial_state=h0.astype(np.float64))
+    d_bar = (b_bar * c - a_bar) * z * a  # da/dd = -z a, dz/dd = z a
+    u_bar = np.concatenate([-d_bar * spec.sigmoid(-u_f), d_bar * spec.sigmoid(-u_i),
+                            b_bar * z * spec.candidate_grad(u_h, kind)], axis=-1)
+    return h, final, u_bar, h0_bar
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_minlstm_gates_at_extreme_inputs(dtype):
+    """Saturated and opposite gates (f, i both ~0, one ~1, ±inf) give the spec's values, never 0/0 or inf - inf;
+    a NaN stays NaN."""
+    big = 60.0 if dtype == "float32" else 600.0
+    pairs = [(-big, -big), (-big, big), (big, -big), (big, big), (-2 * big, -big), (0.0, -np.inf), (-np.inf, 0.0),
+             (np.inf, np.inf), (np.inf, -np.inf), (3.0, -4.0)]
+    u_f, u_i = (np.array([[p[k] for p in pairs]], dtype) for k in (0, 1))
+    u_h = np.full_like(u_f, 2.0)
+    u = np.concatenate([u_f, u_i, u_h], axis=-1)[:, None, :]  # (1, 1, 3H)
+    h0 = np.ones((1, len(pairs)), dtype)
+    h, _ = native.mingru_scan(u, h0, "identity", gates="minlstm")
+    with np.errstate(over="ignore", invalid="ignore"):
+        h_ref, *_ = _minlstm_reference(u, h0, np.zeros((1, 1, len(pairs))), np.zeros_like(h0), "identity")
+    assert np.all(np.isfinite(h)), h
+    _assert_close(h, h_ref, dtype, what="h")
+    u[0, 0, 0] = np.nan
+    h, _ = native.mingru_scan(u, h0, "identity", gates="minlstm")
+    assert np.isnan(h[0, 0, 0]) and np.all(np.isfinite(h[0, 0, 1:]))
+
+
+def test_fused_minlstm_jax_and_torch_gradients(jnative, tnative):
+    """The JAX custom VJP and the torch custom op (opcheck, compiled) carry minLSTM's gates (3H columns)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from linrec.backends.jax.native_mingru import native_mingru as jax_fused
+    from linrec.backends.torch import native_mingru as torch_fused
+
+    rng = np.random.default_rng(5)
+    u, h0, ct_h, ct_f = 3 * rng.standard_normal((2, 9, 15)), *(rng.standard_normal(s) for s in ((2, 5), (2, 9, 5),
+                                                                                                  (2, 5)))
+    h_ref, f_ref, u_bar_ref, h0_bar_ref = _minlstm_reference(u, h0, ct_h, ct_f, "g")
+
+    def loss(u, h0):
+        h, f = jax_fused(u, h0, "g", gates="minlstm")
+        return (h * ct_h).sum() + (f * ct_f).sum()
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(u), jnp.asarray(h0))
+    h = jax.vmap(lambda u, h0: jax_fused(u, h0, "g", gates="minlstm")[0])(jnp.stack([u, u]), jnp.stack([h0, h0]))
+    _assert_close(np.asarray(h[1]), h_ref, "float64", what="jax vmap h")
+    for got, want in zip(grads, (u_bar_ref, h0_bar_ref)):
+        _assert_close(np.asarray(got), want, "float64", grad=True, what="jax grad")
+
+    u_t, h0_t = (torch.from_numpy(x).requires_grad_(True) for x in (u, h0))
+    code = native.fused_code("g", "minlstm")
+    torch.library.opcheck(torch_fused.mingru_fwd, (u_t, h0_t, code))
+    h, f = torch_fused.native_mingru(u_t, h0_t, "g", gates="minlstm")
+    torch.library.opcheck(torch_fused.mingru_bwd, (u_t.detach(), h.detach(), h0_t.detach(), torch.from_numpy(ct_h),
+                                                   torch.from_numpy(ct_f), code))
+    compiled = torch.compile(lambda u, h0: torch_fused.native_mingru(u, h0, "g", gates="minlstm"), fullgraph=True)
+    h, f = compiled(u_t, h0_t)
+    grads = torch.autograd.grad((h * torch.from_numpy(ct_h)).sum() + (f * torch.from_numpy(ct_f)).sum(), (u_t, h0_t))
+    _assert_close(h.detach().numpy(), h_ref, "float64", what="torch h")
+    _assert_close(f.detach().numpy(), f_ref, "float64", what="torch final")
+    for got, want in zip(grads, (u_bar_ref, h0_bar_ref)):
+        _assert_close(got.numpy(), want, "float64", grad=True, what="torch grad")
+    with pytest.raises(ValueError, match=r"u must be \(N, T, 3\*H\)"):
+        native.mingru_scan(u[..., :10], h0, "g", gates="minlstm")
+    with pytest.raises(ValueError, match="gates must be one of"):
+        native.mingru_scan(u, h0, "g", gates="lstm")
 
 
 @pytest.mark.parametrize("framework", ["numpy", "jax", "torch"])

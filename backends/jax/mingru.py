@@ -70,10 +70,9 @@ def mingru_log_gates(u: Array, config: MinGRUConfig) -> tuple[Array, Array]:
     return -jax.nn.softplus(u_z), -jax.nn.softplus(-u_z) + log_g(u_h)
 
 
-#: Gates that are minGRU's on a transformed projection, with that transform ``u (..., n H) -> [u_z | u_h] (..., 2H)``:
-#: the fused minGRU kernel (``native_mingru``) then serves them. minGRU's is the identity; minLSTM's (``minlstm.py``)
-#: is ``u_z = d = log(i / f)``, as ``f' = σ(-d)``, ``i' = σ(d)`` (``minlstm.md`` §5).
-FUSED_AS_MINGRU: dict[Gates, Callable[[Array], Array]] = {mingru_gates: lambda u: u}
+#: Gates the fused minGRU kernel (``native_mingru``) computes itself, by its ``gates`` name: minGRU's, and minLSTM's
+#: (registered by ``minlstm.py``: ``f' = σ(-d)``, ``i' = σ(d)``, minGRU's gates of ``d = log(i / f)``).
+FUSED_GATES: dict[Gates, str] = {mingru_gates: "mingru"}
 
 
 # --- shared runners -------------------------------------------------------------------------------
@@ -140,9 +139,9 @@ def _sequence(params, x, h0, log_h0, lengths, *, gates: Gates, log_gates: Gates,
         log_a, log_b = log_gates(u, config)
         log_h, log_final = _scan.log_scan(log_a, log_b, log_initial_state=log_h0)
         states, final = jnp.exp(log_h), jnp.exp(log_final)
-    elif mask is None and gates in FUSED_AS_MINGRU and _fused.applies(u, method):  # gates fused into the native scan
+    elif mask is None and gates in FUSED_GATES and _fused.applies(u, method):  # gates fused into the native scan
         h = jnp.full((n_batch, config.d_inner), config.default_state, acc) if h0 is None else h0
-        states, final = _fused.native_mingru(FUSED_AS_MINGRU[gates](u), h, config.candidate)
+        states, final = _fused.native_mingru(u, h, config.candidate, FUSED_GATES[gates])
     elif mask is None and gates is mingru_gates and _pallas.applies(method):  # gates fused into the Pallas scan
         h = jnp.full((n_batch, config.d_inner), config.default_state, acc) if h0 is None else h0
         states, final = _pallas.pallas_mingru(u, h, config.candidate)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from linrec.backends.jax.mingru import (
-    FUSED_AS_MINGRU,
+    FUSED_GATES,
     MinRNNBase,
     candidate,
     initial_state,
@@ -51,14 +51,7 @@ def minlstm_log_gates(u: Array, config: MinLSTMConfig) -> tuple[Array, Array]:
     return -jax.nn.softplus(d), -jax.nn.softplus(-d) + log_g(u_h)
 
 
-def _as_mingru(u: Array) -> Array:
-    """``u (..., 3H) = [u_f | u_i | u_h]`` -> minGRU's ``[u_z | u_h] (..., 2H)`` with ``u_z = d``: minLSTM's
-    ``(f', i' h̃) = (σ(-d), σ(d) h̃)`` are minGRU's gates of ``d``, so its fused kernel runs minLSTM."""
-    u_f, u_i, u_h = jnp.split(u, 3, axis=-1)
-    return jnp.concatenate([_log_ratio(u_f, u_i), u_h], axis=-1)
-
-
-FUSED_AS_MINGRU[minlstm_gates] = _as_mingru
+FUSED_GATES[minlstm_gates] = "minlstm"
 
 
 def minlstm(

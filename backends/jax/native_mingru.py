@@ -53,13 +53,14 @@ def applies(u: Array, method: str) -> bool:
             and jnp.dtype(u.dtype).name in native.FUSED_DTYPES and "native" in SCAN_METHODS)
 
 
-def _half(u: Array) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct((*u.shape[:-1], u.shape[-1] // 2), u.dtype)
+def _states(u: Array, code: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct((*u.shape[:-1], u.shape[-1] // native.gate_blocks(code)), u.dtype)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _mingru(u: Array, h0: Array, candidate: int) -> tuple[Array, Array]:
-    call = jax.ffi.ffi_call(_FWD, (_half(u), jax.ShapeDtypeStruct(h0.shape, h0.dtype)), vmap_method="broadcast_all")
+    call = jax.ffi.ffi_call(_FWD, (_states(u, candidate), jax.ShapeDtypeStruct(h0.shape, h0.dtype)),
+                            vmap_method="broadcast_all")
     return call(u, h0, candidate=np.int32(candidate))
 
 
@@ -81,13 +82,15 @@ def _mingru_bwd(candidate, residuals, cotangents):
 _mingru.defvjp(_mingru_fwd, _mingru_bwd)
 
 
-def native_mingru(u: Array, h0: Array, candidate: str) -> tuple[Array, Array]:
+def native_mingru(u: Array, h0: Array, candidate: str, gates: str = "mingru") -> tuple[Array, Array]:
     """``(h (B, T, H), final (B, H))`` from projections ``u (B, T, 2H)`` and ``h0 (B, H)`` (same dtype).
 
-    ``candidate``: ``"identity"`` or ``"g"``. Differentiable in ``u`` and ``h0``.
+    ``candidate``: ``"identity"`` or ``"g"``; ``gates="minlstm"``: minLSTM's gates from ``u (B, T, 3H) =
+    [u_f | u_i | u_h]``. Differentiable in ``u`` and ``h0``.
     """
     if jnp.dtype(u.dtype).name not in native.FUSED_DTYPES or h0.dtype != u.dtype:
         raise TypeError(f"the fused minGRU kernel takes float32/float64 u and h0 of one dtype, got "
                         f"{jnp.dtype(u.dtype).name} and {jnp.dtype(h0.dtype).name}")
+    code = native.fused_code(candidate, gates)
     register()
-    return _mingru(u, h0, native.CANDIDATE_CODES[candidate])
+    return _mingru(u, h0, code)

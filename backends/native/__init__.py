@@ -197,6 +197,21 @@ def scan_vjp_3d(a: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarray, 
 
 #: minGRU candidate activation -> the kernel's code (``enum Candidate`` in ``linrec_scan.cc``).
 CANDIDATE_CODES = {"identity": 0, "g": 1}
+#: the gates of the fused minGRU kernel: minGRU's (``u = [u_z | u_h]``, 2H) or minLSTM's (``[u_f | u_i | u_h]``, 3H;
+#: ``f' = f/(f+i)``, ``i' = i/(f+i)``, spec/minlstm.md), a flag added to the candidate code
+GATE_FLAGS = {"mingru": 0, "minlstm": 2}
+
+
+def fused_code(candidate: str, gates: str = "mingru") -> int:
+    """The fused minGRU kernel's ``candidate`` argument: the candidate's code plus the gates' flag."""
+    if gates not in GATE_FLAGS:
+        raise ValueError(f"gates must be one of {sorted(GATE_FLAGS)}, got {gates!r}")
+    return CANDIDATE_CODES[candidate] + GATE_FLAGS[gates]
+
+
+def gate_blocks(code: int) -> int:
+    """Blocks of ``H`` columns in ``u`` for a fused minGRU ``code``: 2 (minGRU) or 3 (minLSTM)."""
+    return 3 if code & GATE_FLAGS["minlstm"] else 2
 #: dtypes of the fused layer kernels (minGRU, GatedLinearRNN; real only).
 FUSED_DTYPES = ("float32", "float64")
 
@@ -215,31 +230,38 @@ def check_fused_shapes(u_shape, h0_shape, blocks: int, h_shape=None, ct_h_shape=
                          f"ct_final {ct_final_shape}")
 
 
-def mingru_scan(u: np.ndarray, h0: np.ndarray, candidate: str) -> tuple[np.ndarray, np.ndarray]:
+def mingru_scan(u: np.ndarray, h0: np.ndarray, candidate: str, gates: str = "mingru"
+                ) -> tuple[np.ndarray, np.ndarray]:
     """minGRU with its gates fused into the scan: ``u (N, T, 2H) = [u_z | u_h]``, ``h0 (N, H)`` -> ``(h, final)``.
 
     ``h_t = σ(-u_z) h_{t-1} + σ(u_z) c(u_h)`` (spec/mingru.md) in one pass over ``u``; float32/float64.
+    ``gates="minlstm"``: ``u (N, T, 3H) = [u_f | u_i | u_h]`` and ``h_t = f' h_{t-1} + i' c(u_h)`` with
+    ``f' = f/(f+i)``, ``i' = i/(f+i)`` (spec/minlstm.md: minGRU's gates of ``d = log(i/f)``).
     """
-    check_fused_shapes(u.shape, h0.shape, 2)
+    code = fused_code(candidate, gates)
+    blocks = gate_blocks(code)
+    check_fused_shapes(u.shape, h0.shape, blocks)
     lib = _builder().load()
     u, h0 = np.ascontiguousarray(u), np.ascontiguousarray(h0)
-    n, t, two_h = u.shape
-    h, final = np.empty((n, t, two_h // 2), u.dtype), np.empty_like(h0)
-    _check(lib.linrec_mingru_fwd(DTYPE_CODES[u.dtype.name], n, t, two_h // 2, CANDIDATE_CODES[candidate], _ptr(u),
-                                 _ptr(h0), _ptr(h), _ptr(final)))
+    n, t, width = u.shape
+    h, final = np.empty((n, t, width // blocks), u.dtype), np.empty_like(h0)
+    _check(lib.linrec_mingru_fwd(DTYPE_CODES[u.dtype.name], n, t, width // blocks, code, _ptr(u), _ptr(h0), _ptr(h),
+                                 _ptr(final)))
     return h, final
 
 
 def mingru_scan_vjp(u: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarray, ct_final: np.ndarray,
-                    candidate: str) -> tuple[np.ndarray, np.ndarray]:
-    """The VJP of :func:`mingru_scan` given its output ``h``: ``(u_bar (N, T, 2H), h0_bar (N, H))``."""
-    check_fused_shapes(u.shape, h0.shape, 2, h.shape, ct_h.shape, ct_final.shape)
+                    candidate: str, gates: str = "mingru") -> tuple[np.ndarray, np.ndarray]:
+    """The VJP of :func:`mingru_scan` given its output ``h``: ``(u_bar (N, T, 2H or 3H), h0_bar (N, H))``."""
+    code = fused_code(candidate, gates)
+    blocks = gate_blocks(code)
+    check_fused_shapes(u.shape, h0.shape, blocks, h.shape, ct_h.shape, ct_final.shape)
     lib = _builder().load()
     u, h, h0, ct_h, ct_final = (np.ascontiguousarray(x) for x in (u, h, h0, ct_h, ct_final))
-    n, t, two_h = u.shape
+    n, t, width = u.shape
     u_bar, h0_bar = np.empty_like(u), np.empty_like(h0)
-    _check(lib.linrec_mingru_bwd(DTYPE_CODES[u.dtype.name], n, t, two_h // 2, CANDIDATE_CODES[candidate], _ptr(u),
-                                 _ptr(h), _ptr(h0), _ptr(ct_h), _ptr(ct_final), _ptr(u_bar), _ptr(h0_bar)))
+    _check(lib.linrec_mingru_bwd(DTYPE_CODES[u.dtype.name], n, t, width // blocks, code, _ptr(u), _ptr(h), _ptr(h0),
+                                 _ptr(ct_h), _ptr(ct_final), _ptr(u_bar), _ptr(h0_bar)))
     return u_bar, h0_bar
 
 

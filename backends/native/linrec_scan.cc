@@ -518,6 +518,31 @@ inline S candidate_grad(S x) {
   return m + (S(1) - m) * s * (S(1) - s);
 }
 
+// minLSTM (spec/minlstm.md) runs through the same kernels, flagged by kMinLSTM in the `candidate` code: from
+// u = [u_f | u_i | u_h] (3H),  a = f' = f / (f + i),  z = i' = i / (f + i),  f = sigma(u_f), i = sigma(u_i)
+// (that is sigma(-d), sigma(d) with d = log(i / f)), and h_t = a h_{t-1} + z c(u_h) as in minGRU.
+constexpr int kMinLSTM = 2;
+
+// minLSTM's (z, a) = (i', f') and sigma(-u_i), sigma(-u_f) (the backward's d'(u)) from three exps, with no overflow
+// or 0/0: 1/f = 1 + e^{-u_f} and 1/i = 1 + e^{-u_i}, both scaled by e^{-m}, m = max(0, -u_f, -u_i), so every
+// exponent is <= 0, one scaled term is exactly 1 and the sum is >= 1. u is first raised to 2 kMin, below which
+// exp_nonpositive clamps anyway: u = -inf would otherwise give inf - inf (NaN still gives NaN).
+template <class S>
+inline void lstm_gates(S uf, S ui, S& z, S& a, S& not_f, S& not_i) {
+  constexpr S kLow = S(2) * ExpConsts<S>::kMin;
+  uf = uf < kLow ? kLow : uf;
+  ui = ui < kLow ? kLow : ui;
+  const S m = std::max(S(0), std::max(-uf, -ui));
+  const S base = exp_nonpositive(-m);
+  const S ef = exp_nonpositive(-uf - m), ei = exp_nonpositive(-ui - m);
+  const S inv_f = base + ef, inv_i = base + ei;  // e^{-m} / f, e^{-m} / i
+  const S r = S(1) / (inv_f + inv_i);
+  z = inv_f * r;
+  a = inv_i * r;
+  not_f = ef / inv_f;  // e^{-u_f} / (1 + e^{-u_f}) = sigma(-u_f)
+  not_i = ei / inv_i;
+}
+
 // One forward step over a row. Not inlined: inlined into the threaded lambda, GCC loses the restrict qualifiers
 // and leaves some instantiations scalar (this holds for every *_step function below).
 template <int kKind, class S>
@@ -531,7 +556,19 @@ __attribute__((noinline)) void mingru_fwd_step(int64_t width, const S* __restric
 }
 
 template <int kKind, class S>
+__attribute__((noinline)) void minlstm_fwd_step(int64_t width, const S* __restrict uf, const S* __restrict ui,
+                                                const S* __restrict uh, S* __restrict c) {
+  for (int64_t d = 0; d < width; ++d) {
+    S z, a, not_f, not_i;
+    lstm_gates(uf[d], ui[d], z, a, not_f, not_i);
+    c[d] = a * c[d] + z * candidate_of<kKind>(uh[d]);
+  }
+}
+
+// kKind: the candidate; kLSTM: minLSTM's gates (u rows of 3H) instead of minGRU's (2H).
+template <int kKind, bool kLSTM, class S>
 void mingru_fwd(const Shape& s, const S* u, const S* h0, S* h, S* fin) {
+  constexpr int64_t kBlocks = kLSTM ? 3 : 2;
   const bool stream = stream_enabled(sizeof(S) * s.n * s.t * s.d);
   parallel_blocks(s, [&](int64_t n, int64_t i0, int64_t i1) {
     const int64_t width = i1 - i0;
@@ -539,9 +576,13 @@ void mingru_fwd(const Shape& s, const S* u, const S* h0, S* h, S* fin) {
     S* __restrict c = carry.data();
     for (int64_t k = 0; k < s.t; ++k) {
       const int64_t row = n * s.t + k;
-      const S* __restrict uz = u + row * 2 * s.d + i0;
-      const S* __restrict uh = uz + s.d;
-      mingru_fwd_step<kKind>(width, uz, uh, c);
+      const S* __restrict uz = u + row * kBlocks * s.d + i0;
+      const S* __restrict uh = uz + (kBlocks - 1) * s.d;
+      if constexpr (kLSTM) {
+        minlstm_fwd_step<kKind>(width, uz, uz + s.d, uh, c);
+      } else {
+        mingru_fwd_step<kKind>(width, uz, uh, c);
+      }
       store_row(h + row * s.d + i0, c, sizeof(S) * width, stream);
     }
     std::copy(carry.begin(), carry.end(), fin + n * s.d + i0);
@@ -566,37 +607,66 @@ __attribute__((noinline)) void mingru_bwd_step(int64_t width, const S* __restric
   }
 }
 
-// Backward: g_k = ct_k + a_{k+1} g_{k+1} (+ ct_final at the last step), then through the gates
-//   du_z = z a (c g - h_{k-1} g),  du_h = z g c'(u_h),  h0_bar = a_0 g_0.
+// minLSTM's backward step: dd = z a (c - prev) g is the gradient of d = log(i / f), and
+//   du_f = -dd sigma(-u_f),  du_i = dd sigma(-u_i)  (d'(u_i) = 1 - i, d'(u_f) = -(1 - f)),  du_h as minGRU's.
 template <int kKind, class S>
+__attribute__((noinline)) void minlstm_bwd_step(int64_t width, const S* __restrict uf, const S* __restrict ui,
+                                                const S* __restrict uh, const S* __restrict ct,
+                                                const S* __restrict prev, S* __restrict g, S* __restrict a_next,
+                                                S* __restrict df, S* __restrict di, S* __restrict dh) {
+  for (int64_t d = 0; d < width; ++d) {
+    S z, a, not_f, not_i;
+    lstm_gates(uf[d], ui[d], z, a, not_f, not_i);
+    const S gd = ct[d] + a_next[d] * g[d];
+    const S c = candidate_of<kKind>(uh[d]);
+    g[d] = gd;
+    a_next[d] = a;
+    const S dd = z * a * (c - prev[d]) * gd;
+    df[d] = -dd * not_f;
+    di[d] = dd * not_i;
+    dh[d] = z * gd * candidate_grad<kKind>(uh[d]);
+  }
+}
+
+// Backward: g_k = ct_k + a_{k+1} g_{k+1} (+ ct_final at the last step), then through the gates
+//   du_z = z a (c g - h_{k-1} g),  du_h = z g c'(u_h),  h0_bar = a_0 g_0  (minLSTM: du_f, du_i from du_z above).
+template <int kKind, bool kLSTM, class S>
 void mingru_bwd(const Shape& s, const S* u, const S* h, const S* h0, const S* ct_h, const S* ct_final,
                 S* du, S* h0_bar) {
+  constexpr int64_t kBlocks = kLSTM ? 3 : 2;
   const bool stream = stream_enabled(sizeof(S) * s.n * s.t * s.d);
   parallel_blocks(s, [&](int64_t n, int64_t i0, int64_t i1) {
     const int64_t width = i1 - i0;
     std::vector<S> g_row(ct_final + n * s.d + i0, ct_final + n * s.d + i1);
     std::vector<S> a_row(width, S(1));  // a of the step after this one; 1 past the end: g_last = ct + ct_final
-    std::vector<S> du_z(width), du_h(width);
+    std::vector<S> du_z(width), du_i(kLSTM ? width : 0), du_h(width);
     S* __restrict g = g_row.data();
     S* __restrict a_next = a_row.data();
     S* __restrict dz = du_z.data();
+    S* __restrict di = du_i.data();
     S* __restrict dh = du_h.data();
     for (int64_t k = s.t - 1; k >= 0; --k) {
       const int64_t row = n * s.t + k;
       if (k > kPrefetchRows) {
-        prefetch_span(u + (row - kPrefetchRows) * 2 * s.d + i0, sizeof(S) * width);
-        prefetch_span(u + (row - kPrefetchRows) * 2 * s.d + s.d + i0, sizeof(S) * width);
+        for (int64_t block = 0; block < kBlocks; ++block)
+          prefetch_span(u + (row - kPrefetchRows) * kBlocks * s.d + block * s.d + i0, sizeof(S) * width);
         prefetch_span(h + (row - 1 - kPrefetchRows) * s.d + i0, sizeof(S) * width);
         prefetch_span(ct_h + (row - kPrefetchRows) * s.d + i0, sizeof(S) * width);
       }
-      const S* __restrict uz = u + row * 2 * s.d + i0;
-      const S* __restrict uh = uz + s.d;
+      const S* __restrict uz = u + row * kBlocks * s.d + i0;
+      const S* __restrict uh = uz + (kBlocks - 1) * s.d;
       const S* __restrict ct = ct_h + row * s.d + i0;
       const S* __restrict prev = (k == 0 ? h0 + n * s.d : h + (row - 1) * s.d) + i0;
+      S* out = du + row * kBlocks * s.d + i0;
       // at the last step g_row holds ct_final and a_next is 1, so g = ct + ct_final
-      mingru_bwd_step<kKind>(width, uz, uh, ct, prev, g, a_next, dz, dh);
-      store_row(du + row * 2 * s.d + i0, dz, sizeof(S) * width, stream);
-      store_row(du + row * 2 * s.d + s.d + i0, dh, sizeof(S) * width, stream);
+      if constexpr (kLSTM) {
+        minlstm_bwd_step<kKind>(width, uz, uz + s.d, uh, ct, prev, g, a_next, dz, di, dh);
+        store_row(out + s.d, di, sizeof(S) * width, stream);
+      } else {
+        mingru_bwd_step<kKind>(width, uz, uh, ct, prev, g, a_next, dz, dh);
+      }
+      store_row(out, dz, sizeof(S) * width, stream);
+      store_row(out + (kBlocks - 1) * s.d, dh, sizeof(S) * width, stream);
     }
     S* __restrict out = h0_bar + n * s.d + i0;
     for (int64_t d = 0; d < width; ++d) out[d] = s.t ? a_next[d] * g[d] : g[d];
@@ -804,7 +874,7 @@ int dispatch_real(int dtype, F&& f) {
 int run_mingru_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidate, const void* u, const void* h0,
                    void* h, void* fin) {
   if (int st = check_shape(n, t, hidden, hidden)) return st;
-  if (candidate != kIdentity && candidate != kG) return kBadShape;
+  if (candidate < 0 || candidate > (kG | kMinLSTM)) return kBadShape;
   const Shape s{n, t, hidden, hidden, 1};
   return dispatch_real(dtype, [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
@@ -812,7 +882,12 @@ int run_mingru_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidat
     auto run = [&](auto kernel) {
       kernel(s, static_cast<const S*>(u), static_cast<const S*>(h0), static_cast<S*>(h), static_cast<S*>(fin));
     };
-    candidate == kG ? run(mingru_fwd<kG, S>) : run(mingru_fwd<kIdentity, S>);
+    switch (candidate) {
+      case kG: run(mingru_fwd<kG, false, S>); break;
+      case kIdentity: run(mingru_fwd<kIdentity, false, S>); break;
+      case kG | kMinLSTM: run(mingru_fwd<kG, true, S>); break;
+      default: run(mingru_fwd<kIdentity, true, S>);
+    }
     return int{kOk};
   });
 }
@@ -820,17 +895,22 @@ int run_mingru_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidat
 int run_mingru_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidate, const void* u, const void* h,
                    const void* h0, const void* ct_h, const void* ct_final, void* du, void* h0_bar) {
   if (int st = check_shape(n, t, hidden, hidden)) return st;
-  if (candidate != kIdentity && candidate != kG) return kBadShape;
+  if (candidate < 0 || candidate > (kG | kMinLSTM)) return kBadShape;
   const Shape s{n, t, hidden, hidden, 1};
   return dispatch_real(dtype, [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
-    advise_output(du, sizeof(S) * n * t * 2 * hidden);
+    advise_output(du, sizeof(S) * n * t * (candidate & kMinLSTM ? 3 : 2) * hidden);
     auto run = [&](auto kernel) {
       kernel(s, static_cast<const S*>(u), static_cast<const S*>(h), static_cast<const S*>(h0),
              static_cast<const S*>(ct_h), static_cast<const S*>(ct_final), static_cast<S*>(du),
              static_cast<S*>(h0_bar));
     };
-    candidate == kG ? run(mingru_bwd<kG, S>) : run(mingru_bwd<kIdentity, S>);
+    switch (candidate) {
+      case kG: run(mingru_bwd<kG, false, S>); break;
+      case kIdentity: run(mingru_bwd<kIdentity, false, S>); break;
+      case kG | kMinLSTM: run(mingru_bwd<kG, true, S>); break;
+      default: run(mingru_bwd<kIdentity, true, S>);
+    }
     return int{kOk};
   });
 }
@@ -1023,13 +1103,15 @@ ffi::Error BwdImpl(ffi::AnyBuffer a, ffi::AnyBuffer h, ffi::AnyBuffer h0, ffi::A
                               b_bar->untyped_data(), h0_bar->untyped_data()));
 }
 
-// minGRU: u (..., T, 2H), h0 (..., H); leading axes flatten into N as above.
+// minGRU: u (..., T, 2H), h0 (..., H); leading axes flatten into N as above. minLSTM (kMinLSTM set in
+// `candidate`): u (..., T, 3H).
 ffi::Error MinGRUFwdImpl(ffi::AnyBuffer u, ffi::AnyBuffer h0, int32_t candidate, ffi::Result<ffi::AnyBuffer> h,
                          ffi::Result<ffi::AnyBuffer> fin) {
   auto ud = u.dimensions();
-  if (ud.size() < 2 || ud[ud.size() - 1] % 2 != 0)
-    return ffi::Error::InvalidArgument("linrec: u must be (N, T, 2H)");
-  const int64_t n = prod(ud, 0, ud.size() - 2), t = ud[ud.size() - 2], hidden = ud[ud.size() - 1] / 2;
+  const int64_t blocks = candidate & kMinLSTM ? 3 : 2;
+  if (ud.size() < 2 || ud[ud.size() - 1] % blocks != 0)
+    return ffi::Error::InvalidArgument("linrec: u must be (N, T, 2H) (minGRU) or (N, T, 3H) (minLSTM)");
+  const int64_t n = prod(ud, 0, ud.size() - 2), t = ud[ud.size() - 2], hidden = ud[ud.size() - 1] / blocks;
   if (static_cast<int64_t>(h0.element_count()) != n * hidden)
     return ffi::Error::InvalidArgument("linrec: initial state must be (N, H)");
   return status_error(run_mingru_fwd(code_of(u.element_type()), n, t, hidden, candidate, u.untyped_data(),
@@ -1040,9 +1122,10 @@ ffi::Error MinGRUBwdImpl(ffi::AnyBuffer u, ffi::AnyBuffer h, ffi::AnyBuffer h0, 
                          ffi::AnyBuffer ct_final, int32_t candidate, ffi::Result<ffi::AnyBuffer> du,
                          ffi::Result<ffi::AnyBuffer> h0_bar) {
   auto ud = u.dimensions();
-  if (ud.size() < 2 || ud[ud.size() - 1] % 2 != 0)
-    return ffi::Error::InvalidArgument("linrec: u must be (N, T, 2H)");
-  const int64_t n = prod(ud, 0, ud.size() - 2), t = ud[ud.size() - 2], hidden = ud[ud.size() - 1] / 2;
+  const int64_t blocks = candidate & kMinLSTM ? 3 : 2;
+  if (ud.size() < 2 || ud[ud.size() - 1] % blocks != 0)
+    return ffi::Error::InvalidArgument("linrec: u must be (N, T, 2H) (minGRU) or (N, T, 3H) (minLSTM)");
+  const int64_t n = prod(ud, 0, ud.size() - 2), t = ud[ud.size() - 2], hidden = ud[ud.size() - 1] / blocks;
   if (static_cast<int64_t>(h.element_count()) != n * t * hidden ||
       static_cast<int64_t>(h0.element_count()) != n * hidden ||
       ct_h.element_count() != h.element_count() || ct_final.element_count() != h0.element_count())

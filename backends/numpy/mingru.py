@@ -35,10 +35,9 @@ def mingru_log_gates(u: np.ndarray, config: MinGRUConfig) -> tuple[np.ndarray, n
     return -spec.softplus(u_z), -spec.softplus(-u_z) + spec.log_g(u_h)
 
 
-#: Gates that are minGRU's on a transformed projection, with that transform ``u (..., n H) -> [u_z | u_h] (..., 2H)``:
-#: the fused minGRU kernel (``native_mingru``) then serves them. minGRU's is the identity; minLSTM's (``minlstm.py``)
-#: is ``u_z = d = log(i / f)``, as ``f' = σ(-d)``, ``i' = σ(d)`` (``minlstm.md`` §5).
-FUSED_AS_MINGRU: dict[Gates, Callable[[np.ndarray], np.ndarray]] = {mingru_gates: lambda u: u}
+#: Gates the fused minGRU kernel (``native_mingru``) computes itself, by its ``gates`` name: minGRU's, and minLSTM's
+#: (registered by ``minlstm.py``: ``f' = σ(-d)``, ``i' = σ(d)``, minGRU's gates of ``d = log(i / f)``).
+FUSED_GATES: dict[Gates, str] = {mingru_gates: "mingru"}
 
 
 def initial_state(config, batch_size: int, dtype: str = "float32") -> State:
@@ -120,9 +119,9 @@ def run_sequence(
         log_h0 = _log_initial_state(layer, config, h0, n_batch, acc)
         log_h, log_final = _scan.log_scan(log_a, log_b, log_initial_state=log_h0)
         states, final = np.exp(log_h), np.exp(log_final)
-    elif mask is None and gates in FUSED_AS_MINGRU and _fused.applies(u, method):  # gates fused into the native scan
+    elif mask is None and gates in FUSED_GATES and _fused.applies(u, method):  # gates fused into the native scan
         h = np.full((n_batch, config.d_inner), config.default_state, acc) if h0 is None else h0
-        states, final = _fused.native_mingru(FUSED_AS_MINGRU[gates](u), h, config.candidate)
+        states, final = _fused.native_mingru(u, h, config.candidate, FUSED_GATES[gates])
     else:
         a, b = gates(u, config)
         if mask is not None:  # padded positions: identity steps of the same scan

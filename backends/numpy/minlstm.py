@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from linrec.backends.numpy.mingru import FUSED_AS_MINGRU, initial_state, run_sequence, run_step
+from linrec.backends.numpy.mingru import FUSED_GATES, initial_state, run_sequence, run_step
 from linrec.spec import minlstm as spec
 from linrec.spec.minlstm import MinLSTMConfig
 from linrec.spec.state import State
@@ -37,14 +37,7 @@ def minlstm_log_gates(u: np.ndarray, config: MinLSTMConfig) -> tuple[np.ndarray,
     return -spec.softplus(d), -spec.softplus(-d) + spec.log_g(u_h)
 
 
-def _as_mingru(u: np.ndarray) -> np.ndarray:
-    """``u (..., 3H) = [u_f | u_i | u_h]`` -> minGRU's ``[u_z | u_h] (..., 2H)`` with ``u_z = d``: minLSTM's
-    ``(f', i' h̃) = (σ(-d), σ(d) h̃)`` are minGRU's gates of ``d``, so its fused kernel runs minLSTM."""
-    u_f, u_i, u_h = np.split(u, 3, axis=-1)
-    return np.concatenate([_log_ratio(u_f, u_i), u_h], axis=-1)
-
-
-FUSED_AS_MINGRU[minlstm_gates] = _as_mingru
+FUSED_GATES[minlstm_gates] = "minlstm"
 
 
 def minlstm(

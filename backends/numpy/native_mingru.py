@@ -21,9 +21,11 @@ def applies(u: np.ndarray, method: str) -> bool:
     return method in ("auto", "native") and u.dtype.name in native.FUSED_DTYPES and "native" in SCAN_METHODS
 
 
-def native_mingru(u: np.ndarray, h0: np.ndarray, candidate: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(h (B, T, H), final (B, H))`` from projections ``u (B, T, 2H)`` and ``h0 (B, H)`` (same dtype)."""
+def native_mingru(u: np.ndarray, h0: np.ndarray, candidate: str, gates: str = "mingru"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """``(h (B, T, H), final (B, H))`` from projections ``u (B, T, 2H)`` and ``h0 (B, H)`` (same dtype);
+    ``gates="minlstm"``: minLSTM's gates from ``u (B, T, 3H) = [u_f | u_i | u_h]``."""
     if u.dtype.name not in native.FUSED_DTYPES or h0.dtype != u.dtype:
         raise TypeError(f"the fused minGRU kernel takes float32/float64 u and h0 of one dtype, got {u.dtype} and "
                         f"{h0.dtype}")
-    return native.mingru_scan(u, h0, candidate)
+    return native.mingru_scan(u, h0, candidate, gates)

@@ -78,10 +78,9 @@ def mingru_log_gates(u: Tensor, config: MinGRUConfig) -> tuple[Tensor, Tensor]:
     return -softplus(u_z), -softplus(-u_z) + log_g(u_h)
 
 
-#: Gates that are minGRU's on a transformed projection, with that transform ``u (..., n H) -> [u_z | u_h] (..., 2H)``:
-#: the fused minGRU kernel (``native_mingru``) then serves them. minGRU's is the identity; minLSTM's (``minlstm.py``)
-#: is ``u_z = d = log(i / f)``, as ``f' = σ(-d)``, ``i' = σ(d)`` (``minlstm.md`` §5).
-FUSED_AS_MINGRU: dict[Gates, Callable[[Tensor], Tensor]] = {mingru_gates: lambda u: u}
+#: Gates the fused minGRU kernel (``native_mingru``) computes itself, by its ``gates`` name: minGRU's, and minLSTM's
+#: (registered by ``minlstm.py``: ``f' = σ(-d)``, ``i' = σ(d)``, minGRU's gates of ``d = log(i / f)``).
+FUSED_GATES: dict[Gates, str] = {mingru_gates: "mingru"}
 
 
 # --- shared runners -------------------------------------------------------------------------------
@@ -190,9 +189,9 @@ def run_sequence(
     elif mask is None and gates is mingru_gates and _triton_fused.applies(u, method):  # gates fused into Triton's
         h = _default(config, x.shape[0], u) if h0 is None else h0
         states, final = _triton_fused.triton_mingru(u, h, config.candidate)
-    elif mask is None and gates in FUSED_AS_MINGRU and _fused.applies(u, method):  # gates fused into the native scan
+    elif mask is None and gates in FUSED_GATES and _fused.applies(u, method):  # gates fused into the native scan
         h = _default(config, x.shape[0], u) if h0 is None else h0
-        states, final = _fused.native_mingru(FUSED_AS_MINGRU[gates](u), h, config.candidate)
+        states, final = _fused.native_mingru(u, h, config.candidate, FUSED_GATES[gates])
     else:
         a, b = gates(u, config)
         if mask is not None:  # padded positions: identity steps of the same scan

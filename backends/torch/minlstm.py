@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from linrec.backends.torch.mingru import (
-    FUSED_AS_MINGRU,
+    FUSED_GATES,
     MinRNNBase,
     candidate,
     initial_state,
@@ -51,14 +51,7 @@ def minlstm_log_gates(u: Tensor, config: MinLSTMConfig) -> tuple[Tensor, Tensor]
     return -softplus(d), -softplus(-d) + log_g(u_h)
 
 
-def _as_mingru(u: Tensor) -> Tensor:
-    """``u (..., 3H) = [u_f | u_i | u_h]`` -> minGRU's ``[u_z | u_h] (..., 2H)`` with ``u_z = d``: minLSTM's
-    ``(f', i' h̃) = (σ(-d), σ(d) h̃)`` are minGRU's gates of ``d``, so its fused kernel runs minLSTM."""
-    u_f, u_i, u_h = u.chunk(3, dim=-1)
-    return torch.cat([_log_ratio(u_f, u_i), u_h], dim=-1)
-
-
-FUSED_AS_MINGRU[minlstm_gates] = _as_mingru
+FUSED_GATES[minlstm_gates] = "minlstm"
 
 
 def minlstm(

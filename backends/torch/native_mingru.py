@@ -4,7 +4,8 @@ Shape legend: ``B`` batch, ``T`` time, ``H`` state width.
 
 Two ``torch.library`` custom ops, with fake implementations (``torch.compile(fullgraph=True)``) and autograd:
 
-- ``linrec::mingru_fwd(u (B, T, 2H), h0 (B, H), candidate) -> (h (B, T, H), final (B, H))``
+- ``linrec::mingru_fwd(u (B, T, 2H), h0 (B, H), candidate) -> (h (B, T, H), final (B, H))`` (``u (B, T, 3H)``
+  with minLSTM's gates: ``candidate`` is ``native.fused_code``)
 - ``linrec::mingru_bwd(u, h, h0, grad_h, grad_final, candidate) -> (u_bar, h0_bar)``
 
 ``u = [u_z | u_h]`` is the layer's projection; per step ``h_t = σ(-u_z) h_{t-1} + σ(u_z) c(u_h)`` (spec/mingru.md)
@@ -38,33 +39,35 @@ def applies(u: Tensor, method: str) -> bool:
 @torch.library.custom_op("linrec::mingru_fwd", mutates_args=())
 def mingru_fwd(u: Tensor, h0: Tensor, candidate: int) -> tuple[Tensor, Tensor]:
     """The fused forward kernel: ``h (B, T, H)`` and ``final (B, H)``."""
-    native.check_fused_shapes(u.shape, h0.shape, 2)
+    blocks = native.gate_blocks(candidate)
+    native.check_fused_shapes(u.shape, h0.shape, blocks)
     lib = native._builder().load()
     u, h0 = _ready(u), _ready(h0)
-    n, t, two_h = u.shape
-    h = _empty_shaped((n, t, two_h // 2), u.dtype)
+    n, t, width = u.shape
+    h = _empty_shaped((n, t, width // blocks), u.dtype)
     final = _empty(h0)
-    _status(lib.linrec_mingru_fwd(_DTYPES[u.dtype], n, t, two_h // 2, candidate, _ptr(u), _ptr(h0), _ptr(h),
+    _status(lib.linrec_mingru_fwd(_DTYPES[u.dtype], n, t, width // blocks, candidate, _ptr(u), _ptr(h0), _ptr(h),
                                   _ptr(final)))
     return h, final
 
 
 @mingru_fwd.register_fake
 def _mingru_fwd_fake(u, h0, candidate):
-    return u.new_empty((*u.shape[:-1], u.shape[-1] // 2)), h0.new_empty(h0.shape)
+    return u.new_empty((*u.shape[:-1], u.shape[-1] // native.gate_blocks(candidate))), h0.new_empty(h0.shape)
 
 
 @torch.library.custom_op("linrec::mingru_bwd", mutates_args=())
 def mingru_bwd(u: Tensor, h: Tensor, h0: Tensor, grad_h: Tensor, grad_final: Tensor,
                candidate: int) -> tuple[Tensor, Tensor]:
     """The fused backward kernel: ``(u_bar (B, T, 2H), h0_bar (B, H))``."""
-    native.check_fused_shapes(u.shape, h0.shape, 2, h.shape, grad_h.shape, grad_final.shape)
+    blocks = native.gate_blocks(candidate)
+    native.check_fused_shapes(u.shape, h0.shape, blocks, h.shape, grad_h.shape, grad_final.shape)
     lib = native._builder().load()
     u, h, h0 = _ready(u), _ready(h), _ready(h0)
     grad_h, grad_final = _ready(grad_h.to(h.dtype)), _ready(grad_final.to(h.dtype))
-    n, t, two_h = u.shape
+    n, t, width = u.shape
     u_bar, h0_bar = _empty(u), _empty(h0)
-    _status(lib.linrec_mingru_bwd(_DTYPES[u.dtype], n, t, two_h // 2, candidate, _ptr(u), _ptr(h), _ptr(h0),
+    _status(lib.linrec_mingru_bwd(_DTYPES[u.dtype], n, t, width // blocks, candidate, _ptr(u), _ptr(h), _ptr(h0),
                                   _ptr(grad_h), _ptr(grad_final), _ptr(u_bar), _ptr(h0_bar)))
     return u_bar, h0_bar
 
@@ -94,12 +97,13 @@ def _backward(ctx, grad_h, grad_final):
 mingru_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def native_mingru(u: Tensor, h0: Tensor, candidate: str) -> tuple[Tensor, Tensor]:
+def native_mingru(u: Tensor, h0: Tensor, candidate: str, gates: str = "mingru") -> tuple[Tensor, Tensor]:
     """``(h (B, T, H), final (B, H))`` from projections ``u (B, T, 2H)`` and ``h0 (B, H)`` (same dtype).
 
-    ``candidate``: ``"identity"`` or ``"g"``. Differentiable in ``u`` and ``h0``.
+    ``candidate``: ``"identity"`` or ``"g"``; ``gates="minlstm"``: minLSTM's gates from ``u (B, T, 3H) =
+    [u_f | u_i | u_h]``. Differentiable in ``u`` and ``h0``.
     """
     if u.dtype not in _DTYPES or h0.dtype != u.dtype:
         raise TypeError(f"the fused minGRU kernel takes float32/float64 u and h0 of one dtype, got {u.dtype} and "
                         f"{h0.dtype}")
-    return mingru_fwd(u, h0, native.CANDIDATE_CODES[candidate])
+    return mingru_fwd(u, h0, native.fused_code(candidate, gates))
