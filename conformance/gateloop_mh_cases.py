@@ -70,6 +70,15 @@ VARIANTS: dict[str, tuple[GateLoopMHConfig, str]] = {
         replace(_BASE, gate="complex", gate_parametrization="cartesian", input_norm="rms", sub_norm="layernorm"),
         "complex cartesian gate per key row, RMS-normalised input, LayerNorm on the read-out",
     ),
+    "wide-real-head": (
+        replace(_BASE, d_value=8, gate_granularity="head"),
+        "d_value = 8, real gate per head: wide enough for a native kernel that keeps each head's state (linrec's "
+        "serves d_value >= 8)",
+    ),
+    "wide-complex": (
+        replace(_BASE, d_value=8, gate="complex"),
+        "d_value = 8, complex gate per key row: a native kernel's complex state, its conjugated gradients",
+    ),
 }
 #: Variants run on every path; the others on parallel-auto and method="chunked" only (keeps compile time down).
 FULL_PATH_VARIANTS = ("real", "complex")

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from linrec.backends.jax import native_gateloop_mh as _native
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
 from linrec.backends.jax.scan import linear_scan
@@ -238,6 +239,8 @@ def _forward(params, x: Array, state: Array, valid: Array | None, *, config: Gat
                 from linrec.backends.jax.pallas_gateloop_mh import pallas_gateloop_mh
 
                 o, state = pallas_gateloop_mh(q, k, v, a, state)
+            elif _native.applies(q, v, method):  # the state kept in the kernel: no k ⊗ v or per-step states in memory
+                o, state = _native.native_gateloop_mh(q, k, v, a, state)
             else:
                 o, state = _scan_part(q, k, v, a, state, method)
             y = _read_out(params, o, x.dtype, config, xn)

@@ -53,6 +53,21 @@ def register() -> None:
         _registered = True
 
 
+_fused_targets: set[str] = set()
+
+
+def register_targets(*targets: str) -> None:
+    """Register the library's FFI handlers ``<target>_ffi`` under the names ``targets`` with XLA, once each (after
+    :func:`register`, which builds or loads the library). The fused layer kernels' bindings call this."""
+    register()
+    with _register_lock:
+        lib = native._builder().load()
+        for target in targets:
+            if target not in _fused_targets:
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, f"{target}_ffi")), platform="cpu")
+                _fused_targets.add(target)
+
+
 def _like(x: Array) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(x.shape, x.dtype)
 

@@ -25,19 +25,11 @@ __all__ = ["applies", "native_gated_linear_rnn", "register"]
 Array = jax.Array
 
 _FWD, _BWD = "linrec_glr_fwd", "linrec_glr_bwd"
-_registered = False
 
 
 def register() -> None:
     """Register the fused GatedLinearRNN FFI targets with XLA (once); builds the library like ``method="native"``."""
-    global _registered
-    if _registered:
-        return
-    scan_native.register()
-    lib = native._builder().load()
-    jax.ffi.register_ffi_target(_FWD, jax.ffi.pycapsule(lib.linrec_glr_fwd_ffi), platform="cpu")
-    jax.ffi.register_ffi_target(_BWD, jax.ffi.pycapsule(lib.linrec_glr_bwd_ffi), platform="cpu")
-    _registered = True
+    scan_native.register_targets(_FWD, _BWD)
 
 
 def _like(shape, dtype) -> jax.ShapeDtypeStruct:

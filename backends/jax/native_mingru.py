@@ -28,19 +28,11 @@ __all__ = ["applies", "native_mingru", "register"]
 Array = jax.Array
 
 _FWD, _BWD = "linrec_mingru_fwd", "linrec_mingru_bwd"
-_registered = False
 
 
 def register() -> None:
     """Register the fused minGRU FFI targets with XLA (once); builds the library like ``method="native"``."""
-    global _registered
-    if _registered:
-        return
-    scan_native.register()  # builds/loads and checks the FFI handlers are compiled in
-    lib = native._builder().load()
-    jax.ffi.register_ffi_target(_FWD, jax.ffi.pycapsule(lib.linrec_mingru_fwd_ffi), platform="cpu")
-    jax.ffi.register_ffi_target(_BWD, jax.ffi.pycapsule(lib.linrec_mingru_bwd_ffi), platform="cpu")
-    _registered = True
+    scan_native.register_targets(_FWD, _BWD)
 
 
 def applies(u: Array, method: str) -> bool:

@@ -47,7 +47,7 @@ __all__ = ["ABI_VERSION", "NativeBuildError", "available", "build", "build_error
            "load", "stamp_path", "verify"]
 
 #: Must equal ``linrec_abi_version()`` in the C++ source.
-ABI_VERSION = 4
+ABI_VERSION = 5
 #: Bumped when the cache layout changes (here: the stamp beside the library); part of the key.
 CACHE_LAYOUT = 2
 SOURCE = Path(__file__).with_name("linrec_scan.cc")
@@ -64,7 +64,8 @@ FLAGS = ("-std=c++17", "-O3", "-fno-trapping-math", "-fPIC", "-shared", "-pthrea
 CPU_FLAGS = ("-march=native", "-ffp-contract=off")
 #: Every C symbol the loader declares: a library missing one is not ours (or not this version).
 SYMBOLS = ("linrec_abi_version", "linrec_has_ffi", "linrec_num_threads", "linrec_scan_fwd", "linrec_scan_bwd",
-           "linrec_mingru_fwd", "linrec_mingru_bwd", "linrec_glr_fwd", "linrec_glr_bwd")
+           "linrec_mingru_fwd", "linrec_mingru_bwd", "linrec_glr_fwd", "linrec_glr_bwd", "linrec_gmh_chunk",
+           "linrec_gmh_fwd", "linrec_gmh_bwd")
 
 
 class NativeBuildError(RuntimeError):
@@ -329,6 +330,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.linrec_glr_fwd.restype = c_int
     lib.linrec_glr_bwd.argtypes = [c_int, i64, i64, i64, c_int, ptr, ptr, ptr, ptr, ptr, c_int, ptr, ptr]
     lib.linrec_glr_bwd.restype = c_int
+    lib.linrec_gmh_chunk.argtypes = []
+    lib.linrec_gmh_chunk.restype = c_int
+    lib.linrec_gmh_fwd.argtypes = [c_int, c_int, c_int, i64, i64, i64, i64, i64, i64, *[ptr] * 8]
+    lib.linrec_gmh_fwd.restype = c_int
+    lib.linrec_gmh_bwd.argtypes = [c_int, c_int, c_int, i64, i64, i64, i64, i64, i64, *[ptr] * 12]
+    lib.linrec_gmh_bwd.restype = c_int
 
 
 def _open(path: Path) -> ctypes.CDLL:

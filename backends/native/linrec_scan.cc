@@ -795,6 +795,209 @@ void glr_bwd(const Shape& s, const S* u, const S* h, const S* h0, const S* ct_y,
 }
 
 // ------------------------------------------------------------------------------------------------------------------
+// Multi-head GateLoop (spec/gateloop_mh.md §2) with the state kept local: per (batch row, head)
+//   S_t = diag(a_t) S_{t-1} + k_t v_t^T,  o_t = S_t^T q_t,
+// q, k (N, T, H, K) and v (N, T, H, V) real; a (N, T, H, R) with R = K (a gate per row) or 1 (per head), real or
+// complex; S and o real or complex (the state dtype). The parallel path writes k (x) v and every S_t, (N, T, H, K, V)
+// each; here neither exists. The forward keeps the state entering every chunk of kGmhChunk steps (ck: (N, H, chunks,
+// K, V)); the backward recomputes one chunk's states from it and walks them backwards. Gradients in PyTorch's
+// convention for complex values (dL/dRe + i dL/dIm; the JAX binding conjugates its complex cotangents):
+//   G_t = dL/dS_t = q_t go_t^T + conj(a_{t+1}) G_{t+1}  (G at T from the final state's gradient),
+//   dq_t = Re(conj(S_t) go_t) summed over V,  dk_t = Re(G_t) v_t,  dv_t = Re(G_t)^T k_t,
+//   da_t = sum over V (and K for a gate per head) of G_t conj(S_{t-1}),  grad of S_{-1} = conj(a_0) G_0.
+// A complex state is kept as separate real and imaginary planes, so the V-wide loops vectorise.
+
+constexpr int64_t kGmhChunk = 32;
+
+struct GmhShape {
+  int64_t n, t, h, k, v, r;
+  int64_t chunks() const { return (t + kGmhChunk - 1) / kGmhChunk; }
+};
+
+// kV: V as a compile-time constant (0: read from g), so the V-wide loops have a known trip count and vectorise
+// without a remainder loop.
+template <class R, bool kCS, bool kCG, int kV>
+struct Gmh {
+  using Real = R;
+  static constexpr int kSW = kCS ? 2 : 1;  // scalars per state element in memory
+  static constexpr int kGW = kCG ? 2 : 1;  // scalars per gate
+  const GmhShape& g;
+
+  int64_t nv() const { return kV ? kV : g.v; }
+  int64_t kv() const { return g.k * nv(); }
+  // element offsets (in units of one real or complex value) of step t of item (n, head)
+  int64_t qk_at(int64_t n, int64_t hd, int64_t t) const { return ((n * g.t + t) * g.h + hd) * g.k; }
+  int64_t v_at(int64_t n, int64_t hd, int64_t t) const { return ((n * g.t + t) * g.h + hd) * nv(); }
+  int64_t a_at(int64_t n, int64_t hd, int64_t t) const { return ((n * g.t + t) * g.h + hd) * g.r; }
+
+  // one step on the planes (sr, si): rows decayed by the gate, plus k v^T on the real plane
+  void step(R* __restrict sr, R* __restrict si, const R* __restrict kt, const R* __restrict vt,
+            const R* __restrict at) const {
+    for (int64_t row = 0; row < g.k; ++row) {
+      const int64_t gidx = g.r == 1 ? 0 : row;
+      const R ar = at[gidx * kGW], ai = kCG ? at[gidx * kGW + 1] : R(0);
+      const R kr = kt[row];
+      R* __restrict pr = sr + row * nv();
+      R* __restrict pi = si + row * nv();
+      for (int64_t c = 0; c < nv(); ++c) {
+        const R xr = pr[c];
+        if constexpr (kCS) {
+          const R xi = pi[c];
+          pr[c] = ar * xr - ai * xi + kr * vt[c];
+          pi[c] = ar * xi + ai * xr;
+        } else {
+          pr[c] = ar * xr + kr * vt[c];
+        }
+      }
+    }
+  }
+
+  void load(const R* src, R* __restrict sr, R* __restrict si) const {
+    for (int64_t e = 0; e < kv(); ++e) {
+      sr[e] = src[e * kSW];
+      if constexpr (kCS) si[e] = src[e * kSW + 1];
+    }
+  }
+
+  void save(const R* __restrict sr, const R* __restrict si, R* dst) const {
+    for (int64_t e = 0; e < kv(); ++e) {
+      dst[e * kSW] = sr[e];
+      if constexpr (kCS) dst[e * kSW + 1] = si[e];
+    }
+  }
+
+  // work items: (batch row, block of heads); a thread walks time once for all heads of its block, so each step
+  // reads and writes contiguous (head, K or V) rows instead of one head's strided slice (a stride of H rows per
+  // step put every access on a new cache line and page: 2.7x slower at H = 64)
+  Shape work() const { return Shape{g.n, g.t, g.h * std::max<int64_t>(1, kv()), g.h, std::max<int64_t>(1, kv())}; }
+
+  void forward(const R* q, const R* k, const R* v, const R* a, const R* s0, R* o, R* s_final, R* ck) const {
+    parallel_blocks(work(), [&](int64_t n, int64_t h0, int64_t h1) {
+      const int64_t kvn = kv(), heads = h1 - h0;
+      std::vector<R> planes(2 * heads * kvn, R(0)), acc(2 * nv());
+      auto plane_r = [&](int64_t hd) { return planes.data() + 2 * (hd - h0) * kvn; };
+      auto plane_i = [&](int64_t hd) { return planes.data() + 2 * (hd - h0) * kvn + kvn; };
+      for (int64_t hd = h0; hd < h1; ++hd) load(s0 + (n * g.h + hd) * kvn * kSW, plane_r(hd), plane_i(hd));
+      for (int64_t t = 0; t < g.t; ++t) {
+        for (int64_t hd = h0; hd < h1; ++hd) {
+          R* sr = plane_r(hd);
+          R* si = plane_i(hd);
+          if (t % kGmhChunk == 0) save(sr, si, ck + ((n * g.h + hd) * g.chunks() + t / kGmhChunk) * kvn * kSW);
+          step(sr, si, k + qk_at(n, hd, t), v + v_at(n, hd, t), a + a_at(n, hd, t) * kGW);
+          const R* __restrict qt = q + qk_at(n, hd, t);
+          R* __restrict accr = acc.data();
+          R* __restrict acci = acc.data() + nv();
+          std::fill(acc.begin(), acc.end(), R(0));
+          for (int64_t row = 0; row < g.k; ++row) {
+            const R qr = qt[row];
+            const R* __restrict pr = sr + row * nv();
+            const R* __restrict pi = si + row * nv();
+            for (int64_t c = 0; c < nv(); ++c) {
+              accr[c] += qr * pr[c];
+              if constexpr (kCS) acci[c] += qr * pi[c];
+            }
+          }
+          R* __restrict ot = o + v_at(n, hd, t) * kSW;
+          for (int64_t c = 0; c < nv(); ++c) {
+            ot[c * kSW] = accr[c];
+            if constexpr (kCS) ot[c * kSW + 1] = acci[c];
+          }
+        }
+      }
+      for (int64_t hd = h0; hd < h1; ++hd) save(plane_r(hd), plane_i(hd), s_final + (n * g.h + hd) * kvn * kSW);
+    });
+  }
+
+  void backward(const R* q, const R* k, const R* v, const R* a, const R* ck, const R* go, const R* gs, R* gq, R* gk,
+                R* gv, R* ga, R* gs0) const {
+    parallel_blocks(work(), [&](int64_t n, int64_t h0, int64_t h1) {
+      const int64_t kvn = kv(), heads = h1 - h0;
+      // one chunk's states of every head of the block: slot (j, head) holds both planes of S before step t0 + j
+      std::vector<R> states(2 * (kGmhChunk + 1) * heads * kvn), grad(2 * heads * kvn), ga_row(kGW * g.r);
+      auto slot_r = [&](int64_t j, int64_t hd) { return states.data() + 2 * (j * heads + hd - h0) * kvn; };
+      auto slot_i = [&](int64_t j, int64_t hd) { return slot_r(j, hd) + kvn; };
+      auto grad_r = [&](int64_t hd) { return grad.data() + 2 * (hd - h0) * kvn; };
+      auto grad_i = [&](int64_t hd) { return grad_r(hd) + kvn; };
+      for (int64_t hd = h0; hd < h1; ++hd) load(gs + (n * g.h + hd) * kvn * kSW, grad_r(hd), grad_i(hd));
+      for (int64_t c = g.chunks() - 1; c >= 0; --c) {
+        const int64_t t0 = c * kGmhChunk, t1 = std::min(g.t, t0 + kGmhChunk);
+        for (int64_t hd = h0; hd < h1; ++hd)
+          load(ck + ((n * g.h + hd) * g.chunks() + c) * kvn * kSW, slot_r(0, hd), slot_i(0, hd));
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t j = t - t0;
+          for (int64_t hd = h0; hd < h1; ++hd) {
+            std::copy(slot_r(j, hd), slot_r(j, hd) + 2 * kvn, slot_r(j + 1, hd));
+            step(slot_r(j + 1, hd), slot_i(j + 1, hd), k + qk_at(n, hd, t), v + v_at(n, hd, t),
+                 a + a_at(n, hd, t) * kGW);
+          }
+        }
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t j = t - t0;
+          for (int64_t hd = h0; hd < h1; ++hd) {
+            const R* __restrict qt = q + qk_at(n, hd, t);
+            const R* __restrict kt = k + qk_at(n, hd, t);
+            const R* __restrict vt = v + v_at(n, hd, t);
+            const R* __restrict at = a + a_at(n, hd, t) * kGW;
+            const R* __restrict got = go + v_at(n, hd, t) * kSW;
+            R* __restrict gvt = gv + v_at(n, hd, t);
+            R* gr = grad_r(hd);
+            R* gi = grad_i(hd);
+            std::fill(gvt, gvt + nv(), R(0));
+            std::fill(ga_row.begin(), ga_row.end(), R(0));
+            for (int64_t row = 0; row < g.k; ++row) {
+              const R qr = qt[row], kr = kt[row];
+              R* __restrict grr = gr + row * nv();
+              R* __restrict gir = gi + row * nv();
+              const R* __restrict srr = slot_r(j + 1, hd) + row * nv();
+              const R* __restrict sir = slot_i(j + 1, hd) + row * nv();
+              const R* __restrict prr = slot_r(j, hd) + row * nv();
+              const R* __restrict pir = slot_i(j, hd) + row * nv();
+              R dq = 0, dk = 0, dar = 0, dai = 0;
+              for (int64_t c2 = 0; c2 < nv(); ++c2) {
+                const R gor = got[c2 * kSW];
+                const R nr = grr[c2] + qr * gor;  // G_t: the later steps' gradient plus this step's read-out
+                dq += srr[c2] * gor;
+                dk += nr * vt[c2];
+                gvt[c2] += nr * kr;
+                grr[c2] = nr;
+                if constexpr (kCS) {
+                  const R goi = got[c2 * kSW + 1];
+                  const R ni = gir[c2] + qr * goi;
+                  dq += sir[c2] * goi;
+                  gir[c2] = ni;
+                  dar += nr * prr[c2] + ni * pir[c2];  // Re(G conj(S_prev))
+                  if constexpr (kCG) dai += ni * prr[c2] - nr * pir[c2];  // Im(G conj(S_prev))
+                } else {
+                  dar += nr * prr[c2];
+                }
+              }
+              gq[qk_at(n, hd, t) + row] = dq;
+              gk[qk_at(n, hd, t) + row] = dk;
+              const int64_t gidx = g.r == 1 ? 0 : row;
+              ga_row[gidx * kGW] += dar;
+              if constexpr (kCG) ga_row[gidx * kGW + 1] += dai;
+              const R ar = at[gidx * kGW], ai = kCG ? at[gidx * kGW + 1] : R(0);
+              for (int64_t c2 = 0; c2 < nv(); ++c2) {  // G_{t-1} = conj(a_t) G_t
+                const R xr = grr[c2];
+                if constexpr (kCS) {
+                  const R xi = gir[c2];
+                  grr[c2] = ar * xr + ai * xi;
+                  gir[c2] = ar * xi - ai * xr;
+                } else {
+                  grr[c2] = ar * xr;
+                }
+              }
+            }
+            std::copy(ga_row.begin(), ga_row.end(), ga + a_at(n, hd, t) * kGW);
+          }
+        }
+      }
+      for (int64_t hd = h0; hd < h1; ++hd) save(grad_r(hd), grad_i(hd), gs0 + (n * g.h + hd) * kvn * kSW);
+    });
+  }
+};
+
+// ------------------------------------------------------------------------------------------------------------------
 // dtype dispatch shared by both bindings.
 
 // kBF16: bfloat16 a, b, h (and a_bar, b_bar) with a float32 state: h0, final, ct_final, h0_bar are float32.
@@ -949,6 +1152,64 @@ int run_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const
   });
 }
 
+// Multi-head GateLoop: `dtype` is the real dtype of q, k, v; complex_state / complex_gate choose the other types.
+template <class R, bool kCS, bool kCG, class F>
+int dispatch_gmh_width(int64_t v, F&& f) {
+  switch (v) {
+    case 8: return f(static_cast<Gmh<R, kCS, kCG, 8>*>(nullptr));
+    case 16: return f(static_cast<Gmh<R, kCS, kCG, 16>*>(nullptr));
+    case 32: return f(static_cast<Gmh<R, kCS, kCG, 32>*>(nullptr));
+    case 64: return f(static_cast<Gmh<R, kCS, kCG, 64>*>(nullptr));
+    default: return f(static_cast<Gmh<R, kCS, kCG, 0>*>(nullptr));
+  }
+}
+
+template <class F>
+int dispatch_gmh(int dtype, int complex_state, int complex_gate, int64_t v, F&& f) {
+  if (complex_gate && !complex_state) return kBadDtype;  // a complex gate makes the state complex
+  return dispatch_real(dtype, [&](auto* tag) {
+    using R = std::remove_pointer_t<decltype(tag)>;
+    if (!complex_state) return dispatch_gmh_width<R, false, false>(v, f);
+    if (!complex_gate) return dispatch_gmh_width<R, true, false>(v, f);
+    return dispatch_gmh_width<R, true, true>(v, f);
+  });
+}
+
+int check_gmh(const GmhShape& g) {
+  if (g.n < 0 || g.t < 0 || g.h < 0 || g.k < 0 || g.v < 0) return kBadShape;
+  return g.r == 1 || g.r == g.k ? kOk : kBadShape;
+}
+
+int run_gmh_fwd(int dtype, int complex_state, int complex_gate, const GmhShape& g, const void* q, const void* k,
+                const void* v, const void* a, const void* s0, void* o, void* s_final, void* ck) {
+  if (int st = check_gmh(g)) return st;
+  return dispatch_gmh(dtype, complex_state, complex_gate, g.v, [&](auto* tag) {
+    using K = std::remove_pointer_t<decltype(tag)>;
+    using R = typename K::Real;
+    const K kernel{g};
+    kernel.forward(static_cast<const R*>(q), static_cast<const R*>(k), static_cast<const R*>(v),
+                   static_cast<const R*>(a), static_cast<const R*>(s0), static_cast<R*>(o), static_cast<R*>(s_final),
+                   static_cast<R*>(ck));
+    return int{kOk};
+  });
+}
+
+int run_gmh_bwd(int dtype, int complex_state, int complex_gate, const GmhShape& g, const void* q, const void* k,
+                const void* v, const void* a, const void* ck, const void* go, const void* gs, void* gq, void* gk,
+                void* gv, void* ga, void* gs0) {
+  if (int st = check_gmh(g)) return st;
+  return dispatch_gmh(dtype, complex_state, complex_gate, g.v, [&](auto* tag) {
+    using K = std::remove_pointer_t<decltype(tag)>;
+    using R = typename K::Real;
+    const K kernel{g};
+    kernel.backward(static_cast<const R*>(q), static_cast<const R*>(k), static_cast<const R*>(v),
+                    static_cast<const R*>(a), static_cast<const R*>(ck), static_cast<const R*>(go),
+                    static_cast<const R*>(gs), static_cast<R*>(gq), static_cast<R*>(gk), static_cast<R*>(gv),
+                    static_cast<R*>(ga), static_cast<R*>(gs0));
+    return int{kOk};
+  });
+}
+
 }  // namespace
 
 // --------------------------------------------------------------------------------------------------------------------
@@ -958,7 +1219,7 @@ int run_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const
 extern "C" {
 
 // Bumped whenever a signature below changes; the Python loader checks it.
-int linrec_abi_version() { return 4; }
+int linrec_abi_version() { return 5; }
 
 int linrec_has_ffi() {
 #ifdef LINREC_WITH_XLA_FFI
@@ -1007,6 +1268,24 @@ int linrec_glr_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, co
 int linrec_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const void* u, const void* h,
                    const void* h0, const void* ct_y, const void* ct_final, int reverse, void* du, void* h0_bar) {
   return run_glr_bwd(dtype, n, t, hidden, tied, u, h, h0, ct_y, ct_final, reverse, du, h0_bar);
+}
+
+// Multi-head GateLoop (see "Multi-head GateLoop" above): sizes (n, t, h, k, v, r); ck holds (n, h, ceil(t / 32), k, v)
+// states. The chunk length is linrec_gmh_chunk().
+int linrec_gmh_chunk() { return static_cast<int>(kGmhChunk); }
+
+int linrec_gmh_fwd(int dtype, int complex_state, int complex_gate, int64_t n, int64_t t, int64_t h, int64_t k,
+                   int64_t v, int64_t r, const void* q, const void* kk, const void* vv, const void* a, const void* s0,
+                   void* o, void* s_final, void* ck) {
+  return run_gmh_fwd(dtype, complex_state, complex_gate, GmhShape{n, t, h, k, v, r}, q, kk, vv, a, s0, o, s_final,
+                     ck);
+}
+
+int linrec_gmh_bwd(int dtype, int complex_state, int complex_gate, int64_t n, int64_t t, int64_t h, int64_t k,
+                   int64_t v, int64_t r, const void* q, const void* kk, const void* vv, const void* a, const void* ck,
+                   const void* go, const void* gs, void* gq, void* gk, void* gv, void* ga, void* gs0) {
+  return run_gmh_bwd(dtype, complex_state, complex_gate, GmhShape{n, t, h, k, v, r}, q, kk, vv, a, ck, go, gs, gq, gk,
+                     gv, ga, gs0);
 }
 
 }  // extern "C"
@@ -1167,6 +1446,54 @@ ffi::Error GlrBwdImpl(ffi::AnyBuffer u, ffi::AnyBuffer h, ffi::AnyBuffer h0, ffi
                                   du->untyped_data(), h0_bar->untyped_data()));
 }
 
+// Multi-head GateLoop: q, k (..., T, H, K), v (..., T, H, V), a (..., T, H, R), s0 (..., H, K, V); the types come
+// from the buffers (q's real dtype; s0 and a real or complex). ck: (..., H, chunks, K, V).
+struct GmhGeometry {
+  GmhShape g;
+  int dtype, complex_state, complex_gate;
+};
+
+ffi::ErrorOr<GmhGeometry> gmh_geometry(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer a,
+                                       ffi::AnyBuffer s) {
+  auto qd = q.dimensions(), vd = v.dimensions(), ad = a.dimensions();
+  if (qd.size() < 3 || vd.size() != qd.size() || ad.size() != qd.size())
+    return ffi::Unexpected(ffi::Error::InvalidArgument("linrec: q, k (..., T, H, K), v (..., T, H, V), a (..., T, H, R) expected"));
+  const size_t m = qd.size();
+  const GmhShape g{prod(qd, 0, m - 3), qd[m - 3], qd[m - 2], qd[m - 1], vd[m - 1], ad[m - 1]};
+  if (k.element_count() != q.element_count() || static_cast<int64_t>(v.element_count()) != g.n * g.t * g.h * g.v ||
+      static_cast<int64_t>(a.element_count()) != g.n * g.t * g.h * g.r ||
+      static_cast<int64_t>(s.element_count()) != g.n * g.h * g.k * g.v)
+    return ffi::Unexpected(ffi::Error::InvalidArgument("linrec: inconsistent multi-head GateLoop buffers"));
+  const int real = code_of(q.element_type()), state = code_of(s.element_type()), gate = code_of(a.element_type());
+  const bool cs = state == kC64 || state == kC128, cg = gate == kC64 || gate == kC128;
+  if (code_of(k.element_type()) != real || code_of(v.element_type()) != real)
+    return ffi::Unexpected(ffi::Error::InvalidArgument("linrec: q, k, v must share one real dtype"));
+  return GmhGeometry{g, real, cs, cg};
+}
+
+ffi::Error GmhFwdImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer a, ffi::AnyBuffer s0,
+                      ffi::Result<ffi::AnyBuffer> o, ffi::Result<ffi::AnyBuffer> fin, ffi::Result<ffi::AnyBuffer> ck) {
+  auto geo = gmh_geometry(q, k, v, a, s0);
+  if (geo.has_error()) return geo.error();
+  const GmhGeometry& x = geo.value();
+  return status_error(run_gmh_fwd(x.dtype, x.complex_state, x.complex_gate, x.g, q.untyped_data(), k.untyped_data(),
+                                  v.untyped_data(), a.untyped_data(), s0.untyped_data(), o->untyped_data(),
+                                  fin->untyped_data(), ck->untyped_data()));
+}
+
+ffi::Error GmhBwdImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer a, ffi::AnyBuffer ck,
+                      ffi::AnyBuffer ct_o, ffi::AnyBuffer ct_final, ffi::Result<ffi::AnyBuffer> gq,
+                      ffi::Result<ffi::AnyBuffer> gk, ffi::Result<ffi::AnyBuffer> gv, ffi::Result<ffi::AnyBuffer> ga,
+                      ffi::Result<ffi::AnyBuffer> gs0) {
+  auto geo = gmh_geometry(q, k, v, a, ct_final);
+  if (geo.has_error()) return geo.error();
+  const GmhGeometry& x = geo.value();
+  return status_error(run_gmh_bwd(x.dtype, x.complex_state, x.complex_gate, x.g, q.untyped_data(), k.untyped_data(),
+                                  v.untyped_data(), a.untyped_data(), ck.untyped_data(), ct_o.untyped_data(),
+                                  ct_final.untyped_data(), gq->untyped_data(), gk->untyped_data(), gv->untyped_data(),
+                                  ga->untyped_data(), gs0->untyped_data()));
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_scan_fwd_ffi, FwdImpl,
@@ -1235,5 +1562,32 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_glr_bwd_ffi, GlrBwdImpl,
                                   .Attr<bool>("reverse")
                                   .Ret<ffi::AnyBuffer>()  // du
                                   .Ret<ffi::AnyBuffer>()  // h0_bar
+);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_gmh_fwd_ffi, GmhFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // q
+                                  .Arg<ffi::AnyBuffer>()  // k
+                                  .Arg<ffi::AnyBuffer>()  // v
+                                  .Arg<ffi::AnyBuffer>()  // a
+                                  .Arg<ffi::AnyBuffer>()  // s0
+                                  .Ret<ffi::AnyBuffer>()  // o
+                                  .Ret<ffi::AnyBuffer>()  // final
+                                  .Ret<ffi::AnyBuffer>()  // checkpoints
+);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_gmh_bwd_ffi, GmhBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // q
+                                  .Arg<ffi::AnyBuffer>()  // k
+                                  .Arg<ffi::AnyBuffer>()  // v
+                                  .Arg<ffi::AnyBuffer>()  // a
+                                  .Arg<ffi::AnyBuffer>()  // checkpoints
+                                  .Arg<ffi::AnyBuffer>()  // ct_o
+                                  .Arg<ffi::AnyBuffer>()  // ct_final
+                                  .Ret<ffi::AnyBuffer>()  // q_bar
+                                  .Ret<ffi::AnyBuffer>()  // k_bar
+                                  .Ret<ffi::AnyBuffer>()  // v_bar
+                                  .Ret<ffi::AnyBuffer>()  // a_bar
+                                  .Ret<ffi::AnyBuffer>()  // s0_bar
 );
 #endif  // LINREC_WITH_XLA_FFI

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from linrec.backends.numpy import native_gateloop_mh as _native
 from linrec.backends.numpy.arrays import dtype_name, np_dtype
 from linrec.backends.numpy.scan import linear_scan
 from linrec.spec import gateloop_mh as spec
@@ -136,6 +137,9 @@ def _layer(params, x: np.ndarray, state: np.ndarray, valid: np.ndarray | None, c
     if valid is not None:  # padding: identity steps (a = 1, k ⊗ v = 0) inside the scan
         a = np.where(valid[:, :, None, None, None], a, 1).astype(a.dtype)
         k = np.where(valid[:, :, None, None], k, 0).astype(k.dtype)
+    if _native.applies(q, v, method):  # the state kept in the kernel: no k ⊗ v or per-step states in memory
+        o, state = _native.native_gateloop_mh(q, k, v, a, state)
+        return _read_out(params, o, x.dtype, config, xn), state
     chunked = method == "chunked"  # the memory-lean path (§6): one scan per chunk, only S carried between them
     size = (chunk_size or config.chunk_size) if chunked else x.shape[1]
     method = "auto" if chunked else method

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from linrec.backends.torch import native_gateloop_mh as _native
 from linrec.backends.torch.arrays import cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.dense import dense
 from linrec.backends.torch.scan import linear_scan, refuse_sequence_parallel
@@ -189,6 +190,8 @@ def _layer(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateL
         refuse_sequence_parallel("gateloop_mh(method='triton'), the fused Triton kernel,",
                                  "use method='auto' (or 'associative', 'sequential')")
         o, state = triton_gateloop_mh(q, k, v, a, state, size)  # chunks of config.chunk_size: its checkpoints
+    elif _native.applies(q, v, method):  # the state kept in the kernel: no k ⊗ v or per-step states in memory
+        o, state = _native.native_gateloop_mh(q, k, v, a, state)
     else:
         o, state = _scan_part(q, k, v, a, state, method)
     return _read_out(params, o, x.dtype, config, xn), state
