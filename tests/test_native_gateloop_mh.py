@@ -122,7 +122,8 @@ def test_torch_binding_autograd_opcheck_compile():
     q, k, v, a, s0, go, gs = _problem("float64", True, True, "key", shape, seed=5)
     o_ref, final_ref, grads_ref = _reference(q, k, v, a, s0, go, gs)
     inputs = [torch.from_numpy(x).requires_grad_(True) for x in (q, k, v, a, s0)]
-    torch.library.opcheck(fused.gmh_fwd, tuple(inputs))
+    torch.library.opcheck(fused.gmh_fwd, (*inputs, False))
+    torch.library.opcheck(fused.gmh_fwd, (*inputs, True))  # Re(o) only
     compiled = torch.compile(fused.native_gateloop_mh, fullgraph=True)
     o, final = compiled(*inputs[:3], inputs[3][..., None], inputs[4])
     loss = (o * torch.from_numpy(go).conj()).real.sum() + (final * torch.from_numpy(gs).conj()).real.sum()
@@ -131,7 +132,7 @@ def test_torch_binding_autograd_opcheck_compile():
     _close(final.detach().numpy(), final_ref, "float64", "torch final")
     for name, g, ref in zip(("q", "k", "v", "a", "s0"), grads, grads_ref):
         _close(g.numpy(), ref, "float64", f"torch {name}_bar", grad=True)
-    _, _, ck = fused.gmh_fwd(*(x.detach() for x in inputs))
+    _, _, ck = fused.gmh_fwd(*(x.detach() for x in inputs), False)
     torch.library.opcheck(fused.gmh_bwd, (*(x.detach() for x in inputs[:4]), ck, torch.from_numpy(go),
                                           torch.from_numpy(gs)))
     with pytest.raises(RuntimeError, match=r"double backward|second derivative|create_graph"):
@@ -189,3 +190,47 @@ def test_backward_keeps_one_state_per_chunk_not_every_state():
 
     assert biggest("associative") >= all_states
     assert biggest("auto") <= all_states // 8
+
+
+@pytest.mark.parametrize("types", [t for t in TYPES if t[1]], ids=lambda t: "-".join(str(x) for x in t))
+def test_real_output_is_the_real_part_with_its_gradients(types):
+    """``real_output=True`` (the layer's ``complex_output="real"``) writes ``Re(o)``, and its real cotangent gives the
+    gradients of the complex output's with a zero imaginary cotangent; in the kernel and both autodiff bindings."""
+    real = types[0]
+    q, k, v, a, s0, go, gs = _problem(*types, (2, 45, 3, 3, 8), seed=7)
+    o, final, ck = native.gateloop_mh_scan(q, k, v, a, s0)
+    o_re, final_re, ck_re = native.gateloop_mh_scan(q, k, v, a, s0, real_output=True)
+    assert o_re.dtype == np.dtype(real)
+    np.testing.assert_array_equal(o_re, o.real)
+    np.testing.assert_array_equal(final_re, final)
+    np.testing.assert_array_equal(ck_re, ck)
+    want = native.gateloop_mh_scan_vjp(q, k, v, a, ck, go.real.astype(go.dtype), gs)
+    got = native.gateloop_mh_scan_vjp(q, k, v, a, ck, go.real.copy(), gs)
+    for name, g, w in zip(("q", "k", "v", "a", "s0"), got, want):
+        np.testing.assert_array_equal(g, w, err_msg=name)
+    _, _, grads_ref = _reference(q, k, v, a, s0, go.real.astype(go.dtype), gs)
+    torch = pytest.importorskip("torch")
+    from linrec.backends.torch.native_gateloop_mh import native_gateloop_mh as torch_fused
+
+    inputs = [torch.from_numpy(x).requires_grad_(True) for x in (q, k, v, a, s0)]
+    o_t, final_t = torch_fused(*inputs[:3], inputs[3][..., None], inputs[4], real_output=True)
+    assert not o_t.is_complex()
+    loss = (o_t * torch.from_numpy(go.real.copy())).sum() + (final_t * torch.from_numpy(gs).conj()).real.sum()
+    for name, g, ref in zip(("q", "k", "v", "a", "s0"), torch.autograd.grad(loss, inputs), grads_ref):
+        _close(g.numpy(), ref, real, f"torch {name}_bar", grad=True)
+    jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    from linrec.backends.jax.native_gateloop_mh import native_gateloop_mh as jax_fused
+
+    with jax.enable_x64(real == "float64"):
+        args = [jnp.asarray(x) for x in (q, k, v, a[..., None], s0)]
+
+        def jloss(*args):
+            o, final = jax_fused(*args, real_output=True)
+            return jnp.vdot(jnp.asarray(go.real), o) + jnp.real(jnp.vdot(jnp.asarray(gs), final))
+
+        grads = jax.grad(jloss, argnums=(0, 1, 2, 3, 4))(*args)
+    for name, g, ref in zip(("q", "k", "v", "a", "s0"), grads, grads_ref):
+        g = np.asarray(g)[..., 0] if name == "a" else np.asarray(g)
+        _close(np.conj(g) if np.iscomplexobj(g) else g, ref, real, f"jax {name}_bar", grad=True)

@@ -240,7 +240,7 @@ def _forward(params, x: Array, state: Array, valid: Array | None, *, config: Gat
 
                 o, state = pallas_gateloop_mh(q, k, v, a, state)
             elif _native.applies(q, v, method):  # the state kept in the kernel: no k ⊗ v or per-step states in memory
-                o, state = _native.native_gateloop_mh(q, k, v, a, state)
+                o, state = _native.native_gateloop_mh(q, k, v, a, state, config.complex_output == "real")
             else:
                 o, state = _scan_part(q, k, v, a, state, method)
             y = _read_out(params, o, x.dtype, config, xn)

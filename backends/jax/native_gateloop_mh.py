@@ -13,6 +13,8 @@ gradients follow PyTorch's convention; this binding conjugates JAX's complex cot
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
@@ -49,36 +51,40 @@ def _conj(x: Array) -> Array:
     return jnp.conj(x) if jnp.iscomplexobj(x) else x
 
 
-@jax.custom_vjp
-def _gmh(q: Array, k: Array, v: Array, a: Array, s0: Array) -> tuple[Array, Array]:
-    return _gmh_fwd(q, k, v, a, s0)[0]
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _gmh(q: Array, k: Array, v: Array, a: Array, s0: Array, real_output: bool) -> tuple[Array, Array]:
+    return _gmh_fwd(q, k, v, a, s0, real_output)[0]
 
 
-def _gmh_fwd(q, k, v, a, s0):
+def _gmh_fwd(q, k, v, a, s0, real_output):
     n, t, h, kk = q.shape
     vv = v.shape[-1]
-    out = (jax.ShapeDtypeStruct((n, t, h, vv), s0.dtype), jax.ShapeDtypeStruct(s0.shape, s0.dtype),
+    o_dtype = native.gmh_output_dtype(s0.dtype, real_output)  # the kernel reads Re(o) from o's real dtype
+    out = (jax.ShapeDtypeStruct((n, t, h, vv), o_dtype), jax.ShapeDtypeStruct(s0.shape, s0.dtype),
            jax.ShapeDtypeStruct(native.gmh_checkpoints(n, t, h, kk, vv), s0.dtype))
     o, final, ck = jax.ffi.ffi_call(_FWD, out, vmap_method="broadcast_all")(q, k, v, a, s0)
     return (o, final), (q, k, v, a, ck)
 
 
-def _gmh_bwd(residuals, cotangents):
+def _gmh_bwd(real_output, residuals, cotangents):
     q, k, v, a, ck = residuals
     ct_o, ct_final = cotangents
     state = ck.dtype
     out = (*(jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v, a)), jax.ShapeDtypeStruct(ct_final.shape, state))
     call = jax.ffi.ffi_call(_BWD, out, vmap_method="broadcast_all")
     kernel = first_order_only(call, native.fused_double_backward_message("multi-head GateLoop"))
-    grads = kernel(q, k, v, a, ck, _conj(ct_o.astype(state)), _conj(ct_final.astype(state)))
+    ct_o = ct_o.astype(native.gmh_output_dtype(state, real_output))
+    grads = kernel(q, k, v, a, ck, _conj(ct_o), _conj(ct_final.astype(state)))
     return tuple(_conj(g) for g in grads)  # the kernel's complex gradients are PyTorch's: JAX's are the conjugates
 
 
 _gmh.defvjp(_gmh_fwd, _gmh_bwd)
 
 
-def native_gateloop_mh(q: Array, k: Array, v: Array, a: Array, initial_state: Array) -> tuple[Array, Array]:
-    """``(o (B, T, H, V), S_T (B, H, K, V))`` in the state dtype, differentiable in every input.
+def native_gateloop_mh(q: Array, k: Array, v: Array, a: Array, initial_state: Array,
+                       real_output: bool = False) -> tuple[Array, Array]:
+    """``(o (B, T, H, V), S_T (B, H, K, V))`` in the state dtype, differentiable in every input; ``real_output``:
+    ``o`` is ``Re(o)``, real (a complex state read out by its real part: half the bytes).
 
     Args:
       q, k: ``(B, T, H, K)``; v: ``(B, T, H, V)``: real, float32/float64 (the state's real dtype).
@@ -91,4 +97,4 @@ def native_gateloop_mh(q: Array, k: Array, v: Array, a: Array, initial_state: Ar
     native.check_gmh_shapes(q.shape, k.shape, v.shape, a.shape, initial_state.shape)
     native.gmh_codes(jnp.dtype(q.dtype).name, jnp.dtype(a.dtype).name, jnp.dtype(initial_state.dtype).name)
     register()
-    return _gmh(q, k, v, a, initial_state)
+    return _gmh(q, k, v, a, initial_state, bool(real_output) and jnp.iscomplexobj(initial_state))

@@ -68,6 +68,7 @@ __all__ = [
     "glr_scan_vjp",
     "gmh_checkpoints",
     "gmh_codes",
+    "gmh_output_dtype",
     "linear_scan",
     "linear_scan_vjp",
     "mingru_scan",
@@ -307,37 +308,47 @@ def gmh_checkpoints(n: int, t: int, h: int, k: int, v: int) -> tuple[int, ...]:
     return (n, h, -(-t // chunk), k, v)
 
 
-def gateloop_mh_scan(q: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray, s0: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def gmh_output_dtype(state: np.dtype, real_output: bool) -> np.dtype:
+    """The dtype of ``o``: the state's, or its real part's with ``real_output`` (``Re(o)`` only)."""
+    state = np.dtype(state)
+    return np.real(np.zeros((), state)).dtype if real_output else state
+
+
+def gateloop_mh_scan(q: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray, s0: np.ndarray,
+                     real_output: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Multi-head GateLoop's recurrence with the state kept local (spec/gateloop_mh.md §2): per head
     ``S_t = diag(a_t) S_{t-1} + k_t v_tᵀ``, ``o_t = S_tᵀ q_t``, from ``q, k (N, T, H, K)``, ``v (N, T, H, V)``,
     ``a (N, T, H, R)`` and ``s0 (N, H, K, V)``. Returns ``(o (N, T, H, V), S_T (N, H, K, V), checkpoints)`` in the
-    state dtype; the checkpoints are what :func:`gateloop_mh_scan_vjp` recomputes the states from."""
+    state dtype (``o`` real, ``Re(o)``, with ``real_output``); the checkpoints are what
+    :func:`gateloop_mh_scan_vjp` recomputes the states from."""
     n, t, h, kk, vv, r = check_gmh_shapes(q.shape, k.shape, v.shape, a.shape, s0.shape)
     codes = gmh_codes(q.dtype.name, a.dtype.name, s0.dtype.name)
     lib = _builder().load()
     q, k, v, a, s0 = (np.ascontiguousarray(x) for x in (q, k, v, a, s0))
-    o, s_final = np.empty((n, t, h, vv), s0.dtype), np.empty_like(s0)
+    o, s_final = np.empty((n, t, h, vv), gmh_output_dtype(s0.dtype, real_output)), np.empty_like(s0)
     ck = np.empty(gmh_checkpoints(n, t, h, kk, vv), s0.dtype)
-    _check(lib.linrec_gmh_fwd(*codes, n, t, h, kk, vv, r, *(_ptr(x) for x in (q, k, v, a, s0, o, s_final, ck))))
+    _check(lib.linrec_gmh_fwd(*codes, int(real_output), n, t, h, kk, vv, r,
+                              *(_ptr(x) for x in (q, k, v, a, s0, o, s_final, ck))))
     return o, s_final, ck
 
 
 def gateloop_mh_scan_vjp(q: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray, ck: np.ndarray,
                          grad_o: np.ndarray, grad_final: np.ndarray) -> tuple[np.ndarray, ...]:
     """The VJP of :func:`gateloop_mh_scan` given its checkpoints: ``(q̄, k̄, v̄, ā, s̄0)``, complex ones in PyTorch's
-    convention (``∂L/∂Re + i ∂L/∂Im``; JAX's cotangents are their conjugates)."""
+    convention (``∂L/∂Re + i ∂L/∂Im``; JAX's cotangents are their conjugates). A real ``grad_o`` with a complex state
+    is the cotangent of ``real_output=True``'s ``Re(o)``."""
     n, t, h, kk, vv, r = check_gmh_shapes(q.shape, k.shape, v.shape, a.shape, grad_final.shape)
     codes = gmh_codes(q.dtype.name, a.dtype.name, grad_final.dtype.name)
+    real_output = codes[1] and grad_o.dtype.kind != "c"
     if tuple(grad_o.shape) != (n, t, h, vv) or tuple(ck.shape) != gmh_checkpoints(n, t, h, kk, vv):
         raise ValueError(f"multi-head GateLoop VJP: grad_o must be {(n, t, h, vv)} and the checkpoints "
                          f"{gmh_checkpoints(n, t, h, kk, vv)}; got {grad_o.shape}, {ck.shape}")
     lib = _builder().load()
-    q, k, v, a, ck, grad_o, grad_final = (np.ascontiguousarray(x) for x in (q, k, v, a, ck, grad_o.astype(
-        grad_final.dtype, copy=False), grad_final))
+    grad_o = grad_o.astype(gmh_output_dtype(grad_final.dtype, real_output), copy=False)
+    q, k, v, a, ck, grad_o, grad_final = (np.ascontiguousarray(x) for x in (q, k, v, a, ck, grad_o, grad_final))
     gq, gk, gv, ga, gs0 = (np.empty_like(x) for x in (q, k, v, a, grad_final))
     buffers = (q, k, v, a, ck, grad_o, grad_final, gq, gk, gv, ga, gs0)
-    _check(lib.linrec_gmh_bwd(*codes, n, t, h, kk, vv, r, *(_ptr(x) for x in buffers)))
+    _check(lib.linrec_gmh_bwd(*codes, int(real_output), n, t, h, kk, vv, r, *(_ptr(x) for x in buffers)))
     return gq, gk, gv, ga, gs0
 
 

@@ -332,9 +332,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.linrec_glr_bwd.restype = c_int
     lib.linrec_gmh_chunk.argtypes = []
     lib.linrec_gmh_chunk.restype = c_int
-    lib.linrec_gmh_fwd.argtypes = [c_int, c_int, c_int, i64, i64, i64, i64, i64, i64, *[ptr] * 8]
+    lib.linrec_gmh_fwd.argtypes = [c_int, c_int, c_int, c_int, i64, i64, i64, i64, i64, i64, *[ptr] * 8]
     lib.linrec_gmh_fwd.restype = c_int
-    lib.linrec_gmh_bwd.argtypes = [c_int, c_int, c_int, i64, i64, i64, i64, i64, i64, *[ptr] * 12]
+    lib.linrec_gmh_bwd.argtypes = [c_int, c_int, c_int, c_int, i64, i64, i64, i64, i64, i64, *[ptr] * 12]
     lib.linrec_gmh_bwd.restype = c_int
 
 

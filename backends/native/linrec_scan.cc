@@ -815,11 +815,13 @@ struct GmhShape {
 };
 
 // kV: V as a compile-time constant (0: read from g), so the V-wide loops have a known trip count and vectorise
-// without a remainder loop.
-template <class R, bool kCS, bool kCG, int kV>
+// without a remainder loop. kRO: a complex state read out as Re(o) (the layer's complex_output="real"): the
+// output and its cotangent are real, half the bytes, and no imaginary part is written only to be dropped.
+template <class R, bool kCS, bool kCG, int kV, bool kRO = false>
 struct Gmh {
   using Real = R;
   static constexpr int kSW = kCS ? 2 : 1;  // scalars per state element in memory
+  static constexpr int kOW = kCS && !kRO ? 2 : 1;  // scalars per output element (kRO: only Re(o) is written)
   static constexpr int kGW = kCG ? 2 : 1;  // scalars per gate
   const GmhShape& g;
 
@@ -894,13 +896,13 @@ struct Gmh {
             const R* __restrict pi = si + row * nv();
             for (int64_t c = 0; c < nv(); ++c) {
               accr[c] += qr * pr[c];
-              if constexpr (kCS) acci[c] += qr * pi[c];
+              if constexpr (kOW == 2) acci[c] += qr * pi[c];
             }
           }
-          R* __restrict ot = o + v_at(n, hd, t) * kSW;
+          R* __restrict ot = o + v_at(n, hd, t) * kOW;
           for (int64_t c = 0; c < nv(); ++c) {
-            ot[c * kSW] = accr[c];
-            if constexpr (kCS) ot[c * kSW + 1] = acci[c];
+            ot[c * kOW] = accr[c];
+            if constexpr (kOW == 2) ot[c * kOW + 1] = acci[c];
           }
         }
       }
@@ -938,7 +940,7 @@ struct Gmh {
             const R* __restrict kt = k + qk_at(n, hd, t);
             const R* __restrict vt = v + v_at(n, hd, t);
             const R* __restrict at = a + a_at(n, hd, t) * kGW;
-            const R* __restrict got = go + v_at(n, hd, t) * kSW;
+            const R* __restrict got = go + v_at(n, hd, t) * kOW;
             R* __restrict gvt = gv + v_at(n, hd, t);
             R* gr = grad_r(hd);
             R* gi = grad_i(hd);
@@ -954,14 +956,14 @@ struct Gmh {
               const R* __restrict pir = slot_i(j, hd) + row * nv();
               R dq = 0, dk = 0, dar = 0, dai = 0;
               for (int64_t c2 = 0; c2 < nv(); ++c2) {
-                const R gor = got[c2 * kSW];
+                const R gor = got[c2 * kOW];
                 const R nr = grr[c2] + qr * gor;  // G_t: the later steps' gradient plus this step's read-out
                 dq += srr[c2] * gor;
                 dk += nr * vt[c2];
                 gvt[c2] += nr * kr;
                 grr[c2] = nr;
                 if constexpr (kCS) {
-                  const R goi = got[c2 * kSW + 1];
+                  const R goi = kOW == 2 ? got[c2 * kOW + 1] : R(0);
                   const R ni = gir[c2] + qr * goi;
                   dq += sir[c2] * goi;
                   gir[c2] = ni;
@@ -1153,25 +1155,29 @@ int run_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const
 }
 
 // Multi-head GateLoop: `dtype` is the real dtype of q, k, v; complex_state / complex_gate choose the other types.
-template <class R, bool kCS, bool kCG, class F>
+template <class R, bool kCS, bool kCG, bool kRO, class F>
 int dispatch_gmh_width(int64_t v, F&& f) {
   switch (v) {
-    case 8: return f(static_cast<Gmh<R, kCS, kCG, 8>*>(nullptr));
-    case 16: return f(static_cast<Gmh<R, kCS, kCG, 16>*>(nullptr));
-    case 32: return f(static_cast<Gmh<R, kCS, kCG, 32>*>(nullptr));
-    case 64: return f(static_cast<Gmh<R, kCS, kCG, 64>*>(nullptr));
-    default: return f(static_cast<Gmh<R, kCS, kCG, 0>*>(nullptr));
+    case 8: return f(static_cast<Gmh<R, kCS, kCG, 8, kRO>*>(nullptr));
+    case 16: return f(static_cast<Gmh<R, kCS, kCG, 16, kRO>*>(nullptr));
+    case 32: return f(static_cast<Gmh<R, kCS, kCG, 32, kRO>*>(nullptr));
+    case 64: return f(static_cast<Gmh<R, kCS, kCG, 64, kRO>*>(nullptr));
+    default: return f(static_cast<Gmh<R, kCS, kCG, 0, kRO>*>(nullptr));
   }
 }
 
 template <class F>
-int dispatch_gmh(int dtype, int complex_state, int complex_gate, int64_t v, F&& f) {
+int dispatch_gmh(int dtype, int complex_state, int complex_gate, int real_output, int64_t v, F&& f) {
   if (complex_gate && !complex_state) return kBadDtype;  // a complex gate makes the state complex
   return dispatch_real(dtype, [&](auto* tag) {
     using R = std::remove_pointer_t<decltype(tag)>;
-    if (!complex_state) return dispatch_gmh_width<R, false, false>(v, f);
-    if (!complex_gate) return dispatch_gmh_width<R, true, false>(v, f);
-    return dispatch_gmh_width<R, true, true>(v, f);
+    if (!complex_state) return dispatch_gmh_width<R, false, false, false>(v, f);
+    if (real_output) {
+      return complex_gate ? dispatch_gmh_width<R, true, true, true>(v, f)
+                          : dispatch_gmh_width<R, true, false, true>(v, f);
+    }
+    return complex_gate ? dispatch_gmh_width<R, true, true, false>(v, f)
+                        : dispatch_gmh_width<R, true, false, false>(v, f);
   });
 }
 
@@ -1180,10 +1186,10 @@ int check_gmh(const GmhShape& g) {
   return g.r == 1 || g.r == g.k ? kOk : kBadShape;
 }
 
-int run_gmh_fwd(int dtype, int complex_state, int complex_gate, const GmhShape& g, const void* q, const void* k,
-                const void* v, const void* a, const void* s0, void* o, void* s_final, void* ck) {
+int run_gmh_fwd(int dtype, int complex_state, int complex_gate, int real_output, const GmhShape& g, const void* q,
+                const void* k, const void* v, const void* a, const void* s0, void* o, void* s_final, void* ck) {
   if (int st = check_gmh(g)) return st;
-  return dispatch_gmh(dtype, complex_state, complex_gate, g.v, [&](auto* tag) {
+  return dispatch_gmh(dtype, complex_state, complex_gate, real_output, g.v, [&](auto* tag) {
     using K = std::remove_pointer_t<decltype(tag)>;
     using R = typename K::Real;
     const K kernel{g};
@@ -1194,11 +1200,11 @@ int run_gmh_fwd(int dtype, int complex_state, int complex_gate, const GmhShape& 
   });
 }
 
-int run_gmh_bwd(int dtype, int complex_state, int complex_gate, const GmhShape& g, const void* q, const void* k,
-                const void* v, const void* a, const void* ck, const void* go, const void* gs, void* gq, void* gk,
-                void* gv, void* ga, void* gs0) {
+int run_gmh_bwd(int dtype, int complex_state, int complex_gate, int real_output, const GmhShape& g, const void* q,
+                const void* k, const void* v, const void* a, const void* ck, const void* go, const void* gs, void* gq,
+                void* gk, void* gv, void* ga, void* gs0) {
   if (int st = check_gmh(g)) return st;
-  return dispatch_gmh(dtype, complex_state, complex_gate, g.v, [&](auto* tag) {
+  return dispatch_gmh(dtype, complex_state, complex_gate, real_output, g.v, [&](auto* tag) {
     using K = std::remove_pointer_t<decltype(tag)>;
     using R = typename K::Real;
     const K kernel{g};
@@ -1271,21 +1277,21 @@ int linrec_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, co
 }
 
 // Multi-head GateLoop (see "Multi-head GateLoop" above): sizes (n, t, h, k, v, r); ck holds (n, h, ceil(t / 32), k, v)
-// states. The chunk length is linrec_gmh_chunk().
+// states. The chunk length is linrec_gmh_chunk(). real_output (a complex state): o and grad_o are Re(o), real.
 int linrec_gmh_chunk() { return static_cast<int>(kGmhChunk); }
 
-int linrec_gmh_fwd(int dtype, int complex_state, int complex_gate, int64_t n, int64_t t, int64_t h, int64_t k,
-                   int64_t v, int64_t r, const void* q, const void* kk, const void* vv, const void* a, const void* s0,
-                   void* o, void* s_final, void* ck) {
-  return run_gmh_fwd(dtype, complex_state, complex_gate, GmhShape{n, t, h, k, v, r}, q, kk, vv, a, s0, o, s_final,
-                     ck);
+int linrec_gmh_fwd(int dtype, int complex_state, int complex_gate, int real_output, int64_t n, int64_t t, int64_t h,
+                   int64_t k, int64_t v, int64_t r, const void* q, const void* kk, const void* vv, const void* a,
+                   const void* s0, void* o, void* s_final, void* ck) {
+  return run_gmh_fwd(dtype, complex_state, complex_gate, real_output, GmhShape{n, t, h, k, v, r}, q, kk, vv, a, s0, o,
+                     s_final, ck);
 }
 
-int linrec_gmh_bwd(int dtype, int complex_state, int complex_gate, int64_t n, int64_t t, int64_t h, int64_t k,
-                   int64_t v, int64_t r, const void* q, const void* kk, const void* vv, const void* a, const void* ck,
-                   const void* go, const void* gs, void* gq, void* gk, void* gv, void* ga, void* gs0) {
-  return run_gmh_bwd(dtype, complex_state, complex_gate, GmhShape{n, t, h, k, v, r}, q, kk, vv, a, ck, go, gs, gq, gk,
-                     gv, ga, gs0);
+int linrec_gmh_bwd(int dtype, int complex_state, int complex_gate, int real_output, int64_t n, int64_t t, int64_t h,
+                   int64_t k, int64_t v, int64_t r, const void* q, const void* kk, const void* vv, const void* a,
+                   const void* ck, const void* go, const void* gs, void* gq, void* gk, void* gv, void* ga, void* gs0) {
+  return run_gmh_bwd(dtype, complex_state, complex_gate, real_output, GmhShape{n, t, h, k, v, r}, q, kk, vv, a, ck, go,
+                     gs, gq, gk, gv, ga, gs0);
 }
 
 }  // extern "C"
@@ -1476,9 +1482,10 @@ ffi::Error GmhFwdImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi:
   auto geo = gmh_geometry(q, k, v, a, s0);
   if (geo.has_error()) return geo.error();
   const GmhGeometry& x = geo.value();
-  return status_error(run_gmh_fwd(x.dtype, x.complex_state, x.complex_gate, x.g, q.untyped_data(), k.untyped_data(),
-                                  v.untyped_data(), a.untyped_data(), s0.untyped_data(), o->untyped_data(),
-                                  fin->untyped_data(), ck->untyped_data()));
+  const int real_output = x.complex_state && code_of(o->element_type()) == x.dtype;
+  return status_error(run_gmh_fwd(x.dtype, x.complex_state, x.complex_gate, real_output, x.g, q.untyped_data(),
+                                  k.untyped_data(), v.untyped_data(), a.untyped_data(), s0.untyped_data(),
+                                  o->untyped_data(), fin->untyped_data(), ck->untyped_data()));
 }
 
 ffi::Error GmhBwdImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi::AnyBuffer a, ffi::AnyBuffer ck,
@@ -1488,8 +1495,10 @@ ffi::Error GmhBwdImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi:
   auto geo = gmh_geometry(q, k, v, a, ct_final);
   if (geo.has_error()) return geo.error();
   const GmhGeometry& x = geo.value();
-  return status_error(run_gmh_bwd(x.dtype, x.complex_state, x.complex_gate, x.g, q.untyped_data(), k.untyped_data(),
-                                  v.untyped_data(), a.untyped_data(), ck.untyped_data(), ct_o.untyped_data(),
+  const int real_output = x.complex_state && code_of(ct_o.element_type()) == x.dtype;
+  return status_error(run_gmh_bwd(x.dtype, x.complex_state, x.complex_gate, real_output, x.g, q.untyped_data(),
+                                  k.untyped_data(), v.untyped_data(), a.untyped_data(), ck.untyped_data(),
+                                  ct_o.untyped_data(),
                                   ct_final.untyped_data(), gq->untyped_data(), gk->untyped_data(), gv->untyped_data(),
                                   ga->untyped_data(), gs0->untyped_data()));
 }

@@ -138,7 +138,7 @@ def _layer(params, x: np.ndarray, state: np.ndarray, valid: np.ndarray | None, c
         a = np.where(valid[:, :, None, None, None], a, 1).astype(a.dtype)
         k = np.where(valid[:, :, None, None], k, 0).astype(k.dtype)
     if _native.applies(q, v, method):  # the state kept in the kernel: no k ⊗ v or per-step states in memory
-        o, state = _native.native_gateloop_mh(q, k, v, a, state)
+        o, state = _native.native_gateloop_mh(q, k, v, a, state, config.complex_output == "real")
         return _read_out(params, o, x.dtype, config, xn), state
     chunked = method == "chunked"  # the memory-lean path (§6): one scan per chunk, only S carried between them
     size = (chunk_size or config.chunk_size) if chunked else x.shape[1]

@@ -23,12 +23,13 @@ def applies(q: np.ndarray, v: np.ndarray, method: str) -> bool:
             and v.shape[-1] >= native.GMH_MIN_VALUE_WIDTH and "native" in SCAN_METHODS)
 
 
-def native_gateloop_mh(q: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray, initial_state: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def native_gateloop_mh(q: np.ndarray, k: np.ndarray, v: np.ndarray, a: np.ndarray, initial_state: np.ndarray,
+                       real_output: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(o (B, T, H, V), S_T (B, H, K, V))`` in the state dtype from ``q, k (B, T, H, K)``, ``v (B, T, H, V)``,
-    ``a (B, T, H, R, 1)`` and ``initial_state (B, H, K, V)``."""
+    ``a (B, T, H, R, 1)`` and ``initial_state (B, H, K, V)``; ``real_output``: ``o`` is ``Re(o)``, real."""
     if a.ndim != 5 or a.shape[-1] != 1:
         raise ValueError(f"native multi-head GateLoop: a must be (B, T, H, R, 1), got {tuple(a.shape)}")
     a = np.broadcast_to(a, (*q.shape[:3], a.shape[3], 1))[..., 0]
-    o, final, _ = native.gateloop_mh_scan(q, k, v, a, initial_state)
+    real_output = bool(real_output) and np.iscomplexobj(initial_state)
+    o, final, _ = native.gateloop_mh_scan(q, k, v, a, initial_state, real_output)
     return o, final

@@ -191,7 +191,7 @@ def _layer(params, x: Tensor, state: Tensor, valid: Tensor | None, config: GateL
                                  "use method='auto' (or 'associative', 'sequential')")
         o, state = triton_gateloop_mh(q, k, v, a, state, size)  # chunks of config.chunk_size: its checkpoints
     elif _native.applies(q, v, method):  # the state kept in the kernel: no k ⊗ v or per-step states in memory
-        o, state = _native.native_gateloop_mh(q, k, v, a, state)
+        o, state = _native.native_gateloop_mh(q, k, v, a, state, config.complex_output == "real")
     else:
         o, state = _scan_part(q, k, v, a, state, method)
     return _read_out(params, o, x.dtype, config, xn), state
