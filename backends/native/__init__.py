@@ -218,7 +218,9 @@ def fused_code(candidate: str, gates: str = "mingru") -> int:
 def gate_blocks(code: int) -> int:
     """Blocks of ``H`` columns in ``u`` for a fused minGRU ``code``: 2 (minGRU) or 3 (minLSTM)."""
     return 3 if code & GATE_FLAGS["minlstm"] else 2
-#: dtypes of the fused layer kernels (minGRU, GatedLinearRNN; real only).
+
+
+#: dtypes of the fused layer kernels (minGRU/minLSTM, GatedLinearRNN; real only; the multi-head GateLoop's q, k, v).
 FUSED_DTYPES = ("float32", "float64")
 
 
