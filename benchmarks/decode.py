@@ -72,11 +72,12 @@ import numpy as np
 
 from linrec.tools import bench
 
-COLUMNS = ["model", "implementation", "µs/token", "tokens/s", "speedup vs original", "/ matmul floor", "note"]
+COLUMNS = ["model", "B", "implementation", "µs/token", "tokens/s", "speedup vs original", "/ floor", "note"]
 CONFIG_COLUMNS = ["model", "linrec", "original"]
 #: ``rounds``: how many times every implementation is timed, round-robin, each keeping its fastest round.
-FULL = {"V": 256, "D": 256, "L": 4, "prompt": 16, "decode_tokens": 200, "rounds": 2}
-QUICK = {"V": 64, "D": 32, "L": 2, "prompt": 4, "decode_tokens": 20, "rounds": 1}
+#: ``batches``: the batch sizes ``B`` decoded (issue 17 asks for B=1, bound by reading the weights, and B=16).
+FULL = {"V": 256, "D": 256, "L": 4, "prompt": 16, "decode_tokens": 200, "rounds": 2, "batches": (1, 16)}
+QUICK = {"V": 64, "D": 32, "L": 2, "prompt": 4, "decode_tokens": 20, "rounds": 1, "batches": (1, 2)}
 #: Target (benchmarks/README.md, target 4): decode at least this many times faster per token than the original.
 DECODE_TARGET = 5.0
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -96,6 +97,9 @@ COMPILED = "linrec torch, decoder(compile=True)"
 #: *speedup vs original* is the ceiling of any implementation that computes those products (no target).
 FLOORS = {"linrec jax": "matmul floor jax", "linrec torch": "matmul floor torch"}
 IMPLS = ("linrec jax", DIRECT, "linrec torch", COMPILED, "original", *FLOORS.values())
+#: A computed row after the measured ones: every parameter's bytes over the bandwidth probed in the same run (at
+#: ``B=1`` decoding reads every weight per token and does little else; no target).
+WEIGHT_FLOOR = "weight-read floor"
 TARGET_IMPLS = ("linrec jax", "linrec torch")
 #: Issue 17's decode target: every linrec decode path at most this multiple of its framework's matmul floor (the
 #: dense products alone, which read every dense weight once: at B=1 the larger of the matmul and weight-read floors),
@@ -180,7 +184,7 @@ def _linrec_jax(model: str, sizes: dict[str, Any], *, wrap: bool = True):
     def decode(prompt: np.ndarray, tokens: np.ndarray):
         _, state0 = module.prefill(jnp.asarray(prompt))
         jax.block_until_ready(state0)
-        toks = [jax.device_put(np.asarray([t], np.int32)) for t in tokens]
+        toks = [jax.device_put(np.asarray(t, np.int32)) for t in tokens]  # (B,) each
         if wrap:
             compiled = step.lower(leaves, toks[0], state0).compile()
 
@@ -209,10 +213,12 @@ def _floor(model: str, framework: str, sizes: dict[str, Any]):
 
     cfg = linrec_config(model, sizes)
     shapes = dense_floor.dense_shapes(import_module(f"linrec.spec.{model}").init_params(cfg, seed=0))
-    one_token = (dense_floor.jax_dense if framework == "jax" else dense_floor.torch_dense)(shapes, 1, train=False)
     sync = bench.jax_sync if framework == "jax" else (lambda r: r)
 
     def decode(prompt: np.ndarray, tokens: np.ndarray):
+        products = dense_floor.jax_dense if framework == "jax" else dense_floor.torch_dense
+        one_token = products(shapes, prompt.shape[0], train=False)  # B rows through every kernel
+
         def run():
             for _ in tokens:
                 out = sync(one_token())
@@ -231,7 +237,7 @@ def _linrec_torch(model: str, sizes: dict[str, Any], *, compile: bool = False):
     def decode(prompt: np.ndarray, tokens: np.ndarray):
         with torch.no_grad():
             _, state0 = module.prefill(torch.from_numpy(prompt.astype(np.int64)))
-        toks = [torch.tensor([int(t)], dtype=torch.int64) for t in tokens]
+        toks = [torch.from_numpy(t.astype(np.int64)) for t in tokens]  # (B,) each
 
         decode_one = module.decoder(compile=compile)  # decode_step with the parameters gathered once, no autograd
 
@@ -257,7 +263,7 @@ def _original_glrnn_lm(sizes: dict[str, Any]):
         variables = lm.init(jax.random.PRNGKey(0), prompt, training=False)
         carry0, _ = lm.apply(variables, prompt, training=False)  # prefill: its parallel pass, carry (B, L, H)
         carry0 = jax.block_until_ready(carry0)
-        toks = [jax.device_put(np.asarray([[t]], np.int32)) for t in tokens]  # (B, 1): its step path
+        toks = [jax.device_put(np.asarray(t, np.int32)[:, None]) for t in tokens]  # (B, 1): its step path
         compiled = step.lower(variables, toks[0], carry0).compile()
 
         def run():
@@ -282,7 +288,7 @@ def _original_minlm(sizes: dict[str, Any]):
     def decode(prompt: np.ndarray, tokens: np.ndarray):
         with torch.no_grad():
             _, hiddens0 = lm(torch.from_numpy(prompt.astype(np.int64)), return_prev_hiddens=True)
-        toks = [torch.tensor([[int(t)]], dtype=torch.int64) for t in tokens]  # (B, 1): only the newest token
+        toks = [torch.from_numpy(t.astype(np.int64)[:, None]) for t in tokens]  # (B, 1): only the newest token
 
         def run():
             hiddens = hiddens0
@@ -341,8 +347,9 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     sizes = spec["sizes"]
     decode = _build(spec["model"], spec["impl"], sizes)
     rng = np.random.default_rng(0)
-    prompt = rng.integers(0, sizes["V"], (1, sizes["prompt"]), dtype=np.int32)
-    tokens = rng.integers(0, sizes["V"], sizes["decode_tokens"], dtype=np.int32)
+    n_batch = spec.get("B", 1)
+    prompt = rng.integers(0, sizes["V"], (n_batch, sizes["prompt"]), dtype=np.int32)
+    tokens = rng.integers(0, sizes["V"], (sizes["decode_tokens"], n_batch), dtype=np.int32)  # (N, B)
     fn, sync = decode(prompt, tokens)
     last: list[Any] = []
 
@@ -391,56 +398,86 @@ def faster(first: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
     return other if other["s_per_token"] < first["s_per_token"] else first
 
 
+def weight_bytes(model: str, sizes: dict[str, Any]) -> int:
+    """Bytes of every parameter of ``model`` at float32: what one decode step reads at least once."""
+    from importlib import import_module
+
+    params = import_module(f"linrec.spec.{model}").init_params(linrec_config(model, sizes), seed=0)
+    return sum(4 * int(np.size(v)) for v in params.values())
+
+
+def _torch_threads_at(n_batch: int, torch_threads: int | None) -> int | None:
+    """PyTorch's threads at batch ``n_batch``: ``torch_threads`` at ``B=1`` (nothing worth splitting, module doc),
+    PyTorch's default (every core) above, where the products have rows to split."""
+    return torch_threads if n_batch == 1 else None
+
+
 def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, models: tuple[str, ...] | None = None,
         repeat: int = 5, budget: float = 3.0, progress: Callable[[str], None] | None = None,
-        timeout: float = 600.0, isolate: bool = True, torch_threads: int | None = TORCH_THREADS) -> dict[str, Any]:
-    """Run every (model, implementation) in a subprocess; returns ``{"rows", "configs", "meta", "targets"}``.
+        timeout: float = 600.0, isolate: bool = True, torch_threads: int | None = TORCH_THREADS,
+        bandwidth: float | None = None) -> dict[str, Any]:
+    """Run every (model, batch size, implementation) in a subprocess; returns ``{"rows", "configs", "meta",
+    "targets"}``.
 
     ``isolate=False`` runs them in this process instead (a fast smoke run: the numbers then share one process).
-    ``torch_threads``: PyTorch intra-op threads of the PyTorch implementations (``None``: PyTorch's default).
+    ``torch_threads``: PyTorch intra-op threads of the PyTorch implementations at ``B=1`` (``None``: PyTorch's
+    default, which larger batches always use). ``bandwidth`` (bytes/s): the memory bandwidth of the weight-read
+    floor; by default probed here, at the start of the run (:func:`linrec.tools.bench.best_bandwidth`).
     """
     sizes = dict(sizes or (QUICK if quick else FULL))
+    batches = tuple(sizes.pop("batches", (1,)))
     say = progress or (lambda s: None)
+    if bandwidth is None:
+        bandwidth = bench.best_bandwidth(n_elements=(1 << 20) if quick else 8 * 4096 * 512)["best"]
     rows: list[dict[str, Any]] = []
     configs: list[dict[str, str]] = []
     for model in models or tuple(MODELS):
         title, original_name, original_module = MODELS[model]
         configs.append(_describe(model, sizes))
+        read_floor = weight_bytes(model, sizes) / bandwidth
+        for n_batch in batches:
 
-        def measure(impl: str, first_round: bool, model: str = model, original_module: str = original_module):
-            framework = _framework(model, impl)
-            missing = [m for m in ((original_module,) if impl == "original" else ()) + (framework,)
-                       if not _installed(m)]
-            if missing:
-                return {"error": f"not installed ({', '.join(missing)})"}
-            spec = {"model": model, "impl": impl, "sizes": sizes, "repeat": repeat, "budget": budget,
-                    "torch_threads": torch_threads}
-            res = (bench.run_json_subprocess([__file__, "--worker", json.dumps(spec)], timeout=timeout)
-                   if isolate else _in_process(spec))
-            if "s_per_token" in res and not res.get("finite", True):
-                res["note"] = "non-finite logits"
-            return res
+            def measure(impl: str, first_round: bool, model: str = model, original_module: str = original_module,
+                        n_batch: int = n_batch):
+                framework = _framework(model, impl)
+                missing = [m for m in ((original_module,) if impl == "original" else ()) + (framework,)
+                           if not _installed(m)]
+                if missing:
+                    return {"error": f"not installed ({', '.join(missing)})"}
+                spec = {"model": model, "impl": impl, "sizes": sizes, "B": n_batch, "repeat": repeat,
+                        "budget": budget, "torch_threads": _torch_threads_at(n_batch, torch_threads)}
+                res = (bench.run_json_subprocess([__file__, "--worker", json.dumps(spec)], timeout=timeout)
+                       if isolate else _in_process(spec))
+                if "s_per_token" in res and not res.get("finite", True):
+                    res["note"] = "non-finite logits"
+                return res
 
-        results = bench.round_robin(
-            IMPLS, sizes.get("rounds", 1), measure, faster,
-            lambda impl, r, res, model=model, name=original_name: say(
-                f"{model} {name if impl == 'original' else impl} (round {r + 1}): {res}"))
-        base = results["original"].get("s_per_token")
-        for impl in IMPLS:
-            res = results[impl]
-            label = original_name if impl == "original" else impl
-            row: dict[str, Any] = {"model": title, "implementation": label, "key": model, "impl": impl}
-            if "s_per_token" in res:
-                row.update({"µs/token": 1e6 * res["s_per_token"], "tokens/s": 1.0 / res["s_per_token"],
-                            "median µs/token": 1e6 * res["median_s_per_token"]})
-                if base:
-                    row["speedup vs original"] = base / res["s_per_token"]
-                if "note" in res:
-                    row["note"] = res["note"]
-            else:
-                row["note"] = res.get("error", "no result")
-            rows.append(row)
-    meta = {**sizes, "B": 1, "dtype": "float32", "quick": quick, "torch_threads": torch_threads,
+            results = bench.round_robin(
+                IMPLS, sizes.get("rounds", 1), measure, faster,
+                lambda impl, r, res, model=model, name=original_name, n_batch=n_batch: say(
+                    f"{model} B={n_batch} {name if impl == 'original' else impl} (round {r + 1}): {res}"))
+            base = results["original"].get("s_per_token")
+            for impl in IMPLS:
+                res = results[impl]
+                label = original_name if impl == "original" else impl
+                row: dict[str, Any] = {"model": title, "B": n_batch, "implementation": label, "key": model,
+                                       "impl": impl}
+                if "s_per_token" in res:
+                    row.update({"µs/token": 1e6 * res["s_per_token"], "tokens/s": n_batch / res["s_per_token"],
+                                "median µs/token": 1e6 * res["median_s_per_token"]})
+                    if base:
+                        row["speedup vs original"] = base / res["s_per_token"]
+                    if "note" in res:
+                        row["note"] = res["note"]
+                else:
+                    row["note"] = res.get("error", "no result")
+                rows.append(row)
+            rows.append({"model": title, "B": n_batch, "implementation": WEIGHT_FLOOR, "key": model,
+                         "impl": WEIGHT_FLOOR, "µs/token": 1e6 * read_floor, "tokens/s": n_batch / read_floor,
+                         "speedup vs original": base / read_floor if base else None,
+                         "note": f"{weight_bytes(model, sizes) / 1e6:.1f} MB at {bandwidth / 1e9:.1f} GB/s"})
+    meta = {**sizes, "batches": list(batches), "dtype": "float32", "quick": quick, "torch_threads": torch_threads,
+            "bandwidth_GBps": bandwidth / 1e9,
             "timing": f"best of up to {repeat} runs of all {sizes['decode_tokens']} tokens after 1 warm-up "
                       f"(stopping after {budget} s), in each of {sizes.get('rounds', 1)} round(s) of all "
                       "implementations in turn; the fastest round counts"}
@@ -448,27 +485,37 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, models: tup
     return {"rows": rows, "configs": configs, "meta": meta, "targets": targets(rows)}
 
 
+def _same(row: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Rows of one model at one batch size."""
+    return other["key"] == row["key"] and other["B"] == row["B"]
+
+
+def _us(rows: list[dict[str, Any]], row: dict[str, Any], impl: str) -> float | None:
+    return next((f.get("µs/token") for f in rows if f["impl"] == impl and _same(row, f)), None)
+
+
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One target per linrec row; ``ceiling`` is the speedup of the same framework's matmul floor."""
+    """One target per linrec row and issue; ``ceiling`` is the speedup of the same framework's matmul floor."""
     out = []
     for r in rows:
         if r["impl"] in TARGET_IMPLS:
             ratio = r.get("speedup vs original")
-            top = next((f.get("speedup vs original") for f in rows
-                        if f["impl"] == FLOORS[r["impl"]] and f["key"] == r["key"]), None)
+            top = next((f.get("speedup vs original") for f in rows if f["impl"] == FLOORS[r["impl"]]
+                        and _same(r, f)), None)
             measured = "–" if ratio is None else f"{ratio:.2f}x" + (
                 "" if top is None else f" (matmul ceiling {top:.2f}x)")
-            out.append({"target": f"{r['model']} {r['impl']} decode >= {DECODE_TARGET:g}x faster per token than "
-                                  "the original's step path",
+            out.append({"target": f"{r['model']} B={r['B']} {r['impl']} decode >= {DECODE_TARGET:g}x faster per "
+                                  "token than the original's step path",
                         "measured": measured, "ratio": ratio, "ceiling": top,
                         "reached": None if ratio is None else ratio >= DECODE_TARGET})
     for r in rows:
         if r["impl"] in FLOOR_IMPLS:
-            over, speedup = r.get("/ matmul floor"), r.get("speedup vs original")
-            measured = "–" if over is None else f"{over:.2f}x its matmul floor" + (
+            over, speedup = r.get("/ floor"), r.get("speedup vs original")
+            measured = "–" if over is None else f"{over:.2f}x its floor ({r['floor']})" + (
                 "" if speedup is None else f", {speedup:.2f}x the original's speed")
-            out.append({"target": f"{r['model']} {r['impl']} decode <= {FLOOR_TARGET:g}x its framework's matmul "
-                                  "floor and never slower than the original",
+            out.append({"target": f"{r['model']} B={r['B']} {r['impl']} decode <= {FLOOR_TARGET:g}x the larger of "
+                                  "its framework's matmul floor and the weight-read floor, never slower than the "
+                                  "original",
                         "measured": measured, "ratio": over,
                         "reached": None if over is None or speedup is None
                         else over <= FLOOR_TARGET and speedup >= 1.0})
@@ -476,27 +523,35 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _floor_ratios(rows: list[dict[str, Any]]) -> None:
-    """Fill each linrec row's ``/ matmul floor``: its µs/token over its framework's floor row's."""
+    """Fill each linrec row's ``/ floor``: its µs/token over the larger of its framework's matmul floor and the
+    weight-read floor at the same batch size (``floor`` names which one)."""
     for r in rows:
         if r["impl"] not in FLOOR_IMPLS or not r.get("µs/token"):
             continue
-        floor = FLOORS["linrec jax" if "jax" in r["impl"] else "linrec torch"]
-        base = next((f.get("µs/token") for f in rows if f["impl"] == floor and f["key"] == r["key"]), None)
-        if base:
-            r["/ matmul floor"] = r["µs/token"] / base
+        matmul = _us(rows, r, FLOORS["linrec jax" if "jax" in r["impl"] else "linrec torch"])
+        if not matmul:
+            continue
+        read = _us(rows, r, WEIGHT_FLOOR) or 0.0
+        r["/ floor"] = r["µs/token"] / max(matmul, read)
+        r["floor"] = "matmul" if matmul >= read else "weight read"
 
 
 def report(result: dict[str, Any]) -> str:
     meta = result["meta"]
     return "\n".join([
         "# Decode benchmark (language models)\n",
-        f"float32, B=1, vocab V={meta['V']}, d_model={meta['D']}, {meta['L']} layers; prefill of a "
+        f"float32, B={' and '.join(str(b) for b in meta.get('batches', [1]))}, vocab V={meta['V']}, "
+        f"d_model={meta['D']}, {meta['L']} layers; prefill of a "
         f"{meta['prompt']}-token prompt (untimed), then {meta['decode_tokens']} decode steps, one call per token, "
         "synchronised after every token (fixed tokens, no sampling). linrec: `decode_step` (JAX: inside one "
-        "`jax.jit` over the module's state; *decoder()*: the checked token-loop API, no target; PyTorch: "
-        f"`decoder()`, eager, no autograd, {meta.get('torch_threads') or 'default'} intra-op thread(s) for "
+        "`jax.jit` over the module's state; *decoder()*: the token-loop API, one jitted call per token; PyTorch: "
+        "`decoder()`, eager, no autograd, and `decoder(compile=True)`; "
+        f"{meta.get('torch_threads') or 'default'} intra-op thread(s) at B=1, PyTorch's default above, for "
         "linrec and the original alike); originals: their one-token step paths with a carried state (flax `apply` "
-        "jitted). speedup = original's µs/token / this µs/token. Each implementation ran in its own process. "
+        "jitted). speedup = original's µs/token / this µs/token; tokens/s counts every row of the batch. "
+        "*/ floor*: µs/token over the larger of the framework's matmul floor (its dense products alone) and the "
+        "weight-read floor (every parameter's bytes at the bandwidth probed in this run, "
+        f"{meta.get('bandwidth_GBps', float('nan')):.1f} GB/s). Each implementation ran in its own process. "
         f"Timing: {meta['timing']}.\n",
         bench.markdown_table(COLUMNS, result["rows"]),
         "\n## Configurations\n",
@@ -510,22 +565,22 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     plt = bench.pyplot()
     if plt is None:
         return False
-    models = list(dict.fromkeys(r["model"] for r in result["rows"]))
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    groups = list(dict.fromkeys((r["model"], r.get("B", 1)) for r in result["rows"]))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     width = 0.8 / len(IMPLS)
     measured = False
     for k, impl in enumerate(IMPLS):
-        us = [next((r.get("µs/token") or 0 for r in result["rows"] if r["model"] == m and r["impl"] == impl), 0)
-              for m in models]
+        us = [next((r.get("µs/token") or 0 for r in result["rows"]
+                    if (r["model"], r.get("B", 1)) == g and r["impl"] == impl), 0) for g in groups]
         measured = measured or any(us)
-        ax.bar(np.arange(len(models)) + (k - (len(IMPLS) - 1) / 2) * width, us, width, label=impl)
+        ax.bar(np.arange(len(groups)) + (k - (len(IMPLS) - 1) / 2) * width, us, width, label=impl)
     meta = result["meta"]
-    ax.set_xticks(np.arange(len(models)))
-    ax.set_xticklabels(models, fontsize=9)
+    ax.set_xticks(np.arange(len(groups)))
+    ax.set_xticklabels([f"{m}, B={n}" for m, n in groups], fontsize=9)
     if measured:  # (a run where nothing was installed has nothing to put on a log scale)
         ax.set_yscale("log")
     ax.set_ylabel("µs/token")
-    ax.set_title(f"LM decode latency (B=1, D={meta['D']}, L={meta['L']}, lower is better)")
+    ax.set_title(f"LM decode latency (D={meta['D']}, L={meta['L']}, lower is better)")
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return bench.save_figure(fig, path)

@@ -45,7 +45,6 @@ from __future__ import annotations
 import gc
 import importlib.util
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,10 +55,11 @@ from linrec.tools import bench
 
 COLUMNS = ["layer", "implementation", "T", "step ms", "/ floor", "tokens/s", "peak MB", "speedup vs original",
            "note"]
-DECODE_COLUMNS = ["layer", "implementation", "decode µs/token", "speedup vs original", "note"]
+DECODE_COLUMNS = ["layer", "B", "implementation", "decode µs/token", "/ floor", "speedup vs original", "note"]
 #: ``rounds``: how many times every implementation is timed, round-robin, each keeping its fastest round.
-FULL = {"B": 8, "D": 512, "T": (4096,), "decode_tokens": 200, "rounds": 2}
-QUICK = {"B": 2, "D": 32, "T": (64,), "decode_tokens": 20, "rounds": 1}
+#: ``decode_batches``: the batch sizes of the decode timings (issue 17: B=1, bound by reading the weights, and B=16).
+FULL = {"B": 8, "D": 512, "T": (4096,), "decode_tokens": 200, "rounds": 2, "decode_batches": (1, 16)}
+QUICK = {"B": 2, "D": 32, "T": (64,), "decode_tokens": 20, "rounds": 1, "decode_batches": (1, 2)}
 #: Targets (benchmarks/README.md): a training step at T = ``TRAIN_TARGET_T`` within ``FLOOR_TARGET`` times its
 #: framework's matmul floor and at least as fast as the original; decode ``DECODE_TARGET`` times the original's.
 FLOOR_TARGET, TRAIN_TARGET_T, DECODE_TARGET = 1.3, 4096, 5.0
@@ -95,6 +95,8 @@ LAYERS = {
 #: *speedup vs original* is the ceiling any implementation computing those products can reach (no target).
 FLOORS = {"linrec jax": "matmul floor jax", "linrec torch": "matmul floor torch"}
 IMPLS = ("linrec jax", "linrec torch", "original", *FLOORS.values())
+#: A computed decode row: every parameter's bytes over the bandwidth probed in the same run (no target).
+WEIGHT_FLOOR = "weight-read floor"
 #: width of a key and value per head of the multi-head GateLoop (``gateloop_mh_heads``)
 HEAD_WIDTH = 8
 
@@ -170,7 +172,7 @@ def _linrec_jax(layer: str, D: int):
     step = jax.jit(lambda leaves, x_t, h: nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)).step(x_t, h))
 
     def decode(xs):
-        h0 = module.initial_state(1)
+        h0 = module.initial_state(xs[0].shape[0])
         xs = [jax.device_put(x) for x in xs]
         compiled = step.lower(leaves, xs[0], h0).compile()
 
@@ -204,7 +206,7 @@ def _linrec_torch(layer: str, D: int):
 
     def decode(xs):
         xs = [torch.from_numpy(x) for x in xs]
-        h0 = module.initial_state(1)
+        h0 = module.initial_state(xs[0].shape[0])
 
         def run():
             h = h0
@@ -235,7 +237,7 @@ def _original_glrnn(D: int, tied: bool):
 
     def decode(xs):
         xs = [jax.device_put(x[:, None]) for x in xs]  # (1, 1, D): its T=1 path with a carry
-        h0 = jax.numpy.zeros((1, D), np.float32)
+        h0 = jax.numpy.zeros((xs[0].shape[0], D), np.float32)
         compiled = step.lower(variables, xs[0], h0).compile()
 
         def run():
@@ -250,8 +252,9 @@ def _original_glrnn(D: int, tied: bool):
     return train, decode
 
 
-def _original_torch(make: Callable[[], Any], decode_call: Callable | None, state0: Callable):
-    """``decode_call=None``: the original has no step path (``decode`` then returns ``None``)."""
+def _original_torch(make: Callable[[], Any], decode_call: Callable | None, state0: Callable[[int], Any]):
+    """``decode_call=None``: the original has no step path (``decode`` then returns ``None``); ``state0(B)``: its
+    empty state."""
     import torch
 
     torch.manual_seed(0)
@@ -276,7 +279,7 @@ def _original_torch(make: Callable[[], Any], decode_call: Callable | None, state
         xs = [torch.from_numpy(x[:, None]) for x in xs]
 
         def run():
-            state = state0()
+            state = state0(xs[0].shape[0])
             with torch.no_grad():
                 for x_t in xs:
                     state = decode_call(layer, x_t, state)
@@ -297,17 +300,17 @@ def _original(layer: str, D: int):
 
         return _original_torch(lambda: (minGRU if layer == "mingru" else minLSTM)(D),
                                lambda m, x, h: m(x, prev_hidden=h, return_next_prev_hidden=True)[1],
-                               lambda: torch.zeros(1, 1, D))
+                               lambda n: torch.zeros(n, 1, D))
     if layer == "gateloop_mh":
         from gateloop_transformer.simplified_gate_loop import SimpleGateLoopLayer
 
         return _original_torch(lambda: SimpleGateLoopLayer(D, prenorm=False),
                                lambda m, x, cache: m(x, cache=cache, return_cache=True)[1],
-                               lambda: None)
+                               lambda n: None)
     if layer == "gateloop_mh_heads":
         from gateloop_transformer.gateloop_transformer import GateLoopedAttention
 
-        return _original_torch(lambda: GateLoopedAttention(D, heads=D // HEAD_WIDTH), None, lambda: None)
+        return _original_torch(lambda: GateLoopedAttention(D, heads=D // HEAD_WIDTH), None, lambda n: None)
     raise ValueError(f"unknown layer {layer!r}")
 
 
@@ -323,7 +326,7 @@ def _floor(layer: str, framework: str, D: int):
         return products(shapes, x_np.shape[0] * x_np.shape[1], train=True), sync
 
     def decode(xs):
-        one_token = products(shapes, 1, train=False)
+        one_token = products(shapes, xs[0].shape[0], train=False)  # B rows through every kernel
 
         def run():
             for _ in xs:
@@ -374,14 +377,16 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         out["train"].append(point)
         del fn, x
     if measure in ("time", "both"):
-        xs = [rng.standard_normal((1, D), dtype=np.float32) for _ in range(spec["decode_tokens"])]
-        made = decode(xs)
-        if made is None:
-            out["decode_error"] = "no step path (it has no state to carry between calls)"
-        else:
+        out["decode"] = []
+        for n_batch in spec.get("decode_batches", (1,)):
+            xs = [rng.standard_normal((n_batch, D), dtype=np.float32) for _ in range(spec["decode_tokens"])]
+            made = decode(xs)
+            if made is None:
+                out["decode_error"] = "no step path (it has no state to carry between calls)"
+                break
             fn, sync = made
             timing = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1)
-            out["decode_s_per_token"] = timing.best / len(xs)
+            out["decode"].append({"B": n_batch, "s_per_token": timing.best / len(xs)})
     return out
 
 
@@ -413,8 +418,11 @@ def faster(first: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
         again = next((p for p in other.get("train", []) if p["T"] == point["T"]), None)
         if again is not None:
             point["step_s"] = min(point["step_s"], again["step_s"])
-    if "decode_s_per_token" in other:
-        merged["decode_s_per_token"] = min(first.get("decode_s_per_token", math.inf), other["decode_s_per_token"])
+    merged["decode"] = [dict(p) for p in first.get("decode", [])]
+    for point in merged["decode"]:
+        again = next((p for p in other.get("decode", []) if p["B"] == point["B"]), None)
+        if again is not None:
+            point["s_per_token"] = min(point["s_per_token"], again["s_per_token"])
     return merged
 
 
@@ -442,13 +450,18 @@ def _framework(layer: str, impl: str) -> str:
 
 def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tuple[str, ...] | None = None,
         repeat: int = 5, budget: float = 3.0, progress: Callable[[str], None] | None = None,
-        timeout: float = 600.0, isolate: bool = True) -> dict[str, Any]:
+        timeout: float = 600.0, isolate: bool = True, bandwidth: float | None = None) -> dict[str, Any]:
     """Run every (layer, implementation) in a subprocess; returns ``{"rows", "decode", "meta", "targets"}``.
 
     ``isolate=False`` runs them in this process instead (a fast smoke run: the numbers then share one process).
+    ``bandwidth`` (bytes/s): the memory bandwidth of the decode weight-read floor; by default probed here, at the
+    start of the run (:func:`linrec.tools.bench.best_bandwidth`).
     """
     sizes = dict(sizes or (QUICK if quick else FULL))
+    sizes["decode_batches"] = list(sizes.get("decode_batches", (1,)))
     say = progress or (lambda s: None)
+    if bandwidth is None:
+        bandwidth = bench.best_bandwidth(n_elements=(1 << 20) if quick else 8 * 4096 * 512)["best"]
     rows: list[dict[str, Any]] = []
     decode: list[dict[str, Any]] = []
     for layer in layers or tuple(LAYERS):
@@ -461,7 +474,8 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tup
             if missing:
                 return {"error": f"not installed ({', '.join(missing)})"}
             spec = {"layer": layer, "impl": impl, "B": sizes["B"], "D": sizes["D"], "T": list(sizes["T"]),
-                    "decode_tokens": sizes["decode_tokens"], "repeat": repeat, "budget": budget, "gc": isolate}
+                    "decode_tokens": sizes["decode_tokens"], "decode_batches": sizes["decode_batches"],
+                    "repeat": repeat, "budget": budget, "gc": isolate}
             # peak memory: first round only
             return _isolated(spec, timeout, memory=first_round) if isolate else _in_process(worker, spec)
 
@@ -493,28 +507,56 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, layers: tup
             floor = _floor_row(rows, row)
             if row["key"] == layer and row.get("step ms") and floor.get("step ms"):
                 row["/ floor"] = row["step ms"] / floor["step ms"]
-        base_decode = original.get("decode_s_per_token")
-        for impl in IMPLS:
-            res = results[impl]
-            label = original_name if impl == "original" else impl
-            row = {"layer": title, "implementation": label, "key": layer, "impl": impl}
-            if "decode_s_per_token" in res:
-                row["decode µs/token"] = 1e6 * res["decode_s_per_token"]
-                if base_decode:
-                    row["speedup vs original"] = base_decode / res["decode_s_per_token"]
-            else:
-                row["note"] = res.get("error") or res.get("decode_error", "no result")
-            decode.append(row)
-    meta = {**sizes, "T": list(sizes["T"]), "dtype": "float32", "quick": quick,
+        decode += _decode_rows(layer, results, sizes, bandwidth)
+    meta = {**sizes, "T": list(sizes["T"]), "dtype": "float32", "quick": quick, "bandwidth_GBps": bandwidth / 1e9,
             "timing": f"best of up to {repeat} runs after 1 warm-up (stopping after {budget} s), in each of "
                       f"{sizes.get('rounds', 1)} round(s) of all implementations in turn; the fastest round counts"}
     return {"rows": rows, "decode": decode, "meta": meta, "targets": targets(rows, decode)}
 
 
+def weight_bytes(layer: str, D: int) -> int:
+    """Bytes of every parameter of linrec's ``layer`` at float32: what one decode step reads at least once."""
+    return sum(4 * int(np.size(v)) for v in _linrec_params(layer, linrec_config(layer, D)).values())
+
+
+def _decode_rows(layer: str, results: dict[str, dict[str, Any]], sizes: dict[str, Any], bandwidth: float
+                 ) -> list[dict[str, Any]]:
+    """The decode table's rows of ``layer``: every implementation at every batch size, then the weight-read floor
+    (every parameter's bytes at ``bandwidth``); linrec rows get ``/ floor`` over the larger of their framework's
+    matmul floor and the weight-read floor."""
+    title, _, original_name, _ = LAYERS[layer]
+    read_floor = weight_bytes(layer, sizes["D"]) / bandwidth
+    out: list[dict[str, Any]] = []
+    for n_batch in sizes["decode_batches"]:
+        def per_token(impl: str, n_batch: int = n_batch) -> float | None:
+            return next((p["s_per_token"] for p in results[impl].get("decode", []) if p["B"] == n_batch), None)
+
+        base = per_token("original")
+        for impl in IMPLS:
+            res, seconds = results[impl], per_token(impl)
+            row = {"layer": title, "B": n_batch, "key": layer, "impl": impl,
+                   "implementation": original_name if impl == "original" else impl}
+            if seconds is None:
+                row["note"] = res.get("error") or res.get("decode_error", "no result")
+            else:
+                row["decode µs/token"] = 1e6 * seconds
+                if base:
+                    row["speedup vs original"] = base / seconds
+                matmul = per_token(FLOORS[impl]) if impl in FLOORS else None
+                if matmul:
+                    row["/ floor"] = seconds / max(matmul, read_floor)
+                    row["floor"] = "matmul" if matmul >= read_floor else "weight read"
+            out.append(row)
+        out.append({"layer": title, "B": n_batch, "key": layer, "impl": WEIGHT_FLOOR, "implementation": WEIGHT_FLOOR,
+                    "decode µs/token": 1e6 * read_floor, "speedup vs original": base / read_floor if base else None,
+                    "note": f"{weight_bytes(layer, sizes['D']) / 1e6:.2f} MB at {bandwidth / 1e9:.1f} GB/s"})
+    return out
+
+
 def _floor_row(table: list[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any]:
-    """The matmul-floor row of ``r``'s framework, layer and ``T`` (empty when it did not run)."""
+    """The matmul-floor row of ``r``'s framework, layer, ``T`` and decode batch (empty when it did not run)."""
     return next((f for f in table if f["impl"] == FLOORS.get(r["impl"]) and f["key"] == r["key"]
-                 and f.get("T") == r.get("T")), {})
+                 and f.get("T") == r.get("T") and f.get("B") == r.get("B")), {})
 
 
 def targets(rows: list[dict[str, Any]], decode: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -537,8 +579,18 @@ def targets(rows: list[dict[str, Any]], decode: list[dict[str, Any]]) -> list[di
                     "measured": "–" if over is None else f"{over:.2f}x", "ratio": over,
                     "reached": None if over is None else over <= FLOOR_TARGET})
         out.append(entry(f"{r['layer']} {r['impl']} training step >= 1x original (T={r['T']})", r, rows, 1.0))
-    out += [entry(f"{r['layer']} {r['impl']} decode >= {DECODE_TARGET:g}x faster per token", r, decode,
+    out += [entry(f"{r['layer']} B={r['B']} {r['impl']} decode >= {DECODE_TARGET:g}x faster per token", r, decode,
                   DECODE_TARGET) for r in decode if r["impl"] in FLOORS]
+    for r in decode:
+        if r["impl"] not in FLOORS:
+            continue
+        over, speedup = r.get("/ floor"), r.get("speedup vs original")
+        measured = "–" if over is None else f"{over:.2f}x its floor ({r['floor']})" + (
+            "" if speedup is None else f", {speedup:.2f}x the original's speed")
+        out.append({"target": f"{r['layer']} B={r['B']} {r['impl']} decode <= {FLOOR_TARGET:g}x the larger of its "
+                              "matmul and weight-read floors, never slower than the original",
+                    "measured": measured, "ratio": over,
+                    "reached": None if over is None or speedup is None else over <= FLOOR_TARGET and speedup >= 1.0})
     return out
 
 
@@ -551,7 +603,11 @@ def report(result: dict[str, Any]) -> str:
         "one step; speedup = original's step time / this step time. Each implementation ran in its own process. "
         f"Timing: {meta['timing']}.\n",
         bench.markdown_table(COLUMNS, result["rows"]),
-        f"\n## Decode (B=1, {meta['decode_tokens']} tokens, synchronised per token)\n",
+        f"\n## Decode (B={' and '.join(str(b) for b in meta.get('decode_batches', [1]))}, "
+        f"{meta['decode_tokens']} tokens, synchronised per token)\n",
+        "*/ floor*: µs/token over the larger of the framework's matmul floor (the layer's dense products alone, "
+        "one call per token) and the weight-read floor (every parameter's bytes at the bandwidth probed in this "
+        f"run, {meta.get('bandwidth_GBps', float('nan')):.1f} GB/s).\n",
         bench.markdown_table(DECODE_COLUMNS, result["decode"]),
         "\n## Targets\n",
         bench.markdown_table(["target", "measured", "reached"], result["targets"]),
@@ -570,7 +626,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         tps = [next((r.get("tokens/s") or 0 for r in result["rows"]
                      if r["layer"] == layer and r["impl"] == impl and r["T"] == T), 0) for layer in layers]
         dec = [next((r.get("decode µs/token") or 0 for r in result["decode"]
-                     if r["layer"] == layer and r["impl"] == impl), 0) for layer in layers]
+                     if r["layer"] == layer and r["impl"] == impl and r.get("B", 1) == 1), 0) for layer in layers]
         xs = np.arange(len(layers)) + (k - (len(IMPLS) - 1) / 2) * width  # bars centred on the tick
         axes[0].bar(xs, tps, width, label=impl)
         axes[1].bar(xs, dec, width, label=impl)

@@ -27,8 +27,8 @@ def scan_result():
 @pytest.fixture(scope="module")
 def layers_result():
     layers = bench.load_benchmark("layers")
-    return layers.run(True, sizes={"B": 1, "D": 8, "T": (16,), "decode_tokens": 2}, repeat=1, budget=0.0,
-                      isolate=False)
+    return layers.run(True, sizes={"B": 1, "D": 8, "T": (16,), "decode_tokens": 2, "decode_batches": (1, 3)},
+                      repeat=1, budget=0.0, isolate=False, bandwidth=1e10)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +75,20 @@ def test_layers_tables(layers_result):
     md = layers.report(layers_result)
     rows = table(md, layers.COLUMNS)
     assert len(rows) == len(layers.LAYERS) * len(layers.IMPLS)
-    decode = table(md, layers.DECODE_COLUMNS)
-    assert len(decode) == len(layers.LAYERS) * len(layers.IMPLS)
+    decode = table(md, layers.DECODE_COLUMNS)  # every implementation and the weight-read floor, at B=1 and B=3
+    assert len(decode) == len(layers.LAYERS) * 2 * (len(layers.IMPLS) + 1)
+    assert [r[1] for r in decode[:2 * (len(layers.IMPLS) + 1)]] == ["1"] * 6 + ["3"] * 6
+    for r in layers_result["decode"]:
+        if r["impl"] == layers.WEIGHT_FLOOR:  # 4 bytes per parameter at the given 10 GB/s
+            assert r["decode µs/token"] == pytest.approx(1e6 * layers.weight_bytes(r["key"], 8) / 1e10)
+            continue
+        same = [f for f in layers_result["decode"] if f["key"] == r["key"] and f["B"] == r["B"]]
+        matmul = next((f for f in same if f["impl"] == layers.FLOORS.get(r["impl"])), {})
+        if r["impl"] in layers.FLOORS and r.get("decode µs/token") and matmul.get("decode µs/token"):
+            read = next(f for f in same if f["impl"] == layers.WEIGHT_FLOOR)["decode µs/token"]
+            assert r["/ floor"] == pytest.approx(r["decode µs/token"] / max(matmul["decode µs/token"], read))
+        else:
+            assert r.get("/ floor") is None
     for r in layers_result["rows"]:
         framework = "jax" if r["impl"] == "linrec jax" else "torch"
         if r["impl"] == "original":
@@ -251,12 +263,15 @@ def jax_leaves(tree):
 def test_rounds_keep_each_implementations_fastest_time():
     """``layers.faster``: per ``T`` and for decode the lower time of two rounds; a failed round is ignored."""
     layers = bench.load_benchmark("layers")
-    first = {"train": [{"T": 16, "step_s": 2.0, "peak_bytes": 5}, {"T": 32, "step_s": 3.0}], "decode_s_per_token": 1.0}
-    again = {"train": [{"T": 16, "step_s": 1.5}, {"T": 32, "step_s": 4.0}], "decode_s_per_token": 2.0}
+    first = {"train": [{"T": 16, "step_s": 2.0, "peak_bytes": 5}, {"T": 32, "step_s": 3.0}],
+             "decode": [{"B": 1, "s_per_token": 1.0}, {"B": 16, "s_per_token": 3.0}]}
+    again = {"train": [{"T": 16, "step_s": 1.5}, {"T": 32, "step_s": 4.0}],
+             "decode": [{"B": 1, "s_per_token": 2.0}, {"B": 16, "s_per_token": 2.5}]}
     merged = layers.faster(first, again)
     assert [(p["T"], p["step_s"]) for p in merged["train"]] == [(16, 1.5), (32, 3.0)]
-    assert merged["train"][0]["peak_bytes"] == 5 and merged["decode_s_per_token"] == 1.0
-    assert first["train"][0]["step_s"] == 2.0  # the inputs are not modified
+    assert merged["train"][0]["peak_bytes"] == 5
+    assert [(p["B"], p["s_per_token"]) for p in merged["decode"]] == [(1, 1.0), (16, 2.5)]
+    assert first["train"][0]["step_s"] == 2.0 and first["decode"][1]["s_per_token"] == 3.0  # inputs unmodified
     assert layers.faster(first, {"error": "exit 1"}) is first and layers.faster({"error": "x"}, again) is again
 
 

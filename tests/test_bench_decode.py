@@ -20,7 +20,7 @@ from linrec.tools import bench, bench_cli
 _MISSING = bench.benchmarks_dir() is None or not (bench.benchmarks_dir() / "decode.py").is_file()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(_MISSING, reason="benchmarks/decode.py is not in this installation")]
 
-TINY = {"V": 11, "D": 8, "L": 2, "prompt": 3, "decode_tokens": 2}
+TINY = {"V": 11, "D": 8, "L": 2, "prompt": 3, "decode_tokens": 2, "batches": (1, 3)}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def decode_result(decode):
     if not (has("jax") or has("torch")):
         pytest.skip("needs jax or torch")
     threads = importlib.import_module("torch").get_num_threads() if has("torch") else None
-    result = decode.run(True, sizes=TINY, repeat=1, budget=0.0, isolate=False)
+    result = decode.run(True, sizes=TINY, repeat=1, budget=0.0, isolate=False, bandwidth=1e10)
     if threads is not None:  # the in-process run restores PyTorch's thread count
         assert importlib.import_module("torch").get_num_threads() == threads
     return result
@@ -41,12 +41,18 @@ def decode_result(decode):
 
 def test_decode_table(decode, decode_result):
     md = decode.report(decode_result)
-    rows = table(md, decode.COLUMNS)
-    assert len(rows) == len(decode.MODELS) * len(decode.IMPLS)
+    rows = table(md, decode.COLUMNS)  # every implementation and the weight-read floor, at B=1 and B=3
+    per_model = 2 * (len(decode.IMPLS) + 1)
+    assert len(rows) == len(decode.MODELS) * per_model
     titles = [title for title, _, _ in decode.MODELS.values()]
-    assert [r[0] for r in rows] == [t for t in titles for _ in decode.IMPLS]
+    assert [r[0] for r in rows] == [t for t in titles for _ in range(per_model)]
+    assert [r[1] for r in rows[:per_model]] == ["1"] * (per_model // 2) + ["3"] * (per_model // 2)
     assert len(table(md, decode.CONFIG_COLUMNS)) == len(decode.MODELS)
+    measured = [r for r in decode_result["rows"] if r["impl"] != decode.WEIGHT_FLOOR]
     for r in decode_result["rows"]:
+        if r["impl"] == decode.WEIGHT_FLOOR:  # 4 bytes per parameter at the given 10 GB/s
+            assert r["µs/token"] == pytest.approx(1e6 * decode.weight_bytes(r["key"], TINY) / 1e10)
+    for r in measured:
         module = decode.MODELS[r["key"]][2] if r["impl"] == "original" else None
         installed = has(decode._framework(r["key"], r["impl"])) and (module is None or has(module))
         if installed:
@@ -57,28 +63,31 @@ def test_decode_table(decode, decode_result):
         if r["impl"] == "original" and installed:
             assert r["speedup vs original"] == pytest.approx(1.0)
     targets = decode_result["targets"]
-    assert len(targets) == len(decode.MODELS) * (len(decode.TARGET_IMPLS) + len(decode.FLOOR_IMPLS))
-    for r in decode_result["rows"]:  # each linrec decode path over its own framework's floor, when both ran
+    assert len(targets) == len(decode.MODELS) * 2 * (len(decode.TARGET_IMPLS) + len(decode.FLOOR_IMPLS))
+    for r in measured:  # each linrec decode path over the larger floor of its framework and batch, when both ran
         if r["impl"] in decode.FLOOR_IMPLS and r.get("µs/token"):
             floor = "matmul floor jax" if "jax" in r["impl"] else "matmul floor torch"
-            base = next(f["µs/token"] for f in decode_result["rows"] if f["impl"] == floor and f["key"] == r["key"])
-            assert r["/ matmul floor"] == pytest.approx(r["µs/token"] / base)
+            same = [f for f in decode_result["rows"] if f["key"] == r["key"] and f["B"] == r["B"]]
+            matmul = next(f["µs/token"] for f in same if f["impl"] == floor)
+            read = next(f["µs/token"] for f in same if f["impl"] == decode.WEIGHT_FLOOR)
+            assert r["/ floor"] == pytest.approx(r["µs/token"] / max(matmul, read))
     assert all(t["target"] and t["reached"] in (True, False, None) for t in targets)
     check_ceilings(decode, decode_result["rows"], targets)
 
 
 def test_missing_originals_say_not_installed(decode, monkeypatch):
     monkeypatch.setattr(decode, "_installed", lambda module: False)
-    result = decode.run(True, sizes=TINY, isolate=False)
-    assert len(result["rows"]) == len(decode.MODELS) * len(decode.IMPLS)
-    for r in result["rows"]:
+    result = decode.run(True, sizes=TINY, isolate=False, bandwidth=1e10)
+    measured = [r for r in result["rows"] if r["impl"] != decode.WEIGHT_FLOOR]
+    assert len(measured) == len(decode.MODELS) * 2 * len(decode.IMPLS)
+    for r in measured:
         assert "not installed" in r["note"] and "µs/token" not in r, r
     assert all(t["reached"] is None and t["measured"] == "–" for t in result["targets"])
 
 
 def test_decode_writes_results(decode, tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "_installed", lambda module: False)
-    result = decode.run(True, sizes=TINY, isolate=False)
+    result = decode.run(True, sizes=TINY, isolate=False, bandwidth=1e10)
     written = {p.name for p in decode.write(result, tmp_path)}
     assert "decode.md" in written and (tmp_path / "decode.md").read_text().startswith("# Decode benchmark")
     if has("matplotlib"):

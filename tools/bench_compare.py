@@ -43,11 +43,12 @@ METRICS: dict[str, bool] = {
     "(fwd+bwd)/roofline": False,  # same for forward + backward
     "fwd/C loop": False,  # scan time / a plain C loop's: lower is better
     "speedup vs original": True,  # original's time / linrec's (layers, decode): higher is better
+    "/ floor": False,  # time / the matmul (or weight-read) floor of the same framework and run: lower is better
     "exponent": False,  # memory growth exponent of peak memory against T: lower is better (1.0 = linear)
 }
 
 #: Fields that identify a row (whichever of them a row has), in display order.
-ID_FIELDS: tuple[str, ...] = ("layer", "model", "backend", "method", "implementation", "T")
+ID_FIELDS: tuple[str, ...] = ("layer", "model", "backend", "method", "implementation", "T", "B")
 
 #: ``meta`` keys that fix the problem size; two runs are comparable only where these agree (``T`` is per row).
 SIZE_KEYS: tuple[str, ...] = ("B", "D", "V", "L", "prompt", "decode_tokens", "dtype")
@@ -96,7 +97,7 @@ def _row_key(row: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def _row_id(key: tuple[tuple[str, str], ...]) -> str:
-    return ", ".join(f"T={v}" if f == "T" else v for f, v in key)
+    return ", ".join(f"{f}={v}" if f in ("T", "B") else v for f, v in key)
 
 
 def _number(x: Any) -> float | None:
