@@ -24,7 +24,7 @@ from jax import lax
 from linrec.backends.jax import native_gated_linear_rnn as _fused
 from linrec.backends.jax import pallas_gated_linear_rnn as _pallas
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
-from linrec.backends.jax.dense import dense
+from linrec.backends.jax.dense import as_kernel, dense
 from linrec.backends.jax.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
@@ -55,8 +55,9 @@ assert set(_ACTIVATIONS) == set(spec.ACTIVATIONS)
 
 
 def _prepare_params(params: Params, dtype, config: GatedLinearRNNConfig) -> dict[str, Array]:
-    spec.check_params({k: tuple(jnp.shape(v)) for k, v in params.items()}, config)
-    return {k: jnp.asarray(v).astype(dtype) for k, v in params.items()}
+    arrays = {k: as_kernel(v) for k, v in params.items()}  # (a decoder's packed kernels stay packed)
+    spec.check_params({k: tuple(v.shape) for k, v in arrays.items()}, config)
+    return {k: v.astype(dtype) for k, v in arrays.items()}
 
 
 def _state(state, batch: int, x_dtype: str, config: GatedLinearRNNConfig, name: str) -> Array:
@@ -95,7 +96,7 @@ def _split(u: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array, Array,
 def _cell(p: Params, u_t: Array, h: Array, config: GatedLinearRNNConfig) -> tuple[Array, Array]:
     """``u_t: (B, n H)``, ``h: (B, H)`` → ``(y_t: (B, H), h_t)`` (before ``out_proj``)."""
     if config.use_true_recurrence:
-        u_t = u_t + h @ p["recurrent_proj.kernel"].astype(h.dtype)
+        u_t = u_t + dense(h, p["recurrent_proj.kernel"].astype(h.dtype))
     candidate, i, f, o = _split(u_t, config)
     h = f * h + i * candidate
     return _ACTIVATIONS[config.hidden_activation](h) * o, h

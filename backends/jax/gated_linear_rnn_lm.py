@@ -24,6 +24,7 @@ from flax import nnx
 from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
 from linrec.backends.jax.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, gated_linear_rnn_step
+from linrec.backends.jax.native_dense import pack_kernels
 from linrec.spec import gated_linear_rnn_lm as spec
 from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig
 from linrec.spec.state import State
@@ -414,13 +415,15 @@ class GatedLinearRNNLM(nnx.Module):
     def decoder(self, compile: bool = True):
         """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters read
         once, for token loops (reading them out of the NNX graph costs more than the compiled step itself).
-        It keeps the parameters it was built with: build it again after changing them.
+        It keeps the parameters it was built with: build it again after changing them. At batch sizes up to
+        ``native.dense.MAX_ROWS`` the dense products run on the native kernel (``native_dense``), from float32
+        kernels packed here once (a copy of those weights).
 
         ``compile=True`` (the default here) runs the step's arithmetic as one ``jax.jit``-compiled call;
         ``compile=False`` runs it op by op under ``jax.disable_jit()``, for debugging. The argument is the twin of
         the PyTorch ``decoder(compile=...)``, whose default is eager.
         """
-        p, cfg = _prepare_params(self._params(), self._config), self._config
+        p, cfg = pack_kernels(_prepare_params(self._params(), self._config)), self._config
         return eager_unless(compile, lambda token, state: _prepared_step(p, token, state, cfg))
 
     def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

@@ -26,7 +26,8 @@ from linrec.backends.jax import native_mingru as _fused
 from linrec.backends.jax import pallas_mingru as _pallas
 from linrec.backends.jax import scan as _scan
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
-from linrec.backends.jax.dense import dense
+from linrec.backends.jax.dense import as_kernel, dense
+from linrec.backends.jax.native_dense import PackedKernel
 from linrec.spec import checks
 from linrec.spec import mingru as spec
 from linrec.spec.mingru import MinGRUConfig
@@ -86,13 +87,13 @@ def initial_state(config, batch_size: int, dtype: Any = "float32") -> State:
 
 def _project(params: Mapping[str, Array], x: Array) -> Array:
     bias = params.get("proj.bias")
-    return dense(x, jnp.asarray(params["proj.kernel"]).astype(x.dtype),
+    return dense(x, as_kernel(params["proj.kernel"]).astype(x.dtype),
                  None if bias is None else jnp.asarray(bias).astype(x.dtype))
 
 
 def _output(params: Mapping[str, Array], config, h: Array, dtype) -> Array:
     h = h.astype(dtype)
-    return dense(h, jnp.asarray(params["out_proj.kernel"]).astype(dtype)) if config.out_proj else h
+    return dense(h, as_kernel(params["out_proj.kernel"]).astype(dtype)) if config.out_proj else h
 
 
 def _log_initial_state(layer: str, config, h0: Array | None, batch: int, acc) -> Array | None:
@@ -226,7 +227,7 @@ def run_step(
         None if state is None else dtype_name(state),
     )
     spec.check_params(layer, params, shapes)
-    params = {k: to_jax(v, k) for k, v in params.items()}
+    params = {k: v if isinstance(v, PackedKernel) else to_jax(v, k) for k, v in params.items()}  # (a decoder's)
     state = None if state is None else state.astype(jnp_dtype(spec.state_dtype(dtype_name(x_t))))
     return _step(params, x_t, state, gates=gates, config=config)
 

@@ -28,6 +28,7 @@ from linrec.backends.jax import scan as _scan
 from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
 from linrec.backends.jax.mingru import MinGRU, mingru, mingru_step
+from linrec.backends.jax.native_dense import pack_kernels
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
 from linrec.spec.mingru_lm import MinGRULMConfig
@@ -487,7 +488,9 @@ class MinGRULM(nnx.Module):
     def decoder(self, compile: bool = True):
         """``decode(token (B,), state) -> (logits (B, V), State)``: :meth:`decode_step` with the parameters read
         once, for token loops (reading them out of the NNX graph costs more than the compiled step itself).
-        It keeps the parameters it was built with: build it again after changing them.
+        It keeps the parameters it was built with: build it again after changing them. At batch sizes up to
+        ``native.dense.MAX_ROWS`` the dense products run on the native kernel (``native_dense``), from float32
+        kernels packed here once (a copy of those weights).
 
         ``compile=True`` (the default here) runs the step's arithmetic as one ``jax.jit``-compiled call;
         ``compile=False`` runs it op by op under ``jax.disable_jit()``, for debugging. The argument is the twin of
@@ -495,6 +498,7 @@ class MinGRULM(nnx.Module):
         """
         tree, cfg = self._tree(), self._cfg
         tree = _step_tree(tree, cfg)
+        tree = {**pack_kernels(tree), "layers": [pack_kernels(layer) for layer in tree["layers"]]}
         return eager_unless(compile, lambda token, state: _step_call(tree, token, state, cfg))
 
     def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

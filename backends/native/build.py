@@ -47,10 +47,12 @@ __all__ = ["ABI_VERSION", "NativeBuildError", "available", "build", "build_error
            "load", "stamp_path", "verify"]
 
 #: Must equal ``linrec_abi_version()`` in the C++ source.
-ABI_VERSION = 5
+ABI_VERSION = 6
 #: Bumped when the cache layout changes (here: the stamp beside the library); part of the key.
 CACHE_LAYOUT = 2
 SOURCE = Path(__file__).with_name("linrec_scan.cc")
+#: The dense products of the decoders (its own file: one job each); compiled into the same library.
+DENSE_SOURCE = Path(__file__).with_name("linrec_dense.cc")
 LIBRARY_NAME = "liblinrec_scan.so"
 STAMP_NAME = "liblinrec_scan.json"
 #: IEEE semantics on purpose: no -ffast-math (it would reassociate the sums and break the tolerances).
@@ -65,7 +67,8 @@ CPU_FLAGS = ("-march=native", "-ffp-contract=off")
 #: Every C symbol the loader declares: a library missing one is not ours (or not this version).
 SYMBOLS = ("linrec_abi_version", "linrec_has_ffi", "linrec_num_threads", "linrec_scan_fwd", "linrec_scan_bwd",
            "linrec_mingru_fwd", "linrec_mingru_bwd", "linrec_glr_fwd", "linrec_glr_bwd", "linrec_gmh_chunk",
-           "linrec_gmh_fwd", "linrec_gmh_bwd")
+           "linrec_gmh_fwd", "linrec_gmh_bwd", "linrec_dense_panel", "linrec_dense_max_rows",
+           "linrec_dense_packed_size", "linrec_dense")
 
 
 class NativeBuildError(RuntimeError):
@@ -127,7 +130,12 @@ def _command(cxx: str, include: str | None, output: Path, tuned: bool = True) ->
     if include is not None:
         # -isystem: the XLA headers' own warnings are not ours to fix.
         cmd += ["-DLINREC_WITH_XLA_FFI", "-isystem", include]
-    return [*cmd, str(SOURCE), "-o", str(output)]
+    return [*cmd, *(str(source) for source in _sources()), "-o", str(output)]
+
+
+def _sources() -> tuple[Path, ...]:
+    """The C++ sources of the library (read at call time: ``tools/mutants.py`` points ``SOURCE`` elsewhere)."""
+    return (SOURCE, DENSE_SOURCE)
 
 
 @functools.cache
@@ -144,14 +152,16 @@ def _key() -> dict[str, Any]:
     cxx = _compiler()
     include, jaxlib_version = _jaxlib_include()
     version = _compiler_version(cxx)
-    try:
-        source = SOURCE.read_bytes()
-    except OSError as err:
-        raise NativeBuildError(f"the kernel source {SOURCE} cannot be read ({err}); reinstall linrec") from err
+    digest = hashlib.sha256()
+    for path in _sources():
+        try:
+            digest.update(path.read_bytes())
+        except OSError as err:
+            raise NativeBuildError(f"the kernel source {path} cannot be read ({err}); reinstall linrec") from err
     parts = {
         "layout": CACHE_LAYOUT,
         "abi": ABI_VERSION,
-        "source_sha256": hashlib.sha256(source).hexdigest(),
+        "source_sha256": digest.hexdigest(),
         "compiler": cxx,
         "compiler_version": version.strip(),
         "flags": " ".join(FLAGS + CPU_FLAGS),
@@ -226,8 +236,9 @@ def build(force: bool = False) -> Path:
 
 
 def _build(force: bool) -> Path:
-    if not SOURCE.is_file():
-        raise NativeBuildError(f"the kernel source {SOURCE} is missing from this installation")
+    for source in _sources():
+        if not source.is_file():
+            raise NativeBuildError(f"the kernel source {source} is missing from this installation")
     key = _key()
     path = cache_root() / "native" / key["key"] / LIBRARY_NAME
 
@@ -336,6 +347,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.linrec_gmh_fwd.restype = c_int
     lib.linrec_gmh_bwd.argtypes = [c_int, c_int, c_int, c_int, i64, i64, i64, i64, i64, i64, *[ptr] * 12]
     lib.linrec_gmh_bwd.restype = c_int
+    for name in ("linrec_dense_panel", "linrec_dense_max_rows"):
+        getattr(lib, name).argtypes = []
+        getattr(lib, name).restype = c_int
+    lib.linrec_dense_packed_size.argtypes = [i64, i64]
+    lib.linrec_dense_packed_size.restype = i64
+    lib.linrec_dense.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr]
+    lib.linrec_dense.restype = c_int
 
 
 def _open(path: Path) -> ctypes.CDLL:

@@ -23,8 +23,11 @@ def asarray(x: np.ndarray) -> torch.Tensor:
 
 def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``x.to(dtype)``, skipped when it would be a no-op: even a no-op ``to`` is a dispatched call (~1 µs on CPU),
-    which a one-token decode step pays for every parameter and state it touches."""
-    return x if x.dtype == dtype else x.to(dtype)
+    which a one-token decode step pays for every parameter and state it touches. A decoder's packed kernel
+    (``native_dense.PackedKernel``) stays packed in its own dtype and becomes its plain kernel in another."""
+    if x.dtype == dtype:
+        return x
+    return (x.kernel if hasattr(x, "packed") else x).to(dtype)
 
 
 def to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:

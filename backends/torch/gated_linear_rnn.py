@@ -112,7 +112,7 @@ def _split(u: Tensor, config: GatedLinearRNNConfig) -> tuple[Tensor, Tensor, Ten
 def _cell(p: Params, u_t: Tensor, h: Tensor, config: GatedLinearRNNConfig) -> tuple[Tensor, Tensor]:
     """``u_t: (B, n H)``, ``h: (B, H)`` → ``(y_t: (B, H), h_t)`` (before ``out_proj``)."""
     if config.use_true_recurrence:
-        u_t = u_t + h @ cast(p["recurrent_proj.kernel"], h.dtype)
+        u_t = u_t + dense(h, cast(p["recurrent_proj.kernel"], h.dtype))
     candidate, i, f, o = _split(u_t, config)
     h = torch.addcmul(i * candidate, f, h)  # f h + i candidate
     return _ACTIVATIONS[config.hidden_activation](h) * o, h

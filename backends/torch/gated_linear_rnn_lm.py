@@ -26,6 +26,7 @@ from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy, torch_dt
 from linrec.backends.torch.compiled_step import compile_step
 from linrec.backends.torch.dense import dense
 from linrec.backends.torch.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, step_core
+from linrec.backends.torch.native_dense import pack_kernels
 from linrec.spec import gated_linear_rnn_lm as spec
 from linrec.spec.gated_linear_rnn_lm import GatedLinearRNNLMConfig
 from linrec.spec.state import State
@@ -435,7 +436,8 @@ class GatedLinearRNNLM(nn.Module):
     def decoder(self, compile: bool = False):
         """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters
         gathered once, for token loops, without autograd. The twin of the JAX method: build it again after
-        changing the parameters (in-place updates happen to show through here, replaced tensors do not).
+        changing the parameters. At batch sizes up to ``native.dense.MAX_ROWS`` the dense products run on the
+        native kernel (``native_dense``), from float32 kernels packed here once (a copy of those weights).
 
         ``compile=True`` runs the step's arithmetic as one ``torch.compile(fullgraph=True)`` graph (the argument,
         state and token checks still run first, eagerly): no per-operation Python overhead, elementwise work
@@ -443,13 +445,13 @@ class GatedLinearRNNLM(nn.Module):
         each new batch size, dtype or device compiles once more. Measured in ``benchmarks/decode.py``.
         """
         p, cfg = _prepare_params(self._params(), self._cfg), self._cfg
-        layers = _layers(p, cfg)
+        packed, layers = pack_kernels(p), [pack_kernels(layer) for layer in _layers(p, cfg)]
 
         def core(token: Tensor, h: tuple[Tensor, ...], position: Tensor
                  ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
-            return _step(p, layers, token, h, position, _pe_position(position, cfg), cfg)
+            return _step(packed, layers, token, h, position, _pe_position(position, cfg), cfg)
 
-        step = compile_step(core, ("p", "layers"), cpp_wrapper=True) if compile else core
+        step = compile_step(core, ("packed", "layers"), cpp_wrapper=True) if compile else core
 
         @torch.no_grad()
         def decode(token: Tensor, state: State) -> tuple[Tensor, State]:

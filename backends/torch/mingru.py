@@ -108,7 +108,7 @@ def _project(params: Mapping[str, Tensor], x: Tensor) -> Tensor:
 
 def _output(params: Mapping[str, Tensor], config, h: Tensor, dtype: torch.dtype) -> Tensor:
     h = cast(h, dtype)
-    return h @ cast(params["out_proj.kernel"], dtype) if config.out_proj else h
+    return dense(h, cast(params["out_proj.kernel"], dtype)) if config.out_proj else h
 
 
 def _require(ok: Tensor, message: str) -> None:

@@ -24,10 +24,11 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.torch import scan as _scan
-from linrec.backends.torch.arrays import dtype_name, to_numpy, torch_dtype
+from linrec.backends.torch.arrays import cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.compiled_step import compile_step
 from linrec.backends.torch.dense import dense
 from linrec.backends.torch.mingru import MinGRU, mingru, mingru_gates, step_core
+from linrec.backends.torch.native_dense import pack_kernels
 from linrec.spec import mingru as mingru_spec
 from linrec.spec import mingru_lm as spec
 from linrec.spec.mingru_lm import MinGRULMConfig
@@ -43,7 +44,7 @@ def _as_tensor(x) -> Tensor:
 
 def _dense(p: Mapping[str, Tensor], name: str, x: Tensor) -> Tensor:
     bias = p.get(f"{name}.bias")
-    return dense(x, p[f"{name}.kernel"].to(x.dtype), None if bias is None else bias.to(x.dtype))
+    return dense(x, cast(p[f"{name}.kernel"], x.dtype), None if bias is None else cast(bias, x.dtype))
 
 
 def _sub(p: Mapping[str, Tensor], prefix: str) -> dict[str, Tensor]:
@@ -431,7 +432,8 @@ class MinGRULM(nn.Module):
     def decoder(self, compile: bool = False):
         """``decode(token (B,), state) -> (logits (B, V), State)``: :meth:`decode_step` with the parameters
         gathered once, for token loops, without autograd. The twin of the JAX method: build it again after
-        changing the parameters (in-place updates happen to show through here, replaced tensors do not).
+        changing the parameters. At batch sizes up to ``native.dense.MAX_ROWS`` the dense products run on the
+        native kernel (``native_dense``), from float32 kernels packed here once (a copy of those weights).
 
         ``compile=True`` runs the step's arithmetic as one ``torch.compile(fullgraph=True)`` graph (the argument,
         state and token checks still run first, eagerly): no per-operation Python overhead, elementwise work
@@ -439,12 +441,13 @@ class MinGRULM(nn.Module):
         each new batch size, dtype or device compiles once more. Measured in ``benchmarks/decode.py``.
         """
         p, cfg = self._params(), self._cfg
-        layers = _layers(p, cfg)
+        packed = pack_kernels(p)
+        layers = [(pack_kernels(block), pack_kernels(mixer)) for block, mixer in _layers(p, cfg)]
 
         def core(token: Tensor, h: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
-            return _token_step(p, layers, token, h, cfg)
+            return _token_step(packed, layers, token, h, cfg)
 
-        step = compile_step(core, ("p", "layers")) if compile else core
+        step = compile_step(core, ("packed", "layers")) if compile else core
 
         @torch.no_grad()
         def decode(token: Tensor, state: State) -> tuple[Tensor, State]:

@@ -1,0 +1,272 @@
+// linrec native dense products for decoding: y (M, N) = x (M, K) @ W (K, N) + bias (N), float32, few rows M.
+//
+// Why: a decode step at small batch reads every weight once per token and does ~1 multiply-add per weight, so its
+// time is the time to stream the weights. The frameworks' BLAS calls run such a product on one core (MKL's sgemv,
+// XLA:CPU's dot) at ~30-60 GB/s from the last-level cache; two cores streaming disjoint column panels read ~115 GB/s
+// (benchmarks/decode.py). Beyond a few rows the product becomes compute-bound and the BLAS is as fast, so callers
+// use this only up to `linrec_dense_max_rows()` rows.
+//
+// Layout: W is packed once, by the caller (linrec.backends.native.dense_pack), into panels of kPanel = 16 columns:
+// panel p holds W[:, 16p:16p+16] as K contiguous rows of 16 floats (the last panel zero-padded), so each thread
+// streams one contiguous block and each k step loads two 8-float vectors that every row of x reuses. Each output
+// element is summed by one thread in the order k = 0..K-1 (one fused multiply-add per k), so results do not depend
+// on the thread count.
+//
+// Threads: persistent workers (started on first use) that spin for a short while after each product and then
+// sleep on a condition variable: a decode loop issues products microseconds apart, and waking a sleeping thread
+// costs ~5-50 us, as much as the product. After fork() the child starts its own workers.
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define LINREC_DENSE_AVX2 1
+#endif
+
+#ifdef __linux__
+#include <pthread.h>
+#endif
+
+extern "C" int linrec_num_threads();
+
+namespace {
+
+constexpr int64_t kPanel = 16;
+// Products reading fewer weights than this run on the calling thread alone (waking a worker costs more).
+constexpr int64_t kMinParallelWeights = int64_t{1} << 15;
+// How long an idle worker spins before it sleeps.
+constexpr auto kSpin = std::chrono::microseconds(200);
+constexpr int kMaxRows = 8;
+
+struct Product {
+  const float* x;
+  const float* wp;
+  const float* bias;  // may be null
+  float* y;
+  int64_t m, k, n;
+};
+
+// Rows [0, MR) of x against panel `wp` (K x 16): 2*MR accumulators of 8 floats.
+template <int MR>
+void panel_rows(const float* x, int64_t ldx, const float* wp, int64_t k_len, float out[MR][kPanel]) {
+#ifdef LINREC_DENSE_AVX2
+  __m256 lo[MR], hi[MR];
+  for (int r = 0; r < MR; ++r) lo[r] = hi[r] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < k_len; ++k) {
+    const __m256 w0 = _mm256_loadu_ps(wp + k * kPanel), w1 = _mm256_loadu_ps(wp + k * kPanel + 8);
+    for (int r = 0; r < MR; ++r) {
+      const __m256 xv = _mm256_broadcast_ss(x + r * ldx + k);
+      lo[r] = _mm256_fmadd_ps(xv, w0, lo[r]);
+      hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    _mm256_storeu_ps(out[r], lo[r]);
+    _mm256_storeu_ps(out[r] + 8, hi[r]);
+  }
+#else
+  for (int r = 0; r < MR; ++r)
+    for (int j = 0; j < kPanel; ++j) out[r][j] = 0.0f;
+  for (int64_t k = 0; k < k_len; ++k)
+    for (int r = 0; r < MR; ++r) {
+      const float xv = x[r * ldx + k];
+      for (int j = 0; j < kPanel; ++j) out[r][j] = __builtin_fmaf(xv, wp[k * kPanel + j], out[r][j]);
+    }
+#endif
+}
+
+template <int MR>
+void rows_block(const Product& p, int64_t row, int64_t panel) {
+  float acc[MR][kPanel];
+  panel_rows<MR>(p.x + row * p.k, p.k, p.wp + panel * p.k * kPanel, p.k, acc);
+  const int64_t n0 = panel * kPanel, width = std::min(kPanel, p.n - n0);
+  for (int r = 0; r < MR; ++r) {
+    float* y = p.y + (row + r) * p.n + n0;
+    for (int64_t j = 0; j < width; ++j) y[j] = p.bias ? acc[r][j] + p.bias[n0 + j] : acc[r][j];
+  }
+}
+
+// Panels [p0, p1) for every row.
+void run_panels(const Product& p, int64_t p0, int64_t p1) {
+  for (int64_t panel = p0; panel < p1; ++panel) {
+    int64_t row = 0;
+    for (; row + 4 <= p.m; row += 4) rows_block<4>(p, row, panel);
+    switch (p.m - row) {
+      case 3: rows_block<3>(p, row, panel); break;
+      case 2: rows_block<2>(p, row, panel); break;
+      case 1: rows_block<1>(p, row, panel); break;
+      default: break;
+    }
+  }
+}
+
+// The worker pool: `generation` counts submitted products; worker i (1-based; the caller is 0) runs its share of
+// the current one and counts it in `finished`.
+struct Pool {
+  int threads = 1;
+  std::atomic<uint64_t> generation{0};
+  std::atomic<int> finished{0};
+  std::atomic<int> sleepers{0};
+  const Product* current = nullptr;
+  int64_t panels_per_thread = 0, panels = 0;
+  std::mutex mu;
+  std::condition_variable cv;
+  std::mutex submit;  // one product at a time (callers on several threads take turns)
+};
+
+Pool* g_pool = nullptr;
+std::once_flag* g_once = new std::once_flag;
+
+void share(Pool* pool, int i) {
+  const int64_t p0 = std::min(pool->panels, i * pool->panels_per_thread);
+  const int64_t p1 = std::min(pool->panels, p0 + pool->panels_per_thread);
+  if (p0 < p1) run_panels(*pool->current, p0, p1);
+}
+
+void worker(Pool* pool, int i) {
+  uint64_t seen = 0;
+  for (;;) {
+    auto start = std::chrono::steady_clock::now();
+    int spins = 0;
+    uint64_t g;
+    while ((g = pool->generation.load(std::memory_order_acquire)) == seen) {
+#if defined(__SSE2__)
+      _mm_pause();
+#endif
+      if (++spins % 256 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
+        std::unique_lock<std::mutex> lock(pool->mu);
+        pool->sleepers.fetch_add(1);
+        pool->cv.wait(lock, [&] { return pool->generation.load() != seen; });
+        pool->sleepers.fetch_sub(1);
+        start = std::chrono::steady_clock::now();
+      }
+    }
+    seen = g;
+    share(pool, i);
+    pool->finished.fetch_add(1, std::memory_order_acq_rel);
+  }
+}
+
+void start_pool() {
+  // Leaked on purpose: detached workers may still be waiting on it while the process exits.
+  Pool* pool = new Pool;
+  pool->threads = std::max(1, linrec_num_threads());
+  for (int i = 1; i < pool->threads; ++i) {
+    try {
+      std::thread(worker, pool, i).detach();
+    } catch (...) {
+      pool->threads = i;  // no more threads: the ones started share the work
+      break;
+    }
+  }
+  g_pool = pool;
+}
+
+#ifdef __linux__
+// A forked child has only the forking thread: it must start its own workers.
+void forget_pool_in_child() {
+  g_pool = nullptr;
+  g_once = new std::once_flag;
+}
+#endif
+
+Pool* pool() {
+#ifdef __linux__
+  static const int registered = pthread_atfork(nullptr, nullptr, forget_pool_in_child);
+  (void)registered;
+#endif
+  std::call_once(*g_once, start_pool);
+  return g_pool;
+}
+
+void run_product(const Product& p) {
+  const int64_t panels = (p.n + kPanel - 1) / kPanel;
+  if (p.m == 0 || panels == 0) return;
+  if (p.k * p.n < kMinParallelWeights || linrec_num_threads() == 1) {
+    run_panels(p, 0, panels);
+    return;
+  }
+  Pool* pl = pool();
+  if (pl->threads == 1) {
+    run_panels(p, 0, panels);
+    return;
+  }
+  std::lock_guard<std::mutex> turn(pl->submit);
+  pl->current = &p;
+  pl->panels = panels;
+  pl->panels_per_thread = (panels + pl->threads - 1) / pl->threads;
+  pl->finished.store(0, std::memory_order_relaxed);
+  pl->generation.fetch_add(1, std::memory_order_acq_rel);
+  if (pl->sleepers.load() > 0) {
+    std::lock_guard<std::mutex> lock(pl->mu);
+    pl->cv.notify_all();
+  }
+  share(pl, 0);
+  while (pl->finished.load(std::memory_order_acquire) < pl->threads - 1) {
+#if defined(__SSE2__)
+    _mm_pause();
+#endif
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+int linrec_dense_panel() { return static_cast<int>(kPanel); }
+
+int linrec_dense_max_rows() { return kMaxRows; }
+
+// Floats of the packed form of a (K, N) kernel.
+int64_t linrec_dense_packed_size(int64_t k, int64_t n) { return (n + kPanel - 1) / kPanel * kPanel * k; }
+
+// y (M, N) = x (M, K) @ W + bias (null: none), W packed (see the top); returns 2 for bad sizes.
+int linrec_dense(int64_t m, int64_t k, int64_t n, const float* x, const float* packed, const float* bias, float* y) {
+  if (m < 0 || k < 0 || n < 0 || m > kMaxRows) return 2;
+  run_product(Product{x, packed, bias, y, m, k, n});
+  return 0;
+}
+
+}  // extern "C"
+
+#ifdef LINREC_WITH_XLA_FFI
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// x (M, K), packed (P, K, 16), bias (N,) or (0,) for none -> y (M, N); float32 only.
+ffi::Error DenseImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> packed, ffi::Buffer<ffi::F32> bias,
+                     ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions(), yd = y->dimensions();
+  if (xd.size() != 2 || yd.size() != 2 || xd[0] != yd[0])
+    return ffi::Error::InvalidArgument("linrec: dense takes x (M, K) and returns y (M, N)");
+  const int64_t m = xd[0], k = xd[1], n = yd[1];
+  if (m > kMaxRows) return ffi::Error::InvalidArgument("linrec: the native dense product takes at most 8 rows");
+  if (static_cast<int64_t>(packed.element_count()) != linrec_dense_packed_size(k, n))
+    return ffi::Error::InvalidArgument("linrec: the packed kernel does not match x (M, K) and y (M, N)");
+  const int64_t nb = static_cast<int64_t>(bias.element_count());
+  if (nb != 0 && nb != n) return ffi::Error::InvalidArgument("linrec: bias must be (N,) or (0,)");
+  run_product(Product{x.typed_data(), packed.typed_data(), nb ? bias.typed_data() : nullptr, y->typed_data(), m, k,
+                      n});
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_dense_ffi, DenseImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // x
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // packed
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // bias
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // y
+);
+#endif  // LINREC_WITH_XLA_FFI
