@@ -320,27 +320,16 @@ def _build(model: str, impl: str, sizes: dict[str, Any]):
     raise ValueError(f"unknown model {model!r}")
 
 
-def _torch_threads(n: int | None) -> int | None:
-    """Set PyTorch's intra-op threads to ``n`` (``None``: leave them); returns the previous count to restore."""
-    if n is None:
-        return None
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    return previous
-
-
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One (model, implementation) in a fresh process: prefill, then the best time of ``N`` decode steps.
 
     A PyTorch implementation runs on ``spec["torch_threads"]`` intra-op threads (restored afterwards)."""
     torch_based = _framework(spec["model"], spec["impl"]) == "torch"
-    previous = _torch_threads(spec.get("torch_threads") if torch_based else None)
+    previous = bench.set_torch_threads(spec.get("torch_threads") if torch_based else None)
     try:
         return _measure(spec)
     finally:
-        _torch_threads(previous)
+        bench.set_torch_threads(previous)
 
 
 def _measure(spec: dict[str, Any]) -> dict[str, Any]:

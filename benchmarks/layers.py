@@ -22,14 +22,20 @@ jitted, compiled ahead of time; PyTorch: eager ``torch.autograd.grad``, the orig
 its default path (``method="auto"``), the originals on their parallel path. Peak memory: the rise of the process's
 peak RSS during one step above the RSS before it (``/proc/self/clear_refs`` resets the peak after warm-up and
 compilation).
-Decode: one token per call at ``B=1`` (linrec: the module's ``step`` jitted in JAX, eager in PyTorch; originals:
-their ``T=1`` paths with a carried state, the flax one jitted), synchronised after every token.
+Decode: one token per call at ``B=1`` and ``B=16`` (linrec: the module's ``decoder()``, the token-loop API — one
+jitted call in JAX, eager without autograd in PyTorch, the parameters read once and the float32 kernels packed for
+the native dense product at up to 4 rows; originals: their ``T=1`` paths with a carried state, the flax one
+jitted), synchronised after every token. PyTorch decodes at ``B=1`` on one intra-op thread
+(:data:`TORCH_DECODE_THREADS`, every PyTorch implementation alike), as in ``decode.py``.
 
 *matmul floor jax/torch* (no target): the layer's dense products alone (every 2-D kernel of linrec's layer,
 ``linrec.tools.dense_floor``), forward and backward for fixed output cotangents at ``B·T`` rows, and one call per
-token at ``B=1`` for decode, in the same framework. Every implementation computing those products with this
-framework's matrix multiply pays about that (merging products that share an input could shave some of it), so the
-floor's *speedup vs original* is the ceiling of a speedup in that framework (Amdahl); the targets report it.
+token at the decode batch size for decode, in the same framework (JAX: the products chained in order, as a layer runs
+them). The decode table adds a *weight-read floor*: every parameter's bytes at the bandwidth probed at the start of
+the run; a linrec decode row's ``/ floor`` is over the larger of the two. Every implementation computing those
+products with this framework's matrix multiply pays about that (merging products that share an input could shave some
+of it), so the floor's *speedup vs original* is the ceiling of a speedup in that framework (Amdahl); the targets
+report it.
 
 Every (layer, implementation) runs in its own subprocesses, so frameworks do not share threads or memory: one
 times it with the default allocator, another measures peak memory with ``linrec.tools.bench.MEMORY_ENV``. The
@@ -64,6 +70,10 @@ QUICK = {"B": 2, "D": 32, "T": (64,), "decode_tokens": 20, "rounds": 1, "decode_
 #: framework's matmul floor and at least as fast as the original; decode ``DECODE_TARGET`` times the original's.
 FLOOR_TARGET, TRAIN_TARGET_T, DECODE_TARGET = 1.3, 4096, 5.0
 RESULTS = Path(__file__).resolve().parent / "results"
+#: PyTorch intra-op threads while decoding at B=1 (linrec, the originals and the floor alike), as in decode.py: at
+#: B=1 there is nothing worth splitting, and an idle OpenMP thread spinning on the second core slowed the native
+#: dense product's worker there (minLSTM decode 92 vs 199 us). Training and B=16 keep PyTorch's default.
+TORCH_DECODE_THREADS = 1
 
 class Layer(NamedTuple):
     """A benchmarked layer: its table title, linrec module, the original's label and the module that provides it."""
@@ -167,19 +177,15 @@ def _linrec_jax(layer: str, D: int):
         compiled = grad.lower(state, x).compile()
         return (lambda: compiled(state, x)), bench.jax_sync
 
-    # the parameters as a flat list of arrays: a jitted call then flattens no nnx.State per token
-    leaves, treedef = jax.tree.flatten(state)
-    step = jax.jit(lambda leaves, x_t, h: nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)).step(x_t, h))
-
     def decode(xs):
         h0 = module.initial_state(xs[0].shape[0])
         xs = [jax.device_put(x) for x in xs]
-        compiled = step.lower(leaves, xs[0], h0).compile()
+        step = module.decoder()  # one jitted call per token, the parameters read (and packed) once
 
         def run():
             h = h0
             for x_t in xs:
-                y, h = compiled(leaves, x_t, h)
+                y, h = step(x_t, h)
                 jax.block_until_ready(y)
             return h
 
@@ -207,12 +213,12 @@ def _linrec_torch(layer: str, D: int):
     def decode(xs):
         xs = [torch.from_numpy(x) for x in xs]
         h0 = module.initial_state(xs[0].shape[0])
+        step = module.decoder()  # the parameters gathered (and packed) once, no autograd
 
         def run():
             h = h0
-            with torch.no_grad():
-                for x_t in xs:
-                    _, h = module.step(x_t, h)
+            for x_t in xs:
+                _, h = step(x_t, h)
             return h
 
         return run, lambda r: r
@@ -385,7 +391,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
                 out["decode_error"] = "no step path (it has no state to carry between calls)"
                 break
             fn, sync = made
-            timing = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1)
+            one_thread = n_batch == 1 and _framework(layer, impl) == "torch"
+            previous = bench.set_torch_threads(TORCH_DECODE_THREADS if one_thread else None)
+            try:
+                timing = bench.time_call(fn, sync=sync, repeat=repeat, budget=budget, warmup=1)
+            finally:
+                bench.set_torch_threads(previous)
             out["decode"].append({"B": n_batch, "s_per_token": timing.best / len(xs)})
     return out
 

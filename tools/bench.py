@@ -45,6 +45,7 @@ __all__ = [
     "roofline_seconds",
     "run_json_subprocess",
     "save_figure",
+    "set_torch_threads",
     "threaded_bandwidth_probe",
     "time_call",
     "to_bf16_bits",
@@ -238,6 +239,18 @@ def reset_peak_rss() -> bool:
 #: Environment for memory-measuring subprocesses: glibc hands every allocation above 64 KiB back to the OS on
 #: ``free`` (a fixed threshold disables its adaptive one), so RSS tracks live memory instead of the allocator's cache.
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def set_torch_threads(n: int | None) -> int | None:
+    """Set PyTorch's intra-op threads to ``n`` (``None``: leave them, import nothing); returns the previous count,
+    to restore with another call."""
+    if n is None:
+        return None
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return previous
 
 
 def run_json_subprocess(args: Sequence[str], *, timeout: float = 600.0, env: Mapping[str, str] | None = None

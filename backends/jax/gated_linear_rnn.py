@@ -25,6 +25,7 @@ from linrec.backends.jax import native_gated_linear_rnn as _fused
 from linrec.backends.jax import pallas_gated_linear_rnn as _pallas
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import as_kernel, dense
+from linrec.backends.jax.native_dense import layer_decoder
 from linrec.backends.jax.scan import linear_scan
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
@@ -346,6 +347,18 @@ class GatedLinearRNN(nnx.Module):
         x_t = to_jax(x_t, "x_t")
         dt = self._compute_dtype(x_t)
         return gated_linear_rnn_step(self._params(), x_t.astype(dt), state, config=self._config)
+
+    def decoder(self, compile: bool = True):
+        """``decode(x_t (B, D_in), state) -> (y_t, State)``: :meth:`step` with the parameters read once, for token
+        loops, as one ``jax.jit``-compiled call (``compile=False``: op by op). At batch sizes up to
+        ``native.dense.MAX_ROWS`` its float32 dense products run on the native kernel, from kernels packed here once
+        (a copy of those weights; results within the float32 tolerance of :meth:`step`). Build it again after
+        changing the parameters."""
+        def step(p, x_t, state):
+            x_t = to_jax(x_t, "x_t")
+            return gated_linear_rnn_step(p, x_t.astype(self._compute_dtype(x_t)), state, config=self._config)
+
+        return layer_decoder(step, self._params(), compile)
 
     def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
         """Flax-NNX cell convention ``(carry, x_t) -> (carry, y_t)``; the carry is a ``State``."""

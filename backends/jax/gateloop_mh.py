@@ -25,7 +25,8 @@ from jax import lax
 
 from linrec.backends.jax import native_gateloop_mh as _native
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
-from linrec.backends.jax.dense import dense
+from linrec.backends.jax.dense import as_kernel, dense
+from linrec.backends.jax.native_dense import layer_decoder
 from linrec.backends.jax.scan import linear_scan
 from linrec.spec import gateloop_mh as spec
 from linrec.spec.gateloop_mh import GateLoopMHConfig
@@ -138,7 +139,8 @@ def _chunked(q: Array, k: Array, v: Array, a: Array, state: Array, method: str, 
 def _prepare(params, x, state, config: GateLoopMHConfig, *, ndim: int, state_name: str):
     x = to_jax(x, "x")
     spec.check_x(config, tuple(x.shape), dtype_name(x), ndim=ndim, name="x" if ndim == 3 else "x_t")
-    spec.check_params(config, {name: tuple(jnp.shape(p)) for name, p in params.items()})
+    params = {name: as_kernel(p) for name, p in params.items()}  # (a decoder's packed kernels stay packed)
+    spec.check_params(config, {name: tuple(p.shape) for name, p in params.items()})
     sdt = jnp_dtype(spec.state_dtype(config, dtype_name(x)))
     state = spec.state_h(state, name=state_name)
     if state is None:
@@ -148,7 +150,7 @@ def _prepare(params, x, state, config: GateLoopMHConfig, *, ndim: int, state_nam
         spec.check_state(config, x.shape[0], tuple(state.shape), dtype_name(state), dtype_name(x),
                          name=f"{state_name}.h")
         state = state.astype(sdt)
-    params = {name: jnp.asarray(p).astype(x.dtype) for name, p in params.items()}
+    params = {name: p.astype(x.dtype) for name, p in params.items()}
     return params, x, state
 
 
@@ -390,6 +392,15 @@ class GateLoopMH(nnx.Module):
     def step(self, x_t: Array, state: State | None) -> tuple[Array, State]:
         """``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` -> ``(y_t: (B, D), State)``."""
         return gateloop_mh_step(self._params(), self._cast(x_t), state, config=self._config)
+
+    def decoder(self, compile: bool = True):
+        """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters read once, for token loops,
+        as one ``jax.jit``-compiled call (``compile=False``: op by op). At batch sizes up to
+        ``native.dense.MAX_ROWS`` its float32 dense products run on the native kernel, from kernels packed here once
+        (a copy of those weights; results within the float32 tolerance of :meth:`step`). Build it again after
+        changing the parameters."""
+        return layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, self._cast(x_t), state, config=self._config),
+                             self._params(), compile)
 
     def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
         """flax.nnx cell convention: ``(carry, x_t) -> (carry, y_t)``; the carry is a ``State``."""

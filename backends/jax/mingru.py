@@ -27,7 +27,7 @@ from linrec.backends.jax import pallas_mingru as _pallas
 from linrec.backends.jax import scan as _scan
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import as_kernel, dense
-from linrec.backends.jax.native_dense import PackedKernel
+from linrec.backends.jax.native_dense import PackedKernel, layer_decoder
 from linrec.spec import checks
 from linrec.spec import mingru as spec
 from linrec.spec.mingru import MinGRUConfig
@@ -372,6 +372,16 @@ class MinRNNBase(nnx.Module):
         cls = type(self)
         return run_step(cls._layer, _shapes(self._cfg, cls._n_blocks), cls._gates, self._params(),
                         self._cast(x_t), state, self._cfg)
+
+    def decoder(self, compile: bool = True):
+        """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters read once, for token loops,
+        as one ``jax.jit``-compiled call (``compile=False``: op by op). At batch sizes up to
+        ``native.dense.MAX_ROWS`` its float32 dense products run on the native kernel, from kernels packed here once
+        (a copy of those weights; results within the float32 tolerance of :meth:`step`). Build it again after
+        changing the parameters."""
+        cls, shapes = type(self), _shapes(self._cfg, type(self)._n_blocks)
+        return layer_decoder(lambda p, x_t, state: run_step(cls._layer, shapes, cls._gates, p, self._cast(x_t), state,
+                                                            self._cfg), self._params(), compile)
 
     def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
         """Flax-style cell: ``(carry (a State), x_t (B, D)) -> (carry, y_t)``, for ``nnx.scan``/``nnx.RNN`` users."""

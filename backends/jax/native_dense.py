@@ -11,7 +11,7 @@ XLA's dot on the kernel kept beside the panels. Differentiable: the derivative i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -20,10 +20,11 @@ import numpy as np
 from jax import Array
 
 from linrec.backends import native
+from linrec.backends.jax.arrays import eager_unless
 from linrec.backends.jax.native import register_targets
 from linrec.backends.native import dense as native_dense_kernel
 
-__all__ = ["PackedKernel", "applies", "native_dense", "pack", "pack_kernels"]
+__all__ = ["PackedKernel", "applies", "layer_decoder", "native_dense", "pack", "pack_kernels"]
 
 _TARGET = "linrec_dense"
 
@@ -103,3 +104,13 @@ def native_dense(x: Array, kernel: PackedKernel, bias: Array | None = None) -> A
     register_targets(_TARGET)  # (once per process; at trace time)
     b = jnp.zeros((0,), jnp.float32) if bias is None else bias.astype(jnp.float32)
     return _product(x2, kernel.kernel, kernel.packed, b).reshape(*x.shape[:-1], n_out)
+
+
+def layer_decoder(step: Callable[[Mapping[str, Any], Array, Any], tuple[Array, Any]], params: Mapping[str, Any],
+                  compile: bool = True) -> Callable[[Array, Any], tuple[Array, Any]]:
+    """``decode(x_t, state) -> (y_t, state)``: ``step(params, x_t, state)`` with ``params`` read and their float32
+    kernels packed once (:func:`pack_kernels`), as one ``jax.jit``-compiled call (``compile=False``: op by op under
+    ``jax.disable_jit()``, for debugging): what the layers' ``decoder()`` return."""
+    packed = pack_kernels(params)
+    run = eager_unless(compile, jax.jit(step) if compile else step)
+    return lambda x_t, state: run(packed, x_t, state)

@@ -107,12 +107,18 @@ void run_panels(const Product& p, int64_t p0, int64_t p1) {
   }
 }
 
-// The worker pool: `generation` counts submitted products; worker i (1-based; the caller is 0) runs its share of
-// the current one and counts it in `finished`.
+// The worker pool. Product g (the `generation` counter) is split into `threads` shares of panels; the caller runs
+// share 0, and share i > 0 goes to whoever claims it first: worker i, or the caller once it is done with its own
+// (claim[i]: g-1 -> g by compare-and-swap). So the caller never waits for a worker that is not running (another
+// process's threads, or a framework's spinning OpenMP pool, may hold the other core: waiting for a descheduled worker
+// cost up to ~0.5 ms per product), only for a share a running worker has claimed.
+constexpr int kMaxThreads = 64;
+
 struct Pool {
   int threads = 1;
   std::atomic<uint64_t> generation{0};
-  std::atomic<int> finished{0};
+  std::atomic<uint64_t> claim[kMaxThreads] = {};
+  std::atomic<uint64_t> done[kMaxThreads] = {};
   std::atomic<int> sleepers{0};
   const Product* current = nullptr;
   int64_t panels_per_thread = 0, panels = 0;
@@ -130,6 +136,12 @@ void share(Pool* pool, int i) {
   if (p0 < p1) run_panels(*pool->current, p0, p1);
 }
 
+// Claim share i of product g for the calling thread; false when the other party already has it.
+bool claim(Pool* pool, int i, uint64_t g) {
+  uint64_t expected = g - 1;
+  return pool->claim[i].compare_exchange_strong(expected, g, std::memory_order_acq_rel);
+}
+
 void worker(Pool* pool, int i) {
   uint64_t seen = 0;
   for (;;) {
@@ -137,10 +149,10 @@ void worker(Pool* pool, int i) {
     int spins = 0;
     uint64_t g;
     while ((g = pool->generation.load(std::memory_order_acquire)) == seen) {
-#if defined(__SSE2__)
-      _mm_pause();
-#endif
-      if (++spins % 256 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
+      // Yield while waiting: a framework's own threads (PyTorch's OpenMP pool) may need this core meanwhile, and a
+      // worker that only spun here slowed their parallel regions (minLSTM's decode step: 92 -> 199 us).
+      std::this_thread::yield();
+      if (++spins % 16 == 0 && std::chrono::steady_clock::now() - start > kSpin) {
         std::unique_lock<std::mutex> lock(pool->mu);
         pool->sleepers.fetch_add(1);
         pool->cv.wait(lock, [&] { return pool->generation.load() != seen; });
@@ -149,15 +161,17 @@ void worker(Pool* pool, int i) {
       }
     }
     seen = g;
-    share(pool, i);
-    pool->finished.fetch_add(1, std::memory_order_acq_rel);
+    if (claim(pool, i, g)) {  // (else the caller took this share, or product g is long done)
+      share(pool, i);
+      pool->done[i].store(g, std::memory_order_release);
+    }
   }
 }
 
 void start_pool() {
   // Leaked on purpose: detached workers may still be waiting on it while the process exits.
   Pool* pool = new Pool;
-  pool->threads = std::max(1, linrec_num_threads());
+  pool->threads = std::min(kMaxThreads, std::max(1, linrec_num_threads()));
   for (int i = 1; i < pool->threads; ++i) {
     try {
       std::thread(worker, pool, i).detach();
@@ -202,17 +216,24 @@ void run_product(const Product& p) {
   pl->current = &p;
   pl->panels = panels;
   pl->panels_per_thread = (panels + pl->threads - 1) / pl->threads;
-  pl->finished.store(0, std::memory_order_relaxed);
-  pl->generation.fetch_add(1, std::memory_order_acq_rel);
+  const uint64_t g = pl->generation.load(std::memory_order_relaxed) + 1;
+  pl->generation.store(g, std::memory_order_release);
   if (pl->sleepers.load() > 0) {
     std::lock_guard<std::mutex> lock(pl->mu);
     pl->cv.notify_all();
   }
   share(pl, 0);
-  while (pl->finished.load(std::memory_order_acquire) < pl->threads - 1) {
+  for (int i = 1; i < pl->threads; ++i) {
+    if (claim(pl, i, g)) {
+      share(pl, i);
+      pl->done[i].store(g, std::memory_order_relaxed);
+    } else {
+      while (pl->done[i].load(std::memory_order_acquire) != g) {
 #if defined(__SSE2__)
-    _mm_pause();
+        _mm_pause();
 #endif
+      }
+    }
   }
 }
 

@@ -25,6 +25,7 @@ from linrec.backends.torch import native_gated_linear_rnn as _fused
 from linrec.backends.torch import triton_gated_linear_rnn as _triton_fused
 from linrec.backends.torch.arrays import asarray, cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.dense import dense
+from linrec.backends.torch.native_dense import layer_decoder
 from linrec.backends.torch.scan import linear_scan, refuse_sequence_parallel
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
@@ -311,6 +312,14 @@ class GatedLinearRNN(nn.Module):
     def step(self, x_t: Tensor, state: State | None = None) -> tuple[Tensor, State]:
         """``x_t: (B, D_in)``, ``state: State(h=(B, H))`` (``None``: zeros) → ``(y_t: (B, D), State)``."""
         return gated_linear_rnn_step(self._params(), x_t, state, config=self._cfg)
+
+    def decoder(self):
+        """``decode(x_t (B, D_in), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
+        loops, without autograd. At batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on
+        the native kernel, from kernels packed here once (a copy of those weights; results within the float32
+        tolerance of :meth:`step`). Build it again after changing the parameters."""
+        return layer_decoder(lambda p, x_t, state: gated_linear_rnn_step(p, x_t, state, config=self._cfg),
+                             self._params())
 
     def initial_state(self, batch_size: int) -> State:
         """``State(h=zeros (B, H))`` in the state dtype for this module's parameter dtype."""

@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from linrec.backends.torch import native_gateloop_mh as _native
 from linrec.backends.torch.arrays import cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.dense import dense
+from linrec.backends.torch.native_dense import layer_decoder
 from linrec.backends.torch.scan import linear_scan, refuse_sequence_parallel
 from linrec.backends.torch.triton_gateloop_mh import triton_gateloop_mh
 from linrec.spec import gateloop_mh as spec
@@ -386,6 +387,14 @@ class GateLoopMH(nn.Module):
     def step(self, x_t: Tensor, state: State | None) -> tuple[Tensor, State]:
         """``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` -> ``(y_t: (B, D), State)``."""
         return gateloop_mh_step(self._params(), x_t, state, config=self._config)
+
+    def decoder(self):
+        """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
+        loops, without autograd. At batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on
+        the native kernel, from kernels packed here once (a copy of those weights; results within the float32
+        tolerance of :meth:`step`). Build it again after changing the parameters."""
+        return layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, x_t, state, config=self._config),
+                             self._params())
 
     def initial_state(self, batch_size: int, dtype: torch.dtype | None = None) -> State:
         """``State(h=zeros (B, H, K, V))`` in the state dtype for inputs of ``dtype`` (default: the parameters')."""

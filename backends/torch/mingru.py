@@ -25,6 +25,7 @@ from linrec.backends.torch import scan as _scan
 from linrec.backends.torch import triton_mingru as _triton_fused
 from linrec.backends.torch.arrays import asarray, cast, dtype_name, torch_dtype
 from linrec.backends.torch.dense import dense
+from linrec.backends.torch.native_dense import layer_decoder
 from linrec.spec import checks
 from linrec.spec import mingru as spec
 from linrec.spec.mingru import MinGRUConfig
@@ -375,6 +376,15 @@ class MinRNNBase(nn.Module):
         """``x_t (B, D)``, ``state`` a ``State(h=(B, H))`` (``None``: default) -> ``(y_t (B, D_out), State)``."""
         cls = type(self)
         return run_step(cls._layer, self._shapes(), cls._gates, self._params(), x_t, state, self._cfg)
+
+    def decoder(self):
+        """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
+        loops, without autograd. At batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on
+        the native kernel, from kernels packed here once (a copy of those weights; results within the float32
+        tolerance of :meth:`step`). Build it again after changing the parameters."""
+        cls, shapes = type(self), self._shapes()
+        return layer_decoder(lambda p, x_t, state: run_step(cls._layer, shapes, cls._gates, p, x_t, state, self._cfg),
+                             self._params())
 
     def initial_state(self, batch_size: int) -> State:
         """The default state ``State(h=(B, H))`` in the state dtype for this module's parameter dtype."""

@@ -11,7 +11,7 @@ with a fake implementation so ``torch.compile(fullgraph=True)`` sees one node; e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,7 +21,7 @@ from torch import Tensor
 from linrec.backends import native
 from linrec.backends.native import dense as native_dense_kernel
 
-__all__ = ["PackedKernel", "applies", "native_dense", "pack", "pack_kernels"]
+__all__ = ["PackedKernel", "applies", "layer_decoder", "native_dense", "pack", "pack_kernels"]
 
 
 class PackedKernel(NamedTuple):
@@ -95,3 +95,16 @@ def native_dense(x: Tensor, kernel: PackedKernel, bias: Tensor | None = None) ->
     y = dense_op(x2, kernel.packed, bias, n_out) if torch.compiler.is_compiling() else _run(
         x2, kernel.packed, bias, n_out)
     return y.reshape(*x.shape[:-1], n_out)
+
+
+def layer_decoder(step: Callable[[Mapping[str, Any], Tensor, Any], tuple[Tensor, Any]], params: Mapping[str, Any]
+                  ) -> Callable[[Tensor, Any], tuple[Tensor, Any]]:
+    """``decode(x_t, state) -> (y_t, state)``: ``step(params, x_t, state)`` with ``params`` gathered and their
+    float32 kernels packed once (:func:`pack_kernels`), without autograd: what the layers' ``decoder()`` return."""
+    packed = pack_kernels(params)
+
+    @torch.no_grad()
+    def decode(x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
+        return step(packed, x_t, state)
+
+    return decode

@@ -1,0 +1,59 @@
+"""``decoder()`` of the layers (JAX and PyTorch twins): :meth:`step` with the parameters read once, its dense products
+on the native kernel up to ``MAX_ROWS`` rows (the float32 tolerance of ``step`` over a token loop) and on the
+framework's product above (exactly ``step``)."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+import numpy as np
+import pytest
+
+from linrec.backends import native
+from linrec.backends.native.dense import MAX_ROWS
+from linrec.spec.tolerances import max_violation, tolerance_for
+
+D = 24
+
+
+def _layer(framework: str, name: str):
+    pytest.importorskip(framework)
+    if name == "gated_linear_rnn":
+        from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig as Config
+
+        cfg, cls = Config(d_model=D, d_h=D), "GatedLinearRNN"
+    elif name in ("mingru", "minlstm"):
+        mod = import_module(f"linrec.spec.{name}")
+        config = mod.MinGRUConfig if name == "mingru" else mod.MinLSTMConfig
+        cfg, cls = config(d_model=D, out_proj=True), "MinGRU" if name == "mingru" else "MinLSTM"
+    else:
+        from linrec.spec.gateloop_mh import GateLoopMHConfig
+
+        cfg, cls = GateLoopMHConfig(d_model=D, num_heads=3, d_key=4, d_value=8), "GateLoopMH"
+    params = import_module(f"linrec.spec.{name}").init_params(cfg, seed=1)
+    layer = getattr(import_module(f"linrec.backends.{framework}.{name}"), cls).from_canonical(cfg, params)
+    return layer, import_module(f"linrec.backends.{framework}.arrays")
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+@pytest.mark.parametrize("name", ["gated_linear_rnn", "mingru", "minlstm", "gateloop_mh"])
+@pytest.mark.parametrize("rows", [1, MAX_ROWS + 1])
+def test_layer_decoder_is_the_step(framework, name, rows):
+    layer, arrays = _layer(framework, name)
+    rng = np.random.default_rng(0)
+    decode = layer.decoder()
+    s1 = s2 = layer.initial_state(rows)
+    tol = tolerance_for("float32")
+    for _ in range(4):
+        x_t = arrays.asarray(rng.standard_normal((rows, D), dtype=np.float32))
+        y1, s1 = layer.step(x_t, s1)
+        y2, s2 = decode(x_t, s2)
+        if rows <= MAX_ROWS and native.available():
+            for got, want in ((y2, y1), (s2.h, s1.h)):
+                err, allowed = max_violation(arrays.to_numpy(got), arrays.to_numpy(want), tol)
+                assert err <= allowed, (err, allowed)
+        else:
+            np.testing.assert_array_equal(arrays.to_numpy(y2), arrays.to_numpy(y1))
+            np.testing.assert_array_equal(arrays.to_numpy(s2.h), arrays.to_numpy(s1.h))
+    if framework == "torch":
+        assert not y2.requires_grad  # no autograd in the token loop
