@@ -57,3 +57,21 @@ def test_layer_decoder_is_the_step(framework, name, rows):
             np.testing.assert_array_equal(arrays.to_numpy(s2.h), arrays.to_numpy(s1.h))
     if framework == "torch":
         assert not y2.requires_grad  # no autograd in the token loop
+
+
+@pytest.mark.slow  # Inductor compiles a C++ graph per layer: ~5-10 s each
+@pytest.mark.parametrize("name", ["gated_linear_rnn", "mingru", "minlstm", "gateloop_mh"])
+def test_torch_compiled_layer_decoder(name):
+    """``decoder(compile=True)``: one ``torch.compile(fullgraph=True)`` graph per step (the native dense product a
+    custom op in it), the step's values within the float32 tolerance; a new batch size compiles anew."""
+    layer, arrays = _layer("torch", name)
+    decode = layer.decoder(compile=True)
+    rng = np.random.default_rng(1)
+    for rows in (2, MAX_ROWS + 1):
+        s1 = s2 = layer.initial_state(rows)
+        for _ in range(3):
+            x_t = arrays.asarray(rng.standard_normal((rows, D), dtype=np.float32))
+            y1, s1 = layer.step(x_t, s1)
+            y2, s2 = decode(x_t, s2)
+            err, allowed = max_violation(arrays.to_numpy(y2), arrays.to_numpy(y1), tolerance_for("float32"))
+            assert err <= allowed, (rows, err, allowed)

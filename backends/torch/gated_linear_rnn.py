@@ -313,13 +313,14 @@ class GatedLinearRNN(nn.Module):
         """``x_t: (B, D_in)``, ``state: State(h=(B, H))`` (``None``: zeros) → ``(y_t: (B, D), State)``."""
         return gated_linear_rnn_step(self._params(), x_t, state, config=self._cfg)
 
-    def decoder(self):
+    def decoder(self, compile: bool = False):
         """``decode(x_t (B, D_in), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
         loops, without autograd. At batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on
         the native kernel, from kernels packed here once (a copy of those weights; results within the float32
-        tolerance of :meth:`step`). Build it again after changing the parameters."""
+        tolerance of :meth:`step`). Build it again after changing the parameters. ``compile=True`` runs the step as
+        one ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX default)."""
         return layer_decoder(lambda p, x_t, state: gated_linear_rnn_step(p, x_t, state, config=self._cfg),
-                             self._params())
+                             self._params(), compile)
 
     def initial_state(self, batch_size: int) -> State:
         """``State(h=zeros (B, H))`` in the state dtype for this module's parameter dtype."""

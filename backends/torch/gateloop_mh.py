@@ -388,13 +388,14 @@ class GateLoopMH(nn.Module):
         """``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` -> ``(y_t: (B, D), State)``."""
         return gateloop_mh_step(self._params(), x_t, state, config=self._config)
 
-    def decoder(self):
+    def decoder(self, compile: bool = False):
         """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
         loops, without autograd. At batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on
         the native kernel, from kernels packed here once (a copy of those weights; results within the float32
-        tolerance of :meth:`step`). Build it again after changing the parameters."""
+        tolerance of :meth:`step`). Build it again after changing the parameters. ``compile=True`` runs the step as
+        one ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX default)."""
         return layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, x_t, state, config=self._config),
-                             self._params())
+                             self._params(), compile)
 
     def initial_state(self, batch_size: int, dtype: torch.dtype | None = None) -> State:
         """``State(h=zeros (B, H, K, V))`` in the state dtype for inputs of ``dtype`` (default: the parameters')."""

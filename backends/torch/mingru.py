@@ -377,14 +377,15 @@ class MinRNNBase(nn.Module):
         cls = type(self)
         return run_step(cls._layer, self._shapes(), cls._gates, self._params(), x_t, state, self._cfg)
 
-    def decoder(self):
+    def decoder(self, compile: bool = False):
         """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
         loops, without autograd. At batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on
         the native kernel, from kernels packed here once (a copy of those weights; results within the float32
-        tolerance of :meth:`step`). Build it again after changing the parameters."""
+        tolerance of :meth:`step`). Build it again after changing the parameters. ``compile=True`` runs the step as
+        one ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX default)."""
         cls, shapes = type(self), self._shapes()
         return layer_decoder(lambda p, x_t, state: run_step(cls._layer, shapes, cls._gates, p, x_t, state, self._cfg),
-                             self._params())
+                             self._params(), compile)
 
     def initial_state(self, batch_size: int) -> State:
         """The default state ``State(h=(B, H))`` in the state dtype for this module's parameter dtype."""

@@ -97,14 +97,23 @@ def native_dense(x: Tensor, kernel: PackedKernel, bias: Tensor | None = None) ->
     return y.reshape(*x.shape[:-1], n_out)
 
 
-def layer_decoder(step: Callable[[Mapping[str, Any], Tensor, Any], tuple[Tensor, Any]], params: Mapping[str, Any]
-                  ) -> Callable[[Tensor, Any], tuple[Tensor, Any]]:
+def layer_decoder(step: Callable[[Mapping[str, Any], Tensor, Any], tuple[Tensor, Any]], params: Mapping[str, Any],
+                  compile: bool = False) -> Callable[[Tensor, Any], tuple[Tensor, Any]]:
     """``decode(x_t, state) -> (y_t, state)``: ``step(params, x_t, state)`` with ``params`` gathered and their
-    float32 kernels packed once (:func:`pack_kernels`), without autograd: what the layers' ``decoder()`` return."""
+    float32 kernels packed once (:func:`pack_kernels`), without autograd: what the layers' ``decoder()`` return.
+    ``compile=True``: the step as one ``torch.compile(fullgraph=True)`` graph (``compiled_step.compile_step``, no
+    guards on the captured parameters; the first call compiles)."""
+    from linrec.backends.torch.compiled_step import compile_step
+
     packed = pack_kernels(params)
+
+    def core(x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
+        return step(packed, x_t, state)
+
+    run = compile_step(core, ("packed",)) if compile else core
 
     @torch.no_grad()
     def decode(x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        return step(packed, x_t, state)
+        return run(x_t, state)
 
     return decode
