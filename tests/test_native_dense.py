@@ -108,10 +108,13 @@ def test_torch_dense_takes_packed_kernels():
         _check(dense(xt[None], packed, bt)[0].numpy(), x, w, b)  # leading axes flattened
         many = torch.from_numpy(_case(kernel.MAX_ROWS + 1, 96, 40)[0])  # more rows: torch's own product, exactly
         torch.testing.assert_close(dense(many, packed, bt), torch.addmm(bt, many, packed.kernel), rtol=0, atol=0)
-    # gradients: the framework's product, so autograd works
+    # gradients: the framework's product, so autograd works (for x, and for a bias alone)
     xg = xt.clone().requires_grad_(True)
     dense(xg, packed, bt).sum().backward()
     torch.testing.assert_close(xg.grad, torch.from_numpy(w).sum(1).expand(3, 96))
+    bg = bt.clone().requires_grad_(True)
+    dense(xt, packed, bg).sum().backward()
+    torch.testing.assert_close(bg.grad, torch.full((40,), 3.0))
     torch.library.opcheck(native_dense.dense_op, (xt, packed.packed, bt, 40))
     torch.library.opcheck(native_dense.dense_op, (xt, packed.packed, None, 40))
 

@@ -26,7 +26,7 @@ def dense(x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
     ``nn.Linear`` weight): no copy is made.
     """
     if isinstance(kernel, native_dense.PackedKernel):
-        if native_dense.applies(x, kernel):
+        if native_dense.applies(x, kernel, bias):
             return native_dense.native_dense(x, kernel, bias)
         kernel = kernel.kernel
     if x.ndim == 2:  # the 2-D BLAS calls take a transposed kernel as it is, and skip F.linear's reshapes

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -58,12 +57,14 @@ def pack_kernels(params: Mapping[str, Any]) -> dict[str, Any]:
             for k, v in params.items()}
 
 
-def applies(x: Tensor, kernel: PackedKernel) -> bool:
-    """Whether ``dense(x, kernel)`` runs on the native kernel: float32 ``x`` of at most ``MAX_ROWS`` rows (leading
-    axes flattened) and no gradient to record."""
+def applies(x: Tensor, kernel: PackedKernel, bias: Tensor | None = None) -> bool:
+    """Whether ``dense(x, kernel, bias)`` runs on the native kernel: float32 ``x`` of at most ``MAX_ROWS`` rows
+    (leading axes flattened) and no gradient to record (the kernel has no backward; the framework's product does)."""
     rows = x.numel() // max(1, x.shape[-1])
+    grads = torch.is_grad_enabled() and (x.requires_grad or kernel.kernel.requires_grad
+                                         or (bias is not None and bias.requires_grad))
     return (x.dtype == torch.float32 and x.device.type == "cpu" and rows <= native_dense_kernel.MAX_ROWS
-            and not (torch.is_grad_enabled() and (x.requires_grad or kernel.kernel.requires_grad)))
+            and not grads and (bias is None or bias.dtype == torch.float32))
 
 
 @torch.library.custom_op("linrec::dense", mutates_args=())
@@ -77,24 +78,30 @@ def _dense_fake(x, packed, bias, out_features):
     return x.new_empty((x.shape[0], out_features))
 
 
+_library: list = []  # the loaded kernel library, once (each product would otherwise look it up: ~2 µs)
+
+
 def _run(x: Tensor, packed: Tensor, bias: Tensor | None, out_features: int) -> Tensor:
-    native_dense_kernel.check_packed(tuple(x.shape), tuple(packed.shape), out_features)
-    lib = native._builder().load()
+    # a decode step calls this for every product: its Python costs count (~5 µs here against ~10 µs of product)
+    m, n_in = x.shape
+    if m > native_dense_kernel.MAX_ROWS or packed.shape[0] != native_dense_kernel.packed_size(n_in, out_features):
+        native_dense_kernel.check_packed(tuple(x.shape), tuple(packed.shape), out_features)  # raises, saying why
+    if not _library:
+        _library.append(native._builder().load())
     x = x.contiguous()
-    bias = None if bias is None else bias.detach().contiguous()
-    y = torch.from_numpy(np.empty((x.shape[0], out_features), np.float32))
-    native._check(lib.linrec_dense(x.shape[0], x.shape[1], out_features, x.data_ptr(), packed.data_ptr(),
-                                   None if bias is None else bias.data_ptr(), y.data_ptr()))
+    y = torch.empty((m, out_features), dtype=torch.float32)
+    native._check(_library[0].linrec_dense(m, n_in, out_features, x.data_ptr(), packed.data_ptr(),
+                                           None if bias is None else bias.contiguous().data_ptr(), y.data_ptr()))
     return y
 
 
 def native_dense(x: Tensor, kernel: PackedKernel, bias: Tensor | None = None) -> Tensor:
     """``x (..., I) @ kernel (I, O) (+ bias (O,))`` → ``(..., O)`` on the native kernel (see :func:`applies`)."""
     n_in, n_out = kernel.kernel.shape
-    x2 = x.reshape(-1, n_in)
-    y = dense_op(x2, kernel.packed, bias, n_out) if torch.compiler.is_compiling() else _run(
-        x2, kernel.packed, bias, n_out)
-    return y.reshape(*x.shape[:-1], n_out)
+    x2 = x if x.ndim == 2 else x.reshape(-1, n_in)
+    run = dense_op if torch.compiler.is_compiling() else _run
+    y = run(x2, kernel.packed, bias, n_out)
+    return y if x.ndim == 2 else y.reshape(*x.shape[:-1], n_out)
 
 
 def layer_decoder(step: Callable[[Mapping[str, Any], Tensor, Any], tuple[Tensor, Any]], params: Mapping[str, Any],
