@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,12 +50,28 @@ def linear_scan(a, b, *, initial_state=None, reverse=False, resets=None, method=
 ENTRY = "import sys\nfrom linrec.tools.cli import main\nraise SystemExit(main())\n"
 
 
+def _seed_native(cache: Path) -> None:
+    """Copy this process's built native kernel (library and stamp) into the fresh ``cache``: the command imports the
+    NumPy backend, which would otherwise compile it again there (~45 s per test on the 2-core CI machine)."""
+    from linrec.backends import native
+    from linrec.backends.native import build
+
+    if not native.available():
+        return
+    library = build.library_path()
+    target = cache / library.relative_to(build.cache_root())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for source in (library, build.stamp_path(library)):
+        shutil.copy2(source, target.parent / source.name)
+
+
 def _console(tmp_path: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     entry = tmp_path / "bin" / "linrec_entry.py"
     entry.parent.mkdir(exist_ok=True)
     entry.write_text(ENTRY)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYPOTHESIS_STORAGE_DIRECTORY")}
     env["LINREC_CACHE"] = str(tmp_path / "cache")
+    _seed_native(tmp_path / "cache")
     return subprocess.run([sys.executable, str(entry), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
 
