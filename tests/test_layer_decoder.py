@@ -38,8 +38,12 @@ def _layer(framework: str, name: str):
 @pytest.mark.parametrize("framework", ["jax", "torch"])
 @pytest.mark.parametrize("name", ["gated_linear_rnn", "mingru", "minlstm", "gateloop_mh"])
 @pytest.mark.parametrize("rows", [1, MAX_ROWS + 1])
-def test_layer_decoder_is_the_step(framework, name, rows):
+def test_layer_decoder_is_the_step(framework, name, rows, monkeypatch):
     layer, arrays = _layer(framework, name)
+    nd = import_module(f"linrec.backends.{framework}.native_dense")
+    calls = []
+    real = nd.native_dense
+    monkeypatch.setattr(nd, "native_dense", lambda *args: calls.append(1) or real(*args))
     rng = np.random.default_rng(0)
     decode = layer.decoder()
     s1 = s2 = layer.initial_state(rows)
@@ -55,6 +59,8 @@ def test_layer_decoder_is_the_step(framework, name, rows):
         else:
             np.testing.assert_array_equal(arrays.to_numpy(y2), arrays.to_numpy(y1))
             np.testing.assert_array_equal(arrays.to_numpy(s2.h), arrays.to_numpy(s1.h))
+    # the products took the native kernel exactly when they should (JAX: counted while tracing)
+    assert bool(calls) == (rows <= MAX_ROWS and native.available())
     if framework == "torch":
         assert not y2.requires_grad  # no autograd in the token loop
 

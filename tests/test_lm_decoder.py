@@ -42,10 +42,14 @@ def _model(framework: str, model: str):
 @pytest.mark.parametrize("framework", ["jax", "torch"])
 @pytest.mark.parametrize("model", list(MODELS))
 @pytest.mark.parametrize("rows", [2, MAX_ROWS + 1])
-def test_decoder_equals_decode_step(framework, model, rows):
+def test_decoder_equals_decode_step(framework, model, rows, monkeypatch):
     """Up to ``MAX_ROWS`` rows the decoder's dense products run on the native kernel (its own summation order:
     the float32 tolerance over a token loop); above, on the framework's product as ``decode_step``: exactly."""
     lm, arrays = _model(framework, model)
+    nd = import_module(f"linrec.backends.{framework}.native_dense")
+    calls = []
+    real = nd.native_dense
+    monkeypatch.setattr(nd, "native_dense", lambda *args: calls.append(1) or real(*args))
     rng = np.random.default_rng(rows)
     _, state = lm.prefill(arrays.asarray(rng.integers(0, 11, (rows, 3), dtype=np.int32)))
     decode = lm.decoder()
@@ -60,6 +64,7 @@ def test_decoder_equals_decode_step(framework, model, rows):
             assert err <= allowed, (err, allowed)
         else:
             np.testing.assert_array_equal(arrays.to_numpy(l1), arrays.to_numpy(l2))
+    assert bool(calls) == native_rows  # the products took the native kernel exactly when they should
     with pytest.raises(ValueError, match="token"):  # outside the vocabulary: an error, not a clamp
         decode(arrays.asarray(np.array([11] + [0] * (rows - 1), np.int32)), s2)
 

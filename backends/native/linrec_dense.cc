@@ -217,7 +217,7 @@ void run_product(const Product& p) {
   pl->panels = panels;
   pl->panels_per_thread = (panels + pl->threads - 1) / pl->threads;
   const uint64_t g = pl->generation.load(std::memory_order_relaxed) + 1;
-  pl->generation.store(g, std::memory_order_release);
+  pl->generation.store(g);  // seq_cst: ordered before the load of `sleepers` below (else a wakeup could be lost)
   if (pl->sleepers.load() > 0) {
     std::lock_guard<std::mutex> lock(pl->mu);
     pl->cv.notify_all();

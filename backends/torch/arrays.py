@@ -27,7 +27,9 @@ def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     (``native_dense.PackedKernel``) stays packed in its own dtype and becomes its plain kernel in another."""
     if x.dtype == dtype:
         return x
-    return (x.kernel if hasattr(x, "packed") else x).to(dtype)
+    from linrec.backends.torch.native_dense import PackedKernel  # (imported here: native_dense is heavier)
+
+    return (x.kernel if isinstance(x, PackedKernel) else x).to(dtype)
 
 
 def to_numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
