@@ -264,12 +264,15 @@ def _framework_missing(name: str) -> str:
     return ""
 
 
-def _set_examples(cases: Sequence[Case]) -> dict:
-    """Under the thorough profile, spread ``THOROUGH_EXAMPLES`` over the property cases; return the settings."""
+def _set_examples(every: Sequence[Case], cases: Sequence[Case]) -> dict:
+    """Under the thorough profile, spread ``THOROUGH_EXAMPLES`` over the backend's property cases: all of them
+    (``every``), not only those ``--select`` picks (``cases``), so a record built in parts by several ``--select``
+    runs that share one journal has the whole run's count per case. Return the settings."""
     properties = sum("hypothesis" in c.tags for c in cases)
     name = scan_properties.profile()[0]
     if name == "thorough" and properties:
-        scan_properties.set_profile(name, math.ceil(THOROUGH_EXAMPLES / properties))
+        spread = sum("hypothesis" in c.tags for c in every)
+        scan_properties.set_profile(name, math.ceil(THOROUGH_EXAMPLES / spread))
     name, per_case, shrink = scan_properties.profile()
     return {"profile": name, "examples_per_case": per_case, "shrink": shrink, "property_cases": properties}
 
@@ -314,9 +317,10 @@ def run_backend(
     if xfails is None:
         # a module may carry its own manifest (the peers' adapters, linrec.conformance.adapters, do)
         xfails = load_xfails(name) if name in linrec.BUNDLED_BACKENDS else dict(getattr(backend, "XFAILS", {}))
-    cases = [c for c in collect(backend, modules) if (select is None or _matches(c.id, select))
+    every = collect(backend, modules)
+    cases = [c for c in every if (select is None or _matches(c.id, select))
              and not any(_matches(c.id, pattern) for pattern in exclude)]
-    report.hypothesis = _set_examples(cases)
+    report.hypothesis = _set_examples(every, cases)
     before, resumed = scan_properties.examples_run(), {"cases": 0, "examples": 0}
     try:
         expected = fingerprint(backend, report.hypothesis, xfails) if journal is not None else {}

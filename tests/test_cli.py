@@ -165,25 +165,43 @@ def test_json_report_records_versions_platform_and_examples():
     assert data["hypothesis"] == {"profile": "ci", "shrink": False, "examples": {"numpy": cases * per_case}}
 
 
+def _property_cases(backend: str) -> int:
+    return sum("hypothesis" in c.tags for c in runner.collect(linrec.get_backend(backend), runner.CASE_MODULES))
+
+
 def test_thorough_spreads_the_example_budget_and_counts_it(monkeypatch):
-    """--thorough runs runner.THOROUGH_EXAMPLES examples per backend (here scaled down), counted call by call."""
-    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", 100)
+    """--thorough runs runner.THOROUGH_EXAMPLES examples per backend (here scaled down), counted call by call; a
+    --select run keeps the whole run's count per case, so parts run with one journal add up to the record."""
+    everything = _property_cases("numpy")
+    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", 10 * everything)
     (rep,) = run(["numpy"], select="scan/property/equals-reference*", thorough=True)
     cases = len(rep.results)
-    assert cases >= 2 and rep.ok
-    per_case = -(-100 // cases)
+    assert everything > cases >= 2 and rep.ok
     assert rep.hypothesis["profile"] == "thorough" and rep.hypothesis["shrink"] is True
-    assert rep.hypothesis["examples_per_case"] == per_case
-    assert rep.hypothesis["examples"] == per_case * cases >= 100
-    assert f"numpy: {per_case * cases:,} Hypothesis examples (thorough profile" in to_text([rep])
+    assert rep.hypothesis["examples_per_case"] == 10 and rep.hypothesis["property_cases"] == cases
+    assert rep.hypothesis["examples"] == 10 * cases
+    assert f"numpy: {10 * cases:,} Hypothesis examples (thorough profile: 10 per property case" in to_text([rep])
     assert scan_properties.profile() == ("ci", scan_properties.PROFILES["ci"][0], False)  # restored
+
+
+def test_thorough_record_in_parts_resumes_as_one_run(tmp_path, monkeypatch):
+    """Two --select runs into one journal, then the whole run: it reruns nothing the parts finished."""
+    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", 2 * _property_cases("numpy"))
+    journal = tmp_path / "numpy.journal"
+    for part in ("scan/property/*[[]sequential]", "scan/property/*[[]associative]"):
+        (rep,) = run(["numpy"], select=part, thorough=True, resume=journal)
+        assert rep.ok and rep.hypothesis["examples"] == 2 * len(rep.results)
+    parts = len(journal.read_text().splitlines())
+    (whole,) = run(["numpy"], select="scan/property/*", thorough=True, resume=journal)
+    assert whole.ok and whole.hypothesis["resumed"] == {"cases": parts, "examples": 2 * parts}
+    assert whole.hypothesis["examples"] == 2 * whole.hypothesis["property_cases"]
 
 
 def test_thorough_releases_compilations_under_memory_map_pressure(monkeypatch):
     """A long run releases JAX's compiled executables when the process nears the kernel's limit on memory maps
     (each executable maps its own pages; a thorough JAX run hit the limit before memory ran out)."""
     released = []
-    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", 400)
+    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", 400 * _property_cases("numpy"))
     monkeypatch.setattr(scan_properties, "_maps_pressure", lambda: True)
     monkeypatch.setattr(scan_properties, "_release_compilations", lambda: released.append(1))
     (rep,) = run(["numpy"], select="scan/property/equals-reference[sequential]", thorough=True)
