@@ -44,7 +44,8 @@ def _model(framework: str, model: str):
 @pytest.mark.parametrize("rows", [2, MAX_ROWS + 1])
 def test_decoder_equals_decode_step(framework, model, rows, monkeypatch):
     """Up to ``MAX_ROWS`` rows the decoder's dense products run on the native kernel (its own summation order:
-    the float32 tolerance over a token loop); above, on the framework's product as ``decode_step``: exactly."""
+    the float32 tolerance over a token loop); above, on the framework's product as ``decode_step``: exactly. (The
+    torch decoders' default, one native call per step, is ``tests/test_native_decode.py``'s; here ``fused=False``.)"""
     lm, arrays = _model(framework, model)
     nd = import_module(f"linrec.backends.{framework}.native_dense")
     calls = []
@@ -52,7 +53,7 @@ def test_decoder_equals_decode_step(framework, model, rows, monkeypatch):
     monkeypatch.setattr(nd, "native_dense", lambda *args: calls.append(1) or real(*args))
     rng = np.random.default_rng(rows)
     _, state = lm.prefill(arrays.asarray(rng.integers(0, 11, (rows, 3), dtype=np.int32)))
-    decode = lm.decoder()
+    decode = lm.decoder(fused=False) if framework == "torch" else lm.decoder()
     s1 = s2 = state
     native_rows = rows <= MAX_ROWS and native.available()
     for _ in range(3):
@@ -77,7 +78,7 @@ def test_torch_compiled_decoder_matches_decode_step(model):
     lm, arrays = _model("torch", model)
     tokens = np.array([[1, 4, 2], [3, 3, 9]], np.int32)
     _, state = lm.prefill(arrays.asarray(tokens))
-    decode = lm.decoder(compile=True)
+    decode = lm.decoder(compile=True, fused=False)
     s1 = s2 = state
     tol = tolerance_for("float32")
     for t in (5, 7, 0, 10):

@@ -1066,3 +1066,16 @@ def test_fused_layer_kernels_refuse_a_second_derivative_naming_the_methods_that_
         assert np.isfinite(np.asarray(jax.grad(loss)(u))).all()
         with pytest.raises(ValueError, match="method='chunked'"):
             jax.grad(lambda u: jax.grad(loss)(u).sum())(u)
+
+
+@pytest.mark.slow
+def test_sources_compile_without_the_cpu_flags(tmp_path):
+    """The loader's portable build compiles: the fallback it uses when the compiler rejects ``CPU_FLAGS`` (no AVX2,
+    so none of the intrinsics headers AVX2 code pulls in). Every other test runs the tuned build. Syntax only."""
+    from linrec.backends.native import build
+
+    include, _ = build._jaxlib_include()
+    cmd = build._command(build._compiler(), include, tmp_path / "lib.so", tuned=False)
+    cmd = [*cmd[: cmd.index("-o")], "-fsyntax-only"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]

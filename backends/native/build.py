@@ -47,12 +47,14 @@ __all__ = ["ABI_VERSION", "NativeBuildError", "available", "build", "build_error
            "load", "stamp_path", "verify"]
 
 #: Must equal ``linrec_abi_version()`` in the C++ source.
-ABI_VERSION = 6
+ABI_VERSION = 7
 #: Bumped when the cache layout changes (here: the stamp beside the library); part of the key.
 CACHE_LAYOUT = 2
 SOURCE = Path(__file__).with_name("linrec_scan.cc")
 #: The dense products of the decoders (its own file: one job each); compiled into the same library.
 DENSE_SOURCE = Path(__file__).with_name("linrec_dense.cc")
+#: The decode programs (one call per model step, over the dense products); compiled into the same library.
+DECODE_SOURCE = Path(__file__).with_name("linrec_decode.cc")
 LIBRARY_NAME = "liblinrec_scan.so"
 STAMP_NAME = "liblinrec_scan.json"
 #: IEEE semantics on purpose: no -ffast-math (it would reassociate the sums and break the tolerances).
@@ -68,7 +70,7 @@ CPU_FLAGS = ("-march=native", "-ffp-contract=off")
 SYMBOLS = ("linrec_abi_version", "linrec_has_ffi", "linrec_num_threads", "linrec_scan_fwd", "linrec_scan_bwd",
            "linrec_mingru_fwd", "linrec_mingru_bwd", "linrec_glr_fwd", "linrec_glr_bwd", "linrec_gmh_chunk",
            "linrec_gmh_fwd", "linrec_gmh_bwd", "linrec_dense_panel", "linrec_dense_max_rows",
-           "linrec_dense_packed_size", "linrec_dense")
+           "linrec_dense_packed_size", "linrec_dense", "linrec_decode_run")
 
 
 class NativeBuildError(RuntimeError):
@@ -135,7 +137,7 @@ def _command(cxx: str, include: str | None, output: Path, tuned: bool = True) ->
 
 def _sources() -> tuple[Path, ...]:
     """The C++ sources of the library (read at call time: ``tools/mutants.py`` points ``SOURCE`` elsewhere)."""
-    return (SOURCE, DENSE_SOURCE)
+    return (SOURCE, DENSE_SOURCE, DECODE_SOURCE)
 
 
 @functools.cache
@@ -354,6 +356,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.linrec_dense_packed_size.restype = i64
     lib.linrec_dense.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr]
     lib.linrec_dense.restype = c_int
+    lib.linrec_decode_run.argtypes = [ptr, i64, ptr, i64]
+    lib.linrec_decode_run.restype = c_int
 
 
 def _open(path: Path) -> ctypes.CDLL:

@@ -29,6 +29,9 @@
 #include <immintrin.h>
 #define LINREC_DENSE_AVX2 1
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>  // _mm_pause, also in builds without the CPU's own flags (the loader's fallback)
+#endif
 
 #ifdef __linux__
 #include <pthread.h>

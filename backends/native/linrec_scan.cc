@@ -1225,7 +1225,7 @@ int run_gmh_bwd(int dtype, int complex_state, int complex_gate, int real_output,
 extern "C" {
 
 // Bumped whenever a signature below changes; the Python loader checks it.
-int linrec_abi_version() { return 6; }
+int linrec_abi_version() { return 7; }
 
 int linrec_has_ffi() {
 #ifdef LINREC_WITH_XLA_FFI

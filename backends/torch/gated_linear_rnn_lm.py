@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from linrec.backends.torch import native_decode
 from linrec.backends.torch.arrays import asarray, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.compiled_step import compile_step
 from linrec.backends.torch.dense import dense
@@ -433,19 +434,26 @@ class GatedLinearRNNLM(nn.Module):
         """One token per row ``(B,)`` → ``(logits (B, V), state)``."""
         return self.step(token, state)
 
-    def decoder(self, compile: bool = False):
+    def decoder(self, compile: bool = False, fused: bool | None = None):
         """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters
         gathered once, for token loops, without autograd. The twin of the JAX method: build it again after
-        changing the parameters. At batch sizes up to ``native.dense.MAX_ROWS`` the dense products run on the
-        native kernel (``native_dense``), from float32 kernels packed here once (a copy of those weights).
+        changing the parameters.
 
-        ``compile=True`` runs the step's arithmetic as one ``torch.compile(fullgraph=True)`` graph (the argument,
-        state and token checks still run first, eagerly): no per-operation Python overhead, elementwise work
-        fused. The first call compiles (seconds to tens of seconds; Inductor needs a C++ compiler on CPU), and
-        each new batch size, dtype or device compiles once more. Measured in ``benchmarks/decode.py``.
+        ``fused``: run the whole step as one call into the native library (``native_decode``: no per-operation
+        dispatch; float32 parameters on the CPU with the native kernel built). ``None`` (default): when it can,
+        else the step below; ``True``: raise ``ValueError`` saying why when it cannot; ``False``: never. The step
+        below runs its dense products on the native kernel (``native_dense``) at batch sizes up to
+        ``native.dense.MAX_ROWS``. Both read float32 kernels packed here once (a copy of those weights).
+
+        ``compile=True`` runs that step (where the fused one does not) as one ``torch.compile(fullgraph=True)``
+        graph (the argument, state and token checks still run first, eagerly): no per-operation Python overhead,
+        elementwise work fused. The first call compiles (seconds to tens of seconds; Inductor needs a C++ compiler
+        on CPU), and each new batch size, dtype or device compiles once more. Measured in
+        ``benchmarks/decode.py``.
         """
         p, cfg = _prepare_params(self._params(), self._cfg), self._cfg
         packed, layers = pack_kernels(p), [pack_kernels(layer) for layer in _layers(p, cfg)]
+        native_step = native_decode.decoder_step(native_decode.gated_linear_rnn_lm_step, packed, cfg, fused)
 
         def core(token: Tensor, h: tuple[Tensor, ...], position: Tensor
                  ) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
@@ -456,6 +464,9 @@ class GatedLinearRNNLM(nn.Module):
         @torch.no_grad()
         def decode(token: Tensor, state: State) -> tuple[Tensor, State]:
             token, h, position = _checked_step_inputs(p, token, state, cfg)
+            if native_step is not None:
+                out, h = native_step(token, h, _pe_position(position, cfg))
+                return out, State(h, position + 1)
             out, h, position = step(token, h, position)
             return out, State(h, position)
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from linrec.backends.torch import native_decode
 from linrec.backends.torch import scan as _scan
 from linrec.backends.torch.arrays import cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.compiled_step import compile_step
@@ -429,25 +430,32 @@ class MinGRULM(nn.Module):
         """One token on the step path: ``(logits (B, V), State)``."""
         return _step_call(self._params(), token, state, self._cfg)
 
-    def decoder(self, compile: bool = False):
+    def decoder(self, compile: bool = False, fused: bool | None = None):
         """``decode(token (B,), state) -> (logits (B, V), State)``: :meth:`decode_step` with the parameters
         gathered once, for token loops, without autograd. The twin of the JAX method: build it again after
-        changing the parameters. At batch sizes up to ``native.dense.MAX_ROWS`` the dense products run on the
-        native kernel (``native_dense``), from float32 kernels packed here once (a copy of those weights).
+        changing the parameters.
 
-        ``compile=True`` runs the step's arithmetic as one ``torch.compile(fullgraph=True)`` graph (the argument,
-        state and token checks still run first, eagerly): no per-operation Python overhead, elementwise work
-        fused. The first call compiles (seconds to tens of seconds; Inductor needs a C++ compiler on CPU), and
-        each new batch size, dtype or device compiles once more. Measured in ``benchmarks/decode.py``.
+        ``fused``: run the whole step as one call into the native library (``native_decode``: no per-operation
+        dispatch; float32 parameters on the CPU with the native kernel built). ``None`` (default): when it can,
+        else the step below; ``True``: raise ``ValueError`` saying why when it cannot; ``False``: never. The step
+        below runs its dense products on the native kernel (``native_dense``) at batch sizes up to
+        ``native.dense.MAX_ROWS``. Both read float32 kernels packed here once (a copy of those weights).
+
+        ``compile=True`` runs that step (where the fused one does not) as one ``torch.compile(fullgraph=True)``
+        graph (the argument, state and token checks still run first, eagerly): no per-operation Python overhead,
+        elementwise work fused. The first call compiles (seconds to tens of seconds; Inductor needs a C++ compiler
+        on CPU), and each new batch size, dtype or device compiles once more. Measured in
+        ``benchmarks/decode.py``.
         """
         p, cfg = self._params(), self._cfg
         packed = pack_kernels(p)
         layers = [(pack_kernels(block), pack_kernels(mixer)) for block, mixer in _layers(p, cfg)]
+        native_step = native_decode.decoder_step(native_decode.mingru_lm_step, packed, cfg, fused)
 
         def core(token: Tensor, h: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
             return _token_step(packed, layers, token, h, cfg)
 
-        step = compile_step(core, ("packed", "layers")) if compile else core
+        step = native_step or (compile_step(core, ("packed", "layers")) if compile else core)
 
         @torch.no_grad()
         def decode(token: Tensor, state: State) -> tuple[Tensor, State]:

@@ -1,0 +1,221 @@
+"""Native decode programs (``linrec_decode.cc``): a model's whole decode step as one call into the native library.
+
+A :class:`Program` is a list of operations over float32 row buffers, built once by a decoder from its parameters
+and run once per token (:meth:`Program.run`). Operations name their buffers by *slot*: the index of a pointer in
+the array the caller passes at each call (tokens, positions, states and outputs change from call to call; the
+scratch buffers and the weights do not). Every float buffer holds ``m`` rows (the batch); the dense products are
+:mod:`linrec.backends.native.dense`'s, in blocks of its :data:`~linrec.backends.native.dense.MAX_ROWS` rows (beyond
+them a product is compute-bound, and a block's second pass over the weights costs little).
+
+Why: a framework's eager step issues dozens of small operations per layer, and at batch 1 their dispatch costs as
+much as reading the weights (benchmarks/results/decode.md). The arithmetic is the spec's, in float32, with the
+products summed in ``k`` order as :mod:`~linrec.backends.native.dense` does: results equal the framework step's
+within the spec's float32 tolerance, and do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ACTIVATIONS", "DecodeError", "Op", "Program"]
+
+#: Activation name (``linrec.spec.gated_linear_rnn.ACTIVATIONS``) → the kernel's code.
+ACTIVATIONS = {"identity": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "gelu": 4, "gelu_exact": 5, "silu": 6,
+               "softplus": 7}
+
+# operation codes (``enum Code`` in linrec_decode.cc)
+GATHER, SINUSOID, DENSE, ADD, LAYER_NORM, ACT, GLRNN_CELL, COPY, RMS_NORM, MINGRU_CELL, GLU_ADD = range(1, 12)
+#: ``GATHER`` flags: the index slot holds int32 (else int64); add the row instead of storing it
+INDEX_INT32, GATHER_ADD = 1, 2
+
+
+class DecodeError(ValueError):
+    """A native decode program refused its input (an index outside a table, or sizes it cannot take)."""
+
+
+class _COp(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_int32), ("dst", ctypes.c_int32), ("src", ctypes.c_int32),
+                ("aux", ctypes.c_int32), ("extra", ctypes.c_int32), ("kind", ctypes.c_int32),
+                ("flag", ctypes.c_int32), ("pad", ctypes.c_int32), ("width", ctypes.c_int64),
+                ("n", ctypes.c_int64), ("eps", ctypes.c_double), ("w", ctypes.c_void_p), ("b", ctypes.c_void_p)]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation (``LinrecOp``): buffers by slot (``-1``: unused), widths, and the weight ``w``/bias ``b`` as
+    addresses (``0``: none). The program keeps no reference to the weights: the caller must keep them alive."""
+
+    code: int
+    dst: int
+    src: int = -1
+    aux: int = -1
+    extra: int = -1
+    kind: int = 0
+    flag: int = 0
+    width: int = 0
+    n: int = 0
+    eps: float = 0.0
+    w: int = 0
+    b: int = 0
+
+
+def cell_kind(input_activation: str, hidden_activation: str, gate_activation: str) -> int:
+    """The ``kind`` of a ``GLRNN_CELL``: the three activations' codes, one byte each."""
+    return (ACTIVATIONS[input_activation] | ACTIVATIONS[hidden_activation] << 8
+            | ACTIVATIONS[gate_activation] << 16)
+
+
+class Program:
+    """Operations to run in one call, over ``n_slots`` buffers; ``keep``: objects that own the weights."""
+
+    def __init__(self, ops: Sequence[Op], n_slots: int, keep: Any = None) -> None:
+        from linrec.backends import native
+
+        self._lib = native._builder().load()
+        self._ops = (_COp * len(ops))(*(_COp(o.code, o.dst, o.src, o.aux, o.extra, o.kind, o.flag, 0, o.width,
+                                             o.n, o.eps, o.w or None, o.b or None) for o in ops))
+        for o in ops:
+            if not all(-1 <= s < n_slots for s in (o.dst, o.src, o.aux, o.extra)):
+                raise ValueError(f"operation {o} names a slot outside 0..{n_slots - 1}")
+        self.n_slots = n_slots
+        self._keep = keep
+
+    def run(self, slots: Sequence[int], m: int) -> None:
+        """Run every operation for ``m`` rows; ``slots``: one address per slot. Raises :class:`DecodeError`
+        for an index outside its table (a token or position) or sizes the kernel cannot take."""
+        if len(slots) != self.n_slots:
+            raise ValueError(f"the program takes {self.n_slots} slots, got {len(slots)}")
+        status = self._lib.linrec_decode_run(self._ops, len(self._ops), (ctypes.c_void_p * self.n_slots)(*slots), m)
+        if status == 3:
+            raise DecodeError("a token or position is outside its embedding table")
+        if status != 0:
+            raise DecodeError(f"the native decode program refused {m} rows (status {status})")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Programs of the models
+
+
+#: Slots of a language model's step program: inputs, outputs, then ``L`` states in and ``L`` out, then scratch.
+TOKENS, POSITIONS, OUT, STATES = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a step program's buffers live: ``n_layer`` states in at ``STATES + l`` and out at
+    ``STATES + n_layer + l``; ``scratch`` widths (floats per row) of the slots after them, in order."""
+
+    n_layer: int
+    scratch: tuple[int, ...]
+
+    @property
+    def n_slots(self) -> int:
+        return STATES + 2 * self.n_layer + len(self.scratch)
+
+    def state_in(self, l: int) -> int:
+        return STATES + l
+
+    def state_out(self, l: int) -> int:
+        return STATES + self.n_layer + l
+
+    def scratch_slot(self, i: int) -> int:
+        return STATES + 2 * self.n_layer + i
+
+
+def gated_linear_rnn_lm_program(config: Any, weights: dict[str, int], keep: Any = None) -> tuple[Program, Layout]:
+    """The GatedLinearRNN LM's decode step (``gated_linear_rnn_lm.md`` §10) as one program.
+
+    ``config``: a ``GatedLinearRNNLMConfig``; ``weights``: canonical name → address of the float32 parameter,
+    contiguous, where every ``*.kernel`` is its packed form (:func:`linrec.backends.native.dense.pack`). Slots:
+    ``TOKENS`` (``(m,)`` int64 ids, or ``(m, d_input)`` float32 inputs), ``POSITIONS`` (``(m,)`` int32 table rows),
+    ``OUT`` (``(m, d_output)``), the layers' states ``(m, d_h)`` in and out (:class:`Layout`), then scratch.
+    """
+    d, h, c, n_layer = config.d_model, config.d_h, config.d_channel_mixing, config.n_layer
+    layer = config.layer_config
+    width = layer.n_blocks * h
+    layout = Layout(n_layer, (d, d, width, h, c, d) + ((width,) if layer.use_true_recurrence else ()))
+    x, z, u, y, t, s = (layout.scratch_slot(i) for i in range(6))
+    ops = []
+    if config.use_word_embedding:
+        ops.append(Op(GATHER, x, TOKENS, width=d, n=config.input_vocab_size, w=weights["embed.embedding"]))
+    else:
+        ops.append(Op(DENSE, x, TOKENS, width=config.d_input, n=d, w=weights["input_proj.kernel"],
+                      b=weights["input_proj.bias"]))
+    if config.positional_encoding_mode == "learned":
+        ops.append(Op(GATHER, x, POSITIONS, flag=INDEX_INT32 | GATHER_ADD, width=d, n=config.max_seq_length,
+                      w=weights["pos_embed.embedding"]))
+    elif config.positional_encoding_mode == "sinusoidal":
+        ops.append(Op(SINUSOID, x, POSITIONS, width=d))
+    kind = cell_kind(layer.input_activation, layer.hidden_activation, layer.gate_activation)
+
+    def dense(dst: int, src: int, name: str, k: int, n: int) -> Op:
+        return Op(DENSE, dst, src, width=k, n=n, w=weights[name + ".kernel"], b=weights.get(name + ".bias", 0))
+
+    def layer_norm(prefix: str, dst: int) -> Op:
+        return Op(LAYER_NORM, dst, x, width=d, eps=config.eps, w=weights[prefix + "norm.scale"],
+                  b=weights[prefix + "norm.bias"])
+
+    gelu = ACTIVATIONS["gelu" if config.gelu_approximate else "gelu_exact"]
+    for l in range(n_layer):
+        tm, cm = f"layers.{l}.time_mixing.", f"layers.{l}.channel_mixing."
+        ops += [layer_norm(tm, z), dense(u, z, tm + "rnn.proj", d, width)]
+        if layer.use_true_recurrence:
+            rec = layout.scratch_slot(6)
+            ops += [Op(DENSE, rec, layout.state_in(l), width=h, n=width, w=weights[tm + "rnn.recurrent_proj.kernel"]),
+                    Op(ADD, u, rec, width=width)]
+        ops += [Op(GLRNN_CELL, layout.state_out(l), u, aux=layout.state_in(l), extra=y, kind=kind,
+                   flag=int(layer.use_tied_gates), width=h),
+                dense(s, y, tm + "rnn.out_proj", h, d),
+                Op(ADD, x, s, width=d),
+                layer_norm(cm, z),
+                dense(t, z, cm + "fc1", d, c),
+                Op(ACT, t, t, kind=gelu, width=c),
+                dense(s, t, cm + "fc2", c, d),
+                Op(ADD, x, s, width=d)]
+    if config.use_head:
+        ops.append(Op(DENSE, OUT, x, width=d, n=config.output_vocab_size, w=weights["head.kernel"],
+                      b=weights["head.bias"]))
+    else:
+        ops.append(Op(COPY, OUT, x, width=d))
+    return Program(ops, layout.n_slots, keep), layout
+
+
+def mingru_lm_program(config: Any, weights: dict[str, int], keep: Any = None) -> tuple[Program, Layout]:
+    """The minGRU LM's decode step (``mingru_lm.md`` §5) as one program: ``config`` a ``MinGRULMConfig``,
+    ``weights`` and slots as :func:`gated_linear_rnn_lm_program` (``TOKENS``: ``(m,)`` int64 ids; ``POSITIONS``
+    unused)."""
+    d, h, n_layer = config.d_model, config.d_inner, config.n_layers
+    mixer = config.mingru
+    prenorm = config.block == "prenorm"
+    layout = Layout(n_layer, (d, d, 2 * h, d, max(config.d_ff if prenorm else 0, 2 * d)))
+    x, z, u, s, t = (layout.scratch_slot(i) for i in range(5))
+    ops = [Op(GATHER, x, TOKENS, width=d, n=config.vocab_size, w=weights["embed.embedding"])]
+    for l in range(n_layer):
+        p = f"layers.{l}."
+        state = layout.state_out(l)
+        cell = [Op(DENSE, u, z if prenorm else x, width=d, n=2 * h, w=weights[p + "mingru.proj.kernel"],
+                   b=weights.get(p + "mingru.proj.bias", 0)),
+                Op(MINGRU_CELL, state, u, aux=layout.state_in(l), width=h, flag=int(mixer.candidate == "g"))]
+        if not prenorm:
+            ops += [*cell, Op(DENSE, t, state, width=h, n=2 * d, w=weights[p + "glu.kernel"],
+                              b=weights[p + "glu.bias"]), Op(GLU_ADD, x, t, width=d)]
+            continue
+        ops += [Op(RMS_NORM, z, x, width=d, eps=config.norm_eps, w=weights[p + "norm.scale"]), *cell]
+        if mixer.out_proj:
+            ops += [Op(DENSE, s, state, width=h, n=d, w=weights[p + "mingru.out_proj.kernel"]), Op(ADD, x, s, width=d)]
+        else:
+            ops.append(Op(ADD, x, state, width=d))
+        f = config.d_ff
+        ops += [Op(RMS_NORM, z, x, width=d, eps=config.norm_eps, w=weights[p + "ff_norm.scale"]),
+                Op(DENSE, t, z, width=d, n=f, w=weights[p + "ff.fc1.kernel"], b=weights[p + "ff.fc1.bias"]),
+                Op(ACT, t, t, kind=ACTIVATIONS["gelu_exact"], width=f),
+                Op(DENSE, s, t, width=f, n=d, w=weights[p + "ff.fc2.kernel"], b=weights[p + "ff.fc2.bias"]),
+                Op(ADD, x, s, width=d)]
+    if prenorm:
+        ops.append(Op(RMS_NORM, z, x, width=d, eps=config.norm_eps, w=weights["final_norm.scale"]))
+    ops.append(Op(DENSE, OUT, z if prenorm else x, width=d, n=config.vocab_size, w=weights["head.kernel"],
+                  b=weights.get("head.bias", 0)))
+    return Program(ops, layout.n_slots, keep), layout

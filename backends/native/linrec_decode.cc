@@ -1,0 +1,350 @@
+// linrec native decode programs: one call runs a whole model's decode step, a short list of operations over
+// float32 row buffers (embedding rows, layer norms, the dense products of linrec_dense.cc in blocks of its rows,
+// activations, the GatedLinearRNN and minGRU cells, residual adds).
+//
+// Why: PyTorch's eager step of a 4-layer LM issues ~60 small operations per layer, and at batch 1 their dispatch
+// (~300 us per token, benchmarks/results/decode.md) costs as much as reading the weights. A program built once per
+// decoder and run in one call leaves only the products' own time. The operations are the spec's (the
+// framework steps are the reference and the tests compare with them within the float32 tolerance).
+//
+// Buffers: the caller passes `slots`, an array of pointers; an operation names its buffers by slot index. Each
+// float buffer holds `m` rows, contiguous, of the width the operation states. Integer inputs (tokens, positions)
+// are slots too, typed by the operation's flag. Nothing is allocated here.
+
+#include <cmath>
+#include <cstdint>
+#include <initializer_list>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#define LINREC_DECODE_AVX2 1
+#endif
+
+extern "C" int linrec_dense(int64_t m, int64_t k, int64_t n, const float* x, const float* packed, const float* bias,
+                            float* y);
+
+namespace {
+
+enum Code : int32_t {
+  kGather = 1,     // dst[r] (+)= table w[idx[r]]            width, n = table rows; flag: 1 int32 idx, 2 add
+  kSinusoid = 2,   // dst[r] += spec sinusoidal row pos[r]    width; src int32 positions
+  kDense = 3,      // dst = src @ W + b (W packed)           width = K, n = N
+  kAdd = 4,        // dst += src                             width
+  kLayerNorm = 5,  // dst = layer_norm(src) * w + b          width, eps
+  kAct = 6,        // dst = act(src)                         width, kind
+  kGlrnnCell = 7,  // (u=src, h=aux) -> (h'=dst, y=extra)    width = H, kind = in | hidden << 8 | gate << 16, flag: 1 tied
+  kCopy = 8,       // dst = src                              width
+  kRmsNorm = 9,    // dst = src / rms(src) * w               width, eps
+  kMinGruCell = 10,  // (u=src, h=aux) -> h'=dst               width = H, flag: 1 candidate g
+  kGluAdd = 11,    // dst += src[:, :D] * sigmoid(src[:, D:])  width = D
+};
+
+// Rows per call of linrec_dense (its linrec_dense_max_rows()).
+constexpr int64_t kBlockRows = 8;
+
+enum Act : int32_t { kIdentity = 0, kTanh, kSigmoid, kRelu, kGelu, kGeluExact, kSilu, kSoftplus };
+
+}  // namespace
+
+// One operation of a program (the layout linrec.backends.native.decode.Op mirrors).
+struct LinrecOp {
+  int32_t code, dst, src, aux, extra, kind, flag, pad;
+  int64_t width, n;
+  double eps;
+  const void* w;
+  const float* b;
+};
+
+namespace {
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+inline float activate(int32_t kind, float x) {
+  switch (kind) {
+    case kTanh: return std::tanh(x);
+    case kSigmoid: return sigmoid(x);
+    case kRelu: return x < 0.0f ? 0.0f : x;  // NaN passes
+    case kGelu: {
+      const float c = 0.7978845608028654f;  // sqrt(2 / pi)
+      return 0.5f * x * (1.0f + std::tanh(c * (x + 0.044715f * x * x * x)));
+    }
+    case kGeluExact: return 0.5f * x * (1.0f + std::erf(x * 0.7071067811865476f));
+    case kSilu: return x * sigmoid(x);
+    case kSoftplus: return x > 20.0f ? x : std::log1p(std::exp(x));  // torch's threshold: above it softplus(x) = x
+    default: return x;
+  }
+}
+
+#ifdef LINREC_DECODE_AVX2
+// Eight lanes of exp, tanh and the activations built on them (Cephes' single-precision polynomials, ~2 ulp): the
+// scalar library calls cost ~15 ns each, as much per token as the products at batch 1. erf and log1p (gelu_exact,
+// softplus) keep the scalar calls.
+using V = __m256;
+
+inline V splat(float x) { return _mm256_set1_ps(x); }
+
+inline V vexp(V x) {
+  const V input = x;
+  // 2^n below stays a normal float; NaN passes (max/min return their second operand when one is NaN)
+  x = _mm256_min_ps(splat(88.3f), _mm256_max_ps(splat(-87.3f), x));
+  const V n = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(x, splat(1.44269504088896341f)), splat(0.5f)));
+  x = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, splat(0.693359375f))), _mm256_mul_ps(n, splat(-2.12194440e-4f)));
+  V p = splat(1.9875691500e-4f);
+  for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+    p = _mm256_add_ps(_mm256_mul_ps(p, x), splat(c));
+  p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(x, x)), x), splat(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  const V y = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  // beyond the clamp: exp overflows to inf, and underflows (to subnormals and 0) as 0
+  const V high = _mm256_blendv_ps(y, splat(INFINITY), _mm256_cmp_ps(input, splat(88.72283f), _CMP_GT_OQ));
+  return _mm256_blendv_ps(high, splat(0.0f), _mm256_cmp_ps(input, splat(-87.3f), _CMP_LT_OQ));
+}
+
+inline V vtanh(V x) {
+  const V sign = _mm256_and_ps(x, splat(-0.0f));
+  const V ax = _mm256_andnot_ps(splat(-0.0f), x);
+  // |x| < 0.625: x + x^3 P(x^2); beyond: 1 - 2 / (exp(2|x|) + 1), which has no cancellation there
+  const V z = _mm256_mul_ps(x, x);
+  V p = splat(-5.70498872745e-3f);
+  for (const float c : {2.06390887954e-2f, -5.37397155531e-2f, 1.33314422036e-1f, -3.33332819422e-1f})
+    p = _mm256_add_ps(_mm256_mul_ps(p, z), splat(c));
+  const V small = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(p, z), x), x);
+  const V e = vexp(_mm256_add_ps(ax, ax));
+  const V large = _mm256_sub_ps(splat(1.0f), _mm256_div_ps(splat(2.0f), _mm256_add_ps(e, splat(1.0f))));
+  const V big = _mm256_or_ps(large, sign);
+  return _mm256_blendv_ps(small, big, _mm256_cmp_ps(ax, splat(0.625f), _CMP_GE_OQ));
+}
+
+inline V vsigmoid(V x) {
+  return _mm256_div_ps(splat(1.0f), _mm256_add_ps(splat(1.0f), vexp(_mm256_sub_ps(splat(0.0f), x))));
+}
+
+inline bool vectorized(int32_t kind) { return kind != kGeluExact && kind != kSoftplus; }
+
+inline V vactivate(int32_t kind, V x) {
+  switch (kind) {
+    case kTanh: return vtanh(x);
+    case kSigmoid: return vsigmoid(x);
+    case kRelu: return _mm256_max_ps(splat(0.0f), x);  // NaN passes
+    case kGelu: {
+      const V cube = _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(x, x), x), splat(0.044715f));
+      const V t = vtanh(_mm256_mul_ps(splat(0.7978845608028654f), _mm256_add_ps(x, cube)));
+      return _mm256_mul_ps(_mm256_mul_ps(splat(0.5f), x), _mm256_add_ps(splat(1.0f), t));
+    }
+    case kSilu: return _mm256_mul_ps(x, vsigmoid(x));
+    default: return x;
+  }
+}
+#endif
+
+// dst[j] = act(src[j]) for j < count (dst may be src).
+void activate_all(int32_t kind, const float* src, float* dst, int64_t count) {
+  int64_t j = 0;
+#ifdef LINREC_DECODE_AVX2
+  if (vectorized(kind)) {
+    for (; j + 8 <= count; j += 8) _mm256_storeu_ps(dst + j, vactivate(kind, _mm256_loadu_ps(src + j)));
+  }
+#endif
+  for (; j < count; ++j) dst[j] = activate(kind, src[j]);
+}
+
+inline float* rows(void* const* slots, int32_t slot) { return static_cast<float*>(slots[slot]); }
+
+int gather(const LinrecOp& op, void* const* slots, int64_t m) {
+  const float* table = static_cast<const float*>(op.w);
+  float* dst = rows(slots, op.dst);
+  for (int64_t r = 0; r < m; ++r) {
+    const int64_t i = (op.flag & 1) ? static_cast<const int32_t*>(slots[op.src])[r]
+                                    : static_cast<const int64_t*>(slots[op.src])[r];
+    if (i < 0 || i >= op.n) return 3;  // an index outside the table: never read past it
+    const float* row = table + i * op.width;
+    float* out = dst + r * op.width;
+    if (op.flag & 2) {
+      for (int64_t j = 0; j < op.width; ++j) out[j] += row[j];
+    } else {
+      for (int64_t j = 0; j < op.width; ++j) out[j] = row[j];
+    }
+  }
+  return 0;
+}
+
+// The spec's table (gated_linear_rnn_lm.md): omega_k = 10000^(-2k/d) for column pair k, sin on even columns, cos on
+// odd ones, computed in float64 and rounded once.
+void sinusoid(const LinrecOp& op, void* const* slots, int64_t m) {
+  const int32_t* pos = static_cast<const int32_t*>(slots[op.src]);
+  float* dst = rows(slots, op.dst);
+  const double scale = -2.0 * std::log(10000.0) / static_cast<double>(op.width);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t j = 0; j < op.width; ++j) {
+      const double angle = static_cast<double>(pos[r]) * std::exp(static_cast<double>(j / 2) * scale);
+      dst[r * op.width + j] += static_cast<float>(j % 2 == 0 ? std::sin(angle) : std::cos(angle));
+    }
+  }
+}
+
+void layer_norm(const LinrecOp& op, void* const* slots, int64_t m) {
+  const float* src = rows(slots, op.src);
+  float* dst = rows(slots, op.dst);
+  const float* scale = static_cast<const float*>(op.w);
+  const int64_t d = op.width;
+  for (int64_t r = 0; r < m; ++r) {
+    const float* x = src + r * d;
+    double mean = 0.0, var = 0.0;
+    for (int64_t j = 0; j < d; ++j) mean += x[j];
+    mean /= static_cast<double>(d);
+    for (int64_t j = 0; j < d; ++j) var += (x[j] - mean) * (x[j] - mean);  // biased, as the spec
+    const float rstd = static_cast<float>(1.0 / std::sqrt(var / static_cast<double>(d) + op.eps));
+    const float mu = static_cast<float>(mean);
+    for (int64_t j = 0; j < d; ++j) dst[r * d + j] = (x[j] - mu) * rstd * scale[j] + op.b[j];
+  }
+}
+
+void glrnn_cell(const LinrecOp& op, void* const* slots, int64_t m) {
+  const int64_t d = op.width;
+  const int64_t blocks = (op.flag & 1) ? 3 : 4;
+  const int32_t act_in = op.kind & 0xff, act_hidden = (op.kind >> 8) & 0xff, act_gate = (op.kind >> 16) & 0xff;
+  const float* u = rows(slots, op.src);
+  const float* h = rows(slots, op.aux);
+  float* h_out = rows(slots, op.dst);
+  float* y = rows(slots, op.extra);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* ur = u + r * blocks * d;
+    int64_t j = 0;
+#ifdef LINREC_DECODE_AVX2
+    if (vectorized(act_in) && vectorized(act_hidden) && vectorized(act_gate)) {
+      for (; j + 8 <= d; j += 8) {
+        const V candidate = vactivate(act_in, _mm256_loadu_ps(ur + j));
+        const V i = vactivate(act_gate, _mm256_loadu_ps(ur + d + j));
+        const V f = (op.flag & 1) ? _mm256_sub_ps(splat(1.0f), i) : vactivate(act_gate, _mm256_loadu_ps(ur + 2 * d + j));
+        const V o = vactivate(act_gate, _mm256_loadu_ps(ur + (blocks - 1) * d + j));
+        const V next = _mm256_add_ps(_mm256_mul_ps(i, candidate), _mm256_mul_ps(f, _mm256_loadu_ps(h + r * d + j)));
+        _mm256_storeu_ps(h_out + r * d + j, next);
+        _mm256_storeu_ps(y + r * d + j, _mm256_mul_ps(vactivate(act_hidden, next), o));
+      }
+    }
+#endif
+    for (; j < d; ++j) {
+      const float candidate = activate(act_in, ur[j]);
+      const float i = activate(act_gate, ur[d + j]);
+      const float f = (op.flag & 1) ? 1.0f - i : activate(act_gate, ur[2 * d + j]);
+      const float o = activate(act_gate, ur[(blocks - 1) * d + j]);
+      const float next = i * candidate + f * h[r * d + j];
+      h_out[r * d + j] = next;
+      y[r * d + j] = activate(act_hidden, next) * o;
+    }
+  }
+}
+
+void rms_norm(const LinrecOp& op, void* const* slots, int64_t m) {
+  const float* src = rows(slots, op.src);
+  float* dst = rows(slots, op.dst);
+  const float* scale = static_cast<const float*>(op.w);
+  const int64_t d = op.width;
+  for (int64_t r = 0; r < m; ++r) {
+    const float* x = src + r * d;
+    double squares = 0.0;
+    for (int64_t j = 0; j < d; ++j) squares += static_cast<double>(x[j]) * x[j];
+    const float rstd = static_cast<float>(1.0 / std::sqrt(squares / static_cast<double>(d) + op.eps));
+    for (int64_t j = 0; j < d; ++j) dst[r * d + j] = x[j] * rstd * scale[j];
+  }
+}
+
+// minGRU (mingru.md): a = 1 - z = sigmoid(-u_z), b = z * candidate(u_h), h' = a h + b; candidate g(u) = u + 1/2 for
+// u >= 0, else sigmoid(u) (flag 1), or u.
+void mingru_cell(const LinrecOp& op, void* const* slots, int64_t m) {
+  const int64_t d = op.width;
+  const bool g = op.flag & 1;
+  const float* u = rows(slots, op.src);
+  const float* h = rows(slots, op.aux);
+  float* h_out = rows(slots, op.dst);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* uz = u + r * 2 * d;
+    const float* uh = uz + d;
+    int64_t j = 0;
+#ifdef LINREC_DECODE_AVX2
+    for (; j + 8 <= d; j += 8) {
+      const V z_in = _mm256_loadu_ps(uz + j), h_in = _mm256_loadu_ps(uh + j);
+      const V a = vsigmoid(_mm256_sub_ps(splat(0.0f), z_in));
+      V candidate = h_in;
+      if (g) {
+        candidate = _mm256_blendv_ps(vsigmoid(h_in), _mm256_add_ps(h_in, splat(0.5f)),
+                                     _mm256_cmp_ps(h_in, splat(0.0f), _CMP_GE_OQ));
+      }
+      const V b = _mm256_mul_ps(vsigmoid(z_in), candidate);
+      _mm256_storeu_ps(h_out + r * d + j, _mm256_add_ps(b, _mm256_mul_ps(a, _mm256_loadu_ps(h + r * d + j))));
+    }
+#endif
+    for (; j < d; ++j) {
+      const float candidate = !g ? uh[j] : (uh[j] >= 0.0f ? uh[j] + 0.5f : sigmoid(uh[j]));
+      h_out[r * d + j] = sigmoid(uz[j]) * candidate + sigmoid(-uz[j]) * h[r * d + j];
+    }
+  }
+}
+
+void glu_add(const LinrecOp& op, void* const* slots, int64_t m) {
+  const int64_t d = op.width;
+  const float* src = rows(slots, op.src);
+  float* dst = rows(slots, op.dst);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* value = src + r * 2 * d;
+    const float* gate = value + d;
+    float* out = dst + r * d;
+    int64_t j = 0;
+#ifdef LINREC_DECODE_AVX2
+    for (; j + 8 <= d; j += 8) {
+      const V add = _mm256_mul_ps(_mm256_loadu_ps(value + j), vsigmoid(_mm256_loadu_ps(gate + j)));
+      _mm256_storeu_ps(out + j, _mm256_add_ps(_mm256_loadu_ps(out + j), add));
+    }
+#endif
+    for (; j < d; ++j) out[j] += value[j] * sigmoid(gate[j]);
+  }
+}
+
+}  // namespace
+
+extern "C" {
+
+// Runs `n_ops` operations for `m` rows. Returns 0, 2 for bad sizes or an unknown operation, 3 for an index outside
+// its table.
+int linrec_decode_run(const LinrecOp* ops, int64_t n_ops, void* const* slots, int64_t m) {
+  if (m < 0 || n_ops < 0) return 2;
+  for (int64_t i = 0; i < n_ops; ++i) {
+    const LinrecOp& op = ops[i];
+    const int64_t count = m * op.width;
+    int status = 0;
+    switch (op.code) {
+      case kGather: status = gather(op, slots, m); break;
+      case kSinusoid: sinusoid(op, slots, m); break;
+      case kDense:  // in blocks of the dense kernel's rows (beyond them the product is compute-bound anyway)
+        for (int64_t r = 0; r < m && status == 0; r += kBlockRows) {
+          const int64_t block = m - r < kBlockRows ? m - r : kBlockRows;
+          status = linrec_dense(block, op.width, op.n, rows(slots, op.src) + r * op.width,
+                                static_cast<const float*>(op.w), op.b, rows(slots, op.dst) + r * op.n);
+        }
+        break;
+      case kAdd: {
+        float* dst = rows(slots, op.dst);
+        const float* src = rows(slots, op.src);
+        for (int64_t j = 0; j < count; ++j) dst[j] += src[j];
+        break;
+      }
+      case kLayerNorm: layer_norm(op, slots, m); break;
+      case kAct: activate_all(op.kind, rows(slots, op.src), rows(slots, op.dst), count); break;
+      case kGlrnnCell: glrnn_cell(op, slots, m); break;
+      case kRmsNorm: rms_norm(op, slots, m); break;
+      case kMinGruCell: mingru_cell(op, slots, m); break;
+      case kGluAdd: glu_add(op, slots, m); break;
+      case kCopy: {
+        float* dst = rows(slots, op.dst);
+        const float* src = rows(slots, op.src);
+        for (int64_t j = 0; j < count; ++j) dst[j] = src[j];
+        break;
+      }
+      default: return 2;
+    }
+    if (status != 0) return status;
+  }
+  return 0;
+}
+
+}  // extern "C"

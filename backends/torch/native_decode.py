@@ -1,0 +1,105 @@
+"""The torch language models' decode step as one call into the native library (``linrec.backends.native.decode``).
+
+Why torch only: PyTorch runs an eager step operation by operation, and at batch 1 the dispatch of ~60 small
+operations per layer costs as much as reading the weights (``benchmarks/results/decode.md``); ``torch.compile``
+still calls the native products through the dispatcher. JAX's ``decoder()`` is already one compiled XLA program.
+
+A :class:`NativeStep` holds the program and the float32 tensors it reads (kernels in packed form), and runs a step
+for any batch size (the products run in blocks of :data:`linrec.backends.native.dense.MAX_ROWS` rows):
+``(input_t, h, pe_position) -> (out_t, h)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from linrec.backends import native
+from linrec.backends.native import decode as native_decode
+from linrec.backends.torch.native_dense import PackedKernel
+
+__all__ = ["NativeStep", "decoder_step", "gated_linear_rnn_lm_step", "mingru_lm_step", "refusal"]
+
+
+def refusal(params: Mapping[str, Any]) -> str | None:
+    """Why the native step cannot serve these (prepared, packed) parameters, or ``None`` when it can."""
+    if not native.available():
+        return f"the native kernel is not built ({native.build_error()})"
+    for name, value in params.items():
+        tensor = value.packed if isinstance(value, PackedKernel) else value
+        if name.endswith("kernel") and not isinstance(value, PackedKernel):
+            return f"{name} is not a packed float32 CPU kernel"
+        if tensor.dtype != torch.float32 or tensor.device.type != "cpu":
+            return f"it runs float32 parameters on the CPU; {name} is {tensor.dtype} on {tensor.device}"
+    return None
+
+
+def decoder_step(build, params: Mapping[str, Any], config: Any, fused: bool | None) -> NativeStep | None:
+    """What a ``decoder(fused=...)`` runs: ``build(params, config)`` when ``fused`` is ``None`` and the native step
+    can serve the parameters, or ``True`` (else ``ValueError`` saying why); ``None`` for the framework step."""
+    if fused not in (None, True, False):
+        raise TypeError(f"fused must be None, True or False, got {fused!r}")
+    if fused is False:
+        return None
+    why = refusal(params)
+    if why is None:
+        return build(params, config)
+    if fused:
+        raise ValueError(f"decoder(fused=True) cannot run this model natively: {why}; use fused=None or False")
+    return None
+
+
+class NativeStep:
+    """A model's decode step on the native library. Call with ``input_t`` (``(B,)`` ids or ``(B, F)``), the
+    layers' states ``h`` (``L`` tensors ``(B, H)``, float32) and ``pe_position`` (``(B,)`` table rows) →
+    ``(out_t (B, V), h)``; the new states are views of one ``(L, B, H)`` tensor."""
+
+    def __init__(self, program: native_decode.Program, layout: native_decode.Layout, d_h: int, d_output: int,
+                 tokens: bool) -> None:
+        self._program, self._layout = program, layout
+        self._d_h, self._d_output, self._tokens = d_h, d_output, tokens
+        self._scratch_width = sum(layout.scratch)
+
+    def __call__(self, input_t: Tensor, h: tuple[Tensor, ...], pe_position: Tensor | None = None
+                 ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        m = input_t.shape[0]
+        if any(h_l.dtype != torch.float32 for h_l in h):
+            raise TypeError(f"the native decode step carries float32 states, got {[str(h_l.dtype) for h_l in h]}")
+        inputs = input_t.to(torch.int64) if self._tokens else input_t.to(torch.float32)
+        inputs = inputs.contiguous()
+        positions = None if pe_position is None else pe_position.to(torch.int32).contiguous()
+        h = tuple(h_l.contiguous() for h_l in h)
+        out = torch.empty((m, self._d_output), dtype=torch.float32)
+        new = torch.empty((len(h), m, self._d_h), dtype=torch.float32)
+        scratch = torch.empty((m * self._scratch_width,), dtype=torch.float32)
+        slots = [inputs.data_ptr(), 0 if positions is None else positions.data_ptr(), out.data_ptr()]
+        slots += [h_l.data_ptr() for h_l in h]
+        slots += [new.data_ptr() + l * m * self._d_h * 4 for l in range(len(h))]
+        base, offset = scratch.data_ptr(), 0
+        for width in self._layout.scratch:
+            slots.append(base + offset * 4)
+            offset += m * width
+        self._program.run(slots, m)
+        return out, new.unbind(0)
+
+
+def _program_step(build, params: Mapping[str, Any], config: Any, d_h: int, d_output: int, tokens: bool
+                  ) -> NativeStep:
+    tensors = {k: v.packed if isinstance(v, PackedKernel) else v.contiguous() for k, v in params.items()}
+    program, layout = build(config, {k: v.data_ptr() for k, v in tensors.items()}, keep=tensors)
+    return NativeStep(program, layout, d_h, d_output, tokens)
+
+
+def gated_linear_rnn_lm_step(params: Mapping[str, Any], config: Any) -> NativeStep:
+    """The GatedLinearRNN LM's step (``params``: prepared float32 parameters with packed kernels,
+    ``native_dense.pack_kernels``, that :func:`refusal` accepts)."""
+    return _program_step(native_decode.gated_linear_rnn_lm_program, params, config, config.d_h, config.d_output,
+                         config.use_word_embedding)
+
+
+def mingru_lm_step(params: Mapping[str, Any], config: Any) -> NativeStep:
+    """The minGRU LM's step, as :func:`gated_linear_rnn_lm_step`."""
+    return _program_step(native_decode.mingru_lm_program, params, config, config.d_inner, config.vocab_size, True)

@@ -1,0 +1,212 @@
+"""The native decode programs (``linrec.backends.native.decode``, ``linrec_decode.cc``) and the torch LM decoders
+that run them (``decoder(fused=...)``, ``linrec.backends.torch.native_decode``).
+
+A fused decoder must give what ``decode_step`` gives within the float32 tolerance over a token loop, for every
+configuration the program covers and at batch sizes on both sides of the dense kernel's row block; refuse what it
+cannot run when asked to run it; and never read outside a table.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from linrec.backends import native
+from linrec.spec import gated_linear_rnn_lm as glr_spec
+from linrec.spec import mingru_lm as mingru_spec
+from linrec.spec.tolerances import max_violation, tolerance_for
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernel not built: {native.build_error()}")
+
+VOCAB = 13
+GLR = {
+    "default": {},
+    "untied, true recurrence, sinusoidal, exact gelu": dict(use_tied_gates=False, use_true_recurrence=True,
+                                                           positional_encoding_mode="sinusoidal",
+                                                           gelu_approximate=False),
+    "learned positions, scalar activations": dict(positional_encoding_mode="learned", input_activation="gelu_exact",
+                                                  hidden_activation="softplus", gate_activation="sigmoid"),
+    "vector activations": dict(input_activation="silu", hidden_activation="relu", gate_activation="sigmoid",
+                               compat_step_position_zero=True, positional_encoding_mode="learned"),
+    "features in, no head": dict(use_word_embedding=False, d_input=5, use_head=False),
+}
+MINGRU = {
+    "glu": {},
+    "prenorm, g, expansion": dict(block="prenorm", candidate="g", expansion=1.5, mingru_bias=False,
+                                  head_bias=False),
+    "prenorm, default state": dict(block="prenorm", default_state=0.25),
+}
+
+
+def _lm(model: str, fields: dict, dtype: str = "float32"):
+    torch = pytest.importorskip("torch")
+    if model == "gated_linear_rnn_lm":
+        from linrec.backends.torch import GatedLinearRNNLM
+
+        base = dict(n_layer=2, d_model=16, d_channel_mixing=24, d_h=16, max_seq_length=64)
+        if fields.get("use_word_embedding", True):
+            base.update(input_vocab_size=VOCAB, output_vocab_size=VOCAB)
+        elif fields.get("use_head", True):
+            base.update(output_vocab_size=VOCAB)
+        cfg = glr_spec.GatedLinearRNNLMConfig(**base, **fields)
+        params = glr_spec.init_params(cfg, seed=5, dtype=dtype)
+        lm = GatedLinearRNNLM.from_canonical(cfg, params)
+    else:
+        from linrec.backends.torch import MinGRULM
+
+        cfg = mingru_spec.MinGRULMConfig(VOCAB, 16, 2, **fields)
+        lm = MinGRULM.from_canonical(cfg, mingru_spec.init_params(cfg, seed=5, dtype=dtype))
+    with torch.no_grad():  # biases and norms away from their zero/one init, so every term is exercised
+        g = torch.Generator().manual_seed(1)
+        for p in lm.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return lm
+
+
+def _inputs(lm, rows: int, rng):
+    import torch
+
+    cfg = lm.config
+    if getattr(cfg, "use_word_embedding", True):
+        return torch.as_tensor(rng.integers(0, VOCAB, rows))
+    return torch.as_tensor(rng.standard_normal((rows, cfg.d_input)), dtype=torch.float32)
+
+
+def _close(got, want):
+    err, allowed = max_violation(got.detach().numpy(), want.detach().numpy(), tolerance_for("float32"))
+    assert err <= allowed, (err, allowed)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 9])
+@pytest.mark.parametrize(("model", "fields"), [("gated_linear_rnn_lm", f) for f in GLR.values()]
+                         + [("mingru_lm", f) for f in MINGRU.values()], ids=[*GLR, *MINGRU])
+def test_fused_decoder_equals_decode_step(model, fields, rows, monkeypatch):
+    """Batch 9 spans two of the dense kernel's 8-row blocks; logits and every layer's state within the float32
+    tolerance after each of 5 tokens, and the native program is what ran."""
+    from linrec.backends.torch import native_decode
+
+    lm = _lm(model, fields)
+    calls = []
+    real = native_decode.NativeStep.__call__
+    monkeypatch.setattr(native_decode.NativeStep, "__call__", lambda *a: calls.append(1) or real(*a))
+    decode = lm.decoder()
+    rng = np.random.default_rng(rows)
+    s1 = s2 = lm.initial_state(rows)
+    for _ in range(5):
+        x = _inputs(lm, rows, rng)
+        l1, s1 = lm.decode_step(x, s1)
+        l2, s2 = decode(x, s2)
+        _close(l2, l1)
+        for h1, h2 in zip(s1.h, s2.h):
+            _close(h2, h1)
+    assert len(calls) == 5
+    if model == "gated_linear_rnn_lm":
+        np.testing.assert_array_equal(s2.position.numpy(), s1.position.numpy())
+
+
+@pytest.mark.parametrize("model", ["gated_linear_rnn_lm", "mingru_lm"])
+def test_fused_true_refuses_what_it_cannot_run_and_false_never_runs_it(model, monkeypatch):
+    from linrec.backends.torch import native_decode
+
+    with pytest.raises(ValueError, match="float32"):
+        _lm(model, {}, dtype="float64").decoder(fused=True)
+    lm = _lm(model, {})
+    with pytest.raises(TypeError, match="fused"):
+        lm.decoder(fused="yes")
+    monkeypatch.setattr(native_decode.NativeStep, "__call__", lambda *a: pytest.fail("the native step ran"))
+    token = _inputs(lm, 2, np.random.default_rng(0))
+    lm.decoder(fused=False)(token, lm.initial_state(2))
+    # float64 under the default: the framework step, no error
+    lm64 = _lm(model, {}, dtype="float64")
+    lm64.decoder()(token, lm64.initial_state(2))
+    monkeypatch.setattr(native_decode.native, "available", lambda: False)
+    monkeypatch.setattr(native_decode.native, "build_error", lambda: "no compiler")
+    with pytest.raises(ValueError, match="no compiler"):
+        lm.decoder(fused=True)
+
+
+def test_decoder_keeps_refusing_bad_tokens():
+    torch = pytest.importorskip("torch")
+    lm = _lm("mingru_lm", {})
+    with pytest.raises(ValueError, match="token"):
+        lm.decoder()(torch.tensor([VOCAB, 0]), lm.initial_state(2))
+
+
+@pytest.mark.parametrize("model", ["gated_linear_rnn_lm", "mingru_lm"])
+def test_program_never_reads_outside_a_table(model):
+    """The decoders check tokens first; the kernel checks again, so a step called without those checks raises
+    instead of reading memory past the embedding (or position) table."""
+    torch = pytest.importorskip("torch")
+    from linrec.backends.native.decode import DecodeError
+    from linrec.backends.torch import native_decode
+    from linrec.backends.torch.native_dense import pack_kernels
+
+    lm = _lm(model, dict(positional_encoding_mode="learned") if model == "gated_linear_rnn_lm" else {})
+    params = pack_kernels({k: v.detach() for k, v in lm._params().items()})
+    step = getattr(native_decode, f"{model}_step")(params, lm.config)
+    h = lm.initial_state(2).h
+    position = torch.zeros(2, dtype=torch.int32)
+    for bad in (VOCAB, -1):
+        with pytest.raises(DecodeError, match="outside"):
+            step(torch.tensor([0, bad]), h, position)
+    if model == "gated_linear_rnn_lm":
+        with pytest.raises(DecodeError, match="outside"):
+            step(torch.tensor([0, 1]), h, torch.tensor([0, 64], dtype=torch.int32))
+
+
+def _activations_reference(name: str, x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sig = 1.0 / (1.0 + np.exp(-x))
+        return {
+            "identity": x,
+            "tanh": np.tanh(x),
+            "sigmoid": sig,
+            "relu": np.where(x < 0, 0.0, x),
+            "gelu": 0.5 * x * (1.0 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))),
+            "gelu_exact": 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0))),
+            "silu": x * sig,
+            "softplus": np.logaddexp(0.0, x),
+        }[name]
+
+
+@pytest.mark.parametrize("name", ["identity", "tanh", "sigmoid", "relu", "gelu", "gelu_exact", "silu", "softplus"])
+def test_activations_against_float64(name):
+    """Every activation of the programs (eight lanes at a time where the CPU has AVX2, the rest one by one: 997
+    inputs exercise both) within a few float32 ulps of float64, relative to the input's scale where the function
+    subtracts nearly equal terms (``gelu``'s ``1 + tanh`` for negative inputs); NaN passes; ``±inf`` as IEEE."""
+    from linrec.backends.native import decode as nd
+
+    special = [0.0, -0.0, 1e-30, -1e-30, 1e-6, 0.6249, 0.625, 0.6251, 20.5, 44.0, 88.0, 89.0, -88.0, -104.0]
+    x = np.concatenate([np.linspace(-30, 30, 983), special]).astype(np.float32)
+    y = np.empty_like(x)
+    nd.Program([nd.Op(nd.ACT, 1, 0, kind=nd.ACTIVATIONS[name], width=x.size)], 2).run([x.ctypes.data,
+                                                                                        y.ctypes.data], 1)
+    want = _activations_reference(name, x)
+    eps = float(np.finfo(np.float32).eps)
+    err = np.abs(y.astype(np.float64) - want)
+    allowed = 8 * eps * (np.abs(want) + np.abs(x)) + 1e-37
+    bad = err > allowed
+    assert not bad.any(), list(zip(x[bad][:5], y[bad][:5], want[bad][:5]))
+    edge = np.array([np.nan, np.inf, -np.inf] + [0.0] * 5, np.float32)  # one lane group: the vector path
+    out = np.empty_like(edge)
+    nd.Program([nd.Op(nd.ACT, 1, 0, kind=nd.ACTIVATIONS[name], width=8)], 2).run([edge.ctypes.data, out.ctypes.data],
+                                                                                 1)
+    assert np.isnan(out[0])
+    if name in ("identity", "tanh", "sigmoid", "relu", "softplus"):
+        np.testing.assert_array_equal(out[1:3], _activations_reference(name, edge[1:3]).astype(np.float32))
+
+
+def test_program_refuses_bad_slots_and_operations():
+    from linrec.backends.native import decode as nd
+
+    x = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="slot"):
+        nd.Program([nd.Op(nd.ACT, 2, 0, width=4)], 2)
+    program = nd.Program([nd.Op(nd.ACT, 1, 0, width=4)], 2)
+    with pytest.raises(ValueError, match="2 slots"):
+        program.run([x.ctypes.data], 1)
+    with pytest.raises(nd.DecodeError, match="status 2"):
+        nd.Program([nd.Op(99, 1, 0, width=4)], 2).run([x.ctypes.data, x.ctypes.data], 1)
