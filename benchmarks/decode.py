@@ -27,12 +27,13 @@ tokens fed are a fixed random sequence placed on the device beforehand, so neith
 are timed. linrec runs its public decode path, ``decode_step(token (B,), state) -> (logits (B, V), state)``, in a
 Python loop: in JAX inside one ``jax.jit`` over the module's flattened state (``nnx.split`` once, ``nnx.merge`` in
 the traced function, compiled ahead of time: how ``layers.py`` times the layers' ``step`` and how the original is
-timed), in PyTorch through ``module.decoder()`` (``decode_step`` with the parameters gathered once, no autograd).
+timed), in PyTorch through ``module.decoder()`` (the whole step as one call into the native library,
+``native_decode``; float32 on the CPU).
 A second JAX row (no target), *decoder()*, is the JAX token-loop API: the compiled step core with the parameters
 read out of the NNX graph once, and the argument and token checks (one host read of the token) still run on every
 token, in Python; the jitted row skips those checks, as a hand-written jitted loop would. A second PyTorch row (no
-target), *decoder(compile=True)*, runs the step's arithmetic as one ``torch.compile(fullgraph=True)`` graph (checks
-still eager); its compilation happens in the warm-up run, off the clock.
+target), *decoder(fused=False)*, is the framework step the fused one replaces: ``decode_step`` with the parameters
+gathered once, eager, no autograd (its dense products on the native kernel up to 8 rows).
 *matmul floor jax/torch* (no target): only the model's dense products at ``B=1`` (every 2-D kernel but the
 embedding, ``linrec.tools.dense_floor``), one call per token (JAX: one compiled call; PyTorch: eager, the same
 thread count). Every implementation that computes those products with this framework's matrix multiply pays about
@@ -91,12 +92,12 @@ MODELS = {
 }
 #: ``DIRECT`` is a second JAX row (no target): ``module.decoder()``, the checked token-loop API, without an outer jit.
 DIRECT = "linrec jax, decoder()"
-#: PyTorch ``decoder(compile=True)``: the step's arithmetic as one ``torch.compile`` graph (no target).
-COMPILED = "linrec torch, decoder(compile=True)"
+#: PyTorch ``decoder(fused=False)``: the eager framework step that the default's one native call replaces (no target).
+UNFUSED = "linrec torch, decoder(fused=False)"
 #: Rows timing only the model's dense products at ``B=1`` (``linrec.tools.dense_floor``), per linrec framework; their
 #: *speedup vs original* is the ceiling of any implementation that computes those products (no target).
 FLOORS = {"linrec jax": "matmul floor jax", "linrec torch": "matmul floor torch"}
-IMPLS = ("linrec jax", DIRECT, "linrec torch", COMPILED, "original", *FLOORS.values())
+IMPLS = ("linrec jax", DIRECT, "linrec torch", UNFUSED, "original", *FLOORS.values())
 #: A computed row after the measured ones: every parameter's bytes over the bandwidth probed in the same run (at
 #: ``B=1`` decoding reads every weight per token and does little else; no target).
 WEIGHT_FLOOR = "weight-read floor"
@@ -105,7 +106,7 @@ TARGET_IMPLS = ("linrec jax", "linrec torch")
 #: dense products alone, which read every dense weight once: at B=1 the larger of the matmul and weight-read floors),
 #: and never slower than the original.
 FLOOR_TARGET = 1.3
-FLOOR_IMPLS = ("linrec jax", DIRECT, "linrec torch", COMPILED)
+FLOOR_IMPLS = ("linrec jax", DIRECT, "linrec torch", UNFUSED)
 EPS = 1e-6  # the GatedLinearRNN LM's LayerNorm eps (a required argument of the original)
 
 
@@ -229,7 +230,7 @@ def _floor(model: str, framework: str, sizes: dict[str, Any]):
     return decode
 
 
-def _linrec_torch(model: str, sizes: dict[str, Any], *, compile: bool = False):
+def _linrec_torch(model: str, sizes: dict[str, Any], *, fused: bool | None = None):
     import torch
 
     module = _linrec_module(model, "torch", sizes).eval()
@@ -239,7 +240,7 @@ def _linrec_torch(model: str, sizes: dict[str, Any], *, compile: bool = False):
             _, state0 = module.prefill(torch.from_numpy(prompt.astype(np.int64)))
         toks = [torch.from_numpy(t.astype(np.int64)) for t in tokens]  # (B,) each
 
-        decode_one = module.decoder(compile=compile)  # decode_step with the parameters gathered once, no autograd
+        decode_one = module.decoder(fused=fused)  # the parameters gathered (and packed) once, no autograd
 
         def run():
             state = state0
@@ -309,8 +310,8 @@ def _build(model: str, impl: str, sizes: dict[str, Any]):
         return _linrec_jax(model, sizes, wrap=False)
     if impl == "linrec torch":
         return _linrec_torch(model, sizes)
-    if impl == COMPILED:
-        return _linrec_torch(model, sizes, compile=True)
+    if impl == UNFUSED:
+        return _linrec_torch(model, sizes, fused=False)
     if impl in FLOORS.values():
         return _floor(model, impl.split()[-1], sizes)
     if model == "gated_linear_rnn_lm":
@@ -534,7 +535,7 @@ def report(result: dict[str, Any]) -> str:
         f"{meta['prompt']}-token prompt (untimed), then {meta['decode_tokens']} decode steps, one call per token, "
         "synchronised after every token (fixed tokens, no sampling). linrec: `decode_step` (JAX: inside one "
         "`jax.jit` over the module's state; *decoder()*: the token-loop API, one jitted call per token; PyTorch: "
-        "`decoder()`, eager, no autograd, and `decoder(compile=True)`; "
+        "`decoder()`, one native call per token, and `decoder(fused=False)`, the eager step; "
         f"{meta.get('torch_threads') or 'default'} intra-op thread(s) at B=1, PyTorch's default above, for "
         "linrec and the original alike); originals: their one-token step paths with a carried state (flax `apply` "
         "jitted). speedup = original's µs/token / this µs/token; tokens/s counts every row of the batch. "

@@ -45,7 +45,8 @@ def test_layer_decoder_is_the_step(framework, name, rows, monkeypatch):
     real = nd.native_dense
     monkeypatch.setattr(nd, "native_dense", lambda *args: calls.append(1) or real(*args))
     rng = np.random.default_rng(0)
-    decode = layer.decoder()
+    # the torch default steps in one native call where it can: tests/test_native_decode.py
+    decode = layer.decoder(fused=False) if framework == "torch" else layer.decoder()
     s1 = s2 = layer.initial_state(rows)
     tol = tolerance_for("float32")
     for _ in range(4):
@@ -71,7 +72,7 @@ def test_torch_compiled_layer_decoder(name):
     """``decoder(compile=True)``: one ``torch.compile(fullgraph=True)`` graph per step (the native dense product a
     custom op in it), the step's values within the float32 tolerance; a new batch size compiles anew."""
     layer, arrays = _layer("torch", name)
-    decode = layer.decoder(compile=True)
+    decode = layer.decoder(compile=True, fused=False)
     rng = np.random.default_rng(1)
     for rows in (2, MAX_ROWS + 1):
         s1 = s2 = layer.initial_state(rows)

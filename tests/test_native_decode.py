@@ -9,6 +9,7 @@ cannot run when asked to run it; and never read outside a table.
 from __future__ import annotations
 
 import math
+from importlib import import_module
 
 import numpy as np
 import pytest
@@ -210,3 +211,74 @@ def test_program_refuses_bad_slots_and_operations():
         program.run([x.ctypes.data], 1)
     with pytest.raises(nd.DecodeError, match="status 2"):
         nd.Program([nd.Op(99, 1, 0, width=4)], 2).run([x.ctypes.data, x.ctypes.data], 1)
+
+
+LAYERS = {
+    "gated_linear_rnn": dict(d_model=16, d_h=12),
+    "gated_linear_rnn untied, true recurrence, d_in": dict(d_model=16, d_h=12, d_in=10, use_tied_gates=False,
+                                                          use_true_recurrence=True, gate_activation="softplus"),
+    "mingru": dict(d_model=16, d_inner=24, out_proj=True, candidate="g", bias=False),
+    "mingru identity, default state": dict(d_model=16, d_inner=16, default_state=0.5),
+}
+
+
+def _layer(name: str, fields: dict, dtype: str = "float32"):
+    pytest.importorskip("torch")
+    from linrec.backends import torch as backend
+
+    model = name.split()[0]
+    spec = import_module(f"linrec.spec.{model}")
+    cfg = (spec.GatedLinearRNNConfig if model == "gated_linear_rnn" else spec.MinGRUConfig)(**fields)
+    cls = backend.GatedLinearRNN if model == "gated_linear_rnn" else backend.MinGRU
+    return cls.from_canonical(cfg, spec.init_params(cfg, seed=2, dtype=dtype)), cfg
+
+
+@pytest.mark.parametrize("rows", [1, 9])
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_fused_layer_decoder_equals_step(name, rows, monkeypatch):
+    from linrec.backends.torch import native_decode
+
+    layer, cfg = _layer(name, LAYERS[name])
+    calls = []
+    real = native_decode.NativeStep.__call__
+    monkeypatch.setattr(native_decode.NativeStep, "__call__", lambda *a: calls.append(1) or real(*a))
+    decode = layer.decoder()
+    rng = np.random.default_rng(rows)
+    s1 = s2 = layer.initial_state(rows)
+    for _ in range(4):
+        x = torch_tensor(rng.standard_normal((rows, getattr(cfg, "d_in", None) or cfg.d_model)))
+        y1, s1 = layer.step(x, s1)
+        y2, s2 = decode(x, s2)
+        _close(y2, y1)
+        _close(s2.h, s1.h)
+    assert len(calls) == 4 and not y2.requires_grad
+    # another dtype per call: the framework step (fused=None), or an error (fused=True)
+    x64 = torch_tensor(rng.standard_normal((rows, getattr(cfg, "d_in", None) or cfg.d_model)), "float64")
+    layer64, _ = _layer(name, LAYERS[name], "float64")
+    y64, _ = layer64.decoder()(x64, None)
+    np.testing.assert_array_equal(y64.numpy(), layer64.step(x64, None)[0].detach().numpy())
+    with pytest.raises(TypeError, match="float32"):
+        layer.decoder(fused=True)(x.to(dtype=x64.dtype), None)
+
+
+def test_layers_without_a_native_program_refuse_fused_true():
+    from linrec.backends import torch as backend
+    from linrec.spec import gateloop_mh, minlstm
+
+    cfg = minlstm.MinLSTMConfig(d_model=8)
+    layer = backend.MinLSTM.from_canonical(cfg, minlstm.init_params(cfg))
+    with pytest.raises(ValueError, match="MinLSTM has no native decode program"):
+        layer.decoder(fused=True)
+    layer.decoder()  # the framework step
+    cfg = gateloop_mh.GateLoopMHConfig(d_model=8, num_heads=2, d_key=2, d_value=4)
+    layer = backend.GateLoopMH.from_canonical(cfg, gateloop_mh.init_params(cfg))
+    with pytest.raises(ValueError, match="GateLoopMH has no native decode program"):
+        layer.decoder(fused=True)
+    with pytest.raises(TypeError, match="fused"):
+        layer.decoder(fused=1)
+
+
+def torch_tensor(x: np.ndarray, dtype: str = "float32"):
+    import torch
+
+    return torch.as_tensor(x.astype(dtype))

@@ -219,3 +219,37 @@ def mingru_lm_program(config: Any, weights: dict[str, int], keep: Any = None) ->
     ops.append(Op(DENSE, OUT, z if prenorm else x, width=d, n=config.vocab_size, w=weights["head.kernel"],
                   b=weights.get("head.bias", 0)))
     return Program(ops, layout.n_slots, keep), layout
+
+
+def gated_linear_rnn_program(config: Any, weights: dict[str, int], keep: Any = None) -> tuple[Program, Layout]:
+    """The GatedLinearRNN layer's step (``gated_linear_rnn.md``) as one program: ``config`` a
+    ``GatedLinearRNNConfig``; ``TOKENS`` holds ``x_t (m, d_in)`` float32, ``OUT`` ``y_t (m, d_model)``, one state."""
+    h, width = config.d_h, config.n_blocks * config.d_h
+    layout = Layout(1, (width, h) + ((width,) if config.use_true_recurrence else ()))
+    u, y = layout.scratch_slot(0), layout.scratch_slot(1)
+    ops = [Op(DENSE, u, TOKENS, width=config.d_in, n=width, w=weights["proj.kernel"], b=weights["proj.bias"])]
+    if config.use_true_recurrence:
+        rec = layout.scratch_slot(2)
+        ops += [Op(DENSE, rec, layout.state_in(0), width=h, n=width, w=weights["recurrent_proj.kernel"]),
+                Op(ADD, u, rec, width=width)]
+    kind = cell_kind(config.input_activation, config.hidden_activation, config.gate_activation)
+    ops += [Op(GLRNN_CELL, layout.state_out(0), u, aux=layout.state_in(0), extra=y, kind=kind,
+               flag=int(config.use_tied_gates), width=h),
+            Op(DENSE, OUT, y, width=h, n=config.d_model, w=weights["out_proj.kernel"], b=weights["out_proj.bias"])]
+    return Program(ops, layout.n_slots, keep), layout
+
+
+def mingru_program(config: Any, weights: dict[str, int], keep: Any = None) -> tuple[Program, Layout]:
+    """The minGRU layer's step (``mingru.md``) as one program: ``config`` a ``MinGRUConfig``; ``TOKENS`` holds
+    ``x_t (m, d_model)`` float32, ``OUT`` ``y_t (m, D_out)``, one state."""
+    h = config.d_inner
+    layout = Layout(1, (2 * h,))
+    u, state = layout.scratch_slot(0), layout.state_out(0)
+    ops = [Op(DENSE, u, TOKENS, width=config.d_model, n=2 * h, w=weights["proj.kernel"],
+              b=weights.get("proj.bias", 0)),
+           Op(MINGRU_CELL, state, u, aux=layout.state_in(0), width=h, flag=int(config.candidate == "g"))]
+    if config.out_proj:
+        ops.append(Op(DENSE, OUT, state, width=h, n=config.d_model, w=weights["out_proj.kernel"]))
+    else:
+        ops.append(Op(COPY, OUT, state, width=h))
+    return Program(ops, layout.n_slots, keep), layout

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from linrec.backends.torch import native_decode
 from linrec.backends.torch import native_gated_linear_rnn as _fused
 from linrec.backends.torch import triton_gated_linear_rnn as _triton_fused
 from linrec.backends.torch.arrays import asarray, cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.dense import dense
-from linrec.backends.torch.native_dense import layer_decoder
+from linrec.backends.torch.native_dense import layer_decoder, pack_kernels
 from linrec.backends.torch.scan import linear_scan, refuse_sequence_parallel
 from linrec.spec import gated_linear_rnn as spec
 from linrec.spec.gated_linear_rnn import GatedLinearRNNConfig
@@ -313,14 +314,28 @@ class GatedLinearRNN(nn.Module):
         """``x_t: (B, D_in)``, ``state: State(h=(B, H))`` (``None``: zeros) → ``(y_t: (B, D), State)``."""
         return gated_linear_rnn_step(self._params(), x_t, state, config=self._cfg)
 
-    def decoder(self, compile: bool = False):
+    def decoder(self, compile: bool = False, fused: bool | None = None):
         """``decode(x_t (B, D_in), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
-        loops, without autograd. At batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on
-        the native kernel, from kernels packed here once (a copy of those weights; results within the float32
-        tolerance of :meth:`step`). Build it again after changing the parameters. ``compile=True`` runs the step as
-        one ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX default)."""
-        return layer_decoder(lambda p, x_t, state: gated_linear_rnn_step(p, x_t, state, config=self._cfg),
-                             self._params(), compile)
+        loops, without autograd. Build it again after changing the parameters.
+
+        ``fused`` (as the LMs' ``decoder``): float32 steps as one call into the native library (``native_decode``);
+        ``None``: where it can, ``True``: raise saying why where it cannot, ``False``: never. Otherwise, at batch
+        sizes up to ``native.dense.MAX_ROWS`` the float32 dense products run on the native kernel. Both read kernels
+        packed here once (a copy of those weights; results within the float32 tolerance of :meth:`step`).
+        ``compile=True`` runs that framework step as one ``torch.compile(fullgraph=True)`` graph (the first call
+        compiles; the twin of the JAX default)."""
+        cfg = self._cfg
+        packed = pack_kernels(self._params())
+        framework = layer_decoder(lambda p, x_t, state: gated_linear_rnn_step(p, x_t, state, config=cfg), packed,
+                                  compile)
+
+        def checked(x_t: Tensor, state: Any) -> tuple[Tensor, Tensor]:
+            x_t = _check_tensor(x_t, "x_t")
+            spec.check_step_input(tuple(x_t.shape), dtype_name(x_t), cfg)
+            return x_t, _state(state, x_t, cfg, "state")
+
+        native_step = native_decode.decoder_step(native_decode.gated_linear_rnn_step, packed, cfg, fused)
+        return native_decode.layer_decoder(framework, native_step, checked, fused)
 
     def initial_state(self, batch_size: int) -> State:
         """``State(h=zeros (B, H))`` in the state dtype for this module's parameter dtype."""

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from linrec.backends.torch import native_decode
 from linrec.backends.torch import native_gateloop_mh as _native
 from linrec.backends.torch.arrays import cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.dense import dense
@@ -388,12 +389,16 @@ class GateLoopMH(nn.Module):
         """``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` -> ``(y_t: (B, D), State)``."""
         return gateloop_mh_step(self._params(), x_t, state, config=self._config)
 
-    def decoder(self, compile: bool = False):
+    def decoder(self, compile: bool = False, fused: bool | None = None):
         """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
         loops, without autograd. At batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on
         the native kernel, from kernels packed here once (a copy of those weights; results within the float32
         tolerance of :meth:`step`). Build it again after changing the parameters. ``compile=True`` runs the step as
-        one ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX default)."""
+        one ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX default).
+        ``fused``: as the other layers' (``native_decode``); this layer has no native decode program, so
+        ``fused=True`` raises ``ValueError``."""
+        if native_decode.check_fused(fused):
+            raise ValueError("decoder(fused=True): GateLoopMH has no native decode program; use fused=None or False")
         return layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, x_t, state, config=self._config),
                              self._params(), compile)
 

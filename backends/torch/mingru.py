@@ -20,12 +20,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from linrec.backends.torch import native_decode
 from linrec.backends.torch import native_mingru as _fused
 from linrec.backends.torch import scan as _scan
 from linrec.backends.torch import triton_mingru as _triton_fused
 from linrec.backends.torch.arrays import asarray, cast, dtype_name, torch_dtype
 from linrec.backends.torch.dense import dense
-from linrec.backends.torch.native_dense import layer_decoder
+from linrec.backends.torch.native_dense import layer_decoder, pack_kernels
 from linrec.spec import checks
 from linrec.spec import mingru as spec
 from linrec.spec.mingru import MinGRUConfig
@@ -216,6 +217,14 @@ def run_step(
     config,
 ) -> tuple[Tensor, State]:
     """One step shared by the layers: ``h = a h + b`` with ``(a, b) = gates(x_t W + bias)``."""
+    spec.check_params(layer, params, shapes)
+    x_t, h = checked_step_inputs(layer, x_t, state, config)
+    y, h = step_core(gates, params, x_t, h, config)
+    return y, State(h)
+
+
+def checked_step_inputs(layer: str, x_t: Any, state: Any, config) -> tuple[Tensor, Tensor]:
+    """A step's checked ``x_t (B, D)`` and state ``h (B, H)`` in the state dtype (the default for ``None``)."""
     x_t = _as_tensor(x_t)
     state = spec.state_array(layer, "state", state)
     state = None if state is None else _as_tensor(state)
@@ -223,10 +232,8 @@ def run_step(
         layer, config, tuple(x_t.shape), dtype_name(x_t), None if state is None else tuple(state.shape),
         None if state is None else dtype_name(state),
     )
-    spec.check_params(layer, params, shapes)
     h = initial_state(config, x_t.shape[0], x_t.dtype, x_t.device).h if state is None else state
-    y, h = step_core(gates, params, x_t, cast(h, _state_dtype(x_t.dtype)), config)
-    return y, State(h)
+    return x_t, cast(h, _state_dtype(x_t.dtype))
 
 
 def step_core(gates: Gates, params: Mapping[str, Tensor], x_t: Tensor, h: Tensor, config) -> tuple[Tensor, Tensor]:
@@ -377,15 +384,28 @@ class MinRNNBase(nn.Module):
         cls = type(self)
         return run_step(cls._layer, self._shapes(), cls._gates, self._params(), x_t, state, self._cfg)
 
-    def decoder(self, compile: bool = False):
+    def decoder(self, compile: bool = False, fused: bool | None = None):
         """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
-        loops, without autograd. At batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on
-        the native kernel, from kernels packed here once (a copy of those weights; results within the float32
-        tolerance of :meth:`step`). Build it again after changing the parameters. ``compile=True`` runs the step as
-        one ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX default)."""
-        cls, shapes = type(self), self._shapes()
-        return layer_decoder(lambda p, x_t, state: run_step(cls._layer, shapes, cls._gates, p, x_t, state, self._cfg),
-                             self._params(), compile)
+        loops, without autograd. Build it again after changing the parameters.
+
+        ``fused`` (as the LMs' ``decoder``; minGRU only, minLSTM has no native program): float32 steps as one call
+        into the native library (``native_decode``); ``None``: where it can, ``True``: raise saying why where it
+        cannot, ``False``: never. Otherwise, at batch sizes up to ``native.dense.MAX_ROWS`` the float32 dense
+        products run on the native kernel. Both read kernels packed here once (a copy of those weights; results
+        within the float32 tolerance of :meth:`step`). ``compile=True`` runs that framework step as one
+        ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX default)."""
+        cls, shapes, cfg = type(self), self._shapes(), self._cfg
+        packed = pack_kernels(self._params())
+        framework = layer_decoder(lambda p, x_t, state: run_step(cls._layer, shapes, cls._gates, p, x_t, state, cfg),
+                                  packed, compile)
+        if cls._gates is not mingru_gates:
+            if native_decode.check_fused(fused):
+                raise ValueError(f"decoder(fused=True): {cls.__name__} has no native decode program; use fused=None "
+                                 "or False")
+            return framework
+        native_step = native_decode.decoder_step(native_decode.mingru_step, packed, cfg, fused)
+        return native_decode.layer_decoder(framework, native_step,
+                                           lambda x_t, state: checked_step_inputs(cls._layer, x_t, state, cfg), fused)
 
     def initial_state(self, batch_size: int) -> State:
         """The default state ``State(h=(B, H))`` in the state dtype for this module's parameter dtype."""

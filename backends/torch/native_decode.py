@@ -11,7 +11,7 @@ for any batch size (the products run in blocks of :data:`linrec.backends.native.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -20,8 +20,10 @@ from torch import Tensor
 from linrec.backends import native
 from linrec.backends.native import decode as native_decode
 from linrec.backends.torch.native_dense import PackedKernel
+from linrec.spec.state import State
 
-__all__ = ["NativeStep", "decoder_step", "gated_linear_rnn_lm_step", "mingru_lm_step", "refusal"]
+__all__ = ["NativeStep", "check_fused", "decoder_step", "gated_linear_rnn_lm_step", "gated_linear_rnn_step",
+           "layer_decoder", "mingru_lm_step", "mingru_step", "refusal"]
 
 
 def refusal(params: Mapping[str, Any]) -> str | None:
@@ -37,12 +39,17 @@ def refusal(params: Mapping[str, Any]) -> str | None:
     return None
 
 
+def check_fused(fused: bool | None) -> bool | None:
+    """``fused`` itself, once it is one of ``None``, ``True``, ``False`` (else ``TypeError``)."""
+    if not (fused is None or fused is True or fused is False):  # identity: 1 == True
+        raise TypeError(f"fused must be None, True or False, got {fused!r}")
+    return fused
+
+
 def decoder_step(build, params: Mapping[str, Any], config: Any, fused: bool | None) -> NativeStep | None:
     """What a ``decoder(fused=...)`` runs: ``build(params, config)`` when ``fused`` is ``None`` and the native step
     can serve the parameters, or ``True`` (else ``ValueError`` saying why); ``None`` for the framework step."""
-    if fused not in (None, True, False):
-        raise TypeError(f"fused must be None, True or False, got {fused!r}")
-    if fused is False:
+    if check_fused(fused) is False:
         return None
     why = refusal(params)
     if why is None:
@@ -103,3 +110,37 @@ def gated_linear_rnn_lm_step(params: Mapping[str, Any], config: Any) -> NativeSt
 def mingru_lm_step(params: Mapping[str, Any], config: Any) -> NativeStep:
     """The minGRU LM's step, as :func:`gated_linear_rnn_lm_step`."""
     return _program_step(native_decode.mingru_lm_program, params, config, config.d_inner, config.vocab_size, True)
+
+
+def gated_linear_rnn_step(params: Mapping[str, Any], config: Any) -> NativeStep:
+    """The GatedLinearRNN layer's step, ``(x_t (B, D_in), (h,)) -> (y_t, (h,))``; parameters as
+    :func:`gated_linear_rnn_lm_step`."""
+    return _program_step(native_decode.gated_linear_rnn_program, params, config, config.d_h, config.d_model, False)
+
+
+def mingru_step(params: Mapping[str, Any], config: Any) -> NativeStep:
+    """The minGRU layer's step, as :func:`gated_linear_rnn_step`."""
+    d_out = config.d_model if config.out_proj else config.d_inner
+    return _program_step(native_decode.mingru_program, params, config, config.d_inner, d_out, False)
+
+
+def layer_decoder(framework: Callable[[Tensor, Any], tuple[Tensor, Any]], native_step: NativeStep | None,
+                  checked: Callable[[Tensor, Any], tuple[Tensor, Tensor]], fused: bool | None
+                  ) -> Callable[[Tensor, Any], tuple[Tensor, Any]]:
+    """A layer's ``decode(x_t, state) -> (y_t, State)``: ``native_step`` for float32 inputs and states, else the
+    ``framework`` decoder (``fused=True``: a ``TypeError`` instead). ``checked(x_t, state) -> (x_t, h)``: the
+    step's argument checks, with ``h`` in the state dtype."""
+    if native_step is None:
+        return framework
+
+    @torch.no_grad()
+    def decode(x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
+        x, h = checked(x_t, state)
+        if x.dtype == torch.float32 and h.dtype == torch.float32:
+            y, (h,) = native_step(x, (h,))
+            return y, State(h)
+        if fused:
+            raise TypeError(f"decoder(fused=True) runs float32 inputs, got {x.dtype}; use fused=None or False")
+        return framework(x_t, state)
+
+    return decode
