@@ -70,7 +70,7 @@ CPU_FLAGS = ("-march=native", "-ffp-contract=off")
 SYMBOLS = ("linrec_abi_version", "linrec_has_ffi", "linrec_num_threads", "linrec_scan_fwd", "linrec_scan_bwd",
            "linrec_mingru_fwd", "linrec_mingru_bwd", "linrec_glr_fwd", "linrec_glr_bwd", "linrec_gmh_chunk",
            "linrec_gmh_fwd", "linrec_gmh_bwd", "linrec_dense_panel", "linrec_dense_max_rows",
-           "linrec_dense_packed_size", "linrec_dense", "linrec_decode_run")
+           "linrec_dense_packed_size", "linrec_dense", "linrec_dense_rows", "linrec_decode_run")
 
 
 class NativeBuildError(RuntimeError):
@@ -356,6 +356,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.linrec_dense_packed_size.restype = i64
     lib.linrec_dense.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr]
     lib.linrec_dense.restype = c_int
+    lib.linrec_dense_rows.argtypes = [i64, i64, i64, ptr, ptr, ptr, ptr]
+    lib.linrec_dense_rows.restype = c_int
     lib.linrec_decode_run.argtypes = [ptr, i64, ptr, i64]
     lib.linrec_decode_run.restype = c_int
 

@@ -1,6 +1,6 @@
 // linrec native decode programs: one call runs a whole model's decode step, a short list of operations over
-// float32 row buffers (embedding rows, layer norms, the dense products of linrec_dense.cc in blocks of its rows,
-// activations, the GatedLinearRNN and minGRU cells, residual adds).
+// float32 row buffers (embedding rows, layer norms, the dense products of linrec_dense.cc, activations, the
+// GatedLinearRNN and minGRU cells, residual adds).
 //
 // Why: PyTorch's eager step of a 4-layer LM issues ~60 small operations per layer, and at batch 1 their dispatch
 // (~300 us per token, benchmarks/results/decode.md) costs as much as reading the weights. A program built once per
@@ -20,8 +20,8 @@
 #define LINREC_DECODE_AVX2 1
 #endif
 
-extern "C" int linrec_dense(int64_t m, int64_t k, int64_t n, const float* x, const float* packed, const float* bias,
-                            float* y);
+extern "C" int linrec_dense_rows(int64_t m, int64_t k, int64_t n, const float* x, const float* packed,
+                                 const float* bias, float* y);
 
 namespace {
 
@@ -38,9 +38,6 @@ enum Code : int32_t {
   kMinGruCell = 10,  // (u=src, h=aux) -> h'=dst               width = H, flag: 1 candidate g
   kGluAdd = 11,    // dst += src[:, :D] * sigmoid(src[:, D:])  width = D
 };
-
-// Rows per call of linrec_dense (its linrec_dense_max_rows()).
-constexpr int64_t kBlockRows = 8;
 
 enum Act : int32_t { kIdentity = 0, kTanh, kSigmoid, kRelu, kGelu, kGeluExact, kSilu, kSoftplus };
 
@@ -315,12 +312,9 @@ int linrec_decode_run(const LinrecOp* ops, int64_t n_ops, void* const* slots, in
     switch (op.code) {
       case kGather: status = gather(op, slots, m); break;
       case kSinusoid: sinusoid(op, slots, m); break;
-      case kDense:  // in blocks of the dense kernel's rows (beyond them the product is compute-bound anyway)
-        for (int64_t r = 0; r < m && status == 0; r += kBlockRows) {
-          const int64_t block = m - r < kBlockRows ? m - r : kBlockRows;
-          status = linrec_dense(block, op.width, op.n, rows(slots, op.src) + r * op.width,
-                                static_cast<const float*>(op.w), op.b, rows(slots, op.dst) + r * op.n);
-        }
+      case kDense:  // every row in one pass over the weights
+        status = linrec_dense_rows(m, op.width, op.n, rows(slots, op.src), static_cast<const float*>(op.w), op.b,
+                                   rows(slots, op.dst));
         break;
       case kAdd: {
         float* dst = rows(slots, op.dst);

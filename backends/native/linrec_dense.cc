@@ -38,6 +38,8 @@
 #endif
 
 extern "C" int linrec_num_threads();
+extern "C" int linrec_dense_rows(int64_t m, int64_t k, int64_t n, const float* x, const float* packed,
+                                 const float* bias, float* y);
 
 namespace {
 
@@ -253,7 +255,14 @@ int64_t linrec_dense_packed_size(int64_t k, int64_t n) { return (n + kPanel - 1)
 
 // y (M, N) = x (M, K) @ W + bias (null: none), W packed (see the top); returns 2 for bad sizes.
 int linrec_dense(int64_t m, int64_t k, int64_t n, const float* x, const float* packed, const float* bias, float* y) {
-  if (m < 0 || k < 0 || n < 0 || m > kMaxRows) return 2;
+  if (m > kMaxRows) return 2;
+  return linrec_dense_rows(m, k, n, x, packed, bias, y);
+}
+
+// linrec_dense for any number of rows (the decode programs: every row of a step in one pass over the weights).
+int linrec_dense_rows(int64_t m, int64_t k, int64_t n, const float* x, const float* packed, const float* bias,
+                      float* y) {
+  if (m < 0 || k < 0 || n < 0) return 2;
   run_product(Product{x, packed, bias, y, m, k, n});
   return 0;
 }
