@@ -149,10 +149,9 @@ def test_jax_and_torch_are_twins():
     # framework adapters that exist on one side only, by design
     # ("distributed": a submodule, an attribute of the package only once imported, on either side;
     # "output_pool": the torch native ops' buffer reuse, where XLA owns the JAX outputs' memory; "compiled_step":
-    # the torch.compile settings of the torch decoders, whose JAX twins are plain jax.jit; "native_decode": the
-    # torch decoders' one-call native step, where a JAX decoder is one XLA program already)
+    # the torch.compile settings of the torch decoders, whose JAX twins are plain jax.jit)
     assert public <= {"autodiff", "precision_scope", "train", "verify", "vjp", "cu_seqlens_to_resets",
-                      "distributed", "output_pool", "compiled_step", "native_decode"}, public
+                      "distributed", "output_pool", "compiled_step"}, public
     for model in CONFIGS:
         for fn in (model, f"{model}_step", f"{model}_initial_state"):
             j = [p for p in inspect.signature(getattr(jx, fn)).parameters if p not in ("remat", "dropout_rng",

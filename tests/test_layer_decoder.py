@@ -45,8 +45,8 @@ def test_layer_decoder_is_the_step(framework, name, rows, monkeypatch):
     real = nd.native_dense
     monkeypatch.setattr(nd, "native_dense", lambda *args: calls.append(1) or real(*args))
     rng = np.random.default_rng(0)
-    # the torch default steps in one native call where it can: tests/test_native_decode.py
-    decode = layer.decoder(fused=False) if framework == "torch" else layer.decoder()
+    # the default steps in one native call where it can: tests/test_native_decode.py
+    decode = layer.decoder(fused=False)
     s1 = s2 = layer.initial_state(rows)
     tol = tolerance_for("float32")
     for _ in range(4):

@@ -45,7 +45,7 @@ def _model(framework: str, model: str):
 def test_decoder_equals_decode_step(framework, model, rows, monkeypatch):
     """Up to ``MAX_ROWS`` rows the decoder's dense products run on the native kernel (its own summation order:
     the float32 tolerance over a token loop); above, on the framework's product as ``decode_step``: exactly. (The
-    torch decoders' default, one native call per step, is ``tests/test_native_decode.py``'s; here ``fused=False``.)"""
+    decoders' default, one native call per step, is ``tests/test_native_decode.py``'s; here ``fused=False``.)"""
     lm, arrays = _model(framework, model)
     nd = import_module(f"linrec.backends.{framework}.native_dense")
     calls = []
@@ -53,7 +53,7 @@ def test_decoder_equals_decode_step(framework, model, rows, monkeypatch):
     monkeypatch.setattr(nd, "native_dense", lambda *args: calls.append(1) or real(*args))
     rng = np.random.default_rng(rows)
     _, state = lm.prefill(arrays.asarray(rng.integers(0, 11, (rows, 3), dtype=np.int32)))
-    decode = lm.decoder(fused=False) if framework == "torch" else lm.decoder()
+    decode = lm.decoder(fused=False)
     s1 = s2 = state
     native_rows = rows <= MAX_ROWS and native.available()
     for _ in range(3):

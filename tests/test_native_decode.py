@@ -41,98 +41,120 @@ MINGRU = {
 }
 
 
-def _lm(model: str, fields: dict, dtype: str = "float32"):
-    torch = pytest.importorskip("torch")
-    if model == "gated_linear_rnn_lm":
-        from linrec.backends.torch import GatedLinearRNNLM
+FRAMEWORKS = ["torch", "jax"]
 
+
+def _perturbed(params: dict, seed: int) -> dict:
+    """Biases and norms away from their zero/one init, so every term is exercised."""
+    rng = np.random.default_rng(seed)
+    return {k: (v + 0.1 * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in params.items()}
+
+
+def _lm(framework: str, model: str, fields: dict, dtype: str = "float32"):
+    pytest.importorskip(framework)
+    backend = import_module(f"linrec.backends.{framework}")
+    if model == "gated_linear_rnn_lm":
         base = dict(n_layer=2, d_model=16, d_channel_mixing=24, d_h=16, max_seq_length=64)
         if fields.get("use_word_embedding", True):
             base.update(input_vocab_size=VOCAB, output_vocab_size=VOCAB)
         elif fields.get("use_head", True):
             base.update(output_vocab_size=VOCAB)
         cfg = glr_spec.GatedLinearRNNLMConfig(**base, **fields)
-        params = glr_spec.init_params(cfg, seed=5, dtype=dtype)
-        lm = GatedLinearRNNLM.from_canonical(cfg, params)
-    else:
-        from linrec.backends.torch import MinGRULM
-
-        cfg = mingru_spec.MinGRULMConfig(VOCAB, 16, 2, **fields)
-        lm = MinGRULM.from_canonical(cfg, mingru_spec.init_params(cfg, seed=5, dtype=dtype))
-    with torch.no_grad():  # biases and norms away from their zero/one init, so every term is exercised
-        g = torch.Generator().manual_seed(1)
-        for p in lm.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return lm
+        params = _perturbed(glr_spec.init_params(cfg, seed=5, dtype=dtype), 1)
+        return backend.GatedLinearRNNLM.from_canonical(cfg, params)
+    cfg = mingru_spec.MinGRULMConfig(VOCAB, 16, 2, **fields)
+    return backend.MinGRULM.from_canonical(cfg, _perturbed(mingru_spec.init_params(cfg, seed=5, dtype=dtype), 1))
 
 
-def _inputs(lm, rows: int, rng):
-    import torch
+def _x64(framework: str):
+    """Where float64 exists: JAX's 64-bit mode, scoped (linrec never turns it on globally)."""
+    if framework == "jax":
+        import jax
 
-    cfg = lm.config
-    if getattr(cfg, "use_word_embedding", True):
-        return torch.as_tensor(rng.integers(0, VOCAB, rows))
-    return torch.as_tensor(rng.standard_normal((rows, cfg.d_input)), dtype=torch.float32)
+        return jax.enable_x64(True)
+    import contextlib
+
+    return contextlib.nullcontext()
 
 
-def _close(got, want):
-    err, allowed = max_violation(got.detach().numpy(), want.detach().numpy(), tolerance_for("float32"))
+def _arrays(framework: str):
+    return import_module(f"linrec.backends.{framework}.arrays")
+
+
+def _inputs(framework: str, config, rows: int, rng):
+    arrays = _arrays(framework)
+    if getattr(config, "use_word_embedding", True):
+        return arrays.asarray(rng.integers(0, VOCAB, rows).astype(np.int32))
+    return arrays.asarray(rng.standard_normal((rows, config.d_input)).astype(np.float32))
+
+
+def _close(framework: str, got, want):
+    arrays = _arrays(framework)
+    err, allowed = max_violation(arrays.to_numpy(got), arrays.to_numpy(want), tolerance_for("float32"))
     assert err <= allowed, (err, allowed)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 9])
-@pytest.mark.parametrize(("model", "fields"), [("gated_linear_rnn_lm", f) for f in GLR.values()]
-                         + [("mingru_lm", f) for f in MINGRU.values()], ids=[*GLR, *MINGRU])
-def test_fused_decoder_equals_decode_step(model, fields, rows, monkeypatch):
-    """Batch 9 spans two of the dense kernel's 8-row blocks; logits and every layer's state within the float32
-    tolerance after each of 5 tokens, and the native program is what ran."""
-    from linrec.backends.torch import native_decode
-
-    lm = _lm(model, fields)
+def _count_native_steps(framework: str, monkeypatch) -> list:
+    native_decode = import_module(f"linrec.backends.{framework}.native_decode")
     calls = []
     real = native_decode.NativeStep.__call__
     monkeypatch.setattr(native_decode.NativeStep, "__call__", lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("rows", [1, 3, 9])
+@pytest.mark.parametrize(("model", "fields"), [("gated_linear_rnn_lm", f) for f in GLR.values()]
+                         + [("mingru_lm", f) for f in MINGRU.values()], ids=[*GLR, *MINGRU])
+def test_fused_decoder_equals_decode_step(model, fields, rows, framework, monkeypatch):
+    """Batch 9 spans more rows than the dense kernel's 8-row limit for the framework steps; logits and every
+    layer's state within the float32 tolerance after each of 5 tokens, and the native program is what ran (JAX:
+    counted while tracing, once per compiled shape)."""
+    lm = _lm(framework, model, fields)
+    calls = _count_native_steps(framework, monkeypatch)
     decode = lm.decoder()
     rng = np.random.default_rng(rows)
     s1 = s2 = lm.initial_state(rows)
     for _ in range(5):
-        x = _inputs(lm, rows, rng)
+        x = _inputs(framework, lm.config, rows, rng)
         l1, s1 = lm.decode_step(x, s1)
         l2, s2 = decode(x, s2)
-        _close(l2, l1)
+        _close(framework, l2, l1)
         for h1, h2 in zip(s1.h, s2.h):
-            _close(h2, h1)
-    assert len(calls) == 5
+            _close(framework, h2, h1)
+    assert len(calls) == (5 if framework == "torch" else 1)
     if model == "gated_linear_rnn_lm":
-        np.testing.assert_array_equal(s2.position.numpy(), s1.position.numpy())
+        np.testing.assert_array_equal(np.asarray(s2.position), np.asarray(s1.position))
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("model", ["gated_linear_rnn_lm", "mingru_lm"])
-def test_fused_true_refuses_what_it_cannot_run_and_false_never_runs_it(model, monkeypatch):
-    from linrec.backends.torch import native_decode
-
-    with pytest.raises(ValueError, match="float32"):
-        _lm(model, {}, dtype="float64").decoder(fused=True)
-    lm = _lm(model, {})
+def test_fused_true_refuses_what_it_cannot_run_and_false_never_runs_it(framework, model, monkeypatch):
+    native_decode = import_module(f"linrec.backends.{framework}.native_decode")
+    with _x64(framework), pytest.raises(ValueError, match="float32"):
+        _lm(framework, model, {}, dtype="float64").decoder(fused=True)
+    lm = _lm(framework, model, {})
     with pytest.raises(TypeError, match="fused"):
         lm.decoder(fused="yes")
-    monkeypatch.setattr(native_decode.NativeStep, "__call__", lambda *a: pytest.fail("the native step ran"))
-    token = _inputs(lm, 2, np.random.default_rng(0))
+    token = _inputs(framework, lm.config, 2, np.random.default_rng(0))
+    calls = _count_native_steps(framework, monkeypatch)
     lm.decoder(fused=False)(token, lm.initial_state(2))
-    # float64 under the default: the framework step, no error
-    lm64 = _lm(model, {}, dtype="float64")
-    lm64.decoder()(token, lm64.initial_state(2))
+    assert not calls
+    with _x64(framework):  # float64 under the default: the framework step, no error
+        lm64 = _lm(framework, model, {}, dtype="float64")
+        lm64.decoder()(token, lm64.initial_state(2))
+    assert not calls
     monkeypatch.setattr(native_decode.native, "available", lambda: False)
     monkeypatch.setattr(native_decode.native, "build_error", lambda: "no compiler")
     with pytest.raises(ValueError, match="no compiler"):
         lm.decoder(fused=True)
 
 
-def test_decoder_keeps_refusing_bad_tokens():
-    torch = pytest.importorskip("torch")
-    lm = _lm("mingru_lm", {})
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_decoder_keeps_refusing_bad_tokens(framework):
+    lm = _lm(framework, "mingru_lm", {})
     with pytest.raises(ValueError, match="token"):
-        lm.decoder()(torch.tensor([VOCAB, 0]), lm.initial_state(2))
+        lm.decoder()(_arrays(framework).asarray(np.array([VOCAB, 0], np.int32)), lm.initial_state(2))
 
 
 @pytest.mark.parametrize("model", ["gated_linear_rnn_lm", "mingru_lm"])
@@ -144,7 +166,7 @@ def test_program_never_reads_outside_a_table(model):
     from linrec.backends.torch import native_decode
     from linrec.backends.torch.native_dense import pack_kernels
 
-    lm = _lm(model, dict(positional_encoding_mode="learned") if model == "gated_linear_rnn_lm" else {})
+    lm = _lm("torch", model, dict(positional_encoding_mode="learned") if model == "gated_linear_rnn_lm" else {})
     params = pack_kernels({k: v.detach() for k, v in lm._params().items()})
     step = getattr(native_decode, f"{model}_step")(params, lm.config)
     h = lm.initial_state(2).h
@@ -155,6 +177,17 @@ def test_program_never_reads_outside_a_table(model):
     if model == "gated_linear_rnn_lm":
         with pytest.raises(DecodeError, match="outside"):
             step(torch.tensor([0, 1]), h, torch.tensor([0, 64], dtype=torch.int32))
+
+
+def test_jax_program_never_reads_outside_a_table():
+    """The same through XLA FFI: an error from the call, not a read past the table."""
+    jax = pytest.importorskip("jax")
+    from linrec.backends.jax import native_decode
+
+    lm = _lm("jax", "mingru_lm", {})
+    step = native_decode.mingru_lm_step(lm.canonical_params(), lm.config)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="outside its embedding table"):
+        step(jax.numpy.array([0, VOCAB], jax.numpy.int32), lm.initial_state(2).h)[0].block_until_ready()
 
 
 def _activations_reference(name: str, x: np.ndarray) -> np.ndarray:
@@ -222,47 +255,50 @@ LAYERS = {
 }
 
 
-def _layer(name: str, fields: dict, dtype: str = "float32"):
-    pytest.importorskip("torch")
-    from linrec.backends import torch as backend
-
+def _layer(framework: str, name: str, fields: dict, dtype: str = "float32"):
+    pytest.importorskip(framework)
+    backend = import_module(f"linrec.backends.{framework}")
     model = name.split()[0]
     spec = import_module(f"linrec.spec.{model}")
     cfg = (spec.GatedLinearRNNConfig if model == "gated_linear_rnn" else spec.MinGRUConfig)(**fields)
     cls = backend.GatedLinearRNN if model == "gated_linear_rnn" else backend.MinGRU
-    return cls.from_canonical(cfg, spec.init_params(cfg, seed=2, dtype=dtype)), cfg
+    return cls.from_canonical(cfg, _perturbed(spec.init_params(cfg, seed=2, dtype=dtype), 3)), cfg
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize("rows", [1, 9])
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_fused_layer_decoder_equals_step(name, rows, monkeypatch):
-    from linrec.backends.torch import native_decode
-
-    layer, cfg = _layer(name, LAYERS[name])
-    calls = []
-    real = native_decode.NativeStep.__call__
-    monkeypatch.setattr(native_decode.NativeStep, "__call__", lambda *a: calls.append(1) or real(*a))
+def test_fused_layer_decoder_equals_step(name, rows, framework, monkeypatch):
+    layer, cfg = _layer(framework, name, LAYERS[name])
+    arrays = _arrays(framework)
+    calls = _count_native_steps(framework, monkeypatch)
     decode = layer.decoder()
     rng = np.random.default_rng(rows)
+    width = getattr(cfg, "d_in", None) or cfg.d_model
     s1 = s2 = layer.initial_state(rows)
     for _ in range(4):
-        x = torch_tensor(rng.standard_normal((rows, getattr(cfg, "d_in", None) or cfg.d_model)))
+        x = arrays.asarray(rng.standard_normal((rows, width)).astype(np.float32))
         y1, s1 = layer.step(x, s1)
         y2, s2 = decode(x, s2)
-        _close(y2, y1)
-        _close(s2.h, s1.h)
-    assert len(calls) == 4 and not y2.requires_grad
-    # another dtype per call: the framework step (fused=None), or an error (fused=True)
-    x64 = torch_tensor(rng.standard_normal((rows, getattr(cfg, "d_in", None) or cfg.d_model)), "float64")
-    layer64, _ = _layer(name, LAYERS[name], "float64")
-    y64, _ = layer64.decoder()(x64, None)
-    np.testing.assert_array_equal(y64.numpy(), layer64.step(x64, None)[0].detach().numpy())
-    with pytest.raises(TypeError, match="float32"):
-        layer.decoder(fused=True)(x.to(dtype=x64.dtype), None)
+        _close(framework, y2, y1)
+        _close(framework, s2.h, s1.h)
+    assert len(calls) == (4 if framework == "torch" else 1)
+    if framework == "torch":
+        assert not y2.requires_grad
+    # float64 under the default: the framework step, exactly; with fused=True: an error
+    with _x64(framework):
+        layer64, _ = _layer(framework, name, LAYERS[name], "float64")
+        x64 = arrays.asarray(rng.standard_normal((rows, width)))
+        np.testing.assert_array_equal(arrays.to_numpy(layer64.decoder()(x64, None)[0]),
+                                      arrays.to_numpy(layer64.step(x64, None)[0]))
+        with pytest.raises(TypeError, match="float32"):
+            layer.decoder(fused=True)(x64, None)
 
 
-def test_layers_without_a_native_program_refuse_fused_true():
-    from linrec.backends import torch as backend
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_layers_without_a_native_program_refuse_fused_true(framework):
+    pytest.importorskip(framework)
+    backend = import_module(f"linrec.backends.{framework}")
     from linrec.spec import gateloop_mh, minlstm
 
     cfg = minlstm.MinLSTMConfig(d_model=8)
@@ -276,9 +312,3 @@ def test_layers_without_a_native_program_refuse_fused_true():
         layer.decoder(fused=True)
     with pytest.raises(TypeError, match="fused"):
         layer.decoder(fused=1)
-
-
-def torch_tensor(x: np.ndarray, dtype: str = "float32"):
-    import torch
-
-    return torch.as_tensor(x.astype(dtype))

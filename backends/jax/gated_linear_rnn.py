@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from linrec.backends.jax import native_decode
 from linrec.backends.jax import native_gated_linear_rnn as _fused
 from linrec.backends.jax import pallas_gated_linear_rnn as _pallas
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
@@ -348,17 +349,30 @@ class GatedLinearRNN(nnx.Module):
         dt = self._compute_dtype(x_t)
         return gated_linear_rnn_step(self._params(), x_t.astype(dt), state, config=self._config)
 
-    def decoder(self, compile: bool = True):
+    def decoder(self, compile: bool = True, fused: bool | None = None):
         """``decode(x_t (B, D_in), state) -> (y_t, State)``: :meth:`step` with the parameters read once, for token
-        loops, as one ``jax.jit``-compiled call (``compile=False``: op by op). At batch sizes up to
-        ``native.dense.MAX_ROWS`` its float32 dense products run on the native kernel, from kernels packed here once
-        (a copy of those weights; results within the float32 tolerance of :meth:`step`). Build it again after
-        changing the parameters."""
+        loops, as one ``jax.jit``-compiled call (``compile=False``: op by op). Build it again after changing the
+        parameters.
+
+        ``fused`` (as the LMs' ``decoder``): float32 steps as one native call through XLA FFI (``native_decode``);
+        ``None``: where it can, ``True``: raise saying why where it cannot, ``False``: never. Otherwise, at batch
+        sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on the native kernel, from kernels
+        packed here once (a copy of those weights; results within the float32 tolerance of :meth:`step`)."""
+        cfg = self._config
+
         def step(p, x_t, state):
             x_t = to_jax(x_t, "x_t")
-            return gated_linear_rnn_step(p, x_t.astype(self._compute_dtype(x_t)), state, config=self._config)
+            return gated_linear_rnn_step(p, x_t.astype(self._compute_dtype(x_t)), state, config=cfg)
 
-        return layer_decoder(step, self._params(), compile)
+        def checked(x_t, state) -> tuple[Array, Array]:
+            x_t = to_jax(x_t, "x_t")
+            x_t = x_t.astype(self._compute_dtype(x_t))
+            spec.check_step_input(tuple(x_t.shape), dtype_name(x_t), cfg)
+            return x_t, _state(state, x_t.shape[0], dtype_name(x_t), cfg, "state")
+
+        params = self._params()
+        native_step = native_decode.decoder_step(native_decode.gated_linear_rnn_step, params, cfg, fused)
+        return native_decode.layer_decoder(layer_decoder(step, params, compile), native_step, checked, fused)
 
     def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
         """Flax-NNX cell convention ``(carry, x_t) -> (carry, y_t)``; the carry is a ``State``."""

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from linrec.backends.jax import native_decode
 from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
 from linrec.backends.jax.gated_linear_rnn import GatedLinearRNN, GateLoop, gated_linear_rnn, gated_linear_rnn_step
@@ -260,6 +261,14 @@ def gated_linear_rnn_lm_step(
 def _prepared_step(p: Params, input_t, state: State | None, config: GatedLinearRNNLMConfig
                    ) -> tuple[Array, State]:
     """:func:`gated_linear_rnn_lm_step` on parameters already through ``_prepare_params``."""
+    input_t, h, position = _checked_step_inputs(p, input_t, state, config)
+    out, h, position = _step_core(p, input_t, h, position, config)
+    return out, State(h, position)
+
+
+def _checked_step_inputs(p: Params, input_t, state: State | None, config: GatedLinearRNNLMConfig
+                         ) -> tuple[Array, tuple[Array, ...], Array]:
+    """The checks of a decode step on prepared parameters → ``(input_t, h, position)``."""
     input_t = as_jax(input_t)
     spec.check_step_input(tuple(input_t.shape), dtype_name(input_t), config)
     h, position = _state(state, input_t.shape[0], _compute(p), config, name="state")
@@ -267,8 +276,7 @@ def _prepared_step(p: Params, input_t, state: State | None, config: GatedLinearR
     if tokens is not None:
         spec.check_token_values(tokens, config, name="token")
     _check_positions(position, np.ones(input_t.shape[0], np.int64), config)
-    out, h, position = _step_core(p, input_t, h, position, config)
-    return out, State(h, position)
+    return input_t, h, position
 
 
 def gated_linear_rnn_lm_initial_state(config: GatedLinearRNNLMConfig, batch_size: int,
@@ -412,19 +420,39 @@ class GatedLinearRNNLM(nnx.Module):
         Reads the parameters out of the module on every call; in a token loop use :meth:`decoder`."""
         return self.step(token, state)
 
-    def decoder(self, compile: bool = True):
+    def decoder(self, compile: bool = True, fused: bool | None = None):
         """``decode(token (B,), state) -> (logits (B, V), state)``: :meth:`decode_step` with the parameters read
         once, for token loops (reading them out of the NNX graph costs more than the compiled step itself).
-        It keeps the parameters it was built with: build it again after changing them. At batch sizes up to
-        ``native.dense.MAX_ROWS`` the dense products run on the native kernel (``native_dense``), from float32
-        kernels packed here once (a copy of those weights).
+        It keeps the parameters it was built with: build it again after changing them.
 
-        ``compile=True`` (the default here) runs the step's arithmetic as one ``jax.jit``-compiled call;
-        ``compile=False`` runs it op by op under ``jax.disable_jit()``, for debugging. The argument is the twin of
-        the PyTorch ``decoder(compile=...)``, whose default is eager.
+        ``fused`` (the twin of the PyTorch decoder's): run the whole float32 step as one call into the native
+        library through XLA FFI (``native_decode``: its products stream the weights on every core). ``None``
+        (default): where it can (float32 CPU parameters, the kernel built with its FFI handlers), else the XLA
+        step; ``True``: raise ``ValueError`` saying why where it cannot; ``False``: the XLA step, whose dense
+        products at batch sizes up to ``native.dense.MAX_ROWS`` still run on the native kernel (``native_dense``,
+        float32 kernels packed here once, a copy of those weights).
+
+        ``compile=True`` (the default here) runs the step as one ``jax.jit``-compiled call; ``compile=False`` runs
+        it op by op under ``jax.disable_jit()``, for debugging. The argument is the twin of the PyTorch
+        ``decoder(compile=...)``, whose default is eager.
         """
         p, cfg = pack_kernels(_prepare_params(self._params(), self._config)), self._config
-        return eager_unless(compile, lambda token, state: _prepared_step(p, token, state, cfg))
+        native_step = native_decode.decoder_step(native_decode.gated_linear_rnn_lm_step, p, cfg, fused)
+        if native_step is None:
+            return eager_unless(compile, lambda token, state: _prepared_step(p, token, state, cfg))
+
+        def core(token: Array, h: tuple[Array, ...], position: Array):
+            out, h = native_step(token, h, jnp.zeros_like(position) if cfg.compat_step_position_zero else position)
+            return out, h, position + 1
+
+        run = jax.jit(core) if compile else eager_unless(False, core)
+
+        def decode(token, state: State) -> tuple[Array, State]:
+            token, h, position = _checked_step_inputs(p, token, state, cfg)
+            out, h, position = run(token, h, position)
+            return out, State(h, position)
+
+        return decode
 
     def generate(self, prompt: Array, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  seed: Any = 0, *, lengths: Any = None, initial_state: State | None = None,

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from linrec.backends.jax import native_decode
 from linrec.backends.jax import native_gateloop_mh as _native
 from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import as_kernel, dense
@@ -393,12 +394,15 @@ class GateLoopMH(nnx.Module):
         """``x_t: (B, D)``, ``state: State(h=(B, H, K, V))`` -> ``(y_t: (B, D), State)``."""
         return gateloop_mh_step(self._params(), self._cast(x_t), state, config=self._config)
 
-    def decoder(self, compile: bool = True):
+    def decoder(self, compile: bool = True, fused: bool | None = None):
         """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters read once, for token loops,
         as one ``jax.jit``-compiled call (``compile=False``: op by op). At batch sizes up to
         ``native.dense.MAX_ROWS`` its float32 dense products run on the native kernel, from kernels packed here once
         (a copy of those weights; results within the float32 tolerance of :meth:`step`). Build it again after
-        changing the parameters."""
+        changing the parameters. ``fused``: as the other layers' (``native_decode``); this layer has no native
+        decode program, so ``fused=True`` raises ``ValueError``."""
+        if native_decode.check_fused(fused):
+            raise ValueError("decoder(fused=True): GateLoopMH has no native decode program; use fused=None or False")
         return layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, self._cast(x_t), state, config=self._config),
                              self._params(), compile)
 

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from linrec.backends.jax import native_decode
 from linrec.backends.jax import native_mingru as _fused
 from linrec.backends.jax import pallas_mingru as _pallas
 from linrec.backends.jax import scan as _scan
@@ -373,15 +374,37 @@ class MinRNNBase(nnx.Module):
         return run_step(cls._layer, _shapes(self._cfg, cls._n_blocks), cls._gates, self._params(),
                         self._cast(x_t), state, self._cfg)
 
-    def decoder(self, compile: bool = True):
+    def decoder(self, compile: bool = True, fused: bool | None = None):
         """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters read once, for token loops,
-        as one ``jax.jit``-compiled call (``compile=False``: op by op). At batch sizes up to
-        ``native.dense.MAX_ROWS`` its float32 dense products run on the native kernel, from kernels packed here once
-        (a copy of those weights; results within the float32 tolerance of :meth:`step`). Build it again after
-        changing the parameters."""
-        cls, shapes = type(self), _shapes(self._cfg, type(self)._n_blocks)
-        return layer_decoder(lambda p, x_t, state: run_step(cls._layer, shapes, cls._gates, p, self._cast(x_t), state,
-                                                            self._cfg), self._params(), compile)
+        as one ``jax.jit``-compiled call (``compile=False``: op by op). Build it again after changing the
+        parameters.
+
+        ``fused`` (as the LMs' ``decoder``; minGRU only, minLSTM has no native program): float32 steps as one
+        native call through XLA FFI (``native_decode``); ``None``: where it can, ``True``: raise saying why where
+        it cannot, ``False``: never. Otherwise, at batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense
+        products run on the native kernel, from kernels packed here once (a copy of those weights; results within
+        the float32 tolerance of :meth:`step`)."""
+        cls, shapes, cfg = type(self), _shapes(self._cfg, type(self)._n_blocks), self._cfg
+        params = self._params()
+        framework = layer_decoder(lambda p, x_t, state: run_step(cls._layer, shapes, cls._gates, p, self._cast(x_t),
+                                                                 state, cfg), params, compile)
+        if cls._gates is not mingru_gates:
+            if native_decode.check_fused(fused):
+                raise ValueError(f"decoder(fused=True): {cls.__name__} has no native decode program; use fused=None "
+                                 "or False")
+            return framework
+
+        def checked(x_t, state) -> tuple[Array, Array]:
+            x_t = to_jax(self._cast(x_t), "x_t")
+            h = spec.state_array(cls._layer, "state", state)
+            h = None if h is None else to_jax(h, "state")
+            spec.check_step(cls._layer, cfg, tuple(x_t.shape), dtype_name(x_t),
+                            None if h is None else tuple(h.shape), None if h is None else dtype_name(h))
+            h = initial_state(cfg, x_t.shape[0], x_t.dtype).h if h is None else h
+            return x_t, h.astype(jnp_dtype(spec.state_dtype(dtype_name(x_t))))
+
+        native_step = native_decode.decoder_step(native_decode.mingru_step, params, cfg, fused)
+        return native_decode.layer_decoder(framework, native_step, checked, fused)
 
     def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
         """Flax-style cell: ``(carry (a State), x_t (B, D)) -> (carry, y_t)``, for ``nnx.scan``/``nnx.RNN`` users."""

@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from linrec.backends.jax import native_decode
 from linrec.backends.jax import scan as _scan
 from linrec.backends.jax.arrays import as_jax, dtype_name, eager_unless, jnp_dtype, to_jax
 from linrec.backends.jax.dense import dense
@@ -237,13 +238,14 @@ def _call(tree: Tree, tokens, config: MinGRULMConfig, initial_state, lengths, mo
     return logits, State(h)
 
 
-def _step_call(tree: Tree, token, state, config: MinGRULMConfig):
+def _step_call(tree: Tree, token, state, config: MinGRULMConfig, core=None):
+    """A checked decode step; ``core(token, h) -> (logits, h)`` replaces the XLA step (``decoder(fused=...)``)."""
     token = as_jax(token)
     spec.check_tokens("token", tuple(token.shape), dtype_name(token), 1, config, _concrete(token))
     dtype = tree["embed.embedding"].dtype
     h = (_unstack(_default(config, token.shape[0], dtype), config) if state is None
          else _check_state("state", state, config, token.shape[0], dtype))
-    logits, h = _step_run(tree, token, h, config=config)
+    logits, h = core(token, h) if core is not None else _step_run(tree, token, h, config=config)
     return logits, State(h)
 
 
@@ -485,18 +487,25 @@ class MinGRULM(nnx.Module):
         Reads the parameters out of the module on every call; in a token loop use :meth:`decoder`."""
         return _step_call(self._tree(), token, state, self._cfg)
 
-    def decoder(self, compile: bool = True):
+    def decoder(self, compile: bool = True, fused: bool | None = None):
         """``decode(token (B,), state) -> (logits (B, V), State)``: :meth:`decode_step` with the parameters read
         once, for token loops (reading them out of the NNX graph costs more than the compiled step itself).
-        It keeps the parameters it was built with: build it again after changing them. At batch sizes up to
-        ``native.dense.MAX_ROWS`` the dense products run on the native kernel (``native_dense``), from float32
-        kernels packed here once (a copy of those weights).
+        It keeps the parameters it was built with: build it again after changing them.
+
+        ``fused``: the whole float32 step as one native call through XLA FFI (``native_decode``), as the
+        GatedLinearRNN LM's ``decoder``: ``None`` (default) where it can, ``True`` raises saying why where it
+        cannot, ``False`` keeps the XLA step, whose dense products at batch sizes up to ``native.dense.MAX_ROWS``
+        run on the native kernel (``native_dense``, float32 kernels packed here once, a copy of those weights).
 
         ``compile=True`` (the default here) runs the step's arithmetic as one ``jax.jit``-compiled call;
         ``compile=False`` runs it op by op under ``jax.disable_jit()``, for debugging. The argument is the twin of
         the PyTorch ``decoder(compile=...)``, whose default is eager.
         """
         tree, cfg = self._tree(), self._cfg
+        native_step = native_decode.decoder_step(native_decode.mingru_lm_step, unstack_params(tree, cfg), cfg, fused)
+        if native_step is not None:
+            run = jax.jit(native_step.__call__) if compile else native_step
+            return lambda token, state: _step_call(tree, token, state, cfg, run)
         tree = _step_tree(tree, cfg)
         tree = {**pack_kernels(tree), "layers": [pack_kernels(layer) for layer in tree["layers"]]}
         return eager_unless(compile, lambda token, state: _step_call(tree, token, state, cfg))

@@ -83,6 +83,14 @@ class Program:
         self.n_slots = n_slots
         self._keep = keep
 
+    @property
+    def address(self) -> int:
+        """Where the operations live (``linrec_decode_ffi``'s ``ops``), valid while this program is alive."""
+        return ctypes.addressof(self._ops)
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
     def run(self, slots: Sequence[int], m: int) -> None:
         """Run every operation for ``m`` rows; ``slots``: one address per slot. Raises :class:`DecodeError`
         for an index outside its table (a token or position) or sizes the kernel cannot take."""
@@ -125,12 +133,14 @@ class Layout:
         return STATES + 2 * self.n_layer + i
 
 
-def gated_linear_rnn_lm_program(config: Any, weights: dict[str, int], keep: Any = None) -> tuple[Program, Layout]:
+def gated_linear_rnn_lm_program(config: Any, weights: dict[str, int], keep: Any = None, tokens32: bool = False
+                                ) -> tuple[Program, Layout]:
     """The GatedLinearRNN LM's decode step (``gated_linear_rnn_lm.md`` §10) as one program.
 
     ``config``: a ``GatedLinearRNNLMConfig``; ``weights``: canonical name → address of the float32 parameter,
     contiguous, where every ``*.kernel`` is its packed form (:func:`linrec.backends.native.dense.pack`). Slots:
-    ``TOKENS`` (``(m,)`` int64 ids, or ``(m, d_input)`` float32 inputs), ``POSITIONS`` (``(m,)`` int32 table rows),
+    ``TOKENS`` (``(m,)`` int64 ids, int32 with ``tokens32``, or ``(m, d_input)`` float32 inputs), ``POSITIONS``
+    (``(m,)`` int32 table rows),
     ``OUT`` (``(m, d_output)``), the layers' states ``(m, d_h)`` in and out (:class:`Layout`), then scratch.
     """
     d, h, c, n_layer = config.d_model, config.d_h, config.d_channel_mixing, config.n_layer
@@ -140,7 +150,8 @@ def gated_linear_rnn_lm_program(config: Any, weights: dict[str, int], keep: Any 
     x, z, u, y, t, s = (layout.scratch_slot(i) for i in range(6))
     ops = []
     if config.use_word_embedding:
-        ops.append(Op(GATHER, x, TOKENS, width=d, n=config.input_vocab_size, w=weights["embed.embedding"]))
+        ops.append(Op(GATHER, x, TOKENS, flag=INDEX_INT32 * tokens32, width=d, n=config.input_vocab_size,
+                      w=weights["embed.embedding"]))
     else:
         ops.append(Op(DENSE, x, TOKENS, width=config.d_input, n=d, w=weights["input_proj.kernel"],
                       b=weights["input_proj.bias"]))
@@ -183,7 +194,8 @@ def gated_linear_rnn_lm_program(config: Any, weights: dict[str, int], keep: Any 
     return Program(ops, layout.n_slots, keep), layout
 
 
-def mingru_lm_program(config: Any, weights: dict[str, int], keep: Any = None) -> tuple[Program, Layout]:
+def mingru_lm_program(config: Any, weights: dict[str, int], keep: Any = None, tokens32: bool = False
+                      ) -> tuple[Program, Layout]:
     """The minGRU LM's decode step (``mingru_lm.md`` §5) as one program: ``config`` a ``MinGRULMConfig``,
     ``weights`` and slots as :func:`gated_linear_rnn_lm_program` (``TOKENS``: ``(m,)`` int64 ids; ``POSITIONS``
     unused)."""
@@ -192,7 +204,8 @@ def mingru_lm_program(config: Any, weights: dict[str, int], keep: Any = None) ->
     prenorm = config.block == "prenorm"
     layout = Layout(n_layer, (d, d, 2 * h, d, max(config.d_ff if prenorm else 0, 2 * d)))
     x, z, u, s, t = (layout.scratch_slot(i) for i in range(5))
-    ops = [Op(GATHER, x, TOKENS, width=d, n=config.vocab_size, w=weights["embed.embedding"])]
+    ops = [Op(GATHER, x, TOKENS, flag=INDEX_INT32 * tokens32, width=d, n=config.vocab_size,
+              w=weights["embed.embedding"])]
     for l in range(n_layer):
         p = f"layers.{l}."
         state = layout.state_out(l)
@@ -221,7 +234,8 @@ def mingru_lm_program(config: Any, weights: dict[str, int], keep: Any = None) ->
     return Program(ops, layout.n_slots, keep), layout
 
 
-def gated_linear_rnn_program(config: Any, weights: dict[str, int], keep: Any = None) -> tuple[Program, Layout]:
+def gated_linear_rnn_program(config: Any, weights: dict[str, int], keep: Any = None, tokens32: bool = False
+                             ) -> tuple[Program, Layout]:
     """The GatedLinearRNN layer's step (``gated_linear_rnn.md``) as one program: ``config`` a
     ``GatedLinearRNNConfig``; ``TOKENS`` holds ``x_t (m, d_in)`` float32, ``OUT`` ``y_t (m, d_model)``, one state."""
     h, width = config.d_h, config.n_blocks * config.d_h
@@ -239,7 +253,8 @@ def gated_linear_rnn_program(config: Any, weights: dict[str, int], keep: Any = N
     return Program(ops, layout.n_slots, keep), layout
 
 
-def mingru_program(config: Any, weights: dict[str, int], keep: Any = None) -> tuple[Program, Layout]:
+def mingru_program(config: Any, weights: dict[str, int], keep: Any = None, tokens32: bool = False
+                   ) -> tuple[Program, Layout]:
     """The minGRU layer's step (``mingru.md``) as one program: ``config`` a ``MinGRUConfig``; ``TOKENS`` holds
     ``x_t (m, d_model)`` float32, ``OUT`` ``y_t (m, D_out)``, one state."""
     h = config.d_inner

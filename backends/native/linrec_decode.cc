@@ -342,3 +342,54 @@ int linrec_decode_run(const LinrecOp* ops, int64_t n_ops, void* const* slots, in
 }
 
 }  // extern "C"
+
+#ifdef LINREC_WITH_XLA_FFI
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// A program run from JAX: args (inputs, positions, L states), rets (out, L states, scratch); attributes `ops` (the
+// address of the program's LinrecOp array, owned by the Python decoder that traced this call), `n_ops` and the
+// scratch slots' `widths`. The slots are laid out as linrec.backends.native.decode.Layout says.
+ffi::Error DecodeImpl(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t ops, int64_t n_ops,
+                      ffi::Span<const int64_t> widths) {
+  const size_t layers = args.size() - 2;
+  if (args.size() < 2 || rets.size() != layers + 2)
+    return ffi::Error::InvalidArgument("linrec: decode takes (inputs, positions, L states), returns (out, L states, "
+                                       "scratch)");
+  std::vector<void*> slots;
+  for (size_t i = 0; i < 2; ++i) slots.push_back(args.get<ffi::AnyBuffer>(i).value().untyped_data());
+  auto out = rets.get<ffi::AnyBuffer>(0).value();
+  const int64_t m = out->dimensions().size() == 0 ? 0 : out->dimensions()[0];
+  slots.push_back(out->untyped_data());
+  for (size_t l = 0; l < layers; ++l) slots.push_back(args.get<ffi::AnyBuffer>(2 + l).value().untyped_data());
+  for (size_t l = 0; l < layers; ++l) slots.push_back(rets.get<ffi::AnyBuffer>(1 + l).value()->untyped_data());
+  auto scratch = rets.get<ffi::AnyBuffer>(layers + 1).value();
+  float* base = static_cast<float*>(scratch->untyped_data());
+  int64_t offset = 0;
+  for (const int64_t width : widths) {
+    slots.push_back(base + offset);
+    offset += m * width;
+  }
+  if (static_cast<int64_t>(scratch->element_count()) < offset)
+    return ffi::Error::InvalidArgument("linrec: decode scratch smaller than the program's buffers");
+  const int status = linrec_decode_run(reinterpret_cast<const LinrecOp*>(ops), n_ops, slots.data(), m);
+  if (status == 3) return ffi::Error::InvalidArgument("linrec: a token or position is outside its embedding table");
+  if (status != 0) return ffi::Error::InvalidArgument("linrec: the native decode program refused its sizes");
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_decode_ffi, DecodeImpl,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("ops")
+                                  .Attr<int64_t>("n_ops")
+                                  .Attr<ffi::Span<const int64_t>>("widths"));
+#endif  // LINREC_WITH_XLA_FFI
