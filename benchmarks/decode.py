@@ -29,9 +29,10 @@ Python loop: in JAX inside one ``jax.jit`` over the module's flattened state (``
 the traced function, compiled ahead of time: how ``layers.py`` times the layers' ``step`` and how the original is
 timed), in PyTorch through ``module.decoder()`` (the whole step as one call into the native library,
 ``native_decode``; float32 on the CPU).
-A second JAX row (no target), *decoder()*, is the JAX token-loop API: the compiled step core with the parameters
-read out of the NNX graph once, and the argument and token checks (one host read of the token) still run on every
-token, in Python; the jitted row skips those checks, as a hand-written jitted loop would. A second PyTorch row (no
+A second JAX row, *decoder()*, is the JAX token-loop API: the whole float32 step as one native call through XLA FFI
+(``native_decode``), with the parameters copied out of the NNX graph once; the argument and token checks (one host
+read of the token) still run on every token, in Python, which the jitted row skips, as a hand-written jitted loop
+would. A second PyTorch row (no
 target), *decoder(fused=False)*, is the framework step the fused one replaces: ``decode_step`` with the parameters
 gathered once, eager, no autograd (its dense products on the native kernel up to 8 rows).
 *matmul floor jax/torch* (no target): only the model's dense products at ``B=1`` (every 2-D kernel but the

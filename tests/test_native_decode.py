@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from linrec.backends import native
+from linrec.backends.native.dense import MAX_ROWS
 from linrec.spec import gated_linear_rnn_lm as glr_spec
 from linrec.spec import mingru_lm as mingru_spec
 from linrec.spec.tolerances import max_violation, tolerance_for
@@ -272,7 +273,8 @@ def test_fused_layer_decoder_equals_step(name, rows, framework, monkeypatch):
     layer, cfg = _layer(framework, name, LAYERS[name])
     arrays = _arrays(framework)
     calls = _count_native_steps(framework, monkeypatch)
-    decode = layer.decoder()
+    # above MAX_ROWS rows the default keeps the framework step (a BLAS product wins there): fused=True runs it
+    decode = layer.decoder(fused=True if rows > MAX_ROWS else None)
     rng = np.random.default_rng(rows)
     width = getattr(cfg, "d_in", None) or cfg.d_model
     s1 = s2 = layer.initial_state(rows)
@@ -285,6 +287,10 @@ def test_fused_layer_decoder_equals_step(name, rows, framework, monkeypatch):
     assert len(calls) == (4 if framework == "torch" else 1)
     if framework == "torch":
         assert not y2.requires_grad
+    if rows > MAX_ROWS:
+        calls.clear()
+        layer.decoder()(x, s2)
+        assert not calls
     # float64 under the default: the framework step, exactly; with fused=True: an error
     with _x64(framework):
         layer64, _ = _layer(framework, name, LAYERS[name], "float64")

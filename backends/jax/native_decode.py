@@ -137,14 +137,16 @@ def layer_decoder(framework: Callable[[Array, Any], tuple[Array, Any]], native_s
                   ) -> Callable[[Array, Any], tuple[Array, Any]]:
     """A layer's ``decode(x_t, state) -> (y_t, State)``: ``native_step`` (one jitted call) for float32 inputs and
     states, else the ``framework`` decoder (``fused=True``: a ``TypeError`` instead). ``checked(x_t, state) ->
-    (x_t, h)``: the step's argument checks, with ``h`` in the state dtype."""
+    (x_t, h)``: the step's argument checks, with ``h`` in the state dtype. Above ``MAX_ROWS`` rows ``fused=None``
+    keeps the framework step, as the torch twin says why."""
     if native_step is None:
         return framework
     run = jax.jit(lambda x, h: native_step(x, (h,)))
 
     def decode(x_t: Array, state: Any) -> tuple[Array, Any]:
         x, h = checked(x_t, state)
-        if x.dtype == jnp.float32 and h.dtype == jnp.float32:
+        rows_fit = fused or x.shape[0] <= native_dense_kernel.MAX_ROWS
+        if x.dtype == jnp.float32 and h.dtype == jnp.float32 and rows_fit:
             y, (h,) = run(x, h)
             return y, State(h)
         if fused:

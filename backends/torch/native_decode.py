@@ -19,6 +19,7 @@ from torch import Tensor
 
 from linrec.backends import native
 from linrec.backends.native import decode as native_decode
+from linrec.backends.native import dense as native_dense_kernel
 from linrec.backends.torch.native_dense import PackedKernel
 from linrec.spec.state import State
 
@@ -129,14 +130,19 @@ def layer_decoder(framework: Callable[[Tensor, Any], tuple[Tensor, Any]], native
                   ) -> Callable[[Tensor, Any], tuple[Tensor, Any]]:
     """A layer's ``decode(x_t, state) -> (y_t, State)``: ``native_step`` for float32 inputs and states, else the
     ``framework`` decoder (``fused=True``: a ``TypeError`` instead). ``checked(x_t, state) -> (x_t, h)``: the
-    step's argument checks, with ``h`` in the state dtype."""
+    step's argument checks, with ``h`` in the state dtype.
+
+    Unlike an LM's, a layer's step is two products and a few elementwise operations: above ``MAX_ROWS`` rows the
+    BLAS product (MKL, XLA's dot) outruns the native one and ``fused=None`` keeps the framework step (measured at
+    D=512, B=16: ``benchmarks/results/layers.md``); ``fused=True`` runs the program at any batch size."""
     if native_step is None:
         return framework
 
     @torch.no_grad()
     def decode(x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
         x, h = checked(x_t, state)
-        if x.dtype == torch.float32 and h.dtype == torch.float32:
+        rows_fit = fused or x.shape[0] <= native_dense_kernel.MAX_ROWS
+        if x.dtype == torch.float32 and h.dtype == torch.float32 and rows_fit:
             y, (h,) = native_step(x, (h,))
             return y, State(h)
         if fused:
