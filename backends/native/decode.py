@@ -16,11 +16,11 @@ within the spec's float32 tolerance, and do not depend on the thread count.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ACTIVATIONS", "DecodeError", "Op", "Program"]
+__all__ = ["ACTIVATIONS", "DecodeError", "Op", "Program", "check_fused", "choose"]
 
 #: Activation name (``linrec.spec.gated_linear_rnn.ACTIVATIONS``) → the kernel's code.
 ACTIVATIONS = {"identity": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "gelu": 4, "gelu_exact": 5, "silu": 6,
@@ -101,6 +101,31 @@ class Program:
             raise DecodeError("a token or position is outside its embedding table")
         if status != 0:
             raise DecodeError(f"the native decode program refused {m} rows (status {status})")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The decoders' ``fused=`` argument (both frameworks' ``native_decode`` modules)
+
+
+def check_fused(fused: bool | None) -> bool | None:
+    """``fused`` itself, once it is one of ``None``, ``True``, ``False`` (else ``TypeError``)."""
+    if not (fused is None or fused is True or fused is False):  # identity: 1 == True
+        raise TypeError(f"fused must be None, True or False, got {fused!r}")
+    return fused
+
+
+def choose(fused: bool | None, refusal: Callable[[], str | None], build: Callable[[], Any]) -> Any:
+    """What a ``decoder(fused=...)`` runs: ``build()`` when ``fused`` is ``None`` and ``refusal()`` finds nothing
+    against it, or when ``fused`` is ``True`` (else ``ValueError`` with the refusal); ``None`` for the framework
+    step."""
+    if check_fused(fused) is False:
+        return None
+    why = refusal()
+    if why is None:
+        return build()
+    if fused:
+        raise ValueError(f"decoder(fused=True) cannot run this model natively: {why}; use fused=None or False")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------------------

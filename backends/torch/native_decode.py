@@ -40,24 +40,13 @@ def refusal(params: Mapping[str, Any]) -> str | None:
     return None
 
 
-def check_fused(fused: bool | None) -> bool | None:
-    """``fused`` itself, once it is one of ``None``, ``True``, ``False`` (else ``TypeError``)."""
-    if not (fused is None or fused is True or fused is False):  # identity: 1 == True
-        raise TypeError(f"fused must be None, True or False, got {fused!r}")
-    return fused
+check_fused = native_decode.check_fused
 
 
 def decoder_step(build, params: Mapping[str, Any], config: Any, fused: bool | None) -> NativeStep | None:
-    """What a ``decoder(fused=...)`` runs: ``build(params, config)`` when ``fused`` is ``None`` and the native step
-    can serve the parameters, or ``True`` (else ``ValueError`` saying why); ``None`` for the framework step."""
-    if check_fused(fused) is False:
-        return None
-    why = refusal(params)
-    if why is None:
-        return build(params, config)
-    if fused:
-        raise ValueError(f"decoder(fused=True) cannot run this model natively: {why}; use fused=None or False")
-    return None
+    """What a ``decoder(fused=...)`` runs: ``build(params, config)``, or ``None`` for the framework step
+    (``native.decode.choose``: ``fused=True`` raises saying why the native step cannot serve ``params``)."""
+    return native_decode.choose(fused, lambda: refusal(params), lambda: build(params, config))
 
 
 class NativeStep:
