@@ -15,9 +15,18 @@ from linrec.tools import cli
 SELECT = "scan/property/equals-reference*"
 
 
+def _budget(per_case: int) -> int:
+    """A thorough budget that gives ``per_case`` examples to each of the NumPy backend's property cases (the budget is
+    spread over all of them, whatever ``select`` picks)."""
+    import linrec
+
+    cases = runner.collect(linrec.get_backend("numpy"), runner.CASE_MODULES)
+    return per_case * sum("hypothesis" in c.tags for c in cases)
+
+
 @pytest.fixture
 def small_budget(monkeypatch):
-    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", 60)
+    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", _budget(20))
 
 
 def _count_runs(monkeypatch) -> list[str]:
@@ -60,10 +69,10 @@ def test_an_interrupted_thorough_run_resumes_where_it_stopped(tmp_path, small_bu
 def test_a_journal_of_a_different_run_is_refused(tmp_path, small_budget, monkeypatch):
     path = tmp_path / "numpy.journal"
     run(["numpy"], select=SELECT, thorough=True, resume=path)
-    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", 120)  # another budget: another record
+    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", _budget(40))  # another budget: another record
     with pytest.raises(JournalError, match=r"different run \(examples_per_case changed\)"):
         run(["numpy"], select=SELECT, thorough=True, resume=path)
-    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", 60)
+    monkeypatch.setattr(runner, "THOROUGH_EXAMPLES", _budget(20))
     monkeypatch.setattr(journal_module, "source_digest", lambda backend=None: "edited")  # the code changed
     with pytest.raises(JournalError, match=r"\(sources changed\)"):
         run(["numpy"], select=SELECT, thorough=True, resume=path)
