@@ -196,39 +196,32 @@ void layer_norm(const LinrecOp& op, void* const* slots, int64_t m) {
   }
 }
 
+// The cell in passes over each row (the activations of every block first, in place in `u`, a scratch buffer):
+// one activation per loop keeps the compiled code small (a loop dispatching three activations per element was
+// unswitched into every combination of them, and took ~35 s to compile).
 void glrnn_cell(const LinrecOp& op, void* const* slots, int64_t m) {
   const int64_t d = op.width;
   const int64_t blocks = (op.flag & 1) ? 3 : 4;
   const int32_t act_in = op.kind & 0xff, act_hidden = (op.kind >> 8) & 0xff, act_gate = (op.kind >> 16) & 0xff;
-  const float* u = rows(slots, op.src);
+  float* u = rows(slots, op.src);
   const float* h = rows(slots, op.aux);
   float* h_out = rows(slots, op.dst);
   float* y = rows(slots, op.extra);
   for (int64_t r = 0; r < m; ++r) {
-    const float* ur = u + r * blocks * d;
-    int64_t j = 0;
-#ifdef LINREC_DECODE_AVX2
-    if (vectorized(act_in) && vectorized(act_hidden) && vectorized(act_gate)) {
-      for (; j + 8 <= d; j += 8) {
-        const V candidate = vactivate(act_in, _mm256_loadu_ps(ur + j));
-        const V i = vactivate(act_gate, _mm256_loadu_ps(ur + d + j));
-        const V f = (op.flag & 1) ? _mm256_sub_ps(splat(1.0f), i) : vactivate(act_gate, _mm256_loadu_ps(ur + 2 * d + j));
-        const V o = vactivate(act_gate, _mm256_loadu_ps(ur + (blocks - 1) * d + j));
-        const V next = _mm256_add_ps(_mm256_mul_ps(i, candidate), _mm256_mul_ps(f, _mm256_loadu_ps(h + r * d + j)));
-        _mm256_storeu_ps(h_out + r * d + j, next);
-        _mm256_storeu_ps(y + r * d + j, _mm256_mul_ps(vactivate(act_hidden, next), o));
-      }
+    float* ur = u + r * blocks * d;
+    activate_all(act_in, ur, ur, d);
+    activate_all(act_gate, ur + d, ur + d, (blocks - 1) * d);
+    const float* i = ur + d;
+    const float* o = ur + (blocks - 1) * d;
+    const float* hr = h + r * d;
+    float* next = h_out + r * d;
+    float* yr = y + r * d;
+    for (int64_t j = 0; j < d; ++j) {
+      const float f = (op.flag & 1) ? 1.0f - i[j] : ur[2 * d + j];
+      next[j] = i[j] * ur[j] + f * hr[j];
     }
-#endif
-    for (; j < d; ++j) {
-      const float candidate = activate(act_in, ur[j]);
-      const float i = activate(act_gate, ur[d + j]);
-      const float f = (op.flag & 1) ? 1.0f - i : activate(act_gate, ur[2 * d + j]);
-      const float o = activate(act_gate, ur[(blocks - 1) * d + j]);
-      const float next = i * candidate + f * h[r * d + j];
-      h_out[r * d + j] = next;
-      y[r * d + j] = activate(act_hidden, next) * o;
-    }
+    activate_all(act_hidden, next, yr, d);
+    for (int64_t j = 0; j < d; ++j) yr[j] *= o[j];
   }
 }
 
