@@ -183,6 +183,21 @@ def scan_3d(a: np.ndarray, b: np.ndarray, h0: np.ndarray, cut: np.ndarray | None
     return h, final
 
 
+def shares_one_row(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """Whether an ``(N, T, D)`` cotangent is one row of ``D`` repeated over every ``N`` and ``T`` (zero strides
+    there): the expanded cotangent of ``h.sum()`` in PyTorch, or a ``np.broadcast_to`` row. The backward kernels
+    then read that row at every step (``ct_row_stride = 0``) instead of a materialised copy the size of ``h``."""
+    n, t, d = shape
+    return n * t > 1 and d > 0 and strides[0] == 0 and strides[1] == 0
+
+
+def _cotangent_rows(ct: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ct (N, T, D)`` as the backward kernels read it: ``(buffer, row stride)``, see :func:`shares_one_row`."""
+    if shares_one_row(ct.shape, ct.strides):
+        return np.ascontiguousarray(ct[0, 0]), 0
+    return np.ascontiguousarray(ct), ct.shape[2]
+
+
 def scan_vjp_3d(a: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarray, ct_final: np.ndarray,
                 cut: np.ndarray | None = None, reverse: bool = False,
                 conjugate: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -191,11 +206,12 @@ def scan_vjp_3d(a: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarray, 
     ``conjugate=False`` is the JAX convention of recurrence.md §10; ``True`` is PyTorch's (conjugated Jacobian).
     """
     lib = _builder().load()
-    a, h, h0, ct_h, ct_final = (np.ascontiguousarray(x) for x in (a, h, h0, ct_h, ct_final))
+    ct_h, ct_rs = _cotangent_rows(ct_h)
+    a, h, h0, ct_final = (np.ascontiguousarray(x) for x in (a, h, h0, ct_final))
     cut = None if cut is None else np.ascontiguousarray(cut, dtype=np.bool_)
     n, t, d = h.shape
     a_bar, b_bar, h0_bar = np.empty_like(a), np.empty_like(h), np.empty_like(h0)
-    _check(lib.linrec_scan_bwd(*_codes(a, h), n, t, d, a.shape[2], _ptr(a), _ptr(h), _ptr(h0), _ptr(ct_h),
+    _check(lib.linrec_scan_bwd(*_codes(a, h), n, t, d, a.shape[2], _ptr(a), _ptr(h), _ptr(h0), _ptr(ct_h), ct_rs,
                                _ptr(ct_final), _ptr(cut), int(reverse), int(conjugate), _ptr(a_bar), _ptr(b_bar),
                                _ptr(h0_bar)))
     return a_bar, b_bar, h0_bar
@@ -265,11 +281,12 @@ def mingru_scan_vjp(u: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_h: np.ndarr
     blocks = gate_blocks(code)
     check_fused_shapes(u.shape, h0.shape, blocks, h.shape, ct_h.shape, ct_final.shape)
     lib = _builder().load()
-    u, h, h0, ct_h, ct_final = (np.ascontiguousarray(x) for x in (u, h, h0, ct_h, ct_final))
+    ct_h, ct_rs = _cotangent_rows(ct_h)
+    u, h, h0, ct_final = (np.ascontiguousarray(x) for x in (u, h, h0, ct_final))
     n, t, width = u.shape
     u_bar, h0_bar = np.empty_like(u), np.empty_like(h0)
     _check(lib.linrec_mingru_bwd(DTYPE_CODES[u.dtype.name], n, t, width // blocks, code, _ptr(u), _ptr(h), _ptr(h0),
-                                 _ptr(ct_h), _ptr(ct_final), _ptr(u_bar), _ptr(h0_bar)))
+                                 _ptr(ct_h), ct_rs, _ptr(ct_final), _ptr(u_bar), _ptr(h0_bar)))
     return u_bar, h0_bar
 
 
@@ -375,11 +392,12 @@ def glr_scan_vjp(u: np.ndarray, h: np.ndarray, h0: np.ndarray, ct_y: np.ndarray,
     """The VJP of :func:`glr_scan` (cotangents of ``y`` and ``final``) given its ``h``: ``(u_bar, h0_bar)``."""
     check_fused_shapes(u.shape, h0.shape, 3 if tied else 4, h.shape, ct_y.shape, ct_final.shape)
     lib = _builder().load()
-    u, h, h0, ct_y, ct_final = (np.ascontiguousarray(x) for x in (u, h, h0, ct_y, ct_final))
+    ct_y, ct_rs = _cotangent_rows(ct_y)
+    u, h, h0, ct_final = (np.ascontiguousarray(x) for x in (u, h, h0, ct_final))
     n, t, _ = u.shape
     u_bar, h0_bar = np.empty_like(u), np.empty_like(h0)
     _check(lib.linrec_glr_bwd(DTYPE_CODES[u.dtype.name], n, t, h0.shape[-1], int(tied), _ptr(u), _ptr(h), _ptr(h0),
-                              _ptr(ct_y), _ptr(ct_final), int(reverse), _ptr(u_bar), _ptr(h0_bar)))
+                              _ptr(ct_y), ct_rs, _ptr(ct_final), int(reverse), _ptr(u_bar), _ptr(h0_bar)))
     return u_bar, h0_bar
 
 

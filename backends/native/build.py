@@ -47,7 +47,7 @@ __all__ = ["ABI_VERSION", "NativeBuildError", "available", "build", "build_error
            "load", "stamp_path", "verify"]
 
 #: Must equal ``linrec_abi_version()`` in the C++ source.
-ABI_VERSION = 7
+ABI_VERSION = 8
 #: Bumped when the cache layout changes (here: the stamp beside the library); part of the key.
 CACHE_LAYOUT = 2
 SOURCE = Path(__file__).with_name("linrec_scan.cc")
@@ -332,16 +332,16 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, name).restype = c_int
     lib.linrec_scan_fwd.argtypes = [c_int, c_int, i64, i64, i64, i64, ptr, ptr, ptr, ptr, c_int, ptr, ptr]
     lib.linrec_scan_fwd.restype = c_int
-    lib.linrec_scan_bwd.argtypes = [c_int, c_int, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, c_int, c_int,
-                                    ptr, ptr, ptr]
+    lib.linrec_scan_bwd.argtypes = [c_int, c_int, i64, i64, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, c_int,
+                                    c_int, ptr, ptr, ptr]
     lib.linrec_scan_bwd.restype = c_int
     lib.linrec_mingru_fwd.argtypes = [c_int, i64, i64, i64, c_int, ptr, ptr, ptr, ptr]
     lib.linrec_mingru_fwd.restype = c_int
-    lib.linrec_mingru_bwd.argtypes = [c_int, i64, i64, i64, c_int, ptr, ptr, ptr, ptr, ptr, ptr, ptr]
+    lib.linrec_mingru_bwd.argtypes = [c_int, i64, i64, i64, c_int, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr]
     lib.linrec_mingru_bwd.restype = c_int
     lib.linrec_glr_fwd.argtypes = [c_int, i64, i64, i64, c_int, ptr, ptr, c_int, ptr, ptr, ptr]
     lib.linrec_glr_fwd.restype = c_int
-    lib.linrec_glr_bwd.argtypes = [c_int, i64, i64, i64, c_int, ptr, ptr, ptr, ptr, ptr, c_int, ptr, ptr]
+    lib.linrec_glr_bwd.argtypes = [c_int, i64, i64, i64, c_int, ptr, ptr, ptr, ptr, i64, ptr, c_int, ptr, ptr]
     lib.linrec_glr_bwd.restype = c_int
     lib.linrec_gmh_chunk.argtypes = []
     lib.linrec_gmh_chunk.restype = c_int

@@ -70,7 +70,13 @@ inline A project(S x) {
 
 struct Shape {
   int64_t n, t, d, da, r;  // r = d / da
+  // Backward kernels: elements between the cotangent's rows, d, or 0 when one row of d serves every step (the
+  // expanded cotangent of a sum or mean, which the caller then need not materialise at the size of h).
+  int64_t ct_rs = 0;
 };
+
+// kBadShape unless the cotangent's row stride is d (one row per step) or 0 (one row shared by every step).
+int check_ct_stride(int64_t ct_row_stride, int64_t d);
 
 // ------------------------------------------------------------------------------------------------------------------
 // Threads. The scan is sequential in T but independent across (n, state element), so work items are (n, block of
@@ -390,9 +396,9 @@ void scan_bwd(const Shape& s, const AM* a, const SM* h, const S* h0, const SM* c
     bool cut_next = false;
     for (int64_t k = s.t - 1; k >= 0; --k) {
       const int64_t row = row_of(k);
-      const SM* __restrict ct = ct_h + row * s.d + d0;
+      const SM* __restrict ct = ct_h + row * s.ct_rs + d0;
       if (!reverse && k > kPrefetchRows) {
-        prefetch_span(ct - kPrefetchRows * s.d, sizeof(SM) * width);
+        prefetch_span(ct - kPrefetchRows * s.ct_rs, sizeof(SM) * width);
         prefetch_span(h + (row - 1 - kPrefetchRows) * s.d + d0, sizeof(SM) * width);
         prefetch_span(a + (row - kPrefetchRows) * s.da + i0, sizeof(AM) * units);
       }
@@ -651,11 +657,11 @@ void mingru_bwd(const Shape& s, const S* u, const S* h, const S* h0, const S* ct
         for (int64_t block = 0; block < kBlocks; ++block)
           prefetch_span(u + (row - kPrefetchRows) * kBlocks * s.d + block * s.d + i0, sizeof(S) * width);
         prefetch_span(h + (row - 1 - kPrefetchRows) * s.d + i0, sizeof(S) * width);
-        prefetch_span(ct_h + (row - kPrefetchRows) * s.d + i0, sizeof(S) * width);
+        prefetch_span(ct_h + (row - kPrefetchRows) * s.ct_rs + i0, sizeof(S) * width);
       }
       const S* __restrict uz = u + row * kBlocks * s.d + i0;
       const S* __restrict uh = uz + (kBlocks - 1) * s.d;
-      const S* __restrict ct = ct_h + row * s.d + i0;
+      const S* __restrict ct = ct_h + row * s.ct_rs + i0;
       const S* __restrict prev = (k == 0 ? h0 + n * s.d : h + (row - 1) * s.d) + i0;
       S* out = du + row * kBlocks * s.d + i0;
       // at the last step g_row holds ct_final and a_next is 1, so g = ct + ct_final
@@ -778,11 +784,11 @@ void glr_bwd(const Shape& s, const S* u, const S* h, const S* h0, const S* ct_y,
         for (int64_t b = 0; b < blocks; ++b)
           prefetch_span(u + ahead * blocks * s.d + b * s.d + i0, sizeof(S) * width);
         prefetch_span(h + (ahead - 1) * s.d + i0, sizeof(S) * width);
-        prefetch_span(ct_y + ahead * s.d + i0, sizeof(S) * width);
+        prefetch_span(ct_y + ahead * s.ct_rs + i0, sizeof(S) * width);
       }
       const S* prev = (k == 0 ? h0 + n * s.d : h + row_of(k - 1) * s.d) + i0;
       S* rows = du_row.data();  // blocks in u's order: in, i, (f,) o
-      glr_bwd_step<kTied>(width, s.d, u + row * blocks * s.d + i0, h + row * s.d + i0, prev, ct_y + row * s.d + i0,
+      glr_bwd_step<kTied>(width, s.d, u + row * blocks * s.d + i0, h + row * s.d + i0, prev, ct_y + row * s.ct_rs + i0,
                           g.data(), f_next.data(), rows, rows + width, kTied ? nullptr : rows + 2 * width,
                           rows + (blocks - 1) * width);
       for (int64_t b = 0; b < blocks; ++b)
@@ -1016,6 +1022,10 @@ int check_shape(int64_t n, int64_t t, int64_t d, int64_t da) {
   return d % da == 0 ? kOk : kBadShape;
 }
 
+int check_ct_stride(int64_t ct_row_stride, int64_t d) {
+  return ct_row_stride == d || ct_row_stride == 0 ? kOk : kBadShape;
+}
+
 // Calls f(A*, S*) with null pointers of the right types for (a_dtype, s_dtype), or returns kBadDtype.
 template <class F>
 int dispatch(int a_dtype, int s_dtype, F&& f) {
@@ -1045,10 +1055,11 @@ int run_fwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t d
 }
 
 int run_bwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t da, const void* a, const void* h,
-            const void* h0, const void* ct_h, const void* ct_final, const uint8_t* cut, bool reverse, bool conjugate,
-            void* a_bar, void* b_bar, void* h0_bar) {
+            const void* h0, const void* ct_h, int64_t ct_row_stride, const void* ct_final, const uint8_t* cut,
+            bool reverse, bool conjugate, void* a_bar, void* b_bar, void* h0_bar) {
   if (int st = check_shape(n, t, d, da)) return st;
-  const Shape s{n, t, d, da, da ? d / da : 1};
+  if (int st = check_ct_stride(ct_row_stride, d)) return st;
+  const Shape s{n, t, d, da, da ? d / da : 1, ct_row_stride};
   return dispatch(a_dtype, s_dtype, [&](auto* at, auto* st) {
     using AM = std::remove_pointer_t<decltype(at)>;
     using SM = std::remove_pointer_t<decltype(st)>;
@@ -1098,10 +1109,12 @@ int run_mingru_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidat
 }
 
 int run_mingru_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidate, const void* u, const void* h,
-                   const void* h0, const void* ct_h, const void* ct_final, void* du, void* h0_bar) {
+                   const void* h0, const void* ct_h, int64_t ct_row_stride, const void* ct_final, void* du,
+                   void* h0_bar) {
   if (int st = check_shape(n, t, hidden, hidden)) return st;
+  if (int st = check_ct_stride(ct_row_stride, hidden)) return st;
   if (candidate < 0 || candidate > (kG | kMinLSTM)) return kBadShape;
-  const Shape s{n, t, hidden, hidden, 1};
+  const Shape s{n, t, hidden, hidden, 1, ct_row_stride};
   return dispatch_real(dtype, [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
     advise_output(du, sizeof(S) * n * t * (candidate & kMinLSTM ? 3 : 2) * hidden);
@@ -1138,9 +1151,11 @@ int run_glr_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const
 }
 
 int run_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const void* u, const void* h,
-                const void* h0, const void* ct_y, const void* ct_final, int reverse, void* du, void* h0_bar) {
+                const void* h0, const void* ct_y, int64_t ct_row_stride, const void* ct_final, int reverse, void* du,
+                void* h0_bar) {
   if (int st = check_shape(n, t, hidden, hidden)) return st;
-  const Shape s{n, t, hidden, hidden, 1};
+  if (int st = check_ct_stride(ct_row_stride, hidden)) return st;
+  const Shape s{n, t, hidden, hidden, 1, ct_row_stride};
   return dispatch_real(dtype, [&](auto* tag) {
     using S = std::remove_pointer_t<decltype(tag)>;
     advise_output(du, sizeof(S) * n * t * (tied ? 3 : 4) * hidden);
@@ -1225,7 +1240,7 @@ int run_gmh_bwd(int dtype, int complex_state, int complex_gate, int real_output,
 extern "C" {
 
 // Bumped whenever a signature below changes; the Python loader checks it.
-int linrec_abi_version() { return 7; }
+int linrec_abi_version() { return 8; }
 
 int linrec_has_ffi() {
 #ifdef LINREC_WITH_XLA_FFI
@@ -1243,11 +1258,12 @@ int linrec_scan_fwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, i
 }
 
 // conjugate = 0: JAX convention (no conjugation); 1: PyTorch's (conj of the Jacobian), recurrence.md §10.
+// ct_row_stride: d, or 0 when ct_h is one row of d shared by every step (check_ct_stride).
 int linrec_scan_bwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, int64_t da, const void* a,
-                    const void* h, const void* h0, const void* ct_h, const void* ct_final, const uint8_t* cut,
-                    int reverse, int conjugate, void* a_bar, void* b_bar, void* h0_bar) {
-  return run_bwd(a_dtype, s_dtype, n, t, d, da, a, h, h0, ct_h, ct_final, cut, reverse != 0, conjugate != 0, a_bar,
-                 b_bar, h0_bar);
+                    const void* h, const void* h0, const void* ct_h, int64_t ct_row_stride, const void* ct_final,
+                    const uint8_t* cut, int reverse, int conjugate, void* a_bar, void* b_bar, void* h0_bar) {
+  return run_bwd(a_dtype, s_dtype, n, t, d, da, a, h, h0, ct_h, ct_row_stride, ct_final, cut, reverse != 0,
+                 conjugate != 0, a_bar, b_bar, h0_bar);
 }
 
 // minGRU with fused gates: u (N, T, 2H) = [u_z | u_h] per step, h0 (N, H) -> h (N, T, H), final (N, H);
@@ -1259,8 +1275,9 @@ int linrec_mingru_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candi
 
 // Its VJP given the output h: du (N, T, 2H) and h0_bar (N, H).
 int linrec_mingru_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidate, const void* u, const void* h,
-                      const void* h0, const void* ct_h, const void* ct_final, void* du, void* h0_bar) {
-  return run_mingru_bwd(dtype, n, t, hidden, candidate, u, h, h0, ct_h, ct_final, du, h0_bar);
+                      const void* h0, const void* ct_h, int64_t ct_row_stride, const void* ct_final, void* du,
+                      void* h0_bar) {
+  return run_mingru_bwd(dtype, n, t, hidden, candidate, u, h, h0, ct_h, ct_row_stride, ct_final, du, h0_bar);
 }
 
 // GatedLinearRNN with fused gates (tanh input, sigmoid gates, tanh output): u (N, T, nH) with n = 3 (tied) or 4,
@@ -1272,8 +1289,9 @@ int linrec_glr_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, co
 
 // Its VJP given h and the cotangents of y and final: du (N, T, nH), h0_bar (N, H).
 int linrec_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const void* u, const void* h,
-                   const void* h0, const void* ct_y, const void* ct_final, int reverse, void* du, void* h0_bar) {
-  return run_glr_bwd(dtype, n, t, hidden, tied, u, h, h0, ct_y, ct_final, reverse, du, h0_bar);
+                   const void* h0, const void* ct_y, int64_t ct_row_stride, const void* ct_final, int reverse,
+                   void* du, void* h0_bar) {
+  return run_glr_bwd(dtype, n, t, hidden, tied, u, h, h0, ct_y, ct_row_stride, ct_final, reverse, du, h0_bar);
 }
 
 // Multi-head GateLoop (see "Multi-head GateLoop" above): sizes (n, t, h, k, v, r); ck holds (n, h, ceil(t / 32), k, v)
@@ -1383,7 +1401,7 @@ ffi::Error BwdImpl(ffi::AnyBuffer a, ffi::AnyBuffer h, ffi::AnyBuffer h0, ffi::A
                                        "the state dtype");
   const uint8_t* c = g->has_cut ? static_cast<const uint8_t*>(cut.untyped_data()) : nullptr;
   return status_error(run_bwd(code_of(a.element_type()), code_of(h.element_type()), g->n, g->t, g->d, g->da,
-                              a.untyped_data(), h.untyped_data(), h0.untyped_data(), ct_h.untyped_data(),
+                              a.untyped_data(), h.untyped_data(), h0.untyped_data(), ct_h.untyped_data(), g->d,
                               ct_final.untyped_data(), c, reverse, /*conjugate=*/false, a_bar->untyped_data(),
                               b_bar->untyped_data(), h0_bar->untyped_data()));
 }
@@ -1416,7 +1434,7 @@ ffi::Error MinGRUBwdImpl(ffi::AnyBuffer u, ffi::AnyBuffer h, ffi::AnyBuffer h0, 
       ct_h.element_count() != h.element_count() || ct_final.element_count() != h0.element_count())
     return ffi::Error::InvalidArgument("linrec: inconsistent minGRU buffers");
   return status_error(run_mingru_bwd(code_of(u.element_type()), n, t, hidden, candidate, u.untyped_data(),
-                                     h.untyped_data(), h0.untyped_data(), ct_h.untyped_data(),
+                                     h.untyped_data(), h0.untyped_data(), ct_h.untyped_data(), hidden,
                                      ct_final.untyped_data(), du->untyped_data(), h0_bar->untyped_data()));
 }
 
@@ -1448,7 +1466,7 @@ ffi::Error GlrBwdImpl(ffi::AnyBuffer u, ffi::AnyBuffer h, ffi::AnyBuffer h0, ffi
       ct_final.element_count() != h0.element_count())
     return ffi::Error::InvalidArgument("linrec: inconsistent GatedLinearRNN buffers");
   return status_error(run_glr_bwd(code_of(u.element_type()), n, t, hidden, tied, u.untyped_data(), h.untyped_data(),
-                                  h0.untyped_data(), ct_y.untyped_data(), ct_final.untyped_data(), reverse,
+                                  h0.untyped_data(), ct_y.untyped_data(), hidden, ct_final.untyped_data(), reverse,
                                   du->untyped_data(), h0_bar->untyped_data()));
 }
 

@@ -48,9 +48,19 @@ def _ready(x: Tensor) -> Tensor:
     x = x.detach().resolve_conj().resolve_neg()
     if x.is_contiguous() or x.dtype not in _POOLED:
         return x.contiguous()
-    # e.g. the expanded ones-cotangent of ``h.sum()``: materialised into a pooled buffer, whose pages are mapped
+    # e.g. a transposed or sliced cotangent: materialised into a pooled buffer, whose pages are mapped
     out = _empty_shaped(x.shape, x.dtype)
     return out.copy_(x)
+
+
+def _cotangent_rows(ct: Tensor, dtype: torch.dtype) -> tuple[Tensor, int]:
+    """A cotangent ``(N, T, D)`` as the backward kernels read it: ``(tensor, row stride)``. The expanded cotangent of
+    ``h.sum()`` (one row over every step, ``native.shares_one_row``) is passed as that one row with
+    stride 0, not materialised at the size of ``h``."""
+    ct = ct.to(dtype)
+    if native.shares_one_row(tuple(ct.shape), ct.stride()):
+        return _ready(ct[0, 0]), 0
+    return _ready(ct), ct.shape[2]
 
 
 def _name(dtype: torch.dtype) -> str:
@@ -124,13 +134,13 @@ def scan_bwd(a: Tensor, h: Tensor, h0: Tensor, grad_h: Tensor, grad_final: Tenso
     """The backward kernel in PyTorch's convention: ``(a_bar (N, T, Da), b_bar (N, T, D), h0_bar (N, D))``."""
     lib = native._builder().load()
     a, h, h0 = _ready(a), _ready(h), _ready(h0)
-    grad_h, grad_final = _ready(grad_h.to(h.dtype)), _ready(grad_final.to(h0.dtype))
+    (grad_h, ct_rs), grad_final = _cotangent_rows(grad_h, h.dtype), _ready(grad_final.to(h0.dtype))
     cut = None if cut is None else _ready(cut.to(torch.bool))
     codes, (n, t, d) = _codes(a, h), h.shape
     if h0.dtype != state_dtype(h.dtype):
         raise TypeError(f"linrec::scan_bwd needs h0 in {state_dtype(h.dtype)} for h in {h.dtype}, got {h0.dtype}")
     a_bar, b_bar, h0_bar = _empty(a), _empty(h), _empty(h0)
-    _status(lib.linrec_scan_bwd(*codes, n, t, d, a.shape[2], _ptr(a), _ptr(h), _ptr(h0), _ptr(grad_h),
+    _status(lib.linrec_scan_bwd(*codes, n, t, d, a.shape[2], _ptr(a), _ptr(h), _ptr(h0), _ptr(grad_h), ct_rs,
                                 _ptr(grad_final), _ptr(cut), int(reverse), 1, _ptr(a_bar), _ptr(b_bar),
                                 _ptr(h0_bar)))
     return a_bar, b_bar, h0_bar

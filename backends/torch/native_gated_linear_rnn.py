@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from linrec.backends import native
-from linrec.backends.torch.native import _empty, _empty_shaped, _ptr, _ready, _status
+from linrec.backends.torch.native import _cotangent_rows, _empty, _empty_shaped, _ptr, _ready, _status
 from linrec.backends.torch.native_mingru import _DTYPES, applies  # the same rule for every fused kernel
 
 __all__ = ["applies", "glr_bwd", "glr_fwd", "native_gated_linear_rnn"]
@@ -52,11 +52,11 @@ def glr_bwd(u: Tensor, h: Tensor, h0: Tensor, grad_y: Tensor, grad_final: Tensor
     native.check_fused_shapes(u.shape, h0.shape, 3 if tied else 4, h.shape, grad_y.shape, grad_final.shape)
     lib = native._builder().load()
     u, h, h0 = _ready(u), _ready(h), _ready(h0)
-    grad_y, grad_final = _ready(grad_y.to(h.dtype)), _ready(grad_final.to(h.dtype))
+    (grad_y, ct_rs), grad_final = _cotangent_rows(grad_y, h.dtype), _ready(grad_final.to(h.dtype))
     n, t, _ = u.shape
     u_bar, h0_bar = _empty(u), _empty(h0)
     _status(lib.linrec_glr_bwd(_DTYPES[u.dtype], n, t, h0.shape[-1], int(tied), _ptr(u), _ptr(h), _ptr(h0),
-                               _ptr(grad_y), _ptr(grad_final), int(reverse), _ptr(u_bar), _ptr(h0_bar)))
+                               _ptr(grad_y), ct_rs, _ptr(grad_final), int(reverse), _ptr(u_bar), _ptr(h0_bar)))
     return u_bar, h0_bar
 
 

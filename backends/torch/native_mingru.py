@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from linrec.backends import native
-from linrec.backends.torch.native import _empty, _empty_shaped, _ptr, _ready, _status
+from linrec.backends.torch.native import _cotangent_rows, _empty, _empty_shaped, _ptr, _ready, _status
 from linrec.backends.torch.scan import METHODS as SCAN_METHODS  # lists "native" when the kernel is built
 from linrec.backends.torch.scan import sequence_parallel_hook
 
@@ -64,11 +64,11 @@ def mingru_bwd(u: Tensor, h: Tensor, h0: Tensor, grad_h: Tensor, grad_final: Ten
     native.check_fused_shapes(u.shape, h0.shape, blocks, h.shape, grad_h.shape, grad_final.shape)
     lib = native._builder().load()
     u, h, h0 = _ready(u), _ready(h), _ready(h0)
-    grad_h, grad_final = _ready(grad_h.to(h.dtype)), _ready(grad_final.to(h.dtype))
+    (grad_h, ct_rs), grad_final = _cotangent_rows(grad_h, h.dtype), _ready(grad_final.to(h.dtype))
     n, t, width = u.shape
     u_bar, h0_bar = _empty(u), _empty(h0)
     _status(lib.linrec_mingru_bwd(_DTYPES[u.dtype], n, t, width // blocks, candidate, _ptr(u), _ptr(h), _ptr(h0),
-                                  _ptr(grad_h), _ptr(grad_final), _ptr(u_bar), _ptr(h0_bar)))
+                                  _ptr(grad_h), ct_rs, _ptr(grad_final), _ptr(u_bar), _ptr(h0_bar)))
     return u_bar, h0_bar
 
 
