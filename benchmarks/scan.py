@@ -37,7 +37,7 @@ import numpy as np
 from linrec.tools import bench
 
 COLUMNS = ["backend", "method", "T", "probe GB/s", "fwd ms", "fwd/roofline", "fwd+bwd ms", "(fwd+bwd)/roofline",
-           "train ms", "train/roofline", "fwd/C loop", "bf16/fp32 fwd", "note"]
+           "train ms", "train/roofline", "train faults/call", "fwd/C loop", "bf16/fp32 fwd", "note"]
 #: Method labels of the bfloat16 rows (``method="native"`` on bf16 inputs; roofline: 6 bytes per element).
 BF16 = "native, bf16"
 BF16_BYTES, FP32_BYTES = 6, 12
@@ -269,6 +269,8 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
                     getattr(fn, "prepare", lambda: None)()
                     t = bench.time_call(fn, sync=timed.sync, repeat=repeat, budget=budget, warmup=warmup)
                     row.update({f"{key} ms": 1e3 * t.best, _RATIO[key]: t.best / roof_m})
+                    if key == "train":
+                        row["train faults/call"] = round(t.faults)
                     slowest = max(slowest, t.best)
                 if slowest > skip_after:
                     too_slow[method] = f"not run: {slowest:.1f} s per call at T={T}"
@@ -376,7 +378,10 @@ def report(result: dict[str, Any]) -> str:
         "scan the way training runs it: the gradient of the loss `h.sum()` w.r.t. `a` and `b` (JAX: `jax.jit` of "
         "`jax.grad`; PyTorch: `loss.backward()` into leaf tensors whose `.grad` is reset to `None` each step); "
         "the loss reads `h` and its gradient writes the ones cotangent, 8 more bytes per element than the scan's own "
-        "(12 + 20), so the step's floor is 40 / 12 = 3.33 rooflines and its target 3 + 8/12 = 3.67. "
+        "(12 + 20), so the step's floor is 40 / 12 = 3.33 rooflines and its target 3 + 8/12 = 3.67 (PyTorch's "
+        "native backward reads the expanded ones as one row, so it does 4 bytes less). *train faults/call* counts "
+        "the process's minor page faults per training step: first touches of freshly mapped output pages, what the "
+        "default allocator costs (4 KiB pages unless the writer asked for huge pages). "
         "The *bf16* rows run `method=\"native\"` on bfloat16 `a`, `b` (and cotangent): the kernel reads and writes "
         "bf16 around a float32 state, so their roofline is 6 bytes/element (half of float32's); *bf16/fp32 fwd* is "
         "their forward time over the float32 native forward of the same backend, allocator and T. The targets are "

@@ -58,6 +58,9 @@ class Timing:
     median: float
     best: float
     runs: int
+    #: minor page faults per timed run, over the whole process (its threads included): each is a first touch of a
+    #: freshly mapped page, the cost of outputs that do not reuse freed memory
+    faults: float = 0.0
 
 
 def time_call(fn: Callable[[], object], *, sync: Callable[[object], object] = lambda x: x, repeat: int = 5,
@@ -70,6 +73,7 @@ def time_call(fn: Callable[[], object], *, sync: Callable[[object], object] = la
     for _ in range(warmup):
         sync(fn())
     times: list[float] = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start_all = time.perf_counter()
     for _ in range(repeat):
         start = time.perf_counter()
@@ -77,7 +81,8 @@ def time_call(fn: Callable[[], object], *, sync: Callable[[object], object] = la
         times.append(time.perf_counter() - start)
         if time.perf_counter() - start_all > budget:
             break
-    return Timing(statistics.median(times), min(times), len(times))
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / len(times)
+    return Timing(statistics.median(times), min(times), len(times), faults)
 
 
 def jax_sync(x: object) -> object:
