@@ -49,6 +49,9 @@ FWD_TARGET, FWD_BWD_TARGET, TARGET_MIN_T = 1.5, 3.0, 1024
 #: ``h`` and its gradient writing the ones cotangent (8 of the roofline's 12 bytes per element).
 LOSS_BYTES = 8
 TRAIN_TARGET = FWD_BWD_TARGET + LOSS_BYTES / FP32_BYTES
+#: Issue 17 states the training-step target at T >= 4096 (at 1024 the arrays partly fit the last-level cache and a
+#: step is ~10 ms, where fixed per-call costs weigh in).
+TRAIN_MIN_T = 4096
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -339,7 +342,8 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: t
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per framework (jax, torch) and allocator: the best method's worst ratio over ``T >= 1024`` vs the targets."""
+    """Per framework (jax, torch) and allocator: the best method's worst ratio over ``T >= 1024`` (the training step:
+    ``T >= 4096``) vs the targets."""
     out = []
     for name in ("jax", "torch"):
         for retained in (False, True):
@@ -348,18 +352,19 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if not mine:
                 continue
             setting = "retain_freed_memory()" if retained else "default allocator"
-            for key, goal, label in (("fwd/roofline", FWD_TARGET, "fwd"),
-                                     ("(fwd+bwd)/roofline", FWD_BWD_TARGET, "fwd+bwd"),
-                                     ("train/roofline", TRAIN_TARGET, "training step (loss h.sum())")):
+            for key, goal, label, min_t in (("fwd/roofline", FWD_TARGET, "fwd", TARGET_MIN_T),
+                                            ("(fwd+bwd)/roofline", FWD_BWD_TARGET, "fwd+bwd", TARGET_MIN_T),
+                                            ("train/roofline", TRAIN_TARGET, "training step (loss h.sum())",
+                                             TRAIN_MIN_T)):
                 by_method: dict[str, float] = {}
                 for r in mine:
-                    if r.get(key) is not None:
+                    if r.get(key) is not None and r["T"] >= min_t:
                         by_method[r["method"]] = max(by_method.get(r["method"], 0.0), r[key])
                 if not by_method:
                     continue
                 method = min(by_method, key=by_method.get)
                 worst = by_method[method]
-                out.append({"target": f"scan {label} {name} <= {goal:.3g}x roofline (T >= {TARGET_MIN_T}), {setting}",
+                out.append({"target": f"scan {label} {name} <= {goal:.3g}x roofline (T >= {min_t}), {setting}",
                             "measured": f"{worst:.2f}x (method {method}, worst T)", "ratio": worst,
                             "reached": worst <= goal})
     return out
