@@ -35,9 +35,12 @@ INTERPRETED = {"jax": "*pallas*", "torch": "*triton*"}
 
 #: (backend, case module) groups in the slow tier: the JAX language models' cases compile a whole LM per new shape
 #: (36-54 s each on the 2-core reference machine) and the LMs keep fast-tier tests of their own
-#: (tests/test_gated_linear_rnn_lm.py, tests/test_mingru_lm.py); ``.ci/run`` runs the slow tier after the README's
-#: command, so every group still runs in CI
-SLOW_GROUPS = {("jax", "linrec.conformance.gated_linear_rnn_lm_cases"), ("jax", "linrec.conformance.mingru_lm_cases")}
+#: (tests/test_gated_linear_rnn_lm.py, tests/test_mingru_lm.py); the JAX layer stacks' and multi-head GateLoop's
+#: cases compile as many layers (64-66 s each; their modules keep fast tests: tests/test_mingru_stack.py,
+#: tests/test_gateloop_mh.py); ``.ci/run`` runs the slow tier after the README's command, so every group still runs
+#: in CI
+SLOW_GROUPS = {("jax", "linrec.conformance.gated_linear_rnn_lm_cases"), ("jax", "linrec.conformance.mingru_lm_cases"),
+               ("jax", "linrec.conformance.mingru_stack_cases"), ("jax", "linrec.conformance.gateloop_mh_cases")}
 
 
 @pytest.mark.parametrize("name,module", [

@@ -13,6 +13,19 @@
 //
 // Two bindings of the same templates: a plain C ABI (ctypes: torch, numpy) and, when compiled with
 // -DLINREC_WITH_XLA_FFI, XLA FFI handlers (jax.ffi.ffi_call).
+//
+// The build (build.py) compiles this file more than once, in parallel, and links the objects: -DLINREC_PARTS=mask
+// selects the exports of one object (1: the plain scan and the ABI queries, 2: minGRU/minLSTM, 4: GatedLinearRNN,
+// 8: the multi-head GateLoop forward, 16: its backward). Each object instantiates only the templates its exports reach, so the compiles share
+// the work; without LINREC_PARTS the file is the whole library in one translation unit.
+#ifndef LINREC_PARTS
+#define LINREC_PARTS 31
+#endif
+#define LINREC_PART_SCAN (LINREC_PARTS & 1)
+#define LINREC_PART_MINGRU (LINREC_PARTS & 2)
+#define LINREC_PART_GLR (LINREC_PARTS & 4)
+#define LINREC_PART_GMH_FWD (LINREC_PARTS & 8)
+#define LINREC_PART_GMH_BWD (LINREC_PARTS & 16)
 
 #include <algorithm>
 #include <atomic>
@@ -1239,6 +1252,7 @@ int run_gmh_bwd(int dtype, int complex_state, int complex_gate, int real_output,
 
 extern "C" {
 
+#if LINREC_PART_SCAN
 // Bumped whenever a signature below changes; the Python loader checks it.
 int linrec_abi_version() { return 8; }
 
@@ -1266,6 +1280,9 @@ int linrec_scan_bwd(int a_dtype, int s_dtype, int64_t n, int64_t t, int64_t d, i
                  conjugate != 0, a_bar, b_bar, h0_bar);
 }
 
+#endif  // LINREC_PART_SCAN
+
+#if LINREC_PART_MINGRU
 // minGRU with fused gates: u (N, T, 2H) = [u_z | u_h] per step, h0 (N, H) -> h (N, T, H), final (N, H);
 // candidate 0 = identity, 1 = g. Float32 (dtype 0) and float64 (1) only.
 int linrec_mingru_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candidate, const void* u, const void* h0,
@@ -1279,7 +1296,9 @@ int linrec_mingru_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int candi
                       void* h0_bar) {
   return run_mingru_bwd(dtype, n, t, hidden, candidate, u, h, h0, ct_h, ct_row_stride, ct_final, du, h0_bar);
 }
+#endif  // LINREC_PART_MINGRU
 
+#if LINREC_PART_GLR
 // GatedLinearRNN with fused gates (tanh input, sigmoid gates, tanh output): u (N, T, nH) with n = 3 (tied) or 4,
 // h0 (N, H) -> y (N, T, H) = tanh(h) o, h (N, T, H), final (N, H). Float32 (0) and float64 (1).
 int linrec_glr_fwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, const void* u, const void* h0,
@@ -1293,7 +1312,9 @@ int linrec_glr_bwd(int dtype, int64_t n, int64_t t, int64_t hidden, int tied, co
                    void* du, void* h0_bar) {
   return run_glr_bwd(dtype, n, t, hidden, tied, u, h, h0, ct_y, ct_row_stride, ct_final, reverse, du, h0_bar);
 }
+#endif  // LINREC_PART_GLR
 
+#if LINREC_PART_GMH_FWD
 // Multi-head GateLoop (see "Multi-head GateLoop" above): sizes (n, t, h, k, v, r); ck holds (n, h, ceil(t / 32), k, v)
 // states. The chunk length is linrec_gmh_chunk(). real_output (a complex state): o and grad_o are Re(o), real.
 int linrec_gmh_chunk() { return static_cast<int>(kGmhChunk); }
@@ -1305,12 +1326,16 @@ int linrec_gmh_fwd(int dtype, int complex_state, int complex_gate, int real_outp
                      s_final, ck);
 }
 
+#endif  // LINREC_PART_GMH_FWD
+
+#if LINREC_PART_GMH_BWD
 int linrec_gmh_bwd(int dtype, int complex_state, int complex_gate, int real_output, int64_t n, int64_t t, int64_t h,
                    int64_t k, int64_t v, int64_t r, const void* q, const void* kk, const void* vv, const void* a,
                    const void* ck, const void* go, const void* gs, void* gq, void* gk, void* gv, void* ga, void* gs0) {
   return run_gmh_bwd(dtype, complex_state, complex_gate, real_output, GmhShape{n, t, h, k, v, r}, q, kk, vv, a, ck, go,
                      gs, gq, gk, gv, ga, gs0);
 }
+#endif  // LINREC_PART_GMH_BWD
 
 }  // extern "C"
 
@@ -1523,6 +1548,7 @@ ffi::Error GmhBwdImpl(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v, ffi:
 
 }  // namespace
 
+#if LINREC_PART_SCAN
 XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_scan_fwd_ffi, FwdImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // a
@@ -1547,6 +1573,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_scan_bwd_ffi, BwdImpl,
                                   .Ret<ffi::AnyBuffer>()  // b_bar
                                   .Ret<ffi::AnyBuffer>()  // h0_bar
 );
+#endif  // LINREC_PART_SCAN
+
+#if LINREC_PART_MINGRU
 XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_mingru_fwd_ffi, MinGRUFwdImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // u
@@ -1567,6 +1596,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_mingru_bwd_ffi, MinGRUBwdImpl,
                                   .Ret<ffi::AnyBuffer>()  // du
                                   .Ret<ffi::AnyBuffer>()  // h0_bar
 );
+#endif  // LINREC_PART_MINGRU
+
+#if LINREC_PART_GLR
 XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_glr_fwd_ffi, GlrFwdImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // u
@@ -1590,6 +1622,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_glr_bwd_ffi, GlrBwdImpl,
                                   .Ret<ffi::AnyBuffer>()  // du
                                   .Ret<ffi::AnyBuffer>()  // h0_bar
 );
+#endif  // LINREC_PART_GLR
+
+#if LINREC_PART_GMH_FWD
 XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_gmh_fwd_ffi, GmhFwdImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // q
@@ -1602,6 +1637,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_gmh_fwd_ffi, GmhFwdImpl,
                                   .Ret<ffi::AnyBuffer>()  // checkpoints
 );
 
+#endif  // LINREC_PART_GMH_FWD
+
+#if LINREC_PART_GMH_BWD
 XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_gmh_bwd_ffi, GmhBwdImpl,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::AnyBuffer>()  // q
@@ -1617,4 +1655,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(linrec_gmh_bwd_ffi, GmhBwdImpl,
                                   .Ret<ffi::AnyBuffer>()  // a_bar
                                   .Ret<ffi::AnyBuffer>()  // s0_bar
 );
+#endif  // LINREC_PART_GMH_BWD
+
 #endif  // LINREC_WITH_XLA_FFI
