@@ -66,6 +66,27 @@ def test_layer_decoder_is_the_step(framework, name, rows, monkeypatch):
         assert not y2.requires_grad  # no autograd in the token loop
 
 
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+@pytest.mark.parametrize("name", ["gated_linear_rnn", "mingru"])
+def test_default_decoder_above_max_rows_is_the_step_and_checks_its_arguments(framework, name):
+    """Above ``MAX_ROWS`` rows ``decoder()`` goes straight to the framework step (no second pass of checks per
+    token): the step's values exactly, and bad arguments still refused naming them."""
+    layer, arrays = _layer(framework, name)
+    decode, rows = layer.decoder(), 2 * MAX_ROWS
+    rng = np.random.default_rng(2)
+    s1 = s2 = layer.initial_state(rows)
+    for _ in range(3):
+        x_t = arrays.asarray(rng.standard_normal((rows, D), dtype=np.float32))
+        y1, s1 = layer.step(x_t, s1)
+        y2, s2 = decode(x_t, s2)
+        np.testing.assert_array_equal(arrays.to_numpy(y2), arrays.to_numpy(y1))
+        np.testing.assert_array_equal(arrays.to_numpy(s2.h), arrays.to_numpy(s1.h))
+    with pytest.raises(ValueError, match="x_t"):
+        decode(arrays.asarray(np.zeros((rows, D + 1), np.float32)), s2)
+    with pytest.raises(ValueError, match="state"):
+        decode(arrays.asarray(np.zeros((rows, D), np.float32)), layer.initial_state(rows + 1))
+
+
 @pytest.mark.slow  # Inductor compiles a C++ graph per layer: ~5-10 s each
 @pytest.mark.parametrize("name", ["gated_linear_rnn", "mingru", "minlstm", "gateloop_mh"])
 def test_torch_compiled_layer_decoder(name):

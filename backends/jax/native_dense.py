@@ -11,6 +11,7 @@ XLA's dot on the kernel kept beside the panels. Differentiable: the derivative i
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -113,4 +114,11 @@ def layer_decoder(step: Callable[[Mapping[str, Any], Array, Any], tuple[Array, A
     ``jax.disable_jit()``, for debugging): what the layers' ``decoder()`` return."""
     packed = pack_kernels(params)
     run = eager_unless(compile, jax.jit(step) if compile else step)
-    return lambda x_t, state: run(packed, x_t, state)
+
+    def decode(x_t: Array, state: Any) -> tuple[Array, Any]:
+        # above MAX_ROWS rows no product runs natively: the plain kernels are fewer arguments to pass per token
+        shape = getattr(x_t, "shape", ())
+        rows = math.prod(shape[:-1]) if len(shape) > 1 else 0  # (np.prod costs ~10 µs a token)
+        return run(packed if rows <= native_dense_kernel.MAX_ROWS else params, x_t, state)
+
+    return decode
