@@ -112,6 +112,8 @@ def _outer(k: Tensor, v: Tensor, sdt: torch.dtype) -> Tensor:
 def _scan_part(q: Tensor, k: Tensor, v: Tensor, a: Tensor, state: Tensor, method: str) -> tuple[Tensor, Tensor]:
     """Scan the time axis of the given slices from ``state``: ``-> (o: (B, t, H, V), final S)``."""
     h, state = linear_scan(a, _outer(k, v, state.dtype), initial_state=state, method=method)
+    if h.shape[-2] == 1:  # one key row (SISO heads): o = q h elementwise, not einsum's batch of 1x1 products
+        return h.squeeze(-2) * q.to(h.dtype), state
     return torch.einsum("bthkv,bthk->bthv", h, q.to(h.dtype)), state
 
 
