@@ -69,8 +69,8 @@ def test_layer_decoder_is_the_step(framework, name, rows, monkeypatch):
 @pytest.mark.parametrize("framework", ["jax", "torch"])
 @pytest.mark.parametrize("name", ["gated_linear_rnn", "mingru"])
 def test_default_decoder_above_max_rows_is_the_step_and_checks_its_arguments(framework, name):
-    """Above ``MAX_ROWS`` rows ``decoder()`` goes straight to the framework step (no second pass of checks per
-    token): the step's values exactly, and bad arguments still refused naming them."""
+    """Above ``MAX_ROWS`` rows ``decoder()`` skips its own per-token checks and hands the input to the framework
+    step: the step's values exactly, and bad arguments still refused by the step's checks, naming them."""
     layer, arrays = _layer(framework, name)
     decode, rows = layer.decoder(), 2 * MAX_ROWS
     rng = np.random.default_rng(2)

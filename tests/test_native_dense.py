@@ -155,3 +155,10 @@ def test_jax_dense_takes_packed_kernels():
     np.testing.assert_allclose(np.asarray(gp["proj.kernel"].kernel), np.broadcast_to(x.sum(0)[:, None], w.shape),
                                rtol=2e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(gp["proj.bias"]), np.full(35, 4.0), rtol=0, atol=0)
+
+
+def test_step_rows_reads_the_rows_of_any_leading_axes():
+    from linrec.backends.native.dense import step_rows
+
+    assert step_rows(np.zeros((3, 4))) == 3 and step_rows(np.zeros((2, 3, 4))) == 6
+    assert step_rows(np.zeros(4)) == 0 and step_rows([[1.0, 2.0]]) == 0  # no rows to read: the checks say why

@@ -121,11 +121,6 @@ def mingru_step(params: Mapping[str, Any], config: Any) -> NativeStep:
     return _program_step(native_decode.mingru_program, params, config, config.d_inner, d_out, False)
 
 
-def _rows(x_t: Any) -> int:
-    """The batch rows of a step input as given (``0`` for a scalar: the checks then say what is wrong)."""
-    shape = getattr(x_t, "shape", None)
-    return int(shape[0]) if shape else 0
-
 def layer_decoder(framework: Callable[[Array, Any], tuple[Array, Any]], native_step: NativeStep | None,
                   checked: Callable[[Array, Any], tuple[Array, Array]], fused: bool | None
                   ) -> Callable[[Array, Any], tuple[Array, Any]]:
@@ -138,7 +133,7 @@ def layer_decoder(framework: Callable[[Array, Any], tuple[Array, Any]], native_s
     run = jax.jit(lambda x, h: native_step(x, (h,)))
 
     def decode(x_t: Array, state: Any) -> tuple[Array, Any]:
-        if not fused and _rows(x_t) > native_dense_kernel.MAX_ROWS:
+        if not fused and native_dense_kernel.step_rows(x_t) > native_dense_kernel.MAX_ROWS:
             return framework(x_t, state)  # it checks its own arguments: no second pass of checks per token
         x, h = checked(x_t, state)
         rows_fit = fused or x.shape[0] <= native_dense_kernel.MAX_ROWS

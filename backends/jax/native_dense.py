@@ -11,7 +11,6 @@ XLA's dot on the kernel kept beside the panels. Differentiable: the derivative i
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -117,8 +116,7 @@ def layer_decoder(step: Callable[[Mapping[str, Any], Array, Any], tuple[Array, A
 
     def decode(x_t: Array, state: Any) -> tuple[Array, Any]:
         # above MAX_ROWS rows no product runs natively: the plain kernels are fewer arguments to pass per token
-        shape = getattr(x_t, "shape", ())
-        rows = math.prod(shape[:-1]) if len(shape) > 1 else 0  # (np.prod costs ~10 µs a token)
-        return run(packed if rows <= native_dense_kernel.MAX_ROWS else params, x_t, state)
+        small = native_dense_kernel.step_rows(x_t) <= native_dense_kernel.MAX_ROWS
+        return run(packed if small else params, x_t, state)
 
     return decode

@@ -19,9 +19,11 @@ product by rounding only, within the spec's float32 tolerance). The framework tw
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["MAX_ROWS", "PANEL", "check_packed", "dense", "pack", "packed_size"]
+__all__ = ["MAX_ROWS", "PANEL", "check_packed", "dense", "pack", "packed_size", "step_rows"]
 
 #: Columns per panel of a packed kernel (``kPanel`` in ``linrec_dense.cc``).
 PANEL = 16
@@ -47,6 +49,14 @@ def pack(kernel: np.ndarray) -> np.ndarray:
     padded = np.zeros((k, panels * PANEL), np.float32)
     padded[:, :n] = kernel
     return np.ascontiguousarray(padded.reshape(k, panels, PANEL).transpose(1, 0, 2)).reshape(-1)
+
+
+def step_rows(x: object) -> int:
+    """The rows a dense product of ``x (..., K)`` multiplies, read from ``x.shape`` as given (``0`` without a shape
+    or for a 1-D one: the caller's own checks then say what is wrong). Plain Python: decoders ask once per token,
+    where ``np.prod`` alone cost ~10 µs."""
+    shape = getattr(x, "shape", ())
+    return math.prod(shape[:-1]) if len(shape) > 1 else 0
 
 
 def check_packed(x_shape: tuple[int, ...], packed_shape: tuple[int, ...], n: int) -> None:

@@ -16,8 +16,8 @@
 //
 // The build (build.py) compiles this file more than once, in parallel, and links the objects: -DLINREC_PARTS=mask
 // selects the exports of one object (1: the plain scan and the ABI queries, 2: minGRU/minLSTM, 4: GatedLinearRNN,
-// 8: the multi-head GateLoop forward, 16: its backward). Each object instantiates only the templates its exports reach, so the compiles share
-// the work; without LINREC_PARTS the file is the whole library in one translation unit.
+// 8: the multi-head GateLoop forward, 16: its backward). Each object instantiates only the templates its exports
+// reach, so the compiles share the work; without LINREC_PARTS the file is the whole library in one translation unit.
 #ifndef LINREC_PARTS
 #define LINREC_PARTS 31
 #endif

@@ -114,11 +114,6 @@ def mingru_step(params: Mapping[str, Any], config: Any) -> NativeStep:
     return _program_step(native_decode.mingru_program, params, config, config.d_inner, d_out, False)
 
 
-def _rows(x_t: Any) -> int:
-    """The batch rows of a step input as given (``0`` for a scalar: the checks then say what is wrong)."""
-    shape = getattr(x_t, "shape", None)
-    return int(shape[0]) if shape else 0
-
 def layer_decoder(framework: Callable[[Tensor, Any], tuple[Tensor, Any]], native_step: NativeStep | None,
                   checked: Callable[[Tensor, Any], tuple[Tensor, Tensor]], fused: bool | None
                   ) -> Callable[[Tensor, Any], tuple[Tensor, Any]]:
@@ -134,7 +129,7 @@ def layer_decoder(framework: Callable[[Tensor, Any], tuple[Tensor, Any]], native
 
     @torch.no_grad()
     def decode(x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        if not fused and _rows(x_t) > native_dense_kernel.MAX_ROWS:
+        if not fused and native_dense_kernel.step_rows(x_t) > native_dense_kernel.MAX_ROWS:
             return framework(x_t, state)  # it checks its own arguments: no second pass of checks per token
         x, h = checked(x_t, state)
         rows_fit = fused or x.shape[0] <= native_dense_kernel.MAX_ROWS
