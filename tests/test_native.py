@@ -767,7 +767,9 @@ def test_fused_minlstm_gates_at_extreme_inputs(dtype):
     a NaN stays NaN."""
     big = 60.0 if dtype == "float32" else 600.0
     pairs = [(-big, -big), (-big, big), (big, -big), (big, big), (-2 * big, -big), (0.0, -np.inf), (-np.inf, 0.0),
-             (np.inf, np.inf), (np.inf, -np.inf), (3.0, -4.0)]
+             (np.inf, np.inf), (np.inf, -np.inf), (3.0, -4.0),
+             # both logits below twice exp's range: their difference still decides (f' = σ(-20) here)
+             (-4 * big, -4 * big + 20), (-4 * big + 20, -4 * big), (-1e30, -1e29)]
     u_f, u_i = (np.array([[p[k] for p in pairs]], dtype) for k in (0, 1))
     u_h = np.full_like(u_f, 2.0)
     u = np.concatenate([u_f, u_i, u_h], axis=-1)[:, None, :]  # (1, 1, 3H)

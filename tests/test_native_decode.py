@@ -234,6 +234,43 @@ def test_activations_against_float64(name):
         np.testing.assert_array_equal(out[1:3], _activations_reference(name, edge[1:3]).astype(np.float32))
 
 
+@pytest.mark.parametrize("candidate", ["identity", "g"])
+def test_minlstm_cell_at_extreme_inputs(candidate):
+    """The cell's gates from three exps (``linrec_decode.cc``): saturated and opposite gates, ±inf, give the spec's
+    ``f' = σ(-d)``, ``i' = σ(d)`` (float64 reference) without 0/0 or inf - inf, in the eight-lane and the scalar
+    code (11 columns: one lane group and a tail of 3); a NaN stays in its own column."""
+    from linrec.backends.native import decode as nd
+    from linrec.spec import minlstm as spec
+
+    pairs = [(-60.0, -60.0), (-60.0, 60.0), (60.0, -60.0), (60.0, 60.0), (-120.0, -60.0), (0.0, -np.inf),
+             (-np.inf, 0.0), (np.inf, np.inf), (3.0, -4.0), (-500.0, -400.0), (1e-3, -2.5)]
+    u_f, u_i = (np.array([[p[k] for p in pairs]], np.float32) for k in (0, 1))
+    u_h = np.linspace(-3, 3, len(pairs), dtype=np.float32)[None]
+    h0 = np.linspace(-1, 2, len(pairs), dtype=np.float32)[None]
+    width = len(pairs)
+    program = nd.Program([nd.Op(nd.MINLSTM_CELL, 2, 0, aux=1, width=width, flag=int(candidate == "g"))], 3)
+
+    def run(u):
+        out = np.empty_like(h0)
+        program.run([u.ctypes.data, h0.ctypes.data, out.ctypes.data], 1)
+        return out
+
+    u = np.ascontiguousarray(np.concatenate([u_f, u_i, u_h], axis=-1))
+    got = run(u)
+    with np.errstate(over="ignore", invalid="ignore"):
+        f64 = u.astype(np.float64)
+        d = spec.softplus(-f64[:, :width]) - spec.softplus(-f64[:, width:2 * width])
+        want = spec.sigmoid(-d) * h0 + spec.sigmoid(d) * spec.candidate(f64[:, 2 * width:], candidate)
+    assert np.all(np.isfinite(got)), got
+    err, allowed = max_violation(got, want, tolerance_for("float32"))
+    assert err <= allowed, (got, want)
+    for column in (0, width - 1):  # a vector lane and the scalar tail
+        bad = u.copy()
+        bad[0, column] = np.nan
+        out = run(bad)
+        assert np.isnan(out[0, column]) and np.isfinite(np.delete(out[0], column)).all()
+
+
 def test_program_refuses_bad_slots_and_operations():
     from linrec.backends.native import decode as nd
 
@@ -253,7 +290,11 @@ LAYERS = {
                                                           use_true_recurrence=True, gate_activation="softplus"),
     "mingru": dict(d_model=16, d_inner=24, out_proj=True, candidate="g", bias=False),
     "mingru identity, default state": dict(d_model=16, d_inner=16, default_state=0.5),
+    "minlstm": dict(d_model=16, d_inner=24, out_proj=True, candidate="g", bias=True),
+    "minlstm identity, default state": dict(d_model=16, d_inner=16, default_state=0.5),
 }
+LAYER_CLASSES = {"gated_linear_rnn": ("GatedLinearRNNConfig", "GatedLinearRNN"), "mingru": ("MinGRUConfig", "MinGRU"),
+                 "minlstm": ("MinLSTMConfig", "MinLSTM")}
 
 
 def _layer(framework: str, name: str, fields: dict, dtype: str = "float32"):
@@ -261,8 +302,9 @@ def _layer(framework: str, name: str, fields: dict, dtype: str = "float32"):
     backend = import_module(f"linrec.backends.{framework}")
     model = name.split()[0]
     spec = import_module(f"linrec.spec.{model}")
-    cfg = (spec.GatedLinearRNNConfig if model == "gated_linear_rnn" else spec.MinGRUConfig)(**fields)
-    cls = backend.GatedLinearRNN if model == "gated_linear_rnn" else backend.MinGRU
+    config_name, class_name = LAYER_CLASSES[model]
+    cfg = getattr(spec, config_name)(**fields)
+    cls = getattr(backend, class_name)
     return cls.from_canonical(cfg, _perturbed(spec.init_params(cfg, seed=2, dtype=dtype), 3)), cfg
 
 
@@ -301,17 +343,44 @@ def test_fused_layer_decoder_equals_step(name, rows, framework, monkeypatch):
             layer.decoder(fused=True)(x64, None)
 
 
+@pytest.mark.parametrize("name", ["minlstm", "gated_linear_rnn"])
+def test_jax_layer_decoder_skips_checks_only_for_inputs_it_has_checked(name, monkeypatch):
+    """After a float32 token has passed the checks, the JAX layer decoder runs the same shapes straight away; a
+    token or state of another shape, dtype or type still goes through the checks and is refused by name."""
+    jnp = pytest.importorskip("jax.numpy")
+    from linrec.spec.state import State
+
+    native_decode = import_module("linrec.backends.jax.native_decode")
+    checks, real = [], native_decode.layer_decoder
+
+    def counting(framework, step, checked, fused):
+        return real(framework, step, lambda *a: checks.append(1) or checked(*a), fused)
+
+    monkeypatch.setattr(native_decode, "layer_decoder", counting)
+    layer, cfg = _layer("jax", name, LAYERS[name])
+    decode = layer.decoder()
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, cfg.d_model)).astype(np.float32))
+    state = layer.initial_state(2)
+    _, s1 = decode(x, state)
+    y2, s2 = decode(x, s1)
+    assert len(checks) == 1  # the second token skipped them
+    want, _ = layer.step(x, s1)
+    _close("jax", y2, want)
+    with pytest.raises(ValueError, match="x_t"):
+        decode(jnp.zeros((2, cfg.d_model + 1), jnp.float32), s2)
+    with pytest.raises(ValueError, match="state"):
+        decode(x, State(jnp.zeros((3, s2.h.shape[1]), jnp.float32)))
+    with pytest.raises((TypeError, ValueError), match="state"):
+        decode(x, (s2.h,))
+    assert len(checks) >= 3
+
+
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_layers_without_a_native_program_refuse_fused_true(framework):
     pytest.importorskip(framework)
     backend = import_module(f"linrec.backends.{framework}")
-    from linrec.spec import gateloop_mh, minlstm
+    from linrec.spec import gateloop_mh
 
-    cfg = minlstm.MinLSTMConfig(d_model=8)
-    layer = backend.MinLSTM.from_canonical(cfg, minlstm.init_params(cfg))
-    with pytest.raises(ValueError, match="MinLSTM has no native decode program"):
-        layer.decoder(fused=True)
-    layer.decoder()  # the framework step
     cfg = gateloop_mh.GateLoopMHConfig(d_model=8, num_heads=2, d_key=2, d_value=4)
     layer = backend.GateLoopMH.from_canonical(cfg, gateloop_mh.init_params(cfg))
     with pytest.raises(ValueError, match="GateLoopMH has no native decode program"):

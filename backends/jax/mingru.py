@@ -379,20 +379,15 @@ class MinRNNBase(nnx.Module):
         as one ``jax.jit``-compiled call (``compile=False``: op by op). Build it again after changing the
         parameters.
 
-        ``fused`` (as the LMs' ``decoder``; minGRU only, minLSTM has no native program): float32 steps as one
-        native call through XLA FFI (``native_decode``); ``None``: where it can, ``True``: raise saying why where
-        it cannot, ``False``: never. Otherwise, at batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense
-        products run on the native kernel, from kernels packed here once (a copy of those weights; results within
-        the float32 tolerance of :meth:`step`)."""
+        ``fused`` (as the LMs' ``decoder``): float32 steps as one native call through XLA FFI
+        (``native_decode``); ``None``: where it can, ``True``: raise saying why where it cannot, ``False``: never.
+        Otherwise, at batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on the native
+        kernel, from kernels packed here once (a copy of those weights; results within the float32 tolerance of
+        :meth:`step`)."""
         cls, shapes, cfg = type(self), _shapes(self._cfg, type(self)._n_blocks), self._cfg
         params = self._params()
         framework = layer_decoder(lambda p, x_t, state: run_step(cls._layer, shapes, cls._gates, p, self._cast(x_t),
                                                                  state, cfg), params, compile)
-        if cls._gates is not mingru_gates:
-            if native_decode.check_fused(fused):
-                raise ValueError(f"decoder(fused=True): {cls.__name__} has no native decode program; use fused=None "
-                                 "or False")
-            return framework
 
         def checked(x_t, state) -> tuple[Array, Array]:
             x_t = to_jax(self._cast(x_t), "x_t")
@@ -403,7 +398,7 @@ class MinRNNBase(nnx.Module):
             h = initial_state(cfg, x_t.shape[0], x_t.dtype).h if h is None else h
             return x_t, h.astype(jnp_dtype(spec.state_dtype(dtype_name(x_t))))
 
-        native_step = native_decode.decoder_step(native_decode.mingru_step, params, cfg, fused)
+        native_step = native_decode.decoder_step(cls._native_step, params, cfg, fused)
         return native_decode.layer_decoder(framework, native_step, checked, fused)
 
     def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
@@ -457,3 +452,4 @@ class MinGRU(MinRNNBase):
     _n_blocks = 2
     _gates = staticmethod(mingru_gates)
     _log_gates = staticmethod(mingru_log_gates)
+    _native_step = staticmethod(native_decode.mingru_step)  # the native decode program's step

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from linrec.backends.jax import native_decode
 from linrec.backends.jax.mingru import (
     FUSED_GATES,
     MinRNNBase,
@@ -107,3 +108,4 @@ class MinLSTM(MinRNNBase):
     _n_blocks = 3
     _gates = staticmethod(minlstm_gates)
     _log_gates = staticmethod(minlstm_log_gates)
+    _native_step = staticmethod(native_decode.minlstm_step)

@@ -27,7 +27,8 @@ ACTIVATIONS = {"identity": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "gelu": 4, "ge
                "softplus": 7}
 
 # operation codes (``enum Code`` in linrec_decode.cc)
-GATHER, SINUSOID, DENSE, ADD, LAYER_NORM, ACT, GLRNN_CELL, COPY, RMS_NORM, MINGRU_CELL, GLU_ADD = range(1, 12)
+(GATHER, SINUSOID, DENSE, ADD, LAYER_NORM, ACT, GLRNN_CELL, COPY, RMS_NORM, MINGRU_CELL, GLU_ADD,
+ MINLSTM_CELL) = range(1, 13)
 #: ``GATHER`` flags: the index slot holds int32 (else int64); add the row instead of storing it
 INDEX_INT32, GATHER_ADD = 1, 2
 
@@ -282,12 +283,24 @@ def mingru_program(config: Any, weights: dict[str, int], keep: Any = None, token
                    ) -> tuple[Program, Layout]:
     """The minGRU layer's step (``mingru.md``) as one program: ``config`` a ``MinGRUConfig``; ``TOKENS`` holds
     ``x_t (m, d_model)`` float32, ``OUT`` ``y_t (m, D_out)``, one state."""
+    return _min_rnn_program(MINGRU_CELL, 2, config, weights, keep)
+
+
+def minlstm_program(config: Any, weights: dict[str, int], keep: Any = None, tokens32: bool = False
+                    ) -> tuple[Program, Layout]:
+    """The minLSTM layer's step (``minlstm.md``), as :func:`mingru_program`: ``config`` a ``MinLSTMConfig``."""
+    return _min_rnn_program(MINLSTM_CELL, 3, config, weights, keep)
+
+
+def _min_rnn_program(cell: int, blocks: int, config: Any, weights: dict[str, int], keep: Any
+                     ) -> tuple[Program, Layout]:
+    """One product into ``blocks`` gate blocks of ``H``, the ``cell``, then ``out_proj`` (or a copy)."""
     h = config.d_inner
-    layout = Layout(1, (2 * h,))
+    layout = Layout(1, (blocks * h,))
     u, state = layout.scratch_slot(0), layout.state_out(0)
-    ops = [Op(DENSE, u, TOKENS, width=config.d_model, n=2 * h, w=weights["proj.kernel"],
+    ops = [Op(DENSE, u, TOKENS, width=config.d_model, n=blocks * h, w=weights["proj.kernel"],
               b=weights.get("proj.bias", 0)),
-           Op(MINGRU_CELL, state, u, aux=layout.state_in(0), width=h, flag=int(config.candidate == "g"))]
+           Op(cell, state, u, aux=layout.state_in(0), width=h, flag=int(config.candidate == "g"))]
     if config.out_proj:
         ops.append(Op(DENSE, OUT, state, width=h, n=config.d_model, w=weights["out_proj.kernel"]))
     else:

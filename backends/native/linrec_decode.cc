@@ -11,6 +11,7 @@
 // float buffer holds `m` rows, contiguous, of the width the operation states. Integer inputs (tokens, positions)
 // are slots too, typed by the operation's flag. Nothing is allocated here.
 
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
@@ -37,6 +38,7 @@ enum Code : int32_t {
   kRmsNorm = 9,    // dst = src / rms(src) * w               width, eps
   kMinGruCell = 10,  // (u=src, h=aux) -> h'=dst               width = H, flag: 1 candidate g
   kGluAdd = 11,    // dst += src[:, :D] * sigmoid(src[:, D:])  width = D
+  kMinLstmCell = 12,  // (u=src, h=aux) -> h'=dst               width = H, flag: 1 candidate g
 };
 
 enum Act : int32_t { kIdentity = 0, kTanh, kSigmoid, kRelu, kGelu, kGeluExact, kSilu, kSoftplus };
@@ -271,6 +273,57 @@ void mingru_cell(const LinrecOp& op, void* const* slots, int64_t m) {
   }
 }
 
+// minLSTM (minlstm.md): f' = f / (f + i), i' = i / (f + i), f = sigmoid(u_f), i = sigmoid(u_i), h' = f' h + i' c(u_h),
+// from three exps as the fused scan kernel's lstm_gates (linrec_scan.cc): 1/f = 1 + e^{-u_f} and 1/i = 1 + e^{-u_i}
+// scaled by e^{-m}, m = max(0, -u_f, -u_i), so no exponent is positive and their sum is >= 1 (no overflow, no 0/0).
+// u is first raised to the lowest finite float: u = -inf would otherwise give inf - inf.
+inline float minlstm_mix(float uf, float ui, float c, float h) {
+  uf = std::max(uf, -FLT_MAX);
+  ui = std::max(ui, -FLT_MAX);
+  const float m = std::max(0.0f, std::max(-uf, -ui));
+  const float base = std::exp(-m), inv_f = base + std::exp(-uf - m), inv_i = base + std::exp(-ui - m);
+  const float r = 1.0f / (inv_f + inv_i);
+  return (inv_i * r) * h + (inv_f * r) * c;
+}
+
+void minlstm_cell(const LinrecOp& op, void* const* slots, int64_t m) {
+  const int64_t d = op.width;
+  const bool g = op.flag & 1;
+  const float* u = rows(slots, op.src);
+  const float* h = rows(slots, op.aux);
+  float* h_out = rows(slots, op.dst);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* uf = u + r * 3 * d;
+    const float* ui = uf + d;
+    const float* uh = ui + d;
+    int64_t j = 0;
+#ifdef LINREC_DECODE_AVX2
+    const V low = splat(-FLT_MAX), zero = splat(0.0f);
+    for (; j + 8 <= d; j += 8) {
+      // max(u, low) keeps a NaN u (maxps returns its second operand when one is NaN)
+      const V f_in = _mm256_max_ps(low, _mm256_loadu_ps(uf + j)), i_in = _mm256_max_ps(low, _mm256_loadu_ps(ui + j));
+      const V top = _mm256_max_ps(zero, _mm256_max_ps(_mm256_sub_ps(zero, f_in), _mm256_sub_ps(zero, i_in)));
+      const V base = vexp(_mm256_sub_ps(zero, top));
+      const V inv_f = _mm256_add_ps(base, vexp(_mm256_sub_ps(_mm256_sub_ps(zero, f_in), top)));
+      const V inv_i = _mm256_add_ps(base, vexp(_mm256_sub_ps(_mm256_sub_ps(zero, i_in), top)));
+      const V scale = _mm256_div_ps(splat(1.0f), _mm256_add_ps(inv_f, inv_i));
+      const V h_in = _mm256_loadu_ps(uh + j);
+      V candidate = h_in;
+      if (g) {
+        candidate = _mm256_blendv_ps(vsigmoid(h_in), _mm256_add_ps(h_in, splat(0.5f)),
+                                     _mm256_cmp_ps(h_in, zero, _CMP_GE_OQ));
+      }
+      const V keep = _mm256_mul_ps(_mm256_mul_ps(inv_i, scale), _mm256_loadu_ps(h + r * d + j));
+      _mm256_storeu_ps(h_out + r * d + j, _mm256_add_ps(keep, _mm256_mul_ps(_mm256_mul_ps(inv_f, scale), candidate)));
+    }
+#endif
+    for (; j < d; ++j) {
+      const float candidate = !g ? uh[j] : (uh[j] >= 0.0f ? uh[j] + 0.5f : sigmoid(uh[j]));
+      h_out[r * d + j] = minlstm_mix(uf[j], ui[j], candidate, h[r * d + j]);
+    }
+  }
+}
+
 void glu_add(const LinrecOp& op, void* const* slots, int64_t m) {
   const int64_t d = op.width;
   const float* src = rows(slots, op.src);
@@ -321,6 +374,7 @@ int linrec_decode_run(const LinrecOp* ops, int64_t n_ops, void* const* slots, in
       case kRmsNorm: rms_norm(op, slots, m); break;
       case kMinGruCell: mingru_cell(op, slots, m); break;
       case kGluAdd: glu_add(op, slots, m); break;
+      case kMinLstmCell: minlstm_cell(op, slots, m); break;
       case kCopy: {
         float* dst = rows(slots, op.dst);
         const float* src = rows(slots, op.src);

@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -544,11 +545,12 @@ constexpr int kMinLSTM = 2;
 
 // minLSTM's (z, a) = (i', f') and sigma(-u_i), sigma(-u_f) (the backward's d'(u)) from three exps, with no overflow
 // or 0/0: 1/f = 1 + e^{-u_f} and 1/i = 1 + e^{-u_i}, both scaled by e^{-m}, m = max(0, -u_f, -u_i), so every
-// exponent is <= 0, one scaled term is exactly 1 and the sum is >= 1. u is first raised to 2 kMin, below which
-// exp_nonpositive clamps anyway: u = -inf would otherwise give inf - inf (NaN still gives NaN).
+// exponent is <= 0, one scaled term is exactly 1 and the sum is >= 1. u is first raised to the lowest finite value:
+// u = -inf would otherwise give inf - inf (NaN still gives NaN). Raising it further (to 2 kMin, as before) made
+// two very negative logits equal: u = (-200, -180) gave f' = i' = 1/2 instead of sigma(-20), sigma(20).
 template <class S>
 inline void lstm_gates(S uf, S ui, S& z, S& a, S& not_f, S& not_i) {
-  constexpr S kLow = S(2) * ExpConsts<S>::kMin;
+  constexpr S kLow = std::numeric_limits<S>::lowest();
   uf = uf < kLow ? kLow : uf;
   ui = ui < kLow ? kLow : ui;
   const S m = std::max(S(0), std::max(-uf, -ui));

@@ -388,22 +388,17 @@ class MinRNNBase(nn.Module):
         """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
         loops, without autograd. Build it again after changing the parameters.
 
-        ``fused`` (as the LMs' ``decoder``; minGRU only, minLSTM has no native program): float32 steps as one call
-        into the native library (``native_decode``); ``None``: where it can, ``True``: raise saying why where it
-        cannot, ``False``: never. Otherwise, at batch sizes up to ``native.dense.MAX_ROWS`` the float32 dense
-        products run on the native kernel. Both read kernels packed here once (a copy of those weights; results
-        within the float32 tolerance of :meth:`step`). ``compile=True`` runs that framework step as one
+        ``fused`` (as the LMs' ``decoder``): float32 steps as one call into the native library
+        (``native_decode``); ``None``: where it can, ``True``: raise saying why where it cannot, ``False``: never.
+        Otherwise, at batch sizes up to ``native.dense.MAX_ROWS`` the float32 dense products run on the native
+        kernel. Both read kernels packed here once (a copy of those weights; results within the float32 tolerance
+        of :meth:`step`). ``compile=True`` runs that framework step as one
         ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX default)."""
         cls, shapes, cfg = type(self), self._shapes(), self._cfg
         packed = pack_kernels(self._params())
         framework = layer_decoder(lambda p, x_t, state: run_step(cls._layer, shapes, cls._gates, p, x_t, state, cfg),
                                   packed, compile)
-        if cls._gates is not mingru_gates:
-            if native_decode.check_fused(fused):
-                raise ValueError(f"decoder(fused=True): {cls.__name__} has no native decode program; use fused=None "
-                                 "or False")
-            return framework
-        native_step = native_decode.decoder_step(native_decode.mingru_step, packed, cfg, fused)
+        native_step = native_decode.decoder_step(cls._native_step, packed, cfg, fused)
         return native_decode.layer_decoder(framework, native_step,
                                            lambda x_t, state: checked_step_inputs(cls._layer, x_t, state, cfg), fused)
 
@@ -453,3 +448,4 @@ class MinGRU(MinRNNBase):
     _n_blocks = 2
     _gates = staticmethod(mingru_gates)
     _log_gates = staticmethod(mingru_log_gates)
+    _native_step = staticmethod(native_decode.mingru_step)  # the native decode program's step

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from linrec.backends.torch import native_decode
 from linrec.backends.torch.mingru import (
     FUSED_GATES,
     MinRNNBase,
@@ -107,3 +108,4 @@ class MinLSTM(MinRNNBase):
     _n_blocks = 3
     _gates = staticmethod(minlstm_gates)
     _log_gates = staticmethod(minlstm_log_gates)
+    _native_step = staticmethod(native_decode.minlstm_step)

@@ -24,7 +24,7 @@ from linrec.backends.torch.native_dense import PackedKernel
 from linrec.spec.state import State
 
 __all__ = ["NativeStep", "check_fused", "decoder_step", "gated_linear_rnn_lm_step", "gated_linear_rnn_step",
-           "layer_decoder", "mingru_lm_step", "mingru_step", "refusal"]
+           "layer_decoder", "mingru_lm_step", "mingru_step", "minlstm_step", "refusal"]
 
 
 def refusal(params: Mapping[str, Any]) -> str | None:
@@ -112,6 +112,12 @@ def mingru_step(params: Mapping[str, Any], config: Any) -> NativeStep:
     """The minGRU layer's step, as :func:`gated_linear_rnn_step`."""
     d_out = config.d_model if config.out_proj else config.d_inner
     return _program_step(native_decode.mingru_program, params, config, config.d_inner, d_out, False)
+
+
+def minlstm_step(params: Mapping[str, Any], config: Any) -> NativeStep:
+    """The minLSTM layer's step, as :func:`gated_linear_rnn_step`."""
+    d_out = config.d_model if config.out_proj else config.d_inner
+    return _program_step(native_decode.minlstm_program, params, config, config.d_inner, d_out, False)
 
 
 def layer_decoder(framework: Callable[[Tensor, Any], tuple[Tensor, Any]], native_step: NativeStep | None,
