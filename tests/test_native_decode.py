@@ -292,9 +292,16 @@ LAYERS = {
     "mingru identity, default state": dict(d_model=16, d_inner=16, default_state=0.5),
     "minlstm": dict(d_model=16, d_inner=24, out_proj=True, candidate="g", bias=True),
     "minlstm identity, default state": dict(d_model=16, d_inner=16, default_state=0.5),
+    "gateloop_mh complex heads, cartesian, output gate": dict(d_model=16, num_heads=2, d_key=3, d_value=5,
+                                                              gate="complex", gate_parametrization="cartesian",
+                                                              gate_granularity="head", output_gate="silu"),
+    "gateloop_mh complex, relu phase, sub_norm, biases": dict(d_model=16, num_heads=2, d_key=3, d_value=5,
+                                                              gate="complex", phase_activation="relu",
+                                                              sub_norm="layernorm", qkv_bias=True),
+    "gateloop_mh real, key rows": dict(d_model=16, num_heads=4, d_key=2, d_value=3, gate="real", qkv_bias=True),
 }
 LAYER_CLASSES = {"gated_linear_rnn": ("GatedLinearRNNConfig", "GatedLinearRNN"), "mingru": ("MinGRUConfig", "MinGRU"),
-                 "minlstm": ("MinLSTMConfig", "MinLSTM")}
+                 "minlstm": ("MinLSTMConfig", "MinLSTM"), "gateloop_mh": ("GateLoopMHConfig", "GateLoopMH")}
 
 
 def _layer(framework: str, name: str, fields: dict, dtype: str = "float32"):
@@ -329,9 +336,9 @@ def test_fused_layer_decoder_equals_step(name, rows, framework, monkeypatch):
     assert len(calls) == (4 if framework == "torch" else 1)
     if framework == "torch":
         assert not y2.requires_grad
-    if rows > MAX_ROWS:
+    if rows > MAX_ROWS:  # the default above its rows (8, the torch multi-head GateLoop's 16): the framework step
         calls.clear()
-        layer.decoder()(x, s2)
+        layer.decoder()(arrays.asarray(rng.standard_normal((17, width)).astype(np.float32)), None)
         assert not calls
     # float64 under the default: the framework step, exactly; with fused=True: an error
     with _x64(framework):
@@ -376,14 +383,21 @@ def test_jax_layer_decoder_skips_checks_only_for_inputs_it_has_checked(name, mon
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_layers_without_a_native_program_refuse_fused_true(framework):
+def test_configurations_outside_the_gateloop_mh_program_refuse_fused_true(framework):
+    """What the multi-head GateLoop's program does not compute (an RMS input norm, a complex output) runs the
+    framework step under ``fused=None`` and raises, saying why, under ``fused=True``."""
     pytest.importorskip(framework)
     backend = import_module(f"linrec.backends.{framework}")
     from linrec.spec import gateloop_mh
 
-    cfg = gateloop_mh.GateLoopMHConfig(d_model=8, num_heads=2, d_key=2, d_value=4)
-    layer = backend.GateLoopMH.from_canonical(cfg, gateloop_mh.init_params(cfg))
-    with pytest.raises(ValueError, match="GateLoopMH has no native decode program"):
-        layer.decoder(fused=True)
+    arrays = _arrays(framework)
+    x = arrays.asarray(np.ones((2, 8), np.float32))
+    for fields, why in ((dict(input_norm="rms"), "input_norm='rms'"), (dict(complex_output="complex"), "complex")):
+        cfg = gateloop_mh.GateLoopMHConfig(d_model=8, num_heads=2, d_key=2, d_value=4, gate="complex", **fields)
+        layer = backend.GateLoopMH.from_canonical(cfg, gateloop_mh.init_params(cfg))
+        with pytest.raises(ValueError, match=why):
+            layer.decoder(fused=True)
+        y, _ = layer.decoder()(x, None)  # the framework step (its products on the native kernel)
+        _close(framework, y, layer.step(x, None)[0])
     with pytest.raises(TypeError, match="fused"):
         layer.decoder(fused=1)

@@ -29,6 +29,7 @@ from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import as_kernel, dense
 from linrec.backends.jax.native_dense import layer_decoder
 from linrec.backends.jax.scan import linear_scan
+from linrec.backends.native.decode import gateloop_mh_refusal
 from linrec.spec import gateloop_mh as spec
 from linrec.spec.gateloop_mh import GateLoopMHConfig
 from linrec.spec.state import State
@@ -138,10 +139,20 @@ def _chunked(q: Array, k: Array, v: Array, a: Array, state: Array, method: str, 
 
 
 def _prepare(params, x, state, config: GateLoopMHConfig, *, ndim: int, state_name: str):
+    params = {name: as_kernel(p) for name, p in params.items()}  # (a decoder's packed kernels stay packed)
+    x, state = checked_inputs(x, state, config, ndim=ndim, state_name=state_name, params=params)
+    params = {name: p.astype(x.dtype) for name, p in params.items()}
+    return params, x, state
+
+
+def checked_inputs(x, state, config: GateLoopMHConfig, *, ndim: int, state_name: str,
+                   params: Mapping[str, Array] | None = None) -> tuple[Array, Array]:
+    """``x`` (``ndim`` axes) checked, then ``params`` (if given), and the state ``S (B, H, K, V)`` in the state
+    dtype (zeros for ``None``)."""
     x = to_jax(x, "x")
     spec.check_x(config, tuple(x.shape), dtype_name(x), ndim=ndim, name="x" if ndim == 3 else "x_t")
-    params = {name: as_kernel(p) for name, p in params.items()}  # (a decoder's packed kernels stay packed)
-    spec.check_params(config, {name: tuple(p.shape) for name, p in params.items()})
+    if params is not None:
+        spec.check_params(config, {name: tuple(p.shape) for name, p in params.items()})
     sdt = jnp_dtype(spec.state_dtype(config, dtype_name(x)))
     state = spec.state_h(state, name=state_name)
     if state is None:
@@ -151,14 +162,15 @@ def _prepare(params, x, state, config: GateLoopMHConfig, *, ndim: int, state_nam
         spec.check_state(config, x.shape[0], tuple(state.shape), dtype_name(state), dtype_name(x),
                          name=f"{state_name}.h")
         state = state.astype(sdt)
-    params = {name: p.astype(x.dtype) for name, p in params.items()}
-    return params, x, state
+    return x, state
 
 
 def _step(params, x_t: Array, state: Array, config: GateLoopMHConfig) -> tuple[Array, Array]:
     xn = _input_norm(x_t, config)
     q, k, v, a = _project(params, xn, config, state.dtype)
     state = a * state + _outer(k, v, state.dtype)  # rows of S decayed by a
+    if config.is_complex and config.complex_output == "real":  # Re(Sᵀq) = Re(S)ᵀq (q is real): a real product
+        return _read_out(params, jnp.einsum("bhkv,bhk->bhv", state.real, q), x_t.dtype, config, xn), state
     return _read_out(params, jnp.einsum("bhkv,bhk->bhv", state, q), x_t.dtype, config, xn), state
 
 
@@ -396,15 +408,26 @@ class GateLoopMH(nnx.Module):
 
     def decoder(self, compile: bool = True, fused: bool | None = None):
         """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters read once, for token loops,
-        as one ``jax.jit``-compiled call (``compile=False``: op by op). At batch sizes up to
-        ``native.dense.MAX_ROWS`` its float32 dense products run on the native kernel, from kernels packed here once
-        (a copy of those weights; results within the float32 tolerance of :meth:`step`). Build it again after
-        changing the parameters. ``fused``: as the other layers' (``native_decode``); this layer has no native
-        decode program, so ``fused=True`` raises ``ValueError``."""
-        if native_decode.check_fused(fused):
-            raise ValueError("decoder(fused=True): GateLoopMH has no native decode program; use fused=None or False")
-        return layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, self._cast(x_t), state, config=self._config),
-                             self._params(), compile)
+        as one ``jax.jit``-compiled call (``compile=False``: op by op). Build it again after changing the
+        parameters.
+
+        ``fused`` (as the other layers'): float32 steps as one native call through XLA FFI (``native_decode``:
+        every projection in one product, the heads' state update and read-out, ``sub_norm``, the output gate and
+        ``out_proj``; not for ``input_norm="rms"`` or a complex output); ``None``: where it can, ``True``: raise
+        saying why where it cannot, ``False``: never. Otherwise, at batch sizes up to ``native.dense.MAX_ROWS``
+        its float32 dense products run on the native kernel, from kernels packed here once (a copy of those
+        weights; results within the float32 tolerance of :meth:`step`)."""
+        cfg = self._config
+        params = self._params()
+        framework = layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, self._cast(x_t), state, config=cfg),
+                                  params, compile)
+        native_step = native_decode.decoder_step(native_decode.gateloop_mh_step, params, cfg, fused,
+                                                 gateloop_mh_refusal)
+
+        def checked(x_t, state) -> tuple[Array, Array]:
+            return checked_inputs(self._cast(x_t), state, cfg, ndim=2, state_name="state")
+
+        return native_decode.layer_decoder(framework, native_step, checked, fused)
 
     def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
         """flax.nnx cell convention: ``(carry, x_t) -> (carry, y_t)``; the carry is a ``State``."""

@@ -25,8 +25,9 @@ from linrec.backends.native import decode as native_decode
 from linrec.backends.native import dense as native_dense_kernel
 from linrec.spec.state import State
 
-__all__ = ["NativeStep", "check_fused", "decoder_step", "gated_linear_rnn_lm_step", "gated_linear_rnn_step",
-           "layer_decoder", "mingru_lm_step", "mingru_step", "minlstm_step", "refusal"]
+__all__ = ["HeadStateStep", "NativeStep", "check_fused", "decoder_step", "gated_linear_rnn_lm_step",
+           "gated_linear_rnn_step", "gateloop_mh_step", "layer_decoder", "mingru_lm_step", "mingru_step",
+           "minlstm_step", "refusal"]
 
 _TARGET = "linrec_decode"
 
@@ -49,16 +50,21 @@ def refusal(params: Mapping[str, Any]) -> str | None:
 check_fused = native_decode.check_fused
 
 
-def decoder_step(build, params: Mapping[str, Any], config: Any, fused: bool | None) -> NativeStep | None:
+def decoder_step(build, params: Mapping[str, Any], config: Any, fused: bool | None,
+                 config_refusal: Callable[[Any], str | None] | None = None) -> NativeStep | None:
     """What a ``decoder(fused=...)`` runs: ``build(params, config)``, or ``None`` for the framework step
-    (``native.decode.choose``: ``fused=True`` raises saying why the native step cannot serve ``params``)."""
-    return native_decode.choose(fused, lambda: refusal(params), lambda: build(params, config))
+    (``native.decode.choose``: ``fused=True`` raises saying why the native step cannot serve ``params``, or
+    ``config`` by ``config_refusal``)."""
+    return native_decode.choose(fused, lambda: refusal(params) or (config_refusal and config_refusal(config)),
+                                lambda: build(params, config))
 
 
 class NativeStep:
     """A model's decode step on the native library. Call (inside ``jax.jit`` or not) with ``input_t`` (``(B,)``
     ids or ``(B, F)``), the layers' states ``h`` (``L`` arrays ``(B, H)``, float32) and ``pe_position`` (``(B,)``
     table rows, or ``None``) → ``(out_t (B, V), h)``."""
+
+    state_dtype = jnp.float32  # what a layer decoder hands it (HeadStateStep: the multi-head GateLoop's)
 
     def __init__(self, program: native_decode.Program, layout: native_decode.Layout, d_h: int, d_output: int,
                  tokens: bool) -> None:
@@ -83,16 +89,7 @@ class NativeStep:
 
 def _program_step(build, params: Mapping[str, Any], config: Any, d_h: int, d_output: int, tokens: bool
                   ) -> NativeStep:
-    # host copies the program reads by address (owned here: a JAX array's buffer may move or be donated), every
-    # kernel in packed form
-    hosts = {}
-    for k, v in params.items():
-        if isinstance(v, PackedKernel):
-            hosts[k] = np.array(v.packed, dtype=np.float32, copy=True)
-        elif k.endswith("kernel"):
-            hosts[k] = native_dense_kernel.pack(np.asarray(v, dtype=np.float32))
-        else:
-            hosts[k] = np.array(v, dtype=np.float32, copy=True)
+    hosts = native_decode.host_weights({k: v.kernel if isinstance(v, PackedKernel) else v for k, v in params.items()})
     program, layout = build(config, {k: v.ctypes.data for k, v in hosts.items()}, keep=hosts, tokens32=True)
     return NativeStep(program, layout, d_h, d_output, tokens)
 
@@ -127,12 +124,41 @@ def minlstm_step(params: Mapping[str, Any], config: Any) -> NativeStep:
     return _program_step(native_decode.minlstm_program, params, config, config.d_inner, d_out, False)
 
 
+class HeadStateStep:
+    """The multi-head GateLoop layer's step on the native library (``native.decode.gateloop_mh_program``): its state
+    ``(B, H, K, V)`` (complex64 as ``(re, im)`` pairs, float32 for a real gate) as one row of floats per batch row:
+    ``(x_t (B, D), (S,)) -> (y_t (B, D), (S',))``, inside ``jax.jit`` or not."""
+
+    def __init__(self, step: NativeStep, config: Any) -> None:
+        self._step = step
+        self._shape = (config.num_heads, config.d_key, config.d_value)
+        self._complex = config.is_complex
+        self.state_dtype = jnp.complex64 if config.is_complex else jnp.float32
+
+    def __call__(self, x_t: Array, h: tuple[Array]) -> tuple[Array, tuple[Array]]:
+        (state,) = h
+        m = state.shape[0]
+        rows = jnp.stack([state.real, state.imag], axis=-1) if self._complex else state
+        y, (new,) = self._step(x_t, (rows.reshape(m, -1),))
+        new = new.reshape(m, *self._shape, *((2,) if self._complex else ()))
+        return y, (jax.lax.complex(new[..., 0], new[..., 1]) if self._complex else new,)
+
+
+def gateloop_mh_step(params: Mapping[str, Any], config: Any) -> HeadStateStep:
+    """The multi-head GateLoop layer's step (``params``: float32 CPU parameters, kernels plain or packed) for a
+    configuration ``native.decode.gateloop_mh_refusal`` accepts."""
+    arrays = {k: np.asarray(v.kernel if isinstance(v, PackedKernel) else v) for k, v in params.items()}
+    program, layout = native_decode.gateloop_mh_build(config, arrays)
+    step = NativeStep(program, layout, native_decode.gateloop_mh_state_width(config), config.d_model, False)
+    return HeadStateStep(step, config)
+
+
 def layer_decoder(framework: Callable[[Array, Any], tuple[Array, Any]], native_step: NativeStep | None,
-                  checked: Callable[[Array, Any], tuple[Array, Array]], fused: bool | None
-                  ) -> Callable[[Array, Any], tuple[Array, Any]]:
+                  checked: Callable[[Array, Any], tuple[Array, Array]], fused: bool | None,
+                  native_rows: int = native_dense_kernel.MAX_ROWS) -> Callable[[Array, Any], tuple[Array, Any]]:
     """A layer's ``decode(x_t, state) -> (y_t, State)``: ``native_step`` (one jitted call) for float32 inputs and
     states, else the ``framework`` decoder (``fused=True``: a ``TypeError`` instead). ``checked(x_t, state) ->
-    (x_t, h)``: the step's argument checks, with ``h`` in the state dtype. Above ``MAX_ROWS`` rows ``fused=None``
+    (x_t, h)``: the step's argument checks, with ``h`` in the state dtype. Above ``native_rows`` rows ``fused=None``
     keeps the framework step, as the torch twin says why."""
     if native_step is None:
         return framework
@@ -148,11 +174,11 @@ def layer_decoder(framework: Callable[[Array, Any], tuple[Array, Any]], native_s
             if key in accepted:
                 y, (h,) = run(x_t, h_in)
                 return y, State(h)
-        if not fused and native_dense_kernel.step_rows(x_t) > native_dense_kernel.MAX_ROWS:
+        if not fused and native_dense_kernel.step_rows(x_t) > native_rows:
             return framework(x_t, state)  # it checks its own arguments: no second pass of checks per token
         x, h = checked(x_t, state)
-        rows_fit = fused or x.shape[0] <= native_dense_kernel.MAX_ROWS
-        if x.dtype == jnp.float32 and h.dtype == jnp.float32 and rows_fit:
+        rows_fit = fused or x.shape[0] <= native_rows
+        if x.dtype == jnp.float32 and h.dtype == native_step.state_dtype and rows_fit:
             if x is x_t and h is h_in:
                 accepted.add((x.shape, x.dtype, h.shape, h.dtype))
             y, (h,) = run(x, h)

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 __all__ = ["ACTIVATIONS", "DecodeError", "Op", "Program", "check_fused", "choose"]
 
 #: Activation name (``linrec.spec.gated_linear_rnn.ACTIVATIONS``) → the kernel's code.
@@ -28,7 +30,7 @@ ACTIVATIONS = {"identity": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "gelu": 4, "ge
 
 # operation codes (``enum Code`` in linrec_decode.cc)
 (GATHER, SINUSOID, DENSE, ADD, LAYER_NORM, ACT, GLRNN_CELL, COPY, RMS_NORM, MINGRU_CELL, GLU_ADD,
- MINLSTM_CELL) = range(1, 13)
+ MINLSTM_CELL, GMH_CELL, ACT_MUL) = range(1, 15)
 #: ``GATHER`` flags: the index slot holds int32 (else int64); add the row instead of storing it
 INDEX_INT32, GATHER_ADD = 1, 2
 
@@ -305,4 +307,86 @@ def _min_rnn_program(cell: int, blocks: int, config: Any, weights: dict[str, int
         ops.append(Op(DENSE, OUT, state, width=h, n=config.d_model, w=weights["out_proj.kernel"]))
     else:
         ops.append(Op(COPY, OUT, state, width=h))
+    return Program(ops, layout.n_slots, keep), layout
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The multi-head GateLoop layer (``gateloop_mh.md``)
+
+#: the projections ``GMH_CELL`` reads, in the order of its ``u`` row, before the gate's (``config.gate_names``)
+GMH_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+
+
+def gateloop_mh_refusal(config: Any) -> str | None:
+    """Why :func:`gateloop_mh_program` cannot run this ``GateLoopMHConfig``, or ``None`` when it can."""
+    if config.input_norm != "none":
+        return f"input_norm={config.input_norm!r} is not in the native program (it has input_norm='none')"
+    if config.is_complex and config.complex_output == "complex":
+        return "complex_output='complex' gives complex outputs; the native program reads out Re(o)"
+    return None
+
+
+def gateloop_mh_fused_params(config: Any, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The float32 host arrays :func:`gateloop_mh_program` reads: ``fused_proj`` (``q | k | v | gates``, one
+    ``(D, 2HK + HV + G·HR)`` kernel and its bias, zeros where the layer has none) and the rest by their names."""
+    names = (*GMH_PROJECTIONS, *config.gate_names)
+    kernels = [np.asarray(params[f"{n}.kernel"], np.float32) for n in names]
+    biases = [np.asarray(params[f"{n}.bias"], np.float32) if f"{n}.bias" in params
+              else np.zeros(k.shape[1], np.float32) for n, k in zip(names, kernels, strict=True)]
+    fused = {"fused_proj.kernel": np.concatenate(kernels, axis=1), "fused_proj.bias": np.concatenate(biases)}
+    rest = {k: np.asarray(v, np.float32) for k, v in params.items()
+            if not any(k.startswith(f"{n}.") for n in names)}
+    return {**fused, **rest}
+
+
+def gateloop_mh_state_width(config: Any) -> int:
+    """Floats per row of the program's state: ``H·K·V``, twice that for a complex state (``(re, im)`` pairs)."""
+    return config.num_heads * config.d_key * config.d_value * (2 if config.is_complex else 1)
+
+
+def host_weights(arrays: dict[str, Any]) -> dict[str, np.ndarray]:
+    """What a program reads by address: float32 C-contiguous copies the caller owns (a framework's buffer may move
+    or be donated), every ``*.kernel`` in packed form (:func:`linrec.backends.native.dense.pack`)."""
+    from linrec.backends.native import dense
+
+    return {k: dense.pack(np.asarray(v, np.float32)) if k.endswith("kernel") else np.array(v, np.float32, copy=True)
+            for k, v in arrays.items()}
+
+
+def gateloop_mh_build(config: Any, params: dict[str, Any]) -> tuple[Program, Layout]:
+    """:func:`gateloop_mh_program` over host copies of ``params`` (canonical names, NumPy-convertible, float32)."""
+    hosts = host_weights(gateloop_mh_fused_params(config, params))
+    return gateloop_mh_program(config, {k: v.ctypes.data for k, v in hosts.items()}, keep=hosts)
+
+
+def gateloop_mh_program(config: Any, weights: dict[str, int], keep: Any = None, tokens32: bool = False
+                        ) -> tuple[Program, Layout]:
+    """The multi-head GateLoop layer's step (``gateloop_mh.md`` §2) as one program, for what
+    :func:`gateloop_mh_refusal` accepts: ``weights`` the addresses of :func:`gateloop_mh_fused_params`' arrays
+    (kernels packed). ``TOKENS`` holds ``x_t (m, D)`` float32, ``OUT`` ``y_t (m, D)``, one state of
+    :func:`gateloop_mh_state_width` floats per row."""
+    why = gateloop_mh_refusal(config)
+    if why is not None:
+        raise ValueError(why)
+    d, h, k, v, r = config.d_model, config.num_heads, config.d_key, config.d_value, config.gate_rows
+    width = (2 * k + v + len(config.gate_names) * r) * h
+    gate = ("real" if not config.is_complex else "cartesian" if config.gate_parametrization == "cartesian"
+            else f"mag_phase_{config.phase_activation}")
+    kind = {"real": 0, "mag_phase_identity": 1, "mag_phase_relu": 2, "cartesian": 3}[gate]
+    gated = config.output_gate != "none"
+    layout = Layout(1, (width, h * v) + ((h * v,) if gated else ()))
+    u, o = layout.scratch_slot(0), layout.scratch_slot(1)
+    ops = [Op(DENSE, u, TOKENS, width=d, n=width, w=weights["fused_proj.kernel"], b=weights["fused_proj.bias"]),
+           Op(GMH_CELL, layout.state_out(0), u, aux=layout.state_in(0), extra=o, kind=kind, width=h,
+              n=k | v << 20 | r << 40)]
+    if config.sub_norm == "layernorm":
+        from linrec.spec.gateloop_mh import SUB_NORM_EPS
+
+        ops.append(Op(LAYER_NORM, o, o, width=h * v, eps=SUB_NORM_EPS, w=weights["sub_norm.scale"],
+                      b=weights["sub_norm.bias"]))
+    if gated:
+        g = layout.scratch_slot(2)
+        ops += [Op(DENSE, g, TOKENS, width=d, n=h * v, w=weights["output_gate_proj.kernel"]),
+                Op(ACT_MUL, o, g, kind=ACTIVATIONS[config.output_gate], width=h * v)]
+    ops.append(Op(DENSE, OUT, o, width=h * v, n=d, w=weights["out_proj.kernel"], b=weights["out_proj.bias"]))
     return Program(ops, layout.n_slots, keep), layout

@@ -39,7 +39,13 @@ enum Code : int32_t {
   kMinGruCell = 10,  // (u=src, h=aux) -> h'=dst               width = H, flag: 1 candidate g
   kGluAdd = 11,    // dst += src[:, :D] * sigmoid(src[:, D:])  width = D
   kMinLstmCell = 12,  // (u=src, h=aux) -> h'=dst               width = H, flag: 1 candidate g
+  kGmhCell = 13,   // (u=src, S=aux) -> (S'=dst, o=extra)     width = H, n = K | V << 20 | R << 40, kind: gate
+  kActMul = 14,    // dst *= act(src)                        width, kind
 };
+
+// kGmhCell's gate (gateloop_mh.md §2): sigmoid (real state), or a complex gate from magnitude and phase (the phase
+// through identity or relu), or cartesian (sigma(|z|) z / |z|).
+enum GmhGate : int32_t { kGmhReal = 0, kGmhMagPhase = 1, kGmhMagPhaseRelu = 2, kGmhCartesian = 3 };
 
 enum Act : int32_t { kIdentity = 0, kTanh, kSigmoid, kRelu, kGelu, kGeluExact, kSilu, kSoftplus };
 
@@ -243,85 +249,171 @@ void rms_norm(const LinrecOp& op, void* const* slots, int64_t m) {
 
 // minGRU (mingru.md): a = 1 - z = sigmoid(-u_z), b = z * candidate(u_h), h' = a h + b; candidate g(u) = u + 1/2 for
 // u >= 0, else sigmoid(u) (flag 1), or u.
-void mingru_cell(const LinrecOp& op, void* const* slots, int64_t m) {
-  const int64_t d = op.width;
-  const bool g = op.flag & 1;
-  const float* u = rows(slots, op.src);
-  const float* h = rows(slots, op.aux);
-  float* h_out = rows(slots, op.dst);
-  for (int64_t r = 0; r < m; ++r) {
-    const float* uz = u + r * 2 * d;
-    const float* uh = uz + d;
-    int64_t j = 0;
-#ifdef LINREC_DECODE_AVX2
-    for (; j + 8 <= d; j += 8) {
-      const V z_in = _mm256_loadu_ps(uz + j), h_in = _mm256_loadu_ps(uh + j);
-      const V a = vsigmoid(_mm256_sub_ps(splat(0.0f), z_in));
-      V candidate = h_in;
-      if (g) {
-        candidate = _mm256_blendv_ps(vsigmoid(h_in), _mm256_add_ps(h_in, splat(0.5f)),
-                                     _mm256_cmp_ps(h_in, splat(0.0f), _CMP_GE_OQ));
-      }
-      const V b = _mm256_mul_ps(vsigmoid(z_in), candidate);
-      _mm256_storeu_ps(h_out + r * d + j, _mm256_add_ps(b, _mm256_mul_ps(a, _mm256_loadu_ps(h + r * d + j))));
-    }
-#endif
-    for (; j < d; ++j) {
-      const float candidate = !g ? uh[j] : (uh[j] >= 0.0f ? uh[j] + 0.5f : sigmoid(uh[j]));
-      h_out[r * d + j] = sigmoid(uz[j]) * candidate + sigmoid(-uz[j]) * h[r * d + j];
-    }
-  }
-}
-
+//
 // minLSTM (minlstm.md): f' = f / (f + i), i' = i / (f + i), f = sigmoid(u_f), i = sigmoid(u_i), h' = f' h + i' c(u_h),
 // from three exps as the fused scan kernel's lstm_gates (linrec_scan.cc): 1/f = 1 + e^{-u_f} and 1/i = 1 + e^{-u_i}
 // scaled by e^{-m}, m = max(0, -u_f, -u_i), so no exponent is positive and their sum is >= 1 (no overflow, no 0/0).
 // u is first raised to the lowest finite float: u = -inf would otherwise give inf - inf.
-inline float minlstm_mix(float uf, float ui, float c, float h) {
-  uf = std::max(uf, -FLT_MAX);
-  ui = std::max(ui, -FLT_MAX);
+inline float candidate(bool g, float x) { return !g ? x : (x >= 0.0f ? x + 0.5f : sigmoid(x)); }
+
+// (keep, take) = (a, z) of minGRU or (f', i') of minLSTM for one element
+inline void min_rnn_gates(bool lstm, const float* u, int64_t d, int64_t j, float& keep, float& take) {
+  if (!lstm) {
+    keep = sigmoid(-u[j]);
+    take = sigmoid(u[j]);
+    return;
+  }
+  const float uf = std::max(u[j], -FLT_MAX), ui = std::max(u[d + j], -FLT_MAX);
   const float m = std::max(0.0f, std::max(-uf, -ui));
   const float base = std::exp(-m), inv_f = base + std::exp(-uf - m), inv_i = base + std::exp(-ui - m);
   const float r = 1.0f / (inv_f + inv_i);
-  return (inv_i * r) * h + (inv_f * r) * c;
+  keep = inv_i * r;
+  take = inv_f * r;
 }
 
-void minlstm_cell(const LinrecOp& op, void* const* slots, int64_t m) {
-  const int64_t d = op.width;
+#ifdef LINREC_DECODE_AVX2
+inline V vcandidate(bool g, V x) {
+  if (!g) return x;
+  return _mm256_blendv_ps(vsigmoid(x), _mm256_add_ps(x, splat(0.5f)), _mm256_cmp_ps(x, splat(0.0f), _CMP_GE_OQ));
+}
+
+inline void vmin_rnn_gates(bool lstm, const float* u, int64_t d, int64_t j, V& keep, V& take) {
+  const V zero = splat(0.0f);
+  if (!lstm) {
+    const V z_in = _mm256_loadu_ps(u + j);
+    keep = vsigmoid(_mm256_sub_ps(zero, z_in));
+    take = vsigmoid(z_in);
+    return;
+  }
+  // max(low, u) keeps a NaN u (maxps returns its second operand when one is NaN)
+  const V low = splat(-FLT_MAX);
+  const V f_in = _mm256_max_ps(low, _mm256_loadu_ps(u + j)), i_in = _mm256_max_ps(low, _mm256_loadu_ps(u + d + j));
+  const V top = _mm256_max_ps(zero, _mm256_max_ps(_mm256_sub_ps(zero, f_in), _mm256_sub_ps(zero, i_in)));
+  const V base = vexp(_mm256_sub_ps(zero, top));
+  const V inv_f = _mm256_add_ps(base, vexp(_mm256_sub_ps(_mm256_sub_ps(zero, f_in), top)));
+  const V inv_i = _mm256_add_ps(base, vexp(_mm256_sub_ps(_mm256_sub_ps(zero, i_in), top)));
+  const V scale = _mm256_div_ps(splat(1.0f), _mm256_add_ps(inv_f, inv_i));
+  keep = _mm256_mul_ps(inv_i, scale);
+  take = _mm256_mul_ps(inv_f, scale);
+}
+#endif
+
+// u rows of 2H (minGRU: [u_z | u_h]) or 3H (minLSTM: [u_f | u_i | u_h]); flag 1: candidate g.
+void min_rnn_cell(bool lstm, const LinrecOp& op, void* const* slots, int64_t m) {
+  const int64_t d = op.width, blocks = lstm ? 3 : 2;
   const bool g = op.flag & 1;
-  const float* u = rows(slots, op.src);
-  const float* h = rows(slots, op.aux);
-  float* h_out = rows(slots, op.dst);
   for (int64_t r = 0; r < m; ++r) {
-    const float* uf = u + r * 3 * d;
-    const float* ui = uf + d;
-    const float* uh = ui + d;
+    const float* u = rows(slots, op.src) + r * blocks * d;
+    const float* uh = u + (blocks - 1) * d;
+    const float* h = rows(slots, op.aux) + r * d;
+    float* h_out = rows(slots, op.dst) + r * d;
     int64_t j = 0;
 #ifdef LINREC_DECODE_AVX2
-    const V low = splat(-FLT_MAX), zero = splat(0.0f);
     for (; j + 8 <= d; j += 8) {
-      // max(u, low) keeps a NaN u (maxps returns its second operand when one is NaN)
-      const V f_in = _mm256_max_ps(low, _mm256_loadu_ps(uf + j)), i_in = _mm256_max_ps(low, _mm256_loadu_ps(ui + j));
-      const V top = _mm256_max_ps(zero, _mm256_max_ps(_mm256_sub_ps(zero, f_in), _mm256_sub_ps(zero, i_in)));
-      const V base = vexp(_mm256_sub_ps(zero, top));
-      const V inv_f = _mm256_add_ps(base, vexp(_mm256_sub_ps(_mm256_sub_ps(zero, f_in), top)));
-      const V inv_i = _mm256_add_ps(base, vexp(_mm256_sub_ps(_mm256_sub_ps(zero, i_in), top)));
-      const V scale = _mm256_div_ps(splat(1.0f), _mm256_add_ps(inv_f, inv_i));
-      const V h_in = _mm256_loadu_ps(uh + j);
-      V candidate = h_in;
-      if (g) {
-        candidate = _mm256_blendv_ps(vsigmoid(h_in), _mm256_add_ps(h_in, splat(0.5f)),
-                                     _mm256_cmp_ps(h_in, zero, _CMP_GE_OQ));
-      }
-      const V keep = _mm256_mul_ps(_mm256_mul_ps(inv_i, scale), _mm256_loadu_ps(h + r * d + j));
-      _mm256_storeu_ps(h_out + r * d + j, _mm256_add_ps(keep, _mm256_mul_ps(_mm256_mul_ps(inv_f, scale), candidate)));
+      V keep, take;
+      vmin_rnn_gates(lstm, u, d, j, keep, take);
+      const V b = _mm256_mul_ps(take, vcandidate(g, _mm256_loadu_ps(uh + j)));
+      _mm256_storeu_ps(h_out + j, _mm256_add_ps(b, _mm256_mul_ps(keep, _mm256_loadu_ps(h + j))));
     }
 #endif
     for (; j < d; ++j) {
-      const float candidate = !g ? uh[j] : (uh[j] >= 0.0f ? uh[j] + 0.5f : sigmoid(uh[j]));
-      h_out[r * d + j] = minlstm_mix(uf[j], ui[j], candidate, h[r * d + j]);
+      float keep, take;
+      min_rnn_gates(lstm, u, d, j, keep, take);
+      h_out[j] = take * candidate(g, uh[j]) + keep * h[j];
     }
   }
+}
+
+// The multi-head GateLoop's step (gateloop_mh.md §2) for each row: u = [q (H K) | k (H K) | v (H V) | gate blocks of
+// H R, one for a real gate, two for a complex one], S (H, K, V) float32 or complex64 as (re, im) pairs:
+// S' = diag(a) S + k v^T per head, o = Re(S')^T q (H V). Written as plain loops over short rows (V = 8 at the
+// benchmark's heads): the state is H K V values per row, a few microseconds next to the products.
+inline void gmh_gate(int32_t kind, const float* gate, int64_t offset, int64_t hr, float& re, float& im) {
+  const float x = gate[offset];
+  if (kind == kGmhReal) {
+    re = sigmoid(x);
+    im = 0.0f;
+  } else if (kind == kGmhCartesian) {  // as the framework step: z = 0 (and a NaN z) gives sigma(0) = 1/2
+    const float y = gate[hr + offset], sq = x * x + y * y;
+    if (sq > 0.0f) {
+      const float r = std::sqrt(sq), scale = sigmoid(r) / r;
+      re = x * scale;
+      im = y * scale;
+    } else {
+      re = 0.5f;
+      im = 0.0f;
+    }
+  } else {
+    float phase = gate[hr + offset];
+    if (kind == kGmhMagPhaseRelu && phase < 0.0f) phase = 0.0f;  // NaN passes
+    const float mag = sigmoid(x);
+    re = mag * std::cos(phase);
+    im = mag * std::sin(phase);
+  }
+}
+
+int gmh_cell(const LinrecOp& op, void* const* slots, int64_t m) {
+  const int64_t heads = op.width, K = op.n & 0xFFFFF, V = (op.n >> 20) & 0xFFFFF, R = (op.n >> 40) & 0xFFFFF;
+  const int32_t kind = op.kind;
+  if (kind < kGmhReal || kind > kGmhCartesian || (R != 1 && R != K)) return 2;
+  const bool complex_state = kind != kGmhReal;
+  const int64_t hk = heads * K, hv = heads * V, hr = heads * R;
+  const int64_t u_width = 2 * hk + hv + (complex_state ? 2 : 1) * hr;
+  const int64_t s_width = hk * V * (complex_state ? 2 : 1);
+  const float* u = rows(slots, op.src);
+  const float* s_in = rows(slots, op.aux);
+  float* s_out = rows(slots, op.dst);
+  float* o_all = rows(slots, op.extra);
+  for (int64_t r = 0; r < m; ++r) {
+    const float* q = u + r * u_width;
+    const float* k = q + hk;
+    const float* v = k + hk;
+    const float* gate = v + hv;
+    const float* s = s_in + r * s_width;
+    float* sn = s_out + r * s_width;
+    float* o = o_all + r * hv;
+    for (int64_t j = 0; j < hv; ++j) o[j] = 0.0f;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* vh = v + h * V;
+      float* oh = o + h * V;
+      float a_re = 0.0f, a_im = 0.0f;
+      if (R == 1) gmh_gate(kind, gate, h, hr, a_re, a_im);
+      for (int64_t row = 0; row < K; ++row) {
+        if (R != 1) gmh_gate(kind, gate, h * R + row, hr, a_re, a_im);
+        const float kr = k[h * K + row], qr = q[h * K + row];
+        const int64_t base = (h * K + row) * V;
+        if (complex_state) {
+          const float* sr = s + 2 * base;
+          float* nr = sn + 2 * base;
+          for (int64_t c = 0; c < V; ++c) {
+            const float re = a_re * sr[2 * c] - a_im * sr[2 * c + 1] + kr * vh[c];
+            nr[2 * c] = re;
+            nr[2 * c + 1] = a_re * sr[2 * c + 1] + a_im * sr[2 * c];
+            oh[c] += qr * re;
+          }
+        } else {
+          for (int64_t c = 0; c < V; ++c) {
+            const float next = a_re * s[base + c] + kr * vh[c];
+            sn[base + c] = next;
+            oh[c] += qr * next;
+          }
+        }
+      }
+    }
+  }
+  return 0;
+}
+
+// dst[j] *= act(src[j]) for j < count (the multi-head GateLoop's output gate).
+void act_mul(int32_t kind, const float* src, float* dst, int64_t count) {
+  int64_t j = 0;
+#ifdef LINREC_DECODE_AVX2
+  if (vectorized(kind)) {
+    for (; j + 8 <= count; j += 8)
+      _mm256_storeu_ps(dst + j, _mm256_mul_ps(_mm256_loadu_ps(dst + j), vactivate(kind, _mm256_loadu_ps(src + j))));
+  }
+#endif
+  for (; j < count; ++j) dst[j] *= activate(kind, src[j]);
 }
 
 void glu_add(const LinrecOp& op, void* const* slots, int64_t m) {
@@ -372,9 +464,11 @@ int linrec_decode_run(const LinrecOp* ops, int64_t n_ops, void* const* slots, in
       case kAct: activate_all(op.kind, rows(slots, op.src), rows(slots, op.dst), count); break;
       case kGlrnnCell: glrnn_cell(op, slots, m); break;
       case kRmsNorm: rms_norm(op, slots, m); break;
-      case kMinGruCell: mingru_cell(op, slots, m); break;
+      case kMinGruCell: min_rnn_cell(false, op, slots, m); break;
       case kGluAdd: glu_add(op, slots, m); break;
-      case kMinLstmCell: minlstm_cell(op, slots, m); break;
+      case kMinLstmCell: min_rnn_cell(true, op, slots, m); break;
+      case kGmhCell: status = gmh_cell(op, slots, m); break;
+      case kActMul: act_mul(op.kind, rows(slots, op.src), rows(slots, op.dst), count); break;
       case kCopy: {
         float* dst = rows(slots, op.dst);
         const float* src = rows(slots, op.src);

@@ -20,11 +20,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from linrec.backends.native.decode import gateloop_mh_refusal
 from linrec.backends.torch import native_decode
 from linrec.backends.torch import native_gateloop_mh as _native
 from linrec.backends.torch.arrays import cast, dtype_name, to_numpy, torch_dtype
 from linrec.backends.torch.dense import dense
-from linrec.backends.torch.native_dense import layer_decoder
+from linrec.backends.torch.native_dense import layer_decoder, pack_kernels
 from linrec.backends.torch.scan import linear_scan, refuse_sequence_parallel
 from linrec.backends.torch.triton_gateloop_mh import triton_gateloop_mh
 from linrec.spec import gateloop_mh as spec
@@ -134,8 +135,18 @@ def _chunked(q: Tensor, k: Tensor, v: Tensor, a: Tensor, state: Tensor, method: 
 
 
 def _prepare(params, x: Tensor, state, config: GateLoopMHConfig, *, ndim: int, state_name: str):
+    x, state = checked_inputs(x, state, config, ndim=ndim, state_name=state_name, params=params)
+    params = {name: cast(p, x.dtype) for name, p in params.items()}
+    return params, x, state
+
+
+def checked_inputs(x: Tensor, state, config: GateLoopMHConfig, *, ndim: int, state_name: str,
+                   params: Mapping[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+    """``x`` (``ndim`` axes) checked, then ``params`` (if given), and the state ``S (B, H, K, V)`` in the state
+    dtype (zeros for ``None``)."""
     spec.check_x(config, tuple(x.shape), dtype_name(x), ndim=ndim, name="x" if ndim == 3 else "x_t")
-    spec.check_params(config, {name: tuple(p.shape) for name, p in params.items()})
+    if params is not None:
+        spec.check_params(config, {name: tuple(p.shape) for name, p in params.items()})
     sdt = torch_dtype(spec.state_dtype(config, dtype_name(x)))
     state = spec.state_h(state, name=state_name)
     if state is None:
@@ -146,16 +157,19 @@ def _prepare(params, x: Tensor, state, config: GateLoopMHConfig, *, ndim: int, s
         spec.check_state(config, x.shape[0], tuple(state.shape), dtype_name(state), dtype_name(x),
                          name=f"{state_name}.h")
         state = cast(state, sdt)
-    params = {name: cast(p, x.dtype) for name, p in params.items()}
-    return params, x, state
+    return x, state
 
 
 def _step(params, x_t: Tensor, state: Tensor, config: GateLoopMHConfig) -> tuple[Tensor, Tensor]:
     xn = _input_norm(x_t, config)
     q, k, v, a = _project(params, xn, config, state.dtype)
     state = torch.addcmul(_outer(k, v, state.dtype), a, state)  # rows of S decayed by a, plus k v^T
-    # o = q S as a product and a sum over K: two dispatched operations where einsum's parser costs ~10 µs
-    o = (cast(q, state.dtype).unsqueeze(-1) * state).sum(-2)
+    # o = q S as a product and a sum over K: two dispatched operations where einsum's parser costs ~10 µs; for a
+    # real read-out of a complex state Re(Sᵀq) = Re(S)ᵀq (q is real), a real product
+    if config.is_complex and config.complex_output == "real":
+        o = (q.unsqueeze(-1) * state.real).sum(-2)
+    else:
+        o = (cast(q, state.dtype).unsqueeze(-1) * state).sum(-2)
     return _read_out(params, o, x_t.dtype, config, xn), state
 
 
@@ -393,16 +407,28 @@ class GateLoopMH(nn.Module):
 
     def decoder(self, compile: bool = False, fused: bool | None = None):
         """``decode(x_t (B, D), state) -> (y_t, State)``: :meth:`step` with the parameters gathered once, for token
-        loops, without autograd. At batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on
-        the native kernel, from kernels packed here once (a copy of those weights; results within the float32
-        tolerance of :meth:`step`). Build it again after changing the parameters. ``compile=True`` runs the step as
-        one ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX default).
-        ``fused``: as the other layers' (``native_decode``); this layer has no native decode program, so
-        ``fused=True`` raises ``ValueError``."""
-        if native_decode.check_fused(fused):
-            raise ValueError("decoder(fused=True): GateLoopMH has no native decode program; use fused=None or False")
-        return layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, x_t, state, config=self._config),
-                             self._params(), compile)
+        loops, without autograd. Build it again after changing the parameters.
+
+        ``fused`` (as the other layers'): float32 steps as one call into the native library (``native_decode``:
+        every projection in one product, the heads' state update and read-out, ``sub_norm``, the output gate and
+        ``out_proj``; not for ``input_norm="rms"`` or a complex output); ``None``: where it can, ``True``: raise
+        saying why where it cannot, ``False``: never; ``None`` runs it up to 16 rows. Otherwise, at batch sizes up to
+        ``native.dense.MAX_ROWS`` the float32 dense products run on the native kernel. Both read weights copied
+        and packed here once (results within the float32 tolerance of :meth:`step`). ``compile=True`` runs that
+        framework step as one ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX
+        default)."""
+        cfg = self._config
+        params = self._params()
+        framework = layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, x_t, state, config=cfg), params,
+                                  compile)
+        native_step = native_decode.decoder_step(native_decode.gateloop_mh_step, pack_kernels(params), cfg, fused,
+                                                 gateloop_mh_refusal)
+
+        def checked(x_t: Tensor, state) -> tuple[Tensor, Tensor]:
+            return checked_inputs(x_t, state, cfg, ndim=2, state_name="state")
+
+        # up to 16 rows: the program beats the framework step's elementwise work (native_decode.layer_decoder)
+        return native_decode.layer_decoder(framework, native_step, checked, fused, native_rows=16)
 
     def initial_state(self, batch_size: int, dtype: torch.dtype | None = None) -> State:
         """``State(h=zeros (B, H, K, V))`` in the state dtype for inputs of ``dtype`` (default: the parameters')."""

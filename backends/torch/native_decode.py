@@ -23,8 +23,9 @@ from linrec.backends.native import dense as native_dense_kernel
 from linrec.backends.torch.native_dense import PackedKernel
 from linrec.spec.state import State
 
-__all__ = ["NativeStep", "check_fused", "decoder_step", "gated_linear_rnn_lm_step", "gated_linear_rnn_step",
-           "layer_decoder", "mingru_lm_step", "mingru_step", "minlstm_step", "refusal"]
+__all__ = ["HeadStateStep", "NativeStep", "check_fused", "decoder_step", "gated_linear_rnn_lm_step",
+           "gated_linear_rnn_step", "gateloop_mh_step", "layer_decoder", "mingru_lm_step", "mingru_step",
+           "minlstm_step", "refusal"]
 
 
 def refusal(params: Mapping[str, Any]) -> str | None:
@@ -43,16 +44,21 @@ def refusal(params: Mapping[str, Any]) -> str | None:
 check_fused = native_decode.check_fused
 
 
-def decoder_step(build, params: Mapping[str, Any], config: Any, fused: bool | None) -> NativeStep | None:
+def decoder_step(build, params: Mapping[str, Any], config: Any, fused: bool | None,
+                 config_refusal: Callable[[Any], str | None] | None = None) -> NativeStep | None:
     """What a ``decoder(fused=...)`` runs: ``build(params, config)``, or ``None`` for the framework step
-    (``native.decode.choose``: ``fused=True`` raises saying why the native step cannot serve ``params``)."""
-    return native_decode.choose(fused, lambda: refusal(params), lambda: build(params, config))
+    (``native.decode.choose``: ``fused=True`` raises saying why the native step cannot serve ``params``, or
+    ``config`` by ``config_refusal``)."""
+    return native_decode.choose(fused, lambda: refusal(params) or (config_refusal and config_refusal(config)),
+                                lambda: build(params, config))
 
 
 class NativeStep:
     """A model's decode step on the native library. Call with ``input_t`` (``(B,)`` ids or ``(B, F)``), the
     layers' states ``h`` (``L`` tensors ``(B, H)``, float32) and ``pe_position`` (``(B,)`` table rows) →
     ``(out_t (B, V), h)``; the new states are views of one ``(L, B, H)`` tensor."""
+
+    state_dtype = torch.float32  # what a layer decoder hands it (HeadStateStep: the multi-head GateLoop's)
 
     def __init__(self, program: native_decode.Program, layout: native_decode.Layout, d_h: int, d_output: int,
                  tokens: bool) -> None:
@@ -120,26 +126,59 @@ def minlstm_step(params: Mapping[str, Any], config: Any) -> NativeStep:
     return _program_step(native_decode.minlstm_program, params, config, config.d_inner, d_out, False)
 
 
+class HeadStateStep:
+    """The multi-head GateLoop layer's step on the native library (``native.decode.gateloop_mh_program``): its state
+    ``(B, H, K, V)`` (complex64 as ``(re, im)`` pairs, float32 for a real gate) is one row of floats per batch row,
+    viewed, not copied: ``(x_t (B, D), (S,)) -> (y_t (B, D), (S',))``."""
+
+    def __init__(self, step: NativeStep, config: Any) -> None:
+        self._step = step
+        self._shape = (config.num_heads, config.d_key, config.d_value)
+        self._complex = config.is_complex
+        self.state_dtype = torch.complex64 if config.is_complex else torch.float32
+
+    def __call__(self, x_t: Tensor, h: tuple[Tensor]) -> tuple[Tensor, tuple[Tensor]]:
+        (state,) = h
+        m = state.shape[0]
+        rows = torch.view_as_real(state) if self._complex else state
+        y, (new,) = self._step(x_t, (rows.reshape(m, -1),))
+        if self._complex:
+            return y, (torch.view_as_complex(new.view(m, *self._shape, 2)),)
+        return y, (new.view(m, *self._shape),)
+
+
+def gateloop_mh_step(params: Mapping[str, Any], config: Any) -> HeadStateStep:
+    """The multi-head GateLoop layer's step (``params``: float32 CPU parameters, kernels plain or packed) for a
+    configuration ``native.decode.gateloop_mh_refusal`` accepts."""
+    arrays = {k: (v.kernel if isinstance(v, PackedKernel) else v).detach().numpy() for k, v in params.items()}
+    program, layout = native_decode.gateloop_mh_build(config, arrays)
+    step = NativeStep(program, layout, native_decode.gateloop_mh_state_width(config), config.d_model, False)
+    return HeadStateStep(step, config)
+
+
 def layer_decoder(framework: Callable[[Tensor, Any], tuple[Tensor, Any]], native_step: NativeStep | None,
-                  checked: Callable[[Tensor, Any], tuple[Tensor, Tensor]], fused: bool | None
-                  ) -> Callable[[Tensor, Any], tuple[Tensor, Any]]:
+                  checked: Callable[[Tensor, Any], tuple[Tensor, Tensor]], fused: bool | None,
+                  native_rows: int = native_dense_kernel.MAX_ROWS) -> Callable[[Tensor, Any], tuple[Tensor, Any]]:
     """A layer's ``decode(x_t, state) -> (y_t, State)``: ``native_step`` for float32 inputs and states, else the
     ``framework`` decoder (``fused=True``: a ``TypeError`` instead). ``checked(x_t, state) -> (x_t, h)``: the
     step's argument checks, with ``h`` in the state dtype.
 
-    Unlike an LM's, a layer's step is two products and a few elementwise operations: above ``MAX_ROWS`` rows the
-    BLAS product (MKL, XLA's dot) outruns the native one and ``fused=None`` keeps the framework step (measured at
-    D=512, B=16: ``benchmarks/results/layers.md``); ``fused=True`` runs the program at any batch size."""
+    Unlike an LM's, a layer's step is two products and a few elementwise operations: above ``native_rows`` rows
+    (``MAX_ROWS`` by default) the BLAS product (MKL, XLA's dot) outruns the native one and ``fused=None`` keeps the
+    framework step (measured at D=512, B=16: ``benchmarks/results/layers.md``); ``fused=True`` runs the program at
+    any batch size. The multi-head GateLoop passes 16: its framework step adds ~40 elementwise operations on the
+    heads' states, and at 16 rows the program still wins (D=512, 64 complex heads: 638 against 758 µs/token; level
+    at 32 rows)."""
     if native_step is None:
         return framework
 
     @torch.no_grad()
     def decode(x_t: Tensor, state: Any) -> tuple[Tensor, Any]:
-        if not fused and native_dense_kernel.step_rows(x_t) > native_dense_kernel.MAX_ROWS:
+        if not fused and native_dense_kernel.step_rows(x_t) > native_rows:
             return framework(x_t, state)  # it checks its own arguments: no second pass of checks per token
         x, h = checked(x_t, state)
-        rows_fit = fused or x.shape[0] <= native_dense_kernel.MAX_ROWS
-        if x.dtype == torch.float32 and h.dtype == torch.float32 and rows_fit:
+        rows_fit = fused or x.shape[0] <= native_rows
+        if x.dtype == torch.float32 and h.dtype == native_step.state_dtype and rows_fit:
             y, (h,) = native_step(x, (h,))
             return y, State(h)
         if fused:
