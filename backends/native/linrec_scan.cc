@@ -830,6 +830,24 @@ void glr_bwd(const Shape& s, const S* u, const S* h, const S* h0, const S* ct_y,
 
 constexpr int64_t kGmhChunk = 32;
 
+// x[0] + ... + x[n-1] in a fixed pairwise order (halves, then quarters...): the same at every thread count.
+template <class R>
+inline R lane_sum(const R* x, int64_t n) {
+  if (n <= 2) return n == 0 ? R(0) : n == 1 ? x[0] : x[0] + x[1];
+  const int64_t half = n / 2;
+  return lane_sum(x, half) + lane_sum(x + half, n - half);
+}
+
+// lane_sum(x, N) for a compile-time N, in the same order, unrolled
+template <int N, class R>
+inline R lane_sum_n(const R* x) {
+  if constexpr (N <= 2) {
+    return N == 0 ? R(0) : N == 1 ? x[0] : x[0] + x[1];
+  } else {
+    return lane_sum_n<N / 2>(x) + lane_sum_n<N - N / 2>(x + N / 2);
+  }
+}
+
 struct GmhShape {
   int64_t n, t, h, k, v, r;
   int64_t chunks() const { return (t + kGmhChunk - 1) / kGmhChunk; }
@@ -847,6 +865,10 @@ struct Gmh {
   const GmhShape& g;
 
   int64_t nv() const { return kV ? kV : g.v; }
+  R sum_v(const R* x) const {  // the V lanes of a row, summed in lane_sum's order
+    if constexpr (kV != 0) return lane_sum_n<kV>(x);
+    return lane_sum(x, g.v);
+  }
   int64_t kv() const { return g.k * nv(); }
   // element offsets (in units of one real or complex value) of step t of item (n, head)
   int64_t qk_at(int64_t n, int64_t hd, int64_t t) const { return ((n * g.t + t) * g.h + hd) * g.k; }
@@ -931,12 +953,53 @@ struct Gmh {
     });
   }
 
+  // One head's backward step, row by row (each row V wide and elementwise, so it vectorises): G_t = G + q go^T,
+  // its contributions to dv (gv, summed over the rows in order) and the per-lane terms of dq, dk, Re/Im da (lq, lk,
+  // lar, lai: (K, V), summed over V by the caller), then G_{t-1} = conj(a_t) G_t in place. A function of its own so
+  // the restrict qualifiers hold (GCC drops them on pointers local to the threaded lambda, and then gives up on its
+  // alias checks: that loop stayed scalar).
+  static __attribute__((noinline)) void bwd_head(int64_t k, int64_t width, int64_t r, const R* __restrict qt,
+                                                 const R* __restrict kt, const R* __restrict at,
+                                                 const R* __restrict got, const R* __restrict vt,
+                                                 const R* __restrict sr, const R* __restrict si,
+                                                 const R* __restrict pr, const R* __restrict pi, R* __restrict gr,
+                                                 R* __restrict gi, R* __restrict gvt, R* __restrict lq,
+                                                 R* __restrict lk, R* __restrict lar, R* __restrict lai) {
+    const int64_t nv = kV ? kV : width;
+    for (int64_t row = 0; row < k; ++row) {
+      const R qr = qt[row], kr = kt[row];
+      const int64_t gidx = r == 1 ? 0 : row;
+      const R ar = at[gidx * kGW], ai = kCG ? at[gidx * kGW + 1] : R(0);
+      const int64_t o = row * nv;
+      for (int64_t c2 = 0; c2 < nv; ++c2) {
+        const R gor = got[c2 * kOW];
+        const R nr = gr[o + c2] + qr * gor;  // G_t: the later steps' gradient plus this step's read-out
+        lk[o + c2] = nr * vt[c2];
+        gvt[c2] += nr * kr;
+        if constexpr (kCS) {
+          const R goi = kOW == 2 ? got[c2 * kOW + 1] : R(0);
+          const R ni = gi[o + c2] + qr * goi;
+          lq[o + c2] = sr[o + c2] * gor + si[o + c2] * goi;
+          lar[o + c2] = nr * pr[o + c2] + ni * pi[o + c2];  // Re(G conj(S_prev))
+          if constexpr (kCG) lai[o + c2] = ni * pr[o + c2] - nr * pi[o + c2];  // Im(G conj(S_prev))
+          gr[o + c2] = ar * nr + ai * ni;  // G_{t-1} = conj(a_t) G_t
+          gi[o + c2] = ar * ni - ai * nr;
+        } else {
+          lq[o + c2] = sr[o + c2] * gor;
+          lar[o + c2] = nr * pr[o + c2];
+          gr[o + c2] = ar * nr;
+        }
+      }
+    }
+  }
+
   void backward(const R* q, const R* k, const R* v, const R* a, const R* ck, const R* go, const R* gs, R* gq, R* gk,
                 R* gv, R* ga, R* gs0) const {
     parallel_blocks(work(), [&](int64_t n, int64_t h0, int64_t h1) {
       const int64_t kvn = kv(), heads = h1 - h0;
       // one chunk's states of every head of the block: slot (j, head) holds both planes of S before step t0 + j
-      std::vector<R> states(2 * (kGmhChunk + 1) * heads * kvn), grad(2 * heads * kvn), ga_row(kGW * g.r);
+      std::vector<R> states(2 * (kGmhChunk + 1) * heads * kvn), grad(2 * heads * kvn), ga_row(kGW * g.r),
+          lanes(4 * kvn);
       auto slot_r = [&](int64_t j, int64_t hd) { return states.data() + 2 * (j * heads + hd - h0) * kvn; };
       auto slot_i = [&](int64_t j, int64_t hd) { return slot_r(j, hd) + kvn; };
       auto grad_r = [&](int64_t hd) { return grad.data() + 2 * (hd - h0) * kvn; };
@@ -967,49 +1030,21 @@ struct Gmh {
             R* gi = grad_i(hd);
             std::fill(gvt, gvt + nv(), R(0));
             std::fill(ga_row.begin(), ga_row.end(), R(0));
+            // Each row's V-wide work is elementwise (it vectorises: IEEE order, no -ffast-math to reassociate
+            // sums); the four sums over V of a row (dq, dk and Re/Im of da) are left per lane in `lanes` and
+            // summed afterwards in a fixed pairwise order, so results do not depend on threads or vector width.
+            R* lq = lanes.data();
+            R* lk = lq + kvn;
+            R* lar = lk + kvn;
+            R* lai = lar + kvn;
+            bwd_head(g.k, nv(), g.r, qt, kt, at, got, vt, slot_r(j + 1, hd), slot_i(j + 1, hd), slot_r(j, hd),
+                     slot_i(j, hd), gr, gi, gvt, lq, lk, lar, lai);
             for (int64_t row = 0; row < g.k; ++row) {
-              const R qr = qt[row], kr = kt[row];
-              R* __restrict grr = gr + row * nv();
-              R* __restrict gir = gi + row * nv();
-              const R* __restrict srr = slot_r(j + 1, hd) + row * nv();
-              const R* __restrict sir = slot_i(j + 1, hd) + row * nv();
-              const R* __restrict prr = slot_r(j, hd) + row * nv();
-              const R* __restrict pir = slot_i(j, hd) + row * nv();
-              R dq = 0, dk = 0, dar = 0, dai = 0;
-              for (int64_t c2 = 0; c2 < nv(); ++c2) {
-                const R gor = got[c2 * kOW];
-                const R nr = grr[c2] + qr * gor;  // G_t: the later steps' gradient plus this step's read-out
-                dq += srr[c2] * gor;
-                dk += nr * vt[c2];
-                gvt[c2] += nr * kr;
-                grr[c2] = nr;
-                if constexpr (kCS) {
-                  const R goi = kOW == 2 ? got[c2 * kOW + 1] : R(0);
-                  const R ni = gir[c2] + qr * goi;
-                  dq += sir[c2] * goi;
-                  gir[c2] = ni;
-                  dar += nr * prr[c2] + ni * pir[c2];  // Re(G conj(S_prev))
-                  if constexpr (kCG) dai += ni * prr[c2] - nr * pir[c2];  // Im(G conj(S_prev))
-                } else {
-                  dar += nr * prr[c2];
-                }
-              }
-              gq[qk_at(n, hd, t) + row] = dq;
-              gk[qk_at(n, hd, t) + row] = dk;
+              gq[qk_at(n, hd, t) + row] = sum_v(lq + row * nv());
+              gk[qk_at(n, hd, t) + row] = sum_v(lk + row * nv());
               const int64_t gidx = g.r == 1 ? 0 : row;
-              ga_row[gidx * kGW] += dar;
-              if constexpr (kCG) ga_row[gidx * kGW + 1] += dai;
-              const R ar = at[gidx * kGW], ai = kCG ? at[gidx * kGW + 1] : R(0);
-              for (int64_t c2 = 0; c2 < nv(); ++c2) {  // G_{t-1} = conj(a_t) G_t
-                const R xr = grr[c2];
-                if constexpr (kCS) {
-                  const R xi = gir[c2];
-                  grr[c2] = ar * xr + ai * xi;
-                  gir[c2] = ar * xi - ai * xr;
-                } else {
-                  grr[c2] = ar * xr;
-                }
-              }
+              ga_row[gidx * kGW] += sum_v(lar + row * nv());
+              if constexpr (kCG) ga_row[gidx * kGW + 1] += sum_v(lai + row * nv());
             }
             std::copy(ga_row.begin(), ga_row.end(), ga + a_at(n, hd, t) * kGW);
           }
