@@ -382,6 +382,21 @@ def test_jax_layer_decoder_skips_checks_only_for_inputs_it_has_checked(name, mon
     assert len(checks) >= 3
 
 
+def test_torch_gateloop_mh_default_runs_the_program_up_to_16_rows_for_a_complex_state(monkeypatch):
+    """Between 8 and 16 rows ``fused=None`` runs the multi-head GateLoop's program for a complex state (it beats
+    the eager step's complex elementwise work there) and the framework step for a real one (the BLAS product wins)."""
+    pytest.importorskip("torch")
+    calls = _count_native_steps("torch", monkeypatch)
+    x = _arrays("torch").asarray(np.random.default_rng(0).standard_normal((12, 16)).astype(np.float32))
+    for name, runs in (("gateloop_mh complex heads, cartesian, output gate", True),
+                       ("gateloop_mh real, key rows", False)):
+        layer, _ = _layer("torch", name, LAYERS[name])
+        calls.clear()
+        y, _ = layer.decoder()(x, None)
+        assert bool(calls) == runs, name
+        _close("torch", y, layer.step(x, None)[0])
+
+
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_configurations_outside_the_gateloop_mh_program_refuse_fused_true(framework):
     """What the multi-head GateLoop's program does not compute (an RMS input norm, a complex output) runs the

@@ -89,6 +89,7 @@ class NativeStep:
 
 def _program_step(build, params: Mapping[str, Any], config: Any, d_h: int, d_output: int, tokens: bool
                   ) -> NativeStep:
+    register_targets(_TARGET)  # a step built directly (not through decoder_step's refusal) must find its handler
     hosts = native_decode.host_weights({k: v.kernel if isinstance(v, PackedKernel) else v for k, v in params.items()})
     program, layout = build(config, {k: v.ctypes.data for k, v in hosts.items()}, keep=hosts, tokens32=True)
     return NativeStep(program, layout, d_h, d_output, tokens)
@@ -147,6 +148,7 @@ class HeadStateStep:
 def gateloop_mh_step(params: Mapping[str, Any], config: Any) -> HeadStateStep:
     """The multi-head GateLoop layer's step (``params``: float32 CPU parameters, kernels plain or packed) for a
     configuration ``native.decode.gateloop_mh_refusal`` accepts."""
+    register_targets(_TARGET)
     arrays = {k: np.asarray(v.kernel if isinstance(v, PackedKernel) else v) for k, v in params.items()}
     program, layout = native_decode.gateloop_mh_build(config, arrays)
     step = NativeStep(program, layout, native_decode.gateloop_mh_state_width(config), config.d_model, False)

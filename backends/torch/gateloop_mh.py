@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.native.decode import gateloop_mh_refusal
+from linrec.backends.native.dense import MAX_ROWS
 from linrec.backends.torch import native_decode
 from linrec.backends.torch import native_gateloop_mh as _native
 from linrec.backends.torch.arrays import cast, dtype_name, to_numpy, torch_dtype
@@ -411,12 +412,12 @@ class GateLoopMH(nn.Module):
 
         ``fused`` (as the other layers'): float32 steps as one call into the native library (``native_decode``:
         every projection in one product, the heads' state update and read-out, ``sub_norm``, the output gate and
-        ``out_proj``; not for ``input_norm="rms"`` or a complex output); ``None``: where it can, ``True``: raise
-        saying why where it cannot, ``False``: never; ``None`` runs it up to 16 rows. Otherwise, at batch sizes up to
-        ``native.dense.MAX_ROWS`` the float32 dense products run on the native kernel. Both read weights copied
-        and packed here once (results within the float32 tolerance of :meth:`step`). ``compile=True`` runs that
-        framework step as one ``torch.compile(fullgraph=True)`` graph (the first call compiles; the twin of the JAX
-        default)."""
+        ``out_proj``; not for ``input_norm="rms"`` or a complex output); ``None``: where it can, up to 8 rows (16
+        for a complex state), ``True``: raise saying why where it cannot, ``False``: never. Otherwise, at batch
+        sizes up to ``native.dense.MAX_ROWS`` the float32 dense products run on the native kernel. Both read
+        weights copied and packed here once (results within the float32 tolerance of :meth:`step`).
+        ``compile=True`` runs that framework step as one ``torch.compile(fullgraph=True)`` graph (the first call
+        compiles; the twin of the JAX default)."""
         cfg = self._config
         params = self._params()
         framework = layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, x_t, state, config=cfg), params,
@@ -427,8 +428,11 @@ class GateLoopMH(nn.Module):
         def checked(x_t: Tensor, state) -> tuple[Tensor, Tensor]:
             return checked_inputs(x_t, state, cfg, ndim=2, state_name="state")
 
-        # up to 16 rows: the program beats the framework step's elementwise work (native_decode.layer_decoder)
-        return native_decode.layer_decoder(framework, native_step, checked, fused, native_rows=16)
+        # a complex state: up to 16 rows the program beats the framework step's complex elementwise work (D=512,
+        # 64 heads of 8x8: 635 against 760 us/token); a real one: the BLAS product wins above 8 rows (SISO heads at
+        # 16 rows: 493 against 562-579 us for the program), as for the other layers (native_decode.layer_decoder)
+        rows = 2 * MAX_ROWS if cfg.is_complex else MAX_ROWS
+        return native_decode.layer_decoder(framework, native_step, checked, fused, native_rows=rows)
 
     def initial_state(self, batch_size: int, dtype: torch.dtype | None = None) -> State:
         """``State(h=zeros (B, H, K, V))`` in the state dtype for inputs of ``dtype`` (default: the parameters')."""
