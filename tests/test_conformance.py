@@ -37,10 +37,12 @@ INTERPRETED = {"jax": "*pallas*", "torch": "*triton*"}
 #: (36-54 s each on the 2-core reference machine) and the LMs keep fast-tier tests of their own
 #: (tests/test_gated_linear_rnn_lm.py, tests/test_mingru_lm.py); the JAX layer stacks' and multi-head GateLoop's
 #: cases compile as many layers (64-66 s each; their modules keep fast tests: tests/test_mingru_stack.py,
-#: tests/test_gateloop_mh.py); ``.ci/run`` runs the slow tier after the README's command, so every group still runs
-#: in CI
+#: tests/test_gateloop_mh.py); the JAX minLSTM and conversion groups (27-39 s; tests/test_minlstm.py and
+#: tests/test_convert.py stay in the fast tier) keep the README's command under 8 minutes with the install.
+#: ``.ci/run`` runs the slow tier after the README's command, so every group still runs in CI
 SLOW_GROUPS = {("jax", "linrec.conformance.gated_linear_rnn_lm_cases"), ("jax", "linrec.conformance.mingru_lm_cases"),
-               ("jax", "linrec.conformance.mingru_stack_cases"), ("jax", "linrec.conformance.gateloop_mh_cases")}
+               ("jax", "linrec.conformance.mingru_stack_cases"), ("jax", "linrec.conformance.gateloop_mh_cases"),
+               ("jax", "linrec.conformance.minlstm_cases"), ("jax", "linrec.conformance.conversion_cases")}
 
 
 @pytest.mark.parametrize("name,module", [
