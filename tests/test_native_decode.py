@@ -416,3 +416,8 @@ def test_configurations_outside_the_gateloop_mh_program_refuse_fused_true(framew
         _close(framework, y, layer.step(x, None)[0])
     with pytest.raises(TypeError, match="fused"):
         layer.decoder(fused=1)
+    # sizes beyond the cell's 20-bit fields are refused, never packed into the wrong ones
+    from linrec.backends.native.decode import gateloop_mh_refusal
+
+    wide = gateloop_mh.GateLoopMHConfig(d_model=8, num_heads=1, d_key=2, d_value=1 << 20)
+    assert "below 1048576" in gateloop_mh_refusal(wide)

@@ -315,6 +315,8 @@ def _min_rnn_program(cell: int, blocks: int, config: Any, weights: dict[str, int
 
 #: the projections ``GMH_CELL`` reads, in the order of its ``u`` row, before the gate's (``config.gate_names``)
 GMH_PROJECTIONS = ("q_proj", "k_proj", "v_proj")
+#: ``GMH_CELL`` reads K, V and R from 20-bit fields of its ``n`` (``K | V << 20 | R << 40``)
+_GMH_FIELD = 1 << 20
 
 
 def gateloop_mh_refusal(config: Any) -> str | None:
@@ -323,6 +325,8 @@ def gateloop_mh_refusal(config: Any) -> str | None:
         return f"input_norm={config.input_norm!r} is not in the native program (it has input_norm='none')"
     if config.is_complex and config.complex_output == "complex":
         return "complex_output='complex' gives complex outputs; the native program reads out Re(o)"
+    if max(config.d_key, config.d_value, config.gate_rows) >= _GMH_FIELD:  # the cell's packed size fields
+        return f"d_key={config.d_key}, d_value={config.d_value}: the native program takes sizes below {_GMH_FIELD}"
     return None
 
 
