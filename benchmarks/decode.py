@@ -34,7 +34,7 @@ A second JAX row, *decoder()*, is the JAX token-loop API: the whole float32 step
 read of the token) still run on every token, in Python, which the jitted row skips, as a hand-written jitted loop
 would. A second PyTorch row (no
 target), *decoder(fused=False)*, is the framework step the fused one replaces: ``decode_step`` with the parameters
-gathered once, eager, no autograd (its dense products on the native kernel up to 8 rows).
+gathered once, eager, no autograd (its dense products on the native kernel up to 32 rows).
 *matmul floor jax/torch* (no target): only the model's dense products at ``B=1`` (every 2-D kernel but the
 embedding, ``linrec.tools.dense_floor``), one call per token (JAX: one compiled call; PyTorch: eager, the same
 thread count). Every implementation that computes those products with this framework's matrix multiply pays about

@@ -24,7 +24,7 @@ peak RSS during one step above the RSS before it (``/proc/self/clear_refs`` rese
 compilation).
 Decode: one token per call at ``B=1`` and ``B=16`` (linrec: the module's ``decoder()``, the token-loop API — one
 jitted call in JAX, eager without autograd in PyTorch, the parameters read once and the float32 kernels packed for
-the native dense product at up to 8 rows; originals: their ``T=1`` paths with a carried state, the flax one
+the native dense product at up to 32 rows; originals: their ``T=1`` paths with a carried state, the flax one
 jitted), synchronised after every token. PyTorch decodes at ``B=1`` on one intra-op thread
 (:data:`TORCH_DECODE_THREADS`, every PyTorch implementation alike), as in ``decode.py``.
 

@@ -294,3 +294,24 @@ def test_round_robin_takes_turns_and_merges():
     out = bench.round_robin(("a", "b"), 2, measure, lambda x, y: x if x["t"] < y["t"] else y)
     assert calls == [("a", True), ("b", True), ("a", False), ("b", False)]
     assert out == {"a": {"t": 1}, "b": {"t": 2}}
+
+
+def test_dense_table_compares_every_implementation_with_the_native_kernel(tmp_path):
+    """``benchmarks/dense.py --quick``: a row per (shape, rows, implementation), each in its own process; the
+    native kernel's own speedup is 1 and every framework's is its time over the native one's."""
+    from linrec.backends import native
+
+    if not native.available():
+        pytest.skip("the native kernel is not built")
+    dense = bench.load_benchmark("dense")
+    result = dense.run(True, rounds=1)
+    rows = result["rows"]
+    assert {(r["K x N"], r["M"]) for r in rows} == {("64x96", 1), ("64x96", 16)}
+    native_rows = [r for r in rows if r["implementation"] == "native"]
+    assert len(native_rows) == 2 and all(r["native speedup"] == 1.0 for r in native_rows)
+    for r in rows:
+        mine = next(n for n in native_rows if n["M"] == r["M"])
+        assert r["µs/product"] > 0 and r["native speedup"] == pytest.approx(r["µs/product"] / mine["µs/product"])
+        assert r["GFLOP/s"] == pytest.approx(2 * r["M"] * 64 * 96 / r["µs/product"] / 1e3)
+    assert "| 64x96 | 16 | native |" in dense.report(result)
+    assert [p.name for p in dense.write(result, tmp_path)] == ["dense.md"]

@@ -322,8 +322,7 @@ def test_fused_layer_decoder_equals_step(name, rows, framework, monkeypatch):
     layer, cfg = _layer(framework, name, LAYERS[name])
     arrays = _arrays(framework)
     calls = _count_native_steps(framework, monkeypatch)
-    # above MAX_ROWS rows the default keeps the framework step (a BLAS product wins there): fused=True runs it
-    decode = layer.decoder(fused=True if rows > MAX_ROWS else None)
+    decode = layer.decoder(fused=True if rows > _default_rows(framework, cfg) else None)
     rng = np.random.default_rng(rows)
     width = getattr(cfg, "d_in", None) or cfg.d_model
     s1 = s2 = layer.initial_state(rows)
@@ -336,10 +335,11 @@ def test_fused_layer_decoder_equals_step(name, rows, framework, monkeypatch):
     assert len(calls) == (4 if framework == "torch" else 1)
     if framework == "torch":
         assert not y2.requires_grad
-    if rows > MAX_ROWS:  # the default above its rows (8, the torch multi-head GateLoop's 16): the framework step
-        calls.clear()
-        layer.decoder()(arrays.asarray(rng.standard_normal((17, width)).astype(np.float32)), None)
-        assert not calls
+    # above its rows the default keeps the framework step (a BLAS product wins there): fused=True runs it
+    calls.clear()
+    layer.decoder()(arrays.asarray(rng.standard_normal((_default_rows(framework, cfg) + 1, width)).astype(np.float32)),
+                    None)
+    assert not calls
     # float64 under the default: the framework step, exactly; with fused=True: an error
     with _x64(framework):
         layer64, _ = _layer(framework, name, LAYERS[name], "float64")
@@ -382,19 +382,30 @@ def test_jax_layer_decoder_skips_checks_only_for_inputs_it_has_checked(name, mon
     assert len(checks) >= 3
 
 
-def test_torch_gateloop_mh_default_runs_the_program_up_to_16_rows_for_a_complex_state(monkeypatch):
-    """Between 8 and 16 rows ``fused=None`` runs the multi-head GateLoop's program for a complex state (it beats
-    the eager step's complex elementwise work there) and the framework step for a real one (the BLAS product wins)."""
-    pytest.importorskip("torch")
-    calls = _count_native_steps("torch", monkeypatch)
-    x = _arrays("torch").asarray(np.random.default_rng(0).standard_normal((12, 16)).astype(np.float32))
-    for name, runs in (("gateloop_mh complex heads, cartesian, output gate", True),
-                       ("gateloop_mh real, key rows", False)):
-        layer, _ = _layer("torch", name, LAYERS[name])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_gateloop_mh_default_rows_for_a_complex_and_a_real_state(framework, monkeypatch):
+    """At 12 rows ``fused=None`` runs the multi-head GateLoop's program for a real state in both frameworks (up to
+    ``MAX_ROWS``) and for a complex one in torch; JAX keeps its XLA step for a complex state above one row (the
+    program gets that state restacked as rows of floats inside the jit, and loses there)."""
+    pytest.importorskip(framework)
+    calls = _count_native_steps(framework, monkeypatch)
+    x = _arrays(framework).asarray(np.random.default_rng(0).standard_normal((12, 16)).astype(np.float32))
+    for name, runs in (("gateloop_mh complex heads, cartesian, output gate", framework == "torch"),
+                       ("gateloop_mh real, key rows", True)):
+        layer, _ = _layer(framework, name, LAYERS[name])
         calls.clear()
         y, _ = layer.decoder()(x, None)
         assert bool(calls) == runs, name
-        _close("torch", y, layer.step(x, None)[0])
+        _close(framework, y, layer.step(x, None)[0])
+
+
+def _default_rows(framework: str, cfg) -> int:
+    """The most rows a layer's ``decoder()`` runs on its native program by default."""
+    if framework == "jax" and getattr(cfg, "is_complex", False):
+        from linrec.backends.jax.gateloop_mh import COMPLEX_STATE_NATIVE_ROWS
+
+        return COMPLEX_STATE_NATIVE_ROWS
+    return MAX_ROWS
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

@@ -19,7 +19,9 @@ from linrec.spec.tolerances import max_violation, tolerance_for
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="the native kernel is not built")
 
-SHAPES = [(0, 5, 3), (1, 1, 1), (1, 7, 5), (2, 33, 17), (3, 256, 1000), (4, 64, 16), (1, 0, 9)]
+#: rows cover one 6-row block and every remainder after full blocks (13 = 6 + 6 + 1, 32 = 5 * 6 + 2)
+SHAPES = [(0, 5, 3), (1, 1, 1), (1, 7, 5), (2, 33, 17), (3, 256, 1000), (4, 64, 16), (1, 0, 9), (6, 40, 16),
+          (13, 70, 35), (16, 512, 96), (kernel.MAX_ROWS, 96, 40)]
 
 
 def _case(m, k, n, seed=0):
@@ -51,6 +53,8 @@ def test_kernel_equals_the_float64_product(m, k, n, with_bias):
     y = kernel.dense(x, kernel.pack(w), b, n)
     assert y.shape == (m, n) and y.dtype == np.float32
     _check(y, x, w, b)
+    if m:  # each row alone gives the same bits: a row's sums do not depend on the block it was computed in
+        np.testing.assert_array_equal(kernel.dense(x[-1:], kernel.pack(w), b, n), y[-1:])
 
 
 def test_thread_count_changes_no_bit():
@@ -89,7 +93,8 @@ def test_numpy_twin():
 
     x, w, b = _case(2, 40, 21)
     packed = native_dense.pack(w)
-    assert native_dense.applies(x, packed) and not native_dense.applies(np.zeros((9, 40), np.float32), packed)
+    too_many = np.zeros((kernel.MAX_ROWS + 1, 40), np.float32)
+    assert native_dense.applies(x, packed) and not native_dense.applies(too_many, packed)
     _check(native_dense.native_dense(x, packed, b), x, w, b)
     params = native_dense.pack_kernels({"proj.kernel": w, "proj.bias": b, "embed.embedding": w})
     assert isinstance(params["proj.kernel"], native_dense.PackedKernel) and params["embed.embedding"] is w

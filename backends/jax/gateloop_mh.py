@@ -29,12 +29,16 @@ from linrec.backends.jax.arrays import dtype_name, jnp_dtype, to_jax
 from linrec.backends.jax.dense import as_kernel, dense
 from linrec.backends.jax.native_dense import layer_decoder
 from linrec.backends.jax.scan import linear_scan
+from linrec.backends.native import dense as native_dense_kernel
 from linrec.backends.native.decode import gateloop_mh_refusal
 from linrec.spec import gateloop_mh as spec
 from linrec.spec.gateloop_mh import GateLoopMHConfig
 from linrec.spec.state import State
 
 __all__ = ["GateLoopMH", "gateloop_mh", "gateloop_mh_initial_state", "gateloop_mh_step"]
+
+#: The most rows ``GateLoopMH.decoder()`` sends to the native program by default when the state is complex.
+COMPLEX_STATE_NATIVE_ROWS = 1
 
 Array = jax.Array
 
@@ -413,10 +417,12 @@ class GateLoopMH(nnx.Module):
 
         ``fused`` (as the other layers'): float32 steps as one native call through XLA FFI (``native_decode``:
         every projection in one product, the heads' state update and read-out, ``sub_norm``, the output gate and
-        ``out_proj``; not for ``input_norm="rms"`` or a complex output); ``None``: where it can, ``True``: raise
-        saying why where it cannot, ``False``: never. Otherwise, at batch sizes up to ``native.dense.MAX_ROWS``
-        its float32 dense products run on the native kernel, from kernels packed here once (a copy of those
-        weights; results within the float32 tolerance of :meth:`step`)."""
+        ``out_proj``; not for ``input_norm="rms"`` or a complex output); ``None``: where it can (up to
+        ``native.dense.MAX_ROWS`` rows for a real state, one row for a complex state:
+        :data:`COMPLEX_STATE_NATIVE_ROWS`), ``True``: raise saying why where it cannot, ``False``: never.
+        Otherwise, at batch sizes up to ``native.dense.MAX_ROWS`` its float32 dense products run on the native
+        kernel, from kernels packed here once (a copy of those weights; results within the float32 tolerance of
+        :meth:`step`)."""
         cfg = self._config
         params = self._params()
         framework = layer_decoder(lambda p, x_t, state: gateloop_mh_step(p, self._cast(x_t), state, config=cfg),
@@ -427,7 +433,12 @@ class GateLoopMH(nnx.Module):
         def checked(x_t, state) -> tuple[Array, Array]:
             return checked_inputs(self._cast(x_t), state, cfg, ndim=2, state_name="state")
 
-        return native_decode.layer_decoder(framework, native_step, checked, fused)
+        # a complex state: above one row XLA's step (its products on the native kernel) is as fast or faster (the
+        # program gets that state restacked as rows of floats inside the jit; D=512, 64 heads of 8x8: 91-109 against
+        # 115-118 us/token at 1 row, level at 2, 271-299 against 323-348 at 8); a real one: the program wins up to
+        # MAX_ROWS (SISO heads at 32 rows: 579 against 612)
+        rows = COMPLEX_STATE_NATIVE_ROWS if cfg.is_complex else native_dense_kernel.MAX_ROWS
+        return native_decode.layer_decoder(framework, native_step, checked, fused, native_rows=rows)
 
     def cell(self, carry: State, x_t: Array) -> tuple[State, Array]:
         """flax.nnx cell convention: ``(carry, x_t) -> (carry, y_t)``; the carry is a ``State``."""

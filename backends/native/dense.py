@@ -7,8 +7,9 @@ column panels.
 Why: at batch 1 a decode step reads every weight once per token and does one multiply-add per weight, so its time
 is the time to stream the weights; the frameworks' BLAS calls (MKL's sgemv, XLA:CPU's dot) run such a product on
 one core, and the kernel streams disjoint column panels on every core (about twice the bandwidth on the 2-core
-reference machine: benchmarks/results/decode.md). With more rows the product becomes compute-bound and the BLAS is
-as fast, so the decoders use it for at most :data:`MAX_ROWS` rows and keep the framework's product above that.
+reference machine: benchmarks/results/decode.md). With more rows the product becomes compute-bound; up to
+:data:`MAX_ROWS` rows the kernel still matches or beats the BLAS, so the decoders use it for at most that many rows
+and keep the framework's product above.
 
 The kernel reads ``W`` packed once into :data:`PANEL`-column panels (:func:`pack`: ``(P, K, 16)``, the last panel
 zero-padded), so every thread streams one contiguous block. Each output is summed in the order ``k = 0..K-1`` with one
@@ -27,11 +28,13 @@ __all__ = ["MAX_ROWS", "PANEL", "check_packed", "dense", "pack", "packed_size", 
 
 #: Columns per panel of a packed kernel (``kPanel`` in ``linrec_dense.cc``).
 PANEL = 16
-#: The most rows the decoders send to the kernel (``linrec_dense_max_rows()``). Measured against ``torch.addmm``
-#: (MKL) on the 2-core reference machine, a 512x1536 product took 36/39/77/106/145 us at 1/2/4/6/8 rows against
-#: 62/117/212/190/207 us; at 16 rows the two are level (the product is compute-bound), so larger batches keep the
+#: The most rows the decoders send to the kernel (``linrec_dense_max_rows()``). On the 2-core reference machine a
+#: 512x1536 product takes 29/30/61/73/149/242 us at 1/2/4/8/16/32 rows, against 278/413 us (``torch.addmm``) and
+#: 170/300 us (XLA's dot) at 16/32 rows (``benchmarks/results/dense.md``); every layer's native decode program
+#: beats its framework step up to 32 rows (``benchmarks/results/layers.md``); at 64 rows XLA's minGRU step already
+#: wins (the BLAS blocks for cache, the kernel re-reads each panel once per 6 rows), so larger batches keep the
 #: framework's product.
-MAX_ROWS = 8
+MAX_ROWS = 32
 
 
 def packed_size(k: int, n: int) -> int:

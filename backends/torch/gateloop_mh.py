@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from linrec.backends.native.decode import gateloop_mh_refusal
-from linrec.backends.native.dense import MAX_ROWS
 from linrec.backends.torch import native_decode
 from linrec.backends.torch import native_gateloop_mh as _native
 from linrec.backends.torch.arrays import cast, dtype_name, to_numpy, torch_dtype
@@ -412,9 +411,9 @@ class GateLoopMH(nn.Module):
 
         ``fused`` (as the other layers'): float32 steps as one call into the native library (``native_decode``:
         every projection in one product, the heads' state update and read-out, ``sub_norm``, the output gate and
-        ``out_proj``; not for ``input_norm="rms"`` or a complex output); ``None``: where it can, up to 8 rows (16
-        for a complex state), ``True``: raise saying why where it cannot, ``False``: never. Otherwise, at batch
-        sizes up to ``native.dense.MAX_ROWS`` the float32 dense products run on the native kernel. Both read
+        ``out_proj``; not for ``input_norm="rms"`` or a complex output); ``None``: where it can, up to
+        ``native.dense.MAX_ROWS`` rows, ``True``: raise saying why where it cannot, ``False``: never. Otherwise,
+        at batch sizes up to ``native.dense.MAX_ROWS`` the float32 dense products run on the native kernel. Both read
         weights copied and packed here once (results within the float32 tolerance of :meth:`step`).
         ``compile=True`` runs that framework step as one ``torch.compile(fullgraph=True)`` graph (the first call
         compiles; the twin of the JAX default)."""
@@ -428,11 +427,9 @@ class GateLoopMH(nn.Module):
         def checked(x_t: Tensor, state) -> tuple[Tensor, Tensor]:
             return checked_inputs(x_t, state, cfg, ndim=2, state_name="state")
 
-        # a complex state: up to 16 rows the program beats the framework step's complex elementwise work (D=512,
-        # 64 heads of 8x8: 635 against 760 us/token); a real one: the BLAS product wins above 8 rows (SISO heads at
-        # 16 rows: 493 against 562-579 us for the program), as for the other layers (native_decode.layer_decoder)
-        rows = 2 * MAX_ROWS if cfg.is_complex else MAX_ROWS
-        return native_decode.layer_decoder(framework, native_step, checked, fused, native_rows=rows)
+        # up to MAX_ROWS the program beats the framework step for a real and a complex state alike (D=512 at 32 rows:
+        # SISO heads 597 against 723 us/token, 64 complex heads of 8x8 654 against 1181)
+        return native_decode.layer_decoder(framework, native_step, checked, fused)
 
     def initial_state(self, batch_size: int, dtype: torch.dtype | None = None) -> State:
         """``State(h=zeros (B, H, K, V))`` in the state dtype for inputs of ``dtype`` (default: the parameters')."""

@@ -163,12 +163,9 @@ def layer_decoder(framework: Callable[[Tensor, Any], tuple[Tensor, Any]], native
     ``framework`` decoder (``fused=True``: a ``TypeError`` instead). ``checked(x_t, state) -> (x_t, h)``: the
     step's argument checks, with ``h`` in the state dtype.
 
-    Unlike an LM's, a layer's step is two products and a few elementwise operations: above ``native_rows`` rows
-    (``MAX_ROWS`` by default) the BLAS product (MKL, XLA's dot) outruns the native one and ``fused=None`` keeps the
-    framework step (measured at D=512, B=16: ``benchmarks/results/layers.md``); ``fused=True`` runs the program at
-    any batch size. The multi-head GateLoop with a complex state passes 16: its framework step adds ~40 elementwise
-    operations on the heads' complex states, and at 16 rows the program still wins (D=512, 64 complex heads: 638
-    against 758 µs/token; level at 32 rows); with a real state it does not (SISO heads: 562 against 493)."""
+    Above ``native_rows`` rows (``MAX_ROWS`` by default, where the BLAS's cache blocking starts to outrun the native
+    product) ``fused=None`` keeps the framework step; up to it the program wins for every layer (D=512 at 16 and 32
+    rows: ``benchmarks/results/layers.md``); ``fused=True`` runs the program at any batch size."""
     if native_step is None:
         return framework
 
