@@ -11,10 +11,11 @@ share threads):
 - *jax*: ``x @ W`` under ``jax.jit`` (XLA:CPU's dot), compiled ahead of time.
 
 Every implementation multiplies by one weight matrix per shape, over and over, as a decode loop does for each layer:
-at these sizes the weights stay in the last-level cache. The table gives the best µs per product over
-:data:`REPEAT` calls in each of ``rounds`` rounds (implementations taking turns), GFLOP/s (``2·M·K·N`` over that
-time) and *native speedup*: the framework's time over the native kernel's. No targets: the decoders' choice of
-``linrec.backends.native.dense.MAX_ROWS`` rests on this table and on the layer benchmark's B=16 decode rows.
+at these sizes the weights stay in the last-level cache. The table gives the mean µs per product over
+:data:`REPEAT` back-to-back calls, the best of ``rounds`` rounds (implementations taking turns), GFLOP/s
+(``2·M·K·N`` over that time) and *native speedup*: the framework's time over the native kernel's. No targets:
+the decoders' choice of ``linrec.backends.native.dense.MAX_ROWS`` rests on this table and on the layer benchmark's
+B=16 decode rows.
 
 Run: ``python benchmarks/dense.py [--quick] [--out DIR]``.
 """
@@ -133,9 +134,9 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join([
         "# Dense products for decoding: native kernel vs torch.addmm vs XLA's dot",
         "",
-        f"float32 `x (M, K) @ W (K, N)`, one weight matrix per shape (it stays in the last-level cache), best of "
-        f"{meta['rounds']} rounds of {meta['repeat']} calls, each implementation in its own process "
-        f"({cpu}, {cores} cores). *native speedup*: that "
+        f"float32 `x (M, K) @ W (K, N)`, one weight matrix per shape (it stays in the last-level cache), the mean "
+        f"time of {meta['repeat']} back-to-back calls, best of {meta['rounds']} rounds, each implementation in its "
+        f"own process ({cpu}, {cores} cores). *native speedup*: that "
         "row's time over the native kernel's (above 1: the native kernel is faster).",
         "",
         bench.markdown_table(COLUMNS, result["rows"]),
