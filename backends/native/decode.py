@@ -4,8 +4,8 @@ A :class:`Program` is a list of operations over float32 row buffers, built once 
 and run once per token (:meth:`Program.run`). Operations name their buffers by *slot*: the index of a pointer in
 the array the caller passes at each call (tokens, positions, states and outputs change from call to call; the
 scratch buffers and the weights do not). Every float buffer holds ``m`` rows (the batch); the dense products are
-:mod:`linrec.backends.native.dense`'s, in blocks of its :data:`~linrec.backends.native.dense.MAX_ROWS` rows (beyond
-them a product is compute-bound, and a block's second pass over the weights costs little).
+:mod:`linrec.backends.native.dense`'s, every row in one pass over the weights (the kernel works through the rows
+six at a time per panel, whatever their number).
 
 Why: a framework's eager step issues dozens of small operations per layer, and at batch 1 their dispatch costs as
 much as reading the weights (benchmarks/results/decode.md). The arithmetic is the spec's, in float32, with the

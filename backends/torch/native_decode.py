@@ -5,7 +5,7 @@ operations per layer costs as much as reading the weights (``benchmarks/results/
 still calls the native products through the dispatcher. JAX's ``decoder()`` is already one compiled XLA program.
 
 A :class:`NativeStep` holds the program and the float32 tensors it reads (kernels in packed form), and runs a step
-for any batch size (the products run in blocks of :data:`linrec.backends.native.dense.MAX_ROWS` rows):
+for any batch size (each product takes every row in one pass over the weights):
 ``(input_t, h, pe_position) -> (out_t, h)``.
 """
 
