@@ -400,11 +400,10 @@ def test_gateloop_mh_default_rows_for_a_complex_and_a_real_state(framework, monk
 
 
 def _default_rows(framework: str, cfg) -> int:
-    """The most rows a layer's ``decoder()`` runs on its native program by default."""
-    if framework == "jax" and getattr(cfg, "is_complex", False):
-        from linrec.backends.jax.gateloop_mh import COMPLEX_STATE_NATIVE_ROWS
-
-        return COMPLEX_STATE_NATIVE_ROWS
+    """The most rows a layer's ``decoder()`` runs on its native program by default (each multi-head GateLoop
+    backend states its own for a complex state)."""
+    if getattr(cfg, "is_complex", False):
+        return import_module(f"linrec.backends.{framework}.gateloop_mh").COMPLEX_STATE_NATIVE_ROWS
     return MAX_ROWS
 
 

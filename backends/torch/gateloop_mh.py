@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from linrec.backends.native import dense as native_dense_kernel
 from linrec.backends.native.decode import gateloop_mh_refusal
 from linrec.backends.torch import native_decode
 from linrec.backends.torch import native_gateloop_mh as _native
@@ -33,6 +34,10 @@ from linrec.spec.gateloop_mh import GateLoopMHConfig
 from linrec.spec.state import State
 
 __all__ = ["GateLoopMH", "gateloop_mh", "gateloop_mh_initial_state", "gateloop_mh_step"]
+
+#: The most rows ``GateLoopMH.decoder()`` sends to the native program by default when the state is complex (the
+#: twin of the JAX backend's, where it is 1: torch hands the program its complex state as it is stored).
+COMPLEX_STATE_NATIVE_ROWS = native_dense_kernel.MAX_ROWS
 
 
 # ---------------------------------------------------------------- pieces shared by every path
@@ -429,7 +434,8 @@ class GateLoopMH(nn.Module):
 
         # up to MAX_ROWS the program beats the framework step for a real and a complex state alike (D=512 at 32 rows:
         # SISO heads 597 against 723 us/token, 64 complex heads of 8x8 654 against 1181)
-        return native_decode.layer_decoder(framework, native_step, checked, fused)
+        rows = COMPLEX_STATE_NATIVE_ROWS if cfg.is_complex else native_dense_kernel.MAX_ROWS
+        return native_decode.layer_decoder(framework, native_step, checked, fused, native_rows=rows)
 
     def initial_state(self, batch_size: int, dtype: torch.dtype | None = None) -> State:
         """``State(h=zeros (B, H, K, V))`` in the state dtype for inputs of ``dtype`` (default: the parameters')."""
