@@ -219,9 +219,9 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
         a, b, ct = _inputs(B, T, D)
         # The roofline of this T comes from a probe run right here, just before its timings: the shared machine's
         # bandwidth drifts by tens of percent over a suite run, and a probe from minutes earlier would not be the
-        # same run's limit. NumPy only (1 thread and all cores), so no framework is loaded for it.
-        probe = (spec.get("probe_elements") or 8 * 4096 * 512, 5)
-        bandwidth = max(bench.bandwidth_probe(*probe), bench.threaded_bandwidth_probe(*probe))
+        # same run's limit. NumPy only (1 thread and all cores), so no framework is loaded for it; the median of
+        # three rounds, so one burst of the shared machine does not set the roofline.
+        bandwidth = bench.steady_bandwidth(spec.get("probe_elements") or 8 * 4096 * 512, 5)
         roof = bench.roofline_seconds(B * T * D, bandwidth)
         roof16 = bench.roofline_seconds(B * T * D, bandwidth, BF16_BYTES)
         c_loop = spec.get("c_loop_s", {}).get(str(T))
@@ -291,7 +291,7 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
 
 
 def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: tuple[str, ...] | None = None,
-        repeat: int = 5, budget: float = 1.0, skip_after: float = 3.0, probe_elements: int | None = None,
+        repeat: int = 9, budget: float = 1.0, skip_after: float = 3.0, probe_elements: int | None = None,
         progress: Callable[[str], None] | None = None, isolate: bool = True,
         timeout: float = 1800.0) -> dict[str, Any]:
     """Time every (backend, method, T); returns ``{"rows", "meta", "targets"}`` (rows keyed by :data:`COLUMNS`).
@@ -377,8 +377,8 @@ def report(result: dict[str, Any]) -> str:
         "# Scan benchmark\n",
         f"`linear_scan` float32, B={meta['B']}, D={meta['D']}, T in {meta['T']}. Bandwidth probe at the start "
         f"({bw}); the roofline of each row is 12 bytes/element at the bandwidth probed (NumPy, 1 thread and all "
-        "cores) in the same process just before that T's timings (column *probe GB/s*). NumPy: forward only; "
-        "JAX: jitted; PyTorch: eager. "
+        "cores, the median of three rounds) in the same process just before that T's timings (column *probe "
+        "GB/s*). NumPy: forward only; JAX: jitted; PyTorch: eager. "
         "fwd+bwd is the VJP of `h` for a fixed cotangent, divided by the same (forward) roofline. *train* is the "
         "scan the way training runs it: the gradient of the loss `h.sum()` w.r.t. `a` and `b` (JAX: `jax.jit` of "
         "`jax.grad`; PyTorch: `loss.backward()` into leaf tensors whose `.grad` is reset to `None` each step); "

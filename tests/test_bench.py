@@ -200,6 +200,21 @@ def test_helpers():
     assert bench.current_rss_bytes() > 0 and bench.peak_rss_bytes() > 0
 
 
+def test_steady_bandwidth_is_the_median_round(monkeypatch):
+    """One burst round does not set the roofline: the median of the rounds' bests does."""
+    assert bench.steady_bandwidth(1 << 16, 1, rounds=1) > 0  # the real probes, once
+    rounds = iter([(30e9, 34e9), (60e9, 69e9), (31e9, 36e9)])
+    current = {}
+
+    def one_thread(n, repeat):
+        current["round"] = next(rounds)
+        return current["round"][0]
+
+    monkeypatch.setattr(bench, "bandwidth_probe", one_thread)
+    monkeypatch.setattr(bench, "threaded_bandwidth_probe", lambda n, repeat: current["round"][1])
+    assert bench.steady_bandwidth(1024, 1) == 36e9
+
+
 def test_scan_worker_in_a_fresh_process_with_retained_malloc():
     """The full run's path: one backend per process, then ``method="native"`` after ``retain_freed_memory()``."""
     scan = bench.load_benchmark("scan")

@@ -46,6 +46,7 @@ __all__ = [
     "run_json_subprocess",
     "save_figure",
     "set_torch_threads",
+    "steady_bandwidth",
     "threaded_bandwidth_probe",
     "time_call",
     "to_bf16_bits",
@@ -144,6 +145,15 @@ def best_bandwidth(n_elements: int = 8 * 4096 * 512, repeat: int = 7) -> dict[st
         found["torch_threads"] = torch_bw
     found["best"] = max(found.values())
     return found
+
+
+def steady_bandwidth(n_elements: int = 8 * 4096 * 512, repeat: int = 5, rounds: int = 3) -> float:
+    """The median over ``rounds`` of the faster of :func:`bandwidth_probe` and :func:`threaded_bandwidth_probe`
+    (bytes/s): one round's best can catch a burst of the shared VM (54-69 GB/s where the rounds around it read
+    30-39), and a roofline taken from that burst makes every ratio divided by it look worse than it is."""
+    found = [max(bandwidth_probe(n_elements, repeat), threaded_bandwidth_probe(n_elements, repeat))
+             for _ in range(rounds)]
+    return statistics.median(found)
 
 
 def roofline_seconds(n_elements: int, bandwidth: float, bytes_per_element: int = 12) -> float:
