@@ -5,7 +5,8 @@ Shape legend: ``B`` batch, ``T`` time, ``D`` state width; float32, ``a`` and ``b
 For every backend (NumPy forward only; JAX jitted; PyTorch eager) and method, the forward pass, the forward
 plus backward pass (the VJP of ``h`` for a fixed cotangent: ``jax.vjp`` / ``torch.autograd.grad``) and a *training
 step* of the scan are timed and divided by the *roofline* measured in the same run: ``12·B·T·D`` bytes (read ``a``
-and ``b``, write ``h``) over the best streaming bandwidth of ``linrec.tools.bench.best_bandwidth``. All three are
+and ``b``, write ``h``) over the streaming bandwidth probed just before that row's timings
+(``linrec.tools.bench.steady_bandwidth``). All three are
 divided by the same forward roofline. The training step is the scan the way training runs it: the gradient of the
 loss ``h.sum()`` with respect to ``a`` and ``b`` (JAX: ``jax.jit(jax.grad(...))``; PyTorch: ``loss.backward()``
 into leaf tensors whose ``.grad`` is set to ``None`` before each step, as ``optimizer.zero_grad()`` does). The loss
@@ -193,6 +194,17 @@ def _bytes_per_element(method: str) -> int:
 _RATIO = {"fwd+bwd": "(fwd+bwd)/roofline", "train": "train/roofline"}
 
 
+def _probe(spec: dict[str, Any], elements: int) -> tuple[float, float, float]:
+    """``(bandwidth, fp32 roofline, bf16 roofline)`` (bytes/s, seconds) of ``elements`` state elements, probed right
+    here, just before the timings they divide: the shared machine's bandwidth drifts by tens of percent over a suite
+    run (and within one backend's process), so a probe from a minute earlier is not the limit the timings ran
+    under. NumPy only (1 thread and all cores), so no framework is loaded for it; the median of three rounds, so
+    one burst of the shared machine does not set the roofline."""
+    bandwidth = bench.steady_bandwidth(spec.get("probe_elements") or 8 * 4096 * 512, 5)
+    return (bandwidth, bench.roofline_seconds(elements, bandwidth),
+            bench.roofline_seconds(elements, bandwidth, BF16_BYTES))
+
+
 def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time one backend's methods over ``spec["T"]`` (in a fresh process for the full run); returns ``{"rows"}``.
 
@@ -217,13 +229,7 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
     too_slow: dict[str, str] = {}  # method -> why larger T are not run
     for T in sorted(spec["T"]):
         a, b, ct = _inputs(B, T, D)
-        # The roofline of this T comes from a probe run right here, just before its timings: the shared machine's
-        # bandwidth drifts by tens of percent over a suite run, and a probe from minutes earlier would not be the
-        # same run's limit. NumPy only (1 thread and all cores), so no framework is loaded for it; the median of
-        # three rounds, so one burst of the shared machine does not set the roofline.
-        bandwidth = bench.steady_bandwidth(spec.get("probe_elements") or 8 * 4096 * 512, 5)
-        roof = bench.roofline_seconds(B * T * D, bandwidth)
-        roof16 = bench.roofline_seconds(B * T * D, bandwidth, BF16_BYTES)
+        bandwidth, roof, roof16 = _probe(spec, B * T * D)
         c_loop = spec.get("c_loop_s", {}).get(str(T))
         if spec.get("c_loop") and native_available():
             h, final, h0 = np.empty_like(b), np.empty((B, D), np.float32), np.zeros((B, D), np.float32)
@@ -249,13 +255,13 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
             cases = {RETAINED: cases["native"], RETAINED_BF16: cases[BF16]} if "native" in cases else {}
         fp32_fwd = None  # the float32 native forward of this T, for the bf16 rows' ratio
         for method, timed in cases.items():
-            roof_m = roof16 if "bf16" in method else roof
-            row: dict[str, Any] = {"backend": name, "method": method, "T": T, "probe GB/s": bandwidth / 1e9}
             if method in too_slow:
-                row["note"] = too_slow[method]
-                rows.append(row)
+                rows.append({"backend": name, "method": method, "T": T, "note": too_slow[method]})
                 say(f"T={T} {name} {method}: skipped ({too_slow[method]})")
                 continue
+            bandwidth, roof, roof16 = _probe(spec, B * T * D)
+            roof_m = roof16 if "bf16" in method else roof
+            row: dict[str, Any] = {"backend": name, "method": method, "T": T, "probe GB/s": bandwidth / 1e9}
             try:
                 getattr(timed.fwd, "prepare", lambda: None)()
                 t = bench.time_call(timed.fwd, sync=timed.sync, repeat=repeat, budget=budget, warmup=warmup)
@@ -293,7 +299,7 @@ def worker(spec: dict[str, Any], progress: Callable[[str], None] | None = None) 
 def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: tuple[str, ...] | None = None,
         repeat: int = 9, budget: float = 1.0, skip_after: float = 3.0, probe_elements: int | None = None,
         progress: Callable[[str], None] | None = None, isolate: bool = True,
-        timeout: float = 1800.0) -> dict[str, Any]:
+        timeout: float = 1800.0, rounds: int | None = None) -> dict[str, Any]:
     """Time every (backend, method, T); returns ``{"rows", "meta", "targets"}`` (rows keyed by :data:`COLUMNS`).
 
     Every call is timed after one warm-up call; calls slower than ``budget`` seconds get one timed run. A method
@@ -302,6 +308,11 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: t
     spin for a while after every parallel op and would take cores from the JAX timings in a shared process. JAX and
     PyTorch then run once more with ``retain_freed_memory()`` (``method="native"`` only, rows "native, malloc
     retained"): the difference is the cost of page-faulting freshly mapped outputs on every call.
+
+    The processes take turns ``rounds`` times over (default 3, 1 with ``quick``): a slow minute on the shared machine
+    then hits every backend instead of one, and each row keeps its round that ran closest to its rooflines
+    (:func:`merge_rounds`). One pass (a single round) measured the torch training step at 2.8-4.9 rooflines from one
+    run to the next.
     """
     sizes = dict(sizes or (QUICK if quick else FULL))
     B, D, Ts = sizes["B"], sizes["D"], tuple(sizes["T"])
@@ -316,10 +327,11 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: t
     runs = [{**base, "backend": name, "malloc": "default", "c_loop": name == backends[0]} for name in backends]
     if native_available() and isolate:  # never change the allocator of the calling process
         runs += [{**base, "backend": name, "malloc": "retain"} for name in backends if name in ("jax", "torch")]
-    rows: list[dict[str, Any]] = []
     c_loop_s: dict[str, float] = {}
-    for spec in runs:
-        spec["c_loop_s"] = c_loop_s
+    rounds = rounds or (1 if quick else 3)
+
+    def measure(index: int, first: bool) -> dict[str, Any]:
+        spec = {**runs[index], "c_loop_s": c_loop_s}
         if isolate:
             say(f"{spec['backend']} (malloc {spec['malloc']}): running in a fresh process")
             result = bench.run_json_subprocess([__file__, "--worker", json.dumps(spec)], timeout=timeout)
@@ -330,15 +342,39 @@ def run(quick: bool = False, *, sizes: dict[str, Any] | None = None, backends: t
                                 "error": result["error"], "note": "failed (see below)"}]}
         for row in result["rows"]:
             if row["backend"] == "C loop":
-                c_loop_s[str(row["T"])] = row["fwd ms"] / 1e3
-        rows += result["rows"]
+                c_loop_s[str(row["T"])] = min(row["fwd ms"] / 1e3, c_loop_s.get(str(row["T"]), float("inf")))
+        return result
+
+    results = bench.round_robin(range(len(runs)), rounds, measure, merge_rounds)
+    rows = [row for index in range(len(runs)) for row in results[index]["rows"]]
     rows.sort(key=lambda r: (r["T"], r["backend"] != "C loop"))  # stable: backends in run order within a T
     meta = {"B": B, "D": D, "T": list(Ts), "dtype": "float32", "bf16 rows": "bfloat16 a, b, h (float32 state)",
             "bandwidth_GBps": {k: v / 1e9 for k, v in bandwidth.items()},
             "timing": f"best of up to {repeat} runs after 1 warm-up call (stopping once the runs took {budget} s, "
-                      "so a slow call is timed once); JAX compiled ahead of time, untimed; each backend in its own "
+                      f"so a slow call is timed once), in {rounds} round(s) of every process in turn, each row "
+                      "keeping its round closest to its rooflines; JAX compiled ahead of time, untimed; each "
+                      "backend in its own "
                       "process", "quick": quick}
     return {"rows": rows, "meta": meta, "targets": targets(rows)}
+
+
+def _closeness(row: dict[str, Any]) -> float:
+    """The sum of a row's time-over-roofline ratios (lower: closer to its rooflines); a failed row is never kept."""
+    if "error" in row:
+        return float("inf")
+    ratios = [row[key] for key in ("fwd/roofline", *_RATIO.values()) if row.get(key) is not None]
+    return sum(ratios) if ratios else float("inf")
+
+
+def merge_rounds(kept: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Two rounds of one process's rows: per (backend, method, T) the row (its probe and its timings, which were
+    measured together) whose ratios sum lowest. A row with a ratio beats a skipped or failed one."""
+    index = {(r["backend"], r["method"], r["T"]): r for r in kept["rows"]}
+    for row in new["rows"]:
+        key = (row["backend"], row["method"], row["T"])
+        if key not in index or _closeness(row) < _closeness(index[key]):
+            index[key] = row
+    return {"rows": list(index.values())}
 
 
 def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -377,7 +413,7 @@ def report(result: dict[str, Any]) -> str:
         "# Scan benchmark\n",
         f"`linear_scan` float32, B={meta['B']}, D={meta['D']}, T in {meta['T']}. Bandwidth probe at the start "
         f"({bw}); the roofline of each row is 12 bytes/element at the bandwidth probed (NumPy, 1 thread and all "
-        "cores, the median of three rounds) in the same process just before that T's timings (column *probe "
+        "cores, the median of three rounds) in the same process just before that row's timings (column *probe "
         "GB/s*). NumPy: forward only; JAX: jitted; PyTorch: eager. "
         "fwd+bwd is the VJP of `h` for a fixed cotangent, divided by the same (forward) roofline. *train* is the "
         "scan the way training runs it: the gradient of the loss `h.sum()` w.r.t. `a` and `b` (JAX: `jax.jit` of "

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(bench.benchmarks_dir() is None, reason="benchmar
 def scan_result():
     scan = bench.load_benchmark("scan")
     return scan.run(True, sizes={"B": 1, "D": 8, "T": (8,)}, repeat=1, budget=0.0, probe_elements=2**18,
-                    isolate=False)
+                    isolate=False, rounds=2)
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +330,22 @@ def test_dense_table_compares_every_implementation_with_the_native_kernel(tmp_pa
         assert r["GFLOP/s"] == pytest.approx(2 * r["M"] * 64 * 96 / r["µs/product"] / 1e3)
     assert "| 64x96 | 16 | native |" in dense.report(result)
     assert [p.name for p in dense.write(result, tmp_path)] == ["dense.md"]
+
+
+def test_scan_rounds_keep_each_rows_round_closest_to_its_rooflines():
+    """A row is kept whole (its probe and the timings measured with it) from the round whose ratios sum lowest; a
+    row that ran beats one that failed or was skipped."""
+    merge_rounds = bench.load_benchmark("scan").merge_rounds
+
+    def row(method, fwd, train=None, **extra):
+        return {"backend": "torch", "method": method, "T": 4096, "probe GB/s": 30.0 + fwd, "fwd/roofline": fwd,
+                "train/roofline": train, **extra}
+
+    first = {"rows": [row("native", 1.0, 4.9), row("chunked", 7.0, 18.0), row("log", 1.0, error="boom")]}
+    second = {"rows": [row("native", 1.2, 2.8), row("chunked", 6.5, 19.0), row("log", 90.0, 100.0),
+                       row("sequential", 16.0)]}
+    kept = {(r["method"]): r for r in merge_rounds(first, second)["rows"]}
+    assert kept["native"] == row("native", 1.2, 2.8)  # 4.0 beats 5.9, probe included
+    assert kept["chunked"] == row("chunked", 7.0, 18.0)  # 25.0 beats 25.5
+    assert kept["log"]["fwd/roofline"] == 90.0 and "error" not in kept["log"]
+    assert kept["sequential"]["fwd/roofline"] == 16.0
