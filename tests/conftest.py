@@ -24,6 +24,29 @@ import pytest
 # tensors only in the interpreter, so it is set before any test can import triton; an explicit value is kept.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+
+def _share_jax_compilations() -> None:
+    """One JAX persistent compilation cache for the whole run: the xdist workers and the subprocesses tests start
+    (``linrec conformance``, the benchmarks' workers) inherit it, so a program several tests compile (the same scan
+    at the same shape) is compiled once. XLA:CPU compiles are most of the JAX tests' time (about 0.12 s each); this
+    took ~40 s off the README's test command on the 2-core reference machine. The cache is keyed by the program,
+    the JAX version and the flags, so it changes no result. A fresh directory per run, removed at exit, unless
+    ``JAX_COMPILATION_CACHE_DIR`` is set (a directory that persists makes reruns faster)."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        import atexit
+        import shutil
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="linrec-tests-jax-cache-")
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)  # only in the process that made it
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+    # every compile is worth keeping here, however small or quick (JAX's defaults skip those under 1 s)
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+_share_jax_compilations()
+
 #: Modules (file names) whose tests give JAX float64 without naming it in their parameters.
 X64_MODULES = frozenset({
     "test_backend_jax.py",
@@ -72,10 +95,63 @@ def _needs_x64(item: pytest.Item) -> bool:
     return item.path.name in X64_MODULES
 
 
+#: The longest tests of either tier (node-id fragments, longest first; seconds under `.ci/run` on the 2-core
+#: reference machine). :func:`_spread_longest` starts them first, spread over the workers: a long test that starts
+#: last runs alone at the end while the other workers idle. A stale entry only costs that ordering.
+LONGEST = (
+    "test_docs_site.py::test_every_page_renders_offline",  # 78
+    "[jax-gateloop_mh_cases]",  # 75
+    "[jax-minlstm_cases]",  # 71
+    "[jax-gated_linear_rnn_lm_cases]",  # 69
+    "[jax-mingru_lm_cases]",  # 66
+    "test_accelerator_kernels_conform[jax]",  # 58
+    "test_every_case_on_8_devices",  # 54
+    "[jax-scan_properties]",  # 51
+    "test_kernel_mutant_is_killed",  # 50
+    "[jax-mingru_stack_cases]",  # 48
+    "[jax-mingru_cases]",  # 32
+    "[jax-gated_linear_rnn_cases]",  # 31
+    "[jax-scan_named]",  # 24
+    "test_distributed_torch.py::test_sharded_equals_one_device",  # 18
+    "test_docs_build.py::test_strict_build_writes_every_page",  # 15
+    "[jax-scan_mutant_cases]",  # 15
+    "test_bench.py::test_scan_table",  # 14
+    "test_bench.py::test_layers_tables",  # 13
+)
+
+
+def _rank(item: pytest.Item) -> int | None:
+    return next((i for i, fragment in enumerate(LONGEST) if fragment in item.nodeid), None)
+
+
+def _spread_longest(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Reorder ``items`` (in place) for xdist's ``worksteal``: it gives each of the ``n`` workers one contiguous
+    chunk (worker ``i`` of ``n`` gets ``len(rest) // (n - i)`` of the rest) and steals from a chunk's tail, so the
+    head of each chunk is what that worker surely runs first. The tests of :data:`LONGEST` go to the heads, dealt
+    round-robin, longest first. Every worker computes the same order (xdist requires identical collections)."""
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    long = sorted((item for item in items if _rank(item) is not None), key=_rank)
+    rest = [item for item in items if _rank(item) is None]
+    if not long or workers < 2:
+        items[:] = long + rest
+        return
+    heads = [long[i::workers] for i in range(workers)]
+    ordered, remaining = [], len(items)
+    for i, head in enumerate(heads):
+        size = remaining // (workers - i)
+        fill = max(0, size - len(head))
+        ordered += head + rest[:fill]
+        rest = rest[fill:]
+        remaining -= len(head) + fill
+    items[:] = ordered + rest
+
+
+@pytest.hookimpl(trylast=True)  # after `-m`/`-k` have deselected: the chunks are of what runs
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _needs_x64(item) and item.get_closest_marker("x64") is None:
             item.add_marker(pytest.mark.x64)
+    _spread_longest(config, items)
 
 
 @pytest.fixture(autouse=True)

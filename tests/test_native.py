@@ -357,7 +357,12 @@ def test_read_only_cache_serves_a_verified_library(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_first_build_says_so_once_and_the_entry_point_builds_ahead(tmp_path):
-    # a real compile (tens of seconds): the first build announces itself with the cache path, a cached one is silent
+    # the first build of a cache announces itself with the cache path, a cached one is silent. The cache is seeded
+    # with the default cache's compiled objects (when it has them, as after the README's tests): this test is about
+    # the announcement and the entry point; test_objects_are_reused_by_what_they_are_built_from tests the reuse
+    from linrec.backends.native import build
+
+    build.copy_objects(tmp_path)
     env = {**os.environ, "LINREC_CACHE": str(tmp_path)}
     cmd = [sys.executable, "-m", "linrec.backends.native.build"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
@@ -366,6 +371,52 @@ def test_first_build_says_so_once_and_the_entry_point_builds_ahead(tmp_path):
     assert first.stderr.count("compiling the native CPU kernel into " + str(tmp_path)) == 1, first.stderr
     second = _run("import linrec.backends.numpy as nb; assert 'native' in nb.METHODS", LINREC_CACHE=str(tmp_path))
     assert second.returncode == 0 and "compiling" not in second.stderr, second.stderr
+
+
+def test_objects_are_reused_by_what_they_are_built_from(tmp_path, monkeypatch):
+    """Three tiny sources stand in for the kernel's (``build()`` compiles, links and stamps; it loads nothing): an
+    edit recompiles only the edited file's objects, a seeded cache compiles nothing, a damaged cached object is
+    dropped and everything is compiled afresh."""
+    from linrec.backends.native import build
+
+    log = tmp_path / "compiles.log"
+    cxx = tmp_path / "cxx"
+    real = build._compiler()
+    cxx.write_text(f'#!/bin/sh\ncase " $* " in *" -c "*) echo "$@" >> {log} ;; esac\nexec {real} "$@"\n')
+    cxx.chmod(0o755)
+    sources = {name: tmp_path / f"{name.lower()}.cc" for name in ("SOURCE", "DENSE_SOURCE", "DECODE_SOURCE")}
+    # the scan source is compiled once per SCAN_PARTS mask: one symbol per mask
+    sources["SOURCE"].write_text('#define NAME(p) CAT(p)\n#define CAT(p) linrec_part_##p\n'
+                                 'extern "C" int NAME(LINREC_PARTS)() { return 0; }\n')
+    sources["DENSE_SOURCE"].write_text('extern "C" int linrec_dense_stub() { return 1; }\n')
+    sources["DECODE_SOURCE"].write_text('extern "C" int linrec_decode_stub() { return 2; }\n')
+    for name, path in sources.items():
+        monkeypatch.setattr(build, name, path)
+    monkeypatch.setenv("CXX", str(cxx))
+
+    def compiles(cache) -> int:
+        log.unlink(missing_ok=True)
+        monkeypatch.setenv("LINREC_CACHE", str(cache))
+        library = build.build()
+        assert build.verify(library) is None
+        return len(log.read_text().splitlines()) if log.exists() else 0
+
+    units = len(build.SCAN_PARTS) + 2
+    first = tmp_path / "first"
+    assert compiles(first) == units
+    sources["DECODE_SOURCE"].write_text('extern "C" int linrec_decode_stub() { return 3; }\n')
+    assert compiles(first) == 1  # a new library (the key hashes the sources), one object compiled
+    assert build.copy_objects(tmp_path / "seeded", root=first) == units + 1
+    assert compiles(tmp_path / "seeded") == 0
+
+    damaged = tmp_path / "damaged"
+    build.copy_objects(damaged, root=first)
+    for obj in build.objects_dir(damaged).glob("*.o"):
+        obj.unlink()  # a hard link into the first cache: replace it, never write through
+        obj.write_bytes(b"not an object")
+    assert compiles(damaged) == units  # the linker refuses them: dropped, everything compiled afresh
+    garbage = [obj for obj in build.objects_dir(damaged).glob("*.o") if obj.read_bytes() == b"not an object"]
+    assert len(garbage) == 1  # only the object of the decode source before its edit, which no build uses
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -21,6 +21,12 @@ The XLA FFI handlers (for JAX) need the headers shipped with jaxlib (``jax.ffi.i
 without importing jax. Without jaxlib the library is built without them (``-DLINREC_WITH_XLA_FFI`` unset) and the
 C functions still serve torch and NumPy.
 
+The compiled objects are kept in ``$LINREC_CACHE/native/objects/``, named by what each is compiled from (the
+source's bytes, the command, the compiler, the CPU, the jaxlib headers): a build reuses every object whose source did
+not change (an edit of ``linrec_decode.cc`` recompiles that file in seconds, not the scan's minute), and
+:func:`copy_objects` seeds another cache with them (the mutation runs and the tests build in temporary caches).
+Objects land by atomic rename; a cached object the linker refuses is discarded and everything is compiled afresh.
+
 Building takes about a minute; the first build in a process says so once on stderr, with the cache path.
 ``python -m linrec.backends.native.build`` (or ``linrec info``) builds ahead of time and prints the path.
 """
@@ -43,8 +49,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ABI_VERSION", "NativeBuildError", "available", "build", "build_error", "cache_root", "library_path",
-           "load", "stamp_path", "verify"]
+__all__ = ["ABI_VERSION", "NativeBuildError", "available", "build", "build_error", "cache_root", "copy_objects",
+           "library_path", "load", "objects_dir", "stamp_path", "verify"]
 
 #: Must equal ``linrec_abi_version()`` in the C++ source.
 ABI_VERSION = 8
@@ -172,16 +178,89 @@ def _run_parallel(commands: list[list[str]], timeout: float) -> subprocess.Compl
     return next((r for r in results if r.returncode != 0), results[-1])
 
 
-def _compile_and_link(cxx: str, include: str | None, output: Path, tuned: bool) -> tuple[list[str],
-                                                                                          subprocess.CompletedProcess]:
-    """Compile the objects in parallel and link them; ``(the failing or last command, its result)``."""
+def objects_dir(root: Path | None = None) -> Path:
+    """Where the compiled objects of the cache ``root`` (default :func:`cache_root`) are kept."""
+    return (cache_root() if root is None else root) / "native" / "objects"
+
+
+def _object_name(command: list[str], key: dict[str, Any]) -> str:
+    """An object's name in :func:`objects_dir`: the hash of its compile command (the source by its bytes, not its
+    path, and without the output path) and of what the command depends on besides (compiler, CPU, jaxlib)."""
+    source = Path(command[command.index("-c") + 1])
+    parts = {
+        "command": [*command[:command.index("-c")], *command[command.index("-c") + 2:-2]],
+        "source_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+        **{field: key[field] for field in ("layout", "abi", "compiler", "compiler_version", "cpu_sha256", "jaxlib")},
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24] + ".o"
+
+
+def _keep_object(built: Path, store: Path, name: str) -> None:
+    """Copy a freshly compiled object into the store (atomically); a store that cannot be written is skipped."""
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".object-", dir=store)
+        os.close(fd)
+        try:
+            shutil.copyfile(built, tmp)
+            os.replace(tmp, store / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass  # the objects only save time; the library is complete without them
+
+
+def copy_objects(into: Path, root: Path | None = None) -> int:
+    """Seed the cache ``into`` with the objects of the cache ``root`` (default :func:`cache_root`); how many.
+
+    Hard links where the file system allows (objects are never written in place), copies elsewhere."""
+    source, target = objects_dir(root), objects_dir(into)
+    if not source.is_dir():
+        return 0
+    target.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for obj in source.glob("*.o"):
+        if (target / obj.name).exists():
+            continue
+        try:
+            os.link(obj, target / obj.name)
+        except OSError:
+            shutil.copyfile(obj, target / obj.name)
+        count += 1
+    return count
+
+
+def _compile_and_link(cxx: str, include: str | None, output: Path, tuned: bool, key: dict[str, Any],
+                      reuse: bool = True) -> tuple[list[str], subprocess.CompletedProcess]:
+    """Compile the objects that are not cached (in parallel) and link them; ``(the failing or last command, its
+    result)``. When the link fails with cached objects in it, they are dropped and everything is compiled."""
     objects = Path(tempfile.mkdtemp(prefix=".objects-", dir=output.parent))
+    store = objects_dir()
     try:
         compiles, link = _jobs(cxx, include, output, objects, tuned)
-        result = _run_parallel(compiles, timeout=600)
-        if result.returncode != 0:
-            return result.args, result
-        return link, subprocess.run(link, capture_output=True, text=True, timeout=600)
+        names = [_object_name(cmd, key) for cmd in compiles]
+        reused = []
+        for cmd, name in zip(compiles, names) if reuse else ():
+            try:
+                shutil.copyfile(store / name, cmd[-1])
+                reused.append(name)
+            except OSError:
+                pass  # not cached (or unreadable): compiled below
+        todo = [cmd for cmd, name in zip(compiles, names) if name not in reused]
+        if todo:
+            result = _run_parallel(todo, timeout=600)
+            if result.returncode != 0:
+                return result.args, result
+            for cmd, name in zip(compiles, names):
+                if name not in reused:
+                    _keep_object(Path(cmd[-1]), store, name)
+        result = subprocess.run(link, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0 and reused:  # e.g. a damaged cached object: never trust it again
+            for name in reused:
+                (store / name).unlink(missing_ok=True)
+            return _compile_and_link(cxx, include, output, tuned, key, reuse=False)
+        return link, result
     finally:
         shutil.rmtree(objects, ignore_errors=True)
 
@@ -331,10 +410,10 @@ def _compile(key: dict[str, Any], path: Path) -> None:
     try:
         tuned = True
         try:
-            cmd, result = _compile_and_link(cxx, include, Path(tmp), tuned)
+            cmd, result = _compile_and_link(cxx, include, Path(tmp), tuned, key)
             if result.returncode != 0:  # e.g. a compiler without -march=native: the portable build
                 tuned = False
-                cmd, result = _compile_and_link(cxx, include, Path(tmp), tuned)
+                cmd, result = _compile_and_link(cxx, include, Path(tmp), tuned, key)
         except subprocess.SubprocessError as err:
             raise NativeBuildError(f"compiling the native kernel failed: {err}") from err
         if result.returncode != 0:
