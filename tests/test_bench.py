@@ -43,6 +43,12 @@ def memory_result():
     return memory.run(True, sizes={"B": 1, "D": 64, "T": (512,)}, impls=impls)
 
 
+#: The tests of the three benchmark scripts' smoke runs (the fixtures above, ~50 s of JAX and torch compiles on the
+#: 2-core reference machine) are in the slow tier, which `.ci/run` runs after the README's command.
+BENCH_RUN = pytest.mark.slow
+
+
+@BENCH_RUN
 def test_scan_table(scan_result):
     scan = bench.load_benchmark("scan")
     expected = []
@@ -70,6 +76,7 @@ def test_scan_table(scan_result):
     assert scan_result["meta"]["bandwidth_GBps"]["best"] > 0
 
 
+@BENCH_RUN
 def test_layers_tables(layers_result):
     layers = bench.load_benchmark("layers")
     md = layers.report(layers_result)
@@ -162,6 +169,7 @@ def test_minlstm_config_computes_the_originals_function():
     np.testing.assert_allclose(y, want, rtol=tol.rtol, atol=tol.atol)
 
 
+@BENCH_RUN
 def test_memory_table(memory_result):
     memory = bench.load_benchmark("memory")
     md = memory.report(memory_result)
@@ -174,6 +182,7 @@ def test_memory_table(memory_result):
     assert fit["points"] == 1 and "exponent" not in fit  # a slope needs two points
 
 
+@BENCH_RUN
 def test_run_all_writes_results(scan_result, layers_result, memory_result, tmp_path):
     run_all = bench.load_benchmark("run_all")
     results = {"scan": scan_result, "layers": layers_result, "memory": memory_result,

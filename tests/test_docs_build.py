@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parent.parent
 LAYOUT_MARK = "patched-in-code-7f3a"
 ORIGINAL_MARK = "patched-original-91c2"
 SELECT = "scan/named/nan-stays-in-its-segment*"
+# the slow tier (a whole strict build, ~20 s on the 2-core reference machine; `.ci/run` runs it after the README's
+# command, and tests/test_docs_site.py builds the site again through `linrec docs build --strict`)
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

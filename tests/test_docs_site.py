@@ -4,7 +4,7 @@ Every page: no console error, no request leaving the local server, no raw ``$$``
 text a reader sees (code blocks aside), every internal link and anchor resolves; the recurrence page renders its
 defining formula as MathML of non-zero size; the search box finds ``initial_state``. A screenshot of every page is
 written to the folder ``$LINREC_DOCS_SCREENSHOTS`` (default ``build/docs-screenshots/`` of the checkout), printed
-by the test. The site is ``$LINREC_DOCS_SITE`` when set (CI builds it once with ``--strict``), otherwise built here.
+by the test. The site is ``$LINREC_DOCS_SITE`` when set, otherwise built here with ``linrec docs build --strict``.
 Skips, with the reason, where Chromium, Playwright or mkdocs is missing. Playwright never downloads a browser here:
 it launches ``/usr/bin/chromium`` (``apt-get install chromium``).
 """
@@ -47,7 +47,8 @@ def site(tmp_path_factory) -> Path:
     from linrec.tools import docs
 
     out = tmp_path_factory.mktemp("site")
-    docs.build(out, strict=True, select="scan/named/nan-*", backends=["numpy"])
+    # through the command line, as a user (and CI) builds it
+    assert docs.main(["build", str(out), "--strict", "--select", "scan/named/nan-*", "--backend", "numpy"]) == 0
     return out
 
 

@@ -19,7 +19,10 @@ from linrec.spec import gateloop_mh as spec
 from linrec.spec import reference
 from linrec.spec.state import State
 
-pytestmark = pytest.mark.filterwarnings("ignore:linrec. method='pallas' runs in Pallas's interpreter")
+# the slow tier (27 s of Pallas's interpreter on the 2-core reference machine; `.ci/run` runs it after the README's
+# command); the Pallas scan kernel's tests (tests/test_pallas.py) stay in the main tier
+pytestmark = [pytest.mark.filterwarnings("ignore:linrec. method='pallas' runs in Pallas's interpreter"),
+              pytest.mark.slow]
 
 T = 11  # crosses the interpreter's 8-step chunk; the last chunk is padded with identity steps
 
