@@ -34,15 +34,14 @@ INTERPRETED = {"jax": "*pallas*", "torch": "*triton*"}
 
 
 #: (backend, case module) groups in the slow tier, which `.ci/run` runs after the README's command (so every group
-#: still runs in CI, and `linrec conformance` runs them all). Every JAX group but the golden, mutant and error cases
-#: is here: JAX compiles each case's programs (about 0.12 s per program with XLA:CPU), 15-75 s per group on the
-#: 2-core reference machine, and together they put the README's command over its 8 minutes on a fresh machine
-#: (8:01 of pytest with the native kernel's first build). Each module keeps fast tests of its own in the main tier
-#: (tests/test_backend_jax.py, test_gated_linear_rnn.py, test_mingru.py, test_gateloop_mh.py, ...); the torch
-#: groups, a few seconds each, stay there.
+#: still runs in CI, and `linrec conformance` runs them all). JAX compiles each case's programs (about 0.12 s per
+#: program with XLA:CPU): its layer, stack, LM and conversion groups take 25-75 s each on the 2-core reference
+#: machine and put the README's command over its 8 minutes on a fresh machine (8:01 of pytest with the native
+#: kernel's first build). The scan's groups stay in the main tier, as do the torch groups (a few seconds each); each
+#: layer module keeps fast JAX tests of its own there (tests/test_gated_linear_rnn.py, test_mingru.py, ...).
 SLOW_GROUPS = {("jax", f"linrec.conformance.{group}") for group in (
     "gated_linear_rnn_lm_cases", "mingru_lm_cases", "mingru_stack_cases", "gateloop_mh_cases", "minlstm_cases",
-    "conversion_cases", "scan_properties", "scan_named", "gated_linear_rnn_cases", "mingru_cases")}
+    "conversion_cases", "gated_linear_rnn_cases", "mingru_cases")}
 
 
 @pytest.mark.parametrize("name,module", [
