@@ -26,14 +26,13 @@ from linrec.spec import gateloop_mh as spec  # noqa: E402
 from linrec.spec.state import State  # noqa: E402
 from linrec.spec.tolerances import max_violation, tolerance_for  # noqa: E402
 
-# the slow tier (17 s of Triton's interpreter on the 2-core reference machine; `.ci/run` runs it after the README's
-# command); the Triton scan kernel's tests (tests/test_triton.py) stay in the main tier
-SLOW = pytest.mark.slow
-
 #: the module (the package exports the function under the same name)
 tg = importlib.import_module("linrec.backends.torch.gateloop_mh")
 
-pytestmark = [pytest.mark.filterwarnings("ignore::linrec.backends.torch.triton_scan.InterpretedKernelWarning"), SLOW]
+# the slow tier (17 s of Triton's interpreter on the 2-core reference machine; `.ci/run` runs it after the README's
+# command); the Triton scan kernel's tests (tests/test_triton.py) stay in the main tier
+pytestmark = [pytest.mark.filterwarnings("ignore::linrec.backends.torch.triton_scan.InterpretedKernelWarning"),
+              pytest.mark.slow]
 
 _BASE = spec.GateLoopMHConfig(d_model=5, num_heads=2, d_key=3, d_value=2)
 CONFIGS = {
